@@ -1,0 +1,1 @@
+//! pubmesh node-to-node wire format.

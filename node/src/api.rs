@@ -1,0 +1,306 @@
+//! HTTP: the server API (`/api/*`, API key required), health (`/livez`,
+//! `/readyz`), `/metrics`, and the WebSocket front-ends' routes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http::{header, HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::frontend;
+use crate::hub::Target;
+use crate::node::{Node, Published, Scope};
+
+/// An API error: status, stable code, message.
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.2, "code": self.1}))).into_response()
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, "bad_request", message.into())
+}
+
+/// Every route of the node.
+pub fn router(node: Arc<Node>) -> Router {
+    let api = Router::new()
+        .route("/api/notify/channels", post(notify_channels))
+        .route("/api/notify/users", post(notify_users))
+        .route("/api/notify/clients", post(notify_clients))
+        .route("/api/broadcast", post(broadcast))
+        .route("/api/disconnect", post(disconnect))
+        .route("/api/nodes", get(nodes))
+        .route("/api/channels", get(channels))
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_key))
+        .layer(DefaultBodyLimit::max(node.config.max_message_size));
+    Router::new()
+        .merge(api)
+        .route("/websocket", get(frontend::websocket))
+        .route("/metrics", get(metrics))
+        .route("/livez", get(|| async { Json(json!({"live": true})) }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
+        .with_state(node)
+}
+
+/// Constant-time comparison, so the key cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key.trim());
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(crate::auth::strip_bearer)
+}
+
+async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let route = request.uri().path().to_string();
+    let ok = presented_key(request.headers())
+        .map(|k| same(k.as_bytes(), node.config.api_key.as_bytes()))
+        .unwrap_or(false);
+    if !ok {
+        node.metrics
+            .errors
+            .with_label_values(&["unauthorized"])
+            .inc();
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key".into(),
+        )
+        .into_response();
+    }
+    let started = Instant::now();
+    let response = next.run(request).await;
+    node.metrics
+        .api_latency
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            bad(format!("body is not valid JSON: {e}"))
+        } else {
+            bad(e.to_string())
+        }
+    })
+}
+
+fn check_ids(ids: &[String], name: &str) -> Result<(), ApiError> {
+    if ids.is_empty() {
+        return Err(bad(format!("{name} must not be empty")));
+    }
+    if ids.iter().any(|id| id.is_empty() || id.len() > 256) {
+        return Err(bad(format!("every id in {name} must be 1 to 256 bytes")));
+    }
+    Ok(())
+}
+
+fn frame(data: &RawValue) -> Result<Utf8Bytes, ApiError> {
+    if !data.get().starts_with('{') {
+        return Err(bad("data must be an object"));
+    }
+    Ok(Utf8Bytes::from(data.get().to_string()))
+}
+
+fn scope(local: bool) -> Scope {
+    if local {
+        Scope::Local
+    } else {
+        Scope::Cluster
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyChannels {
+    channel_ids: Vec<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    local: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyUsers {
+    root_ids: Vec<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    local: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyClients {
+    client_ids: Vec<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    local: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Broadcast {
+    data: Box<RawValue>,
+    #[serde(default)]
+    local: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Disconnect {
+    #[serde(default)]
+    client_ids: Vec<String>,
+    #[serde(default)]
+    root_ids: Vec<String>,
+    #[serde(default)]
+    local: bool,
+}
+
+fn count(node: &Node, kind: &str) {
+    node.metrics.messages_in.with_label_values(&[kind]).inc();
+}
+
+async fn notify_channels(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Json<Published>, ApiError> {
+    let req: NotifyChannels = parse(&body)?;
+    check_ids(&req.channel_ids, "channel_ids")?;
+    count(&node, "api_channels");
+    let frame = frame(&req.data)?;
+    Ok(Json(node.publish(
+        Target::Channels(req.channel_ids),
+        frame,
+        scope(req.local),
+    )))
+}
+
+async fn notify_users(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Json<Published>, ApiError> {
+    let req: NotifyUsers = parse(&body)?;
+    check_ids(&req.root_ids, "root_ids")?;
+    count(&node, "api_users");
+    let frame = frame(&req.data)?;
+    Ok(Json(node.publish(
+        Target::Users(req.root_ids),
+        frame,
+        scope(req.local),
+    )))
+}
+
+async fn notify_clients(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Json<Published>, ApiError> {
+    let req: NotifyClients = parse(&body)?;
+    check_ids(&req.client_ids, "client_ids")?;
+    count(&node, "api_clients");
+    let frame = frame(&req.data)?;
+    Ok(Json(node.publish(
+        Target::Clients(req.client_ids),
+        frame,
+        scope(req.local),
+    )))
+}
+
+async fn broadcast(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Json<Published>, ApiError> {
+    let req: Broadcast = parse(&body)?;
+    count(&node, "api_broadcast");
+    let frame = frame(&req.data)?;
+    Ok(Json(node.publish(Target::All, frame, scope(req.local))))
+}
+
+async fn disconnect(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: Disconnect = parse(&body)?;
+    if req.client_ids.is_empty() && req.root_ids.is_empty() {
+        return Err(bad("give client_ids or root_ids"));
+    }
+    for (ids, name) in [(&req.client_ids, "client_ids"), (&req.root_ids, "root_ids")] {
+        if !ids.is_empty() {
+            check_ids(ids, name)?;
+        }
+    }
+    count(&node, "api_disconnect");
+    let closed = node.disconnect(&req.client_ids, &req.root_ids, scope(req.local));
+    Ok(Json(json!({
+        "local_disconnects": closed,
+        "relayed": !req.local && node.relay.name() != "memory",
+    })))
+}
+
+async fn nodes(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    Json(json!({ "nodes": node.nodes() }))
+}
+
+async fn channels(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let channels = node.channels().await.map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "relay_unavailable",
+            e.to_string(),
+        )
+    })?;
+    let list: Vec<_> = channels
+        .into_iter()
+        .map(|(channel, members)| json!({"channel": channel, "members": members}))
+        .collect();
+    Ok(Json(json!({ "channels": list })))
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    match node.readiness() {
+        Ok(()) => {
+            node.metrics.ready.set(1);
+            Json(json!({"ready": true})).into_response()
+        }
+        Err(reason) => {
+            node.metrics.ready.set(0);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"ready": false, "reason": reason})),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Client authentication: JWTs signed with an HS256 shared secret or checked
+//! with an RS256 / ES256 public key. `sub` becomes the socket's `root_id`; `exp`
+//! is required and enforced. Unsigned (`alg: none`) tokens never verify.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// Why a token was not accepted. The socket then becomes anonymous (or is
+/// closed with 4001 under `--require-auth`).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token")]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("token algorithm {0:?} is not accepted")]
+    Algorithm(String),
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("no JWT key is configured")]
+    NoKey,
+}
+
+/// A verified identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    /// Seconds since the epoch after which the token is no longer valid.
+    pub expires_at: u64,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+}
+
+/// Verifies tokens with the configured keys.
+pub struct Authenticator {
+    secret: Option<DecodingKey>,
+    public: Option<(DecodingKey, Algorithm)>,
+}
+
+/// A key file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use JWT public key {path}: {message}")]
+pub struct KeyError {
+    path: String,
+    message: String,
+}
+
+impl Authenticator {
+    pub fn new(secret: Option<&str>, public_key: Option<&Path>) -> Result<Self, KeyError> {
+        let public = match public_key {
+            None => None,
+            Some(path) => {
+                let err = |message: String| KeyError {
+                    path: path.display().to_string(),
+                    message,
+                };
+                let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+                let text = String::from_utf8_lossy(&pem);
+                let (key, alg) = if text.contains("BEGIN EC PUBLIC KEY")
+                    || DecodingKey::from_rsa_pem(&pem).is_err()
+                {
+                    (DecodingKey::from_ec_pem(&pem), Algorithm::ES256)
+                } else {
+                    (DecodingKey::from_rsa_pem(&pem), Algorithm::RS256)
+                };
+                Some((key.map_err(|e| err(e.to_string()))?, alg))
+            }
+        };
+        Ok(Authenticator {
+            secret: secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
+            public,
+        })
+    }
+
+    /// True when at least one key is configured.
+    pub fn enabled(&self) -> bool {
+        self.secret.is_some() || self.public.is_some()
+    }
+
+    /// Verify a token given bare or as `Bearer <token>`.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let token = strip_bearer(token);
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.secret.as_ref(),
+            alg => match &self.public {
+                Some((key, expected)) if *expected == alg => Some(key),
+                _ => return Err(AuthError::Algorithm(format!("{alg:?}"))),
+            },
+        };
+        let Some(key) = key else {
+            return Err(if self.enabled() {
+                AuthError::Algorithm(format!("{:?}", header.alg))
+            } else {
+                AuthError::NoKey
+            });
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = 0;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        if data.claims.sub.is_empty() {
+            return Err(AuthError::Invalid("empty sub".into()));
+        }
+        Ok(Identity {
+            user_id: data.claims.sub,
+            expires_at: data.claims.exp,
+        })
+    }
+}
+
+/// `"Bearer abc"` (any case) → `"abc"`; a bare token is returned as is.
+pub fn strip_bearer(value: &str) -> &str {
+    let value = value.trim();
+    match value.get(..7) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => value[7..].trim(),
+        _ => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    struct C<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn hs(secret: &str, sub: &str, exp: u64) -> String {
+        encode(
+            &Header::default(),
+            &C { sub, exp },
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("encode")
+    }
+
+    #[test]
+    fn accepts_a_valid_hs256_token_with_or_without_bearer() {
+        let auth = Authenticator::new(Some("s3cret"), None).expect("auth");
+        let token = hs("s3cret", "n::abc", now() + 60);
+        assert_eq!(auth.verify(&token).expect("valid").user_id, "n::abc");
+        let bearer = format!("Bearer {token}");
+        assert_eq!(auth.verify(&bearer).expect("valid").user_id, "n::abc");
+    }
+
+    #[test]
+    fn rejects_expired_forged_and_unsigned_tokens() {
+        let auth = Authenticator::new(Some("s3cret"), None).expect("auth");
+        assert!(matches!(
+            auth.verify(&hs("s3cret", "u", now() - 10)),
+            Err(AuthError::Expired)
+        ));
+        assert!(auth.verify(&hs("other", "u", now() + 60)).is_err());
+        // alg none: header {"alg":"none","typ":"JWT"}, claims, empty signature.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+        assert!(auth.verify(none).is_err());
+        assert!(matches!(auth.verify(""), Err(AuthError::Missing)));
+    }
+
+    #[test]
+    fn strip_bearer_handles_case_and_spaces() {
+        assert_eq!(strip_bearer("bearer  x "), "x");
+        assert_eq!(strip_bearer("BEARER y"), "y");
+        assert_eq!(strip_bearer("z"), "z");
+    }
+}

@@ -1,0 +1,446 @@
+//! Configuration: command-line flags, `PUBMESH_*` environment variables and an
+//! optional TOML file, in that order of precedence.
+//!
+//! Every flag is an `Option` in [`Cli`] so that "not given" can fall back to the
+//! file; [`Config::load`] resolves the three sources into one [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+/// Environment variable names, one per flag (linkerd-style: named next to the flag).
+pub mod env {
+    pub const LISTEN: &str = "PUBMESH_LISTEN";
+    pub const NODE_ID: &str = "PUBMESH_NODE_ID";
+    pub const API_KEY: &str = "PUBMESH_API_KEY";
+    pub const JWT_SECRET: &str = "PUBMESH_JWT_SECRET";
+    pub const JWT_PUBLIC_KEY: &str = "PUBMESH_JWT_PUBLIC_KEY";
+    pub const REQUIRE_AUTH: &str = "PUBMESH_REQUIRE_AUTH";
+    pub const ANONYMOUS_ID: &str = "PUBMESH_ANONYMOUS_ID";
+    pub const REDIS_URL: &str = "PUBMESH_REDIS_URL";
+    pub const REDIS_PREFIX: &str = "PUBMESH_REDIS_PREFIX";
+    pub const REDIS_CLUSTER: &str = "PUBMESH_REDIS_CLUSTER";
+    pub const BACKEND_URL: &str = "PUBMESH_BACKEND_URL";
+    pub const WALKER_TIMEOUT_MS: &str = "PUBMESH_WALKER_TIMEOUT_MS";
+    pub const DRAIN_SECONDS: &str = "PUBMESH_DRAIN_SECONDS";
+    pub const CONFIG: &str = "PUBMESH_CONFIG";
+    pub const LOG_FORMAT: &str = "PUBMESH_LOG_FORMAT";
+    pub const MAX_MESSAGE_SIZE: &str = "PUBMESH_MAX_MESSAGE_SIZE";
+    pub const OUTBOX_BYTES: &str = "PUBMESH_OUTBOX_BYTES";
+    pub const CLIENT_RATE: &str = "PUBMESH_CLIENT_RATE";
+    pub const CLIENT_BURST: &str = "PUBMESH_CLIENT_BURST";
+    pub const MAX_CHANNELS_PER_CONNECTION: &str = "PUBMESH_MAX_CHANNELS_PER_CONNECTION";
+    pub const MAX_CONNECTIONS: &str = "PUBMESH_MAX_CONNECTIONS";
+    pub const CLIENT_CHANNEL_PUBLISH: &str = "PUBMESH_CLIENT_CHANNEL_PUBLISH";
+    pub const CLIENT_USER_PUBLISH: &str = "PUBMESH_CLIENT_USER_PUBLISH";
+    pub const CLIENT_CLIENT_PUBLISH: &str = "PUBMESH_CLIENT_CLIENT_PUBLISH";
+    pub const FLUSH_WINDOW_US: &str = "PUBMESH_FLUSH_WINDOW_US";
+}
+
+/// Who may publish to channels from a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelPublish {
+    /// Any socket may publish to any channel.
+    Any,
+    /// Only members of a channel may publish to it.
+    Members,
+    /// Sockets may not publish to channels (the server API still can).
+    None,
+}
+
+/// Who may send `user` / `client` frames from a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectPublish {
+    /// Any socket, anonymous ones included.
+    Any,
+    /// Only sockets with a valid token.
+    Authenticated,
+    /// No socket (the server API still can).
+    None,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Command-line flags. Everything is optional here; defaults live in [`Config::load`].
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "pubmesh",
+    version,
+    about = "Real-time WebSocket pub/sub server"
+)]
+pub struct Cli {
+    /// Address to listen on for WebSocket, API, metrics and health [default: 127.0.0.1:8000]
+    #[arg(long, env = env::LISTEN)]
+    pub listen: Option<SocketAddr>,
+    /// This node's id ([A-Za-z0-9_-], at most 64); random when not given
+    #[arg(long, env = env::NODE_ID)]
+    pub node_id: Option<String>,
+    /// Server API key; a random one is generated and logged when not given
+    #[arg(long, env = env::API_KEY, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// HS256 shared secret for client JWTs
+    #[arg(long, env = env::JWT_SECRET, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key for client JWTs
+    #[arg(long, env = env::JWT_PUBLIC_KEY)]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Close sockets that have no valid token (code 4001)
+    #[arg(long, env = env::REQUIRE_AUTH, num_args = 0..=1, default_missing_value = "true")]
+    pub require_auth: Option<bool>,
+    /// root_id of anonymous sockets [default: n::000000000000000000000001]
+    #[arg(long, env = env::ANONYMOUS_ID)]
+    pub anonymous_id: Option<String>,
+    /// Redis URL for the cluster relay (repeatable: channels are spread over them)
+    #[arg(long, env = env::REDIS_URL, value_delimiter = ',')]
+    pub redis_url: Vec<String>,
+    /// Prefix of every Redis channel name [default: pubmesh]
+    #[arg(long, env = env::REDIS_PREFIX)]
+    pub redis_prefix: Option<String>,
+    /// Treat --redis-url as a Redis Cluster and use sharded pub/sub (SSUBSCRIBE/SPUBLISH)
+    #[arg(long, env = env::REDIS_CLUSTER, num_args = 0..=1, default_missing_value = "true")]
+    pub redis_cluster: Option<bool>,
+    /// Base URL of the walker backend (`POST {url}/walker/{name}`)
+    #[arg(long, env = env::BACKEND_URL)]
+    pub backend_url: Option<String>,
+    /// Walker backend timeout in milliseconds [default: 10000]
+    #[arg(long, env = env::WALKER_TIMEOUT_MS)]
+    pub walker_timeout_ms: Option<u64>,
+    /// Seconds over which a SIGTERM drain closes clients [default: 10]
+    #[arg(long, env = env::DRAIN_SECONDS)]
+    pub drain_seconds: Option<u64>,
+    /// TOML configuration file (keys are flag names with '_' for '-')
+    #[arg(long, env = env::CONFIG)]
+    pub config: Option<PathBuf>,
+    /// Log format [default: text]
+    #[arg(long, env = env::LOG_FORMAT)]
+    pub log_format: Option<LogFormat>,
+    /// Largest accepted client frame or API body in bytes [default: 65536]
+    #[arg(long, env = env::MAX_MESSAGE_SIZE)]
+    pub max_message_size: Option<usize>,
+    /// Per-connection outbox bound in bytes; overflow closes the socket with 4008 [default: 1048576]
+    #[arg(long, env = env::OUTBOX_BYTES)]
+    pub outbox_bytes: Option<usize>,
+    /// Frames per second a socket may send (token bucket rate) [default: 100]
+    #[arg(long, env = env::CLIENT_RATE)]
+    pub client_rate: Option<u32>,
+    /// Token bucket size for --client-rate [default: 200]
+    #[arg(long, env = env::CLIENT_BURST)]
+    pub client_burst: Option<u32>,
+    /// Channels one socket may be a member of [default: 128]
+    #[arg(long, env = env::MAX_CHANNELS_PER_CONNECTION)]
+    pub max_channels_per_connection: Option<usize>,
+    /// Connections this node accepts; further upgrades get 503 [default: open-file limit - 256]
+    #[arg(long, env = env::MAX_CONNECTIONS)]
+    pub max_connections: Option<usize>,
+    /// Who may publish `channel` frames from a socket [default: members]
+    #[arg(long, env = env::CLIENT_CHANNEL_PUBLISH)]
+    pub client_channel_publish: Option<ChannelPublish>,
+    /// Who may send `user` frames from a socket [default: authenticated]
+    #[arg(long, env = env::CLIENT_USER_PUBLISH)]
+    pub client_user_publish: Option<DirectPublish>,
+    /// Who may send `client` frames from a socket [default: authenticated]
+    #[arg(long, env = env::CLIENT_CLIENT_PUBLISH)]
+    pub client_client_publish: Option<DirectPublish>,
+    /// Longest a busy socket writer waits to gather more frames before it flushes, in µs [default: 0]
+    #[arg(long, env = env::FLUSH_WINDOW_US)]
+    pub flush_window_us: Option<u64>,
+}
+
+/// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub node_id: Option<String>,
+    pub api_key: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub require_auth: Option<bool>,
+    pub anonymous_id: Option<String>,
+    #[serde(default)]
+    pub redis_url: Vec<String>,
+    pub redis_prefix: Option<String>,
+    pub redis_cluster: Option<bool>,
+    pub backend_url: Option<String>,
+    pub walker_timeout_ms: Option<u64>,
+    pub drain_seconds: Option<u64>,
+    pub log_format: Option<LogFormat>,
+    pub max_message_size: Option<usize>,
+    pub outbox_bytes: Option<usize>,
+    pub client_rate: Option<u32>,
+    pub client_burst: Option<u32>,
+    pub max_channels_per_connection: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub client_channel_publish: Option<ChannelPublish>,
+    pub client_user_publish: Option<DirectPublish>,
+    pub client_client_publish: Option<DirectPublish>,
+    pub flush_window_us: Option<u64>,
+}
+
+/// The resolved configuration a node runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub node_id: String,
+    /// The server API key and whether it was generated at start-up.
+    pub api_key: String,
+    pub api_key_generated: bool,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub require_auth: bool,
+    pub anonymous_id: String,
+    pub redis_urls: Vec<String>,
+    pub redis_prefix: String,
+    pub redis_cluster: bool,
+    pub backend_url: Option<String>,
+    pub walker_timeout: Duration,
+    pub drain: Duration,
+    pub log_format: LogFormat,
+    pub max_message_size: usize,
+    pub outbox_bytes: usize,
+    pub client_rate: u32,
+    pub client_burst: u32,
+    pub max_channels_per_connection: usize,
+    pub max_connections: Option<usize>,
+    pub client_channel_publish: ChannelPublish,
+    pub client_user_publish: DirectPublish,
+    pub client_client_publish: DirectPublish,
+    pub flush_window: Duration,
+}
+
+/// A configuration that cannot be used, with a message fit for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+pub const DEFAULT_ANONYMOUS_ID: &str = "n::000000000000000000000001";
+
+impl Config {
+    /// Resolve flags (and their env vars), then the TOML file, then defaults.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Config::resolve(cli, file)
+    }
+
+    /// A configuration with every default, for tests and embedding.
+    pub fn defaults() -> Config {
+        Config::resolve(Cli::default(), FileConfig::default()).expect("defaults are valid")
+    }
+
+    fn resolve(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            format!("n{}", &id[..12])
+        });
+        if !valid_node_id(&node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "node id {node_id:?} must be 1 to 64 characters of [A-Za-z0-9_-]"
+            )));
+        }
+        let (api_key, api_key_generated) = match cli.api_key.or(file.api_key) {
+            Some(key) if key.is_empty() => {
+                return Err(ConfigError::Invalid("api key must not be empty".into()))
+            }
+            Some(key) => (key, false),
+            None => (uuid::Uuid::new_v4().simple().to_string(), true),
+        };
+        let redis_urls = if cli.redis_url.is_empty() {
+            file.redis_url
+        } else {
+            cli.redis_url
+        };
+        for url in &redis_urls {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "redis url {url:?} must start with redis:// or rediss://"
+                )));
+            }
+        }
+        let backend_url = cli
+            .backend_url
+            .or(file.backend_url)
+            .map(|u| u.trim_end_matches('/').to_string());
+        if let Some(url) = &backend_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "backend url {url:?} must start with http:// or https://"
+                )));
+            }
+        }
+        let redis_cluster = cli.redis_cluster.or(file.redis_cluster).unwrap_or(false);
+        if redis_cluster && redis_urls.is_empty() {
+            return Err(ConfigError::Invalid(
+                "--redis-cluster needs at least one --redis-url".into(),
+            ));
+        }
+        let config = Config {
+            listen: cli
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:8000".parse().expect("valid address")),
+            node_id,
+            api_key,
+            api_key_generated,
+            jwt_secret: cli.jwt_secret.or(file.jwt_secret),
+            jwt_public_key: cli.jwt_public_key.or(file.jwt_public_key),
+            require_auth: cli.require_auth.or(file.require_auth).unwrap_or(false),
+            anonymous_id: cli
+                .anonymous_id
+                .or(file.anonymous_id)
+                .unwrap_or_else(|| DEFAULT_ANONYMOUS_ID.to_string()),
+            redis_urls,
+            redis_prefix: cli
+                .redis_prefix
+                .or(file.redis_prefix)
+                .unwrap_or_else(|| "pubmesh".to_string()),
+            redis_cluster,
+            backend_url,
+            walker_timeout: Duration::from_millis(
+                cli.walker_timeout_ms
+                    .or(file.walker_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
+            drain: Duration::from_secs(cli.drain_seconds.or(file.drain_seconds).unwrap_or(10)),
+            log_format: cli
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            max_message_size: cli
+                .max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(64 * 1024),
+            outbox_bytes: cli
+                .outbox_bytes
+                .or(file.outbox_bytes)
+                .unwrap_or(1024 * 1024),
+            client_rate: cli.client_rate.or(file.client_rate).unwrap_or(100),
+            client_burst: cli.client_burst.or(file.client_burst).unwrap_or(200),
+            max_channels_per_connection: cli
+                .max_channels_per_connection
+                .or(file.max_channels_per_connection)
+                .unwrap_or(128),
+            max_connections: cli.max_connections.or(file.max_connections),
+            client_channel_publish: cli
+                .client_channel_publish
+                .or(file.client_channel_publish)
+                .unwrap_or(ChannelPublish::Members),
+            client_user_publish: cli
+                .client_user_publish
+                .or(file.client_user_publish)
+                .unwrap_or(DirectPublish::Authenticated),
+            client_client_publish: cli
+                .client_client_publish
+                .or(file.client_client_publish)
+                .unwrap_or(DirectPublish::Authenticated),
+            flush_window: Duration::from_micros(
+                cli.flush_window_us.or(file.flush_window_us).unwrap_or(0),
+            ),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_message_size", self.max_message_size),
+            ("outbox_bytes", self.outbox_bytes),
+            ("client_rate", self.client_rate as usize),
+            ("client_burst", self.client_burst as usize),
+            (
+                "max_channels_per_connection",
+                self.max_channels_per_connection,
+            ),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be > 0")));
+            }
+        }
+        if self.outbox_bytes < self.max_message_size {
+            return Err(ConfigError::Invalid(
+                "outbox_bytes must be at least max_message_size".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Node ids go into client ids and Redis channel names: keep them plain.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_defaults_fill_the_rest() {
+        let cli = Cli::try_parse_from(["pubmesh", "--node-id", "a1", "--drain-seconds", "3"])
+            .expect("parses");
+        let file: FileConfig = toml::from_str(
+            "node_id = \"from-file\"\nclient_rate = 7\nclient_user_publish = \"any\"\n",
+        )
+        .expect("toml");
+        let config = Config::resolve(cli, file).expect("valid");
+        assert_eq!(config.node_id, "a1");
+        assert_eq!(config.drain, Duration::from_secs(3));
+        assert_eq!(config.client_rate, 7);
+        assert_eq!(config.client_user_publish, DirectPublish::Any);
+        assert_eq!(config.client_channel_publish, ChannelPublish::Members);
+        assert!(config.api_key_generated);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let err = toml::from_str::<FileConfig>("listn = \"1.2.3.4:5\"").unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_a_message() {
+        let cli = Cli::try_parse_from(["pubmesh", "--node-id", "bad id"]).expect("parses");
+        let err = Config::resolve(cli, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("node id"), "{err}");
+        let cli = Cli::try_parse_from(["pubmesh", "--redis-url", "http://x"]).expect("parses");
+        assert!(Config::resolve(cli, FileConfig::default()).is_err());
+    }
+}

@@ -1,0 +1,570 @@
+//! The hub: this node's local registries of connections, channels and users,
+//! and local delivery.
+//!
+//! Registries are sharded by key hash, each shard behind its own mutex; no lock
+//! is ever held across an `.await`, and fan-out copies the member handles out of
+//! the shard before pushing to outboxes. Counts are kept as they change so that
+//! metrics and heartbeats never scan a map.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::metrics::Metrics;
+use crate::outbox::{CloseReason, Outbox, Push};
+
+const SHARDS: usize = 64;
+
+/// One client connection as the hub sees it.
+pub struct Conn {
+    /// Process-unique number, the key inside member sets.
+    pub id: u64,
+    /// Cluster-unique id given to the client (`{secs}:{hex}:{node}`).
+    pub client_id: Arc<str>,
+    /// The channel fixed at connect time (`?channel_id=` or generated).
+    pub channel_id: Arc<str>,
+    /// Frames waiting for this socket's writer.
+    pub outbox: Outbox,
+    /// Identity and memberships; locked briefly by the connection's own reader
+    /// task and by the hub when it registers or unregisters.
+    pub state: Mutex<ConnState>,
+}
+
+/// The mutable part of a connection.
+pub struct ConnState {
+    /// The user id (JWT `sub`, or the anonymous id).
+    pub root_id: Arc<str>,
+    /// The raw token the socket authenticated with, passed on to the walker backend.
+    pub token: Option<String>,
+    /// True when `root_id` comes from a verified token.
+    pub authenticated: bool,
+    /// Channels this connection is a member of (including `channel_id`).
+    pub channels: HashSet<Arc<str>>,
+}
+
+impl Conn {
+    pub fn root_id(&self) -> Arc<str> {
+        self.state.lock().root_id.clone()
+    }
+}
+
+/// What a message is addressed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Channels(Vec<String>),
+    Users(Vec<String>),
+    Clients(Vec<String>),
+    All,
+}
+
+impl Target {
+    /// Label for per-kind metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Channels(_) => "channels",
+            Target::Users(_) => "users",
+            Target::Clients(_) => "clients",
+            Target::All => "broadcast",
+        }
+    }
+}
+
+type Members = HashMap<u64, Arc<Conn>>;
+
+type Shard<V> = Mutex<HashMap<Arc<str>, V>>;
+
+/// A map from a name (channel, user, client id) to members, sharded by hash.
+struct Registry<V> {
+    shards: Box<[Shard<V>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl<V> Registry<V> {
+    fn new() -> Self {
+        Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Shard<V> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+}
+
+/// Changes in remote interest caused by a registry update: the relay subscribes
+/// to a channel or user when the first local member appears and unsubscribes
+/// when the last one leaves.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct InterestChange {
+    pub channels_added: Vec<Arc<str>>,
+    pub channels_removed: Vec<Arc<str>>,
+    pub users_added: Vec<Arc<str>>,
+    pub users_removed: Vec<Arc<str>>,
+}
+
+impl InterestChange {
+    pub fn is_empty(&self) -> bool {
+        self.channels_added.is_empty()
+            && self.channels_removed.is_empty()
+            && self.users_added.is_empty()
+            && self.users_removed.is_empty()
+    }
+}
+
+/// Live counts of the hub.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HubCounts {
+    pub connections: u64,
+    pub users: u64,
+    pub channels: u64,
+    pub subscriptions: u64,
+}
+
+/// This node's registries and local delivery.
+pub struct Hub {
+    channels: Registry<Members>,
+    users: Registry<Members>,
+    clients: Registry<Arc<Conn>>,
+    /// Counters mirrored into gauges; atomics so they are exact without a lock.
+    n_connections: AtomicI64,
+    n_channels: AtomicI64,
+    n_users: AtomicI64,
+    n_subscriptions: AtomicI64,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Hub {
+            channels: Registry::new(),
+            users: Registry::new(),
+            clients: Registry::new(),
+            n_connections: AtomicI64::new(0),
+            n_channels: AtomicI64::new(0),
+            n_users: AtomicI64::new(0),
+            n_subscriptions: AtomicI64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn counts(&self) -> HubCounts {
+        let get = |a: &AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
+        HubCounts {
+            connections: get(&self.n_connections),
+            users: get(&self.n_users),
+            channels: get(&self.n_channels),
+            subscriptions: get(&self.n_subscriptions),
+        }
+    }
+
+    fn add(&self, counter: &AtomicI64, gauge: &prometheus::IntGauge, delta: i64) {
+        counter.fetch_add(delta, Ordering::Relaxed);
+        gauge.add(delta);
+    }
+
+    /// Add a new connection: its client id, its user and its fixed channel.
+    pub fn register(&self, conn: &Arc<Conn>) -> InterestChange {
+        self.clients
+            .shard(&conn.client_id)
+            .lock()
+            .insert(conn.client_id.clone(), conn.clone());
+        self.add(&self.n_connections, &self.metrics.connections, 1);
+        let mut change = InterestChange::default();
+        let root = conn.root_id();
+        if self.join_user(conn, &root) {
+            change.users_added.push(root);
+        }
+        let channel = conn.channel_id.clone();
+        conn.state.lock().channels.insert(channel.clone());
+        if self.join_channel(conn, &channel) {
+            change.channels_added.push(channel);
+        }
+        change
+    }
+
+    /// Remove a connection from every registry.
+    pub fn unregister(&self, conn: &Arc<Conn>) -> InterestChange {
+        let mut change = InterestChange::default();
+        let (root, channels) = {
+            let mut state = conn.state.lock();
+            (state.root_id.clone(), std::mem::take(&mut state.channels))
+        };
+        for channel in channels {
+            if self.leave_channel(conn, &channel) {
+                change.channels_removed.push(channel);
+            }
+        }
+        if self.leave_user(conn, &root) {
+            change.users_removed.push(root);
+        }
+        if self
+            .clients
+            .shard(&conn.client_id)
+            .lock()
+            .remove(&conn.client_id)
+            .is_some()
+        {
+            self.add(&self.n_connections, &self.metrics.connections, -1);
+        }
+        change
+    }
+
+    /// Join channels. Returns the channels this connection newly joined and the
+    /// interest change, or the limit error.
+    pub fn subscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channels: &[String],
+        limit: usize,
+    ) -> Result<InterestChange, usize> {
+        let fresh: Vec<Arc<str>> = {
+            let mut state = conn.state.lock();
+            let mut fresh: Vec<Arc<str>> = Vec::new();
+            for c in channels {
+                if !state.channels.contains(c.as_str()) && !fresh.iter().any(|f| **f == **c) {
+                    fresh.push(Arc::from(c.as_str()));
+                }
+            }
+            if state.channels.len() + fresh.len() > limit {
+                return Err(limit);
+            }
+            state.channels.extend(fresh.iter().cloned());
+            fresh
+        };
+        let mut change = InterestChange::default();
+        for channel in fresh {
+            if self.join_channel(conn, &channel) {
+                change.channels_added.push(channel);
+            }
+        }
+        Ok(change)
+    }
+
+    /// Leave channels (never the connection's fixed `channel_id`).
+    pub fn unsubscribe(&self, conn: &Arc<Conn>, channels: &[String]) -> InterestChange {
+        let gone: Vec<Arc<str>> = {
+            let mut state = conn.state.lock();
+            channels
+                .iter()
+                .filter(|c| c.as_str() != &*conn.channel_id)
+                .filter_map(|c| state.channels.take(c.as_str()))
+                .collect()
+        };
+        let mut change = InterestChange::default();
+        for channel in gone {
+            if self.leave_channel(conn, &channel) {
+                change.channels_removed.push(channel);
+            }
+        }
+        change
+    }
+
+    /// Move a connection to another user (after `change_user`).
+    pub fn change_user(
+        &self,
+        conn: &Arc<Conn>,
+        root_id: Arc<str>,
+        token: Option<String>,
+        authenticated: bool,
+    ) -> InterestChange {
+        let old = {
+            let mut state = conn.state.lock();
+            state.token = token;
+            state.authenticated = authenticated;
+            std::mem::replace(&mut state.root_id, root_id.clone())
+        };
+        let mut change = InterestChange::default();
+        if old == root_id {
+            return change;
+        }
+        if self.leave_user(conn, &old) {
+            change.users_removed.push(old);
+        }
+        if self.join_user(conn, &root_id) {
+            change.users_added.push(root_id);
+        }
+        change
+    }
+
+    /// Returns true when the channel got its first local member.
+    fn join_channel(&self, conn: &Arc<Conn>, channel: &Arc<str>) -> bool {
+        let first = join(&self.channels, conn, channel);
+        self.add(&self.n_subscriptions, &self.metrics.subscriptions, 1);
+        if first {
+            self.add(&self.n_channels, &self.metrics.channels, 1);
+        }
+        first
+    }
+
+    fn leave_channel(&self, conn: &Arc<Conn>, channel: &Arc<str>) -> bool {
+        let (was_member, last) = leave(&self.channels, conn, channel);
+        if was_member {
+            self.add(&self.n_subscriptions, &self.metrics.subscriptions, -1);
+        }
+        if last {
+            self.add(&self.n_channels, &self.metrics.channels, -1);
+        }
+        last
+    }
+
+    fn join_user(&self, conn: &Arc<Conn>, user: &Arc<str>) -> bool {
+        let first = join(&self.users, conn, user);
+        if first {
+            self.add(&self.n_users, &self.metrics.users, 1);
+        }
+        first
+    }
+
+    fn leave_user(&self, conn: &Arc<Conn>, user: &Arc<str>) -> bool {
+        let (_, last) = leave(&self.users, conn, user);
+        if last {
+            self.add(&self.n_users, &self.metrics.users, -1);
+        }
+        last
+    }
+
+    /// Is this connection a member of that channel?
+    pub fn is_member(conn: &Conn, channel: &str) -> bool {
+        conn.state.lock().channels.contains(channel)
+    }
+
+    /// A local connection by client id.
+    pub fn client(&self, client_id: &str) -> Option<Arc<Conn>> {
+        self.clients.shard(client_id).lock().get(client_id).cloned()
+    }
+
+    /// The local recipients of a target, each once.
+    pub fn recipients(&self, target: &Target) -> Vec<Arc<Conn>> {
+        match target {
+            Target::Channels(names) => self.members_of(&self.channels, names),
+            Target::Users(names) => self.members_of(&self.users, names),
+            Target::Clients(ids) => {
+                let mut out: Vec<Arc<Conn>> = ids.iter().filter_map(|id| self.client(id)).collect();
+                if out.len() > 1 {
+                    let mut seen = HashSet::with_capacity(out.len());
+                    out.retain(|c| seen.insert(c.id));
+                }
+                out
+            }
+            Target::All => {
+                let mut out = Vec::with_capacity(self.counts().connections as usize);
+                for shard in self.clients.shards.iter() {
+                    out.extend(shard.lock().values().cloned());
+                }
+                out
+            }
+        }
+    }
+
+    fn members_of(&self, registry: &Registry<Members>, names: &[String]) -> Vec<Arc<Conn>> {
+        if let [name] = names {
+            let shard = registry.shard(name).lock();
+            return shard
+                .get(name.as_str())
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+        }
+        let mut seen: HashMap<u64, Arc<Conn>> = HashMap::new();
+        for name in names {
+            let shard = registry.shard(name).lock();
+            if let Some(members) = shard.get(name.as_str()) {
+                for (id, conn) in members {
+                    seen.entry(*id).or_insert_with(|| conn.clone());
+                }
+            }
+        }
+        seen.into_values().collect()
+    }
+
+    /// Queue `frame` to every local recipient of `target`, each at most once.
+    /// Returns how many outboxes took it.
+    pub fn deliver(&self, target: &Target, frame: &Utf8Bytes) -> usize {
+        let started = std::time::Instant::now();
+        let recipients = self.recipients(target);
+        let delivered = self.push_all(&recipients, frame);
+        self.metrics
+            .fanout_latency
+            .observe(started.elapsed().as_secs_f64());
+        delivered
+    }
+
+    /// Queue `frame` to the given connections.
+    pub fn push_all(&self, recipients: &[Arc<Conn>], frame: &Utf8Bytes) -> usize {
+        let mut delivered = 0;
+        for conn in recipients {
+            match conn.outbox.push(frame.clone()) {
+                Push::Queued => delivered += 1,
+                Push::Overflowed => {
+                    self.metrics.slow_consumer_disconnects.inc();
+                    self.metrics
+                        .dropped
+                        .with_label_values(&["slow_consumer"])
+                        .inc();
+                }
+                Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
+            }
+        }
+        self.metrics.deliveries.inc_by(delivered as u64);
+        delivered
+    }
+
+    /// Close local connections by client id or user id; returns how many.
+    pub fn disconnect(&self, client_ids: &[String], root_ids: &[String]) -> usize {
+        let mut conns = self.recipients(&Target::Clients(client_ids.to_vec()));
+        if !root_ids.is_empty() {
+            conns.extend(self.recipients(&Target::Users(root_ids.to_vec())));
+        }
+        let mut seen = HashSet::new();
+        conns
+            .into_iter()
+            .filter(|c| seen.insert(c.id))
+            .filter(|c| c.outbox.close(CloseReason::Disconnected))
+            .count()
+    }
+
+    /// Every local channel with its local member count.
+    pub fn channel_counts(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for shard in self.channels.shards.iter() {
+            out.extend(
+                shard
+                    .lock()
+                    .iter()
+                    .map(|(name, members)| (name.to_string(), members.len() as u64)),
+            );
+        }
+        out
+    }
+
+    /// Every local channel name.
+    pub fn channel_names(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in self.channels.shards.iter() {
+            out.extend(shard.lock().keys().cloned());
+        }
+        out
+    }
+
+    /// Every local user id.
+    pub fn user_names(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in self.users.shards.iter() {
+            out.extend(shard.lock().keys().cloned());
+        }
+        out
+    }
+
+    /// Every local connection.
+    pub fn connections(&self) -> Vec<Arc<Conn>> {
+        self.recipients(&Target::All)
+    }
+}
+
+fn join(registry: &Registry<Members>, conn: &Arc<Conn>, key: &Arc<str>) -> bool {
+    let mut shard = registry.shard(key).lock();
+    match shard.entry(key.clone()) {
+        Entry::Occupied(mut e) => {
+            e.get_mut().insert(conn.id, conn.clone());
+            false
+        }
+        Entry::Vacant(e) => {
+            let mut members = HashMap::with_capacity(1);
+            members.insert(conn.id, conn.clone());
+            e.insert(members);
+            true
+        }
+    }
+}
+
+/// Returns (was a member, was the last member).
+fn leave(registry: &Registry<Members>, conn: &Conn, key: &str) -> (bool, bool) {
+    let mut shard = registry.shard(key).lock();
+    let Some(members) = shard.get_mut(key) else {
+        return (false, false);
+    };
+    let was_member = members.remove(&conn.id).is_some();
+    if members.is_empty() {
+        shard.remove(key);
+        return (was_member, true);
+    }
+    if members.capacity() > 16 && members.len() * 4 < members.capacity() {
+        members.shrink_to_fit();
+    }
+    (was_member, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: u64, channel: &str, root: &str) -> Arc<Conn> {
+        Arc::new(Conn {
+            id,
+            client_id: Arc::from(format!("c{id}")),
+            channel_id: Arc::from(channel),
+            outbox: Outbox::new(1 << 20),
+            state: Mutex::new(ConnState {
+                root_id: Arc::from(root),
+                token: None,
+                authenticated: false,
+                channels: HashSet::new(),
+            }),
+        })
+    }
+
+    #[test]
+    fn counts_follow_register_subscribe_and_unregister() {
+        let hub = Hub::new(Arc::new(Metrics::new("t")));
+        let a = conn(1, "room", "u1");
+        let b = conn(2, "room", "u1");
+        let change = hub.register(&a);
+        assert_eq!(change.channels_added, vec![Arc::<str>::from("room")]);
+        assert_eq!(change.users_added, vec![Arc::<str>::from("u1")]);
+        assert!(hub.register(&b).is_empty());
+        hub.subscribe(&a, &["x".into(), "x".into(), "y".into()], 10)
+            .expect("under limit");
+        assert_eq!(
+            hub.counts(),
+            HubCounts {
+                connections: 2,
+                users: 1,
+                channels: 3,
+                subscriptions: 4
+            }
+        );
+        assert_eq!(hub.subscribe(&a, &["z".into()], 3), Err(3));
+        let change = hub.unregister(&a);
+        assert_eq!(change.channels_removed.len(), 2);
+        assert!(change.users_removed.is_empty());
+        hub.unregister(&b);
+        assert_eq!(hub.counts(), HubCounts::default());
+    }
+
+    #[test]
+    fn a_connection_matching_several_targets_gets_one_copy() {
+        let hub = Hub::new(Arc::new(Metrics::new("t")));
+        let a = conn(1, "r1", "u");
+        hub.register(&a);
+        hub.subscribe(&a, &["r2".into()], 10).expect("ok");
+        let frame = Utf8Bytes::from("{}");
+        let n = hub.deliver(&Target::Channels(vec!["r1".into(), "r2".into()]), &frame);
+        assert_eq!(n, 1);
+        let n = hub.deliver(&Target::Clients(vec!["c1".into(), "c1".into()]), &frame);
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn the_fixed_channel_cannot_be_left() {
+        let hub = Hub::new(Arc::new(Metrics::new("t")));
+        let a = conn(1, "home", "u");
+        hub.register(&a);
+        assert!(hub.unsubscribe(&a, &["home".into()]).is_empty());
+        assert!(Hub::is_member(&a, "home"));
+    }
+}

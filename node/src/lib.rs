@@ -1,0 +1,108 @@
+//! pubmesh: a real-time WebSocket pub/sub server, one node or a cluster.
+//!
+//! Data flows top to bottom (see ARCHITECTURE.md):
+//!
+//! - [`transport`]: the WebSocket upgrade and each connection's reader and writer;
+//! - [`frontend`]: wire protocols (`/websocket`, jac-cloud compatible) over the node;
+//! - [`node`]: the mesh operations — publish to channels/users/clients/all, in
+//!   cluster or local scope, subscribe, disconnect, membership;
+//! - [`hub`]: this node's sharded registries and local delivery into [`outbox`]es;
+//! - [`relay`]: how messages cross nodes ([`relay::MemoryRelay`] alone,
+//!   [`relay::redis::RedisRelay`] in a cluster).
+//!
+//! Side modules: [`config`], [`auth`] (JWT), [`api`] (HTTP server API, health,
+//! metrics), [`metrics`], [`walker`] (backend calls), [`shutdown`] (drain), [`limits`].
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod frontend;
+pub mod hub;
+mod ids_shim;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod relay;
+pub mod shutdown;
+pub mod transport;
+pub mod walker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::node::Node;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Key(#[from] auth::KeyError),
+    #[error(transparent)]
+    Relay(#[from] relay::RelayError),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Build a node from its configuration.
+pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
+    let metrics = Arc::new(Metrics::new(&config.node_id));
+    let auth = auth::Authenticator::new(
+        config.jwt_secret.as_deref(),
+        config.jwt_public_key.as_deref(),
+    )?;
+    let relay = relay::from_config(&config, metrics.clone())?;
+    Ok(Arc::new(Node::new(config, metrics, relay, auth)))
+}
+
+/// Serve until `shutdown` completes, then drain and return.
+///
+/// The shutdown trigger is a parameter so tests and embedders pass their own;
+/// the binary passes SIGTERM/SIGINT.
+pub async fn run(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    node.relay
+        .start(node.clone() as Arc<dyn relay::NodeView>)
+        .await?;
+    tokio::spawn(watch_health(node.clone()));
+    let app = api::router(node.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain_node = node.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        shutdown::drain(&drain_node).await;
+        let _ = stop_tx.send(());
+    });
+    let served = tokio::spawn(async move { server.await });
+    let _ = stop_rx.await;
+    node.relay.shutdown().await;
+    // In-flight HTTP requests get a moment; sockets are already closed.
+    match tokio::time::timeout(Duration::from_secs(2), served).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("HTTP server did not stop within 2 s; exiting anyway"),
+    }
+    Ok(())
+}
+
+/// Keep the readiness and relay gauges current without waiting for a probe.
+async fn watch_health(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let status = node.relay.status();
+        node.metrics.relay_up.set(status.healthy as i64);
+        node.metrics.ready.set(node.readiness().is_ok() as i64);
+        node.metrics
+            .relay_peers
+            .set(node.relay.peers().len() as i64);
+    }
+}

@@ -1,0 +1,65 @@
+//! The `pubmesh` binary: parse configuration, set up logging, bind, run.
+
+use clap::Parser;
+use pubmesh_node::config::{Cli, Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let config = match Config::load(Cli::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("pubmesh: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(serve(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "pubmesh stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), pubmesh_node::StartError> {
+    let open_files = pubmesh_node::limits::raise_open_files();
+    if open_files < pubmesh_node::limits::LOW_OPEN_FILES {
+        tracing::warn!(
+            open_files,
+            "the open-file limit is low: it caps connections"
+        );
+    }
+    let mut config = config;
+    if config.max_connections.is_none() && open_files > 512 {
+        config.max_connections = Some(open_files as usize - 256);
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    if config.api_key_generated {
+        tracing::warn!(api_key = %config.api_key, "no --api-key given; generated one for this run");
+    }
+    let node = pubmesh_node::build(config)?;
+    node.metrics.open_files_limit.set(open_files as i64);
+    tracing::info!(
+        node_id = node.node_id(),
+        %addr,
+        relay = node.relay.name(),
+        open_files,
+        "pubmesh listening: ws://{addr}/websocket"
+    );
+    pubmesh_node::run(node, listener, pubmesh_node::shutdown::signal()).await?;
+    tracing::info!("pubmesh stopped");
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! Every metric the node exports, in one place.
+//!
+//! Gauges that mirror registry sizes are updated as the registries change, so a
+//! scrape never walks a map. Each node owns its own [`Registry`]; tests may run
+//! several nodes in one process.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets (seconds) from 50 µs to 5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+];
+
+/// The node's metrics. Cheap to clone handles live inside; share it in an `Arc`.
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_closed: IntCounterVec,
+    pub subscriptions: IntGauge,
+    pub channels: IntGauge,
+    pub users: IntGauge,
+    pub messages_in: IntCounterVec,
+    pub messages_out: IntCounterVec,
+    pub deliveries: IntCounter,
+    pub dropped: IntCounterVec,
+    pub slow_consumer_disconnects: IntCounter,
+    pub errors: IntCounterVec,
+    pub api_latency: HistogramVec,
+    pub fanout_latency: Histogram,
+    pub open_files_limit: IntGauge,
+    pub draining: IntGauge,
+    pub ready: IntGauge,
+    pub relay_up: IntGauge,
+    pub relay_published: IntCounterVec,
+    pub relay_received: IntCounterVec,
+    pub relay_pipeline_depth: IntGauge,
+    pub relay_roundtrip: Histogram,
+    pub cross_node_latency: Histogram,
+    pub relay_subscriptions: IntGauge,
+    pub relay_resubscribes: IntCounter,
+    pub relay_dropped: IntCounterVec,
+    pub relay_peers: IntGauge,
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    pub fn new(node_id: &str) -> Metrics {
+        let r = Registry::new();
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "pubmesh_info",
+                "Constant 1, labelled with the node id and version",
+            ),
+            &["node_id", "version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(info.clone())).expect("unique metric");
+        info.with_label_values(&[node_id, env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let api_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "pubmesh_api_request_duration_seconds",
+                "Server API request latency by route",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(api_latency.clone()))
+            .expect("unique metric");
+        let m = Metrics {
+            connections: gauge(&r, "pubmesh_connections", "Open client connections"),
+            connections_accepted: counter(
+                &r,
+                "pubmesh_connections_accepted_total",
+                "Client connections accepted",
+            ),
+            connections_closed: counter_vec(
+                &r,
+                "pubmesh_connections_closed_total",
+                "Client connections closed, by reason",
+                "reason",
+            ),
+            subscriptions: gauge(
+                &r,
+                "pubmesh_subscriptions",
+                "Channel memberships of local connections",
+            ),
+            channels: gauge(&r, "pubmesh_channels", "Channels with local members"),
+            users: gauge(&r, "pubmesh_users", "Users with local connections"),
+            messages_in: counter_vec(
+                &r,
+                "pubmesh_messages_in_total",
+                "Frames received from clients, by type",
+                "kind",
+            ),
+            messages_out: counter_vec(
+                &r,
+                "pubmesh_messages_out_total",
+                "Messages published through this node, by target kind",
+                "kind",
+            ),
+            deliveries: counter(
+                &r,
+                "pubmesh_deliveries_total",
+                "Frames queued to local connections",
+            ),
+            dropped: counter_vec(
+                &r,
+                "pubmesh_dropped_total",
+                "Frames not delivered, by reason",
+                "reason",
+            ),
+            slow_consumer_disconnects: counter(
+                &r,
+                "pubmesh_slow_consumer_disconnects_total",
+                "Connections closed because their outbox overflowed",
+            ),
+            errors: counter_vec(
+                &r,
+                "pubmesh_errors_total",
+                "Error replies sent to clients, by code",
+                "code",
+            ),
+            api_latency,
+            fanout_latency: histogram(
+                &r,
+                "pubmesh_fanout_duration_seconds",
+                "Time to queue one message to every local recipient",
+            ),
+            open_files_limit: gauge(
+                &r,
+                "pubmesh_open_files_limit",
+                "Soft limit on open files (caps connections)",
+            ),
+            draining: gauge(&r, "pubmesh_draining", "1 while the node drains"),
+            ready: gauge(&r, "pubmesh_ready", "1 while /readyz answers 200"),
+            relay_up: gauge(
+                &r,
+                "pubmesh_relay_up",
+                "1 while the relay reaches every broker it needs",
+            ),
+            relay_published: counter_vec(
+                &r,
+                "pubmesh_relay_published_total",
+                "Envelopes published to the relay, by kind",
+                "kind",
+            ),
+            relay_received: counter_vec(
+                &r,
+                "pubmesh_relay_received_total",
+                "Envelopes received from the relay, by kind",
+                "kind",
+            ),
+            relay_pipeline_depth: gauge(
+                &r,
+                "pubmesh_relay_pipeline_depth",
+                "Publishes queued or in flight to the relay",
+            ),
+            relay_roundtrip: histogram(
+                &r,
+                "pubmesh_relay_roundtrip_seconds",
+                "Round trip of a relay publish batch",
+            ),
+            cross_node_latency: histogram(
+                &r,
+                "pubmesh_cross_node_latency_seconds",
+                "Origin publish time to local delivery for relayed messages",
+            ),
+            relay_subscriptions: gauge(
+                &r,
+                "pubmesh_relay_subscriptions",
+                "Broker channels this node is subscribed to",
+            ),
+            relay_resubscribes: counter(
+                &r,
+                "pubmesh_relay_resubscribes_total",
+                "Times the relay resubscribed after a reconnect",
+            ),
+            relay_dropped: counter_vec(
+                &r,
+                "pubmesh_relay_dropped_total",
+                "Envelopes the relay dropped, by reason",
+                "reason",
+            ),
+            relay_peers: gauge(&r, "pubmesh_relay_peers", "Other live nodes seen"),
+            registry: r,
+        };
+        m.ready.set(1);
+        m.relay_up.set(1);
+        m
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_lists_the_unlabelled_metrics() {
+        let m = Metrics::new("n1");
+        m.deliveries.inc_by(3);
+        let text = m.render();
+        assert!(text.contains("pubmesh_deliveries_total 3"), "{text}");
+        assert!(text.contains("pubmesh_info{node_id=\"n1\""), "{text}");
+        assert!(
+            text.contains("pubmesh_relay_roundtrip_seconds_bucket"),
+            "{text}"
+        );
+    }
+}

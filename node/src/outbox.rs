@@ -1,0 +1,204 @@
+//! A connection's outbox: frames waiting for the socket writer, bounded in bytes.
+//!
+//! Publishers push pre-encoded frames (a refcount bump of a shared `Bytes`); the
+//! writer task takes everything queued at once, feeds it to the socket and
+//! flushes once. An empty outbox owns no heap memory, which keeps idle
+//! connections small. When a push would exceed the byte bound the outbox closes
+//! itself with [`CloseReason::SlowConsumer`]: nothing else waits for a slow reader.
+
+use std::collections::VecDeque;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Why a connection is being closed by the server, with its documented close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The node is draining (SIGTERM): 1012 "reconnect".
+    Drain,
+    /// No valid token under `--require-auth`: 4001.
+    Unauthorized,
+    /// `POST /api/disconnect`: 4002.
+    Disconnected,
+    /// The outbox overflowed: 4008.
+    SlowConsumer,
+    /// Too many frames per second: 4029.
+    RateLimited,
+    /// A frame over `--max-message-size`: 1009.
+    TooBig,
+}
+
+impl CloseReason {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Drain => 1012,
+            CloseReason::TooBig => 1009,
+            CloseReason::Unauthorized => 4001,
+            CloseReason::Disconnected => 4002,
+            CloseReason::SlowConsumer => 4008,
+            CloseReason::RateLimited => 4029,
+        }
+    }
+
+    /// The close frame's reason text; also the metric label.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Drain => "reconnect",
+            CloseReason::TooBig => "message too big",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::Disconnected => "disconnected",
+            CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::RateLimited => "rate limited",
+        }
+    }
+
+    /// Label for `pubmesh_connections_closed_total{reason}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Drain => "drain",
+            CloseReason::TooBig => "too_big",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::Disconnected => "disconnected",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// Result of a push.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// This push overflowed the bound: the outbox is now closed as a slow consumer.
+    Overflowed,
+    /// The outbox was already closed; the frame was dropped.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Utf8Bytes>,
+    bytes: usize,
+    closed: Option<CloseReason>,
+}
+
+/// Frames waiting to be written to one socket.
+pub struct Outbox {
+    /// Locked only for a push or a take, never across an `.await`.
+    state: Mutex<State>,
+    /// Wakes the writer when the queue goes from empty to non-empty or on close.
+    wake: Notify,
+    limit: usize,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            limit,
+        }
+    }
+
+    /// Queue one frame. Never blocks on the socket.
+    pub fn push(&self, frame: Utf8Bytes) -> Push {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return Push::Closed;
+        }
+        let len = frame.len();
+        if state.bytes + len > self.limit {
+            state.closed = Some(CloseReason::SlowConsumer);
+            state.queue = VecDeque::new();
+            state.bytes = 0;
+            drop(state);
+            self.wake.notify_one();
+            return Push::Overflowed;
+        }
+        let was_empty = state.queue.is_empty();
+        state.bytes += len;
+        state.queue.push_back(frame);
+        drop(state);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Ask the writer to close the socket after what is queued (unless the
+    /// outbox is already closing for another reason). Returns false if it was.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return false;
+        }
+        state.closed = Some(reason);
+        drop(state);
+        self.wake.notify_one();
+        true
+    }
+
+    /// The close reason, if the outbox is closing.
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.state.lock().closed
+    }
+
+    /// Move everything queued into `into` (which the writer reuses) and return
+    /// the close reason when the outbox is closing.
+    pub fn take(&self, into: &mut VecDeque<Utf8Bytes>) -> Option<CloseReason> {
+        let mut state = self.state.lock();
+        if into.is_empty() {
+            std::mem::swap(into, &mut state.queue);
+        } else {
+            into.append(&mut state.queue);
+        }
+        state.bytes = 0;
+        if state.queue.capacity() > 64 {
+            state.queue = VecDeque::new();
+        }
+        state.closed
+    }
+
+    /// Wait until something is queued or the outbox is closed.
+    pub async fn ready(&self) {
+        self.wake.notified().await
+    }
+
+    /// Bytes waiting.
+    pub fn queued_bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_as_slow_consumer_and_drops_the_queue() {
+        let outbox = Outbox::new(10);
+        assert_eq!(outbox.push(Utf8Bytes::from("123456")), Push::Queued);
+        assert_eq!(outbox.push(Utf8Bytes::from("123456")), Push::Overflowed);
+        assert_eq!(outbox.push(Utf8Bytes::from("1")), Push::Closed);
+        let mut batch = VecDeque::new();
+        assert_eq!(outbox.take(&mut batch), Some(CloseReason::SlowConsumer));
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn take_moves_everything_and_resets_the_byte_count() {
+        let outbox = Outbox::new(100);
+        for _ in 0..3 {
+            outbox.push(Utf8Bytes::from("abcd"));
+        }
+        assert_eq!(outbox.queued_bytes(), 12);
+        let mut batch = VecDeque::new();
+        assert_eq!(outbox.take(&mut batch), None);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert!(outbox.close(CloseReason::Drain));
+        assert!(!outbox.close(CloseReason::Disconnected));
+        assert_eq!(outbox.closed(), Some(CloseReason::Drain));
+    }
+}

@@ -1,0 +1,113 @@
+//! The relay: how messages cross nodes.
+//!
+//! [`Relay`] is the seam between the mesh and the broker. The mesh always
+//! delivers locally first and then hands the message to the relay, which must
+//! deliver it to the *other* nodes' hubs (at most once, in publish order per
+//! publisher and topic). [`MemoryRelay`] is the single-node relay (the
+//! embedded default: nothing to send anywhere); [`redis::RedisRelay`] is the
+//! cluster relay.
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+pub use memory::MemoryRelay;
+
+use crate::hub::{Hub, Target};
+
+/// A boxed future, so the trait stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a node knows about a node of the cluster (itself included).
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub connections: u64,
+    pub users: u64,
+    pub channels: u64,
+    pub subscriptions: u64,
+    pub ready: bool,
+    pub version: String,
+    pub uptime_seconds: u64,
+    /// True for the node that answers.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+}
+
+/// The relay's health, for `/readyz` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayStatus {
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// What the relay needs from its node: the hub to deliver into and a snapshot
+/// of the node for heartbeats.
+pub trait NodeView: Send + Sync + 'static {
+    fn hub(&self) -> &Hub;
+    fn info(&self) -> NodeInfo;
+}
+
+/// Moves messages between nodes.
+///
+/// Guarantees a relay must keep: at most once delivery; messages from one
+/// publisher to one channel, user or client arrive in publish order; a node
+/// never delivers its own messages twice (it ignores their echo).
+pub trait Relay: Send + Sync + 'static {
+    /// Start background work (connections, subscriber loops, heartbeats).
+    fn start(&self, node: Arc<dyn NodeView>) -> BoxFuture<'_, Result<(), RelayError>>;
+
+    /// Send a message to the other nodes. Never blocks on the network: the
+    /// message is queued (pipelined); returns false if it was dropped.
+    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> bool;
+
+    /// Track which channels and users have local members, so the relay only
+    /// receives what this node can deliver. Called after every change.
+    fn interest(&self, change: &crate::hub::InterestChange);
+
+    /// Close connections anywhere in the cluster (the caller closed local ones).
+    fn disconnect(&self, client_ids: &[String], root_ids: &[String]);
+
+    /// Live nodes of the cluster other than this one.
+    fn peers(&self) -> Vec<NodeInfo>;
+
+    /// Channel member counts on the other nodes.
+    fn remote_channels(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, RelayError>>;
+
+    /// Health of the relay.
+    fn status(&self) -> RelayStatus;
+
+    /// Announce a clean exit and stop.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    /// A short name for logs ("memory", "redis").
+    fn name(&self) -> &'static str;
+}
+
+/// A relay that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    #[error("relay timed out")]
+    Timeout,
+    #[error("bad relay configuration: {0}")]
+    Config(String),
+}
+
+/// The relay a configuration asks for.
+pub fn from_config(
+    config: &crate::config::Config,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<Arc<dyn Relay>, RelayError> {
+    if config.redis_urls.is_empty() {
+        Ok(Arc::new(MemoryRelay::new()))
+    } else {
+        Ok(Arc::new(redis::RedisRelay::new(config, metrics)?))
+    }
+}

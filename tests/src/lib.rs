@@ -1,0 +1,1 @@
+//! Support for pubmesh end-to-end tests.
