@@ -43,6 +43,8 @@ pub struct ConnState {
     pub token: Option<String>,
     /// True when `root_id` comes from a verified token.
     pub authenticated: bool,
+    /// When that token expires (seconds since the epoch); 0 when anonymous.
+    pub expires_at: u64,
     /// Channels this connection is a member of (including `channel_id`).
     pub channels: HashSet<Arc<str>>,
 }
@@ -271,12 +273,13 @@ impl Hub {
         conn: &Arc<Conn>,
         root_id: Arc<str>,
         token: Option<String>,
-        authenticated: bool,
+        expires_at: Option<u64>,
     ) -> InterestChange {
         let old = {
             let mut state = conn.state.lock();
             state.token = token;
-            state.authenticated = authenticated;
+            state.authenticated = expires_at.is_some();
+            state.expires_at = expires_at.unwrap_or(0);
             std::mem::replace(&mut state.root_id, root_id.clone())
         };
         let mut change = InterestChange::default();
@@ -513,6 +516,7 @@ mod tests {
                 root_id: Arc::from(root),
                 token: None,
                 authenticated: false,
+                expires_at: 0,
                 channels: HashSet::new(),
             }),
         })

@@ -73,6 +73,12 @@ pub async fn run(
         .start(node.clone() as Arc<dyn relay::NodeView>)
         .await?;
     tokio::spawn(watch_health(node.clone()));
+    if node.auth.enabled() {
+        tokio::spawn(frontend::native::expire_tokens(
+            node.clone(),
+            Duration::from_secs(1),
+        ));
+    }
     let app = api::router(node.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_node = node.clone();

@@ -36,7 +36,8 @@ pub struct ConnectParams {
 pub struct Identity {
     pub root_id: String,
     pub token: Option<String>,
-    pub authenticated: bool,
+    /// Token expiry (seconds since the epoch) when authenticated.
+    pub expires_at: Option<u64>,
 }
 
 /// Resolve the socket's identity from a token (header or query).
@@ -47,7 +48,7 @@ pub fn identify(node: &Node, token: Option<&str>) -> Identity {
                 return Identity {
                     root_id: id.user_id,
                     token: Some(crate::auth::strip_bearer(token).to_string()),
-                    authenticated: true,
+                    expires_at: Some(id.expires_at),
                 }
             }
             Err(e) => tracing::debug!(error = %e, "token rejected; socket is anonymous"),
@@ -56,7 +57,7 @@ pub fn identify(node: &Node, token: Option<&str>) -> Identity {
     Identity {
         root_id: node.config.anonymous_id.clone(),
         token: None,
-        authenticated: false,
+        expires_at: None,
     }
 }
 
@@ -86,7 +87,8 @@ pub fn new_conn(node: &Node, params: &ConnectParams, identity: Identity) -> Resu
         state: Mutex::new(ConnState {
             root_id: Arc::from(identity.root_id),
             token: identity.token,
-            authenticated: identity.authenticated,
+            authenticated: identity.expires_at.is_some(),
+            expires_at: identity.expires_at.unwrap_or(0),
             channels: HashSet::new(),
         }),
     })
@@ -299,10 +301,10 @@ impl NativeSession {
                     &self.conn,
                     Arc::from(identity.root_id),
                     identity.token,
-                    identity.authenticated,
+                    identity.expires_at,
                 );
                 self.node.interest(change);
-                if self.node.config.require_auth && !identity.authenticated {
+                if self.node.config.require_auth && identity.expires_at.is_none() {
                     self.conn.outbox.close(CloseReason::Unauthorized);
                     return Ok(());
                 }
@@ -506,6 +508,40 @@ fn ack(kind: &str, channels: &[String], reference: Option<&RawValue>) -> Utf8Byt
     push_ref(&mut frame, reference);
     frame.push('}');
     Utf8Bytes::from(frame)
+}
+
+/// Sockets whose token expired lose their identity: under `--require-auth`
+/// they are closed with 4001, otherwise they become anonymous and receive a
+/// new connection frame. Checked every `every`.
+pub async fn expire_tokens(node: Arc<Node>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for conn in node.hub.connections() {
+            let expired = {
+                let state = conn.state.lock();
+                state.authenticated && state.expires_at <= now
+            };
+            if !expired {
+                continue;
+            }
+            if node.config.require_auth {
+                conn.outbox.close(CloseReason::Unauthorized);
+                continue;
+            }
+            let anonymous = Arc::from(node.config.anonymous_id.as_str());
+            let change = node.hub.change_user(&conn, anonymous, None, None);
+            node.interest(change);
+            node.hub.push_all(
+                std::slice::from_ref(&conn),
+                &connection_frame(&node, &conn, None),
+            );
+        }
+    }
 }
 
 impl Session for NativeSession {
