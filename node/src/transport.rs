@@ -77,7 +77,7 @@ pub fn accept(headers: &HeaderMap) -> Result<http::Response<()>, UpgradeError> {
 /// connections cheap (the 128 KiB default read buffer is allocated eagerly).
 pub fn socket_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         // Frames gather in tungstenite's (lazily grown) out buffer until a
         // flush or until this size: one write syscall for many deliveries.
         .write_buffer_size(16 * 1024)
