@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,6 +45,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/disconnect", post(disconnect))
         .route("/api/nodes", get(nodes))
         .route("/api/channels", get(channels))
+        .route("/api/history", get(history))
+        .route("/api/presence", get(presence))
         .route_layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(DefaultBodyLimit::max(node.config.max_message_size));
     Router::new()
@@ -190,11 +193,10 @@ async fn notify_channels(
     check_ids(&req.channel_ids, "channel_ids")?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(
-        Target::Channels(req.channel_ids),
-        frame,
-        scope(req.local),
-    )))
+    node.publish_to(Target::Channels(req.channel_ids), frame, scope(req.local))
+        .await
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
 }
 
 async fn notify_users(
@@ -255,6 +257,88 @@ async fn disconnect(
     Ok(Json(json!({
         "local_disconnects": closed,
         "relayed": !req.local && node.relay.name() != "memory",
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    channel: String,
+    limit: Option<usize>,
+    since_offset: Option<u64>,
+    epoch: Option<String>,
+}
+
+/// `GET /api/history?channel=C[&limit=N][&since_offset=O&epoch=E]`
+async fn history(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    let options = node.config.namespaces.options(&q.channel);
+    if !options.history() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no_history",
+            format!("channel {:?} keeps no history", q.channel),
+        ));
+    }
+    let since = match (q.since_offset, q.epoch) {
+        (None, None) => None,
+        (Some(offset), Some(epoch)) => Some(crate::history::Position { offset, epoch }),
+        _ => return Err(bad("since_offset and epoch go together")),
+    };
+    let limit = q
+        .limit
+        .unwrap_or(options.history_size)
+        .min(options.history_size);
+    node.metrics.history_reads.inc();
+    let page = node
+        .history
+        .read(&q.channel, since.as_ref(), limit, &options)
+        .await
+        .map_err(|e| match e {
+            crate::history::HistoryError::BadPosition { .. } => bad(e.to_string()),
+            e => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
+        })?;
+    let frame = crate::frontend::native::history_frame(&q.channel, &page, None);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        frame.as_str().to_string(),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceQuery {
+    channel: String,
+}
+
+/// `GET /api/presence?channel=C`
+async fn presence(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<PresenceQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    if !node.config.namespaces.options(&q.channel).presence {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "no_presence",
+            format!("channel {:?} has no presence", q.channel),
+        ));
+    }
+    let clients = node.presence.list(&q.channel).await.map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(json!({
+        "channel": q.channel,
+        "count": clients.len(),
+        "clients": clients,
     })))
 }
 

@@ -29,12 +29,21 @@ pub struct Identity {
     pub user_id: String,
     /// Seconds since the epoch after which the token is no longer valid.
     pub expires_at: u64,
+    /// The `channels` claim: channel names or `prefix*` patterns this token
+    /// may subscribe to in namespaces with `subscribe = "claim"`.
+    pub channels: Option<Vec<String>>,
+    /// The `info` claim as JSON text, shown in presence.
+    pub info: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Verifies tokens with the configured keys.
@@ -121,6 +130,8 @@ impl Authenticator {
         Ok(Identity {
             user_id: data.claims.sub,
             expires_at: data.claims.exp,
+            channels: data.claims.channels,
+            info: data.claims.info.map(|raw| raw.get().to_string()),
         })
     }
 }

@@ -186,6 +186,9 @@ pub struct FileConfig {
     pub client_user_publish: Option<DirectPublish>,
     pub client_client_publish: Option<DirectPublish>,
     pub flush_window_us: Option<u64>,
+    /// Channel options by namespace (file only): `[[namespaces]]` tables.
+    #[serde(default)]
+    pub namespaces: Vec<crate::namespace::NamespaceConfig>,
 }
 
 /// The resolved configuration a node runs with.
@@ -217,6 +220,7 @@ pub struct Config {
     pub client_user_publish: DirectPublish,
     pub client_client_publish: DirectPublish,
     pub flush_window: Duration,
+    pub namespaces: crate::namespace::Namespaces,
 }
 
 /// A configuration that cannot be used, with a message fit for the operator.
@@ -358,6 +362,8 @@ impl Config {
             flush_window: Duration::from_micros(
                 cli.flush_window_us.or(file.flush_window_us).unwrap_or(0),
             ),
+            namespaces: crate::namespace::Namespaces::new(&file.namespaces)
+                .map_err(ConfigError::Invalid)?,
         };
         config.check()?;
         Ok(config)

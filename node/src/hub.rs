@@ -47,6 +47,37 @@ pub struct ConnState {
     pub expires_at: u64,
     /// Channels this connection is a member of (including `channel_id`).
     pub channels: HashSet<Arc<str>>,
+    /// The token's `channels` claim (names or `prefix*` patterns).
+    pub allowed_channels: Option<Arc<[String]>>,
+    /// The token's `info` claim, JSON text, shown in presence.
+    pub info: Option<Arc<str>>,
+    /// History channels this connection receives in the enveloped form
+    /// (`publication` frames with offsets); empty for most connections.
+    pub positioned: HashMap<Arc<str>, ChannelPos>,
+}
+
+/// Delivery state of one enveloped (positioned) subscription.
+#[derive(Debug, Default)]
+pub struct ChannelPos {
+    /// Epoch and offset of the last publication delivered; later copies at or
+    /// below it are duplicates.
+    pub epoch: Option<Arc<str>>,
+    pub last: u64,
+    /// While a recovery reads history, live publications wait here.
+    pub recovering: Option<Vec<(u64, Arc<str>, Utf8Bytes)>>,
+}
+
+impl ChannelPos {
+    /// Should a publication at (`epoch`, `offset`) be delivered after what
+    /// was delivered so far? Records it when so.
+    pub fn advance(&mut self, epoch: &Arc<str>, offset: u64) -> bool {
+        if self.epoch.as_deref() == Some(&**epoch) && offset <= self.last {
+            return false;
+        }
+        self.epoch = Some(epoch.clone());
+        self.last = offset;
+        true
+    }
 }
 
 impl Conn {
@@ -365,13 +396,14 @@ impl Hub {
         }
     }
 
+    /// The local members of one channel.
+    pub fn channel_members(&self, channel: &str) -> Vec<Arc<Conn>> {
+        one_key(&self.channels, channel)
+    }
+
     fn members_of(&self, registry: &Registry<Members>, names: &[String]) -> Vec<Arc<Conn>> {
         if let [name] = names {
-            let shard = registry.shard(name).lock();
-            return shard
-                .get(name.as_str())
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default();
+            return one_key(registry, name);
         }
         let mut seen: HashMap<u64, Arc<Conn>> = HashMap::new();
         for name in names {
@@ -414,6 +446,42 @@ impl Hub {
             }
         }
         self.metrics.deliveries.inc_by(delivered as u64);
+        delivered
+    }
+
+    /// Deliver a history channel's publication: enveloped (`env`) to
+    /// connections that asked for positions, raw `data` to the others.
+    /// Duplicates (at or below what a connection already got) are skipped, and
+    /// connections that are recovering buffer it until their history is sent.
+    pub fn deliver_publication(
+        &self,
+        channel: &str,
+        epoch: &Arc<str>,
+        offset: u64,
+        raw: &Utf8Bytes,
+        env: &Utf8Bytes,
+    ) -> usize {
+        let started = std::time::Instant::now();
+        let recipients = self.channel_members(channel);
+        let mut raw_to = Vec::new();
+        let mut env_to = Vec::new();
+        for conn in recipients {
+            let mut state = conn.state.lock();
+            match state.positioned.get_mut(channel) {
+                None => raw_to.push(conn.clone()),
+                Some(pos) => {
+                    if let Some(buffer) = &mut pos.recovering {
+                        buffer.push((offset, epoch.clone(), env.clone()));
+                    } else if pos.advance(epoch, offset) {
+                        env_to.push(conn.clone());
+                    }
+                }
+            }
+        }
+        let delivered = self.push_all(&raw_to, raw) + self.push_all(&env_to, env);
+        self.metrics
+            .fanout_latency
+            .observe(started.elapsed().as_secs_f64());
         delivered
     }
 
@@ -469,6 +537,15 @@ impl Hub {
     }
 }
 
+fn one_key(registry: &Registry<Members>, key: &str) -> Vec<Arc<Conn>> {
+    registry
+        .shard(key)
+        .lock()
+        .get(key)
+        .map(|m| m.values().cloned().collect())
+        .unwrap_or_default()
+}
+
 fn join(registry: &Registry<Members>, conn: &Arc<Conn>, key: &Arc<str>) -> bool {
     let mut shard = registry.shard(key).lock();
     match shard.entry(key.clone()) {
@@ -518,6 +595,9 @@ mod tests {
                 authenticated: false,
                 expires_at: 0,
                 channels: HashSet::new(),
+                allowed_channels: None,
+                info: None,
+                positioned: HashMap::new(),
             }),
         })
     }

@@ -17,12 +17,15 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod frontend;
+pub mod history;
 pub mod hub;
 mod ids_shim;
 pub mod limits;
 pub mod metrics;
+pub mod namespace;
 pub mod node;
 pub mod outbox;
+pub mod presence;
 pub mod relay;
 pub mod shutdown;
 pub mod transport;
@@ -57,7 +60,11 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
         config.jwt_public_key.as_deref(),
     )?;
     let relay = relay::from_config(&config, metrics.clone())?;
-    Ok(Arc::new(Node::new(config, metrics, relay, auth)))
+    let history: Arc<dyn history::History> = Arc::new(history::MemoryHistory::new());
+    let presence: Arc<dyn presence::Presence> = presence::MemoryPresence::new();
+    Ok(Arc::new(Node::new(
+        config, metrics, relay, auth, history, presence,
+    )))
 }
 
 /// Serve until `shutdown` completes, then drain and return.

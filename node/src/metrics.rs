@@ -45,6 +45,10 @@ pub struct Metrics {
     pub relay_resubscribes: IntCounter,
     pub relay_dropped: IntCounterVec,
     pub relay_peers: IntGauge,
+    pub history_appends: IntCounter,
+    pub history_reads: IntCounter,
+    pub recoveries: IntCounterVec,
+    pub presence_size: IntGauge,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -213,6 +217,27 @@ impl Metrics {
                 "reason",
             ),
             relay_peers: gauge(&r, "pubmesh_relay_peers", "Other live nodes seen"),
+            history_appends: counter(
+                &r,
+                "pubmesh_history_appends_total",
+                "Publications appended to channel history",
+            ),
+            history_reads: counter(
+                &r,
+                "pubmesh_history_reads_total",
+                "History reads (history frames, API calls, recoveries)",
+            ),
+            recoveries: counter_vec(
+                &r,
+                "pubmesh_recoveries_total",
+                "Subscriptions that asked to recover, by result (ok, failed)",
+                "result",
+            ),
+            presence_size: gauge(
+                &r,
+                "pubmesh_presence_entries",
+                "Presence entries of local connections",
+            ),
             registry: r,
         };
         m.ready.set(1);

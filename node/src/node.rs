@@ -10,8 +10,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::history::{History, HistoryError, Position};
 use crate::hub::{Conn, Hub, InterestChange, Target};
 use crate::metrics::Metrics;
+use crate::namespace::{pattern_matches, ChannelOptions, SubscribePolicy};
+use crate::presence::{Presence, PresenceEntry};
 use crate::relay::{NodeInfo, NodeView, Relay};
 use crate::walker::WalkerClient;
 
@@ -41,6 +44,10 @@ pub struct Node {
     pub relay: Arc<dyn Relay>,
     pub auth: Authenticator,
     pub walker: Option<WalkerClient>,
+    /// Channel history (memory ring or Redis streams).
+    pub history: Arc<dyn History>,
+    /// Channel presence (memory or Redis).
+    pub presence: Arc<dyn Presence>,
     started: Instant,
     /// Set once when a drain starts; read by /readyz and the accept path.
     draining: AtomicBool,
@@ -54,6 +61,8 @@ impl Node {
         metrics: Arc<Metrics>,
         relay: Arc<dyn Relay>,
         auth: Authenticator,
+        history: Arc<dyn History>,
+        presence: Arc<dyn Presence>,
     ) -> Node {
         let walker = config
             .backend_url
@@ -66,6 +75,8 @@ impl Node {
             metrics,
             relay,
             auth,
+            history,
+            presence,
             started: Instant::now(),
             draining: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
@@ -102,6 +113,131 @@ impl Node {
         }
     }
 
+    /// Publish with channel options applied: publications to history-enabled
+    /// channels are appended (and, in a cluster, relayed by the history store
+    /// in the same atomic step) and get a position; everything else takes the
+    /// plain path of [`Node::publish`]. `Scope::Local` never touches history.
+    pub async fn publish_to(
+        &self,
+        target: Target,
+        frame: Utf8Bytes,
+        scope: Scope,
+    ) -> Result<Published, HistoryError> {
+        let Target::Channels(channels) = target else {
+            return Ok(self.publish(target, frame, scope));
+        };
+        if scope == Scope::Local || self.config.namespaces.is_plain() {
+            return Ok(self.publish(Target::Channels(channels), frame, scope));
+        }
+        let (with_history, plain): (Vec<String>, Vec<String>) = channels
+            .into_iter()
+            .partition(|c| self.config.namespaces.options(c).history());
+        let mut done = Published::default();
+        if !plain.is_empty() {
+            done = self.publish(Target::Channels(plain), frame.clone(), scope);
+        }
+        for channel in with_history {
+            let options = self.config.namespaces.options(&channel);
+            let position = self.history.append(&channel, &frame, &options).await?;
+            self.metrics
+                .messages_out
+                .with_label_values(&["channels"])
+                .inc();
+            self.metrics.history_appends.inc();
+            done.local_deliveries += self.deliver_publication(&channel, &position, &frame);
+            done.relayed |= self.relay.name() != "memory";
+        }
+        Ok(done)
+    }
+
+    /// Deliver a positioned publication to this node's members of `channel`.
+    pub fn deliver_publication(
+        &self,
+        channel: &str,
+        position: &Position,
+        data: &Utf8Bytes,
+    ) -> usize {
+        let env = publication_frame(channel, position, data);
+        let epoch: Arc<str> = Arc::from(position.epoch.as_str());
+        self.hub
+            .deliver_publication(channel, &epoch, position.offset, data, &env)
+    }
+
+    /// May this connection join `channel` (and read its history and presence)?
+    pub fn may_subscribe(&self, conn: &Conn, channel: &str) -> Result<ChannelOptions, String> {
+        let options = self.config.namespaces.options(channel);
+        let state = conn.state.lock();
+        let allowed = match options.subscribe {
+            SubscribePolicy::Anyone => true,
+            SubscribePolicy::Authenticated => state.authenticated,
+            SubscribePolicy::Claim => {
+                state.authenticated
+                    && state
+                        .allowed_channels
+                        .as_ref()
+                        .map(|list| list.iter().any(|p| pattern_matches(p, channel)))
+                        .unwrap_or(false)
+            }
+        };
+        if allowed {
+            Ok(options)
+        } else {
+            Err(format!("not allowed to subscribe to channel {channel:?}"))
+        }
+    }
+
+    /// Record `conn` as present in `channel` and tell members when the
+    /// channel pushes join events.
+    pub async fn presence_join(&self, conn: &Conn, channel: &str, options: &ChannelOptions) {
+        if !options.presence {
+            return;
+        }
+        let entry = self.presence_entry(conn);
+        if let Err(e) = self.presence.join(channel, &entry).await {
+            tracing::warn!(error = %e, channel, "presence join failed");
+        }
+        if options.join_leave {
+            let frame = presence_event("join", channel, &entry);
+            self.publish(
+                Target::Channels(vec![channel.to_string()]),
+                frame,
+                Scope::Cluster,
+            );
+        }
+    }
+
+    /// The reverse of [`Node::presence_join`].
+    pub async fn presence_leave(&self, conn: &Conn, channel: &str, options: &ChannelOptions) {
+        if !options.presence {
+            return;
+        }
+        if let Err(e) = self.presence.leave(channel, &conn.client_id).await {
+            tracing::warn!(error = %e, channel, "presence leave failed");
+        }
+        if options.join_leave {
+            let entry = self.presence_entry(conn);
+            let frame = presence_event("leave", channel, &entry);
+            self.publish(
+                Target::Channels(vec![channel.to_string()]),
+                frame,
+                Scope::Cluster,
+            );
+        }
+    }
+
+    pub fn presence_entry(&self, conn: &Conn) -> PresenceEntry {
+        let state = conn.state.lock();
+        PresenceEntry {
+            client_id: conn.client_id.to_string(),
+            user_id: state.root_id.to_string(),
+            node_id: self.config.node_id.clone(),
+            info: state
+                .info
+                .as_ref()
+                .and_then(|i| serde_json::value::RawValue::from_string(i.to_string()).ok()),
+        }
+    }
+
     /// The part of a target that other nodes may have to deliver.
     fn remote_part(&self, target: Target) -> Option<Target> {
         match target {
@@ -131,9 +267,31 @@ impl Node {
         self.interest(change);
     }
 
-    pub fn unregister(&self, conn: &Arc<Conn>) {
+    pub fn unregister(self: &Arc<Self>, conn: &Arc<Conn>) {
+        let channels: Vec<Arc<str>> = if self.config.namespaces.is_plain() {
+            Vec::new()
+        } else {
+            conn.state.lock().channels.iter().cloned().collect()
+        };
         let change = self.hub.unregister(conn);
         self.interest(change);
+        let present: Vec<(Arc<str>, ChannelOptions)> = channels
+            .into_iter()
+            .map(|c| {
+                let o = self.config.namespaces.options(&c);
+                (c, o)
+            })
+            .filter(|(_, o)| o.presence)
+            .collect();
+        if !present.is_empty() {
+            let node = self.clone();
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                for (channel, options) in present {
+                    node.presence_leave(&conn, &channel, &options).await;
+                }
+            });
+        }
     }
 
     /// Close connections by client or user id, here and on every node.
@@ -204,6 +362,26 @@ impl Node {
     pub fn uptime_seconds(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
+}
+
+/// `{"type":"publication","channel":…,"offset":…,"epoch":…,"data":…}`: the
+/// enveloped delivery form for clients that asked for positions.
+pub fn publication_frame(channel: &str, position: &Position, data: &Utf8Bytes) -> Utf8Bytes {
+    Utf8Bytes::from(format!(
+        "{{\"type\":\"publication\",\"channel\":{},\"offset\":{},\"epoch\":{},\"data\":{}}}",
+        serde_json::to_string(channel).expect("strings serialize"),
+        position.offset,
+        serde_json::to_string(&position.epoch).expect("strings serialize"),
+        data.as_str()
+    ))
+}
+
+/// `{"type":"join"|"leave","channel":…,"client_id":…,"user_id":…,"node_id":…}`.
+fn presence_event(kind: &str, channel: &str, entry: &PresenceEntry) -> Utf8Bytes {
+    let mut value = serde_json::to_value(entry).expect("entries serialize");
+    value["type"] = serde_json::Value::from(kind);
+    value["channel"] = serde_json::Value::from(channel);
+    Utf8Bytes::from(value.to_string())
 }
 
 impl NodeView for Node {

@@ -47,24 +47,37 @@ pub async fn websocket(
         Ok(conn) => Arc::new(conn),
         Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
+    let options = match node.may_subscribe(&conn, &conn.channel_id) {
+        Ok(options) => options,
+        Err(message) => {
+            node.metrics.errors.with_label_values(&["forbidden"]).inc();
+            return (StatusCode::FORBIDDEN, message).into_response();
+        }
+    };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = transport::socket_config(node.config.max_message_size);
     tokio::spawn(async move {
         let Some(socket) = transport::upgraded(on_upgrade, config).await else {
             return;
         };
-        start_native(node, conn, socket).await;
+        start_native(node, conn, socket, options).await;
     });
     reply.map(|()| axum::body::Body::empty())
 }
 
-async fn start_native(node: Arc<Node>, conn: Arc<Conn>, socket: transport::Socket) {
+async fn start_native(
+    node: Arc<Node>,
+    conn: Arc<Conn>,
+    socket: transport::Socket,
+    options: crate::namespace::ChannelOptions,
+) {
     node.register(&conn);
     if node.config.require_auth && !conn.state.lock().authenticated {
         conn.outbox.close(CloseReason::Unauthorized);
     } else {
         conn.outbox
             .push(native::connection_frame(&node, &conn, None));
+        node.presence_join(&conn, &conn.channel_id, &options).await;
     }
     if node.is_draining() {
         conn.outbox.close(CloseReason::Drain);

@@ -2,7 +2,7 @@
 //! extended with `subscribe`/`unsubscribe`, `ref` echo and error frames
 //! (docs/protocol.md).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::{ChannelPublish, DirectPublish};
+use crate::history::Position;
 use crate::hub::{Conn, ConnState, Hub, Target};
 use crate::node::{Node, Scope};
 use crate::outbox::{CloseReason, Outbox};
@@ -38,6 +39,10 @@ pub struct Identity {
     pub token: Option<String>,
     /// Token expiry (seconds since the epoch) when authenticated.
     pub expires_at: Option<u64>,
+    /// The token's `channels` claim.
+    pub channels: Option<Vec<String>>,
+    /// The token's `info` claim (JSON text).
+    pub info: Option<String>,
 }
 
 /// Resolve the socket's identity from a token (header or query).
@@ -49,6 +54,8 @@ pub fn identify(node: &Node, token: Option<&str>) -> Identity {
                     root_id: id.user_id,
                     token: Some(crate::auth::strip_bearer(token).to_string()),
                     expires_at: Some(id.expires_at),
+                    channels: id.channels,
+                    info: id.info,
                 }
             }
             Err(e) => tracing::debug!(error = %e, "token rejected; socket is anonymous"),
@@ -58,6 +65,8 @@ pub fn identify(node: &Node, token: Option<&str>) -> Identity {
         root_id: node.config.anonymous_id.clone(),
         token: None,
         expires_at: None,
+        channels: None,
+        info: None,
     }
 }
 
@@ -90,6 +99,9 @@ pub fn new_conn(node: &Node, params: &ConnectParams, identity: Identity) -> Resu
             authenticated: identity.expires_at.is_some(),
             expires_at: identity.expires_at.unwrap_or(0),
             channels: HashSet::new(),
+            allowed_channels: identity.channels.map(Arc::from),
+            info: identity.info.map(Arc::from),
+            positioned: HashMap::new(),
         }),
     })
 }
@@ -158,6 +170,14 @@ struct Fields<'a> {
     node: Option<&'a RawValue>,
     #[serde(borrow)]
     response: Option<&'a RawValue>,
+    #[serde(borrow)]
+    positioned: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow)]
+    channel_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    limit: Option<&'a RawValue>,
 }
 
 /// A rejected frame: message and code.
@@ -189,6 +209,23 @@ fn data(field: Option<&RawValue>) -> Result<Utf8Bytes, Reject> {
         return Err(bad("data must be an object"));
     }
     Ok(Utf8Bytes::from(raw.get().to_string()))
+}
+
+fn boolean(field: Option<&RawValue>, name: &str) -> Result<bool, Reject> {
+    match field {
+        None => Ok(false),
+        Some(raw) => {
+            serde_json::from_str(raw.get()).map_err(|_| bad(format!("{name} must be a boolean")))
+        }
+    }
+}
+
+fn position_json(position: &Position, recovered: Option<bool>) -> serde_json::Value {
+    let mut v = serde_json::json!({"offset": position.offset, "epoch": position.epoch});
+    if let Some(r) = recovered {
+        v["recovered"] = r.into();
+    }
+    v
 }
 
 fn string(field: Option<&RawValue>, name: &str) -> Result<Option<String>, Reject> {
@@ -237,7 +274,7 @@ impl NativeSession {
         self.send(error_frame(&message, code, reference));
     }
 
-    fn handle(&mut self, text: &str) -> Result<Flow, Reject> {
+    async fn handle(&mut self, text: &str) -> Result<Flow, Reject> {
         let raw: &RawValue = serde_json::from_str(text)
             .map_err(|e| Reject(format!("frame is not valid JSON: {e}"), "bad_json"))?;
         if !raw.get().starts_with('{') {
@@ -264,14 +301,14 @@ impl NativeSession {
             }
             Some(k) => serde_json::from_str(k.get()).map_err(|_| bad("type must be a string"))?,
         };
-        let result = self.dispatch(&kind, &f, reference);
+        let result = self.dispatch(&kind, &f, reference).await;
         if let Err(reject) = result {
             self.reject(reject, reference);
         }
         Ok(Flow::Continue)
     }
 
-    fn dispatch(
+    async fn dispatch(
         &mut self,
         kind: &str,
         f: &Fields<'_>,
@@ -287,6 +324,8 @@ impl NativeSession {
                 | "walker"
                 | "subscribe"
                 | "unsubscribe"
+                | "history"
+                | "presence"
         );
         self.count_in(if known { kind } else { "invalid" });
         match kind {
@@ -297,6 +336,11 @@ impl NativeSession {
             "change_user" => {
                 let token = string(f.token, "token")?;
                 let identity = identify(&self.node, token.as_deref().filter(|t| !t.is_empty()));
+                {
+                    let mut state = self.conn.state.lock();
+                    state.allowed_channels = identity.channels.clone().map(Arc::from);
+                    state.info = identity.info.clone().map(Arc::from);
+                }
                 let change = self.node.hub.change_user(
                     &self.conn,
                     Arc::from(identity.root_id),
@@ -314,24 +358,37 @@ impl NativeSession {
             "channel" => {
                 let channels = ids(f.channel_ids, "channel_ids")?;
                 let frame = data(f.data)?;
-                match self.node.config.client_channel_publish {
-                    ChannelPublish::Any => {}
-                    ChannelPublish::None => {
-                        return Err(Reject(
-                            "publishing to channels from a socket is disabled".into(),
-                            "forbidden",
-                        ))
-                    }
-                    ChannelPublish::Members => {
-                        if let Some(c) = channels.iter().find(|c| !Hub::is_member(&self.conn, c)) {
+                for c in &channels {
+                    let policy = self
+                        .node
+                        .config
+                        .namespaces
+                        .options(c)
+                        .publish
+                        .unwrap_or(self.node.config.client_channel_publish);
+                    match policy {
+                        ChannelPublish::Any => {}
+                        ChannelPublish::None => {
+                            return Err(Reject(
+                                format!("publishing to channel {c:?} from a socket is disabled"),
+                                "forbidden",
+                            ))
+                        }
+                        ChannelPublish::Members if Hub::is_member(&self.conn, c) => {}
+                        ChannelPublish::Members => {
                             return Err(Reject(
                                 format!("not a member of channel {c:?}"),
                                 "forbidden",
-                            ));
+                            ))
                         }
                     }
                 }
-                self.publish(Target::Channels(channels), frame, reference);
+                let done = self
+                    .node
+                    .publish_to(Target::Channels(channels), frame, Scope::Cluster)
+                    .await
+                    .map_err(|e| Reject(e.to_string(), e.code()))?;
+                self.published(done, reference);
                 Ok(())
             }
             "user" | "client" => {
@@ -364,40 +421,287 @@ impl NativeSession {
                         ))
                     }
                 }
-                self.publish(target, frame, reference);
+                let done = self.node.publish(target, frame, Scope::Cluster);
+                self.published(done, reference);
                 Ok(())
             }
-            "subscribe" => {
-                let channels = ids(f.channel_ids, "channel_ids")?;
-                let limit = self.node.config.max_channels_per_connection;
-                let change = self
-                    .node
-                    .hub
-                    .subscribe(&self.conn, &channels, limit)
-                    .map_err(|limit| {
-                        Reject(
-                            format!("a connection may be in at most {limit} channels"),
-                            "too_many_channels",
-                        )
-                    })?;
-                self.node.interest(change);
-                self.send(ack("subscribed", &channels, reference));
-                Ok(())
-            }
+            "subscribe" => self.subscribe(f, reference).await,
             "unsubscribe" => {
                 let channels = ids(f.channel_ids, "channel_ids")?;
+                let leaving: Vec<String> = channels
+                    .iter()
+                    .filter(|c| c.as_str() != &*self.conn.channel_id)
+                    .filter(|c| Hub::is_member(&self.conn, c))
+                    .cloned()
+                    .collect();
                 let change = self.node.hub.unsubscribe(&self.conn, &channels);
                 self.node.interest(change);
+                {
+                    let mut state = self.conn.state.lock();
+                    for c in &leaving {
+                        state.positioned.remove(c.as_str());
+                    }
+                }
                 self.send(ack("unsubscribed", &channels, reference));
+                for c in &leaving {
+                    let options = self.node.config.namespaces.options(c);
+                    self.node.presence_leave(&self.conn, c, &options).await;
+                }
                 Ok(())
             }
+            "history" => self.history(f, reference).await,
+            "presence" => self.presence(f, reference).await,
             "walker" => self.walker(f, reference),
             other => Err(bad(format!("unknown message type {}", json_str(other)))),
         }
     }
 
-    fn publish(&self, target: Target, frame: Utf8Bytes, reference: Option<&RawValue>) {
-        let done = self.node.publish(target, frame, Scope::Cluster);
+    /// Join channels; with `positioned` (or `since`, for recovery) on history
+    /// channels, deliveries come enveloped with their positions.
+    async fn subscribe(
+        &mut self,
+        f: &Fields<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), Reject> {
+        let channels = ids(f.channel_ids, "channel_ids")?;
+        let positioned = boolean(f.positioned, "positioned")?;
+        let since: HashMap<String, Position> = match f.since {
+            None => HashMap::new(),
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|_| {
+                bad("since must map channel names to {\"offset\":N,\"epoch\":\"…\"}")
+            })?,
+        };
+        if let Some(c) = since.keys().find(|c| !channels.contains(c)) {
+            return Err(bad(format!(
+                "since names {c:?}, which is not in channel_ids"
+            )));
+        }
+        let mut options = Vec::with_capacity(channels.len());
+        for c in &channels {
+            let o = self
+                .node
+                .may_subscribe(&self.conn, c)
+                .map_err(|m| Reject(m, "forbidden"))?;
+            if (positioned || since.contains_key(c)) && !o.history() {
+                return Err(Reject(
+                    format!("channel {c:?} keeps no history"),
+                    "no_history",
+                ));
+            }
+            options.push(o);
+        }
+        let joined: Vec<bool> = channels
+            .iter()
+            .map(|c| !Hub::is_member(&self.conn, c))
+            .collect();
+        let wants_position = |c: &String| positioned || since.contains_key(c);
+        {
+            // Before joining, so live publications are caught from the start.
+            let mut state = self.conn.state.lock();
+            for c in channels.iter().filter(|c| wants_position(c)) {
+                let pos = state.positioned.entry(Arc::from(c.as_str())).or_default();
+                if let Some(p) = since.get(c) {
+                    pos.epoch = Some(Arc::from(p.epoch.as_str()));
+                    pos.last = p.offset;
+                }
+                pos.recovering = Some(Vec::new());
+            }
+        }
+        let limit = self.node.config.max_channels_per_connection;
+        let change = match self.node.hub.subscribe(&self.conn, &channels, limit) {
+            Ok(change) => change,
+            Err(limit) => {
+                let mut state = self.conn.state.lock();
+                for (c, new) in channels.iter().zip(&joined) {
+                    if *new {
+                        state.positioned.remove(c.as_str());
+                    }
+                }
+                return Err(Reject(
+                    format!("a connection may be in at most {limit} channels"),
+                    "too_many_channels",
+                ));
+            }
+        };
+        self.node.interest(change);
+
+        // Read what each recovering channel missed (and the positions of the others).
+        let mut positions = serde_json::Map::new();
+        let mut missed: Vec<(String, Position, Vec<crate::history::Publication>, bool)> =
+            Vec::new();
+        for (c, o) in channels.iter().zip(&options) {
+            if !wants_position(c) {
+                continue;
+            }
+            let from = since.get(c);
+            self.node.metrics.history_reads.inc();
+            let page = self.node.history.read(c, from, o.history_size, o).await;
+            let (top, publications, recovered) = match page {
+                Ok(page) => (page.top, page.publications, page.recovered),
+                Err(crate::history::HistoryError::BadPosition { .. }) if from.is_some() => {
+                    // A position from the future: nothing can be trusted.
+                    let top = self.node.history.read(c, None, 0, o).await.map(|p| p.top);
+                    match top {
+                        Ok(top) => (top, Vec::new(), false),
+                        Err(e) => return Err(self.abort_recovery(c, e)),
+                    }
+                }
+                Err(e) => return Err(self.abort_recovery(c, e)),
+            };
+            if from.is_some() {
+                let result = if recovered { "ok" } else { "failed" };
+                self.node
+                    .metrics
+                    .recoveries
+                    .with_label_values(&[result])
+                    .inc();
+            }
+            positions.insert(c.clone(), position_json(&top, from.map(|_| recovered)));
+            missed.push((c.clone(), top, publications, from.is_some() && recovered));
+        }
+
+        // Reply, then the missed publications, then what arrived meanwhile:
+        // all under the connection's lock so no live publication slips between.
+        let mut reply = serde_json::json!({"type": "subscribed", "channel_ids": channels});
+        if !positions.is_empty() {
+            reply["positions"] = serde_json::Value::Object(positions);
+        }
+        if let Some(r) = reference {
+            reply["ref"] = serde_json::from_str(r.get()).expect("ref is valid JSON");
+        }
+        {
+            let mut state = self.conn.state.lock();
+            let mut frames = vec![Utf8Bytes::from(reply.to_string())];
+            for (c, top, publications, recovered) in missed {
+                let epoch: Arc<str> = Arc::from(top.epoch.as_str());
+                let Some(pos) = state.positioned.get_mut(c.as_str()) else {
+                    continue;
+                };
+                if !recovered {
+                    // Nothing to replay: continue live from the current top.
+                    if pos.epoch.as_deref() == Some(&*epoch) {
+                        pos.last = pos.last.max(top.offset);
+                    } else {
+                        pos.epoch = Some(epoch.clone());
+                        pos.last = top.offset;
+                    }
+                }
+                for p in publications {
+                    if pos.advance(&epoch, p.offset) {
+                        let position = Position {
+                            offset: p.offset,
+                            epoch: top.epoch.clone(),
+                        };
+                        frames.push(crate::node::publication_frame(&c, &position, &p.data));
+                    }
+                }
+                for (offset, e, frame) in pos.recovering.take().unwrap_or_default() {
+                    if pos.advance(&e, offset) {
+                        frames.push(frame);
+                    }
+                }
+            }
+            for frame in frames {
+                self.conn.outbox.push(frame);
+            }
+        }
+        for ((c, o), new) in channels.iter().zip(&options).zip(joined) {
+            if new {
+                self.node.presence_join(&self.conn, c, o).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A recovery that cannot read history: deliver live from now on.
+    fn abort_recovery(&self, channel: &str, error: crate::history::HistoryError) -> Reject {
+        let mut state = self.conn.state.lock();
+        if let Some(pos) = state.positioned.get_mut(channel) {
+            pos.recovering = None;
+        }
+        Reject(error.to_string(), error.code())
+    }
+
+    /// `history`: the last N publications of a channel, or those after a position.
+    async fn history(
+        &mut self,
+        f: &Fields<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), Reject> {
+        let channel =
+            string(f.channel_id, "channel_id")?.ok_or_else(|| bad("channel_id is required"))?;
+        let options = self
+            .node
+            .may_subscribe(&self.conn, &channel)
+            .map_err(|m| Reject(m, "forbidden"))?;
+        if !options.history() {
+            return Err(Reject(
+                format!("channel {channel:?} keeps no history"),
+                "no_history",
+            ));
+        }
+        let limit = match f.limit {
+            None => options.history_size,
+            Some(raw) => serde_json::from_str::<usize>(raw.get())
+                .map_err(|_| bad("limit must be a non-negative integer"))?
+                .min(options.history_size),
+        };
+        let since: Option<Position> = match f.since {
+            None => None,
+            Some(raw) => Some(
+                serde_json::from_str(raw.get())
+                    .map_err(|_| bad("since must be {\"offset\":N,\"epoch\":\"…\"}"))?,
+            ),
+        };
+        self.node.metrics.history_reads.inc();
+        let page = self
+            .node
+            .history
+            .read(&channel, since.as_ref(), limit, &options)
+            .await
+            .map_err(|e| Reject(e.to_string(), e.code()))?;
+        self.send(history_frame(&channel, &page, reference));
+        Ok(())
+    }
+
+    /// `presence`: who is in a channel, cluster-wide.
+    async fn presence(
+        &mut self,
+        f: &Fields<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), Reject> {
+        let channel =
+            string(f.channel_id, "channel_id")?.ok_or_else(|| bad("channel_id is required"))?;
+        let options = self
+            .node
+            .may_subscribe(&self.conn, &channel)
+            .map_err(|m| Reject(m, "forbidden"))?;
+        if !options.presence {
+            return Err(Reject(
+                format!("channel {channel:?} has no presence"),
+                "no_presence",
+            ));
+        }
+        let clients = self
+            .node
+            .presence
+            .list(&channel)
+            .await
+            .map_err(|e| Reject(e.to_string(), "unavailable"))?;
+        let mut reply = serde_json::json!({
+            "type": "presence",
+            "channel_id": channel,
+            "count": clients.len(),
+            "clients": clients,
+        });
+        if let Some(r) = reference {
+            reply["ref"] = serde_json::from_str(r.get()).expect("ref is valid JSON");
+        }
+        self.send(Utf8Bytes::from(reply.to_string()));
+        Ok(())
+    }
+
+    fn published(&self, done: crate::node::Published, reference: Option<&RawValue>) {
         if let Some(r) = reference {
             self.send(Utf8Bytes::from(format!(
                 "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{}}}",
@@ -500,6 +804,35 @@ fn walker_failure(
         .push_all(std::slice::from_ref(conn), &Utf8Bytes::from(frame));
 }
 
+/// `{"type":"history","channel_id":…,"publications":[{"offset":…,"data":…}],"offset":…,"epoch":…,"recovered":…}`
+pub fn history_frame(
+    channel: &str,
+    page: &crate::history::HistoryPage,
+    reference: Option<&RawValue>,
+) -> Utf8Bytes {
+    let mut frame = format!(
+        "{{\"type\":\"history\",\"channel_id\":{},\"offset\":{},\"epoch\":{},\"recovered\":{},\"publications\":[",
+        json_str(channel),
+        page.top.offset,
+        json_str(&page.top.epoch),
+        page.recovered
+    );
+    for (i, p) in page.publications.iter().enumerate() {
+        if i > 0 {
+            frame.push(',');
+        }
+        frame.push_str(&format!(
+            "{{\"offset\":{},\"data\":{}}}",
+            p.offset,
+            p.data.as_str()
+        ));
+    }
+    frame.push(']');
+    push_ref(&mut frame, reference);
+    frame.push('}');
+    Utf8Bytes::from(frame)
+}
+
 fn ack(kind: &str, channels: &[String], reference: Option<&RawValue>) -> Utf8Bytes {
     let mut frame = format!(
         "{{\"type\":\"{kind}\",\"channel_ids\":{}",
@@ -546,7 +879,7 @@ pub async fn expire_tokens(node: Arc<Node>, every: std::time::Duration) {
 
 impl Session for NativeSession {
     async fn on_text(&mut self, text: Utf8Bytes) -> Flow {
-        match self.handle(&text) {
+        match self.handle(&text).await {
             Ok(flow) => flow,
             Err(reject) => {
                 self.reject(reject, None);

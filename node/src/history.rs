@@ -1,0 +1,304 @@
+//! Channel history: every publication to a history-enabled channel gets a
+//! stable position (an offset that grows by one, and an epoch that changes
+//! whenever the history is lost), so a reconnecting client can ask for what it
+//! missed.
+//!
+//! [`MemoryHistory`] keeps a ring per channel in this process (single node);
+//! the Redis store keeps a stream per channel and appends and relays in one
+//! atomic step.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::namespace::ChannelOptions;
+use crate::relay::BoxFuture;
+
+/// A place in a channel's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// One stored publication: its offset and the `data` object's JSON text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publication {
+    pub offset: u64,
+    pub data: Utf8Bytes,
+}
+
+/// The answer to a history read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// In offset order.
+    pub publications: Vec<Publication>,
+    /// The channel's latest position.
+    pub top: Position,
+    /// For a read `since` a position: true when `publications` is exactly
+    /// everything after it; false when the history no longer covers it
+    /// (trimmed, expired, or another epoch) and `publications` is empty.
+    pub recovered: bool,
+}
+
+/// Why a history call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("position {offset} is ahead of the channel (latest {top})")]
+    BadPosition { offset: u64, top: u64 },
+    #[error("history storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl HistoryError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            HistoryError::BadPosition { .. } => "bad_position",
+            HistoryError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Where history lives.
+pub trait History: Send + Sync + 'static {
+    /// Append `data` to `channel` and, in a cluster, relay it to the other
+    /// nodes in the same atomic step. Returns its position.
+    fn append<'a>(
+        &'a self,
+        channel: &'a str,
+        data: &'a Utf8Bytes,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<Position, HistoryError>>;
+
+    /// `since: None`: the last `limit` publications. `since: Some(p)`: every
+    /// publication after `p` (at most `limit`), or `recovered: false`.
+    fn read<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Position>,
+        limit: usize,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<HistoryPage, HistoryError>>;
+}
+
+/// A fresh epoch: short, random, unique enough per channel lifetime.
+pub fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+/// Select what to return for a read, given the retained window.
+/// `retained` is in offset order and ends at `top.offset`.
+pub fn page_from(
+    retained: impl DoubleEndedIterator<Item = Publication> + ExactSizeIterator,
+    top: Position,
+    since: Option<&Position>,
+    limit: usize,
+) -> Result<HistoryPage, HistoryError> {
+    let Some(since) = since else {
+        let skip = retained.len().saturating_sub(limit);
+        return Ok(HistoryPage {
+            publications: retained.skip(skip).collect(),
+            top,
+            recovered: true,
+        });
+    };
+    let lost = |top: Position| HistoryPage {
+        publications: Vec::new(),
+        top,
+        recovered: false,
+    };
+    if since.epoch != top.epoch {
+        return Ok(lost(top));
+    }
+    if since.offset > top.offset {
+        return Err(HistoryError::BadPosition {
+            offset: since.offset,
+            top: top.offset,
+        });
+    }
+    let missed = (top.offset - since.offset) as usize;
+    if missed > retained.len() || missed > limit {
+        return Ok(lost(top));
+    }
+    let skip = retained.len() - missed;
+    Ok(HistoryPage {
+        publications: retained.skip(skip).collect(),
+        top,
+        recovered: true,
+    })
+}
+
+struct Stream {
+    epoch: String,
+    top: u64,
+    entries: VecDeque<Publication>,
+    expires: Instant,
+}
+
+/// History kept in this process: a bounded ring per channel that expires
+/// `history_ttl_seconds` after the channel's last publication.
+#[derive(Default)]
+pub struct MemoryHistory {
+    /// One lock for all channels: appends are short and never await.
+    streams: Mutex<HashMap<String, Stream>>,
+}
+
+impl MemoryHistory {
+    pub fn new() -> Self {
+        MemoryHistory::default()
+    }
+
+    fn with_stream<T>(
+        &self,
+        channel: &str,
+        options: &ChannelOptions,
+        touch: bool,
+        f: impl FnOnce(&mut Stream) -> T,
+    ) -> T {
+        let ttl = Duration::from_secs(options.history_ttl_seconds.max(1));
+        let now = Instant::now();
+        let mut streams = self.streams.lock();
+        if streams.len() > 1024 && streams.len().is_power_of_two() {
+            streams.retain(|_, s| s.expires > now);
+        }
+        let stream = streams
+            .entry(channel.to_string())
+            .or_insert_with(|| Stream {
+                epoch: new_epoch(),
+                top: 0,
+                entries: VecDeque::new(),
+                expires: now + ttl,
+            });
+        if stream.expires <= now {
+            *stream = Stream {
+                epoch: new_epoch(),
+                top: 0,
+                entries: VecDeque::new(),
+                expires: now + ttl,
+            };
+        }
+        if touch {
+            stream.expires = now + ttl;
+        }
+        f(stream)
+    }
+}
+
+impl History for MemoryHistory {
+    fn append<'a>(
+        &'a self,
+        channel: &'a str,
+        data: &'a Utf8Bytes,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<Position, HistoryError>> {
+        let position = self.with_stream(channel, options, true, |s| {
+            s.top += 1;
+            s.entries.push_back(Publication {
+                offset: s.top,
+                data: data.clone(),
+            });
+            while s.entries.len() > options.history_size {
+                s.entries.pop_front();
+            }
+            Position {
+                offset: s.top,
+                epoch: s.epoch.clone(),
+            }
+        });
+        Box::pin(async move { Ok(position) })
+    }
+
+    fn read<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Position>,
+        limit: usize,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<HistoryPage, HistoryError>> {
+        let page = self.with_stream(channel, options, false, |s| {
+            let top = Position {
+                offset: s.top,
+                epoch: s.epoch.clone(),
+            };
+            page_from(s.entries.iter().cloned(), top, since, limit)
+        });
+        Box::pin(async move { page })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(size: usize) -> ChannelOptions {
+        ChannelOptions {
+            history_size: size,
+            history_ttl_seconds: 60,
+            ..ChannelOptions::default()
+        }
+    }
+
+    fn data(i: u64) -> Utf8Bytes {
+        Utf8Bytes::from(format!("{{\"i\":{i}}}"))
+    }
+
+    #[tokio::test]
+    async fn recovery_returns_exactly_the_missed_publications() {
+        let h = MemoryHistory::new();
+        let o = opts(10);
+        let mut positions = Vec::new();
+        for i in 1..=5 {
+            positions.push(h.append("c", &data(i), &o).await.expect("append"));
+        }
+        assert_eq!(positions[4].offset, 5);
+        let page = h
+            .read("c", Some(&positions[1]), 100, &o)
+            .await
+            .expect("read");
+        assert!(page.recovered);
+        let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![3, 4, 5]);
+        let page = h
+            .read("c", Some(&positions[4]), 100, &o)
+            .await
+            .expect("read");
+        assert!(page.recovered && page.publications.is_empty());
+    }
+
+    #[tokio::test]
+    async fn trimmed_history_or_another_epoch_is_not_recovered() {
+        let h = MemoryHistory::new();
+        let o = opts(3);
+        let first = h.append("c", &data(1), &o).await.expect("append");
+        for i in 2..=6 {
+            h.append("c", &data(i), &o).await.expect("append");
+        }
+        let page = h.read("c", Some(&first), 100, &o).await.expect("read");
+        assert!(!page.recovered);
+        assert!(page.publications.is_empty());
+        let other = Position {
+            offset: 5,
+            epoch: "nope".into(),
+        };
+        assert!(
+            !h.read("c", Some(&other), 100, &o)
+                .await
+                .expect("read")
+                .recovered
+        );
+        let ahead = Position {
+            offset: 99,
+            epoch: first.epoch.clone(),
+        };
+        assert!(matches!(
+            h.read("c", Some(&ahead), 100, &o).await,
+            Err(HistoryError::BadPosition { .. })
+        ));
+        let last = h.read("c", None, 2, &o).await.expect("read");
+        let offsets: Vec<u64> = last.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![5, 6]);
+    }
+}

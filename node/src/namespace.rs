@@ -1,0 +1,216 @@
+//! Channel options by namespace.
+//!
+//! A namespace matches channel names by pattern (`chat:*` is a prefix, `lobby`
+//! an exact name, `*` everything); the first match in file order wins. It sets
+//! history, presence, join/leave events and who may subscribe and publish.
+//! Channels that match no namespace get [`ChannelOptions::default`]: no
+//! history, no presence, anyone may subscribe, publishing per
+//! `--client-channel-publish`.
+
+use serde::Deserialize;
+
+use crate::config::ChannelPublish;
+
+/// Who may subscribe to a channel (and read its history and presence).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribePolicy {
+    /// Any socket, anonymous ones included.
+    #[default]
+    Anyone,
+    /// Sockets with a valid token.
+    Authenticated,
+    /// Sockets whose token has a `channels` claim listing the channel (or a
+    /// pattern that matches it).
+    Claim,
+}
+
+/// One `[[namespaces]]` table of the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// `prefix*`, an exact channel name, or `*`.
+    pub pattern: String,
+    /// Publications kept per channel; 0 turns history off.
+    #[serde(default)]
+    pub history_size: usize,
+    /// Seconds history is kept after the channel's last publication.
+    #[serde(default)]
+    pub history_ttl_seconds: u64,
+    /// Track who is in the channel.
+    #[serde(default)]
+    pub presence: bool,
+    /// Push join/leave events to members (needs presence).
+    #[serde(default)]
+    pub join_leave: bool,
+    #[serde(default)]
+    pub subscribe: SubscribePolicy,
+    /// Who may publish from a socket; `--client-channel-publish` when absent.
+    pub publish: Option<ChannelPublish>,
+}
+
+/// The options a channel ends up with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChannelOptions {
+    pub history_size: usize,
+    pub history_ttl_seconds: u64,
+    pub presence: bool,
+    pub join_leave: bool,
+    pub subscribe: SubscribePolicy,
+    pub publish: Option<ChannelPublish>,
+}
+
+impl ChannelOptions {
+    pub fn history(&self) -> bool {
+        self.history_size > 0
+    }
+}
+
+/// Largest history a channel may keep.
+pub const MAX_HISTORY_SIZE: usize = 100_000;
+
+/// The configured namespaces, checked at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct Namespaces {
+    rules: Vec<(Pattern, ChannelOptions)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Result<Pattern, String> {
+        if text.is_empty() {
+            return Err("pattern must not be empty".into());
+        }
+        match text.find('*') {
+            None => Ok(Pattern::Exact(text.to_string())),
+            Some(i) if i == text.len() - 1 => Ok(Pattern::Prefix(text[..i].to_string())),
+            Some(_) => Err(format!("pattern {text:?}: '*' is only allowed at the end")),
+        }
+    }
+
+    fn matches(&self, channel: &str) -> bool {
+        match self {
+            Pattern::Exact(name) => name == channel,
+            Pattern::Prefix(prefix) => channel.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// Does `pattern` (exact, `prefix*` or `*`) match `channel`? Used for the
+/// `channels` JWT claim too.
+pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    Pattern::parse(pattern)
+        .map(|p| p.matches(channel))
+        .unwrap_or(false)
+}
+
+impl Namespaces {
+    pub fn new(configs: &[NamespaceConfig]) -> Result<Namespaces, String> {
+        let mut rules = Vec::with_capacity(configs.len());
+        for (i, c) in configs.iter().enumerate() {
+            let at = |m: String| format!("namespaces[{i}] ({}): {m}", c.pattern);
+            let pattern = Pattern::parse(&c.pattern).map_err(at)?;
+            if c.history_size > MAX_HISTORY_SIZE {
+                return Err(at(format!(
+                    "history_size must be at most {MAX_HISTORY_SIZE}"
+                )));
+            }
+            if c.history_size > 0 && c.history_ttl_seconds == 0 {
+                return Err(at("history_size needs history_ttl_seconds > 0".into()));
+            }
+            if c.history_size == 0 && c.history_ttl_seconds > 0 {
+                return Err(at("history_ttl_seconds needs history_size > 0".into()));
+            }
+            if c.join_leave && !c.presence {
+                return Err(at("join_leave needs presence = true".into()));
+            }
+            rules.push((
+                pattern,
+                ChannelOptions {
+                    history_size: c.history_size,
+                    history_ttl_seconds: c.history_ttl_seconds,
+                    presence: c.presence,
+                    join_leave: c.join_leave,
+                    subscribe: c.subscribe,
+                    publish: c.publish,
+                },
+            ));
+        }
+        Ok(Namespaces { rules })
+    }
+
+    /// The options of a channel.
+    pub fn options(&self, channel: &str) -> ChannelOptions {
+        self.rules
+            .iter()
+            .find(|(p, _)| p.matches(channel))
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default()
+    }
+
+    /// True when no namespace turns on history or presence (the fast path).
+    pub fn is_plain(&self) -> bool {
+        self.rules.iter().all(|(_, o)| !o.history() && !o.presence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(toml_text: &str) -> Result<Namespaces, String> {
+        #[derive(Deserialize)]
+        struct F {
+            namespaces: Vec<NamespaceConfig>,
+        }
+        let f: F = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        Namespaces::new(&f.namespaces)
+    }
+
+    #[test]
+    fn first_matching_namespace_wins() {
+        let n = ns(r#"
+            [[namespaces]]
+            pattern = "chat:vip*"
+            subscribe = "claim"
+            [[namespaces]]
+            pattern = "chat:*"
+            history_size = 10
+            history_ttl_seconds = 60
+            presence = true
+            join_leave = true
+        "#)
+        .expect("valid");
+        assert_eq!(n.options("chat:vip1").subscribe, SubscribePolicy::Claim);
+        assert!(!n.options("chat:vip1").history());
+        assert_eq!(n.options("chat:room").history_size, 10);
+        assert!(n.options("chat:room").join_leave);
+        assert_eq!(n.options("other"), ChannelOptions::default());
+        assert!(!n.is_plain());
+    }
+
+    #[test]
+    fn bad_namespaces_are_rejected_with_a_message() {
+        let e = ns("[[namespaces]]\npattern = \"a*b\"").unwrap_err();
+        assert!(e.contains("only allowed at the end"), "{e}");
+        let e = ns("[[namespaces]]\npattern = \"a\"\nhistory_size = 5").unwrap_err();
+        assert!(e.contains("history_ttl_seconds"), "{e}");
+        let e = ns("[[namespaces]]\npattern = \"a\"\njoin_leave = true").unwrap_err();
+        assert!(e.contains("presence"), "{e}");
+        let e = ns("[[namespaces]]\npattern = \"a\"\nhistroy_size = 5").unwrap_err();
+        assert!(e.contains("histroy_size"), "{e}");
+    }
+
+    #[test]
+    fn claim_patterns_match_prefixes_and_names() {
+        assert!(pattern_matches("chat:*", "chat:1"));
+        assert!(pattern_matches("*", "x"));
+        assert!(pattern_matches("x", "x"));
+        assert!(!pattern_matches("x", "xy"));
+    }
+}
