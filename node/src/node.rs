@@ -193,8 +193,9 @@ impl Node {
             return;
         }
         let entry = self.presence_entry(conn);
-        if let Err(e) = self.presence.join(channel, &entry).await {
-            tracing::warn!(error = %e, channel, "presence join failed");
+        match self.presence.join(channel, &entry).await {
+            Ok(()) => self.metrics.presence_size.inc(),
+            Err(e) => tracing::warn!(error = %e, channel, "presence join failed"),
         }
         if options.join_leave {
             let frame = presence_event("join", channel, &entry);
@@ -211,8 +212,9 @@ impl Node {
         if !options.presence {
             return;
         }
-        if let Err(e) = self.presence.leave(channel, &conn.client_id).await {
-            tracing::warn!(error = %e, channel, "presence leave failed");
+        match self.presence.leave(channel, &conn.client_id).await {
+            Ok(()) => self.metrics.presence_size.dec(),
+            Err(e) => tracing::warn!(error = %e, channel, "presence leave failed"),
         }
         if options.join_leave {
             let entry = self.presence_entry(conn);
