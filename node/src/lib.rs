@@ -26,6 +26,7 @@ pub mod namespace;
 pub mod node;
 pub mod outbox;
 pub mod presence;
+pub mod redis_store;
 pub mod relay;
 pub mod shutdown;
 pub mod transport;

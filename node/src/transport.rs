@@ -190,6 +190,10 @@ pub async fn run<S: Session>(node: Arc<Node>, conn: Arc<Conn>, socket: Socket, m
         _ = reader => None,
         reason = writer => reason,
     };
+    if closed_by_server.is_none() {
+        // The client closed: send tungstenite's queued close reply.
+        let _ = tokio::time::timeout(Duration::from_millis(500), sink.flush()).await;
+    }
     let label = closed_by_server.map(CloseReason::label).unwrap_or("client");
     node.metrics
         .connections_closed

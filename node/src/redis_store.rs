@@ -1,0 +1,419 @@
+//! History and presence kept in Redis, for a cluster.
+//!
+//! Keys are `{prefix}.h.{CHANNEL}` (a stream: one entry per publication,
+//! entry id `OFFSET-0`) and `{prefix}.hm.{CHANNEL}` (a hash: `e` epoch, `o`
+//! last offset) for history, and `{prefix}.pr.{CHANNEL}` (a hash: client id →
+//! entry JSON) with `{prefix}.pe.{CHANNEL}` (a sorted set: client id → expiry)
+//! for presence. The braces around the channel are literal: they are a Redis
+//! Cluster hash tag, so every key of a channel (and its pub/sub topic) lives
+//! in the same slot and one Lua script can touch them all.
+//!
+//! Appending is one Lua script: bump the offset, add the stream entry, trim,
+//! refresh the TTLs, and publish the positioned envelope on the channel's
+//! topic. Every node therefore sees publications of a channel in offset order.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::*;
+use fred::types::Value as RedisValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::history::{new_epoch, History, HistoryError, HistoryPage, Position, Publication};
+use crate::namespace::ChannelOptions;
+use crate::presence::{Presence, PresenceEntry, PresenceError, PRESENCE_TTL};
+use crate::relay::BoxFuture;
+
+/// Appends one publication. KEYS: stream, meta. ARGV: data, max length, ttl
+/// seconds, fresh epoch, topic ("" for none), publish command, envelope head.
+/// Returns {offset, epoch}. The published payload is the envelope head
+/// followed by `offset \n epoch`, which the relay decodes.
+const APPEND: &str = r#"
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('del', KEYS[1])
+  redis.call('hset', KEYS[2], 'e', epoch, 'o', 0)
+end
+local offset = redis.call('hincrby', KEYS[2], 'o', 1)
+redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+redis.call('expire', KEYS[1], ARGV[3])
+redis.call('expire', KEYS[2], ARGV[3])
+if ARGV[5] ~= '' then
+  redis.call(ARGV[6], ARGV[5], ARGV[7] .. offset .. '\n' .. epoch)
+end
+return {offset, epoch}
+"#;
+
+/// Reads history. KEYS: stream, meta. ARGV: fresh epoch, ttl seconds, start
+/// ("-" for the newest entries, else the first offset wanted), count.
+/// Returns {top offset, epoch, entries}.
+const READ: &str = r#"
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('del', KEYS[1])
+  redis.call('hset', KEYS[2], 'e', epoch, 'o', 0)
+  redis.call('expire', KEYS[2], ARGV[2])
+end
+local top = tonumber(redis.call('hget', KEYS[2], 'o'))
+local entries
+if ARGV[3] == '-' then
+  entries = redis.call('xrevrange', KEYS[1], '+', '-', 'COUNT', ARGV[4])
+else
+  entries = redis.call('xrange', KEYS[1], ARGV[3] .. '-0', '+', 'COUNT', ARGV[4])
+end
+return {top, epoch, entries}
+"#;
+
+/// How the append script publishes (set by the relay that owns the topics).
+pub struct PublishSpec {
+    /// The Redis channel to publish on.
+    pub topic: String,
+    /// `PUBLISH` or `SPUBLISH`.
+    pub command: &'static str,
+    /// Bytes that precede `offset \n epoch` in the published payload.
+    pub head: Vec<u8>,
+}
+
+/// Builds the publish part of an append (the relay knows topics and envelopes).
+pub trait AppendPublisher: Send + Sync + 'static {
+    fn spec(&self, channel: &str, data: &Utf8Bytes) -> Option<PublishSpec>;
+}
+
+/// Redis-backed history and presence.
+pub struct RedisStore {
+    /// One client per `--redis-url` (or one cluster client).
+    clients: Vec<Client>,
+    prefix: String,
+    publisher: parking_lot::RwLock<Option<Arc<dyn AppendPublisher>>>,
+}
+
+fn unavailable(e: Error) -> HistoryError {
+    HistoryError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Connect (in the background; commands fail fast while Redis is down).
+    pub fn connect(urls: &[String], cluster: bool, prefix: &str) -> Result<Arc<Self>, String> {
+        let mut clients = Vec::new();
+        let urls: Vec<String> = if cluster {
+            urls.iter().take(1).cloned().collect()
+        } else {
+            urls.to_vec()
+        };
+        for url in &urls {
+            let config = if cluster {
+                Config::from_url_clustered(url)
+            } else {
+                Config::from_url(url)
+            }
+            .map_err(|e| format!("bad redis url {url:?}: {e}"))?;
+            let client = Builder::from_config(config)
+                .with_performance_config(|p| {
+                    p.default_command_timeout = Duration::from_secs(2);
+                })
+                .with_connection_config(|c| {
+                    c.connection_timeout = Duration::from_secs(2);
+                    c.max_command_attempts = 2;
+                })
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+                .build()
+                .map_err(|e| format!("redis client for {url:?}: {e}"))?;
+            drop(client.connect());
+            clients.push(client);
+        }
+        Ok(Arc::new(RedisStore {
+            clients,
+            prefix: prefix.to_string(),
+            publisher: parking_lot::RwLock::new(None),
+        }))
+    }
+
+    /// Let appends publish through the relay's topics in the same script.
+    pub fn set_publisher(&self, publisher: Arc<dyn AppendPublisher>) {
+        *self.publisher.write() = Some(publisher);
+    }
+
+    /// The client that owns `channel` (the same choice as the relay's).
+    fn client(&self, channel: &str) -> &Client {
+        &self.clients[pubmesh_cluster_proto_shard(channel, self.clients.len())]
+    }
+
+    fn key(&self, kind: &str, channel: &str) -> String {
+        format!("{}.{}.{{{}}}", self.prefix, kind, channel)
+    }
+
+    async fn script<R: FromValue>(
+        client: &Client,
+        lua: &'static str,
+        keys: Vec<String>,
+        args: Vec<RedisValue>,
+    ) -> Result<R, Error> {
+        client.eval(lua, keys, args).await
+    }
+
+    /// Refresh the expiry of this node's presence entries (call every
+    /// [`crate::presence::PRESENCE_REFRESH`]).
+    pub async fn refresh_presence(&self, entries: &[(String, PresenceEntry)]) {
+        for (channel, entry) in entries {
+            if let Err(e) = Presence::join(self, channel, entry).await {
+                tracing::debug!(error = %e, channel, "presence refresh failed");
+            }
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Spread channels over `n` Redis servers. Must match the relay's choice.
+pub fn pubmesh_cluster_proto_shard(name: &str, n: usize) -> usize {
+    crate::relay::shard_index(name, n)
+}
+
+fn parse_entries(value: RedisValue) -> Result<Vec<Publication>, HistoryError> {
+    let bad = || HistoryError::Unavailable("unexpected history reply".into());
+    let RedisValue::Array(entries) = value else {
+        return Err(bad());
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let RedisValue::Array(mut parts) = entry else {
+            return Err(bad());
+        };
+        if parts.len() != 2 {
+            return Err(bad());
+        }
+        let fields = parts.pop().ok_or_else(bad)?;
+        let id = parts.pop().ok_or_else(bad)?;
+        let id = id.as_string().ok_or_else(bad)?;
+        let offset: u64 = id
+            .split('-')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .ok_or_else(bad)?;
+        let RedisValue::Array(fields) = fields else {
+            return Err(bad());
+        };
+        let data = fields.get(1).and_then(|v| v.as_string()).ok_or_else(bad)?;
+        out.push(Publication {
+            offset,
+            data: Utf8Bytes::from(data),
+        });
+    }
+    Ok(out)
+}
+
+impl History for RedisStore {
+    fn append<'a>(
+        &'a self,
+        channel: &'a str,
+        data: &'a Utf8Bytes,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<Position, HistoryError>> {
+        Box::pin(async move {
+            let spec = self
+                .publisher
+                .read()
+                .as_ref()
+                .and_then(|p| p.spec(channel, data));
+            let (topic, command, head) = match spec {
+                Some(s) => (s.topic, s.command, s.head),
+                None => (String::new(), "PUBLISH", Vec::new()),
+            };
+            let keys = vec![self.key("h", channel), self.key("hm", channel)];
+            let args: Vec<RedisValue> = vec![
+                data.as_str().into(),
+                (options.history_size as i64).into(),
+                (options.history_ttl_seconds as i64).into(),
+                new_epoch().into(),
+                topic.into(),
+                command.into(),
+                RedisValue::Bytes(head.into()),
+            ];
+            let reply: RedisValue = Self::script(self.client(channel), APPEND, keys, args)
+                .await
+                .map_err(unavailable)?;
+            let RedisValue::Array(parts) = reply else {
+                return Err(HistoryError::Unavailable("unexpected append reply".into()));
+            };
+            let offset = parts.first().and_then(|v| v.as_u64());
+            let epoch = parts.get(1).and_then(|v| v.as_string());
+            match (offset, epoch) {
+                (Some(offset), Some(epoch)) => Ok(Position { offset, epoch }),
+                _ => Err(HistoryError::Unavailable("unexpected append reply".into())),
+            }
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Position>,
+        limit: usize,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<HistoryPage, HistoryError>> {
+        Box::pin(async move {
+            let (start, count) = match since {
+                None => ("-".to_string(), limit.max(1)),
+                Some(p) => ((p.offset + 1).to_string(), limit.saturating_add(1).max(1)),
+            };
+            let keys = vec![self.key("h", channel), self.key("hm", channel)];
+            let args: Vec<RedisValue> = vec![
+                new_epoch().into(),
+                (options.history_ttl_seconds.max(1) as i64).into(),
+                start.into(),
+                (count as i64).into(),
+            ];
+            let reply: RedisValue = Self::script(self.client(channel), READ, keys, args)
+                .await
+                .map_err(unavailable)?;
+            let RedisValue::Array(mut parts) = reply else {
+                return Err(HistoryError::Unavailable("unexpected read reply".into()));
+            };
+            if parts.len() != 3 {
+                return Err(HistoryError::Unavailable("unexpected read reply".into()));
+            }
+            let entries = parse_entries(parts.pop().expect("3 parts"))?;
+            let epoch = parts.pop().and_then(|v| v.as_string()).unwrap_or_default();
+            let offset = parts.pop().and_then(|v| v.as_u64()).unwrap_or(0);
+            let top = Position { offset, epoch };
+            match since {
+                None => {
+                    let mut publications = entries;
+                    publications.reverse();
+                    if limit == 0 {
+                        publications.clear();
+                    }
+                    Ok(HistoryPage {
+                        publications,
+                        top,
+                        recovered: true,
+                    })
+                }
+                Some(p) => {
+                    // The retained window as the generic selector expects it:
+                    // everything from the first entry after `p` to the top.
+                    let contiguous = entries
+                        .first()
+                        .map(|e| e.offset == p.offset + 1)
+                        .unwrap_or(p.offset == top.offset);
+                    if p.epoch == top.epoch && p.offset <= top.offset && !contiguous {
+                        return Ok(HistoryPage {
+                            publications: Vec::new(),
+                            top,
+                            recovered: false,
+                        });
+                    }
+                    crate::history::page_from(entries.into_iter(), top, Some(p), limit)
+                }
+            }
+        })
+    }
+}
+
+impl Presence for RedisStore {
+    fn join<'a>(
+        &'a self,
+        channel: &'a str,
+        entry: &'a PresenceEntry,
+    ) -> BoxFuture<'a, Result<(), PresenceError>> {
+        Box::pin(async move {
+            let client = self.client(channel);
+            let json = serde_json::to_string(entry).expect("entries serialize");
+            let expires = (now_secs() + PRESENCE_TTL.as_secs()) as f64;
+            let hash = self.key("pr", channel);
+            let zset = self.key("pe", channel);
+            let keep = (PRESENCE_TTL.as_secs() * 2) as i64;
+            let pipeline = client.pipeline();
+            let _: () = pipeline
+                .hset(&hash, (entry.client_id.as_str(), json))
+                .await
+                .map_err(|e| PresenceError(e.to_string()))?;
+            let _: () = pipeline
+                .zadd(
+                    &zset,
+                    None,
+                    None,
+                    false,
+                    false,
+                    (expires, entry.client_id.as_str()),
+                )
+                .await
+                .map_err(|e| PresenceError(e.to_string()))?;
+            let _: () = pipeline
+                .expire(&hash, keep, None)
+                .await
+                .map_err(|e| PresenceError(e.to_string()))?;
+            let _: () = pipeline
+                .expire(&zset, keep, None)
+                .await
+                .map_err(|e| PresenceError(e.to_string()))?;
+            let _: Vec<RedisValue> = pipeline
+                .all()
+                .await
+                .map_err(|e| PresenceError(e.to_string()))?;
+            Ok(())
+        })
+    }
+
+    fn leave<'a>(
+        &'a self,
+        channel: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), PresenceError>> {
+        Box::pin(async move {
+            let client = self.client(channel);
+            let _: () = client
+                .hdel(self.key("pr", channel), client_id)
+                .await
+                .map_err(|e| PresenceError(e.to_string()))?;
+            let _: () = client
+                .zrem(self.key("pe", channel), client_id)
+                .await
+                .map_err(|e| PresenceError(e.to_string()))?;
+            Ok(())
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, PresenceError>> {
+        Box::pin(async move {
+            let client = self.client(channel);
+            let hash = self.key("pr", channel);
+            let zset = self.key("pe", channel);
+            let now = now_secs() as f64;
+            let expired: Vec<String> = client
+                .zrangebyscore(&zset, f64::NEG_INFINITY, now, false, None)
+                .await
+                .map_err(|e| PresenceError(e.to_string()))?;
+            if !expired.is_empty() {
+                let _: () = client
+                    .hdel(&hash, expired.clone())
+                    .await
+                    .map_err(|e| PresenceError(e.to_string()))?;
+                let _: () = client
+                    .zrem(&zset, expired)
+                    .await
+                    .map_err(|e| PresenceError(e.to_string()))?;
+            }
+            let all: std::collections::HashMap<String, String> = client
+                .hgetall(&hash)
+                .await
+                .map_err(|e| PresenceError(e.to_string()))?;
+            let mut entries: Vec<PresenceEntry> = all
+                .values()
+                .filter_map(|json| serde_json::from_str(json).ok())
+                .collect();
+            entries.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+            Ok(entries)
+        })
+    }
+}
