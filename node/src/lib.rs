@@ -61,8 +61,22 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
         config.jwt_public_key.as_deref(),
     )?;
     let relay = relay::from_config(&config, metrics.clone())?;
-    let history: Arc<dyn history::History> = Arc::new(history::MemoryHistory::new());
-    let presence: Arc<dyn presence::Presence> = presence::MemoryPresence::new();
+    let (history, presence): (Arc<dyn history::History>, Arc<dyn presence::Presence>) =
+        if config.redis_urls.is_empty() {
+            (
+                Arc::new(history::MemoryHistory::new()),
+                presence::MemoryPresence::new(),
+            )
+        } else {
+            let store = redis_store::RedisStore::connect(
+                &config.redis_urls,
+                config.redis_cluster,
+                &config.redis_prefix,
+            )
+            .map_err(relay::RelayError::Config)?;
+            relay.attach_store(store.clone());
+            (store.clone(), store)
+        };
     Ok(Arc::new(Node::new(
         config, metrics, relay, auth, history, presence,
     )))
@@ -81,6 +95,9 @@ pub async fn run(
         .start(node.clone() as Arc<dyn relay::NodeView>)
         .await?;
     tokio::spawn(watch_health(node.clone()));
+    if !node.config.namespaces.is_plain() && !node.config.redis_urls.is_empty() {
+        tokio::spawn(refresh_presence(node.clone()));
+    }
     if node.auth.enabled() {
         tokio::spawn(frontend::native::expire_tokens(
             node.clone(),
@@ -105,6 +122,28 @@ pub async fn run(
         Err(_) => tracing::warn!("HTTP server did not stop within 2 s; exiting anyway"),
     }
     Ok(())
+}
+
+/// Re-announce this node's presence entries so they outlive their TTL while
+/// the connections live (entries of a dead node expire by themselves).
+async fn refresh_presence(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(presence::PRESENCE_REFRESH);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for channel in node.hub.channel_names() {
+            if !node.config.namespaces.options(&channel).presence {
+                continue;
+            }
+            for conn in node.hub.channel_members(&channel) {
+                let entry = node.presence_entry(&conn);
+                if let Err(e) = node.presence.join(&channel, &entry).await {
+                    tracing::debug!(error = %e, "presence refresh failed");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Keep the readiness and relay gauges current without waiting for a probe.

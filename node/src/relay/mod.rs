@@ -87,6 +87,10 @@ pub trait Relay: Send + Sync + 'static {
 
     /// A short name for logs ("memory", "redis").
     fn name(&self) -> &'static str;
+
+    /// Give the relay the Redis history store, so that appends publish the
+    /// positioned envelope on the relay's topic in the same atomic step.
+    fn attach_store(&self, _store: Arc<crate::redis_store::RedisStore>) {}
 }
 
 /// A relay that failed.
