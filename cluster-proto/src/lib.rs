@@ -1,1 +1,104 @@
 //! pubmesh node-to-node wire format.
+//!
+//! Nodes of a pubmesh cluster talk through Redis pub/sub. Everything they
+//! publish is one [`Envelope`], turned into bytes by [`encode`] and back by
+//! [`decode`]; [`Topics`] names the Redis channels it travels on, and
+//! [`new_client_id`] / [`owner_node`] make and read the client ids that let any
+//! node route to the node owning a connection.
+//!
+//! Modules: `envelope` (the message types and their tags), `codec` (bytes,
+//! errors), `topics` (Redis channel names), `ids` (node and client ids).
+//!
+//! # Format
+//!
+//! ```text
+//! byte 0..2   magic "PM" (0x50 0x4d)
+//! byte 2..4   version, u16 big-endian (PROTOCOL_VERSION = 1)
+//! byte 4      kind tag, u8 (table below)
+//! byte 5..    msgpack array [origin: str, seq: uint, sent_at_micros: uint, payload]
+//! ```
+//!
+//! Integers use msgpack's shortest form, structs are msgpack arrays in field
+//! order (never maps), byte strings are msgpack `bin`, `None` is `nil`.
+//!
+//! | tag | kind | payload |
+//! |---|---|---|
+//! | 0 | (reserved, never sent) | |
+//! | 1 | [`Body::Deliver`] | `[targets, frame: bin, exclude_client: str\|nil]` |
+//! | 2 | [`Body::Heartbeat`] | `[node_id, started_at_unix, connections, users, channels, subscriptions, api_addr: str\|nil, version, ready: bool]` |
+//! | 3 | [`Body::Leaving`] | `[node_id]` |
+//! | 4 | [`Body::Disconnect`] | `[[client_id…], [root_id…]]` |
+//! | 5 | [`Body::ChannelsRequest`] | `[request_id, reply_to]` |
+//! | 6 | [`Body::ChannelsReply`] | `[request_id, [[channel, count]…]]` |
+//!
+//! `targets` is itself tagged: `[1, [channel…]]`, `[2, [user…]]`,
+//! `[3, [client_id…]]` or `[4]` (everyone). Tags are explicit numbers in the
+//! code ([`Kind`], [`Targets::TAG_CHANNELS`] …) and never change or get reused.
+//!
+//! # Versioning
+//!
+//! The version sits at a fixed offset so a node can refuse a peer of another
+//! version before looking at the rest: [`decode`] returns
+//! [`DecodeError::Version`] instead of guessing. Rules for changing the format:
+//!
+//! - Changing the layout of an existing payload (adding, removing, reordering
+//!   or retyping a field) requires bumping [`PROTOCOL_VERSION`]; nodes of
+//!   different versions then refuse each other's envelopes loudly.
+//! - Adding a new kind with a new tag does not: older nodes refuse just that
+//!   kind with [`DecodeError::UnknownKind`] and keep understanding the rest,
+//!   which allows rolling upgrades when the new kind is optional.
+//! - Golden-byte tests pin the encoding of every kind, so an accidental
+//!   change fails the build.
+//!
+//! # Decoding untrusted bytes
+//!
+//! [`decode`] never panics, refuses inputs over [`MAX_ENVELOPE_BYTES`], checks
+//! every length prefix against the bytes actually present, never reserves
+//! more than a few dozen elements ahead of those decoded, limits nesting,
+//! refuses trailing bytes, checks node ids with [`valid_node_id`], and
+//! guarantees a [`Delivery::frame`] is valid UTF-8. A cargo-fuzz target lives
+//! in `cluster-proto/fuzz`, outside the workspace: from `cluster-proto/`, run
+//! `cargo fuzz run decode` (on a stable toolchain prefix it with
+//! `RUSTC_BOOTSTRAP=1`).
+//!
+//! # Redis channels
+//!
+//! See [`Topics`]: `{p}.ch.{{channel}}`, `{p}.u.{user}`, `{p}.n.{node}`,
+//! `{p}.all`, `{p}.ctl`, with the prefix `p` defaulting to `pubmesh`. With
+//! Redis Cluster sharded pub/sub the names are used as-is, so each channel
+//! name gets its own hash slot.
+//!
+//! # Example
+//!
+//! ```
+//! use pubmesh_cluster_proto::{decode, encode, Body, Delivery, Envelope, Targets, Topics};
+//!
+//! let env = Envelope::new(
+//!     "n1",
+//!     7,
+//!     Body::Deliver(Delivery {
+//!         targets: Targets::Channels(vec!["news".into()]),
+//!         frame: bytes::Bytes::from_static(br#"{"type":"channel","data":{}}"#),
+//!         exclude_client: None,
+//!     }),
+//! );
+//! let topic = Topics::default().channel("news"); // "pubmesh.ch.{news}"
+//! let wire = encode(&env);
+//! assert_eq!(decode(&wire).unwrap(), env);
+//! # assert_eq!(topic, "pubmesh.ch.{news}");
+//! ```
+
+mod codec;
+mod envelope;
+mod ids;
+mod topics;
+
+pub use codec::{decode, encode, peek_kind, DecodeError, HEADER_LEN, MAGIC, MAX_ENVELOPE_BYTES};
+pub use envelope::{
+    now_micros, Body, Delivery, Envelope, Kind, NodeInfo, Targets, PROTOCOL_VERSION,
+};
+pub use ids::{new_client_id, owner_node, valid_client_id, valid_node_id, MAX_NODE_ID_LEN};
+pub use topics::{TopicKind, Topics};
+
+#[cfg(test)]
+mod tests;

@@ -19,7 +19,6 @@ pub mod config;
 pub mod frontend;
 pub mod history;
 pub mod hub;
-mod ids_shim;
 pub mod limits;
 pub mod metrics;
 pub mod namespace;

@@ -247,7 +247,7 @@ impl Node {
                 let me = self.node_id();
                 let remote: Vec<String> = ids
                     .into_iter()
-                    .filter(|id| crate::ids_shim::owner_node(id) != Some(me))
+                    .filter(|id| pubmesh_cluster_proto::owner_node(id) != Some(me))
                     .collect();
                 (!remote.is_empty()).then_some(Target::Clients(remote))
             }
@@ -303,7 +303,7 @@ impl Node {
             let me = self.node_id();
             let remote_clients: Vec<String> = client_ids
                 .iter()
-                .filter(|id| crate::ids_shim::owner_node(id) != Some(me))
+                .filter(|id| pubmesh_cluster_proto::owner_node(id) != Some(me))
                 .cloned()
                 .collect();
             if !remote_clients.is_empty() || !root_ids.is_empty() {

@@ -90,7 +90,7 @@ pub fn new_conn(node: &Node, params: &ConnectParams, identity: Identity) -> Resu
     };
     Ok(Conn {
         id: node.next_conn_id(),
-        client_id: Arc::from(crate::ids_shim::new_client_id(node.node_id())),
+        client_id: Arc::from(pubmesh_cluster_proto::new_client_id(node.node_id())),
         channel_id: Arc::from(channel_id),
         outbox: Outbox::new(node.config.outbox_bytes),
         state: Mutex::new(ConnState {

@@ -1,0 +1,281 @@
+//! Turning an [`Envelope`] into bytes and back.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{Body, BoundedVec, Delivery, Envelope, Kind, NodeInfo, PROTOCOL_VERSION};
+use crate::ids::valid_node_id;
+
+/// First two bytes of every envelope.
+pub const MAGIC: [u8; 2] = *b"PM";
+
+/// Length of the fixed header: magic (2), version (2, big-endian), kind (1).
+pub const HEADER_LEN: usize = 5;
+
+/// Largest envelope [`decode`] accepts. Publishers should not send more.
+pub const MAX_ENVELOPE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Deepest msgpack nesting [`decode`] follows. The deepest valid envelope
+/// nests 4 levels; the limit only has to stop hostile input from recursing.
+const MAX_DEPTH: usize = 16;
+
+/// Why bytes could not be decoded into an [`Envelope`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Longer than [`MAX_ENVELOPE_BYTES`].
+    #[error("envelope of {len} bytes exceeds the {max} byte limit")]
+    TooLarge {
+        /// Input length.
+        len: usize,
+        /// [`MAX_ENVELOPE_BYTES`].
+        max: usize,
+    },
+    /// Shorter than the fixed header.
+    #[error("truncated envelope: {len} bytes, the header alone is {HEADER_LEN}")]
+    Truncated {
+        /// Input length.
+        len: usize,
+    },
+    /// The first two bytes are not [`MAGIC`]: not a pubmesh envelope at all.
+    #[error("not a pubmesh envelope (first bytes {got:02x?})")]
+    BadMagic {
+        /// The first two bytes found.
+        got: [u8; 2],
+    },
+    /// A pubmesh envelope of another wire format version (a peer running an
+    /// incompatible build).
+    #[error("pubmesh protocol version mismatch: got {got}, expected {expected}")]
+    Version {
+        /// Version found in the header.
+        got: u16,
+        /// [`PROTOCOL_VERSION`].
+        expected: u16,
+    },
+    /// A kind tag this build does not know (a newer peer's message).
+    #[error("unknown envelope kind tag {tag}")]
+    UnknownKind {
+        /// The tag found in byte 4.
+        tag: u8,
+    },
+    /// The msgpack part does not have the layout of its kind.
+    #[error("malformed {kind} envelope: {reason}")]
+    Malformed {
+        /// Kind named in the header.
+        kind: Kind,
+        /// What the msgpack decoder objected to.
+        reason: String,
+    },
+    /// Bytes left over after a complete envelope.
+    #[error("{len} unexpected bytes after a {kind} envelope")]
+    TrailingBytes {
+        /// Kind named in the header.
+        kind: Kind,
+        /// How many bytes were left.
+        len: usize,
+    },
+    /// `origin` or a node id inside the body fails [`valid_node_id`].
+    #[error("invalid node id in a {kind} envelope")]
+    InvalidNodeId {
+        /// Kind named in the header.
+        kind: Kind,
+    },
+    /// A delivery frame that is not valid UTF-8 (frames are JSON text).
+    #[error("delivery frame is not valid UTF-8")]
+    FrameNotUtf8,
+}
+
+/// Encodes `envelope`: the 5-byte header, then the msgpack array
+/// `[origin, seq, sent_at_micros, payload]`.
+///
+/// The header carries `envelope.version` as given, so an envelope built with
+/// another version encodes but is refused by [`decode`]. Encoding never fails;
+/// callers that relay untrusted sizes should compare the result's length with
+/// [`MAX_ENVELOPE_BYTES`] before publishing.
+pub fn encode(envelope: &Envelope) -> Bytes {
+    let mut buf = Vec::with_capacity(HEADER_LEN + size_estimate(envelope));
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&envelope.version.to_be_bytes());
+    buf.push(envelope.body.kind().tag());
+    let head = (
+        envelope.origin.as_str(),
+        envelope.seq,
+        envelope.sent_at_micros,
+    );
+    match &envelope.body {
+        Body::Deliver(delivery) => write_payload(&mut buf, head, delivery),
+        Body::Heartbeat(info) => write_payload(&mut buf, head, info),
+        Body::Leaving { node_id } => write_payload(&mut buf, head, (node_id,)),
+        Body::Disconnect {
+            client_ids,
+            root_ids,
+        } => write_payload(&mut buf, head, (client_ids, root_ids)),
+        Body::ChannelsRequest {
+            request_id,
+            reply_to,
+        } => write_payload(&mut buf, head, (request_id, reply_to)),
+        Body::ChannelsReply {
+            request_id,
+            channels,
+        } => write_payload(&mut buf, head, (request_id, channels)),
+    }
+    Bytes::from(buf)
+}
+
+/// Reads only the fixed header: checks size, magic and version and returns the
+/// kind, without decoding the rest.
+pub fn peek_kind(input: &[u8]) -> Result<Kind, DecodeError> {
+    if input.len() > MAX_ENVELOPE_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: input.len(),
+            max: MAX_ENVELOPE_BYTES,
+        });
+    }
+    let Some(header) = input.get(..HEADER_LEN) else {
+        return Err(DecodeError::Truncated { len: input.len() });
+    };
+    let magic = [header[0], header[1]];
+    if magic != MAGIC {
+        return Err(DecodeError::BadMagic { got: magic });
+    }
+    let version = u16::from_be_bytes([header[2], header[3]]);
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::Version {
+            got: version,
+            expected: PROTOCOL_VERSION,
+        });
+    }
+    Kind::from_tag(header[4]).ok_or(DecodeError::UnknownKind { tag: header[4] })
+}
+
+/// Decodes one envelope, consuming all of `input`.
+///
+/// Never panics. Memory allocated is proportional to `input.len()`: length
+/// prefixes are checked against the bytes actually present before anything is
+/// copied, and sequences reserve at most a few dozen slots ahead of the
+/// elements actually decoded.
+pub fn decode(input: &[u8]) -> Result<Envelope, DecodeError> {
+    let kind = peek_kind(input)?;
+    let rest = &input[HEADER_LEN..];
+    let (origin, seq, sent_at_micros, body) = match kind {
+        Kind::Deliver => {
+            let (o, s, t, delivery) = read_payload::<Delivery>(kind, rest)?;
+            if std::str::from_utf8(&delivery.frame).is_err() {
+                return Err(DecodeError::FrameNotUtf8);
+            }
+            (o, s, t, Body::Deliver(delivery))
+        }
+        Kind::Heartbeat => {
+            let (o, s, t, info) = read_payload::<NodeInfo>(kind, rest)?;
+            check_node_id(kind, &info.node_id)?;
+            (o, s, t, Body::Heartbeat(info))
+        }
+        Kind::Leaving => {
+            let (o, s, t, (node_id,)) = read_payload::<(String,)>(kind, rest)?;
+            check_node_id(kind, &node_id)?;
+            (o, s, t, Body::Leaving { node_id })
+        }
+        Kind::Disconnect => {
+            let (o, s, t, (clients, roots)) =
+                read_payload::<(BoundedVec<String>, BoundedVec<String>)>(kind, rest)?;
+            let body = Body::Disconnect {
+                client_ids: clients.0,
+                root_ids: roots.0,
+            };
+            (o, s, t, body)
+        }
+        Kind::ChannelsRequest => {
+            let (o, s, t, (request_id, reply_to)) = read_payload::<(u64, String)>(kind, rest)?;
+            let body = Body::ChannelsRequest {
+                request_id,
+                reply_to,
+            };
+            (o, s, t, body)
+        }
+        Kind::ChannelsReply => {
+            let (o, s, t, (request_id, channels)) =
+                read_payload::<(u64, BoundedVec<(String, u64)>)>(kind, rest)?;
+            let body = Body::ChannelsReply {
+                request_id,
+                channels: channels.0,
+            };
+            (o, s, t, body)
+        }
+    };
+    check_node_id(kind, &origin)?;
+    Ok(Envelope {
+        version: PROTOCOL_VERSION,
+        origin,
+        seq,
+        sent_at_micros,
+        body,
+    })
+}
+
+fn write_payload<P: Serialize>(buf: &mut Vec<u8>, head: (&str, u64, u64), payload: P) {
+    let mut ser = rmp_serde::Serializer::new(buf);
+    (head.0, head.1, head.2, payload)
+        .serialize(&mut ser)
+        // Writing to a Vec cannot fail, and every value here has a known
+        // length and a msgpack representation.
+        .expect("envelope payloads always serialise to a Vec");
+}
+
+fn read_payload<P>(kind: Kind, mut rest: &[u8]) -> Result<(String, u64, u64, P), DecodeError>
+where
+    P: for<'de> Deserialize<'de>,
+{
+    // The reader form of the deserialiser lets us see what is left afterwards.
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    de.set_max_depth(MAX_DEPTH);
+    let value =
+        <(String, u64, u64, P)>::deserialize(&mut de).map_err(|e| DecodeError::Malformed {
+            kind,
+            reason: e.to_string(),
+        })?;
+    drop(de);
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            kind,
+            len: rest.len(),
+        });
+    }
+    Ok(value)
+}
+
+fn check_node_id(kind: Kind, id: &str) -> Result<(), DecodeError> {
+    if valid_node_id(id) {
+        Ok(())
+    } else {
+        Err(DecodeError::InvalidNodeId { kind })
+    }
+}
+
+/// Roughly the encoded size, so `encode` allocates once in the common case.
+fn size_estimate(envelope: &Envelope) -> usize {
+    const OVERHEAD: usize = 48;
+    let strings = |v: &[String]| v.iter().map(|s| s.len() + 5).sum::<usize>();
+    OVERHEAD
+        + envelope.origin.len()
+        + match &envelope.body {
+            Body::Deliver(d) => {
+                d.frame.len()
+                    + d.exclude_client.as_ref().map_or(0, String::len)
+                    + match &d.targets {
+                        crate::Targets::Channels(v)
+                        | crate::Targets::Users(v)
+                        | crate::Targets::Clients(v) => strings(v),
+                        crate::Targets::All => 0,
+                    }
+            }
+            Body::Heartbeat(info) => 64 + info.node_id.len() + info.version.len(),
+            Body::Leaving { node_id } => node_id.len(),
+            Body::Disconnect {
+                client_ids,
+                root_ids,
+            } => strings(client_ids) + strings(root_ids),
+            Body::ChannelsRequest { reply_to, .. } => reply_to.len(),
+            Body::ChannelsReply { channels, .. } => {
+                channels.iter().map(|(c, _)| c.len() + 14).sum::<usize>()
+            }
+        }
+}

@@ -1,0 +1,467 @@
+//! Round trips, pinned bytes and hostile input for the codec.
+
+use bytes::Bytes;
+
+use crate::*;
+
+/// One fixed envelope per kind (and per targets variant), with the hex of its
+/// encoding. If one of these changes, the wire format changed: bump
+/// `PROTOCOL_VERSION` or undo the change.
+fn golden() -> Vec<(&'static str, Envelope, &'static str)> {
+    let env = |body| Envelope {
+        version: PROTOCOL_VERSION,
+        origin: "n1".into(),
+        seq: 7,
+        sent_at_micros: 1_700_000_000_000_000,
+        body,
+    };
+    let deliver = |targets, exclude_client| {
+        env(Body::Deliver(Delivery {
+            targets,
+            frame: Bytes::from_static(b"{}"),
+            exclude_client,
+        }))
+    };
+    vec![
+        (
+            "deliver channels",
+            deliver(
+                Targets::Channels(vec!["a".into(), "b".into()]),
+                Some("c1".into()),
+            ),
+            "504d000101\
+             94a26e3107cf00060a24181e4000\
+             93920192a161a162c4027b7da26331",
+        ),
+        (
+            "deliver users",
+            deliver(Targets::Users(vec!["u".into()]), None),
+            "504d000101\
+             94a26e3107cf00060a24181e4000\
+             93920291a175c4027b7dc0",
+        ),
+        (
+            "deliver clients",
+            deliver(Targets::Clients(vec!["x".into()]), None),
+            "504d000101\
+             94a26e3107cf00060a24181e4000\
+             93920391a178c4027b7dc0",
+        ),
+        (
+            "deliver all",
+            deliver(Targets::All, None),
+            "504d000101\
+             94a26e3107cf00060a24181e4000\
+             939104c4027b7dc0",
+        ),
+        (
+            "heartbeat",
+            env(Body::Heartbeat(NodeInfo {
+                node_id: "n1".into(),
+                started_at_unix: 1_700_000_000,
+                connections: 3,
+                users: 2,
+                channels: 1,
+                subscriptions: 300,
+                api_addr: Some("h:1".into()),
+                version: "0.1.0".into(),
+                ready: true,
+            })),
+            "504d000102\
+             94a26e3107cf00060a24181e4000\
+             99a26e31ce6553f100030201cd012ca3683a31a5302e312e30c3",
+        ),
+        (
+            "leaving",
+            env(Body::Leaving {
+                node_id: "n1".into(),
+            }),
+            "504d000103\
+             94a26e3107cf00060a24181e4000\
+             91a26e31",
+        ),
+        (
+            "disconnect",
+            env(Body::Disconnect {
+                client_ids: vec!["c".into()],
+                root_ids: vec!["r".into(), "s".into()],
+            }),
+            "504d000104\
+             94a26e3107cf00060a24181e4000\
+             9291a16392a172a173",
+        ),
+        (
+            "channels request",
+            env(Body::ChannelsRequest {
+                request_id: 9,
+                reply_to: "p.n.n1".into(),
+            }),
+            "504d000105\
+             94a26e3107cf00060a24181e4000\
+             9209a6702e6e2e6e31",
+        ),
+        (
+            "channels reply",
+            env(Body::ChannelsReply {
+                request_id: 9,
+                channels: vec![("a".into(), 2), ("bb".into(), 70_000)],
+            }),
+            "504d000106\
+             94a26e3107cf00060a24181e4000\
+             92099292a1610292a26262ce00011170",
+        ),
+    ]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_variant_round_trips() {
+    for (name, env, _) in golden() {
+        let wire = encode(&env);
+        assert_eq!(decode(&wire).as_ref(), Ok(&env), "{name}");
+        assert_eq!(peek_kind(&wire), Ok(env.body.kind()), "{name}");
+    }
+}
+
+#[test]
+fn golden_bytes_are_pinned() {
+    for (name, env, expected) in golden() {
+        let expected = unhex(expected);
+        assert_eq!(hex(&encode(&env)), hex(&expected), "{name}: format changed");
+        assert_eq!(
+            decode(&expected),
+            Ok(env),
+            "{name}: pinned bytes no longer decode"
+        );
+    }
+}
+
+#[test]
+fn golden_set_covers_every_kind() {
+    let kinds: Vec<Kind> = golden().iter().map(|(_, e, _)| e.body.kind()).collect();
+    for kind in Kind::ALL {
+        assert!(kinds.contains(&kind), "{kind} has no golden bytes");
+    }
+}
+
+#[test]
+fn kind_tags_are_stable() {
+    let tags: Vec<(u8, &str)> = Kind::ALL.iter().map(|k| (k.tag(), k.as_str())).collect();
+    assert_eq!(
+        tags,
+        [
+            (1, "deliver"),
+            (2, "heartbeat"),
+            (3, "leaving"),
+            (4, "disconnect"),
+            (5, "channels_request"),
+            (6, "channels_reply"),
+        ]
+    );
+    for kind in Kind::ALL {
+        assert_eq!(Kind::from_tag(kind.tag()), Some(kind));
+    }
+    assert_eq!(Kind::from_tag(0), None);
+    assert_eq!(Kind::from_tag(7), None);
+}
+
+#[test]
+fn large_and_unusual_values_round_trip() {
+    let frame = "é".repeat(100_000);
+    let env = Envelope {
+        version: PROTOCOL_VERSION,
+        origin: "x".repeat(MAX_NODE_ID_LEN),
+        seq: u64::MAX,
+        sent_at_micros: 0,
+        body: Body::Deliver(Delivery {
+            targets: Targets::Channels((0..5000).map(|i| format!("ch.{i}")).collect()),
+            frame: Bytes::from(frame),
+            exclude_client: Some(String::new()),
+        }),
+    };
+    assert_eq!(decode(&encode(&env)), Ok(env));
+
+    let empty = Envelope::new(
+        "n-2_B",
+        0,
+        Body::Disconnect {
+            client_ids: vec![],
+            root_ids: vec![],
+        },
+    );
+    assert_eq!(decode(&encode(&empty)), Ok(empty));
+}
+
+#[test]
+fn another_version_is_refused_loudly() {
+    let (_, mut env, _) = golden().remove(0);
+    env.version = 2;
+    let wire = encode(&env);
+    assert_eq!(
+        decode(&wire),
+        Err(DecodeError::Version {
+            got: 2,
+            expected: PROTOCOL_VERSION
+        })
+    );
+    assert_eq!(
+        peek_kind(&[b'P', b'M', 0x12, 0x34]),
+        Err(DecodeError::Truncated { len: 4 })
+    );
+    assert_eq!(
+        decode(&[b'P', b'M', 0x12, 0x34, 1, 0x90]),
+        Err(DecodeError::Version {
+            got: 0x1234,
+            expected: PROTOCOL_VERSION
+        })
+    );
+}
+
+#[test]
+fn header_errors_are_specific() {
+    assert_eq!(decode(&[]), Err(DecodeError::Truncated { len: 0 }));
+    assert_eq!(decode(b"PM\0"), Err(DecodeError::Truncated { len: 3 }));
+    assert_eq!(
+        decode(b"{\"type\":1}"),
+        Err(DecodeError::BadMagic { got: *b"{\"" })
+    );
+    assert_eq!(
+        decode(&[b'P', b'M', 0, 1, 0]),
+        Err(DecodeError::UnknownKind { tag: 0 })
+    );
+    assert_eq!(
+        decode(&[b'P', b'M', 0, 1, 200, 0x90]),
+        Err(DecodeError::UnknownKind { tag: 200 })
+    );
+    let huge = vec![0u8; MAX_ENVELOPE_BYTES + 1];
+    assert_eq!(
+        decode(&huge),
+        Err(DecodeError::TooLarge {
+            len: MAX_ENVELOPE_BYTES + 1,
+            max: MAX_ENVELOPE_BYTES
+        })
+    );
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    for (name, env, _) in golden() {
+        let wire = encode(&env);
+        for cut in 0..wire.len() {
+            assert!(decode(&wire[..cut]).is_err(), "{name} cut at {cut} decoded");
+        }
+    }
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    for (_, env, _) in golden() {
+        let mut wire = encode(&env).to_vec();
+        wire.push(0xc0);
+        assert_eq!(
+            decode(&wire),
+            Err(DecodeError::TrailingBytes {
+                kind: env.body.kind(),
+                len: 1
+            })
+        );
+    }
+}
+
+#[test]
+fn payload_of_the_wrong_kind_is_malformed() {
+    // A Leaving payload under the Disconnect tag.
+    let mut wire = encode(&Envelope::new(
+        "n1",
+        1,
+        Body::Leaving {
+            node_id: "n1".into(),
+        },
+    ))
+    .to_vec();
+    wire[4] = Kind::Disconnect.tag();
+    assert!(matches!(
+        decode(&wire),
+        Err(DecodeError::Malformed {
+            kind: Kind::Disconnect,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn unknown_targets_tag_is_malformed() {
+    // "deliver all" with the targets tag 4 replaced by 9.
+    let mut wire = unhex(golden()[3].2);
+    let at = wire.len() - 6; // ... 91 04 c4 02 7b 7d c0
+    assert_eq!(wire[at], 4);
+    wire[at] = 9;
+    assert!(matches!(
+        decode(&wire),
+        Err(DecodeError::Malformed {
+            kind: Kind::Deliver,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn bad_node_ids_and_frames_are_refused() {
+    let bad_origin = Envelope::new(
+        "n.1",
+        1,
+        Body::Leaving {
+            node_id: "n1".into(),
+        },
+    );
+    assert_eq!(
+        decode(&encode(&bad_origin)),
+        Err(DecodeError::InvalidNodeId {
+            kind: Kind::Leaving
+        })
+    );
+    let bad_leaving = Envelope::new(
+        "n1",
+        1,
+        Body::Leaving {
+            node_id: String::new(),
+        },
+    );
+    assert_eq!(
+        decode(&encode(&bad_leaving)),
+        Err(DecodeError::InvalidNodeId {
+            kind: Kind::Leaving
+        })
+    );
+    let bad_frame = Envelope::new(
+        "n1",
+        1,
+        Body::Deliver(Delivery {
+            targets: Targets::All,
+            frame: Bytes::from_static(b"\xff\xfe"),
+            exclude_client: None,
+        }),
+    );
+    assert_eq!(decode(&encode(&bad_frame)), Err(DecodeError::FrameNotUtf8));
+}
+
+#[test]
+fn forged_lengths_fail_without_allocating_them() {
+    // Disconnect whose client_ids claims 2^32-1 elements, then ends.
+    let mut wire = unhex("504d000104 94a26e3107cf00060a24181e4000 92 dd");
+    wire.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(decode(&wire), Err(DecodeError::Malformed { .. })));
+    // Deliver whose frame claims a 4 GiB bin.
+    let mut wire = unhex("504d000101 94a26e3107cf00060a24181e4000 93 9104 c6");
+    wire.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(decode(&wire), Err(DecodeError::Malformed { .. })));
+    // Origin claims a 4 GiB string.
+    let mut wire = unhex("504d000103 94 db");
+    wire.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(decode(&wire), Err(DecodeError::Malformed { .. })));
+}
+
+#[test]
+fn deep_nesting_is_refused_without_recursing() {
+    // A heartbeat whose NodeInfo is a map with an unknown key whose value is
+    // 100_000 nested arrays: the decoder would have to skip it recursively.
+    let mut wire = unhex("504d000102 94 a26e31 07 00 81 a178");
+    wire.extend(vec![0x91; 100_000]);
+    wire.push(0xc0);
+    match decode(&wire) {
+        Err(DecodeError::Malformed { kind, reason }) => {
+            assert_eq!(kind, Kind::Heartbeat);
+            assert!(reason.contains("depth"), "{reason}");
+        }
+        other => panic!("expected a depth error, got {other:?}"),
+    }
+}
+
+/// xorshift64*: deterministic, dependency-free randomness for the tests.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn random_bytes_never_panic_the_decoder() {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut decoded = 0;
+    for _ in 0..20_000 {
+        let len = rng.below(64);
+        let mut input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        // Give most inputs a valid header so the msgpack part gets exercised.
+        if len >= HEADER_LEN && rng.below(4) != 0 {
+            input[..4].copy_from_slice(&[b'P', b'M', 0, 1]);
+            input[4] = 1 + rng.below(6) as u8;
+        }
+        if let Ok(env) = decode(&input) {
+            decoded += 1;
+            assert_eq!(decode(&encode(&env)), Ok(env));
+        }
+    }
+    // Random bytes almost never form an envelope; the loop is about not panicking.
+    assert!(decoded < 20_000);
+}
+
+#[test]
+fn mutated_envelopes_never_panic_and_re_encode_stably() {
+    let mut rng = XorShift(0x0123_4567_89ab_cdef);
+    let seeds: Vec<Vec<u8>> = golden()
+        .iter()
+        .map(|(_, e, _)| encode(e).to_vec())
+        .collect();
+    let mut decoded = 0;
+    for _ in 0..50_000 {
+        let mut input = seeds[rng.below(seeds.len())].clone();
+        for _ in 0..1 + rng.below(4) {
+            match rng.below(4) {
+                0 => {
+                    let i = rng.below(input.len());
+                    input[i] = rng.next() as u8;
+                }
+                1 => {
+                    let i = rng.below(input.len());
+                    input[i] ^= 1 << rng.below(8);
+                }
+                2 => {
+                    let cut = rng.below(input.len() + 1);
+                    input.truncate(cut.max(1));
+                }
+                _ => {
+                    let i = rng.below(input.len() + 1);
+                    input.insert(i, rng.next() as u8);
+                }
+            }
+        }
+        if let Ok(env) = decode(&input) {
+            decoded += 1;
+            let again = encode(&env);
+            assert_eq!(decode(&again).as_ref(), Ok(&env));
+            assert_eq!(encode(&env), again, "encoding is deterministic");
+        }
+    }
+    // Some single-byte mutations (e.g. of seq or a string byte) stay valid.
+    assert!(decoded > 0);
+}
