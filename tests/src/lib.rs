@@ -1,1 +1,2 @@
 //! Support for pubmesh end-to-end tests.
+pub mod harness;

@@ -1,0 +1,561 @@
+//! Real processes for end-to-end tests: `pubmesh` nodes and `redis-server`s on
+//! free loopback ports, WebSocket and HTTP clients, and `eventually`.
+//!
+//! Every wait has a deadline scaled by `PUBMESH_TEST_PATIENCE` (default 1), so
+//! a slow machine can be given more time without touching the tests.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// The API key every test node uses.
+pub const API_KEY: &str = "test-key";
+/// The anonymous root id.
+pub const ANONYMOUS: &str = "n::000000000000000000000001";
+
+/// A deadline of `secs` seconds times the patience multiplier.
+pub fn patience(secs: u64) -> Duration {
+    let factor: f64 = std::env::var("PUBMESH_TEST_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(secs as f64 * factor)
+}
+
+/// Poll `check` until it returns `Some`, or panic after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pubmesh-{tag}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn pubmesh_bin() -> PathBuf {
+    let path = std::env::var_os("PUBMESH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target/debug/pubmesh"));
+    assert!(
+        path.exists(),
+        "pubmesh binary not found at {} (run `cargo build --bin pubmesh` or set PUBMESH_BIN)",
+        path.display()
+    );
+    path
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A running `pubmesh` process.
+pub struct Node {
+    child: Option<Child>,
+    pub port: u16,
+    pub node_id: String,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Start a node with a test API key and these extra flags; waits for /readyz.
+    pub async fn start(args: &[&str]) -> Node {
+        let node_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        Node::start_as(&node_id, args).await
+    }
+
+    /// Like [`Node::start`] with a chosen node id; does not wait for readiness
+    /// when `args` contain a Redis URL that is down (use `wait_live`).
+    pub async fn start_as(node_id: &str, args: &[&str]) -> Node {
+        let node = Node::spawn(
+            node_id,
+            free_port(),
+            args.iter().map(|s| s.to_string()).collect(),
+        );
+        node.wait_ready().await;
+        node
+    }
+
+    fn spawn(node_id: &str, port: u16, args: Vec<String>) -> Node {
+        let dir = temp_dir("node");
+        let log = dir.join("node.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(pubmesh_bin())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--node-id")
+            .arg(node_id)
+            .arg("--api-key")
+            .arg(API_KEY)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start pubmesh");
+        Node {
+            child: Some(child),
+            port,
+            node_id: node_id.to_string(),
+            log,
+            args,
+        }
+    }
+
+    /// Start again on the same port with the same flags (after a kill).
+    pub async fn restart(&mut self) {
+        self.kill();
+        let fresh = Node::spawn(&self.node_id, self.port, self.args.clone());
+        *self = fresh;
+        self.wait_ready().await;
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.http());
+        let http = reqwest::Client::new();
+        eventually(
+            &format!("node {} ready", self.node_id),
+            patience(30),
+            || {
+                let req = http.get(&url).send();
+                async move {
+                    req.await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Wait until the HTTP listener answers at all (e.g. /livez).
+    pub async fn wait_live(&self) {
+        let url = format!("{}/livez", self.http());
+        let http = reqwest::Client::new();
+        eventually(&format!("node {} live", self.node_id), patience(30), || {
+            let req = http.get(&url).send();
+            async move {
+                req.await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `ws://…/websocket` with an optional query string (without `?`).
+    pub fn ws(&self, query: &str) -> String {
+        if query.is_empty() {
+            format!("ws://127.0.0.1:{}/websocket", self.port)
+        } else {
+            format!("ws://127.0.0.1:{}/websocket?{query}", self.port)
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn sigterm(&self) {
+        signal(self.pid(), "TERM");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Wait for the process to exit; returns its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "node {} did not exit within {within:?}\n{}",
+                    self.node_id,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET /metrics`, as text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// The value of an unlabelled metric (or a full `name{labels}` series).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// POST a JSON body to the server API with the test key.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.http()))
+            .header("X-API-Key", API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("api request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET from the server API with the test key.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.http()))
+            .header("X-API-Key", API_KEY)
+            .send()
+            .await
+            .expect("api request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Connect a client and read its connection frame.
+    pub async fn client(&self, query: &str) -> Client {
+        Client::connect(&self.ws(query)).await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- log of node {} ----\n{}",
+                self.node_id,
+                self.log_text()
+            );
+        }
+        self.kill();
+    }
+}
+
+/// A `redis-server` on a free port, keeping nothing on disk.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let port = free_port();
+        let mut redis = Redis {
+            child: None,
+            port,
+            dir: temp_dir("redis"),
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (is it installed?)");
+        self.child = Some(child);
+        let port = self.port;
+        eventually(&format!("redis on {port}"), patience(20), || async move {
+            redis_cmd(port, &["PING"])
+                .await
+                .filter(|r| r.contains("PONG"))
+        })
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same port (empty: nothing was persisted).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    /// Run a command; the reply as raw RESP text.
+    pub async fn cmd(&self, args: &[&str]) -> Option<String> {
+        redis_cmd(self.port, args).await
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Send one RESP command to a Redis on `port`; returns the raw reply.
+pub async fn redis_cmd(port: u16, args: &[&str]) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking the native protocol.
+pub struct Client {
+    ws: Ws,
+    /// The connection frame's `data`.
+    pub info: Value,
+}
+
+impl Client {
+    /// Connect and read the connection frame.
+    pub async fn connect(url: &str) -> Client {
+        let mut client = Client::connect_raw(url, None).await.expect("connect");
+        let first = client.recv().await;
+        assert_eq!(first["type"], "connection", "first frame: {first}");
+        client.info = first["data"].clone();
+        client
+    }
+
+    /// Connect with an `Authorization: Bearer` header.
+    pub async fn connect_with_token(url: &str, token: &str) -> Client {
+        let mut client = Client::connect_raw(url, Some(token))
+            .await
+            .expect("connect");
+        let first = client.recv().await;
+        assert_eq!(first["type"], "connection", "first frame: {first}");
+        client.info = first["data"].clone();
+        client
+    }
+
+    /// Connect without reading anything.
+    pub async fn connect_raw(
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request()?;
+        if let Some(token) = token {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        Ok(Client {
+            ws,
+            info: Value::Null,
+        })
+    }
+
+    pub fn client_id(&self) -> String {
+        self.info["client_id"]
+            .as_str()
+            .expect("client_id")
+            .to_string()
+    }
+
+    pub fn root_id(&self) -> String {
+        self.info["root_id"].as_str().expect("root_id").to_string()
+    }
+
+    pub fn channel_id(&self) -> String {
+        self.info["channel_id"]
+            .as_str()
+            .expect("channel_id")
+            .to_string()
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::Text(Utf8Bytes::from(frame.to_string())))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(Utf8Bytes::from(text)))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_message(
+        &mut self,
+        message: Message,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(message).await
+    }
+
+    /// The next JSON text frame (panics after the default deadline).
+    pub async fn recv(&mut self) -> Value {
+        self.recv_within(patience(10)).await
+    }
+
+    pub async fn recv_within(&mut self, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no frame within {within:?}"));
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("bad JSON {text}: {e}"))
+                }
+                Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("socket error: {e}"),
+                None => panic!("socket ended"),
+            }
+        }
+    }
+
+    /// Skip frames until one matches.
+    pub async fn recv_until(&mut self, mut matches: impl FnMut(&Value) -> bool) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if matches(&frame) {
+                return frame;
+            }
+        }
+    }
+
+    /// Assert nothing arrives for `quiet` (the one allowed timed wait: silence).
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        match tokio::time::timeout(quiet, self.ws.next()).await {
+            Err(_) => {}
+            Ok(Some(Ok(Message::Text(text)))) => panic!("expected silence, got {text}"),
+            Ok(other) => panic!("expected silence, got {other:?}"),
+        }
+    }
+
+    /// Read until the server closes; returns the close code and reason.
+    /// `None` when the connection ended without a close frame.
+    pub async fn expect_close(&mut self) -> Option<(u16, String)> {
+        let deadline = Instant::now() + patience(20);
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("no close within the deadline");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Some((u16::from(frame.code), frame.reason.to_string()))
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return Some((u16::from(CloseCode::Status), String::new()))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
+
+/// An HS256 token for `sub`, valid for `ttl_secs` (negative: already expired).
+pub fn hs256(secret: &str, sub: &str, ttl_secs: i64) -> String {
+    hs256_with(secret, serde_json::json!({"sub": sub}), ttl_secs)
+}
+
+/// An HS256 token with extra claims.
+pub fn hs256_with(secret: &str, mut claims: Value, ttl_secs: i64) -> String {
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    claims["exp"] = Value::from(now + ttl_secs);
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode token")
+}

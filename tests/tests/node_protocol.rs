@@ -1,0 +1,256 @@
+//! The native protocol on one node: every frame type, jac-cloud client flows,
+//! membership, acknowledgements and the publish policy.
+
+use std::time::Duration;
+
+use pubmesh_tests::harness::{hs256, Client, Node, ANONYMOUS};
+use serde_json::json;
+
+const SECRET: &str = "protocol-secret";
+
+fn quiet() -> Duration {
+    Duration::from_millis(300)
+}
+
+#[tokio::test]
+async fn connection_frame_has_the_jac_cloud_shape() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("channel_id=room-1").await;
+    assert_eq!(a.info["root_id"], ANONYMOUS);
+    assert_eq!(a.info["channel_id"], "room-1");
+    assert_eq!(a.info["node_id"], node.node_id.as_str());
+    let client_id = a.client_id();
+    let parts: Vec<&str> = client_id.splitn(3, ':').collect();
+    assert_eq!(parts.len(), 3, "{client_id}");
+    assert!(parts[0].parse::<u64>().is_ok(), "{client_id}");
+    assert_eq!(parts[1].len(), 32);
+    assert!(parts[1]
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert_eq!(parts[2], node.node_id);
+
+    // Without channel_id the socket gets a fresh `{secs}:{hex32}` channel.
+    let b = node.client("").await;
+    let channel = b.channel_id();
+    let (secs, hex) = channel.split_once(':').expect("ts:hex");
+    assert!(secs.parse::<u64>().is_ok() && hex.len() == 32, "{channel}");
+
+    // `connection` repeats the frame, echoing ref.
+    a.send(json!({"type": "connection", "ref": 9})).await;
+    let again = a.recv().await;
+    assert_eq!(again["type"], "connection");
+    assert_eq!(again["ref"], 9);
+    assert_eq!(again["data"]["client_id"], client_id.as_str());
+}
+
+#[tokio::test]
+async fn channel_messages_reach_every_member_as_raw_data() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("channel_id=group").await;
+    let mut b = node.client("channel_id=group").await;
+    let mut outsider = node.client("channel_id=elsewhere").await;
+    let data = json!({"type": "chat", "data": {"message": "hi", "n": 1}});
+    a.send(json!({"type": "channel", "channel_ids": ["group"], "data": data}))
+        .await;
+    assert_eq!(a.recv().await, data, "the sender is a member too");
+    assert_eq!(b.recv().await, data);
+    outsider.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn user_and_client_messages_between_two_authenticated_clients() {
+    let node = Node::start(&["--jwt-secret", SECRET]).await;
+    let alice = hs256(SECRET, "n::alice", 300);
+    let bob = hs256(SECRET, "n::bob", 300);
+    let mut a = Client::connect_with_token(&node.ws(""), &alice).await;
+    let mut b1 = Client::connect_with_token(&node.ws(""), &bob).await;
+    let mut b2 = node.client(&format!("token={bob}")).await;
+    assert_eq!(a.root_id(), "n::alice");
+    assert_eq!(b1.root_id(), "n::bob");
+    assert_eq!(b2.root_id(), "n::bob");
+
+    // user: every connection of bob.
+    let dm = json!({"type": "chat", "data": {"to": "bob"}});
+    a.send(json!({"type": "user", "root_ids": ["n::bob"], "data": dm}))
+        .await;
+    assert_eq!(b1.recv().await, dm);
+    assert_eq!(b2.recv().await, dm);
+    a.expect_silence(quiet()).await;
+
+    // client: exactly one connection.
+    let direct = json!({"type": "chat", "data": {"to": "b2"}});
+    a.send(json!({"type": "client", "client_ids": [b2.client_id()], "data": direct}))
+        .await;
+    assert_eq!(b2.recv().await, direct);
+    b1.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn anonymous_sockets_may_not_message_users_or_clients_by_default() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("").await;
+    let mut b = node.client("").await;
+    a.send(json!({"type": "user", "root_ids": [ANONYMOUS], "data": {"x": 1}, "ref": 1}))
+        .await;
+    let err = a.recv().await;
+    assert_eq!(err["type"], "error");
+    assert_eq!(err["code"], "forbidden");
+    assert_eq!(err["ref"], 1);
+    a.send(json!({"type": "client", "client_ids": [b.client_id()], "data": {"x": 1}, "ref": 2}))
+        .await;
+    assert_eq!(a.recv().await["code"], "forbidden");
+    b.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn policy_flags_open_direct_messages_and_close_channel_publishing() {
+    let node = Node::start(&[
+        "--client-user-publish",
+        "any",
+        "--client-client-publish",
+        "any",
+        "--client-channel-publish",
+        "none",
+    ])
+    .await;
+    let mut a = node.client("channel_id=c").await;
+    let mut b = node.client("channel_id=c").await;
+    a.send(json!({"type": "client", "client_ids": [b.client_id()], "data": {"k": "v"}}))
+        .await;
+    assert_eq!(b.recv().await, json!({"k": "v"}));
+    a.send(json!({"type": "channel", "channel_ids": ["c"], "data": {"x": 1}}))
+        .await;
+    assert_eq!(a.recv().await["code"], "forbidden");
+    b.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn only_members_publish_to_a_channel_by_default() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("channel_id=mine").await;
+    let mut b = node.client("channel_id=theirs").await;
+    a.send(json!({"type": "channel", "channel_ids": ["theirs"], "data": {"x": 1}, "ref": "r1"}))
+        .await;
+    let err = a.recv().await;
+    assert_eq!(err["code"], "forbidden");
+    assert_eq!(err["ref"], "r1");
+    b.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_change_what_a_socket_receives() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("channel_id=home-a").await;
+    let mut b = node.client("channel_id=news").await;
+    a.send(json!({"type": "subscribe", "channel_ids": ["news", "sport"], "ref": 1}))
+        .await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "subscribed", "channel_ids": ["news", "sport"], "ref": 1})
+    );
+    b.send(json!({"type": "channel", "channel_ids": ["news"], "data": {"headline": 1}}))
+        .await;
+    assert_eq!(a.recv().await, json!({"headline": 1}));
+    assert_eq!(b.recv().await, json!({"headline": 1}));
+
+    a.send(json!({"type": "unsubscribe", "channel_ids": ["news"], "ref": 2}))
+        .await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "unsubscribed", "channel_ids": ["news"], "ref": 2})
+    );
+    b.send(json!({"type": "channel", "channel_ids": ["news"], "data": {"headline": 2}}))
+        .await;
+    assert_eq!(b.recv().await, json!({"headline": 2}));
+    a.expect_silence(quiet()).await;
+
+    // The connect-time channel cannot be left.
+    a.send(json!({"type": "unsubscribe", "channel_ids": ["home-a"]}))
+        .await;
+    a.recv().await;
+    let (status, _) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": ["home-a"], "data": {"still": true}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(a.recv().await, json!({"still": true}));
+}
+
+#[tokio::test]
+async fn a_socket_in_several_targeted_channels_gets_one_copy() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("channel_id=x").await;
+    a.send(json!({"type": "subscribe", "channel_ids": ["y"]}))
+        .await;
+    a.recv().await;
+    a.send(json!({"type": "channel", "channel_ids": ["x", "y"], "data": {"once": true}, "ref": 5}))
+        .await;
+    assert_eq!(a.recv().await, json!({"once": true}));
+    let ack = a.recv().await;
+    assert_eq!(ack["type"], "published");
+    assert_eq!(ack["ref"], 5);
+    assert_eq!(ack["local_deliveries"], 1);
+    a.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn published_ack_is_sent_only_when_ref_is_given() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("channel_id=p").await;
+    a.send(json!({"type": "channel", "channel_ids": ["p"], "data": {"n": 1}}))
+        .await;
+    assert_eq!(a.recv().await, json!({"n": 1}));
+    a.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn change_user_switches_identity_and_user_routing() {
+    let node = Node::start(&["--jwt-secret", SECRET]).await;
+    let mut a = node.client("").await;
+    assert_eq!(a.root_id(), ANONYMOUS);
+    let token = hs256(SECRET, "n::carol", 300);
+    a.send(json!({"type": "change_user", "token": format!("Bearer {token}"), "ref": 3}))
+        .await;
+    let frame = a.recv().await;
+    assert_eq!(frame["type"], "connection");
+    assert_eq!(frame["ref"], 3);
+    assert_eq!(frame["data"]["root_id"], "n::carol");
+    assert_eq!(frame["data"]["client_id"], a.client_id().as_str());
+
+    let (status, body) = node
+        .post(
+            "/api/notify/users",
+            json!({"root_ids": ["n::carol"], "data": {"hello": "carol"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(a.recv().await, json!({"hello": "carol"}));
+
+    // A bad token makes the socket anonymous again.
+    a.send(json!({"type": "change_user", "token": "Bearer not-a-jwt"}))
+        .await;
+    assert_eq!(a.recv().await["data"]["root_id"], ANONYMOUS);
+    let (_, body) = node
+        .post(
+            "/api/notify/users",
+            json!({"root_ids": ["n::carol"], "data": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(body["local_deliveries"], 0);
+}
+
+#[tokio::test]
+async fn too_many_channels_is_refused() {
+    let node = Node::start(&["--max-channels-per-connection", "3"]).await;
+    let mut a = node.client("").await;
+    a.send(json!({"type": "subscribe", "channel_ids": ["a", "b"]}))
+        .await;
+    assert_eq!(a.recv().await["type"], "subscribed");
+    a.send(json!({"type": "subscribe", "channel_ids": ["c"], "ref": 1}))
+        .await;
+    let err = a.recv().await;
+    assert_eq!(err["code"], "too_many_channels");
+    assert_eq!(err["ref"], 1);
+}
