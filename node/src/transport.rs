@@ -190,9 +190,26 @@ pub async fn run<S: Session>(node: Arc<Node>, conn: Arc<Conn>, socket: Socket, m
         _ = reader => None,
         reason = writer => reason,
     };
-    if closed_by_server.is_none() {
+    match closed_by_server {
         // The client closed: send tungstenite's queued close reply.
-        let _ = tokio::time::timeout(Duration::from_millis(500), sink.flush()).await;
+        None => {
+            let _ = tokio::time::timeout(Duration::from_millis(500), sink.flush()).await;
+        }
+        // Stuck on a full socket: nothing more will get through.
+        Some(CloseReason::SlowConsumer) => {}
+        // We sent a close frame: read (and drop) what the client still sends
+        // until its close reply, so closing the socket does not reset the
+        // connection before the client has read our close frame.
+        Some(_) => {
+            let drain = async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
     }
     let label = closed_by_server.map(CloseReason::label).unwrap_or("client");
     node.metrics

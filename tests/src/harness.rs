@@ -502,6 +502,18 @@ impl Client {
         }
     }
 
+    /// The next text frame, or `None` once the connection has ended (close
+    /// frame, error or end of stream).
+    pub async fn recv_or_end(&mut self) -> Option<String> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// Skip frames until one matches.
     pub async fn recv_until(&mut self, mut matches: impl FnMut(&Value) -> bool) -> Value {
         loop {

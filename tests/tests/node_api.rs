@@ -1,0 +1,236 @@
+//! The HTTP server API: keys, bodies, every route, health and metrics.
+
+use std::time::Duration;
+
+use pubmesh_tests::harness::{Node, API_KEY};
+use serde_json::json;
+
+#[tokio::test]
+async fn api_needs_the_key_in_either_header() {
+    let node = Node::start(&[]).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/nodes", node.http());
+    let none = http.get(&url).send().await.expect("request");
+    assert_eq!(none.status(), 401);
+    let body: serde_json::Value = none.json().await.expect("json");
+    assert_eq!(body["code"], "unauthorized");
+    let wrong = http
+        .get(&url)
+        .header("X-API-Key", "nope")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(wrong.status(), 401);
+    let bearer = http
+        .get(&url)
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(bearer.status(), 200);
+    let header = http
+        .get(&url)
+        .header("X-API-Key", API_KEY)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(header.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_bodies_get_400_with_a_code() {
+    let node = Node::start(&[]).await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: &str| {
+        http.post(format!("{}{path}", node.http()))
+            .header("X-API-Key", API_KEY)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    for (path, body) in [
+        ("/api/notify/channels", "not json"),
+        ("/api/notify/channels", "{\"channel_ids\":[],\"data\":{}}"),
+        (
+            "/api/notify/channels",
+            "{\"channel_ids\":\"a\",\"data\":{}}",
+        ),
+        (
+            "/api/notify/channels",
+            "{\"channel_ids\":[\"a\"],\"data\":5}",
+        ),
+        ("/api/notify/channels", "{\"channel_ids\":[\"a\"]}"),
+        ("/api/notify/users", "{\"root_ids\":[1],\"data\":{}}"),
+        ("/api/notify/clients", "{\"client_ids\":[\"\"],\"data\":{}}"),
+        ("/api/broadcast", "{\"data\":[]}"),
+        ("/api/disconnect", "{}"),
+        (
+            "/api/notify/channels",
+            "{\"channel_ids\":[\"a\"],\"data\":{},\"extra\":1}",
+        ),
+    ] {
+        let response = post(path, body).await.expect("request");
+        assert_eq!(response.status(), 400, "{path} {body}");
+        let json: serde_json::Value = response.json().await.expect("json error body");
+        assert_eq!(json["code"], "bad_request", "{path} {body}: {json}");
+        assert!(json["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let huge = format!(
+        "{{\"channel_ids\":[\"a\"],\"data\":{{\"p\":\"{}\"}}}}",
+        "x".repeat(200_000)
+    );
+    assert_eq!(
+        post("/api/notify/channels", &huge)
+            .await
+            .expect("request")
+            .status(),
+        413
+    );
+    // The node is still fine.
+    assert_eq!(node.get("/api/nodes").await.0, 200);
+}
+
+#[tokio::test]
+async fn notify_routes_deliver_and_report_what_they_did() {
+    let node = Node::start(&["--jwt-secret", "s"]).await;
+    let token = pubmesh_tests::harness::hs256("s", "n::u1", 300);
+    let mut a = node.client(&format!("channel_id=ch-a&token={token}")).await;
+    let mut b = node.client("channel_id=ch-b").await;
+
+    let (status, body) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": ["ch-a", "ch-b"], "data": {"k": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"local_deliveries": 2, "relayed": false}));
+    assert_eq!(a.recv().await, json!({"k": 1}));
+    assert_eq!(b.recv().await, json!({"k": 1}));
+
+    let (_, body) = node
+        .post(
+            "/api/notify/users",
+            json!({"root_ids": ["n::u1"], "data": {"k": 2}}),
+        )
+        .await;
+    assert_eq!(body["local_deliveries"], 1);
+    assert_eq!(a.recv().await, json!({"k": 2}));
+
+    let (_, body) = node
+        .post(
+            "/api/notify/clients",
+            json!({"client_ids": [b.client_id()], "data": {"k": 3}}),
+        )
+        .await;
+    assert_eq!(body["local_deliveries"], 1);
+    assert_eq!(b.recv().await, json!({"k": 3}));
+
+    let (_, body) = node
+        .post("/api/broadcast", json!({"data": {"k": 4}, "local": true}))
+        .await;
+    assert_eq!(body, json!({"local_deliveries": 2, "relayed": false}));
+    assert_eq!(a.recv().await, json!({"k": 4}));
+    assert_eq!(b.recv().await, json!({"k": 4}));
+
+    // Unknown ids and channels are fine: nobody to deliver to.
+    let (status, body) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": ["nobody-here"], "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["local_deliveries"], 0);
+    a.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn disconnect_closes_by_client_or_user_with_4002() {
+    let node = Node::start(&["--jwt-secret", "s"]).await;
+    let token = pubmesh_tests::harness::hs256("s", "n::gone", 300);
+    let mut a = node.client("").await;
+    let mut u1 = node.client(&format!("token={token}")).await;
+    let mut u2 = node.client(&format!("token={token}")).await;
+    let mut keep = node.client("").await;
+    let (status, body) = node
+        .post("/api/disconnect", json!({"client_ids": [a.client_id()]}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["local_disconnects"], 1);
+    assert_eq!(a.expect_close().await.map(|c| c.0), Some(4002));
+    let (_, body) = node
+        .post("/api/disconnect", json!({"root_ids": ["n::gone"]}))
+        .await;
+    assert_eq!(body["local_disconnects"], 2);
+    assert_eq!(u1.expect_close().await.map(|c| c.0), Some(4002));
+    assert_eq!(u2.expect_close().await.map(|c| c.0), Some(4002));
+    keep.send(json!({"type": "connection"})).await;
+    assert_eq!(keep.recv().await["type"], "connection");
+}
+
+#[tokio::test]
+async fn nodes_and_channels_describe_the_node() {
+    let node = Node::start(&[]).await;
+    let _a = node.client("channel_id=alpha").await;
+    let _b = node.client("channel_id=alpha").await;
+    let _c = node.client("channel_id=beta").await;
+    let (status, body) = node.get("/api/nodes").await;
+    assert_eq!(status, 200);
+    let me = &body["nodes"][0];
+    assert_eq!(me["node_id"], node.node_id.as_str());
+    assert_eq!(me["self"], true);
+    assert_eq!(me["connections"], 3);
+    assert_eq!(me["channels"], 2);
+    let (_, body) = node.get("/api/channels").await;
+    assert_eq!(
+        body["channels"],
+        json!([{"channel": "alpha", "members": 2}, {"channel": "beta", "members": 1}])
+    );
+}
+
+#[tokio::test]
+async fn health_and_metrics_are_served() {
+    let node = Node::start(&[]).await;
+    let live = reqwest::get(format!("{}/livez", node.http()))
+        .await
+        .expect("livez");
+    assert_eq!(live.status(), 200);
+    let ready = reqwest::get(format!("{}/readyz", node.http()))
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let mut c = node.client("channel_id=m").await;
+    node.post(
+        "/api/notify/channels",
+        json!({"channel_ids": ["m"], "data": {}}),
+    )
+    .await;
+    c.recv().await;
+    let text = node.metrics().await;
+    for name in [
+        "pubmesh_info",
+        "pubmesh_connections",
+        "pubmesh_connections_accepted_total",
+        "pubmesh_subscriptions",
+        "pubmesh_channels",
+        "pubmesh_users",
+        "pubmesh_messages_out_total",
+        "pubmesh_messages_in_total",
+        "pubmesh_deliveries_total",
+        "pubmesh_slow_consumer_disconnects_total",
+        "pubmesh_api_request_duration_seconds_bucket",
+        "pubmesh_fanout_duration_seconds_bucket",
+        "pubmesh_open_files_limit",
+        "pubmesh_draining",
+        "pubmesh_ready",
+        "pubmesh_relay_up",
+        "pubmesh_cross_node_latency_seconds_bucket",
+        "pubmesh_relay_roundtrip_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert_eq!(node.metric("pubmesh_connections").await, 1.0);
+    assert_eq!(node.metric("pubmesh_deliveries_total").await, 1.0);
+    assert!(node.metric("pubmesh_open_files_limit").await >= 1024.0);
+}
