@@ -1,8 +1,6 @@
 //! Bad input, floods and slow readers: each gets a clear error or close code,
 //! and everyone else keeps being served.
 
-use std::time::Duration;
-
 use pubmesh_tests::harness::{eventually, patience, Client, Node};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
