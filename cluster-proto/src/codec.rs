@@ -117,8 +117,66 @@ pub fn encode(envelope: &Envelope) -> Bytes {
             request_id,
             channels,
         } => write_payload(&mut buf, head, (request_id, channels)),
+        Body::Publication {
+            channel,
+            frame,
+            offset,
+            epoch,
+        } => {
+            write_payload(&mut buf, head, (channel, serde_bytes_ref(frame)));
+            push_position(&mut buf, *offset, epoch);
+        }
     }
     Bytes::from(buf)
+}
+
+/// Everything of a [`Body::Publication`] envelope but its position tail:
+/// the history store's append script publishes these bytes followed by
+/// `OFFSET\nEPOCH\n` once Redis has assigned the offset.
+pub fn encode_publication_head(origin: &str, seq: u64, channel: &str, frame: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + 48 + origin.len() + channel.len() + frame.len());
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    buf.push(Kind::Publication.tag());
+    write_payload(
+        &mut buf,
+        (origin, seq, crate::now_micros()),
+        (channel, serde_bytes_ref(frame)),
+    );
+    buf
+}
+
+fn push_position(buf: &mut Vec<u8>, offset: u64, epoch: &str) {
+    buf.extend_from_slice(offset.to_string().as_bytes());
+    buf.push(b'\n');
+    buf.extend_from_slice(epoch.as_bytes());
+    buf.push(b'\n');
+}
+
+/// Serialises a byte slice as msgpack `bin`, like `Bytes` does.
+fn serde_bytes_ref(bytes: &[u8]) -> BinRef<'_> {
+    BinRef(bytes)
+}
+
+struct BinRef<'a>(&'a [u8]);
+
+impl Serialize for BinRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Parses the `OFFSET\nEPOCH\n` tail of a publication.
+fn parse_position(tail: &[u8]) -> Option<(u64, String)> {
+    let text = std::str::from_utf8(tail).ok()?.strip_suffix('\n')?;
+    let (offset, epoch) = text.split_once('\n')?;
+    if offset.is_empty() || offset.len() > 20 || !offset.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if epoch.is_empty() || epoch.len() > 64 || epoch.contains('\n') {
+        return None;
+    }
+    Some((offset.parse().ok()?, epoch.to_string()))
 }
 
 /// Reads only the fixed header: checks size, magic and version and returns the
@@ -200,6 +258,24 @@ pub fn decode(input: &[u8]) -> Result<Envelope, DecodeError> {
             };
             (o, s, t, body)
         }
+        Kind::Publication => {
+            let ((o, s, t, (channel, frame)), tail) =
+                read_payload_with_tail::<(String, Bytes)>(kind, rest)?;
+            if std::str::from_utf8(&frame).is_err() {
+                return Err(DecodeError::FrameNotUtf8);
+            }
+            let (offset, epoch) = parse_position(tail).ok_or(DecodeError::Malformed {
+                kind,
+                reason: "bad position tail".into(),
+            })?;
+            let body = Body::Publication {
+                channel,
+                frame,
+                offset,
+                epoch,
+            };
+            (o, s, t, body)
+        }
     };
     check_node_id(kind, &origin)?;
     Ok(Envelope {
@@ -218,6 +294,23 @@ fn write_payload<P: Serialize>(buf: &mut Vec<u8>, head: (&str, u64, u64), payloa
         // Writing to a Vec cannot fail, and every value here has a known
         // length and a msgpack representation.
         .expect("envelope payloads always serialise to a Vec");
+}
+
+type Head<P> = (String, u64, u64, P);
+
+/// Like [`read_payload`], but returns the bytes after the msgpack value.
+fn read_payload_with_tail<P>(kind: Kind, mut rest: &[u8]) -> Result<(Head<P>, &[u8]), DecodeError>
+where
+    P: for<'de> Deserialize<'de>,
+{
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    de.set_max_depth(MAX_DEPTH);
+    let value = <Head<P>>::deserialize(&mut de).map_err(|e| DecodeError::Malformed {
+        kind,
+        reason: e.to_string(),
+    })?;
+    drop(de);
+    Ok((value, rest))
 }
 
 fn read_payload<P>(kind: Kind, mut rest: &[u8]) -> Result<(String, u64, u64, P), DecodeError>
@@ -277,5 +370,11 @@ fn size_estimate(envelope: &Envelope) -> usize {
             Body::ChannelsReply { channels, .. } => {
                 channels.iter().map(|(c, _)| c.len() + 14).sum::<usize>()
             }
+            Body::Publication {
+                channel,
+                frame,
+                epoch,
+                ..
+            } => channel.len() + frame.len() + epoch.len() + 24,
         }
 }

@@ -97,6 +97,21 @@ pub enum Body {
         /// on the answering node.
         channels: Vec<(String, u64)>,
     },
+    /// A publication to a history channel with its position. Published by the
+    /// history store's append script, which writes the position as an ASCII
+    /// tail `OFFSET\nEPOCH\n` after the msgpack payload (see
+    /// [`encode_publication_head`](crate::encode_publication_head)), so the
+    /// offset Redis assigns travels in the same atomic step.
+    Publication {
+        /// The channel.
+        channel: String,
+        /// The `data` object's JSON text (valid UTF-8).
+        frame: Bytes,
+        /// Position in the channel's history.
+        offset: u64,
+        /// History epoch the offset belongs to.
+        epoch: String,
+    },
 }
 
 impl Body {
@@ -109,6 +124,7 @@ impl Body {
             Body::Disconnect { .. } => Kind::Disconnect,
             Body::ChannelsRequest { .. } => Kind::ChannelsRequest,
             Body::ChannelsReply { .. } => Kind::ChannelsReply,
+            Body::Publication { .. } => Kind::Publication,
         }
     }
 }
@@ -132,17 +148,20 @@ pub enum Kind {
     ChannelsRequest = 5,
     /// [`Body::ChannelsReply`]
     ChannelsReply = 6,
+    /// [`Body::Publication`]
+    Publication = 7,
 }
 
 impl Kind {
     /// Every kind, in tag order.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Deliver,
         Kind::Heartbeat,
         Kind::Leaving,
         Kind::Disconnect,
         Kind::ChannelsRequest,
         Kind::ChannelsReply,
+        Kind::Publication,
     ];
 
     /// The tag written on the wire.
@@ -164,6 +183,7 @@ impl Kind {
             Kind::Disconnect => "disconnect",
             Kind::ChannelsRequest => "channels_request",
             Kind::ChannelsReply => "channels_reply",
+            Kind::Publication => "publication",
         }
     }
 }

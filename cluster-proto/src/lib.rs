@@ -93,7 +93,10 @@ mod envelope;
 mod ids;
 mod topics;
 
-pub use codec::{decode, encode, peek_kind, DecodeError, HEADER_LEN, MAGIC, MAX_ENVELOPE_BYTES};
+pub use codec::{
+    decode, encode, encode_publication_head, peek_kind, DecodeError, HEADER_LEN, MAGIC,
+    MAX_ENVELOPE_BYTES,
+};
 pub use envelope::{
     now_micros, Body, Delivery, Envelope, Kind, NodeInfo, Targets, PROTOCOL_VERSION,
 };

@@ -110,6 +110,19 @@ fn golden() -> Vec<(&'static str, Envelope, &'static str)> {
              94a26e3107cf00060a24181e4000\
              92099292a1610292a26262ce00011170",
         ),
+        (
+            "publication",
+            env(Body::Publication {
+                channel: "c".into(),
+                frame: Bytes::from_static(b"{}"),
+                offset: 5,
+                epoch: "ab".into(),
+            }),
+            "504d000107\
+             94a26e3107cf00060a24181e4000\
+             92a163c4027b7d\
+             350a61620a",
+        ),
     ]
 }
 
@@ -156,6 +169,36 @@ fn golden_set_covers_every_kind() {
 }
 
 #[test]
+fn publication_head_plus_position_tail_decodes() {
+    let mut wire = encode_publication_head("n9", 3, "room", b"{\"a\":1}");
+    wire.extend_from_slice(b"42\nep0ch\n");
+    let env = decode(&wire).expect("decodes");
+    assert_eq!(env.origin, "n9");
+    assert_eq!(
+        env.body,
+        Body::Publication {
+            channel: "room".into(),
+            frame: Bytes::from_static(b"{\"a\":1}"),
+            offset: 42,
+            epoch: "ep0ch".into(),
+        }
+    );
+    for bad in [
+        &b""[..],
+        b"42",
+        b"x\ne\n",
+        b"1\n\n",
+        b"\ne\n",
+        b"1\ne",
+        b"1\ne\nx",
+    ] {
+        let mut wire = encode_publication_head("n9", 3, "room", b"{}");
+        wire.extend_from_slice(bad);
+        assert!(decode(&wire).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
 fn kind_tags_are_stable() {
     let tags: Vec<(u8, &str)> = Kind::ALL.iter().map(|k| (k.tag(), k.as_str())).collect();
     assert_eq!(
@@ -167,13 +210,14 @@ fn kind_tags_are_stable() {
             (4, "disconnect"),
             (5, "channels_request"),
             (6, "channels_reply"),
+            (7, "publication"),
         ]
     );
     for kind in Kind::ALL {
         assert_eq!(Kind::from_tag(kind.tag()), Some(kind));
     }
     assert_eq!(Kind::from_tag(0), None);
-    assert_eq!(Kind::from_tag(7), None);
+    assert_eq!(Kind::from_tag(8), None);
 }
 
 #[test]
@@ -269,13 +313,19 @@ fn trailing_bytes_are_refused() {
     for (_, env, _) in golden() {
         let mut wire = encode(&env).to_vec();
         wire.push(0xc0);
-        assert_eq!(
-            decode(&wire),
-            Err(DecodeError::TrailingBytes {
+        let expected = if env.body.kind() == Kind::Publication {
+            // A publication's tail is the position: anything after it breaks it.
+            DecodeError::Malformed {
+                kind: Kind::Publication,
+                reason: "bad position tail".into(),
+            }
+        } else {
+            DecodeError::TrailingBytes {
                 kind: env.body.kind(),
-                len: 1
-            })
-        );
+                len: 1,
+            }
+        };
+        assert_eq!(decode(&wire), Err(expected));
     }
 }
 

@@ -27,7 +27,7 @@ use crate::relay::BoxFuture;
 /// Appends one publication. KEYS: stream, meta. ARGV: data, max length, ttl
 /// seconds, fresh epoch, topic ("" for none), publish command, envelope head.
 /// Returns {offset, epoch}. The published payload is the envelope head
-/// followed by `offset \n epoch`, which the relay decodes.
+/// followed by `OFFSET\nEPOCH\n`: a `Publication` envelope (cluster-proto).
 const APPEND: &str = r#"
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
@@ -40,7 +40,7 @@ redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
 redis.call('expire', KEYS[1], ARGV[3])
 redis.call('expire', KEYS[2], ARGV[3])
 if ARGV[5] ~= '' then
-  redis.call(ARGV[6], ARGV[5], ARGV[7] .. offset .. '\n' .. epoch)
+  redis.call(ARGV[6], ARGV[5], ARGV[7] .. offset .. '\n' .. epoch .. '\n')
 end
 return {offset, epoch}
 "#;
