@@ -73,6 +73,12 @@ pub trait History: Send + Sync + 'static {
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<Position, HistoryError>>;
 
+    /// True when appends are relayed to every node including this one (the
+    /// node then delivers from the relay instead of locally).
+    fn delivers_by_echo(&self) -> bool {
+        false
+    }
+
     /// `since: None`: the last `limit` publications. `since: Some(p)`: every
     /// publication after `p` (at most `limit`), or `recovered: false`.
     fn read<'a>(

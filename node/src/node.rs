@@ -144,8 +144,13 @@ impl Node {
                 .with_label_values(&["channels"])
                 .inc();
             self.metrics.history_appends.inc();
-            done.local_deliveries += self.deliver_publication(&channel, &position, &frame);
-            done.relayed |= self.relay.name() != "memory";
+            if self.history.delivers_by_echo() {
+                // The append published it; every node, this one included,
+                // delivers it from the relay, in offset order.
+                done.relayed = true;
+            } else {
+                done.local_deliveries += self.deliver_publication(&channel, &position, &frame);
+            }
         }
         Ok(done)
     }
@@ -389,6 +394,10 @@ fn presence_event(kind: &str, channel: &str, entry: &PresenceEntry) -> Utf8Bytes
 impl NodeView for Node {
     fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    fn deliver_publication(&self, channel: &str, position: &Position, data: &Utf8Bytes) -> usize {
+        Node::deliver_publication(self, channel, position, data)
     }
 
     fn info(&self) -> NodeInfo {

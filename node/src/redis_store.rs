@@ -210,6 +210,10 @@ fn parse_entries(value: RedisValue) -> Result<Vec<Publication>, HistoryError> {
 }
 
 impl History for RedisStore {
+    fn delivers_by_echo(&self) -> bool {
+        self.publisher.read().is_some()
+    }
+
     fn append<'a>(
         &'a self,
         channel: &'a str,

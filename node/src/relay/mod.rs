@@ -51,6 +51,13 @@ pub struct RelayStatus {
 pub trait NodeView: Send + Sync + 'static {
     fn hub(&self) -> &Hub;
     fn info(&self) -> NodeInfo;
+    /// Deliver a history channel's publication (with its position).
+    fn deliver_publication(
+        &self,
+        channel: &str,
+        position: &crate::history::Position,
+        data: &Utf8Bytes,
+    ) -> usize;
 }
 
 /// Moves messages between nodes.

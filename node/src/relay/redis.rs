@@ -1,53 +1,812 @@
 //! The cluster relay over Redis pub/sub.
+//!
+//! Routing (topic names from `pubmesh_cluster_proto::Topics`):
+//! - a channel's messages go to `{p}.ch.{{channel}}`, a user's to `{p}.u.{user}`;
+//!   a node subscribes to those only while it has local members, and lets go
+//!   [`LINGER`] after the last one leaves (so join/leave churn costs nothing);
+//! - messages for client ids go straight to the owning node's inbox `{p}.n.{node}`;
+//! - broadcasts use `{p}.all`; membership, disconnects and channel queries `{p}.ctl`.
+//!
+//! With several `--redis-url`s each name lives on one server chosen by
+//! rendezvous hashing ([`super::shard_index`]); `{p}.all` and `{p}.ctl` live on
+//! the first. With `--redis-cluster` every topic uses sharded pub/sub
+//! (`SSUBSCRIBE`/`SPUBLISH`), which Redis Cluster routes to the topic's slot.
+//!
+//! Publishing never blocks: messages go to a bounded queue per server, drained
+//! by one task that pipelines whole batches in one round trip. One task per
+//! server keeps a publisher's messages to one topic in order. Each server has a
+//! dedicated subscriber connection whose reader only decodes and pushes to
+//! outboxes. A node ignores the echo of its own messages (it delivered them
+//! locally first); history publications are the exception, see `redis_store`.
+//!
+//! Why fred: its subscriber client re-issues subscriptions after a reconnect
+//! (plain, pattern and sharded ones), it pipelines commands sent concurrently
+//! on one connection, and it speaks Redis Cluster including sharded pub/sub.
+//! pubmesh also reconciles its own subscription set after every reconnect, so
+//! an outage at start-up heals the same way.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::Value as RedisValue;
+use parking_lot::Mutex;
+use pubmesh_cluster_proto::{self as proto, Body, Delivery, Envelope, Targets, Topics};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{BoxFuture, NodeInfo, NodeView, Relay, RelayError, RelayStatus};
+use super::{shard_index, BoxFuture, NodeInfo, NodeView, Relay, RelayError, RelayStatus};
 use crate::config::Config;
 use crate::hub::{InterestChange, Target};
 use crate::metrics::Metrics;
+use crate::redis_store::{AppendPublisher, PublishSpec, RedisStore};
 
-/// Relays through one or more Redis servers (or a Redis Cluster).
+/// How long a topic stays subscribed after its last local member left.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// How often a node announces itself.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A peer silent this long is dropped from membership.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages waiting per Redis server before publishes are dropped.
+const QUEUE: usize = 100_000;
+/// Most commands sent in one pipeline.
+const BATCH: usize = 512;
+/// How many recent (origin, seq) pairs are remembered to drop duplicates.
+const RECENT: usize = 4096;
+
+/// One Redis server (or the cluster).
+struct Server {
+    url: String,
+    publisher: Client,
+    subscriber: SubscriberClient,
+    queue: mpsc::Sender<(String, Bytes)>,
+    /// Taken by the publisher task at start.
+    queue_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
+}
+
+/// Subscription wishes, handed to the interest task.
+enum Interest {
+    Add(usize, String),
+    Remove(usize, String),
+}
+
+struct Peer {
+    info: proto::NodeInfo,
+    seen: Instant,
+}
+
+/// Recently seen (origin, seq) of multi-topic messages.
+#[derive(Default)]
+struct Recent {
+    set: HashSet<(String, u64)>,
+    order: VecDeque<(String, u64)>,
+}
+
+impl Recent {
+    /// True the first time a pair is seen.
+    fn first(&mut self, origin: &str, seq: u64) -> bool {
+        let key = (origin.to_string(), seq);
+        if self.set.contains(&key) {
+            return false;
+        }
+        if self.order.len() >= RECENT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(key.clone());
+        self.order.push_back(key);
+        true
+    }
+}
+
+/// Where one peer's answer to a channels query goes: (peer, its channels).
+type ReplySender = mpsc::UnboundedSender<(String, Vec<(String, u64)>)>;
+
+struct Inner {
+    node_id: String,
+    topics: Topics,
+    sharded: bool,
+    metrics: Arc<Metrics>,
+    servers: Vec<Server>,
+    seq: AtomicU64,
+    started_unix: u64,
+    node: OnceLock<Arc<dyn NodeView>>,
+    peers: Mutex<HashMap<String, Peer>>,
+    interest_tx: mpsc::UnboundedSender<Interest>,
+    interest_rx: Mutex<Option<mpsc::UnboundedReceiver<Interest>>>,
+    recent: Mutex<Recent>,
+    /// Open `/api/channels` queries: request id → where replies go.
+    requests: Mutex<HashMap<u64, ReplySender>>,
+}
+
+/// Relays through one or more Redis servers, or a Redis Cluster.
 pub struct RedisRelay {
-    _metrics: Arc<Metrics>,
+    inner: Arc<Inner>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl RedisRelay {
-    pub fn new(_config: &Config, metrics: Arc<Metrics>) -> Result<Self, RelayError> {
-        Err(RelayError::Config(format!(
-            "the Redis relay is not available in this build ({} metrics)",
-            metrics.registry.gather().len()
-        )))
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, RelayError> {
+        let urls: Vec<String> = if config.redis_cluster {
+            config.redis_urls.iter().take(1).cloned().collect()
+        } else {
+            config.redis_urls.clone()
+        };
+        let mut servers = Vec::with_capacity(urls.len());
+        for url in urls {
+            let parse = |cluster: bool| {
+                if cluster {
+                    fred::prelude::Config::from_url_clustered(&url)
+                } else {
+                    fred::prelude::Config::from_url(&url)
+                }
+                .map_err(|e| RelayError::Config(format!("bad redis url {url:?}: {e}")))
+            };
+            let mut builder = Builder::from_config(parse(config.redis_cluster)?);
+            builder
+                .with_performance_config(|p| {
+                    p.broadcast_channel_capacity = 1 << 16;
+                    p.default_command_timeout = Duration::from_secs(2);
+                })
+                .with_connection_config(|c| {
+                    c.connection_timeout = Duration::from_secs(2);
+                    c.max_command_attempts = 2;
+                })
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+            let publisher = builder
+                .build()
+                .map_err(|e| RelayError::Config(e.to_string()))?;
+            let subscriber = builder
+                .build_subscriber_client()
+                .map_err(|e| RelayError::Config(e.to_string()))?;
+            let (tx, rx) = mpsc::channel(QUEUE);
+            servers.push(Server {
+                url: url.clone(),
+                publisher,
+                subscriber,
+                queue: tx,
+                queue_rx: Mutex::new(Some(rx)),
+            });
+        }
+        let (interest_tx, interest_rx) = mpsc::unbounded_channel();
+        Ok(RedisRelay {
+            inner: Arc::new(Inner {
+                node_id: config.node_id.clone(),
+                topics: Topics::new(&config.redis_prefix),
+                sharded: config.redis_cluster,
+                metrics,
+                servers,
+                seq: AtomicU64::new(1),
+                started_unix: unix_now(),
+                node: OnceLock::new(),
+                peers: Mutex::new(HashMap::new()),
+                interest_tx,
+                interest_rx: Mutex::new(Some(interest_rx)),
+                recent: Mutex::new(Recent::default()),
+                requests: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn server_for(&self, name: &str) -> usize {
+        shard_index(name, self.servers.len())
+    }
+
+    fn envelope(&self, body: Body) -> Bytes {
+        proto::encode(&Envelope::new(self.node_id.clone(), self.next_seq(), body))
+    }
+
+    /// Queue one payload for a topic on a server; false when dropped.
+    fn send(&self, server: usize, topic: String, payload: Bytes, kind: &str) -> bool {
+        match self.servers[server].queue.try_send((topic, payload)) {
+            Ok(()) => {
+                self.metrics
+                    .relay_published
+                    .with_label_values(&[kind])
+                    .inc();
+                true
+            }
+            Err(_) => {
+                self.metrics
+                    .relay_dropped
+                    .with_label_values(&["queue_full"])
+                    .inc();
+                false
+            }
+        }
+    }
+
+    fn control(&self, body: Body) {
+        let kind = body.kind().as_str();
+        let payload = self.envelope(body);
+        self.send(0, self.topics.control(), payload, kind);
+    }
+
+    fn deliver_body(&self, targets: Targets, frame: &Utf8Bytes) -> Body {
+        Body::Deliver(Delivery {
+            targets,
+            frame: Bytes::from(frame.clone()),
+            exclude_client: None,
+        })
+    }
+
+    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> bool {
+        match target {
+            Target::Channels(names) | Target::Users(names) => {
+                let channels = matches!(target, Target::Channels(_));
+                let targets = if channels {
+                    Targets::Channels(names.clone())
+                } else {
+                    Targets::Users(names.clone())
+                };
+                let payload = self.envelope(self.deliver_body(targets, frame));
+                let mut sent = false;
+                for name in names {
+                    let topic = if channels {
+                        self.topics.channel(name)
+                    } else {
+                        self.topics.user(name)
+                    };
+                    sent |= self.send(self.server_for(name), topic, payload.clone(), "deliver");
+                }
+                sent
+            }
+            Target::Clients(ids) => {
+                let mut by_node: HashMap<&str, Vec<String>> = HashMap::new();
+                for id in ids {
+                    if let Some(owner) = proto::owner_node(id) {
+                        by_node.entry(owner).or_default().push(id.clone());
+                    }
+                }
+                let mut sent = false;
+                for (owner, ids) in by_node {
+                    let payload = self.envelope(self.deliver_body(Targets::Clients(ids), frame));
+                    sent |= self.send(
+                        self.server_for(owner),
+                        self.topics.node(owner),
+                        payload,
+                        "deliver",
+                    );
+                }
+                sent
+            }
+            Target::All => {
+                let payload = self.envelope(self.deliver_body(Targets::All, frame));
+                self.send(0, self.topics.all(), payload, "deliver")
+            }
+        }
+    }
+
+    /// Handle one message from a subscriber connection.
+    fn receive(&self, payload: &[u8]) {
+        let Some(node) = self.node.get() else {
+            return;
+        };
+        let envelope = match proto::decode(payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.metrics
+                    .relay_dropped
+                    .with_label_values(&["decode"])
+                    .inc();
+                tracing::debug!(error = %e, "undecodable relay message");
+                return;
+            }
+        };
+        let mine = envelope.origin == self.node_id;
+        let kind = envelope.body.kind().as_str();
+        match envelope.body {
+            Body::Deliver(delivery) => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let several = match &delivery.targets {
+                    Targets::Channels(v) | Targets::Users(v) => v.len() > 1,
+                    _ => false,
+                };
+                if several && !self.recent.lock().first(&envelope.origin, envelope.seq) {
+                    return;
+                }
+                let target = match delivery.targets {
+                    Targets::Channels(v) => Target::Channels(v),
+                    Targets::Users(v) => Target::Users(v),
+                    Targets::Clients(v) => Target::Clients(v),
+                    Targets::All => Target::All,
+                };
+                let Ok(frame) = Utf8Bytes::try_from(delivery.frame) else {
+                    return;
+                };
+                node.hub().deliver(&target, &frame);
+                self.observe_latency(envelope.sent_at_micros);
+            }
+            Body::Publication {
+                channel,
+                frame,
+                offset,
+                epoch,
+            } => {
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let Ok(data) = Utf8Bytes::try_from(frame) else {
+                    return;
+                };
+                let position = crate::history::Position { offset, epoch };
+                node.deliver_publication(&channel, &position, &data);
+                if !mine {
+                    self.observe_latency(envelope.sent_at_micros);
+                }
+            }
+            Body::Heartbeat(info) => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let mut peers = self.peers.lock();
+                peers.insert(
+                    envelope.origin.clone(),
+                    Peer {
+                        info,
+                        seen: Instant::now(),
+                    },
+                );
+                self.metrics.relay_peers.set(peers.len() as i64);
+            }
+            Body::Leaving { node_id } => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let mut peers = self.peers.lock();
+                peers.remove(&node_id);
+                self.metrics.relay_peers.set(peers.len() as i64);
+            }
+            Body::Disconnect {
+                client_ids,
+                root_ids,
+            } => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                node.hub().disconnect(&client_ids, &root_ids);
+            }
+            Body::ChannelsRequest {
+                request_id,
+                reply_to,
+            } => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let channels = node.hub().channel_counts();
+                let payload = self.envelope(Body::ChannelsReply {
+                    request_id,
+                    channels,
+                });
+                let server = match self.topics.parse(&reply_to) {
+                    Some(proto::TopicKind::Node(owner)) => self.server_for(owner),
+                    _ => 0,
+                };
+                self.send(server, reply_to, payload, "channels_reply");
+            }
+            Body::ChannelsReply {
+                request_id,
+                channels,
+            } => {
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                if let Some(tx) = self.requests.lock().get(&request_id) {
+                    let _ = tx.send((envelope.origin, channels));
+                }
+            }
+        }
+    }
+
+    fn observe_latency(&self, sent_at_micros: u64) {
+        let age = proto::now_micros().saturating_sub(sent_at_micros);
+        self.metrics
+            .cross_node_latency
+            .observe(age as f64 / 1_000_000.0);
+    }
+
+    fn info(&self) -> proto::NodeInfo {
+        let node = self.node.get().map(|n| n.info());
+        proto::NodeInfo {
+            node_id: self.node_id.clone(),
+            started_at_unix: self.started_unix,
+            connections: node.as_ref().map_or(0, |n| n.connections),
+            users: node.as_ref().map_or(0, |n| n.users),
+            channels: node.as_ref().map_or(0, |n| n.channels),
+            subscriptions: node.as_ref().map_or(0, |n| n.subscriptions),
+            api_addr: None,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: node.as_ref().is_none_or(|n| n.ready),
+        }
+    }
+}
+
+/// Drain one server's queue: whole batches in one pipeline, in order.
+async fn publish_loop(inner: Arc<Inner>, server: usize, mut rx: mpsc::Receiver<(String, Bytes)>) {
+    let client = inner.servers[server].publisher.clone();
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        inner
+            .metrics
+            .relay_pipeline_depth
+            .set((rx.len() + batch.len()) as i64);
+        if !client.is_connected() {
+            inner
+                .metrics
+                .relay_dropped
+                .with_label_values(&["redis_down"])
+                .inc_by(batch.len() as u64);
+            batch.clear();
+            continue;
+        }
+        let started = Instant::now();
+        let pipeline = client.pipeline();
+        for (topic, payload) in batch.drain(..) {
+            let queued: Result<(), Error> = if inner.sharded {
+                pipeline.spublish(topic, payload).await
+            } else {
+                pipeline.publish(topic, payload).await
+            };
+            if let Err(e) = queued {
+                tracing::debug!(error = %e, "queueing a publish failed");
+            }
+        }
+        let results = pipeline.try_all::<RedisValue>().await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        if failed > 0 {
+            inner
+                .metrics
+                .relay_dropped
+                .with_label_values(&["redis_error"])
+                .inc_by(failed as u64);
+        }
+        inner
+            .metrics
+            .relay_roundtrip
+            .observe(started.elapsed().as_secs_f64());
+        inner.metrics.relay_pipeline_depth.set(rx.len() as i64);
+    }
+}
+
+/// Read one server's subscriber connection.
+async fn receive_loop(inner: Arc<Inner>, server: usize) {
+    let mut rx = inner.servers[server].subscriber.message_rx();
+    loop {
+        match rx.recv().await {
+            Ok(message) => {
+                if let Some(bytes) = message.value.as_bytes() {
+                    inner.receive(bytes);
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                inner
+                    .metrics
+                    .relay_dropped
+                    .with_label_values(&["lagged"])
+                    .inc_by(n);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Keep each server's subscriptions equal to what local members need.
+async fn interest_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Interest>) {
+    let n = inner.servers.len();
+    let mut desired: Vec<HashSet<String>> = vec![HashSet::new(); n];
+    let mut confirmed: Vec<HashSet<String>> = vec![HashSet::new(); n];
+    let mut lingering: HashMap<(usize, String), Instant> = HashMap::new();
+    let mut ever_connected = vec![false; n];
+    // Topics every node always listens to.
+    desired[inner.server_for(&inner.node_id)].insert(inner.topics.node(&inner.node_id));
+    desired[0].insert(inner.topics.all());
+    desired[0].insert(inner.topics.control());
+    let permanent: Vec<HashSet<String>> = desired.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            op = rx.recv() => {
+                let Some(op) = op else { return };
+                let mut next = Some(op);
+                while let Some(op) = next.take() {
+                    match op {
+                        Interest::Add(s, topic) => {
+                            lingering.remove(&(s, topic.clone()));
+                            desired[s].insert(topic);
+                        }
+                        Interest::Remove(s, topic) => {
+                            if !permanent[s].contains(&topic) {
+                                lingering.insert((s, topic), Instant::now() + LINGER);
+                            }
+                        }
+                    }
+                    next = rx.try_recv().ok();
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        lingering.retain(|(s, topic), until| {
+            if *until <= now {
+                desired[*s].remove(topic);
+                false
+            } else {
+                true
+            }
+        });
+        for s in 0..n {
+            let subscriber = &inner.servers[s].subscriber;
+            if !subscriber.is_connected() {
+                confirmed[s].clear();
+                continue;
+            }
+            let add: Vec<String> = desired[s].difference(&confirmed[s]).cloned().collect();
+            let remove: Vec<String> = confirmed[s].difference(&desired[s]).cloned().collect();
+            if !add.is_empty() {
+                if ever_connected[s] && confirmed[s].is_empty() {
+                    inner.metrics.relay_resubscribes.inc();
+                    tracing::info!(server = %inner.servers[s].url, topics = add.len(), "resubscribing");
+                }
+                for chunk in add.chunks(1000) {
+                    let result = if inner.sharded {
+                        subscriber.ssubscribe(chunk.to_vec()).await
+                    } else {
+                        subscriber.subscribe(chunk.to_vec()).await
+                    };
+                    match result {
+                        Ok(()) => confirmed[s].extend(chunk.iter().cloned()),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "subscribe failed; will retry");
+                            break;
+                        }
+                    }
+                }
+                ever_connected[s] = true;
+            }
+            for chunk in remove.chunks(1000) {
+                let result = if inner.sharded {
+                    subscriber.sunsubscribe(chunk.to_vec()).await
+                } else {
+                    subscriber.unsubscribe(chunk.to_vec()).await
+                };
+                if result.is_ok() {
+                    for topic in chunk {
+                        confirmed[s].remove(topic);
+                    }
+                }
+            }
+        }
+        let total: usize = confirmed.iter().map(HashSet::len).sum();
+        inner.metrics.relay_subscriptions.set(total as i64);
+    }
+}
+
+/// Announce this node every [`HEARTBEAT`] and forget silent peers.
+async fn heartbeat_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        inner.control(Body::Heartbeat(inner.info()));
+        let mut peers = inner.peers.lock();
+        peers.retain(|_, p| p.seen.elapsed() < PEER_TIMEOUT);
+        inner.metrics.relay_peers.set(peers.len() as i64);
+    }
+}
+
+impl AppendPublisher for Inner {
+    fn spec(&self, channel: &str, data: &Utf8Bytes) -> Option<PublishSpec> {
+        Some(PublishSpec {
+            topic: self.topics.channel(channel),
+            command: if self.sharded { "SPUBLISH" } else { "PUBLISH" },
+            head: proto::encode_publication_head(
+                &self.node_id,
+                self.next_seq(),
+                channel,
+                data.as_bytes(),
+            ),
+        })
     }
 }
 
 impl Relay for RedisRelay {
-    fn start(&self, _node: Arc<dyn NodeView>) -> BoxFuture<'_, Result<(), RelayError>> {
-        Box::pin(async { Ok(()) })
+    fn start(&self, node: Arc<dyn NodeView>) -> BoxFuture<'_, Result<(), RelayError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if inner.node.set(node).is_err() {
+                return Err(RelayError::Config("relay started twice".into()));
+            }
+            for (i, server) in inner.servers.iter().enumerate() {
+                drop(server.publisher.connect());
+                drop(server.subscriber.connect());
+                drop(server.subscriber.manage_subscriptions());
+                if let Some(rx) = server.queue_rx.lock().take() {
+                    tokio::spawn(publish_loop(inner.clone(), i, rx));
+                }
+                tokio::spawn(receive_loop(inner.clone(), i));
+            }
+            if let Some(rx) = inner.interest_rx.lock().take() {
+                tokio::spawn(interest_loop(inner.clone(), rx));
+            }
+            tokio::spawn(heartbeat_loop(inner.clone()));
+            // Start degraded rather than fail when Redis is down: the clients
+            // keep reconnecting and /readyz reports it meanwhile.
+            for server in &inner.servers {
+                let ready = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    server.subscriber.wait_for_connect(),
+                )
+                .await;
+                if !matches!(ready, Ok(Ok(()))) {
+                    tracing::warn!(url = %server.url, "Redis not reachable yet; starting degraded");
+                }
+            }
+            Ok(())
+        })
     }
-    fn publish(&self, _target: &Target, _frame: &Utf8Bytes) -> bool {
-        false
+
+    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> bool {
+        self.inner.publish(target, frame)
     }
-    fn interest(&self, _change: &InterestChange) {}
-    fn disconnect(&self, _client_ids: &[String], _root_ids: &[String]) {}
-    fn peers(&self) -> Vec<NodeInfo> {
-        Vec::new()
-    }
-    fn remote_channels(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, RelayError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-    fn status(&self) -> RelayStatus {
-        RelayStatus {
-            healthy: false,
-            detail: "unavailable".into(),
+
+    fn interest(&self, change: &InterestChange) {
+        let inner = &self.inner;
+        let send = |op| {
+            let _ = inner.interest_tx.send(op);
+        };
+        for c in &change.channels_added {
+            send(Interest::Add(inner.server_for(c), inner.topics.channel(c)));
+        }
+        for c in &change.channels_removed {
+            send(Interest::Remove(
+                inner.server_for(c),
+                inner.topics.channel(c),
+            ));
+        }
+        for u in &change.users_added {
+            send(Interest::Add(inner.server_for(u), inner.topics.user(u)));
+        }
+        for u in &change.users_removed {
+            send(Interest::Remove(inner.server_for(u), inner.topics.user(u)));
         }
     }
-    fn shutdown(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+
+    fn disconnect(&self, client_ids: &[String], root_ids: &[String]) {
+        self.inner.control(Body::Disconnect {
+            client_ids: client_ids.to_vec(),
+            root_ids: root_ids.to_vec(),
+        });
     }
+
+    fn peers(&self) -> Vec<NodeInfo> {
+        let now = unix_now();
+        let mut peers: Vec<NodeInfo> = self
+            .inner
+            .peers
+            .lock()
+            .values()
+            .filter(|p| p.seen.elapsed() < PEER_TIMEOUT)
+            .map(|p| NodeInfo {
+                node_id: p.info.node_id.clone(),
+                connections: p.info.connections,
+                users: p.info.users,
+                channels: p.info.channels,
+                subscriptions: p.info.subscriptions,
+                ready: p.info.ready,
+                version: p.info.version.clone(),
+                uptime_seconds: now.saturating_sub(p.info.started_at_unix),
+                is_self: false,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        peers
+    }
+
+    fn remote_channels(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, RelayError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let expected: HashSet<String> = self.peers().into_iter().map(|p| p.node_id).collect();
+            if expected.is_empty() {
+                return Ok(Vec::new());
+            }
+            let request_id = rand::random::<u64>();
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            inner.requests.lock().insert(request_id, tx);
+            inner.control(Body::ChannelsRequest {
+                request_id,
+                reply_to: inner.topics.node(&inner.node_id),
+            });
+            let mut answered = HashSet::new();
+            let mut merged = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while answered.len() < expected.len() {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((origin, channels))) => {
+                        if answered.insert(origin) {
+                            merged.extend(channels);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            inner.requests.lock().remove(&request_id);
+            Ok(merged)
+        })
+    }
+
+    fn status(&self) -> RelayStatus {
+        let down: Vec<&str> = self
+            .inner
+            .servers
+            .iter()
+            .filter(|s| !(s.publisher.is_connected() && s.subscriber.is_connected()))
+            .map(|s| s.url.as_str())
+            .collect();
+        if down.is_empty() {
+            RelayStatus {
+                healthy: true,
+                detail: format!("redis ({} servers)", self.inner.servers.len()),
+            }
+        } else {
+            RelayStatus {
+                healthy: false,
+                detail: format!("redis unreachable: {}", down.join(", ")),
+            }
+        }
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            inner.control(Body::Leaving {
+                node_id: inner.node_id.clone(),
+            });
+            // Let the publisher send it (and whatever is queued).
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+            while inner.servers[0].queue.capacity() < QUEUE
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for server in &inner.servers {
+                let _ = server.subscriber.quit().await;
+                let _ = server.publisher.quit().await;
+            }
+        })
+    }
+
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn attach_store(&self, store: Arc<RedisStore>) {
+        store.set_publisher(self.inner.clone() as Arc<dyn AppendPublisher>);
     }
 }
