@@ -43,7 +43,10 @@ async fn node() -> Node {
 
 async fn publish(node: &Node, channel: &str, data: Value) -> Value {
     let (status, body) = node
-        .post("/api/notify/channels", json!({"channel_ids": [channel], "data": data}))
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": [channel], "data": data}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     body
@@ -84,7 +87,10 @@ async fn a_reconnecting_client_recovers_exactly_what_it_missed_then_live() {
         .await;
     let reply = back.recv_until(|f| f["ref"] == 1).await;
     // 1000 missed > history_size 100: cannot be recovered.
-    assert_eq!(reply["positions"]["chat:room"]["recovered"], false, "{reply}");
+    assert_eq!(
+        reply["positions"]["chat:room"]["recovered"], false,
+        "{reply}"
+    );
     assert_eq!(reply["positions"]["chat:room"]["offset"], 1003);
 
     // Within the window it recovers exactly, then continues live.
@@ -94,7 +100,10 @@ async fn a_reconnecting_client_recovers_exactly_what_it_missed_then_live() {
         .send(json!({"type": "subscribe", "channel_ids": ["chat:room"], "since": since, "ref": 2}))
         .await;
     let reply = again.recv_until(|f| f["ref"] == 2).await;
-    assert_eq!(reply["positions"]["chat:room"]["recovered"], true, "{reply}");
+    assert_eq!(
+        reply["positions"]["chat:room"]["recovered"], true,
+        "{reply}"
+    );
     publish(&node, "chat:room", json!({"i": "live"})).await;
     let mut expected = 951u64;
     loop {
@@ -155,27 +164,39 @@ async fn history_frames_and_api_return_the_last_publications() {
     );
     let (status, body) = node.get("/api/history?channel=small:h&limit=1").await;
     assert_eq!(status, 200);
-    assert_eq!(body["publications"], json!([{"offset": 7, "data": {"i": 6}}]));
+    assert_eq!(
+        body["publications"],
+        json!([{"offset": 7, "data": {"i": 6}}])
+    );
     let epoch = body["epoch"].as_str().expect("epoch").to_string();
     let (_, body) = node
-        .get(&format!("/api/history?channel=small:h&since_offset=5&epoch={epoch}"))
+        .get(&format!(
+            "/api/history?channel=small:h&since_offset=5&epoch={epoch}"
+        ))
         .await;
     assert_eq!(body["recovered"], true);
     assert_eq!(body["publications"].as_array().map(Vec::len), Some(2));
 
     // Errors: no history, bad position, bad fields.
-    c.send(json!({"type": "history", "channel_id": "plain"})).await;
+    c.send(json!({"type": "history", "channel_id": "plain"}))
+        .await;
     assert_eq!(c.recv().await["code"], "no_history");
     c.send(json!({"type": "history", "channel_id": "small:h", "since": {"offset": 99, "epoch": epoch}}))
         .await;
     assert_eq!(c.recv().await["code"], "bad_position");
-    c.send(json!({"type": "history", "channel_id": "small:h", "limit": "x"})).await;
+    c.send(json!({"type": "history", "channel_id": "small:h", "limit": "x"}))
+        .await;
     assert_eq!(c.recv().await["code"], "bad_request");
     c.send(json!({"type": "subscribe", "channel_ids": ["plain"], "positioned": true}))
         .await;
     assert_eq!(c.recv().await["code"], "no_history");
     assert_eq!(node.get("/api/history?channel=plain").await.0, 404);
-    assert_eq!(node.get("/api/history?channel=small:h&since_offset=1").await.0, 400);
+    assert_eq!(
+        node.get("/api/history?channel=small:h&since_offset=1")
+            .await
+            .0,
+        400
+    );
 }
 
 #[tokio::test]
@@ -195,12 +216,19 @@ async fn raw_subscribers_keep_getting_plain_data_on_history_channels() {
 #[tokio::test]
 async fn presence_lists_members_and_pushes_join_and_leave() {
     let node = node().await;
-    let token = hs256_with(SECRET, json!({"sub": "n::ann", "info": {"name": "Ann"}}), 300);
-    let mut ann = node.client(&format!("channel_id=chat:lobby&token={token}")).await;
+    let token = hs256_with(
+        SECRET,
+        json!({"sub": "n::ann", "info": {"name": "Ann"}}),
+        300,
+    );
+    let mut ann = node
+        .client(&format!("channel_id=chat:lobby&token={token}"))
+        .await;
     let join = ann.recv_until(|f| f["type"] == "join").await;
     assert_eq!(join["user_id"], "n::ann");
     let mut bob = node.client("").await;
-    bob.send(json!({"type": "subscribe", "channel_ids": ["chat:lobby"]})).await;
+    bob.send(json!({"type": "subscribe", "channel_ids": ["chat:lobby"]}))
+        .await;
     let join = ann.recv_until(|f| f["type"] == "join").await;
     assert_eq!(join["client_id"], bob.client_id().as_str());
     bob.send(json!({"type": "presence", "channel_id": "chat:lobby", "ref": 1}))
@@ -223,7 +251,8 @@ async fn presence_lists_members_and_pushes_join_and_leave() {
     let (_, api) = node.get("/api/presence?channel=chat:lobby").await;
     assert_eq!(api["count"], 1);
 
-    ann.send(json!({"type": "presence", "channel_id": "plain"})).await;
+    ann.send(json!({"type": "presence", "channel_id": "plain"}))
+        .await;
     assert_eq!(ann.recv().await["code"], "no_presence");
     assert_eq!(node.get("/api/presence?channel=plain").await.0, 404);
 }
@@ -232,15 +261,21 @@ async fn presence_lists_members_and_pushes_join_and_leave() {
 async fn claim_namespaces_need_a_token_listing_the_channel() {
     let node = node().await;
     let mut anon = node.client("").await;
-    anon.send(json!({"type": "subscribe", "channel_ids": ["vip:1"]})).await;
+    anon.send(json!({"type": "subscribe", "channel_ids": ["vip:1"]}))
+        .await;
     assert_eq!(anon.recv().await["code"], "forbidden");
     let refused = Client::connect_raw(&node.ws("channel_id=vip:1"), None).await;
-    assert!(refused.is_err(), "connecting into a claim channel needs the claim");
+    assert!(
+        refused.is_err(),
+        "connecting into a claim channel needs the claim"
+    );
     let token = hs256_with(SECRET, json!({"sub": "n::v", "channels": ["vip:*"]}), 300);
     let mut vip = Client::connect_with_token(&node.ws(""), &token).await;
-    vip.send(json!({"type": "subscribe", "channel_ids": ["vip:1"], "ref": 1})).await;
+    vip.send(json!({"type": "subscribe", "channel_ids": ["vip:1"], "ref": 1}))
+        .await;
     assert_eq!(vip.recv().await["type"], "subscribed");
-    anon.send(json!({"type": "history", "channel_id": "vip:1"})).await;
+    anon.send(json!({"type": "history", "channel_id": "vip:1"}))
+        .await;
     assert_eq!(anon.recv().await["code"], "forbidden");
 }
 
@@ -248,9 +283,8 @@ async fn claim_namespaces_need_a_token_listing_the_channel() {
 async fn bad_namespaces_stop_the_node_with_a_message() {
     let file = config("[[namespaces]]\npattern = \"a*b\"\n");
     let out = std::process::Command::new(
-        std::env::var("PUBMESH_BIN").unwrap_or_else(|_| {
-            format!("{}/../target/debug/pubmesh", env!("CARGO_MANIFEST_DIR"))
-        }),
+        std::env::var("PUBMESH_BIN")
+            .unwrap_or_else(|_| format!("{}/../target/debug/pubmesh", env!("CARGO_MANIFEST_DIR"))),
     )
     .args(["--config", &file, "--listen", "127.0.0.1:0"])
     .output()
