@@ -38,6 +38,7 @@ pub mod env {
     pub const CLIENT_USER_PUBLISH: &str = "PUBMESH_CLIENT_USER_PUBLISH";
     pub const CLIENT_CLIENT_PUBLISH: &str = "PUBMESH_CLIENT_CLIENT_PUBLISH";
     pub const FLUSH_WINDOW_US: &str = "PUBMESH_FLUSH_WINDOW_US";
+    pub const PRESENCE_TTL_SECONDS: &str = "PUBMESH_PRESENCE_TTL_SECONDS";
 }
 
 /// Who may publish to channels from a socket.
@@ -155,6 +156,9 @@ pub struct Cli {
     /// Longest a busy socket writer waits to gather more frames before it flushes, in µs [default: 0]
     #[arg(long, env = env::FLUSH_WINDOW_US)]
     pub flush_window_us: Option<u64>,
+    /// Cluster presence entries of a node that stops refreshing them expire after this [default: 30]
+    #[arg(long, env = env::PRESENCE_TTL_SECONDS)]
+    pub presence_ttl_seconds: Option<u64>,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -186,6 +190,7 @@ pub struct FileConfig {
     pub client_user_publish: Option<DirectPublish>,
     pub client_client_publish: Option<DirectPublish>,
     pub flush_window_us: Option<u64>,
+    pub presence_ttl_seconds: Option<u64>,
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
     pub namespaces: Vec<crate::namespace::NamespaceConfig>,
@@ -220,6 +225,7 @@ pub struct Config {
     pub client_user_publish: DirectPublish,
     pub client_client_publish: DirectPublish,
     pub flush_window: Duration,
+    pub presence_ttl: Duration,
     pub namespaces: crate::namespace::Namespaces,
 }
 
@@ -361,6 +367,11 @@ impl Config {
                 .unwrap_or(DirectPublish::Authenticated),
             flush_window: Duration::from_micros(
                 cli.flush_window_us.or(file.flush_window_us).unwrap_or(0),
+            ),
+            presence_ttl: Duration::from_secs(
+                cli.presence_ttl_seconds
+                    .or(file.presence_ttl_seconds)
+                    .unwrap_or(30),
             ),
             namespaces: crate::namespace::Namespaces::new(&file.namespaces)
                 .map_err(ConfigError::Invalid)?,

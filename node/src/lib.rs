@@ -71,6 +71,7 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
                 &config.redis_urls,
                 config.redis_cluster,
                 &config.redis_prefix,
+                config.presence_ttl,
             )
             .map_err(relay::RelayError::Config)?;
             relay.attach_store(store.clone());
@@ -126,7 +127,7 @@ pub async fn run(
 /// Re-announce this node's presence entries so they outlive their TTL while
 /// the connections live (entries of a dead node expire by themselves).
 async fn refresh_presence(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(presence::PRESENCE_REFRESH);
+    let mut tick = tokio::time::interval(presence::refresh_interval(node.config.presence_ttl));
     tick.tick().await;
     loop {
         tick.tick().await;

@@ -1,8 +1,8 @@
 //! Presence: who is in a presence-enabled channel, across the cluster.
 //!
 //! [`MemoryPresence`] serves a single node. The Redis store keeps a hash and
-//! an expiry set per channel; each node refreshes its own entries, so those
-//! of a node that dies expire within [`PRESENCE_TTL`].
+//! an expiry set per channel; each node refreshes its own entries every third
+//! of `--presence-ttl-seconds`, so those of a node that dies expire within it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::relay::BoxFuture;
 
-/// How long a presence entry lives without a refresh (cluster mode).
-pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
-/// How often a node refreshes its entries (cluster mode).
-pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// How often a node refreshes its entries, given their TTL (cluster mode).
+pub fn refresh_interval(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(500))
+}
 
 /// One connection present in a channel.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::history::{new_epoch, History, HistoryError, HistoryPage, Position, Publication};
 use crate::namespace::ChannelOptions;
-use crate::presence::{Presence, PresenceEntry, PresenceError, PRESENCE_TTL};
+use crate::presence::{Presence, PresenceEntry, PresenceError};
 use crate::relay::BoxFuture;
 
 /// Appends one publication. KEYS: stream, meta. ARGV: data, max length, ttl
@@ -86,6 +86,8 @@ pub struct RedisStore {
     /// One client per `--redis-url` (or one cluster client).
     clients: Vec<Client>,
     prefix: String,
+    /// Presence entries not refreshed for this long expire.
+    presence_ttl: Duration,
     publisher: parking_lot::RwLock<Option<Arc<dyn AppendPublisher>>>,
 }
 
@@ -95,7 +97,12 @@ fn unavailable(e: Error) -> HistoryError {
 
 impl RedisStore {
     /// Connect (in the background; commands fail fast while Redis is down).
-    pub fn connect(urls: &[String], cluster: bool, prefix: &str) -> Result<Arc<Self>, String> {
+    pub fn connect(
+        urls: &[String],
+        cluster: bool,
+        prefix: &str,
+        presence_ttl: Duration,
+    ) -> Result<Arc<Self>, String> {
         let mut clients = Vec::new();
         let urls: Vec<String> = if cluster {
             urls.iter().take(1).cloned().collect()
@@ -126,6 +133,7 @@ impl RedisStore {
         Ok(Arc::new(RedisStore {
             clients,
             prefix: prefix.to_string(),
+            presence_ttl,
             publisher: parking_lot::RwLock::new(None),
         }))
     }
@@ -153,15 +161,6 @@ impl RedisStore {
         client.eval(lua, keys, args).await
     }
 
-    /// Refresh the expiry of this node's presence entries (call every
-    /// [`crate::presence::PRESENCE_REFRESH`]).
-    pub async fn refresh_presence(&self, entries: &[(String, PresenceEntry)]) {
-        for (channel, entry) in entries {
-            if let Err(e) = Presence::join(self, channel, entry).await {
-                tracing::debug!(error = %e, channel, "presence refresh failed");
-            }
-        }
-    }
 }
 
 fn now_secs() -> u64 {
@@ -330,10 +329,10 @@ impl Presence for RedisStore {
         Box::pin(async move {
             let client = self.client(channel);
             let json = serde_json::to_string(entry).expect("entries serialize");
-            let expires = (now_secs() + PRESENCE_TTL.as_secs()) as f64;
+            let expires = (now_secs() + self.presence_ttl.as_secs()) as f64;
             let hash = self.key("pr", channel);
             let zset = self.key("pe", channel);
-            let keep = (PRESENCE_TTL.as_secs() * 2) as i64;
+            let keep = (self.presence_ttl.as_secs() * 2) as i64;
             let pipeline = client.pipeline();
             let _: () = pipeline
                 .hset(&hash, (entry.client_id.as_str(), json))

@@ -391,6 +391,99 @@ pub async fn redis_cmd(port: u16, args: &[&str]) -> Option<String> {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Tests that start whole clusters take this first, so only a couple run at
+/// once on a small machine.
+pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    SLOTS.acquire().await.expect("semaphore never closes")
+}
+
+/// A port `p` such that `p` and `p + 10000` (the Redis Cluster bus) are free.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = 20_000 + (rand_u16() % 10_000);
+        let ok = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if ok(p) && ok(p + 10_000) {
+            return p;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() % 65_536) as u16
+}
+
+/// A Redis Cluster of `masters` masters and no replicas.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub async fn start(masters: usize) -> RedisCluster {
+        let dir = temp_dir("redis-cluster");
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..masters {
+            let port = free_cluster_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            nodes.push(child);
+            ports.push(port);
+        }
+        for &port in &ports {
+            eventually(&format!("redis {port}"), patience(20), || async move {
+                redis_cmd(port, &["PING"]).await.filter(|r| r.contains("PONG"))
+            })
+            .await;
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli --cluster create");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        for &port in &ports {
+            eventually(&format!("cluster ok on {port}"), patience(30), || async move {
+                redis_cmd(port, &["CLUSTER", "INFO"])
+                    .await
+                    .filter(|r| r.contains("cluster_state:ok"))
+            })
+            .await;
+        }
+        RedisCluster { nodes, ports, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A WebSocket client speaking the native protocol.
 pub struct Client {
     ws: Ws,
