@@ -443,7 +443,9 @@ impl RedisCluster {
         }
         for &port in &ports {
             eventually(&format!("redis {port}"), patience(20), || async move {
-                redis_cmd(port, &["PING"]).await.filter(|r| r.contains("PONG"))
+                redis_cmd(port, &["PING"])
+                    .await
+                    .filter(|r| r.contains("PONG"))
             })
             .await;
         }
@@ -459,11 +461,15 @@ impl RedisCluster {
             .expect("redis-cli --cluster create");
         assert!(status.success(), "redis-cli --cluster create failed");
         for &port in &ports {
-            eventually(&format!("cluster ok on {port}"), patience(30), || async move {
-                redis_cmd(port, &["CLUSTER", "INFO"])
-                    .await
-                    .filter(|r| r.contains("cluster_state:ok"))
-            })
+            eventually(
+                &format!("cluster ok on {port}"),
+                patience(30),
+                || async move {
+                    redis_cmd(port, &["CLUSTER", "INFO"])
+                        .await
+                        .filter(|r| r.contains("cluster_state:ok"))
+                },
+            )
             .await;
         }
         RedisCluster { nodes, ports, dir }
