@@ -345,6 +345,7 @@ impl Node {
             return Err("draining".into());
         }
         let status = self.relay.status();
+        self.metrics.relay_up.set(status.healthy as i64);
         if !status.healthy {
             return Err(format!("relay degraded: {}", status.detail));
         }

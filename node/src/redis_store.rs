@@ -110,12 +110,13 @@ impl RedisStore {
             urls.to_vec()
         };
         for url in &urls {
-            let config = if cluster {
+            let mut config = if cluster {
                 Config::from_url_clustered(url)
             } else {
                 Config::from_url(url)
             }
             .map_err(|e| format!("bad redis url {url:?}: {e}"))?;
+            config.fail_fast = false;
             let client = Builder::from_config(config)
                 .with_performance_config(|p| {
                     p.default_command_timeout = Duration::from_secs(2);
@@ -160,7 +161,6 @@ impl RedisStore {
     ) -> Result<R, Error> {
         client.eval(lua, keys, args).await
     }
-
 }
 
 fn now_secs() -> u64 {

@@ -117,6 +117,19 @@ impl Node {
         node
     }
 
+    /// Start a node and wait only until it answers `/livez` (for nodes that
+    /// start degraded, e.g. with Redis down).
+    pub async fn spawn_unready(args: &[&str]) -> Node {
+        let node_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let node = Node::spawn(
+            &node_id,
+            free_port(),
+            args.iter().map(|s| s.to_string()).collect(),
+        );
+        node.wait_live().await;
+        node
+    }
+
     fn spawn(node_id: &str, port: u16, args: Vec<String>) -> Node {
         let dir = temp_dir("node");
         let log = dir.join("node.log");

@@ -153,7 +153,11 @@ impl RedisRelay {
                 }
                 .map_err(|e| RelayError::Config(format!("bad redis url {url:?}: {e}")))
             };
-            let mut builder = Builder::from_config(parse(config.redis_cluster)?);
+            let mut redis_config = parse(config.redis_cluster)?;
+            // Follow the reconnect policy from the first attempt on, so a node
+            // started while Redis is down joins as soon as Redis is back.
+            redis_config.fail_fast = false;
+            let mut builder = Builder::from_config(redis_config);
             builder
                 .with_performance_config(|p| {
                     p.broadcast_channel_capacity = 1 << 16;
