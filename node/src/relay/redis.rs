@@ -528,6 +528,8 @@ async fn interest_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Intere
     let mut confirmed: Vec<HashSet<String>> = vec![HashSet::new(); n];
     let mut lingering: HashMap<(usize, String), Instant> = HashMap::new();
     let mut ever_connected = vec![false; n];
+    // Set when a server's connection dropped with subscriptions on it.
+    let mut lost = vec![false; n];
     // Topics every node always listens to.
     desired[inner.server_for(&inner.node_id)].insert(inner.topics.node(&inner.node_id));
     desired[0].insert(inner.topics.all());
@@ -568,21 +570,25 @@ async fn interest_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Intere
         for s in 0..n {
             let subscriber = &inner.servers[s].subscriber;
             if !subscriber.is_connected() {
+                if ever_connected[s] && !confirmed[s].is_empty() {
+                    lost[s] = true;
+                }
                 confirmed[s].clear();
                 continue;
             }
             let add: Vec<String> = desired[s].difference(&confirmed[s]).cloned().collect();
             let remove: Vec<String> = confirmed[s].difference(&desired[s]).cloned().collect();
             if !add.is_empty() {
-                if ever_connected[s] && confirmed[s].is_empty() {
+                if lost[s] {
+                    lost[s] = false;
                     inner.metrics.relay_resubscribes.inc();
-                    tracing::info!(server = %inner.servers[s].url, topics = add.len(), "resubscribing");
+                    tracing::info!(server = %inner.servers[s].url, topics = add.len(), "reconnected; resubscribing");
                 }
-                for chunk in add.chunks(1000) {
+                for chunk in groups(&add, inner.sharded) {
                     let result = if inner.sharded {
-                        subscriber.ssubscribe(chunk.to_vec()).await
+                        subscriber.ssubscribe(chunk.clone()).await
                     } else {
-                        subscriber.subscribe(chunk.to_vec()).await
+                        subscriber.subscribe(chunk.clone()).await
                     };
                     match result {
                         Ok(()) => confirmed[s].extend(chunk.iter().cloned()),
@@ -594,14 +600,14 @@ async fn interest_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Intere
                 }
                 ever_connected[s] = true;
             }
-            for chunk in remove.chunks(1000) {
+            for chunk in groups(&remove, inner.sharded) {
                 let result = if inner.sharded {
-                    subscriber.sunsubscribe(chunk.to_vec()).await
+                    subscriber.sunsubscribe(chunk.clone()).await
                 } else {
-                    subscriber.unsubscribe(chunk.to_vec()).await
+                    subscriber.unsubscribe(chunk.clone()).await
                 };
                 if result.is_ok() {
-                    for topic in chunk {
+                    for topic in &chunk {
                         confirmed[s].remove(topic);
                     }
                 }
@@ -610,6 +616,26 @@ async fn interest_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Intere
         let total: usize = confirmed.iter().map(HashSet::len).sum();
         inner.metrics.relay_subscriptions.set(total as i64);
     }
+}
+
+/// Split topics into (un)subscribe batches: at most 1000 per command and,
+/// for sharded pub/sub, one hash slot per command (Redis Cluster refuses
+/// `SSUBSCRIBE` across slots).
+fn groups(topics: &[String], sharded: bool) -> Vec<Vec<String>> {
+    if !sharded {
+        return topics.chunks(1000).map(<[String]>::to_vec).collect();
+    }
+    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+    for topic in topics {
+        by_slot
+            .entry(fred::util::redis_keyslot(topic.as_bytes()))
+            .or_default()
+            .push(topic.clone());
+    }
+    by_slot
+        .into_values()
+        .flat_map(|v| v.chunks(1000).map(<[String]>::to_vec).collect::<Vec<_>>())
+        .collect()
 }
 
 /// Announce this node every [`HEARTBEAT`] and forget silent peers.
