@@ -81,7 +81,10 @@ async fn redis_restart_degrades_then_heals_without_restarting_nodes() {
     })
     .await;
     delivered_across(&a, &mut on_b, "m", patience(30)).await;
-    assert!(b.metric("pubmesh_relay_resubscribes_total").await >= 1.0);
+    eventually("resubscribe counted", patience(10), || async {
+        (b.metric("pubmesh_relay_resubscribes_total").await >= 1.0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
