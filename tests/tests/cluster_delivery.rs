@@ -178,13 +178,13 @@ async fn one_publishers_thousand_messages_arrive_in_order_on_every_node() {
     let mut b = nodes[1].client("channel_id=ordered").await;
     let mut c = nodes[2].client("channel_id=ordered").await;
     subscribed(&redis, "pubmesh.ch.{ordered}").await;
-    eventually("both remote nodes subscribed", patience(20), || {
+    eventually("all three nodes subscribed", patience(20), || {
         let redis = &redis;
         async move {
             let reply = redis
                 .cmd(&["PUBSUB", "NUMSUB", "pubmesh.ch.{ordered}"])
                 .await?;
-            reply.ends_with(":2\r\n").then_some(())
+            reply.ends_with(":3\r\n").then_some(())
         }
     })
     .await;
