@@ -254,6 +254,7 @@ async fn publish_run(
             payload: "x".repeat(plan.payload),
             share: (p, plan.publishers),
             executor: scenario.executor.clone(),
+            warmup: scenario.warmup,
             duration: scenario.duration,
             live: live.clone(),
             seq: seq.clone(),
@@ -264,7 +265,8 @@ async fn publish_run(
             Via::Api => tokio::spawn(publish_api(ctx)),
         });
     }
-    let samples = progress(scenario, options, &live, &collected, started).await;
+    tokio::time::sleep(scenario.warmup).await;
+    let samples = progress(scenario, options, &live, &collected, Instant::now()).await;
     for p in publishers {
         if let Ok(Err(e)) = p.await {
             setup.add("errors", 1);
@@ -322,6 +324,9 @@ async fn subscriber(mut ws: Ws, live: Arc<Live>, collected: Arc<Mutex<Metrics>>)
         match next {
             Err(_) => continue,
             Ok(Some(Ok(Message::Text(text)))) => {
+                if text.contains("\"w\":1,") {
+                    continue;
+                }
                 if let Some(t) = sent_at(&text) {
                     local
                         .trend("delivery_latency")
@@ -353,6 +358,8 @@ struct PublisherCtx {
     /// (index, count) of this publisher among all.
     share: (u64, u64),
     executor: crate::scenario::Executor,
+    /// Publishes before this are marked `"w":1` and not measured.
+    warmup: Duration,
     duration: Duration,
     live: Arc<Live>,
     seq: Arc<AtomicU64>,
@@ -362,12 +369,28 @@ struct PublisherCtx {
 impl PublisherCtx {
     /// How many publishes this publisher owes by now (integral of its rate).
     fn owed(&self, due: &mut f64, last: &mut Duration, now: Duration) -> u64 {
-        let rate = self.executor.target_at(now) as f64 / self.share.1 as f64;
+        let rate =
+            self.executor.target_at(now.saturating_sub(self.warmup)) as f64 / self.share.1 as f64;
         *due += rate * (now - *last).as_secs_f64();
         *last = now;
         let n = due.floor();
         *due -= n;
         n as u64
+    }
+
+    fn warming(&self) -> bool {
+        self.started.elapsed() < self.warmup
+    }
+
+    fn end(&self) -> Duration {
+        self.warmup + self.duration
+    }
+
+    /// Count a sent publish unless it was a warm-up one.
+    fn sent(&self, n: u64, warm: bool) {
+        if !warm {
+            self.live.sent.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     fn data(&self) -> (String, String) {
@@ -407,9 +430,10 @@ async fn publish_ws(ctx: PublisherCtx) -> anyhow::Result<()> {
     });
     let (mut due, mut last) = (0.0, Duration::ZERO);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while ctx.started.elapsed() < ctx.duration {
+    while ctx.started.elapsed() < ctx.end() {
         tick.tick().await;
         let n = ctx.owed(&mut due, &mut last, ctx.started.elapsed());
+        let warm = ctx.warming();
         for _ in 0..n {
             let (channel, data) = ctx.data();
             let frame =
@@ -418,7 +442,7 @@ async fn publish_ws(ctx: PublisherCtx) -> anyhow::Result<()> {
         }
         if n > 0 {
             sink.flush().await?;
-            ctx.live.sent.fetch_add(n, Ordering::Relaxed);
+            ctx.sent(n, warm);
         }
     }
     errors.abort();
@@ -436,10 +460,11 @@ async fn publish_api(ctx: PublisherCtx) -> anyhow::Result<()> {
     let key = ctx.api_key.clone().unwrap_or_default();
     let (mut due, mut last) = (0.0, Duration::ZERO);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
-    while ctx.started.elapsed() < ctx.duration {
+    while ctx.started.elapsed() < ctx.end() {
         tick.tick().await;
         let n = ctx.owed(&mut due, &mut last, ctx.started.elapsed());
         for _ in 0..n {
+            let warm = ctx.warming();
             let (channel, data) = ctx.data();
             let body = format!("{{\"channel_ids\":[\"{channel}\"],\"data\":{data}}}");
             let ok = http
@@ -452,7 +477,7 @@ async fn publish_api(ctx: PublisherCtx) -> anyhow::Result<()> {
                 .map(|r| r.status().is_success())
                 .unwrap_or(false);
             if ok {
-                ctx.live.sent.fetch_add(1, Ordering::Relaxed);
+                ctx.sent(1, warm);
             } else {
                 ctx.live.errors.fetch_add(1, Ordering::Relaxed);
             }

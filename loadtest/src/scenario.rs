@@ -23,6 +23,10 @@ pub struct Scenario {
     /// Measured phase, e.g. "30s", "2m".
     #[serde(with = "duration_text")]
     pub duration: Duration,
+    /// Publishing before the measured phase (connections and caches warm up);
+    /// those messages are marked and left out of every metric.
+    #[serde(default = "default_warmup", with = "duration_text")]
+    pub warmup: Duration,
     /// Time after the last publish to wait for in-flight deliveries.
     #[serde(default = "default_drain", with = "duration_text")]
     pub drain: Duration,
@@ -35,6 +39,10 @@ pub struct Scenario {
 
 fn default_urls() -> Vec<String> {
     vec!["ws://127.0.0.1:8000".into()]
+}
+
+fn default_warmup() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_drain() -> Duration {

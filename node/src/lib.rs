@@ -35,6 +35,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -107,6 +108,12 @@ pub async fn run(
     let app = api::router(node.clone());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_node = node.clone();
+    // Small frames must not wait for Nagle's algorithm (40 ms stalls).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         shutdown::drain(&drain_node).await;
