@@ -51,6 +51,9 @@ struct RunArgs {
     /// Override the VUs of a VU executor.
     #[arg(long)]
     vus: Option<u64>,
+    /// Node process id, for the idle workload's memory per connection.
+    #[arg(long)]
+    node_pid: Option<u32>,
     /// Local source addresses for client sockets, e.g. 127.0.0.2 (repeatable).
     #[arg(long = "source-ip")]
     source_ips: Vec<IpAddr>,
@@ -113,6 +116,11 @@ async fn run_cmd(args: RunArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         }
+    }
+    if let (pubmesh_loadtest::scenario::Workload::Idle { node_pid }, Some(pid)) =
+        (&mut scenario.workload, args.node_pid)
+    {
+        *node_pid = Some(pid);
     }
     match (&mut scenario.executor, args.rate, args.vus) {
         (Executor::ConstantArrivalRate { rate }, Some(r), _) => *rate = r,

@@ -292,6 +292,8 @@ async fn publish_run(
     metrics.add("deliveries_expected", expected);
     metrics.add("deliveries_received", received);
     metrics.rate("delivery_loss", expected.saturating_sub(received), expected);
+    // More than expected means something was delivered twice.
+    metrics.add("deliveries_duplicated", received.saturating_sub(expected));
     metrics.add("errors", live.errors.load(Ordering::Relaxed));
     let dropped = expected_iterations(scenario).saturating_sub(sent);
     metrics.add("dropped_iterations", dropped);
@@ -400,8 +402,9 @@ impl PublisherCtx {
             self.channels[rand::thread_rng().gen_range(0..self.channels.len())].clone()
         };
         let s = self.seq.fetch_add(1, Ordering::Relaxed);
+        let warm = if self.warming() { "\"w\":1," } else { "" };
         let data = format!(
-            "{{\"t\":{},\"s\":{},\"p\":\"{}\"}}",
+            "{{{warm}\"t\":{},\"s\":{},\"p\":\"{}\"}}",
             now_micros(),
             s,
             self.payload
