@@ -19,6 +19,8 @@ BASE_PORT=${PUBMESH_LOCAL_BASE_PORT:-8000}
 API_KEY=${PUBMESH_API_KEY:-local-dev-key}
 BIN=${PUBMESH_BIN:-target/release/pubmesh}
 
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 wait_ready() { # url, seconds
@@ -32,6 +34,7 @@ wait_ready() { # url, seconds
 start() {
   local n=${1:-3}
   mkdir -p "$STATE"
+  local dir; dir=$(cd "$STATE" && pwd)
   if [ ! -x "$BIN" ]; then
     echo "building $BIN ..."
     cargo build --release --bin pubmesh
@@ -40,8 +43,9 @@ start() {
   if alive "$STATE/redis.pid"; then
     echo "redis already running (pid $(cat "$STATE/redis.pid"))"
   else
+    if in_use "$REDIS_PORT"; then echo "port $REDIS_PORT is taken; set PUBMESH_LOCAL_REDIS_PORT"; exit 1; fi
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-      --daemonize yes --pidfile "$PWD/$STATE/redis.pid" --logfile "$PWD/$STATE/redis.log" --dir "$PWD/$STATE"
+      --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir"
     for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   fi
   local config_args=()
@@ -49,6 +53,7 @@ start() {
   for i in $(seq 1 "$n"); do
     local port=$((BASE_PORT + i)) pid="$STATE/node$i.pid"
     if alive "$pid"; then echo "node$i already running"; continue; fi
+    if in_use "$port"; then echo "port $port is taken; set PUBMESH_LOCAL_BASE_PORT"; exit 1; fi
     nohup "$BIN" --listen "127.0.0.1:$port" --node-id "node$i" --api-key "$API_KEY" \
       --redis-url "redis://127.0.0.1:$REDIS_PORT" --drain-seconds 2 "${config_args[@]}" \
       >"$STATE/node$i.log" 2>&1 &

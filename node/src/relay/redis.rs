@@ -576,8 +576,28 @@ async fn interest_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Intere
                 confirmed[s].clear();
                 continue;
             }
-            let add: Vec<String> = desired[s].difference(&confirmed[s]).cloned().collect();
             let remove: Vec<String> = confirmed[s].difference(&desired[s]).cloned().collect();
+            if lost[s] {
+                // Reconnected: besides what the interest events built up,
+                // take the hub's own view of local members, to be safe.
+                if let Some(node) = inner.node.get() {
+                    let hub = node.hub();
+                    let channels = hub
+                        .channel_names()
+                        .into_iter()
+                        .map(|c| (inner.server_for(&c), inner.topics.channel(&c)));
+                    let users = hub
+                        .user_names()
+                        .into_iter()
+                        .map(|u| (inner.server_for(&u), inner.topics.user(&u)));
+                    for (owner, topic) in channels.chain(users) {
+                        if owner == s {
+                            desired[s].insert(topic);
+                        }
+                    }
+                }
+            }
+            let add: Vec<String> = desired[s].difference(&confirmed[s]).cloned().collect();
             if !add.is_empty() {
                 if lost[s] {
                     lost[s] = false;
@@ -684,19 +704,22 @@ impl Relay for RedisRelay {
             if let Some(rx) = inner.interest_rx.lock().take() {
                 tokio::spawn(interest_loop(inner.clone(), rx));
             }
-            tokio::spawn(heartbeat_loop(inner.clone()));
             // Start degraded rather than fail when Redis is down: the clients
             // keep reconnecting and /readyz reports it meanwhile.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
             for server in &inner.servers {
-                let ready = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    server.subscriber.wait_for_connect(),
-                )
-                .await;
+                let connected = async {
+                    server.publisher.wait_for_connect().await?;
+                    server.subscriber.wait_for_connect().await
+                };
+                let ready = tokio::time::timeout_at(deadline, connected).await;
                 if !matches!(ready, Ok(Ok(()))) {
                     tracing::warn!(url = %server.url, "Redis not reachable yet; starting degraded");
                 }
             }
+            // The first heartbeat goes out once the publisher is connected
+            // (or the start-up wait gave up).
+            tokio::spawn(heartbeat_loop(inner.clone()));
             Ok(())
         })
     }
