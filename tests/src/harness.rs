@@ -220,6 +220,11 @@ impl Node {
         signal(self.pid(), "TERM");
     }
 
+    /// Send SIGKILL without reaping (see [`Node::wait_exit`]).
+    pub fn sigkill(&self) {
+        signal(self.pid(), "KILL");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -622,6 +627,33 @@ impl Client {
                 Some(Ok(Message::Text(text))) => return Some(text.to_string()),
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
                 Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Read and count text frames until the connection ends; returns the
+    /// count and the close frame's code and reason, if one arrived. Panics if
+    /// the connection is still open after `within`.
+    pub async fn read_to_end(&mut self, within: Duration) -> (u64, Option<(u16, String)>) {
+        let deadline = Instant::now() + within;
+        let mut frames = 0;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("still open after {within:?} and {frames} frames"));
+            match next {
+                Some(Ok(Message::Text(_))) => frames += 1,
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (
+                        frames,
+                        Some((u16::from(frame.code), frame.reason.to_string())),
+                    )
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (frames, Some((u16::from(CloseCode::Status), String::new())))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return (frames, None),
             }
         }
     }

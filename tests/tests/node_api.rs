@@ -182,10 +182,18 @@ async fn nodes_and_channels_describe_the_node() {
     assert_eq!(me["self"], true);
     assert_eq!(me["connections"], 3);
     assert_eq!(me["channels"], 2);
+    assert_eq!(me["users"], 1, "all three share the anonymous user");
+    assert!(me["uptime_seconds"].is_u64(), "{me}");
+    assert_eq!(body["nodes"].as_array().map(Vec::len), Some(1));
     let (_, body) = node.get("/api/channels").await;
+    let mut channels = body["channels"].as_array().expect("channels").clone();
+    channels.sort_by_key(|c| c["channel"].as_str().map(str::to_string));
     assert_eq!(
-        body["channels"],
-        json!([{"channel": "alpha", "members": 2}, {"channel": "beta", "members": 1}])
+        channels,
+        vec![
+            json!({"channel": "alpha", "members": 2}),
+            json!({"channel": "beta", "members": 1})
+        ]
     );
 }
 
@@ -200,6 +208,8 @@ async fn health_and_metrics_are_served() {
         .await
         .expect("readyz");
     assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.expect("readyz json");
+    assert_eq!(body, json!({"ready": true}));
     let mut c = node.client("channel_id=m").await;
     node.post(
         "/api/notify/channels",
@@ -233,4 +243,144 @@ async fn health_and_metrics_are_served() {
     assert_eq!(node.metric("pubmesh_connections").await, 1.0);
     assert_eq!(node.metric("pubmesh_deliveries_total").await, 1.0);
     assert!(node.metric("pubmesh_open_files_limit").await >= 1024.0);
+}
+
+#[tokio::test]
+async fn local_notifications_are_never_relayed() {
+    let node = Node::start(&["--jwt-secret", "s"]).await;
+    let token = pubmesh_tests::harness::hs256("s", "n::loc", 300);
+    let mut a = node.client(&format!("channel_id=loc&token={token}")).await;
+    for (path, body) in [
+        (
+            "/api/notify/channels",
+            json!({"channel_ids": ["loc"], "data": {"via": "channels"}, "local": true}),
+        ),
+        (
+            "/api/notify/users",
+            json!({"root_ids": ["n::loc"], "data": {"via": "users"}, "local": true}),
+        ),
+        (
+            "/api/broadcast",
+            json!({"data": {"via": "broadcast"}, "local": true}),
+        ),
+    ] {
+        let (status, reply) = node.post(path, body.clone()).await;
+        assert_eq!(status, 200, "{path}: {reply}");
+        assert_eq!(reply, json!({"local_deliveries": 1, "relayed": false}));
+        assert_eq!(a.recv().await, body["data"]);
+    }
+}
+
+#[tokio::test]
+async fn disconnect_accepts_clients_and_users_in_one_body() {
+    let node = Node::start(&["--jwt-secret", "s"]).await;
+    let token = pubmesh_tests::harness::hs256("s", "n::both", 300);
+    let mut by_id = node.client("").await;
+    let mut by_user = node.client(&format!("token={token}")).await;
+    let mut stays = node.client("").await;
+    let (status, body) = node
+        .post(
+            "/api/disconnect",
+            json!({"client_ids": [by_id.client_id()], "root_ids": ["n::both"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(by_id.expect_close().await.map(|c| c.0), Some(4002));
+    assert_eq!(by_user.expect_close().await.map(|c| c.0), Some(4002));
+    stays.send(json!({"type": "connection"})).await;
+    assert_eq!(stays.recv().await["type"], "connection");
+    pubmesh_tests::harness::eventually(
+        "disconnected sockets unregistered",
+        pubmesh_tests::harness::patience(10),
+        || {
+            let node = &node;
+            async move { (node.metric("pubmesh_connections").await == 1.0).then_some(()) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_documented_metric_is_exposed() {
+    let node = Node::start(&[]).await;
+    // Unlabelled series exist from start-up.
+    let text = node.metrics().await;
+    let series = |text: &str, name: &str| {
+        text.lines().any(|l| {
+            !l.starts_with('#')
+                && (l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        })
+    };
+    for name in [
+        "pubmesh_connections",
+        "pubmesh_connections_accepted_total",
+        "pubmesh_subscriptions",
+        "pubmesh_channels",
+        "pubmesh_users",
+        "pubmesh_deliveries_total",
+        "pubmesh_slow_consumer_disconnects_total",
+        "pubmesh_fanout_duration_seconds_count",
+        "pubmesh_open_files_limit",
+        "pubmesh_draining",
+        "pubmesh_ready",
+        "pubmesh_relay_up",
+        "pubmesh_relay_pipeline_depth",
+        "pubmesh_relay_roundtrip_seconds_count",
+        "pubmesh_cross_node_latency_seconds_count",
+        "pubmesh_relay_subscriptions",
+        "pubmesh_relay_resubscribes_total",
+        "pubmesh_relay_peers",
+    ] {
+        assert!(series(&text, name), "{name} missing at start-up:\n{text}");
+    }
+    let info = format!(
+        "pubmesh_info{{node_id=\"{}\",version=\"{}\"}}",
+        node.node_id,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(node.metric(&info).await, 1.0, "{info}");
+    assert_eq!(node.metric("pubmesh_ready").await, 1.0);
+    assert_eq!(node.metric("pubmesh_draining").await, 0.0);
+
+    // Labelled series appear once used.
+    let mut c = node.client("channel_id=lab").await;
+    c.send(json!({"type": "channel", "channel_ids": ["lab"], "data": {}}))
+        .await;
+    c.recv().await;
+    c.send_text("nope").await;
+    assert_eq!(c.recv().await["code"], "bad_json");
+    node.post(
+        "/api/notify/channels",
+        json!({"channel_ids": ["lab"], "data": {}}),
+    )
+    .await;
+    c.recv().await;
+    let (status, _) = node
+        .post("/api/disconnect", json!({"client_ids": [c.client_id()]}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(c.expect_close().await.map(|c| c.0), Some(4002));
+    let text = pubmesh_tests::harness::eventually(
+        "labelled series",
+        pubmesh_tests::harness::patience(10),
+        || {
+            let node = &node;
+            async move {
+                let text = node.metrics().await;
+                series(&text, "pubmesh_connections_closed_total").then_some(text)
+            }
+        },
+    )
+    .await;
+    for name in [
+        "pubmesh_messages_in_total",
+        "pubmesh_messages_out_total",
+        "pubmesh_errors_total",
+        "pubmesh_api_request_duration_seconds_bucket",
+    ] {
+        assert!(series(&text, name), "{name} missing after use:\n{text}");
+    }
+    assert!(node.metric("pubmesh_errors_total{code=\"bad_json\"}").await >= 1.0);
+    assert!(node.metric("pubmesh_connections_accepted_total").await >= 1.0);
+    assert!(node.metric("pubmesh_deliveries_total").await >= 2.0);
 }

@@ -1,9 +1,9 @@
 //! JWT authentication: HS256, RS256 and ES256 tokens, expired, forged and
 //! unsigned ones, and `--require-auth`.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use pubmesh_tests::harness::{hs256, temp_dir, Client, Node, ANONYMOUS};
+use pubmesh_tests::harness::{eventually, hs256, patience, temp_dir, Client, Node, ANONYMOUS};
 use serde_json::json;
 
 const SECRET: &str = "auth-secret";
@@ -68,9 +68,57 @@ async fn a_token_that_expires_while_connected_makes_the_socket_anonymous() {
     assert_eq!(frame["data"]["root_id"], ANONYMOUS);
 }
 
+#[tokio::test]
+async fn under_require_auth_an_expiring_token_closes_the_socket_with_4001() {
+    let node = Node::start(&["--jwt-secret", SECRET, "--require-auth"]).await;
+    let short = hs256(SECRET, "n::brief", 2);
+    let mut c = Client::connect_with_token(&node.ws(""), &short).await;
+    assert_eq!(c.root_id(), "n::brief");
+    let long = hs256(SECRET, "n::stays", 300);
+    let mut stays = node.client(&format!("token={long}")).await;
+    assert_eq!(c.expect_close().await.map(|c| c.0), Some(4001));
+    stays.send(json!({"type": "connection"})).await;
+    assert_eq!(stays.recv().await["data"]["root_id"], "n::stays");
+}
+
+#[tokio::test]
+async fn change_user_renews_identity_before_expiry() {
+    let node = Node::start(&["--jwt-secret", SECRET, "--require-auth"]).await;
+    let short = hs256(SECRET, "n::renew", 2);
+    let mut c = Client::connect_with_token(&node.ws(""), &short).await;
+    let fresh = hs256(SECRET, "n::renew", 300);
+    c.send(json!({"type": "change_user", "token": format!("Bearer {fresh}"), "ref": 1}))
+        .await;
+    let frame = c.recv().await;
+    assert_eq!(frame["ref"], 1);
+    assert_eq!(frame["data"]["root_id"], "n::renew");
+    // Past the first token's expiry the socket is still open and still the user.
+    eventually("the first token to expire", patience(10), || async {
+        (jsonwebtoken::get_current_timestamp() >= expiry(&short) + 2).then_some(())
+    })
+    .await;
+    c.send(json!({"type": "connection"})).await;
+    assert_eq!(c.recv().await["data"]["root_id"], "n::renew");
+}
+
+/// The `exp` claim of a token made by `hs256`.
+fn expiry(token: &str) -> u64 {
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.validate_exp = false;
+    let data = jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &validation,
+    )
+    .expect("own token");
+    data.claims["exp"].as_u64().expect("exp")
+}
+
 fn openssl(args: &[&str]) {
     let status = Command::new("openssl")
         .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .expect("openssl");
     assert!(status.success(), "openssl {args:?}");

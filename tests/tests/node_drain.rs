@@ -7,7 +7,7 @@ use pubmesh_tests::harness::{eventually, patience, Node};
 
 #[tokio::test]
 async fn sigterm_drains_clients_with_the_reconnect_code_and_exits() {
-    let mut node = Node::start(&["--drain-seconds", "3"]).await;
+    let mut node = Node::start(&["--drain-seconds", "5"]).await;
     let mut clients = Vec::new();
     for i in 0..6 {
         clients.push(node.client(&format!("channel_id=d{i}")).await);
@@ -18,14 +18,22 @@ async fn sigterm_drains_clients_with_the_reconnect_code_and_exits() {
         let readyz = readyz.clone();
         async move {
             match reqwest::get(&readyz).await {
-                Ok(r) if r.status() == 503 => Some(()),
-                // Connection refused would mean the node already stopped: also not ready.
-                Err(_) => Some(()),
+                Ok(r) if r.status() == 503 => {
+                    let body: serde_json::Value = r.json().await.expect("readyz json");
+                    assert_eq!(body["ready"], false, "{body}");
+                    assert!(
+                        body["reason"].as_str().is_some_and(|r| !r.is_empty()),
+                        "503 carries a reason: {body}"
+                    );
+                    Some(())
+                }
                 _ => None,
             }
         }
     })
     .await;
+    assert_eq!(node.metric("pubmesh_draining").await, 1.0);
+    assert_eq!(node.metric("pubmesh_ready").await, 0.0);
     // New upgrades are refused while draining.
     let refused = pubmesh_tests::harness::Client::connect_raw(&node.ws(""), None).await;
     assert!(refused.is_err(), "upgrade during drain must fail");
@@ -35,7 +43,7 @@ async fn sigterm_drains_clients_with_the_reconnect_code_and_exits() {
             Some((1012, "reconnect".to_string()))
         );
     }
-    let status = node.wait_exit(Duration::from_secs(3) + patience(10)).await;
+    let status = node.wait_exit(Duration::from_secs(5) + patience(10)).await;
     assert!(status.success(), "exit status {status:?}");
 }
 

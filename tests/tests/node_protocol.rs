@@ -254,3 +254,159 @@ async fn too_many_channels_is_refused() {
     assert_eq!(err["code"], "too_many_channels");
     assert_eq!(err["ref"], 1);
 }
+
+#[tokio::test]
+async fn unknown_fields_in_client_frames_are_ignored() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("channel_id=u").await;
+    a.send(json!({"type": "subscribe", "channel_ids": ["v"], "future_field": {"x": 1}, "ref": 1}))
+        .await;
+    assert_eq!(
+        a.recv().await,
+        json!({"type": "subscribed", "channel_ids": ["v"], "ref": 1})
+    );
+    a.send(json!({"type": "channel", "channel_ids": ["v"], "data": {"ok": 1}, "priority": "high"}))
+        .await;
+    assert_eq!(a.recv().await, json!({"ok": 1}));
+    a.send(json!({"type": "connection", "extra": [1, 2]})).await;
+    assert_eq!(a.recv().await["type"], "connection");
+}
+
+#[tokio::test]
+async fn ref_is_echoed_as_sent_for_numbers_and_strings_up_to_64_bytes() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("").await;
+    let long = "r".repeat(64);
+    for reference in [json!(0), json!(-3), json!(1.5), json!("abc"), json!(long)] {
+        a.send(json!({"type": "connection", "ref": reference}))
+            .await;
+        let frame = a.recv().await;
+        assert_eq!(frame["type"], "connection", "ref {reference}: {frame}");
+        assert_eq!(frame["ref"], reference);
+    }
+    // Longer than 64 bytes, or not a number or string: refused.
+    for reference in [json!("r".repeat(65)), json!(true), json!([1])] {
+        a.send(json!({"type": "connection", "ref": reference}))
+            .await;
+        let frame = a.recv().await;
+        assert_eq!(frame["type"], "error", "ref {reference}: {frame}");
+        assert_eq!(frame["code"], "bad_request");
+    }
+}
+
+#[tokio::test]
+async fn published_acks_report_local_deliveries_for_every_kind() {
+    let node = Node::start(&["--jwt-secret", SECRET]).await;
+    let dave = hs256(SECRET, "n::dave", 300);
+    let mut a = Client::connect_with_token(&node.ws("channel_id=k"), &dave).await;
+    let mut b = Client::connect_with_token(&node.ws("channel_id=k"), &dave).await;
+    let mut c = node.client("channel_id=k").await;
+
+    a.send(json!({"type": "channel", "channel_ids": ["k"], "data": {"n": 1}, "ref": "c"}))
+        .await;
+    // The ack may come before or after the sender's own copy.
+    let mut frames = [a.recv().await, a.recv().await];
+    frames.sort_by_key(|f| f["type"] == "published");
+    assert_eq!(frames[0], json!({"n": 1}));
+    assert_eq!(
+        frames[1],
+        json!({"type": "published", "ref": "c", "local_deliveries": 3, "relayed": false})
+    );
+    assert_eq!(b.recv().await, json!({"n": 1}));
+    assert_eq!(c.recv().await, json!({"n": 1}));
+
+    c.send(json!({"type": "user", "root_ids": ["n::dave"], "data": {"n": 2}, "ref": 2}))
+        .await;
+    // c is anonymous: the default policy refuses it.
+    assert_eq!(c.recv().await["code"], "forbidden");
+
+    b.send(json!({"type": "client", "client_ids": [c.client_id()], "data": {"n": 3}, "ref": 3}))
+        .await;
+    assert_eq!(c.recv().await, json!({"n": 3}));
+    assert_eq!(
+        b.recv().await,
+        json!({"type": "published", "ref": 3, "local_deliveries": 1, "relayed": false})
+    );
+    a.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn the_sender_receives_its_own_user_message_once() {
+    let node = Node::start(&["--jwt-secret", SECRET]).await;
+    let erin = hs256(SECRET, "n::erin", 300);
+    let mut a = Client::connect_with_token(&node.ws(""), &erin).await;
+    let mut b = Client::connect_with_token(&node.ws(""), &erin).await;
+    // The same user twice, and the same client twice: one copy each.
+    a.send(
+        json!({"type": "user", "root_ids": ["n::erin", "n::erin"], "data": {"to": "me"}, "ref": 1}),
+    )
+    .await;
+    let mut frames = [a.recv().await, a.recv().await];
+    frames.sort_by_key(|f| f["type"] == "published");
+    assert_eq!(frames[0], json!({"to": "me"}));
+    assert_eq!(frames[1]["local_deliveries"], 2);
+    assert_eq!(b.recv().await, json!({"to": "me"}));
+    b.expect_silence(quiet()).await;
+
+    a.send(json!({"type": "client", "client_ids": [b.client_id(), b.client_id()], "data": {"twice": false}}))
+        .await;
+    assert_eq!(b.recv().await, json!({"twice": false}));
+    b.expect_silence(quiet()).await;
+    a.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn the_anonymous_id_can_be_configured() {
+    let node = Node::start(&["--anonymous-id", "n::public"]).await;
+    let mut a = node.client("").await;
+    assert_eq!(a.root_id(), "n::public");
+    a.send(json!({"type": "change_user", "token": "Bearer nothing-valid"}))
+        .await;
+    assert_eq!(a.recv().await["data"]["root_id"], "n::public");
+}
+
+#[tokio::test]
+async fn a_message_to_the_senders_channel_does_not_reach_other_channels() {
+    let node = Node::start(&["--client-channel-publish", "any"]).await;
+    let mut a = node.client("channel_id=one").await;
+    let mut b = node.client("channel_id=two").await;
+    let mut c = node.client("channel_id=three").await;
+    // With `any`, a socket may publish to a channel it is not in.
+    a.send(json!({"type": "channel", "channel_ids": ["two"], "data": {"hop": 1}}))
+        .await;
+    assert_eq!(b.recv().await, json!({"hop": 1}));
+    a.expect_silence(quiet()).await;
+    c.expect_silence(quiet()).await;
+}
+
+#[tokio::test]
+async fn subscriptions_show_in_the_channel_list_and_go_with_the_socket() {
+    let node = Node::start(&[]).await;
+    let mut a = node.client("channel_id=home").await;
+    a.send(json!({"type": "subscribe", "channel_ids": ["extra"]}))
+        .await;
+    a.recv().await;
+    let (_, body) = node.get("/api/channels").await;
+    let mut channels = body["channels"].as_array().expect("channels").clone();
+    channels.sort_by_key(|c| c["channel"].as_str().map(str::to_string));
+    assert_eq!(
+        channels,
+        vec![
+            json!({"channel": "extra", "members": 1}),
+            json!({"channel": "home", "members": 1})
+        ]
+    );
+    drop(a);
+    pubmesh_tests::harness::eventually(
+        "channels emptied after the socket left",
+        pubmesh_tests::harness::patience(10),
+        || {
+            let node = &node;
+            async move {
+                let (_, body) = node.get("/api/channels").await;
+                (body["channels"] == json!([])).then_some(())
+            }
+        },
+    )
+    .await;
+}

@@ -17,6 +17,13 @@ const SECRET: &str = "walker-secret";
 /// What the backend saw: (walker name, Authorization header, body).
 type Seen = Arc<Mutex<Vec<(String, Option<String>, Value)>>>;
 
+fn content_type_is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
 async fn walker(
     State(seen): State<Seen>,
     Path(name): Path<String>,
@@ -27,6 +34,7 @@ async fn walker(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    assert!(content_type_is_json(&headers), "walker calls send JSON");
     seen.lock().await.push((name.clone(), auth, body.clone()));
     match name.as_str() {
         "slow" => {
@@ -151,4 +159,52 @@ async fn an_unreachable_backend_is_reported_as_unavailable() {
     c.send(json!({"type": "walker", "walker": "w", "response": true}))
         .await;
     assert_eq!(c.recv().await["code"], "backend_unavailable");
+}
+
+#[tokio::test]
+async fn walker_forwards_the_token_from_change_user_and_a_null_node() {
+    let (url, seen) = backend().await;
+    let node = Node::start(&["--backend-url", &url, "--jwt-secret", SECRET]).await;
+    let mut c = node.client("").await;
+    let token = hs256(SECRET, "n::later", 300);
+    c.send(json!({"type": "change_user", "token": format!("Bearer {token}")}))
+        .await;
+    assert_eq!(c.recv().await["data"]["root_id"], "n::later");
+    c.send(json!({"type": "walker", "walker": "after_login", "context": {"k": [1, 2]}, "response": true}))
+        .await;
+    let reply = c.recv().await;
+    assert_eq!(reply["reports"][0]["echo"], json!({"k": [1, 2]}));
+    let calls = seen.lock().await.clone();
+    let (name, auth, body) = &calls[0];
+    assert_eq!(name, "after_login");
+    assert_eq!(auth.as_deref(), Some(format!("Bearer {token}").as_str()));
+    assert_eq!(body["root_id"], "n::later");
+    assert_eq!(body["node"], Value::Null);
+    assert_eq!(body["channel_id"], c.channel_id().as_str());
+}
+
+#[tokio::test]
+async fn a_slow_walker_does_not_hold_up_other_frames() {
+    let (url, _seen) = backend().await;
+    let node = Node::start(&["--backend-url", &url, "--walker-timeout-ms", "4000"]).await;
+    let mut c = node.client("channel_id=busy").await;
+    c.send(json!({"type": "walker", "walker": "slow", "response": true, "ref": "w"}))
+        .await;
+    // While the backend sleeps, the socket still answers and receives.
+    c.send(json!({"type": "connection", "ref": "c"})).await;
+    let first = c.recv().await;
+    assert_eq!(first["type"], "connection", "{first}");
+    assert_eq!(first["ref"], "c");
+    let (status, _) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": ["busy"], "data": {"meanwhile": true}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(c.recv().await, json!({"meanwhile": true}));
+    let late = c.recv_within(pubmesh_tests::harness::patience(15)).await;
+    assert_eq!(late["type"], "walker");
+    assert_eq!(late["ref"], "w");
+    assert_eq!(late["code"], "backend_timeout");
 }

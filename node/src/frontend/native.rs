@@ -187,6 +187,16 @@ fn bad(message: impl Into<String>) -> Reject {
     Reject(message.into(), "bad_request")
 }
 
+/// A `ref` is a number, or a string of at most [`MAX_REF_LEN`] bytes.
+fn valid_ref(r: &RawValue) -> bool {
+    let text = r.get();
+    if text.starts_with('"') {
+        serde_json::from_str::<String>(text).is_ok_and(|s| s.len() <= MAX_REF_LEN)
+    } else {
+        text.len() <= MAX_REF_LEN && serde_json::from_str::<serde_json::Number>(text).is_ok()
+    }
+}
+
 fn ids(field: Option<&RawValue>, name: &str) -> Result<Vec<String>, Reject> {
     let raw = field.ok_or_else(|| bad(format!("{name} is required")))?;
     let list: Vec<String> = serde_json::from_str(raw.get())
@@ -282,15 +292,10 @@ impl NativeSession {
         }
         let f: Fields<'_> = serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
         let reference = match f.reference {
-            Some(r) if r.get().len() > MAX_REF_LEN => {
-                return Err(bad(format!("ref must be at most {MAX_REF_LEN} bytes")))
-            }
-            Some(r)
-                if !(r.get().starts_with('"')
-                    || r.get()
-                        .starts_with(['-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'])) =>
-            {
-                return Err(bad("ref must be a number or a string"))
+            Some(r) if !valid_ref(r) => {
+                return Err(bad(format!(
+                    "ref must be a number or a string of at most {MAX_REF_LEN} bytes"
+                )))
             }
             other => other,
         };
