@@ -1,18 +1,13 @@
 //! `pubmesh-load run SCENARIO.toml`: run a scenario against pubmesh nodes,
 //! print a k6-style summary, exit 99 when a threshold fails.
 
-use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pubmesh_loadtest::metrics::evaluate;
-use pubmesh_loadtest::run::{run, Options};
-use pubmesh_loadtest::scenario::{parse_duration, Executor, Scenario};
-use pubmesh_loadtest::summary;
-
-/// Exit code when a threshold fails (as k6).
-const THRESHOLDS_FAILED: u8 = 99;
+use pubmesh_loadtest::coordinator::{self, plan, RunOptions};
+use pubmesh_loadtest::scenario::{parse_duration, Executor, Scenario, Workload};
+use pubmesh_loadtest::{summary, THRESHOLDS_FAILED};
 
 #[derive(Parser)]
 #[command(
@@ -28,59 +23,86 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario file.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a scenario file and print what it would do.
     Inspect { scenario: PathBuf },
+    /// Internal: run one segment for a parent process (stdin/stdout).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
     scenario: PathBuf,
-    /// Node URLs (ws://host:port), overriding the scenario's (repeatable).
+    /// Node URLs (ws://host:port), replacing the scenario's (repeatable).
     #[arg(long = "url")]
     urls: Vec<String>,
-    /// Server API key for `publish_via = "api"`.
+    /// Server API key for `via = "api"`.
     #[arg(long, env = "PUBMESH_API_KEY")]
     api_key: Option<String>,
-    /// Override the measured duration (e.g. 30s).
+    /// HS256 secret for user subscribers.
+    #[arg(long, env = "PUBMESH_JWT_SECRET")]
+    jwt_secret: Option<String>,
+    /// Measured duration of a constant executor (e.g. 30s).
     #[arg(long)]
     duration: Option<String>,
-    /// Override the rate of an arrival-rate executor (iterations/s).
+    /// Iterations/s of a constant-arrival-rate executor.
     #[arg(long)]
     rate: Option<u64>,
-    /// Override the VUs of a VU executor.
+    /// VUs of a constant-vus executor.
     #[arg(long)]
     vus: Option<u64>,
-    /// Node process id, for the idle workload's memory per connection.
+    /// Most iterations in flight for an arrival-rate executor.
+    #[arg(long)]
+    max_vus: Option<u64>,
+    /// Steady subscribers.
+    #[arg(long)]
+    subscribers: Option<u64>,
+    /// Distinct channels the subscribers use.
+    #[arg(long)]
+    channels: Option<u64>,
+    /// Node process id: report its memory per connection (connection workloads).
     #[arg(long)]
     node_pid: Option<u32>,
-    /// Local source addresses for client sockets, e.g. 127.0.0.2 (repeatable).
-    #[arg(long = "source-ip")]
-    source_ips: Vec<IpAddr>,
-    /// Write the summary as JSON (k6 shape).
+    /// Payload padding in bytes.
+    #[arg(long)]
+    payload_bytes: Option<usize>,
+    /// Warm-up before the measured phase (e.g. 2s).
+    #[arg(long)]
+    warmup: Option<String>,
+    /// Wait for in-flight deliveries after the last publish (e.g. 2s).
+    #[arg(long)]
+    drain: Option<String>,
+    /// Worker processes (0 = enough for the connection count).
+    #[arg(long, default_value_t = 0)]
+    workers: u64,
+    /// Source addresses 127.0.0.1 … 127.0.0.N (0 = enough for the connection count).
+    #[arg(long, default_value_t = 0)]
+    source_ips: u64,
+    /// Write the summary as JSON (k6 summary-export shape).
     #[arg(long)]
     summary_export: Option<PathBuf>,
     /// Write a self-contained HTML report.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// No progress line.
+    /// Write the per-second samples as JSON lines.
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// No progress line and no end-of-test summary on the terminal.
     #[arg(long)]
     quiet: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    raise_open_files();
     match cli.command {
         Command::Inspect { scenario } => match load(&scenario) {
             Ok(s) => {
-                println!(
-                    "{}: {:?} / {:?}, {:?}",
-                    s.name, s.executor, s.workload, s.duration
-                );
+                inspect(&s);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -88,13 +110,145 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run(args) => runtime.block_on(run_cmd(args)),
+        Command::Worker { threads } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.max(1))
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(coordinator::worker_main()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("worker: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(run_cmd(*args))
+        }
     }
 }
 
-fn load(path: &PathBuf) -> Result<Scenario, String> {
+/// Raise the soft open-file limit to the hard one.
+fn raise_open_files() {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+fn load(path: &Path) -> Result<Scenario, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Scenario::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn inspect(s: &Scenario) {
+    let (workers, ips) = plan(s, &RunOptions::default());
+    println!("{}: {}", s.name, s.description);
+    println!("  urls:        {}", s.urls.join(", "));
+    println!("  executor:    {:?}", s.executor);
+    println!(
+        "  measured:    {:?} (warm-up {:?}, drain {:?})",
+        s.measured(),
+        s.effective_warmup(),
+        s.drain
+    );
+    match s.workload() {
+        Ok(Workload::PubSub {
+            subscribers,
+            publish,
+            churn,
+        }) => {
+            println!("  subscribers: {subscribers:?}");
+            println!("  publish:     {publish:?}");
+            if let Some(c) = churn {
+                println!("  churn:       {c:?}");
+            }
+        }
+        Ok(Workload::Connections(c)) => println!("  connections: {c:?}"),
+        Err(e) => println!("  workload:    {e}"),
+    }
+    println!(
+        "  peak connections {}, {} worker process(es), {} source address(es)",
+        s.peak_connections(),
+        workers,
+        ips
+    );
+    for (metric, t) in s.parsed_thresholds() {
+        println!(
+            "  threshold:   {metric} {}{}",
+            t.source,
+            if t.abort_on_fail {
+                " (abortOnFail)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// Apply command-line overrides to the scenario.
+fn apply(args: &RunArgs, s: &mut Scenario) -> Result<(), String> {
+    if !args.urls.is_empty() {
+        s.urls = args.urls.clone();
+    }
+    if let Some(k) = &args.jwt_secret {
+        s.jwt_secret = Some(k.clone());
+    }
+    if let Some(d) = &args.duration {
+        if s.executor.stages_duration().is_some() {
+            return Err("--duration does not apply to a ramping executor".into());
+        }
+        s.duration = Some(parse_duration(d)?);
+    }
+    if let Some(d) = &args.warmup {
+        s.warmup = parse_duration(d)?;
+    }
+    if let Some(d) = &args.drain {
+        s.drain = parse_duration(d)?;
+    }
+    match (&mut s.executor, args.rate, args.vus) {
+        (Executor::ConstantArrivalRate { rate, .. }, Some(r), _) => *rate = r,
+        (Executor::ConstantVus { vus }, _, Some(v)) => *vus = v,
+        (_, None, None) => {}
+        _ => return Err("--rate/--vus do not apply to this executor".into()),
+    }
+    if let Some(m) = args.max_vus {
+        match &mut s.executor {
+            Executor::ConstantArrivalRate { max_vus, .. }
+            | Executor::RampingArrivalRate { max_vus, .. } => *max_vus = Some(m),
+            _ => return Err("--max-vus applies to arrival-rate executors".into()),
+        }
+    }
+    if args.subscribers.is_some() || args.channels.is_some() {
+        let subs = s
+            .subscribers
+            .as_mut()
+            .ok_or("--subscribers/--channels need a publishing scenario")?;
+        if let Some(n) = args.subscribers {
+            subs.count = n;
+        }
+        if let Some(n) = args.channels {
+            subs.channels = n;
+        }
+    }
+    if let Some(pid) = args.node_pid {
+        s.connections
+            .as_mut()
+            .ok_or("--node-pid needs a connections workload")?
+            .node_pid = Some(pid);
+    }
+    if let Some(b) = args.payload_bytes {
+        s.publish
+            .as_mut()
+            .ok_or("--payload-bytes needs a publishing scenario")?
+            .payload_bytes = b;
+    }
+    s.validate()
 }
 
 async fn run_cmd(args: RunArgs) -> ExitCode {
@@ -105,61 +259,70 @@ async fn run_cmd(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if !args.urls.is_empty() {
-        scenario.urls = args.urls.clone();
+    if let Err(e) = apply(&args, &mut scenario) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
     }
-    if let Some(d) = &args.duration {
-        match parse_duration(d) {
-            Ok(d) => scenario.duration = d,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    if let (pubmesh_loadtest::scenario::Workload::Idle { node_pid }, Some(pid)) =
-        (&mut scenario.workload, args.node_pid)
-    {
-        *node_pid = Some(pid);
-    }
-    match (&mut scenario.executor, args.rate, args.vus) {
-        (Executor::ConstantArrivalRate { rate }, Some(r), _) => *rate = r,
-        (Executor::ConstantVus { vus }, _, Some(v)) => *vus = v,
-        _ => {}
-    }
-    let options = Options {
+    let options = RunOptions {
+        workers: args.workers,
+        source_ips: args.source_ips,
         api_key: args.api_key.clone(),
-        source_ips: args.source_ips.clone(),
         quiet: args.quiet,
-        segment: (0, 1),
     };
-    let outcome = match run(&scenario, &options).await {
+    let outcome = match coordinator::run(&scenario, &options).await {
         Ok(o) => o,
         Err(e) => {
             eprintln!("run failed: {e}");
             return ExitCode::from(1);
         }
     };
-    let results = evaluate(&outcome.metrics, &scenario.parsed_thresholds());
-    println!(
-        "{}",
-        summary::text(&scenario.name, &outcome.metrics, &results)
-    );
+    if !args.quiet {
+        println!(
+            "{}",
+            summary::text(&scenario.name, &outcome.metrics, &outcome.results)
+        );
+        if outcome.aborted {
+            println!("     the run was aborted by a threshold (abortOnFail)");
+        }
+    }
+    let mut io_failed = false;
     if let Some(path) = &args.summary_export {
-        let json = summary::export(&outcome.metrics, &results);
-        if let Err(e) = std::fs::write(path, serde_json::to_string_pretty(&json).expect("json")) {
+        let json = summary::export(&outcome.metrics, &outcome.results);
+        let text = serde_json::to_string_pretty(&json).expect("json");
+        if let Err(e) = std::fs::write(path, text) {
             eprintln!("{}: {e}", path.display());
+            io_failed = true;
         }
     }
     if let Some(path) = &args.report {
-        let page = summary::html(&scenario.name, &outcome.metrics, &results, &outcome.samples);
+        let page = summary::html(
+            &scenario.name,
+            &scenario.description,
+            &outcome.metrics,
+            &outcome.results,
+            &outcome.samples,
+        );
         if let Err(e) = std::fs::write(path, page) {
             eprintln!("{}: {e}", path.display());
+            io_failed = true;
         }
     }
-    if results.iter().all(|r| r.ok) {
-        ExitCode::SUCCESS
-    } else {
+    if let Some(path) = &args.samples {
+        let lines: String = outcome
+            .samples
+            .iter()
+            .map(|s| serde_json::to_string(s).expect("json") + "\n")
+            .collect();
+        if let Err(e) = std::fs::write(path, lines) {
+            eprintln!("{}: {e}", path.display());
+            io_failed = true;
+        }
+    }
+    if !outcome.results.iter().all(|r| r.ok) {
         ExitCode::from(THRESHOLDS_FAILED)
+    } else if io_failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

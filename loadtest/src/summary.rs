@@ -1,18 +1,39 @@
-//! The end-of-test summary (text, k6 style), the `--summary-export` JSON and
-//! the self-contained HTML report.
+//! The end-of-test summary (text, k6 style), the `--summary-export` JSON (k6's
+//! shape) and the self-contained HTML report (inline SVG, no scripts).
 
 use std::fmt::Write;
 
 use serde_json::{json, Map, Value};
 
+use crate::coordinator::Sample;
 use crate::metrics::{Metric, Metrics, ThresholdResult};
-use crate::run::Sample;
 use crate::threshold::Stat;
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2}s", v / 1000.0)
+    } else if v >= 1.0 {
+        format!("{v:.2}ms")
+    } else {
+        format!("{:.0}µs", v * 1000.0)
+    }
+}
 
 /// The text summary printed at the end of a run.
 pub fn text(name: &str, metrics: &Metrics, results: &[ThresholdResult]) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "\n     scenario: {name} ({:.1}s)\n", metrics.seconds);
+    let _ = writeln!(
+        out,
+        "\n     scenario: {name} ({:.1}s measured)\n",
+        metrics.seconds
+    );
+    if !metrics.checks.is_empty() {
+        for (check, (p, f)) in &metrics.checks {
+            let mark = if *f == 0 { "✓" } else { "✗" };
+            let _ = writeln!(out, "     {mark} {check} ({p} passed, {f} failed)");
+        }
+        out.push('\n');
+    }
     for (metric, value) in &metrics.by_name {
         let mark = match results
             .iter()
@@ -26,23 +47,30 @@ pub fn text(name: &str, metrics: &Metrics, results: &[ThresholdResult]) -> Strin
         };
         let body = match value {
             Metric::Trend(t) => format!(
-                "avg={:.2}ms min={:.2}ms med={:.2}ms max={:.2}ms p(90)={:.2}ms p(95)={:.2}ms p(99)={:.2}ms",
-                t.stat(&Stat::Avg),
-                t.stat(&Stat::Min),
-                t.stat(&Stat::Med),
-                t.stat(&Stat::Max),
-                t.stat(&Stat::Percentile(90.0)),
-                t.stat(&Stat::Percentile(95.0)),
-                t.stat(&Stat::Percentile(99.0)),
+                "avg={} min={} med={} max={} p(90)={} p(95)={} p(99)={} count={}",
+                fmt_ms(t.stat(&Stat::Avg)),
+                fmt_ms(t.stat(&Stat::Min)),
+                fmt_ms(t.stat(&Stat::Med)),
+                fmt_ms(t.stat(&Stat::Max)),
+                fmt_ms(t.stat(&Stat::Percentile(90.0))),
+                fmt_ms(t.stat(&Stat::Percentile(95.0))),
+                fmt_ms(t.stat(&Stat::Percentile(99.0))),
+                t.count(),
             ),
-            Metric::Counter(c) => format!("{c} {:.1}/s", *c as f64 / metrics.seconds.max(1e-9)),
+            Metric::Counter(c) => {
+                format!("{c:<12} {:.1}/s", *c as f64 / metrics.seconds.max(1e-9))
+            }
             Metric::Rate(p, t) => format!(
-                "{:.4}% {p} of {t}",
-                if *t == 0 { 0.0 } else { 100.0 * *p as f64 / *t as f64 }
+                "{:.6}% {p} of {t}",
+                if *t == 0 {
+                    0.0
+                } else {
+                    100.0 * *p as f64 / *t as f64
+                }
             ),
             Metric::Gauge(g) => format!("{g:.1}"),
         };
-        let dots = ".".repeat(30usize.saturating_sub(metric.len()));
+        let dots = ".".repeat(32usize.saturating_sub(metric.chars().count()));
         let _ = writeln!(out, "   {mark}{metric}{dots}: {body}");
     }
     if !results.is_empty() {
@@ -54,7 +82,7 @@ pub fn text(name: &str, metrics: &Metrics, results: &[ThresholdResult]) -> Strin
                 .unwrap_or_else(|| "missing".into());
             let _ = writeln!(
                 out,
-                "   {} {} {} (observed {})",
+                "     {} {} {} (observed {})",
                 if r.ok { "✓" } else { "✗" },
                 r.metric,
                 r.threshold.source,
@@ -65,8 +93,12 @@ pub fn text(name: &str, metrics: &Metrics, results: &[ThresholdResult]) -> Strin
     out
 }
 
-/// `--summary-export`: k6's summary shape (metrics with their statistics and
-/// thresholds as `{"ok": bool}`, and an empty root group).
+/// k6's group id: md5 of the path; the root group's path is empty.
+const ROOT_GROUP_ID: &str = "d41d8cd98f00b204e9800998ecf8427e";
+
+/// `--summary-export`: k6's summary shape — `metrics.<name>` with its
+/// statistics and `thresholds: {"<expr>": {"ok": bool}}` (k6 writes `ok`
+/// as "did not fail"), and `root_group` with the checks.
 pub fn export(metrics: &Metrics, results: &[ThresholdResult]) -> Value {
     let mut out = Map::new();
     for name in metrics.by_name.keys() {
@@ -83,82 +115,194 @@ pub fn export(metrics: &Metrics, results: &[ThresholdResult]) -> Value {
     }
     // Thresholds on metrics that never appeared still show, failed.
     for r in results {
-        if !out.contains_key(&r.metric) {
-            out.insert(
-                r.metric.clone(),
-                json!({"thresholds": {r.threshold.source.clone(): {"ok": false}}}),
-            );
+        let entry = out
+            .entry(r.metric.clone())
+            .or_insert_with(|| json!({"thresholds": {}}));
+        if entry.get("thresholds").is_none() {
+            entry["thresholds"] = json!({});
         }
+        entry["thresholds"][r.threshold.source.clone()] = json!({"ok": r.ok});
     }
+    let checks: Map<String, Value> = metrics
+        .checks
+        .iter()
+        .map(|(name, (p, f))| {
+            (
+                name.clone(),
+                json!({"name": name, "path": format!("::{name}"), "id": format!("{:016x}", fnv(name)),
+                       "passes": p, "fails": f}),
+            )
+        })
+        .collect();
     json!({
-        "root_group": {"name": "", "path": "", "id": "d41d8cd98f00b204e9800998ecf8427e", "groups": {}, "checks": {}},
+        "root_group": {"name": "", "path": "", "id": ROOT_GROUP_ID, "groups": {}, "checks": checks},
         "metrics": Value::Object(out),
+        "state": {"testRunDurationMs": metrics.seconds * 1000.0},
     })
 }
 
-/// A self-contained HTML report with throughput and latency charts (inline SVG).
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A line chart as inline SVG: x = seconds, one polyline per series.
+fn chart(title: &str, unit: &str, xs: &[f64], series: &[(&str, Vec<f64>)]) -> String {
+    let (w, h, left, bottom, top) = (760.0, 240.0, 64.0, 28.0, 12.0);
+    let plot_w = w - left - 12.0;
+    let plot_h = h - bottom - top;
+    let max = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(0.0f64, f64::max);
+    let max = if max <= 0.0 { 1.0 } else { max * 1.1 };
+    let (x0, x1) = match (xs.first(), xs.last()) {
+        (Some(a), Some(b)) if b > a => (*a, *b),
+        (Some(a), _) => (*a - 1.0, *a + 1.0),
+        _ => (0.0, 1.0),
+    };
+    let px = |x: f64| left + (x - x0) / (x1 - x0) * plot_w;
+    let py = |y: f64| top + plot_h - y / max * plot_h;
+    let colours = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1"];
+    let mut svg = format!(
+        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\">",
+        escape(title)
+    );
+    // Grid and axis labels.
+    for k in 0..=4 {
+        let v = max * k as f64 / 4.0;
+        let y = py(v);
+        let _ = write!(
+            svg,
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e2e8f0\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{}</text>",
+            left + plot_w,
+            left - 6.0,
+            y + 4.0,
+            short(v, unit)
+        );
+    }
+    for k in 0..=5 {
+        let x = x0 + (x1 - x0) * k as f64 / 5.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{x:.0}s</text>",
+            px(x),
+            h - 8.0
+        );
+    }
+    for (i, (label, values)) in series.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        let points: Vec<String> = xs
+            .iter()
+            .zip(values)
+            .map(|(x, v)| format!("{:.1},{:.1}", px(*x), py(*v)))
+            .collect();
+        let _ = write!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" fill=\"{colour}\">{}</text>",
+            points.join(" "),
+            left + 8.0 + 150.0 * i as f64,
+            top + 12.0,
+            escape(label)
+        );
+    }
+    svg.push_str("</svg></figure>");
+    svg
+}
+
+fn short(v: f64, unit: &str) -> String {
+    let s = if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else if v >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    };
+    format!("{s}{unit}")
+}
+
+/// A self-contained HTML report: thresholds, latency and throughput over
+/// time (sampled once a second), connections, and the text summary.
 pub fn html(
     name: &str,
+    description: &str,
     metrics: &Metrics,
     results: &[ThresholdResult],
     samples: &[Sample],
 ) -> String {
-    let chart = |title: &str, series: &[(&str, Vec<f64>)]| -> String {
-        let (w, h) = (720.0, 220.0);
-        let max = series
-            .iter()
-            .flat_map(|(_, v)| v.iter().copied())
-            .fold(1e-9, f64::max);
-        let n = series
-            .iter()
-            .map(|(_, v)| v.len())
-            .max()
-            .unwrap_or(0)
-            .max(2);
-        let colours = ["#2b6cb0", "#c05621", "#2f855a"];
-        let mut svg = format!(
-            "<h3>{title}</h3><svg width=\"{w}\" height=\"{}\" style=\"border:1px solid #ccc\">",
-            h + 20.0
-        );
-        for (i, (label, values)) in series.iter().enumerate() {
-            let points: Vec<String> = values
-                .iter()
-                .enumerate()
-                .map(|(x, v)| {
-                    format!(
-                        "{:.1},{:.1}",
-                        x as f64 * w / (n - 1) as f64,
-                        h - v / max * (h - 10.0)
-                    )
-                })
-                .collect();
-            let _ = write!(
-                svg,
-                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/><text x=\"8\" y=\"{}\" fill=\"{}\">{label}</text>",
-                colours[i % colours.len()],
-                points.join(" "),
-                14.0 + 16.0 * (i as f64 + 1.0),
-                colours[i % colours.len()]
-            );
-        }
+    let xs: Vec<f64> = samples.iter().map(|s| s.t).collect();
+    let col = |f: fn(&Sample) -> f64| samples.iter().map(f).collect::<Vec<f64>>();
+    let latency = chart(
+        "Delivery latency per second",
+        "ms",
+        &xs,
+        &[
+            ("p50", col(|s| s.p50_ms)),
+            ("p99", col(|s| s.p99_ms)),
+            ("max", col(|s| s.max_ms)),
+        ],
+    );
+    let throughput = chart(
+        "Throughput per second",
+        "/s",
+        &xs,
+        &[
+            ("iterations (publishes)", col(|s| s.sent_per_s as f64)),
+            ("deliveries", col(|s| s.delivered_per_s as f64)),
+        ],
+    );
+    let conns = chart(
+        "Open connections and VUs",
+        "",
+        &xs,
+        &[
+            ("connections", col(|s| s.connections as f64)),
+            ("vus", col(|s| s.vus as f64)),
+        ],
+    );
+    let mut rows = String::new();
+    for r in results {
         let _ = write!(
-            svg,
-            "<text x=\"{}\" y=\"14\" text-anchor=\"end\">max {max:.1}</text></svg>",
-            w - 6.0
+            rows,
+            "<tr class=\"{}\"><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            if r.ok { "ok" } else { "fail" },
+            if r.ok { "✓" } else { "✗" },
+            escape(&r.metric),
+            escape(&r.threshold.source),
+            r.observed
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "missing".into())
         );
-        svg
-    };
-    let sent: Vec<f64> = samples.iter().map(|s| s.sent_per_s as f64).collect();
-    let received: Vec<f64> = samples.iter().map(|s| s.received_per_s as f64).collect();
-    let p99: Vec<f64> = samples.iter().map(|s| s.p99_ms).collect();
-    let summary = text(name, metrics, results)
-        .replace('&', "&amp;")
-        .replace('<', "&lt;");
+    }
+    let passed = results.iter().all(|r| r.ok);
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>pubmesh-load: {name}</title></head>\
-         <body style=\"font-family:sans-serif\"><h1>pubmesh-load: {name}</h1>{}{}<h3>Summary</h3><pre>{summary}</pre></body></html>",
-        chart("Throughput per second (published, delivered)", &[("published/s", sent), ("delivered/s", received)]),
-        chart("Delivery latency p99 per second (ms)", &[("p99 ms", p99)]),
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>pubmesh-load: {title}</title>\
+<style>body{{font-family:system-ui,sans-serif;margin:24px;color:#1a202c}}figure{{margin:16px 0}}figcaption{{font-weight:600;margin-bottom:4px}}\
+svg{{border:1px solid #cbd5e0;background:#fff}}table{{border-collapse:collapse}}td,th{{padding:4px 10px;border-bottom:1px solid #e2e8f0;text-align:left}}\
+tr.ok td:first-child{{color:#2f855a}}tr.fail td:first-child{{color:#c53030}}pre{{background:#f7fafc;padding:12px;overflow-x:auto}}\
+.verdict{{font-size:1.2em;font-weight:600;color:{colour}}}</style></head><body>\
+<h1>pubmesh-load: {title}</h1><p>{desc}</p><p class=\"verdict\">{verdict}</p>\
+<h2>Thresholds</h2><table><tr><th></th><th>metric</th><th>threshold</th><th>observed</th></tr>{rows}</table>\
+<h2>Over time</h2>{latency}{throughput}{conns}<h2>Summary</h2><pre>{summary}</pre></body></html>",
+        title = escape(name),
+        desc = escape(description),
+        colour = if passed { "#2f855a" } else { "#c53030" },
+        verdict = if passed {
+            "All thresholds passed"
+        } else {
+            "Some thresholds failed"
+        },
+        summary = escape(&text(name, metrics, results)),
     )
 }
 
@@ -167,6 +311,21 @@ mod tests {
     use super::*;
     use crate::metrics::evaluate;
     use crate::threshold::Threshold;
+
+    fn sample(t: f64) -> Sample {
+        Sample {
+            t,
+            sent_per_s: 100,
+            delivered_per_s: 1000,
+            received_per_s: 1000,
+            p50_ms: 1.0,
+            p99_ms: 3.0,
+            max_ms: 9.0,
+            connections: 10,
+            vus: 1,
+            errors: 0,
+        }
+    }
 
     #[test]
     fn export_has_k6_shape_with_threshold_results() {
@@ -177,6 +336,8 @@ mod tests {
         m.trend("delivery_latency").record_micros(2_000);
         m.add("ws_msgs_received", 10);
         m.rate("delivery_loss", 0, 10);
+        m.check("connection frame received", true);
+        m.check("connection frame received", false);
         let t = |s: &str| Threshold::parse(s).expect("valid");
         let results = evaluate(
             &m,
@@ -187,20 +348,44 @@ mod tests {
             ],
         );
         let v = export(&m, &results);
-        assert_eq!(
-            v["metrics"]["delivery_latency"]["thresholds"]["p(99)<50"]["ok"],
-            true
-        );
-        assert!(v["metrics"]["delivery_latency"]["p(95)"].as_f64().is_some());
+        let lat = &v["metrics"]["delivery_latency"];
+        assert_eq!(lat["thresholds"]["p(99)<50"]["ok"], true);
+        for key in ["avg", "min", "med", "max", "p(90)", "p(95)"] {
+            assert!(lat[key].as_f64().is_some(), "{key}");
+        }
+        assert_eq!(lat["max"].as_f64().map(|v| v.round()), Some(2.0));
         assert_eq!(v["metrics"]["ws_msgs_received"]["count"], 10);
         assert_eq!(v["metrics"]["ws_msgs_received"]["rate"], 5.0);
         assert_eq!(v["metrics"]["delivery_loss"]["value"], 0.0);
+        assert_eq!(v["metrics"]["delivery_loss"]["fails"], 10);
+        assert_eq!(
+            v["metrics"]["delivery_loss"]["thresholds"]["rate<0.001"]["ok"],
+            true
+        );
         assert_eq!(v["metrics"]["absent"]["thresholds"]["count>0"]["ok"], false);
-        assert!(v["root_group"].is_object());
+        let check = &v["root_group"]["checks"]["connection frame received"];
+        assert_eq!(check["passes"], 1);
+        assert_eq!(check["fails"], 1);
+        assert_eq!(check["path"], "::connection frame received");
+        assert_eq!(v["root_group"]["path"], "");
+        assert!(v["root_group"]["groups"].is_object());
         let summary = text("x", &m, &results);
         assert!(summary.contains("✓ delivery_latency p(99)<50"), "{summary}");
         assert!(summary.contains("✗ absent count>0"), "{summary}");
-        let page = html("x", &m, &results, &[]);
-        assert!(page.contains("<svg") && page.contains("pubmesh-load: x"));
+        assert!(summary.contains("✗ connection frame received"), "{summary}");
+    }
+
+    #[test]
+    fn report_is_self_contained_with_charts() {
+        let m = Metrics::default();
+        let samples: Vec<Sample> = (0..5).map(|i| sample(i as f64)).collect();
+        let page = html("x<y", "d", &m, &[], &samples);
+        assert!(page.contains("pubmesh-load: x&lt;y"));
+        assert_eq!(page.matches("<svg").count(), 3);
+        assert_eq!(page.matches("<polyline").count(), 7);
+        assert!(!page.contains("<script"));
+        assert!(!page.contains("http://") || !page.contains("src=\"http"));
+        // No samples still renders.
+        assert!(html("x", "", &m, &[], &[]).contains("<svg"));
     }
 }

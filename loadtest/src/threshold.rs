@@ -1,5 +1,5 @@
 //! k6 threshold expressions: `p(99)<50`, `avg<=10`, `max<200`, `rate<0.001`,
-//! `count>100`, `med<5`, `min>0`. Values are in the metric's unit (ms for
+//! `count>100`, `med<5`, `min>0`, `value>=10` (gauges). Values are in the metric's unit (ms for
 //! trends).
 
 use std::fmt;
@@ -14,6 +14,8 @@ pub enum Stat {
     Percentile(f64),
     Rate,
     Count,
+    /// A gauge's value (k6 `value`).
+    Value,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,7 @@ impl Threshold {
             "med" => Stat::Med,
             "rate" => Stat::Rate,
             "count" => Stat::Count,
+            "value" => Stat::Value,
             p if p.starts_with("p(") && p.ends_with(')') => {
                 let q: f64 = p[2..p.len() - 1]
                     .parse()
@@ -112,6 +115,7 @@ impl fmt::Display for Stat {
             Stat::Percentile(q) => write!(f, "p({q})"),
             Stat::Rate => f.write_str("rate"),
             Stat::Count => f.write_str("count"),
+            Stat::Value => f.write_str("value"),
         }
     }
 }

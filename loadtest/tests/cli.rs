@@ -1,0 +1,370 @@
+//! The `pubmesh-load` binary end to end: exit codes, the summary export, and
+//! runs against a real node (in-process and with worker processes).
+//!
+//! The node tests need the `pubmesh` binary: `PUBMESH_BIN`, or
+//! `target/debug/pubmesh` (build it with `cargo build --bin pubmesh`). Without
+//! it they print a note and return.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const LOAD: &str = env!("CARGO_BIN_EXE_pubmesh-load");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "pubmesh-load-test-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn load(args: &[&str]) -> Output {
+    Command::new(LOAD)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pubmesh-load")
+}
+
+fn export(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("export written")).expect("json")
+}
+
+fn count(v: &Value, metric: &str) -> u64 {
+    v["metrics"][metric]["count"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{metric} has no count: {}", v["metrics"][metric]))
+}
+
+#[test]
+fn failing_threshold_exits_99_with_k6_shaped_export() {
+    let dir = TempDir::new("exit");
+    // Nothing listens on this port: every connection fails.
+    let port = free_port();
+    let scenario = dir.file(
+        "s.toml",
+        &format!(
+            r#"name = "refused"
+urls = ["ws://127.0.0.1:{port}"]
+duration = "1s"
+[executor]
+type = "constant-vus"
+vus = 2
+[connections]
+hold = "100ms"
+[thresholds]
+errors = ["count<1"]
+"errors{{code:connect}}" = ["count>0"]
+ws_sessions = ["count<1"]
+"#
+        ),
+    );
+    let out_json = dir.0.join("summary.json");
+    let report = dir.0.join("report.html");
+    let out = load(&[
+        "run",
+        scenario.to_str().expect("path"),
+        "--quiet",
+        "--summary-export",
+        out_json.to_str().expect("path"),
+        "--report",
+        report.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(99), "{out:?}");
+    let v = export(&out_json);
+    assert_eq!(v["metrics"]["errors"]["thresholds"]["count<1"]["ok"], false);
+    assert_eq!(
+        v["metrics"]["errors{code:connect}"]["thresholds"]["count>0"]["ok"],
+        true
+    );
+    assert!(count(&v, "errors") > 0);
+    // A metric that never had a sample still reports its threshold.
+    assert_eq!(
+        v["metrics"]["ws_sessions"]["thresholds"]["count<1"]["ok"],
+        false
+    );
+    assert_eq!(
+        v["root_group"]["checks"]["connection frame received"]["passes"],
+        0
+    );
+    let page = std::fs::read_to_string(&report).expect("report");
+    assert!(page.contains("<svg") && page.contains("Some thresholds failed"));
+}
+
+#[test]
+fn bad_scenarios_exit_2_and_every_shipped_one_inspects() {
+    let dir = TempDir::new("bad");
+    let bad = dir.file("bad.toml", "name = \"x\"\n");
+    assert_eq!(
+        load(&["run", bad.to_str().expect("path")]).status.code(),
+        Some(2)
+    );
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+    for entry in std::fs::read_dir(shipped).expect("scenarios") {
+        let path = entry.expect("entry").path();
+        let out = load(&["inspect", path.to_str().expect("path")]);
+        assert!(out.status.success(), "{}: {out:?}", path.display());
+    }
+}
+
+/// A node on a free port, killed on drop.
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PUBMESH_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/pubmesh");
+    p.exists().then_some(p)
+}
+
+fn start_node(extra: &[&str]) -> Option<Node> {
+    let Some(bin) = node_binary() else {
+        eprintln!("note: no pubmesh binary (cargo build --bin pubmesh); skipping");
+        return None;
+    };
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(bin)
+        .args(["--listen", &listen, "--api-key", "test-key"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start node");
+    let node = Node {
+        child,
+        url: format!("ws://{listen}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = TcpStream::connect(&listen)
+            .and_then(|mut s| {
+                s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                let mut body = String::new();
+                s.read_to_string(&mut body)?;
+                Ok(body.starts_with("HTTP/1.1 200"))
+            })
+            .unwrap_or(false);
+        if ready {
+            return Some(node);
+        }
+        assert!(Instant::now() < deadline, "node did not become ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_against(node: &Node, dir: &TempDir, scenario: &str, extra: &[&str]) -> (Output, Value) {
+    let path = dir.file("scenario.toml", scenario);
+    let json = dir.0.join("summary.json");
+    let mut args = vec![
+        "run",
+        path.to_str().expect("path"),
+        "--quiet",
+        "--url",
+        &node.url,
+        "--summary-export",
+        json.to_str().expect("path"),
+    ];
+    args.extend_from_slice(extra);
+    let out = load(&args);
+    let v = export(&json);
+    (out, v)
+}
+
+/// Every publish reaches every member: deliveries received equal the
+/// expected count, with no loss, through both publish paths.
+#[test]
+fn fanout_is_measured_end_to_end() {
+    let Some(node) = start_node(&[]) else { return };
+    let dir = TempDir::new("fanout");
+    for via in ["member", "api"] {
+        let scenario = format!(
+            r#"name = "e2e"
+duration = "2s"
+warmup = "300ms"
+drain = "1s"
+[executor]
+type = "constant-arrival-rate"
+rate = 40
+[subscribers]
+count = 30
+channels = 3
+channels_per_subscriber = 2
+channel_prefix = "e2e-{via}"
+[publish]
+via = "{via}"
+payload_bytes = 200
+[thresholds]
+delivery_loss = ["rate==0"]
+deliveries_received = ["count>0"]
+delivery_latency = ["p(99)<5000"]
+"#
+        );
+        let (out, v) = run_against(&node, &dir, &scenario, &["--api-key", "test-key"]);
+        assert_eq!(out.status.code(), Some(0), "{via}: {out:?}\n{v}");
+        let expected = count(&v, "deliveries_expected");
+        // 2 of 3 channels each: every channel has 20 members.
+        assert_eq!(expected, count(&v, "publishes") * 20, "{via}");
+        assert_eq!(count(&v, "deliveries_received"), expected, "{via}");
+        assert_eq!(count(&v, "ws_sessions"), 30, "{via}");
+        assert_eq!(v["metrics"]["delivery_loss"]["value"], 0.0);
+        assert_eq!(
+            v["root_group"]["checks"]["subscribe acknowledged"]["passes"],
+            30
+        );
+        assert!(v["metrics"]["delivery_latency"]["p(99)"].as_f64().is_some());
+    }
+}
+
+/// Worker processes each run a segment; the parent merges them into the
+/// same totals one process would report.
+#[test]
+fn workers_merge_into_one_summary() {
+    let Some(node) = start_node(&[]) else { return };
+    let dir = TempDir::new("workers");
+    let scenario = r#"name = "workers"
+duration = "2s"
+warmup = "300ms"
+drain = "1s"
+[executor]
+type = "constant-arrival-rate"
+rate = 30
+[chat]
+rooms = 5
+members = 7
+[thresholds]
+delivery_loss = ["rate==0"]
+"#;
+    let (out, v) = run_against(&node, &dir, scenario, &["--workers", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}\n{v}");
+    assert_eq!(count(&v, "ws_sessions"), 35);
+    assert_eq!(
+        v["root_group"]["checks"]["connection frame received"]["passes"],
+        35
+    );
+    let expected = count(&v, "deliveries_expected");
+    assert!(expected > 0);
+    // Every post reaches its room's 7 members, across processes.
+    assert_eq!(expected, count(&v, "publishes") * 7);
+    assert_eq!(count(&v, "deliveries_received"), expected);
+    assert_eq!(v["metrics"]["ws_connections_max"]["value"], 35.0);
+}
+
+/// Forbidden publishes show as errors by code and as delivery loss, and an
+/// `abortOnFail` threshold stops the run early with exit code 99.
+#[test]
+fn errors_by_code_and_abort_on_fail() {
+    let Some(node) = start_node(&["--client-channel-publish", "members"]) else {
+        return;
+    };
+    let dir = TempDir::new("abort");
+    let scenario = r#"name = "forbidden"
+duration = "60s"
+warmup = "0s"
+drain = "500ms"
+[executor]
+type = "constant-arrival-rate"
+rate = 20
+[subscribers]
+count = 5
+channel_prefix = "abort"
+[publish]
+via = "ws"
+[thresholds]
+"errors{code:forbidden}" = [{ threshold = "count<1", abortOnFail = true }]
+"#;
+    let (out, v) = run_against(&node, &dir, scenario, &[]);
+    assert_eq!(out.status.code(), Some(99), "{out:?}\n{v}");
+    assert!(count(&v, "errors{code:forbidden}") > 0);
+    assert_eq!(
+        v["metrics"]["errors{code:forbidden}"]["thresholds"]["count<1"]["ok"],
+        false
+    );
+    // Nothing was delivered: the publisher is not a member.
+    assert_eq!(v["metrics"]["delivery_loss"]["value"], 1.0);
+    // Stopped well before the 60 s it was given.
+    let ran = v["state"]["testRunDurationMs"].as_f64().expect("duration");
+    assert!(ran < 60_000.0, "ran {ran} ms");
+}
+
+/// Connection VUs hold their connections; the connect-rate executor counts
+/// sessions.
+#[test]
+fn connection_workloads_count_sessions() {
+    let Some(node) = start_node(&[]) else { return };
+    let dir = TempDir::new("conns");
+    let held = r#"name = "held"
+duration = "2s"
+[executor]
+type = "constant-vus"
+vus = 40
+[connections]
+channels = 4
+[thresholds]
+ws_connections_max = ["value==40"]
+errors = ["count<1"]
+"#;
+    let (out, v) = run_against(&node, &dir, held, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}\n{v}");
+    assert_eq!(count(&v, "ws_sessions"), 40);
+    assert_eq!(v["metrics"]["ws_session_duration"]["count"], 40);
+    let rate = r#"name = "rate"
+duration = "2s"
+[executor]
+type = "constant-arrival-rate"
+rate = 50
+max_vus = 50
+[connections]
+hold = "0s"
+[thresholds]
+errors = ["count<1"]
+"#;
+    let (out, v) = run_against(&node, &dir, rate, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}\n{v}");
+    let sessions = count(&v, "ws_sessions");
+    let dropped = count(&v, "dropped_iterations");
+    // Every planned iteration (50/s for 2 s) either ran or was counted as
+    // dropped (the last one may fall on the boundary).
+    assert!((99..=100).contains(&(sessions + dropped)), "{v}");
+}
