@@ -168,6 +168,12 @@ struct Bucket {
 /// Run a scenario to the end (or to an abort) and evaluate its thresholds.
 pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Outcome> {
     let (workers, source_ips) = plan(scenario, options);
+    let node_pid = match scenario.workload() {
+        Ok(Workload::Connections(c)) => c.node_pid,
+        _ => None,
+    };
+    // Before any connection exists, so connections opened during setup count.
+    let rss_before = node_pid.and_then(rss_bytes);
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let mut links = Vec::new();
     let spec = |i| SegmentSpec {
@@ -199,10 +205,6 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
         source_ips,
         scenario.peak_connections()
     ));
-    let node_pid = match scenario.workload() {
-        Ok(Workload::Connections(c)) => c.node_pid,
-        _ => None,
-    };
 
     // Setup: every segment connects, then all start together.
     let setup = Instant::now();
@@ -232,7 +234,6 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
         "setup done in {:.1}s",
         setup.elapsed().as_secs_f64()
     ));
-    let rss_before = node_pid.and_then(rss_bytes);
     for l in &links {
         let _ = l.control.send(Control::Start);
     }
