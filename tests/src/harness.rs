@@ -165,10 +165,20 @@ impl Node {
     }
 
     pub async fn wait_ready(&self) {
-        let url = format!("{}/readyz", self.http());
+        self.wait_for("readyz", "ready").await;
+    }
+
+    /// Wait until the HTTP listener answers at all (e.g. /livez).
+    pub async fn wait_live(&self) {
+        self.wait_for("livez", "live").await;
+    }
+
+    /// Wait until `GET /{path}` answers 2xx.
+    async fn wait_for(&self, path: &str, what: &str) {
+        let url = format!("{}/{path}", self.http());
         let http = reqwest::Client::new();
         eventually(
-            &format!("node {} ready", self.node_id),
+            &format!("node {} {what}", self.node_id),
             patience(30),
             || {
                 let req = http.get(&url).send();
@@ -180,22 +190,6 @@ impl Node {
                 }
             },
         )
-        .await;
-    }
-
-    /// Wait until the HTTP listener answers at all (e.g. /livez).
-    pub async fn wait_live(&self) {
-        let url = format!("{}/livez", self.http());
-        let http = reqwest::Client::new();
-        eventually(&format!("node {} live", self.node_id), patience(30), || {
-            let req = http.get(&url).send();
-            async move {
-                req.await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            }
-        })
         .await;
     }
 

@@ -627,18 +627,28 @@ impl NativeSession {
         Reject(error.to_string(), error.code())
     }
 
-    /// `history`: the last N publications of a channel, or those after a position.
-    async fn history(
-        &mut self,
+    /// The `channel_id` of a history or presence frame, if this socket may
+    /// read that channel, with the channel's options.
+    fn readable_channel(
+        &self,
         f: &Fields<'_>,
-        reference: Option<&RawValue>,
-    ) -> Result<(), Reject> {
+    ) -> Result<(String, crate::namespace::ChannelOptions), Reject> {
         let channel =
             string(f.channel_id, "channel_id")?.ok_or_else(|| bad("channel_id is required"))?;
         let options = self
             .node
             .may_subscribe(&self.conn, &channel)
             .map_err(|m| Reject(m, "forbidden"))?;
+        Ok((channel, options))
+    }
+
+    /// `history`: the last N publications of a channel, or those after a position.
+    async fn history(
+        &mut self,
+        f: &Fields<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), Reject> {
+        let (channel, options) = self.readable_channel(f)?;
         if !options.history() {
             return Err(Reject(
                 format!("channel {channel:?} keeps no history"),
@@ -675,12 +685,7 @@ impl NativeSession {
         f: &Fields<'_>,
         reference: Option<&RawValue>,
     ) -> Result<(), Reject> {
-        let channel =
-            string(f.channel_id, "channel_id")?.ok_or_else(|| bad("channel_id is required"))?;
-        let options = self
-            .node
-            .may_subscribe(&self.conn, &channel)
-            .map_err(|m| Reject(m, "forbidden"))?;
+        let (channel, options) = self.readable_channel(f)?;
         if !options.presence {
             return Err(Reject(
                 format!("channel {channel:?} has no presence"),
