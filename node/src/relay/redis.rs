@@ -12,9 +12,10 @@
 //! the first. With `--redis-cluster` every topic uses sharded pub/sub
 //! (`SSUBSCRIBE`/`SPUBLISH`), which Redis Cluster routes to the topic's slot.
 //!
-//! Publishing never blocks: messages go to a bounded queue per server, drained
-//! by one task that pipelines whole batches in one round trip. One task per
-//! server keeps a publisher's messages to one topic in order. Each server has a
+//! Publishing never blocks: messages go to bounded queues per server (one per
+//! lane, chosen by topic), each drained by a task that pipelines whole batches
+//! in one round trip and sends the next only after it completes, so one
+//! publisher's messages to one topic stay in order. Each server has a
 //! dedicated subscriber connection whose reader only decodes and pushes to
 //! outboxes. A node ignores the echo of its own messages (it delivered them
 //! locally first); history publications are the exception, see `redis_store`.
@@ -53,6 +54,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages waiting per Redis server before publishes are dropped.
 const QUEUE: usize = 100_000;
+/// Publishing lanes per server: each has its own queue and task, so several
+/// pipelines are in flight at once. A topic always uses the same lane, which
+/// keeps one publisher's messages to a topic in order.
+const LANES: usize = 4;
 /// Most commands sent in one pipeline.
 const BATCH: usize = 512;
 /// How many recent (origin, seq) pairs are remembered to drop duplicates.
@@ -63,9 +68,9 @@ struct Server {
     url: String,
     publisher: Client,
     subscriber: SubscriberClient,
-    queue: mpsc::Sender<(String, Bytes)>,
+    lanes: Vec<mpsc::Sender<(String, Bytes)>>,
     /// Taken by the publisher task at start.
-    queue_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
+    lanes_rx: Mutex<Vec<mpsc::Receiver<(String, Bytes)>>>,
 }
 
 /// Subscription wishes, handed to the interest task.
@@ -174,13 +179,14 @@ impl RedisRelay {
             let subscriber = builder
                 .build_subscriber_client()
                 .map_err(|e| RelayError::Config(e.to_string()))?;
-            let (tx, rx) = mpsc::channel(QUEUE);
+            let (lanes, lanes_rx): (Vec<_>, Vec<_>) =
+                (0..LANES).map(|_| mpsc::channel(QUEUE / LANES)).unzip();
             servers.push(Server {
                 url: url.clone(),
                 publisher,
                 subscriber,
-                queue: tx,
-                queue_rx: Mutex::new(Some(rx)),
+                lanes,
+                lanes_rx: Mutex::new(lanes_rx),
             });
         }
         let (interest_tx, interest_rx) = mpsc::unbounded_channel();
@@ -219,7 +225,9 @@ impl Inner {
 
     /// Queue one payload for a topic on a server; false when dropped.
     fn send(&self, server: usize, topic: String, payload: Bytes, kind: &str) -> bool {
-        match self.servers[server].queue.try_send((topic, payload)) {
+        let lanes = &self.servers[server].lanes;
+        let lane = super::shard_index(&topic, lanes.len());
+        match lanes[lane].try_send((topic, payload)) {
             Ok(()) => {
                 self.metrics
                     .relay_published
@@ -696,7 +704,7 @@ impl Relay for RedisRelay {
                 drop(server.publisher.connect());
                 drop(server.subscriber.connect());
                 drop(server.subscriber.manage_subscriptions());
-                if let Some(rx) = server.queue_rx.lock().take() {
+                for rx in std::mem::take(&mut *server.lanes_rx.lock()) {
                     tokio::spawn(publish_loop(inner.clone(), i, rx));
                 }
                 tokio::spawn(receive_loop(inner.clone(), i));
@@ -842,7 +850,10 @@ impl Relay for RedisRelay {
             });
             // Let the publisher send it (and whatever is queued).
             let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-            while inner.servers[0].queue.capacity() < QUEUE
+            while inner.servers[0]
+                .lanes
+                .iter()
+                .any(|lane| lane.capacity() < lane.max_capacity())
                 && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
