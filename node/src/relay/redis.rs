@@ -229,6 +229,7 @@ impl Inner {
         let lane = super::shard_index(&topic, lanes.len());
         match lanes[lane].try_send((topic, payload)) {
             Ok(()) => {
+                self.metrics.relay_pipeline_depth.inc();
                 self.metrics
                     .relay_published
                     .with_label_values(&[kind])
@@ -465,10 +466,7 @@ async fn publish_loop(inner: Arc<Inner>, server: usize, mut rx: mpsc::Receiver<(
                 Err(_) => break,
             }
         }
-        inner
-            .metrics
-            .relay_pipeline_depth
-            .set((rx.len() + batch.len()) as i64);
+        let taken = batch.len() as i64;
         if !client.is_connected() {
             inner
                 .metrics
@@ -476,6 +474,7 @@ async fn publish_loop(inner: Arc<Inner>, server: usize, mut rx: mpsc::Receiver<(
                 .with_label_values(&["redis_down"])
                 .inc_by(batch.len() as u64);
             batch.clear();
+            inner.metrics.relay_pipeline_depth.sub(taken);
             continue;
         }
         let started = Instant::now();
@@ -503,7 +502,8 @@ async fn publish_loop(inner: Arc<Inner>, server: usize, mut rx: mpsc::Receiver<(
             .metrics
             .relay_roundtrip
             .observe(started.elapsed().as_secs_f64());
-        inner.metrics.relay_pipeline_depth.set(rx.len() as i64);
+        // Queued or in flight over every lane: added on enqueue, removed here.
+        inner.metrics.relay_pipeline_depth.sub(taken);
     }
 }
 
