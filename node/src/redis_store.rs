@@ -91,6 +91,12 @@ pub struct RedisStore {
     publisher: parking_lot::RwLock<Option<Arc<dyn AppendPublisher>>>,
 }
 
+impl From<Error> for PresenceError {
+    fn from(e: Error) -> Self {
+        PresenceError(e.to_string())
+    }
+}
+
 fn unavailable(e: Error) -> HistoryError {
     HistoryError::Unavailable(e.to_string())
 }
@@ -336,8 +342,7 @@ impl Presence for RedisStore {
             let pipeline = client.pipeline();
             let _: () = pipeline
                 .hset(&hash, (entry.client_id.as_str(), json))
-                .await
-                .map_err(|e| PresenceError(e.to_string()))?;
+                .await?;
             let _: () = pipeline
                 .zadd(
                     &zset,
@@ -347,20 +352,10 @@ impl Presence for RedisStore {
                     false,
                     (expires, entry.client_id.as_str()),
                 )
-                .await
-                .map_err(|e| PresenceError(e.to_string()))?;
-            let _: () = pipeline
-                .expire(&hash, keep, None)
-                .await
-                .map_err(|e| PresenceError(e.to_string()))?;
-            let _: () = pipeline
-                .expire(&zset, keep, None)
-                .await
-                .map_err(|e| PresenceError(e.to_string()))?;
-            let _: Vec<RedisValue> = pipeline
-                .all()
-                .await
-                .map_err(|e| PresenceError(e.to_string()))?;
+                .await?;
+            let _: () = pipeline.expire(&hash, keep, None).await?;
+            let _: () = pipeline.expire(&zset, keep, None).await?;
+            let _: Vec<RedisValue> = pipeline.all().await?;
             Ok(())
         })
     }
@@ -372,14 +367,8 @@ impl Presence for RedisStore {
     ) -> BoxFuture<'a, Result<(), PresenceError>> {
         Box::pin(async move {
             let client = self.client(channel);
-            let _: () = client
-                .hdel(self.key("pr", channel), client_id)
-                .await
-                .map_err(|e| PresenceError(e.to_string()))?;
-            let _: () = client
-                .zrem(self.key("pe", channel), client_id)
-                .await
-                .map_err(|e| PresenceError(e.to_string()))?;
+            let _: () = client.hdel(self.key("pr", channel), client_id).await?;
+            let _: () = client.zrem(self.key("pe", channel), client_id).await?;
             Ok(())
         })
     }
@@ -395,22 +384,12 @@ impl Presence for RedisStore {
             let now = now_secs() as f64;
             let expired: Vec<String> = client
                 .zrangebyscore(&zset, f64::NEG_INFINITY, now, false, None)
-                .await
-                .map_err(|e| PresenceError(e.to_string()))?;
+                .await?;
             if !expired.is_empty() {
-                let _: () = client
-                    .hdel(&hash, expired.clone())
-                    .await
-                    .map_err(|e| PresenceError(e.to_string()))?;
-                let _: () = client
-                    .zrem(&zset, expired)
-                    .await
-                    .map_err(|e| PresenceError(e.to_string()))?;
+                let _: () = client.hdel(&hash, expired.clone()).await?;
+                let _: () = client.zrem(&zset, expired).await?;
             }
-            let all: std::collections::HashMap<String, String> = client
-                .hgetall(&hash)
-                .await
-                .map_err(|e| PresenceError(e.to_string()))?;
+            let all: std::collections::HashMap<String, String> = client.hgetall(&hash).await?;
             let mut entries: Vec<PresenceEntry> = all
                 .values()
                 .filter_map(|json| serde_json::from_str(json).ok())
