@@ -81,8 +81,13 @@ pub mod labels {
         "publication",
     ];
     /// `pubmesh_relay_dropped_total{reason}`.
-    pub const RELAY_DROPPED_REASONS: &[&str] =
-        &["queue_full", "redis_down", "redis_error", "lagged", "decode"];
+    pub const RELAY_DROPPED_REASONS: &[&str] = &[
+        "queue_full",
+        "redis_down",
+        "redis_error",
+        "lagged",
+        "decode",
+    ];
     /// `pubmesh_recoveries_total{result}`.
     pub const RECOVERY_RESULTS: &[&str] = &["ok", "failed"];
 }
