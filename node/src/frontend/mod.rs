@@ -4,7 +4,9 @@
 //!
 //! - [`native`]: `/websocket`, the jac-cloud compatible protocol.
 
+pub mod chain;
 pub mod native;
+pub mod phoenix;
 
 use std::sync::Arc;
 
