@@ -16,8 +16,8 @@ fn main() -> std::process::ExitCode {
     };
     // RUST_LOG sets the level; by default pubmesh logs at info and reports
     // Redis outages itself (the Redis client library only its errors).
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,fred=error"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,fred=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours only on a terminal: files, pipes and log collectors get plain text.
