@@ -23,6 +23,7 @@ pub mod env {
     pub const REDIS_URL: &str = "PUBMESH_REDIS_URL";
     pub const REDIS_PREFIX: &str = "PUBMESH_REDIS_PREFIX";
     pub const REDIS_CLUSTER: &str = "PUBMESH_REDIS_CLUSTER";
+    pub const REDIS_TLS_CA: &str = "PUBMESH_REDIS_TLS_CA";
     pub const BACKEND_URL: &str = "PUBMESH_BACKEND_URL";
     pub const WALKER_TIMEOUT_MS: &str = "PUBMESH_WALKER_TIMEOUT_MS";
     pub const DRAIN_SECONDS: &str = "PUBMESH_DRAIN_SECONDS";
@@ -111,6 +112,9 @@ pub struct Cli {
     /// Treat --redis-url as a Redis Cluster and use sharded pub/sub (SSUBSCRIBE/SPUBLISH)
     #[arg(long, env = env::REDIS_CLUSTER, num_args = 0..=1, default_missing_value = "true")]
     pub redis_cluster: Option<bool>,
+    /// PEM file with the CA certificate(s) that sign the Redis servers' certificates, for rediss:// URLs [default: the system's CAs]
+    #[arg(long, env = env::REDIS_TLS_CA)]
+    pub redis_tls_ca: Option<PathBuf>,
     /// Base URL of the walker backend (`POST {url}/walker/{name}`)
     #[arg(long, env = env::BACKEND_URL)]
     pub backend_url: Option<String>,
@@ -176,6 +180,7 @@ pub struct FileConfig {
     pub redis_url: Vec<String>,
     pub redis_prefix: Option<String>,
     pub redis_cluster: Option<bool>,
+    pub redis_tls_ca: Option<PathBuf>,
     pub backend_url: Option<String>,
     pub walker_timeout_ms: Option<u64>,
     pub drain_seconds: Option<u64>,
@@ -211,6 +216,8 @@ pub struct Config {
     pub redis_urls: Vec<String>,
     pub redis_prefix: String,
     pub redis_cluster: bool,
+    /// CA for `rediss://` URLs (None: the system's CAs).
+    pub redis_tls_ca: Option<PathBuf>,
     pub backend_url: Option<String>,
     pub walker_timeout: Duration,
     pub drain: Duration,
@@ -285,9 +292,21 @@ impl Config {
         for url in &redis_urls {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::Invalid(format!(
-                    "redis url {url:?} must start with redis:// or rediss://"
+                    "redis url {:?} must start with redis:// or rediss://",
+                    crate::redis_connect::redacted(url)
                 )));
             }
+        }
+        let redis_tls_ca = cli.redis_tls_ca.or(file.redis_tls_ca);
+        if redis_urls.iter().any(|u| crate::redis_connect::uses_tls(u)) {
+            // Refuse now rather than never connecting (or connecting in clear text).
+            crate::redis_connect::tls_config(redis_tls_ca.as_deref())
+                .map_err(ConfigError::Invalid)?;
+        } else if let Some(ca) = &redis_tls_ca {
+            return Err(ConfigError::Invalid(format!(
+                "--redis-tls-ca {} is given but no --redis-url is rediss://",
+                ca.display()
+            )));
         }
         let backend_url = cli
             .backend_url
@@ -327,6 +346,7 @@ impl Config {
                 .or(file.redis_prefix)
                 .unwrap_or_else(|| "pubmesh".to_string()),
             redis_cluster,
+            redis_tls_ca,
             backend_url,
             walker_timeout: Duration::from_millis(
                 cli.walker_timeout_ms

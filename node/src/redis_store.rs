@@ -106,6 +106,7 @@ impl RedisStore {
     pub fn connect(
         urls: &[String],
         cluster: bool,
+        tls_ca: Option<&std::path::Path>,
         prefix: &str,
         presence_ttl: Duration,
     ) -> Result<Arc<Self>, String> {
@@ -116,13 +117,7 @@ impl RedisStore {
             urls.to_vec()
         };
         for url in &urls {
-            let mut config = if cluster {
-                Config::from_url_clustered(url)
-            } else {
-                Config::from_url(url)
-            }
-            .map_err(|e| format!("bad redis url {url:?}: {e}"))?;
-            config.fail_fast = false;
+            let config = crate::redis_connect::client_config(url, cluster, tls_ca)?;
             let client = Builder::from_config(config)
                 .with_performance_config(|p| {
                     p.default_command_timeout = Duration::from_secs(2);
@@ -134,6 +129,7 @@ impl RedisStore {
                 .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
                 .build()
                 .map_err(|e| format!("redis client for {url:?}: {e}"))?;
+            crate::redis_connect::log_outages(&client, url, "history and presence");
             drop(client.connect());
             clients.push(client);
         }
