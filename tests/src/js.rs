@@ -188,7 +188,11 @@ impl Script {
     }
 
     fn fail(&self, why: &str) -> ! {
-        let stderr = self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let stderr = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let seen: Vec<String> = self.seen.iter().map(|v| v.to_string()).collect();
         panic!(
             "{}: {why}\nevents so far:\n{}\nstderr:\n{stderr}",

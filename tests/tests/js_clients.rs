@@ -67,7 +67,9 @@ async fn headless_chromium_page_receives_an_api_publish() {
     );
     let browser = page.wait_event("browser", patience(90)).await;
     assert!(
-        browser["version"].as_str().is_some_and(|v| v.contains("Chrom")),
+        browser["version"]
+            .as_str()
+            .is_some_and(|v| v.contains("Chrom")),
         "{browser}"
     );
     page.wait_event("open", patience(30)).await;
