@@ -37,6 +37,7 @@ pub mod env {
     pub const CLIENT_BURST: &str = "PUBMESH_CLIENT_BURST";
     pub const MAX_CHANNELS_PER_CONNECTION: &str = "PUBMESH_MAX_CHANNELS_PER_CONNECTION";
     pub const MAX_CONNECTIONS: &str = "PUBMESH_MAX_CONNECTIONS";
+    pub const MAX_IDS_PER_MESSAGE: &str = "PUBMESH_MAX_IDS_PER_MESSAGE";
     pub const CLIENT_CHANNEL_PUBLISH: &str = "PUBMESH_CLIENT_CHANNEL_PUBLISH";
     pub const CLIENT_USER_PUBLISH: &str = "PUBMESH_CLIENT_USER_PUBLISH";
     pub const CLIENT_CLIENT_PUBLISH: &str = "PUBMESH_CLIENT_CLIENT_PUBLISH";
@@ -162,6 +163,9 @@ pub struct Cli {
     /// Connections this node accepts; further upgrades get 503 [default: open-file limit - 256]
     #[arg(long, env = env::MAX_CONNECTIONS)]
     pub max_connections: Option<usize>,
+    /// Distinct channel, user or client ids one frame or API call may name; duplicates are dropped first [default: 100]
+    #[arg(long, env = env::MAX_IDS_PER_MESSAGE)]
+    pub max_ids_per_message: Option<usize>,
     /// Who may publish `channel` frames from a socket [default: members]
     #[arg(long, env = env::CLIENT_CHANNEL_PUBLISH)]
     pub client_channel_publish: Option<ChannelPublish>,
@@ -207,6 +211,7 @@ pub struct FileConfig {
     pub client_burst: Option<u32>,
     pub max_channels_per_connection: Option<usize>,
     pub max_connections: Option<usize>,
+    pub max_ids_per_message: Option<usize>,
     pub client_channel_publish: Option<ChannelPublish>,
     pub client_user_publish: Option<DirectPublish>,
     pub client_client_publish: Option<DirectPublish>,
@@ -248,6 +253,7 @@ pub struct Config {
     pub client_burst: u32,
     pub max_channels_per_connection: usize,
     pub max_connections: Option<usize>,
+    pub max_ids_per_message: usize,
     pub client_channel_publish: ChannelPublish,
     pub client_user_publish: DirectPublish,
     pub client_client_publish: DirectPublish,
@@ -401,6 +407,10 @@ impl Config {
                 .or(file.max_channels_per_connection)
                 .unwrap_or(128),
             max_connections: cli.max_connections.or(file.max_connections),
+            max_ids_per_message: cli
+                .max_ids_per_message
+                .or(file.max_ids_per_message)
+                .unwrap_or(crate::limits::DEFAULT_MAX_IDS_PER_MESSAGE),
             client_channel_publish: cli
                 .client_channel_publish
                 .or(file.client_channel_publish)
@@ -462,6 +472,7 @@ impl Config {
                 "max_channels_per_connection",
                 self.max_channels_per_connection,
             ),
+            ("max_ids_per_message", self.max_ids_per_message),
         ];
         for (name, value) in positive {
             if value == 0 {
