@@ -193,7 +193,7 @@ async fn notify_channels(
     check_ids(&req.channel_ids, "channel_ids")?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    node.publish_to(Target::Channels(req.channel_ids), frame, scope(req.local))
+    node.publish_to_confirmed(Target::Channels(req.channel_ids), frame, scope(req.local))
         .await
         .map(Json)
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
@@ -207,11 +207,10 @@ async fn notify_users(
     check_ids(&req.root_ids, "root_ids")?;
     count(&node, "api_users");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(
-        Target::Users(req.root_ids),
-        frame,
-        scope(req.local),
-    )))
+    Ok(Json(
+        node.publish_confirmed(Target::Users(req.root_ids), frame, scope(req.local))
+            .await,
+    ))
 }
 
 async fn notify_clients(
@@ -222,11 +221,10 @@ async fn notify_clients(
     check_ids(&req.client_ids, "client_ids")?;
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(
-        Target::Clients(req.client_ids),
-        frame,
-        scope(req.local),
-    )))
+    Ok(Json(
+        node.publish_confirmed(Target::Clients(req.client_ids), frame, scope(req.local))
+            .await,
+    ))
 }
 
 async fn broadcast(
@@ -236,7 +234,10 @@ async fn broadcast(
     let req: Broadcast = parse(&body)?;
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(Target::All, frame, scope(req.local))))
+    Ok(Json(
+        node.publish_confirmed(Target::All, frame, scope(req.local))
+            .await,
+    ))
 }
 
 async fn disconnect(
