@@ -292,6 +292,7 @@ impl Metrics {
             "lagged",
             "decode",
             "duplicate",
+            "expired",
         ] {
             m.relay_dropped.with_label_values(&[reason]);
         }

@@ -386,6 +386,16 @@ impl Inner {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
+                // Its publisher has reported it failed long ago (a write the
+                // client library replayed after a reconnect): drop it.
+                let age = proto::now_micros().saturating_sub(envelope.sent_at_micros);
+                if age > (self.limits.retry + super::dedup::MARGIN).as_micros() as u64 {
+                    self.metrics
+                        .relay_dropped
+                        .with_label_values(&["expired"])
+                        .inc();
+                    return;
+                }
                 if !self
                     .seen
                     .lock()
@@ -578,18 +588,20 @@ fn receive_capacity(config: &Config) -> usize {
     }
 }
 
-/// Is this error one that sending again may fix (the connection, not the
-/// command)?
+/// Is this error one that sending again may fix? Everything but a command
+/// Redis (or the client) rejects as such: connection errors, timeouts and
+/// routing failures while the connection changes state are all retried until
+/// the envelope's deadline.
 fn transient(e: &Error) -> bool {
-    matches!(
+    !matches!(
         e.kind(),
-        ErrorKind::IO
-            | ErrorKind::Canceled
-            | ErrorKind::Timeout
-            | ErrorKind::Backpressure
-            | ErrorKind::Routing
-            | ErrorKind::Cluster
-            | ErrorKind::Protocol
+        ErrorKind::Auth
+            | ErrorKind::InvalidArgument
+            | ErrorKind::InvalidCommand
+            | ErrorKind::Parse
+            | ErrorKind::Config
+            | ErrorKind::Url
+            | ErrorKind::NotFound
     )
 }
 
@@ -618,6 +630,7 @@ async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lane>) {
             }
         }
         if expired > 0 {
+            tracing::warn!(server = %inner.servers[server].url, expired, "publishes not confirmed by Redis within --relay-retry-ms; reported failed");
             inner
                 .metrics
                 .relay_dropped
@@ -645,13 +658,22 @@ async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lane>) {
         }
         let started = Instant::now();
         let pipeline = client.pipeline();
+        // Never let the client library keep a command to send after a
+        // reconnect: what is not confirmed is this lane's to send again, or
+        // to report failed (a failed publish must not arrive later).
+        let commands = pipeline.with_options(&Options {
+            fail_fast: true,
+            max_attempts: Some(1),
+            timeout: Some(deadline),
+            ..Default::default()
+        });
         for item in &batch {
             let queued: Result<(), Error> = if inner.sharded {
-                pipeline
+                commands
                     .spublish(item.topic.as_str(), item.payload.clone())
                     .await
             } else {
-                pipeline
+                commands
                     .publish(item.topic.as_str(), item.payload.clone())
                     .await
             };
@@ -680,7 +702,7 @@ async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lane>) {
                     break;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "Redis refused a publish");
+                    tracing::warn!(error = %e, kind = ?e.kind(), "Redis refused a publish");
                     if let Some(item) = batch.pop_front() {
                         item.settle(&inner.budget, false);
                     }
@@ -696,6 +718,7 @@ async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lane>) {
                 .inc_by(failed);
         }
         if again && !batch.is_empty() {
+            tracing::info!(server = %inner.servers[server].url, unconfirmed = batch.len(), "Redis did not confirm a batch; holding it to send again");
             outage = true;
             back = None;
             inner.metrics.relay_retried.inc_by(batch.len() as u64);
