@@ -25,6 +25,7 @@ pub mod namespace;
 pub mod node;
 pub mod outbox;
 pub mod presence;
+pub mod redis_connect;
 pub mod redis_store;
 pub mod relay;
 pub mod shutdown;
@@ -71,6 +72,7 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
             let store = redis_store::RedisStore::connect(
                 &config.redis_urls,
                 config.redis_cluster,
+                config.redis_tls_ca.as_deref(),
                 &config.redis_prefix,
                 config.presence_ttl,
             )

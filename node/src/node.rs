@@ -117,12 +117,6 @@ impl Node {
     async fn confirm(&self, mut done: Published, relayed: Relayed) -> Published {
         done.relay = relayed.outcome(self.relay.settle_within()).await;
         done.relayed = done.relay == RelayOutcome::Sent;
-        if done.relay == RelayOutcome::Failed {
-            self.metrics
-                .dropped
-                .with_label_values(&["relay_failed"])
-                .inc();
-        }
         done
     }
 

@@ -4,7 +4,11 @@
 //!
 //! - [`native`]: `/websocket`, the jac-cloud compatible protocol.
 
+pub mod cells;
+pub mod chain;
 pub mod native;
+pub mod phoenix;
+pub mod socketio;
 
 use std::sync::Arc;
 

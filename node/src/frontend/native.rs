@@ -85,7 +85,7 @@ pub fn new_conn(node: &Node, params: &ConnectParams, identity: Identity) -> Resu
         Some(c) if c.is_empty() || c.len() > MAX_ID_LEN => {
             return Err(format!("channel_id must be 1 to {MAX_ID_LEN} bytes long"))
         }
-        Some(c) => c.clone(),
+        Some(c) => crate::limits::channel_name(c).map(|()| c.clone())?,
         None => fresh_channel_id(),
     };
     Ok(Conn {
@@ -197,19 +197,11 @@ fn valid_ref(r: &RawValue) -> bool {
     }
 }
 
-fn ids(field: Option<&RawValue>, name: &str) -> Result<Vec<String>, Reject> {
+fn ids(field: Option<&RawValue>, name: &str, max: usize) -> Result<Vec<String>, Reject> {
     let raw = field.ok_or_else(|| bad(format!("{name} is required")))?;
     let list: Vec<String> = serde_json::from_str(raw.get())
         .map_err(|_| bad(format!("{name} must be a list of strings")))?;
-    if list.is_empty() {
-        return Err(bad(format!("{name} must not be empty")));
-    }
-    if list.iter().any(|id| id.is_empty() || id.len() > MAX_ID_LEN) {
-        return Err(bad(format!(
-            "every id in {name} must be 1 to {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(list)
+    crate::limits::id_list(list, name, max).map_err(bad)
 }
 
 /// `data` must be a JSON object (as in jac-cloud); it is delivered verbatim.
@@ -361,7 +353,11 @@ impl NativeSession {
                 Ok(())
             }
             "channel" => {
-                let channels = ids(f.channel_ids, "channel_ids")?;
+                let channels = ids(
+                    f.channel_ids,
+                    "channel_ids",
+                    self.node.config.max_ids_per_message,
+                )?;
                 let frame = data(f.data)?;
                 for c in &channels {
                     let policy = self
@@ -404,12 +400,20 @@ impl NativeSession {
             "user" | "client" => {
                 let (target, policy) = if kind == "user" {
                     (
-                        Target::Users(ids(f.root_ids, "root_ids")?),
+                        Target::Users(ids(
+                            f.root_ids,
+                            "root_ids",
+                            self.node.config.max_ids_per_message,
+                        )?),
                         self.node.config.client_user_publish,
                     )
                 } else {
                     (
-                        Target::Clients(ids(f.client_ids, "client_ids")?),
+                        Target::Clients(ids(
+                            f.client_ids,
+                            "client_ids",
+                            self.node.config.max_ids_per_message,
+                        )?),
                         self.node.config.client_client_publish,
                     )
                 };
@@ -443,7 +447,11 @@ impl NativeSession {
             }
             "subscribe" => self.subscribe(f, reference).await,
             "unsubscribe" => {
-                let channels = ids(f.channel_ids, "channel_ids")?;
+                let channels = ids(
+                    f.channel_ids,
+                    "channel_ids",
+                    self.node.config.max_ids_per_message,
+                )?;
                 let leaving: Vec<String> = channels
                     .iter()
                     .filter(|c| c.as_str() != &*self.conn.channel_id)
@@ -479,7 +487,11 @@ impl NativeSession {
         f: &Fields<'_>,
         reference: Option<&RawValue>,
     ) -> Result<(), Reject> {
-        let channels = ids(f.channel_ids, "channel_ids")?;
+        let channels = ids(
+            f.channel_ids,
+            "channel_ids",
+            self.node.config.max_ids_per_message,
+        )?;
         let positioned = boolean(f.positioned, "positioned")?;
         let since: HashMap<String, Position> = match f.since {
             None => HashMap::new(),
@@ -646,6 +658,7 @@ impl NativeSession {
     ) -> Result<(String, crate::namespace::ChannelOptions), Reject> {
         let channel =
             string(f.channel_id, "channel_id")?.ok_or_else(|| bad("channel_id is required"))?;
+        crate::limits::channel_name(&channel).map_err(bad)?;
         let options = self
             .node
             .may_subscribe(&self.conn, &channel)
@@ -683,7 +696,7 @@ impl NativeSession {
         let page = self
             .node
             .history
-            .read(&channel, since.as_ref(), limit, &options)
+            .peek(&channel, since.as_ref(), limit, &options)
             .await
             .map_err(|e| Reject(e.to_string(), e.code()))?;
         self.send(history_frame(&channel, &page, reference));

@@ -151,18 +151,12 @@ impl RedisRelay {
         };
         let mut servers = Vec::with_capacity(urls.len());
         for url in urls {
-            let parse = |cluster: bool| {
-                if cluster {
-                    fred::prelude::Config::from_url_clustered(&url)
-                } else {
-                    fred::prelude::Config::from_url(&url)
-                }
-                .map_err(|e| RelayError::Config(format!("bad redis url {url:?}: {e}")))
-            };
-            let mut redis_config = parse(config.redis_cluster)?;
-            // Follow the reconnect policy from the first attempt on, so a node
-            // started while Redis is down joins as soon as Redis is back.
-            redis_config.fail_fast = false;
+            let redis_config = crate::redis_connect::client_config(
+                &url,
+                config.redis_cluster,
+                config.redis_tls_ca.as_deref(),
+            )
+            .map_err(RelayError::Config)?;
             // fred keeps received messages in a broadcast ring of this many
             // slots (allocated up front, each holding one message until the
             // reader took it): size it so a full ring of the largest
@@ -186,12 +180,14 @@ impl RedisRelay {
             let subscriber = builder
                 .build_subscriber_client()
                 .map_err(|e| RelayError::Config(e.to_string()))?;
+            crate::redis_connect::log_outages(&publisher, &url, "relay publisher");
+            crate::redis_connect::log_outages(&subscriber, &url, "relay subscriber");
             servers.push(Server {
-                url: url.clone(),
+                url: crate::redis_connect::redacted(&url),
                 publisher,
                 subscriber,
                 lanes: (0..LANES).map(|_| Arc::new(Lane::default())).collect(),
-                health: ServerHealth::new(url.clone()),
+                health: ServerHealth::new(crate::redis_connect::redacted(&url)),
             });
         }
         let limits = config.relay.clone();
@@ -682,10 +678,9 @@ async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lane>) {
             }
         }
         let sent = batch.len();
-        let results = match tokio::time::timeout(deadline, pipeline.try_all::<RedisValue>()).await {
-            Ok(results) => results,
-            Err(_) => Vec::new(),
-        };
+        let results = tokio::time::timeout(deadline, pipeline.try_all::<RedisValue>())
+            .await
+            .unwrap_or_default();
         let mut confirmed = 0;
         let mut failed = 0;
         let mut again = results.len() < sent;
