@@ -178,16 +178,20 @@ async fn a_policy_close_is_logged_once_with_its_count() {
         let close = c.expect_close().await;
         assert_eq!(close.map(|(code, _)| code), Some(4029));
     }
-    let line = pubmesh_tests::harness::eventually("the policy-close log line", patience(10), || {
-        let log = node.log_text();
-        async move {
-            log.lines()
-                .find(|l| l.contains("closed a socket by policy"))
-                .map(str::to_string)
-        }
-    })
-    .await;
-    assert!(line.contains("code=4029") && line.contains("rate_limited"), "{line}");
+    let line =
+        pubmesh_tests::harness::eventually("the policy-close log line", patience(10), || {
+            let log = node.log_text();
+            async move {
+                log.lines()
+                    .find(|l| l.contains("closed a socket by policy"))
+                    .map(str::to_string)
+            }
+        })
+        .await;
+    assert!(
+        line.contains("code=4029") && line.contains("rate_limited"),
+        "{line}"
+    );
     // No colour codes in a log file.
     assert!(!node.log_text().contains('\u{1b}'), "{}", node.log_text());
     // Three closes within a second: at most a line or two, never one per close
