@@ -288,6 +288,16 @@ impl Config {
         Config::resolve(cli, file)
     }
 
+    /// A configuration from the text of a TOML file alone (flags and
+    /// environment not consulted): for embedding, tests and fuzzing.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        Config::resolve(Cli::default(), file)
+    }
+
     /// A configuration with every default, for tests and embedding.
     pub fn defaults() -> Config {
         Config::resolve(Cli::default(), FileConfig::default()).expect("defaults are valid")
