@@ -41,7 +41,9 @@ async function main() {
   // Chromium's sandbox refuses to run as root.
   if (process.getuid && process.getuid() === 0) args.push('--no-sandbox');
   const userDataDir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'pubmesh-chromium-'));
-  const browser = await puppeteer.launch({ executablePath, headless: true, args, userDataDir });
+  // pipe: Chromium talks over fds inherited from node, so it exits with node
+  // even when node is killed (no orphaned browsers after a failed test).
+  const browser = await puppeteer.launch({ executablePath, headless: true, pipe: true, args, userDataDir });
   report('browser', { version: await browser.version() });
   const closeAndExit = async (code) => {
     await browser.close().catch(() => {});
