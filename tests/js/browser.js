@@ -40,8 +40,19 @@ async function main() {
   ];
   // Chromium's sandbox refuses to run as root.
   if (process.getuid && process.getuid() === 0) args.push('--no-sandbox');
-  const userDataDir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'pubmesh-chromium-'));
-  const browser = await puppeteer.launch({ executablePath, headless: true, args, userDataDir });
+  // The profile: $PUBMESH_CHROMIUM_PROFILE (the Rust harness removes it even
+  // if this script is killed), else a fresh temporary directory.
+  const userDataDir =
+    process.env.PUBMESH_CHROMIUM_PROFILE ||
+    fs.mkdtempSync(path.join(require('os').tmpdir(), 'pubmesh-chromium-'));
+  // Chromium's own temporary files go under the profile, removed on exit.
+  const browser = await puppeteer.launch({
+    executablePath,
+    headless: true,
+    args,
+    userDataDir,
+    env: { ...process.env, TMPDIR: userDataDir },
+  });
   report('browser', { version: await browser.version() });
   const closeAndExit = async (code) => {
     await browser.close().catch(() => {});
