@@ -45,10 +45,13 @@ async function main() {
   const userDataDir =
     process.env.PUBMESH_CHROMIUM_PROFILE ||
     fs.mkdtempSync(path.join(require('os').tmpdir(), 'pubmesh-chromium-'));
+  // pipe: Chromium talks over fds inherited from node, so it exits with node
+  // even when node is killed (no orphaned browsers after a failed test).
   // Chromium's own temporary files go under the profile, removed on exit.
   const browser = await puppeteer.launch({
     executablePath,
     headless: true,
+    pipe: true,
     args,
     userDataDir,
     env: { ...process.env, TMPDIR: userDataDir },
