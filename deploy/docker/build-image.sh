@@ -39,8 +39,11 @@ context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
 cp "$bin.stripped" "$context/pubmesh"
 format=()
-[ "$engine" = podman ] && format=(--format docker)  # keeps HEALTHCHECK
+# podman: the docker format keeps HEALTHCHECK.
+[ "$engine" = podman ] && format=(--format docker)
 "${engine_cmd[@]}" build "${format[@]}" -q -f deploy/docker/Dockerfile \
   --build-arg BINARY_STAGE=prebuilt --build-arg RUNTIME_IMAGE="$base" \
   -t "$tag" "$context" >/dev/null
+# The engine keeps the prebuilt stage as an untagged image: remove it.
+"${engine_cmd[@]}" image prune -f --filter label=io.pubmesh.stage=prebuilt >/dev/null 2>&1 || true
 echo "built $tag ($(du -h "$bin.stripped" | cut -f1) binary; debug info in $bin.debug)"

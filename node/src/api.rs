@@ -225,7 +225,7 @@ async fn notify_channels(
     check_ids(&node, &mut req.channel_ids, "channel_ids")?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    node.publish_to(Target::Channels(req.channel_ids), frame, scope(req.local))
+    node.publish_to_confirmed(Target::Channels(req.channel_ids), frame, scope(req.local))
         .await
         .map(Json)
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
@@ -239,11 +239,10 @@ async fn notify_users(
     check_ids(&node, &mut req.root_ids, "root_ids")?;
     count(&node, "api_users");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(
-        Target::Users(req.root_ids),
-        frame,
-        scope(req.local),
-    )))
+    Ok(Json(
+        node.publish_confirmed(Target::Users(req.root_ids), frame, scope(req.local))
+            .await,
+    ))
 }
 
 async fn notify_clients(
@@ -254,11 +253,10 @@ async fn notify_clients(
     check_ids(&node, &mut req.client_ids, "client_ids")?;
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(
-        Target::Clients(req.client_ids),
-        frame,
-        scope(req.local),
-    )))
+    Ok(Json(
+        node.publish_confirmed(Target::Clients(req.client_ids), frame, scope(req.local))
+            .await,
+    ))
 }
 
 async fn broadcast(
@@ -268,7 +266,10 @@ async fn broadcast(
     let req: Broadcast = parse(&body)?;
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(Target::All, frame, scope(req.local))))
+    Ok(Json(
+        node.publish_confirmed(Target::All, frame, scope(req.local))
+            .await,
+    ))
 }
 
 async fn disconnect(

@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod close_log;
 pub mod config;
 pub mod frontend;
 pub mod history;

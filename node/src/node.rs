@@ -15,7 +15,7 @@ use crate::hub::{Conn, Hub, InterestChange, Target};
 use crate::metrics::Metrics;
 use crate::namespace::{pattern_matches, ChannelOptions, SubscribePolicy};
 use crate::presence::{Presence, PresenceEntry};
-use crate::relay::{NodeInfo, NodeView, Relay};
+use crate::relay::{NodeInfo, NodeView, Relay, RelayOutcome, Relayed};
 use crate::walker::WalkerClient;
 
 /// Where a message may go.
@@ -32,8 +32,12 @@ pub enum Scope {
 pub struct Published {
     /// Outboxes on this node that took the message.
     pub local_deliveries: usize,
-    /// Whether the message was handed to the relay for other nodes.
+    /// Whether the message went to the relay for other nodes (once confirmed:
+    /// whether Redis took it).
     pub relayed: bool,
+    /// What became of the part for other nodes: `none`, `sent`, `failed`
+    /// (or `queued` when not waited for).
+    pub relay: RelayOutcome,
 }
 
 /// One pubmesh node.
@@ -95,22 +99,55 @@ impl Node {
     /// through the relay to the other nodes. Messages whose targets are all on
     /// this node never touch the relay.
     pub fn publish(&self, target: Target, frame: Utf8Bytes, scope: Scope) -> Published {
+        self.publish_relayed(target, frame, scope).0
+    }
+
+    /// Like [`Node::publish`], then wait until the relay knows whether Redis
+    /// took the part for other nodes (at most the relay's retry window).
+    pub async fn publish_confirmed(
+        &self,
+        target: Target,
+        frame: Utf8Bytes,
+        scope: Scope,
+    ) -> Published {
+        let (done, relayed) = self.publish_relayed(target, frame, scope);
+        self.confirm(done, relayed).await
+    }
+
+    async fn confirm(&self, mut done: Published, relayed: Relayed) -> Published {
+        done.relay = relayed.outcome(self.relay.settle_within()).await;
+        done.relayed = done.relay == RelayOutcome::Sent;
+        done
+    }
+
+    fn publish_relayed(
+        &self,
+        target: Target,
+        frame: Utf8Bytes,
+        scope: Scope,
+    ) -> (Published, Relayed) {
         self.metrics
             .messages_out
             .with_label_values(&[target.kind()])
             .inc();
         let local_deliveries = self.hub.deliver(&target, &frame);
         let relayed = match scope {
-            Scope::Local => false,
+            Scope::Local => Relayed::Nothing,
             Scope::Cluster => match self.remote_part(target) {
                 Some(remote) => self.relay.publish(&remote, &frame),
-                None => false,
+                None => Relayed::Nothing,
             },
         };
-        Published {
+        let done = Published {
             local_deliveries,
-            relayed,
-        }
+            relayed: relayed.queued(),
+            relay: match &relayed {
+                Relayed::Nothing => RelayOutcome::None,
+                Relayed::Pending(_) => RelayOutcome::Queued,
+                Relayed::Failed => RelayOutcome::Failed,
+            },
+        };
+        (done, relayed)
     }
 
     /// Publish with channel options applied: publications to history-enabled
@@ -123,18 +160,47 @@ impl Node {
         frame: Utf8Bytes,
         scope: Scope,
     ) -> Result<Published, HistoryError> {
+        self.publish_with_options(target, frame, scope, false).await
+    }
+
+    /// [`Node::publish_to`], waiting for the relay's outcome like
+    /// [`Node::publish_confirmed`].
+    pub async fn publish_to_confirmed(
+        &self,
+        target: Target,
+        frame: Utf8Bytes,
+        scope: Scope,
+    ) -> Result<Published, HistoryError> {
+        self.publish_with_options(target, frame, scope, true).await
+    }
+
+    async fn publish_with_options(
+        &self,
+        target: Target,
+        frame: Utf8Bytes,
+        scope: Scope,
+        confirm: bool,
+    ) -> Result<Published, HistoryError> {
+        let plain = |target: Target, frame: Utf8Bytes| async move {
+            let (done, relayed) = self.publish_relayed(target, frame, scope);
+            if confirm {
+                self.confirm(done, relayed).await
+            } else {
+                done
+            }
+        };
         let Target::Channels(channels) = target else {
-            return Ok(self.publish(target, frame, scope));
+            return Ok(plain(target, frame).await);
         };
         if scope == Scope::Local || self.config.namespaces.is_plain() {
-            return Ok(self.publish(Target::Channels(channels), frame, scope));
+            return Ok(plain(Target::Channels(channels), frame).await);
         }
-        let (with_history, plain): (Vec<String>, Vec<String>) = channels
+        let (with_history, plain_channels): (Vec<String>, Vec<String>) = channels
             .into_iter()
             .partition(|c| self.config.namespaces.options(c).history());
         let mut done = Published::default();
-        if !plain.is_empty() {
-            done = self.publish(Target::Channels(plain), frame.clone(), scope);
+        if !plain_channels.is_empty() {
+            done = plain(Target::Channels(plain_channels), frame.clone()).await;
         }
         for channel in with_history {
             let options = self.config.namespaces.options(&channel);
@@ -148,6 +214,9 @@ impl Node {
                 // The append published it; every node, this one included,
                 // delivers it from the relay, in offset order.
                 done.relayed = true;
+                if done.relay != RelayOutcome::Failed {
+                    done.relay = RelayOutcome::Sent;
+                }
             } else {
                 done.local_deliveries += self.deliver_publication(&channel, &position, &frame);
             }
@@ -395,6 +464,28 @@ fn presence_event(kind: &str, channel: &str, entry: &PresenceEntry) -> Utf8Bytes
 impl NodeView for Node {
     fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Remove a gone node's presence entries and send their `leave` events
+    /// (where the channel sends them). The store hands the entries to one
+    /// survivor only, so each `leave` goes out once in the cluster.
+    fn peer_gone<'a>(&'a self, node_id: &'a str) -> crate::relay::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let taken = match self.presence.take_node(node_id).await {
+                Ok(taken) => taken,
+                Err(e) => {
+                    tracing::warn!(error = %e, node_id, "could not clear a gone node's presence");
+                    return;
+                }
+            };
+            for (channel, entry) in taken {
+                self.metrics.presence_gone_leaves.inc();
+                if self.config.namespaces.options(&channel).join_leave {
+                    let frame = presence_event("leave", &channel, &entry);
+                    self.publish(Target::Channels(vec![channel]), frame, Scope::Cluster);
+                }
+            }
+        })
     }
 
     fn deliver_publication(&self, channel: &str, position: &Position, data: &Utf8Bytes) -> usize {

@@ -211,6 +211,9 @@ pub async fn run<S: Session>(node: Arc<Node>, conn: Arc<Conn>, socket: Socket, m
             let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         }
     }
+    if let Some(reason) = closed_by_server {
+        crate::close_log::policy_close(reason, &conn.client_id);
+    }
     let label = closed_by_server.map(CloseReason::label).unwrap_or("client");
     node.metrics
         .connections_closed

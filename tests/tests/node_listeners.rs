@@ -162,3 +162,40 @@ async fn help_hides_secrets_and_names_lists_and_rust_log() {
     assert!(help.contains("comma-separated"), "{help}");
     assert!(help.contains("1/0"), "{help}");
 }
+
+#[tokio::test]
+async fn a_policy_close_is_logged_once_with_its_count() {
+    let node = Node::start(&["--client-rate", "1", "--client-burst", "2"]).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = node.client("").await;
+        for _ in 0..5 {
+            c.send_text("{\"type\":\"connection\"}").await;
+        }
+        clients.push(c);
+    }
+    for c in &mut clients {
+        let close = c.expect_close().await;
+        assert_eq!(close.map(|(code, _)| code), Some(4029));
+    }
+    let line =
+        pubmesh_tests::harness::eventually("the policy-close log line", patience(10), || {
+            let log = node.log_text();
+            async move {
+                log.lines()
+                    .find(|l| l.contains("closed a socket by policy"))
+                    .map(str::to_string)
+            }
+        })
+        .await;
+    assert!(
+        line.contains("code=4029") && line.contains("rate_limited"),
+        "{line}"
+    );
+    // No colour codes in a log file.
+    assert!(!node.log_text().contains('\u{1b}'), "{}", node.log_text());
+    // Three closes within a second: at most a line or two, never one per close
+    // beyond the first of each second.
+    let lines = node.log_text().matches("closed a socket by policy").count();
+    assert!((1..=3).contains(&lines), "{lines}");
+}

@@ -384,11 +384,16 @@ impl NativeSession {
                         }
                     }
                 }
-                let done = self
-                    .node
-                    .publish_to(Target::Channels(channels), frame, Scope::Cluster)
-                    .await
-                    .map_err(|e| Reject(e.to_string(), e.code()))?;
+                // With a `ref` the ack waits for the relay's outcome.
+                let target = Target::Channels(channels);
+                let done = if reference.is_some() {
+                    self.node
+                        .publish_to_confirmed(target, frame, Scope::Cluster)
+                        .await
+                } else {
+                    self.node.publish_to(target, frame, Scope::Cluster).await
+                }
+                .map_err(|e| Reject(e.to_string(), e.code()))?;
                 self.published(done, reference);
                 Ok(())
             }
@@ -430,7 +435,13 @@ impl NativeSession {
                         ))
                     }
                 }
-                let done = self.node.publish(target, frame, Scope::Cluster);
+                let done = if reference.is_some() {
+                    self.node
+                        .publish_confirmed(target, frame, Scope::Cluster)
+                        .await
+                } else {
+                    self.node.publish(target, frame, Scope::Cluster)
+                };
                 self.published(done, reference);
                 Ok(())
             }
@@ -727,10 +738,11 @@ impl NativeSession {
     fn published(&self, done: crate::node::Published, reference: Option<&RawValue>) {
         if let Some(r) = reference {
             self.send(Utf8Bytes::from(format!(
-                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{}}}",
+                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{},\"relay\":\"{}\"}}",
                 r.get(),
                 done.local_deliveries,
-                done.relayed
+                done.relayed,
+                done.relay.as_str()
             )));
         }
     }

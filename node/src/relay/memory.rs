@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{BoxFuture, NodeInfo, NodeView, Relay, RelayError, RelayStatus};
+use super::{BoxFuture, NodeInfo, NodeView, Relay, RelayError, RelayStatus, Relayed};
 use crate::hub::{InterestChange, Target};
 
 /// A relay for a node that serves alone.
@@ -23,8 +23,8 @@ impl Relay for MemoryRelay {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, _target: &Target, _frame: &Utf8Bytes) -> bool {
-        false
+    fn publish(&self, _target: &Target, _frame: &Utf8Bytes) -> Relayed {
+        Relayed::Nothing
     }
 
     fn interest(&self, _change: &InterestChange) {}

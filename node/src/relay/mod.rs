@@ -7,7 +7,10 @@
 //! embedded default: nothing to send anywhere); [`redis::RedisRelay`] is the
 //! cluster relay.
 
+pub mod dedup;
+pub mod health;
 pub mod memory;
+pub mod queue;
 pub mod redis;
 
 use std::future::Future;
@@ -46,6 +49,66 @@ pub struct RelayStatus {
     pub detail: String,
 }
 
+/// What became of a publish handed to the relay.
+#[derive(Debug)]
+pub enum Relayed {
+    /// Nothing had to leave this node.
+    Nothing,
+    /// Queued for Redis; the receiver learns whether Redis took every
+    /// envelope (`true`) or not (`false`).
+    Pending(tokio::sync::oneshot::Receiver<bool>),
+    /// Refused at once (the relay's byte budget is full).
+    Failed,
+}
+
+impl Relayed {
+    /// True unless nothing was queued.
+    pub fn queued(&self) -> bool {
+        matches!(self, Relayed::Pending(_))
+    }
+
+    /// Wait (at most `within`) for the outcome.
+    pub async fn outcome(self, within: std::time::Duration) -> RelayOutcome {
+        match self {
+            Relayed::Nothing => RelayOutcome::None,
+            Relayed::Failed => RelayOutcome::Failed,
+            Relayed::Pending(rx) => match tokio::time::timeout(within, rx).await {
+                Ok(Ok(true)) => RelayOutcome::Sent,
+                _ => RelayOutcome::Failed,
+            },
+        }
+    }
+}
+
+/// Whether a message reached the other nodes' broker (reported to publishers
+/// as `"relay"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayOutcome {
+    /// Nothing had to leave this node (local scope, single node, or every
+    /// target is local).
+    #[default]
+    None,
+    /// Handed to the relay; not waited for.
+    Queued,
+    /// Redis confirmed every envelope: the other nodes get it.
+    Sent,
+    /// Redis did not take it (outage longer than `--relay-retry-ms`, or the
+    /// relay's byte budget was full): the other nodes will not get it.
+    Failed,
+}
+
+impl RelayOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayOutcome::None => "none",
+            RelayOutcome::Queued => "queued",
+            RelayOutcome::Sent => "sent",
+            RelayOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// What the relay needs from its node: the hub to deliver into and a snapshot
 /// of the node for heartbeats.
 pub trait NodeView: Send + Sync + 'static {
@@ -58,6 +121,10 @@ pub trait NodeView: Send + Sync + 'static {
         position: &crate::history::Position,
         data: &Utf8Bytes,
     ) -> usize;
+    /// A peer stopped heartbeating and was declared gone.
+    fn peer_gone<'a>(&'a self, _node_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Moves messages between nodes.
@@ -70,8 +137,14 @@ pub trait Relay: Send + Sync + 'static {
     fn start(&self, node: Arc<dyn NodeView>) -> BoxFuture<'_, Result<(), RelayError>>;
 
     /// Send a message to the other nodes. Never blocks on the network: the
-    /// message is queued (pipelined); returns false if it was dropped.
-    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> bool;
+    /// message is queued (pipelined); the result says whether it was queued
+    /// and, later, whether Redis took it.
+    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> Relayed;
+
+    /// The longest a [`Relayed::Pending`] may take to settle.
+    fn settle_within(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
 
     /// Track which channels and users have local members, so the relay only
     /// receives what this node can deliver. Called after every change.
