@@ -1,5 +1,6 @@
 //! HTTP: the server API (`/api/*`, API key required), health (`/livez`,
-//! `/readyz`), `/metrics`, and the WebSocket front-ends' routes.
+//! `/readyz`), `/metrics`, and every front-end's routes (mounted from
+//! [`crate::frontend::registry`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +19,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::frontend;
-use crate::hub::Target;
-use crate::node::{Node, Published, Scope};
+use crate::delivery::{Delivery, Target};
+use crate::frontend::registry::frontends;
+use crate::node::{MeshError, Node, Published, Read, Scope};
 
 /// An API error: status, stable code, message.
 pub struct ApiError(StatusCode, &'static str, String);
@@ -49,9 +50,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/presence", get(presence))
         .route_layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(DefaultBodyLimit::max(node.config.max_message_size));
-    Router::new()
-        .merge(api)
-        .route("/websocket", get(frontend::websocket))
+    let mut router = Router::new().merge(api);
+    for frontend in frontends() {
+        router = router.merge(frontend.routes(&node));
+    }
+    router
         .route("/metrics", get(metrics))
         .route("/livez", get(|| async { Json(json!({"live": true})) }))
         .route("/readyz", get(readyz))
@@ -193,7 +196,8 @@ async fn notify_channels(
     check_ids(&req.channel_ids, "channel_ids")?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    node.publish_to(Target::Channels(req.channel_ids), frame, scope(req.local))
+    let delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
+    node.publish_channels(delivery, scope(req.local))
         .await
         .map(Json)
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
@@ -208,8 +212,7 @@ async fn notify_users(
     count(&node, "api_users");
     let frame = frame(&req.data)?;
     Ok(Json(node.publish(
-        Target::Users(req.root_ids),
-        frame,
+        Delivery::new(Target::Users(req.root_ids), frame),
         scope(req.local),
     )))
 }
@@ -223,8 +226,7 @@ async fn notify_clients(
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
     Ok(Json(node.publish(
-        Target::Clients(req.client_ids),
-        frame,
+        Delivery::new(Target::Clients(req.client_ids), frame),
         scope(req.local),
     )))
 }
@@ -236,7 +238,10 @@ async fn broadcast(
     let req: Broadcast = parse(&body)?;
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(Target::All, frame, scope(req.local))))
+    Ok(Json(node.publish(
+        Delivery::new(Target::All, frame),
+        scope(req.local),
+    )))
 }
 
 async fn disconnect(
@@ -256,7 +261,7 @@ async fn disconnect(
     let closed = node.disconnect(&req.client_ids, &req.root_ids, scope(req.local));
     Ok(Json(json!({
         "local_disconnects": closed,
-        "relayed": !req.local && node.relay.name() != "memory",
+        "relayed": !req.local && node.relay_name() != "memory",
     })))
 }
 
@@ -275,33 +280,23 @@ async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
-    let options = node.config.namespaces.options(&q.channel);
-    if !options.history() {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "no_history",
-            format!("channel {:?} keeps no history", q.channel),
-        ));
-    }
+    let options = node
+        .may_read(None, &q.channel, Read::History)
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
     let since = match (q.since_offset, q.epoch) {
         (None, None) => None,
         (Some(offset), Some(epoch)) => Some(crate::history::Position { offset, epoch }),
         _ => return Err(bad("since_offset and epoch go together")),
     };
-    let limit = q
-        .limit
-        .unwrap_or(options.history_size)
-        .min(options.history_size);
-    node.metrics.history_reads.inc();
+    let limit = q.limit.unwrap_or(options.history_size);
     let page = node
-        .history
-        .read(&q.channel, since.as_ref(), limit, &options)
+        .history(&q.channel, since.as_ref(), limit, &options)
         .await
         .map_err(|e| match e {
-            crate::history::HistoryError::BadPosition { .. } => bad(e.to_string()),
+            MeshError::BadPosition { .. } => bad(e.to_string()),
             e => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
         })?;
-    let frame = crate::frontend::native::history_frame(&q.channel, &page, None);
+    let frame = crate::frontend::native::codec::history_frame(&q.channel, &page, None);
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         frame.as_str().to_string(),
@@ -321,20 +316,12 @@ async fn presence(
     query: Result<Query<PresenceQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
-    if !node.config.namespaces.options(&q.channel).presence {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "no_presence",
-            format!("channel {:?} has no presence", q.channel),
-        ));
-    }
-    let clients = node.presence.list(&q.channel).await.map_err(|e| {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
-    })?;
+    node.may_read(None, &q.channel, Read::Presence)
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
+    let clients = node
+        .presence(&q.channel)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))?;
     Ok(Json(json!({
         "channel": q.channel,
         "count": clients.len(),

@@ -41,29 +41,7 @@ pub mod env {
     pub const PRESENCE_TTL_SECONDS: &str = "PUBMESH_PRESENCE_TTL_SECONDS";
 }
 
-/// Who may publish to channels from a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelPublish {
-    /// Any socket may publish to any channel.
-    Any,
-    /// Only members of a channel may publish to it.
-    Members,
-    /// Sockets may not publish to channels (the server API still can).
-    None,
-}
-
-/// Who may send `user` / `client` frames from a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DirectPublish {
-    /// Any socket, anonymous ones included.
-    Any,
-    /// Only sockets with a valid token.
-    Authenticated,
-    /// No socket (the server API still can).
-    None,
-}
+pub use crate::policy::{ChannelPublish, DirectPublish};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -193,7 +171,7 @@ pub struct FileConfig {
     pub presence_ttl_seconds: Option<u64>,
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
-    pub namespaces: Vec<crate::namespace::NamespaceConfig>,
+    pub namespaces: Vec<crate::policy::NamespaceConfig>,
 }
 
 /// The resolved configuration a node runs with.
@@ -226,7 +204,7 @@ pub struct Config {
     pub client_client_publish: DirectPublish,
     pub flush_window: Duration,
     pub presence_ttl: Duration,
-    pub namespaces: crate::namespace::Namespaces,
+    pub namespaces: crate::policy::Namespaces,
 }
 
 /// A configuration that cannot be used, with a message fit for the operator.
@@ -373,7 +351,7 @@ impl Config {
                     .or(file.presence_ttl_seconds)
                     .unwrap_or(30),
             ),
-            namespaces: crate::namespace::Namespaces::new(&file.namespaces)
+            namespaces: crate::policy::Namespaces::new(&file.namespaces)
                 .map_err(ConfigError::Invalid)?,
         };
         config.check()?;

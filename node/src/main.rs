@@ -55,7 +55,7 @@ async fn serve(config: Config) -> Result<(), pubmesh_node::StartError> {
     tracing::info!(
         node_id = node.node_id(),
         %addr,
-        relay = node.relay.name(),
+        relay = node.relay_name(),
         open_files,
         "pubmesh listening: ws://{addr}/websocket"
     );

@@ -3,12 +3,13 @@
 //! Routing (topic names from `pubmesh_cluster_proto::Topics`):
 //! - a channel's messages go to `{p}.ch.{{channel}}`, a user's to `{p}.u.{user}`;
 //!   a node subscribes to those only while it has local members, and lets go
-//!   [`LINGER`] after the last one leaves (so join/leave churn costs nothing);
+//!   [`LINGER`] after the last one leaves (so join/leave churn costs nothing;
+//!   see [`super::interest`]);
 //! - messages for client ids go straight to the owning node's inbox `{p}.n.{node}`;
 //! - broadcasts use `{p}.all`; membership, disconnects and channel queries `{p}.ctl`.
 //!
 //! With several `--redis-url`s each name lives on one server chosen by
-//! rendezvous hashing ([`super::shard_index`]); `{p}.all` and `{p}.ctl` live on
+//! rendezvous hashing ([`super::client::shard_index`]); `{p}.all` and `{p}.ctl` live on
 //! the first. With `--redis-cluster` every topic uses sharded pub/sub
 //! (`SSUBSCRIBE`/`SPUBLISH`), which Redis Cluster routes to the topic's slot.
 //!
@@ -18,7 +19,13 @@
 //! publisher's messages to one topic stay in order. Each server has a
 //! dedicated subscriber connection whose reader only decodes and pushes to
 //! outboxes. A node ignores the echo of its own messages (it delivered them
-//! locally first); history publications are the exception, see `redis_store`.
+//! locally first); history publications are the exception: the store's
+//! append script publishes them, and every node (this one included)
+//! delivers them from Redis, in offset order.
+//!
+//! What travels is the protocol-neutral delivery (cluster-proto version 2:
+//! data plus channel, event, kind, origin and audience); each node encodes
+//! it for its own connections' protocols.
 //!
 //! Why fred: its subscriber client re-issues subscriptions after a reconnect
 //! (plain, pattern and sharded ones), it pipelines commands sent concurrently
@@ -36,22 +43,23 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Value as RedisValue;
 use parking_lot::Mutex;
-use pubmesh_cluster_proto::{self as proto, Body, Delivery, Envelope, Targets, Topics};
+use pubmesh_cluster_proto::{self as proto, Body, Envelope, Extra, Targets, Topics};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{shard_index, BoxFuture, NodeInfo, NodeView, Relay, RelayError, RelayStatus};
+use super::client::shard_index;
+use super::interest::{interest_loop, Interest, Subscriptions};
+use super::membership::{unix_now, Membership, HEARTBEAT};
+use super::store::{PublishSpec, RedisStore};
 use crate::config::Config;
-use crate::hub::{InterestChange, Target};
+use crate::delivery::{BoxFuture, Delivery, DeliveryKind, InterestChange, Position, Target};
+use crate::history::HistoryError;
 use crate::metrics::Metrics;
-use crate::redis_store::{AppendPublisher, PublishSpec, RedisStore};
+use crate::policy::ChannelOptions;
+use crate::relay::{Appended, NodeInfo, NodeView, Relay, RelayError, RelayStatus};
 
-/// How long a topic stays subscribed after its last local member left.
-pub const LINGER: Duration = Duration::from_secs(2);
-/// How often a node announces itself.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// A peer silent this long is dropped from membership.
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+pub use super::interest::LINGER;
+pub use super::membership::PEER_TIMEOUT;
 /// Messages waiting per Redis server before publishes are dropped.
 const QUEUE: usize = 100_000;
 /// Publishing lanes per server: each has its own queue and task, so several
@@ -71,17 +79,6 @@ struct Server {
     lanes: Vec<mpsc::Sender<(String, Bytes)>>,
     /// Taken by the publisher task at start.
     lanes_rx: Mutex<Vec<mpsc::Receiver<(String, Bytes)>>>,
-}
-
-/// Subscription wishes, handed to the interest task.
-enum Interest {
-    Add(usize, String),
-    Remove(usize, String),
-}
-
-struct Peer {
-    info: proto::NodeInfo,
-    seen: Instant,
 }
 
 /// Recently seen (origin, seq) of multi-topic messages.
@@ -121,7 +118,9 @@ struct Inner {
     seq: AtomicU64,
     started_unix: u64,
     node: OnceLock<Arc<dyn NodeView>>,
-    peers: Mutex<HashMap<String, Peer>>,
+    membership: Membership,
+    /// History and presence; history appends publish through it.
+    store: Arc<RedisStore>,
     interest_tx: mpsc::UnboundedSender<Interest>,
     interest_rx: Mutex<Option<mpsc::UnboundedReceiver<Interest>>>,
     recent: Mutex<Recent>,
@@ -134,15 +133,12 @@ pub struct RedisRelay {
     inner: Arc<Inner>,
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl RedisRelay {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, RelayError> {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        store: Arc<RedisStore>,
+    ) -> Result<Self, RelayError> {
         let urls: Vec<String> = if config.redis_cluster {
             config.redis_urls.iter().take(1).cloned().collect()
         } else {
@@ -200,7 +196,8 @@ impl RedisRelay {
                 seq: AtomicU64::new(1),
                 started_unix: unix_now(),
                 node: OnceLock::new(),
-                peers: Mutex::new(HashMap::new()),
+                membership: Membership::default(),
+                store,
                 interest_tx,
                 interest_rx: Mutex::new(Some(interest_rx)),
                 recent: Mutex::new(Recent::default()),
@@ -226,7 +223,7 @@ impl Inner {
     /// Queue one payload for a topic on a server; false when dropped.
     fn send(&self, server: usize, topic: String, payload: Bytes, kind: &str) -> bool {
         let lanes = &self.servers[server].lanes;
-        let lane = super::shard_index(&topic, lanes.len());
+        let lane = shard_index(&topic, lanes.len());
         match lanes[lane].try_send((topic, payload)) {
             Ok(()) => {
                 self.metrics.relay_pipeline_depth.inc();
@@ -252,15 +249,17 @@ impl Inner {
         self.send(0, self.topics.control(), payload, kind);
     }
 
-    fn deliver_body(&self, targets: Targets, frame: &Utf8Bytes) -> Body {
-        Body::Deliver(Delivery {
+    fn deliver_body(&self, targets: Targets, delivery: &Delivery) -> Body {
+        Body::Deliver(proto::Delivery {
             targets,
-            frame: Bytes::from(frame.clone()),
+            frame: Bytes::from(delivery.data.clone()),
             exclude_client: None,
+            extra: extra_of(delivery),
         })
     }
 
-    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> bool {
+    fn publish(&self, delivery: &Delivery) -> bool {
+        let target = &delivery.target;
         match target {
             Target::Channels(names) | Target::Users(names) => {
                 let channels = matches!(target, Target::Channels(_));
@@ -269,7 +268,7 @@ impl Inner {
                 } else {
                     Targets::Users(names.clone())
                 };
-                let payload = self.envelope(self.deliver_body(targets, frame));
+                let payload = self.envelope(self.deliver_body(targets, delivery));
                 let mut sent = false;
                 for name in names {
                     let topic = if channels {
@@ -290,7 +289,7 @@ impl Inner {
                 }
                 let mut sent = false;
                 for (owner, ids) in by_node {
-                    let payload = self.envelope(self.deliver_body(Targets::Clients(ids), frame));
+                    let payload = self.envelope(self.deliver_body(Targets::Clients(ids), delivery));
                     sent |= self.send(
                         self.server_for(owner),
                         self.topics.node(owner),
@@ -301,7 +300,7 @@ impl Inner {
                 sent
             }
             Target::All => {
-                let payload = self.envelope(self.deliver_body(Targets::All, frame));
+                let payload = self.envelope(self.deliver_body(Targets::All, delivery));
                 self.send(0, self.topics.all(), payload, "deliver")
             }
         }
@@ -344,10 +343,10 @@ impl Inner {
                     Targets::Clients(v) => Target::Clients(v),
                     Targets::All => Target::All,
                 };
-                let Ok(frame) = Utf8Bytes::try_from(delivery.frame) else {
+                let Ok(data) = Utf8Bytes::try_from(delivery.frame) else {
                     return;
                 };
-                node.hub().deliver(&target, &frame);
+                node.deliver(&delivery_of(target, data, delivery.extra, None));
                 self.observe_latency(envelope.sent_at_micros);
             }
             Body::Publication {
@@ -355,13 +354,15 @@ impl Inner {
                 frame,
                 offset,
                 epoch,
+                extra,
             } => {
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
                 let Ok(data) = Utf8Bytes::try_from(frame) else {
                     return;
                 };
-                let position = crate::history::Position { offset, epoch };
-                node.deliver_publication(&channel, &position, &data);
+                let position = Position { offset, epoch };
+                let target = Target::Channels(vec![channel]);
+                node.deliver(&delivery_of(target, data, extra, Some(position)));
                 if !mine {
                     self.observe_latency(envelope.sent_at_micros);
                 }
@@ -371,24 +372,16 @@ impl Inner {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
-                let mut peers = self.peers.lock();
-                peers.insert(
-                    envelope.origin.clone(),
-                    Peer {
-                        info,
-                        seen: Instant::now(),
-                    },
-                );
-                self.metrics.relay_peers.set(peers.len() as i64);
+                let peers = self.membership.seen(envelope.origin.clone(), info);
+                self.metrics.relay_peers.set(peers as i64);
             }
             Body::Leaving { node_id } => {
                 if mine {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
-                let mut peers = self.peers.lock();
-                peers.remove(&node_id);
-                self.metrics.relay_peers.set(peers.len() as i64);
+                let peers = self.membership.left(&node_id);
+                self.metrics.relay_peers.set(peers as i64);
             }
             Body::Disconnect {
                 client_ids,
@@ -398,7 +391,7 @@ impl Inner {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
-                node.hub().disconnect(&client_ids, &root_ids);
+                node.disconnect_local(&client_ids, &root_ids);
             }
             Body::ChannelsRequest {
                 request_id,
@@ -408,7 +401,7 @@ impl Inner {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
-                let channels = node.hub().channel_counts();
+                let channels = node.channel_counts();
                 let payload = self.envelope(Body::ChannelsReply {
                     request_id,
                     channels,
@@ -529,167 +522,83 @@ async fn receive_loop(inner: Arc<Inner>, server: usize) {
     }
 }
 
-/// Keep each server's subscriptions equal to what local members need.
-async fn interest_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Interest>) {
-    let n = inner.servers.len();
-    let mut desired: Vec<HashSet<String>> = vec![HashSet::new(); n];
-    let mut confirmed: Vec<HashSet<String>> = vec![HashSet::new(); n];
-    let mut lingering: HashMap<(usize, String), Instant> = HashMap::new();
-    let mut ever_connected = vec![false; n];
-    // Set when a server's connection dropped with subscriptions on it.
-    let mut lost = vec![false; n];
-    // Topics every node always listens to.
-    desired[inner.server_for(&inner.node_id)].insert(inner.topics.node(&inner.node_id));
-    desired[0].insert(inner.topics.all());
-    desired[0].insert(inner.topics.control());
-    let permanent: Vec<HashSet<String>> = desired.clone();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            op = rx.recv() => {
-                let Some(op) = op else { return };
-                let mut next = Some(op);
-                while let Some(op) = next.take() {
-                    match op {
-                        Interest::Add(s, topic) => {
-                            lingering.remove(&(s, topic.clone()));
-                            desired[s].insert(topic);
-                        }
-                        Interest::Remove(s, topic) => {
-                            if !permanent[s].contains(&topic) {
-                                lingering.insert((s, topic), Instant::now() + LINGER);
-                            }
-                        }
-                    }
-                    next = rx.try_recv().ok();
-                }
-            }
-            _ = tick.tick() => {}
-        }
-        let now = Instant::now();
-        lingering.retain(|(s, topic), until| {
-            if *until <= now {
-                desired[*s].remove(topic);
-                false
-            } else {
-                true
-            }
-        });
-        for s in 0..n {
-            let subscriber = &inner.servers[s].subscriber;
-            if !subscriber.is_connected() {
-                if ever_connected[s] && !confirmed[s].is_empty() {
-                    lost[s] = true;
-                }
-                confirmed[s].clear();
-                continue;
-            }
-            let remove: Vec<String> = confirmed[s].difference(&desired[s]).cloned().collect();
-            if lost[s] {
-                // Reconnected: besides what the interest events built up,
-                // take the hub's own view of local members, to be safe.
-                if let Some(node) = inner.node.get() {
-                    let hub = node.hub();
-                    let channels = hub
-                        .channel_names()
-                        .into_iter()
-                        .map(|c| (inner.server_for(&c), inner.topics.channel(&c)));
-                    let users = hub
-                        .user_names()
-                        .into_iter()
-                        .map(|u| (inner.server_for(&u), inner.topics.user(&u)));
-                    for (owner, topic) in channels.chain(users) {
-                        if owner == s {
-                            desired[s].insert(topic);
-                        }
-                    }
-                }
-            }
-            let add: Vec<String> = desired[s].difference(&confirmed[s]).cloned().collect();
-            if !add.is_empty() {
-                if lost[s] {
-                    lost[s] = false;
-                    inner.metrics.relay_resubscribes.inc();
-                    tracing::info!(server = %inner.servers[s].url, topics = add.len(), "reconnected; resubscribing");
-                }
-                for chunk in groups(&add, inner.sharded) {
-                    let result = if inner.sharded {
-                        subscriber.ssubscribe(chunk.clone()).await
-                    } else {
-                        subscriber.subscribe(chunk.clone()).await
-                    };
-                    match result {
-                        Ok(()) => confirmed[s].extend(chunk.iter().cloned()),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "subscribe failed; will retry");
-                            break;
-                        }
-                    }
-                }
-                ever_connected[s] = true;
-            }
-            for chunk in groups(&remove, inner.sharded) {
-                let result = if inner.sharded {
-                    subscriber.sunsubscribe(chunk.clone()).await
-                } else {
-                    subscriber.unsubscribe(chunk.clone()).await
-                };
-                if result.is_ok() {
-                    for topic in &chunk {
-                        confirmed[s].remove(topic);
-                    }
-                }
-            }
-        }
-        let total: usize = confirmed.iter().map(HashSet::len).sum();
-        inner.metrics.relay_subscriptions.set(total as i64);
-    }
-}
-
-/// Split topics into (un)subscribe batches: at most 1000 per command and,
-/// for sharded pub/sub, one hash slot per command (Redis Cluster refuses
-/// `SSUBSCRIBE` across slots).
-fn groups(topics: &[String], sharded: bool) -> Vec<Vec<String>> {
-    if !sharded {
-        return topics.chunks(1000).map(<[String]>::to_vec).collect();
-    }
-    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-    for topic in topics {
-        by_slot
-            .entry(fred::util::redis_keyslot(topic.as_bytes()))
-            .or_default()
-            .push(topic.clone());
-    }
-    by_slot
-        .into_values()
-        .flat_map(|v| v.chunks(1000).map(<[String]>::to_vec).collect::<Vec<_>>())
-        .collect()
-}
-
 /// Announce this node every [`HEARTBEAT`] and forget silent peers.
 async fn heartbeat_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tick.tick().await;
         inner.control(Body::Heartbeat(inner.info()));
-        let mut peers = inner.peers.lock();
-        peers.retain(|_, p| p.seen.elapsed() < PEER_TIMEOUT);
-        inner.metrics.relay_peers.set(peers.len() as i64);
+        let peers = inner.membership.prune();
+        inner.metrics.relay_peers.set(peers as i64);
     }
 }
 
-impl AppendPublisher for Inner {
-    fn spec(&self, channel: &str, data: &Utf8Bytes) -> Option<PublishSpec> {
-        Some(PublishSpec {
+impl Inner {
+    /// How the append script publishes a history channel's publication.
+    fn spec(&self, channel: &str, delivery: &Delivery) -> PublishSpec {
+        PublishSpec {
             topic: self.topics.channel(channel),
             command: if self.sharded { "SPUBLISH" } else { "PUBLISH" },
             head: proto::encode_publication_head(
                 &self.node_id,
                 self.next_seq(),
                 channel,
-                data.as_bytes(),
+                delivery.data.as_bytes(),
+                &Extra {
+                    channel: None,
+                    ..extra_of(delivery)
+                },
             ),
-        })
+        }
+    }
+
+    /// Every topic local members need now: (server, topic).
+    fn current_topics(&self) -> Vec<(usize, String)> {
+        let Some(node) = self.node.get() else {
+            return Vec::new();
+        };
+        let (channels, users) = node.interest_now();
+        let channels = channels
+            .into_iter()
+            .map(|c| (self.server_for(&c), self.topics.channel(&c)));
+        let users = users
+            .into_iter()
+            .map(|u| (self.server_for(&u), self.topics.user(&u)));
+        channels.chain(users).collect()
+    }
+}
+
+/// The envelope's extra part of a delivery.
+fn extra_of(delivery: &Delivery) -> Extra {
+    Extra {
+        channel: delivery.channel.as_deref().map(str::to_string),
+        event: delivery.event.as_deref().map(str::to_string),
+        kind: delivery.kind.tag(),
+        origin_client: delivery.origin.as_deref().map(str::to_string),
+        audience: delivery.audience.clone(),
+    }
+}
+
+/// A delivery from what an envelope carried.
+fn delivery_of(
+    target: Target,
+    data: Utf8Bytes,
+    extra: Extra,
+    position: Option<Position>,
+) -> Delivery {
+    let channel = match &target {
+        Target::Channels(v) if v.len() == 1 => Some(Arc::from(v[0].as_str())),
+        _ => extra.channel.as_deref().map(Arc::from),
+    };
+    Delivery {
+        target,
+        channel,
+        event: extra.event.as_deref().map(Arc::from),
+        kind: DeliveryKind::from_tag(extra.kind),
+        data,
+        position,
+        origin: extra.origin_client.as_deref().map(Arc::from),
+        audience: extra.audience,
     }
 }
 
@@ -710,7 +619,26 @@ impl Relay for RedisRelay {
                 tokio::spawn(receive_loop(inner.clone(), i));
             }
             if let Some(rx) = inner.interest_rx.lock().take() {
-                tokio::spawn(interest_loop(inner.clone(), rx));
+                let me = inner.clone();
+                let subscriptions = Subscriptions {
+                    servers: inner
+                        .servers
+                        .iter()
+                        .map(|s| (s.url.clone(), s.subscriber.clone()))
+                        .collect(),
+                    sharded: inner.sharded,
+                    permanent: vec![
+                        (
+                            inner.server_for(&inner.node_id),
+                            inner.topics.node(&inner.node_id),
+                        ),
+                        (0, inner.topics.all()),
+                        (0, inner.topics.control()),
+                    ],
+                    current: Box::new(move || me.current_topics()),
+                    metrics: inner.metrics.clone(),
+                };
+                tokio::spawn(interest_loop(Arc::new(subscriptions), rx));
             }
             // Start degraded rather than fail when Redis is down: the clients
             // keep reconnecting and /readyz reports it meanwhile.
@@ -732,8 +660,29 @@ impl Relay for RedisRelay {
         })
     }
 
-    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> bool {
-        self.inner.publish(target, frame)
+    fn publish(&self, delivery: &Delivery) -> bool {
+        self.inner.publish(delivery)
+    }
+
+    fn publish_history<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<Appended, HistoryError>> {
+        Box::pin(async move {
+            let channel = delivery.channel.as_deref().unwrap_or_default();
+            let spec = self.inner.spec(channel, delivery);
+            let position = self
+                .inner
+                .store
+                .append_publish(channel, &delivery.data, options, Some(spec))
+                .await?;
+            Ok(Appended {
+                position,
+                echoed: true,
+                relayed: true,
+            })
+        })
     }
 
     fn interest(&self, change: &InterestChange) {
@@ -766,27 +715,7 @@ impl Relay for RedisRelay {
     }
 
     fn peers(&self) -> Vec<NodeInfo> {
-        let now = unix_now();
-        let mut peers: Vec<NodeInfo> = self
-            .inner
-            .peers
-            .lock()
-            .values()
-            .filter(|p| p.seen.elapsed() < PEER_TIMEOUT)
-            .map(|p| NodeInfo {
-                node_id: p.info.node_id.clone(),
-                connections: p.info.connections,
-                users: p.info.users,
-                channels: p.info.channels,
-                subscriptions: p.info.subscriptions,
-                ready: p.info.ready,
-                version: p.info.version.clone(),
-                uptime_seconds: now.saturating_sub(p.info.started_at_unix),
-                is_self: false,
-            })
-            .collect();
-        peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        peers
+        self.inner.membership.list()
     }
 
     fn remote_channels(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, RelayError>> {
@@ -868,9 +797,5 @@ impl Relay for RedisRelay {
 
     fn name(&self) -> &'static str {
         "redis"
-    }
-
-    fn attach_store(&self, store: Arc<RedisStore>) {
-        store.set_publisher(self.inner.clone() as Arc<dyn AppendPublisher>);
     }
 }
