@@ -75,9 +75,10 @@ def api_post(port: int, path: str, body: dict) -> dict:
 
 
 def metric_value(text: str, name: str) -> float:
+    """Sum of a metric's series, or the value of one full `name{labels}` series."""
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith(name + " ") or ("{" not in name and line.startswith(name + "{")):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -227,9 +228,10 @@ def redis_outage(cluster: Cluster) -> None:
             api_post(port, "/api/notify/channels", {"channel_ids": ["live-room"], "data": {"type": "x", "data": {}}})
         except urllib.error.HTTPError:
             pass
-        return "pubmesh_relay_dropped_total{" in cluster.metrics(port)
+        # Every labelled series exists at zero from the start: wait for the count.
+        return metric_value(cluster.metrics(port), 'pubmesh_relay_dropped_total{reason="redis_down"}') > 0
 
-    eventually(dropped, "pubmesh_relay_dropped_total while Redis is down")
+    eventually(dropped, "pubmesh_relay_dropped_total{reason=\"redis_down\"} > 0 while Redis is down")
     cluster.start_redis()
     for p in cluster.node_ports:
         eventually(lambda p=p: metric_value(cluster.metrics(p), "pubmesh_relay_up") == 1, f"relay up again on :{p}")

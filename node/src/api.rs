@@ -113,13 +113,10 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-fn check_ids(ids: &[String], name: &str) -> Result<(), ApiError> {
-    if ids.is_empty() {
-        return Err(bad(format!("{name} must not be empty")));
-    }
-    if ids.iter().any(|id| id.is_empty() || id.len() > 256) {
-        return Err(bad(format!("every id in {name} must be 1 to 256 bytes")));
-    }
+/// De-duplicated, capped and checked ids (see [`crate::limits::id_list`]).
+fn check_ids(node: &Node, ids: &mut Vec<String>, name: &str) -> Result<(), ApiError> {
+    *ids = crate::limits::id_list(std::mem::take(ids), name, node.config.max_ids_per_message)
+        .map_err(bad)?;
     Ok(())
 }
 
@@ -192,8 +189,8 @@ async fn notify_channels(
     State(node): State<Arc<Node>>,
     body: Bytes,
 ) -> Result<Json<Published>, ApiError> {
-    let req: NotifyChannels = parse(&body)?;
-    check_ids(&req.channel_ids, "channel_ids")?;
+    let mut req: NotifyChannels = parse(&body)?;
+    check_ids(&node, &mut req.channel_ids, "channel_ids")?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
     let delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
@@ -207,8 +204,8 @@ async fn notify_users(
     State(node): State<Arc<Node>>,
     body: Bytes,
 ) -> Result<Json<Published>, ApiError> {
-    let req: NotifyUsers = parse(&body)?;
-    check_ids(&req.root_ids, "root_ids")?;
+    let mut req: NotifyUsers = parse(&body)?;
+    check_ids(&node, &mut req.root_ids, "root_ids")?;
     count(&node, "api_users");
     let frame = frame(&req.data)?;
     Ok(Json(node.publish(
@@ -221,8 +218,8 @@ async fn notify_clients(
     State(node): State<Arc<Node>>,
     body: Bytes,
 ) -> Result<Json<Published>, ApiError> {
-    let req: NotifyClients = parse(&body)?;
-    check_ids(&req.client_ids, "client_ids")?;
+    let mut req: NotifyClients = parse(&body)?;
+    check_ids(&node, &mut req.client_ids, "client_ids")?;
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
     Ok(Json(node.publish(
@@ -248,13 +245,16 @@ async fn disconnect(
     State(node): State<Arc<Node>>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let req: Disconnect = parse(&body)?;
+    let mut req: Disconnect = parse(&body)?;
     if req.client_ids.is_empty() && req.root_ids.is_empty() {
         return Err(bad("give client_ids or root_ids"));
     }
-    for (ids, name) in [(&req.client_ids, "client_ids"), (&req.root_ids, "root_ids")] {
+    for (ids, name) in [
+        (&mut req.client_ids, "client_ids"),
+        (&mut req.root_ids, "root_ids"),
+    ] {
         if !ids.is_empty() {
-            check_ids(ids, name)?;
+            check_ids(&node, ids, name)?;
         }
     }
     count(&node, "api_disconnect");
@@ -280,6 +280,7 @@ async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    crate::limits::channel_name(&q.channel).map_err(bad)?;
     let options = node
         .may_read(None, &q.channel, Read::History)
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
@@ -316,6 +317,7 @@ async fn presence(
     query: Result<Query<PresenceQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    crate::limits::channel_name(&q.channel).map_err(bad)?;
     node.may_read(None, &q.channel, Read::Presence)
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
     let clients = node

@@ -1,6 +1,6 @@
 //! Client authentication: JWTs signed with an HS256 shared secret or checked
 //! with an RS256 / ES256 public key. `sub` becomes the socket's `root_id`; `exp`
-//! is required and enforced. Unsigned (`alg: none`) tokens never verify.
+//! is required and enforced, and so is `nbf` when present (no leeway for either). Unsigned (`alg: none`) tokens never verify.
 
 use std::path::Path;
 
@@ -15,6 +15,8 @@ pub enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet (nbf)")]
+    NotYetValid,
     #[error("token algorithm {0:?} is not accepted")]
     Algorithm(String),
     #[error("invalid token: {0}")]
@@ -115,13 +117,17 @@ impl Authenticator {
             });
         };
         let mut validation = Validation::new(header.alg);
+        // The same leeway (none) for `exp` and `nbf`: a token is used only
+        // inside the window its issuer gave it.
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
             .kind()
         {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
             _ => AuthError::Invalid(e.to_string()),
         })?;
         if data.claims.sub.is_empty() {
@@ -191,6 +197,39 @@ mod tests {
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1IiwiZXhwIjo5OTk5OTk5OTk5fQ.";
         assert!(auth.verify(none).is_err());
         assert!(matches!(auth.verify(""), Err(AuthError::Missing)));
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused_until_its_nbf() {
+        #[derive(Serialize)]
+        struct N<'a> {
+            sub: &'a str,
+            exp: u64,
+            nbf: u64,
+        }
+        let auth = Authenticator::new(Some("s3cret"), None).expect("auth");
+        let token = |nbf: u64| {
+            encode(
+                &Header::default(),
+                &N {
+                    sub: "u",
+                    exp: now() + 600,
+                    nbf,
+                },
+                &EncodingKey::from_secret(b"s3cret"),
+            )
+            .expect("encode")
+        };
+        assert!(matches!(
+            auth.verify(&token(now() + 300)),
+            Err(AuthError::NotYetValid)
+        ));
+        // Zero leeway, as for `exp`: one second early is still too early.
+        assert!(matches!(
+            auth.verify(&token(now() + 2)),
+            Err(AuthError::NotYetValid)
+        ));
+        assert_eq!(auth.verify(&token(now() - 1)).expect("valid").user_id, "u");
     }
 
     #[test]

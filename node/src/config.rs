@@ -23,6 +23,7 @@ pub mod env {
     pub const REDIS_URL: &str = "PUBMESH_REDIS_URL";
     pub const REDIS_PREFIX: &str = "PUBMESH_REDIS_PREFIX";
     pub const REDIS_CLUSTER: &str = "PUBMESH_REDIS_CLUSTER";
+    pub const REDIS_TLS_CA: &str = "PUBMESH_REDIS_TLS_CA";
     pub const BACKEND_URL: &str = "PUBMESH_BACKEND_URL";
     pub const WALKER_TIMEOUT_MS: &str = "PUBMESH_WALKER_TIMEOUT_MS";
     pub const DRAIN_SECONDS: &str = "PUBMESH_DRAIN_SECONDS";
@@ -34,6 +35,7 @@ pub mod env {
     pub const CLIENT_BURST: &str = "PUBMESH_CLIENT_BURST";
     pub const MAX_CHANNELS_PER_CONNECTION: &str = "PUBMESH_MAX_CHANNELS_PER_CONNECTION";
     pub const MAX_CONNECTIONS: &str = "PUBMESH_MAX_CONNECTIONS";
+    pub const MAX_IDS_PER_MESSAGE: &str = "PUBMESH_MAX_IDS_PER_MESSAGE";
     pub const CLIENT_CHANNEL_PUBLISH: &str = "PUBMESH_CLIENT_CHANNEL_PUBLISH";
     pub const CLIENT_USER_PUBLISH: &str = "PUBMESH_CLIENT_USER_PUBLISH";
     pub const CLIENT_CLIENT_PUBLISH: &str = "PUBMESH_CLIENT_CLIENT_PUBLISH";
@@ -89,6 +91,9 @@ pub struct Cli {
     /// Treat --redis-url as a Redis Cluster and use sharded pub/sub (SSUBSCRIBE/SPUBLISH)
     #[arg(long, env = env::REDIS_CLUSTER, num_args = 0..=1, default_missing_value = "true")]
     pub redis_cluster: Option<bool>,
+    /// PEM file with the CA certificate(s) that sign the Redis servers' certificates, for rediss:// URLs [default: the system's CAs]
+    #[arg(long, env = env::REDIS_TLS_CA)]
+    pub redis_tls_ca: Option<PathBuf>,
     /// Base URL of the walker backend (`POST {url}/walker/{name}`)
     #[arg(long, env = env::BACKEND_URL)]
     pub backend_url: Option<String>,
@@ -122,6 +127,9 @@ pub struct Cli {
     /// Connections this node accepts; further upgrades get 503 [default: open-file limit - 256]
     #[arg(long, env = env::MAX_CONNECTIONS)]
     pub max_connections: Option<usize>,
+    /// Distinct channel, user or client ids one frame or API call may name; duplicates are dropped first [default: 100]
+    #[arg(long, env = env::MAX_IDS_PER_MESSAGE)]
+    pub max_ids_per_message: Option<usize>,
     /// Who may publish `channel` frames from a socket [default: members]
     #[arg(long, env = env::CLIENT_CHANNEL_PUBLISH)]
     pub client_channel_publish: Option<ChannelPublish>,
@@ -154,6 +162,7 @@ pub struct FileConfig {
     pub redis_url: Vec<String>,
     pub redis_prefix: Option<String>,
     pub redis_cluster: Option<bool>,
+    pub redis_tls_ca: Option<PathBuf>,
     pub backend_url: Option<String>,
     pub walker_timeout_ms: Option<u64>,
     pub drain_seconds: Option<u64>,
@@ -164,6 +173,7 @@ pub struct FileConfig {
     pub client_burst: Option<u32>,
     pub max_channels_per_connection: Option<usize>,
     pub max_connections: Option<usize>,
+    pub max_ids_per_message: Option<usize>,
     pub client_channel_publish: Option<ChannelPublish>,
     pub client_user_publish: Option<DirectPublish>,
     pub client_client_publish: Option<DirectPublish>,
@@ -189,6 +199,8 @@ pub struct Config {
     pub redis_urls: Vec<String>,
     pub redis_prefix: String,
     pub redis_cluster: bool,
+    /// CA for `rediss://` URLs (None: the system's CAs).
+    pub redis_tls_ca: Option<PathBuf>,
     pub backend_url: Option<String>,
     pub walker_timeout: Duration,
     pub drain: Duration,
@@ -199,6 +211,7 @@ pub struct Config {
     pub client_burst: u32,
     pub max_channels_per_connection: usize,
     pub max_connections: Option<usize>,
+    pub max_ids_per_message: usize,
     pub client_channel_publish: ChannelPublish,
     pub client_user_publish: DirectPublish,
     pub client_client_publish: DirectPublish,
@@ -263,9 +276,21 @@ impl Config {
         for url in &redis_urls {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::Invalid(format!(
-                    "redis url {url:?} must start with redis:// or rediss://"
+                    "redis url {:?} must start with redis:// or rediss://",
+                    crate::redis_connect::redacted(url)
                 )));
             }
+        }
+        let redis_tls_ca = cli.redis_tls_ca.or(file.redis_tls_ca);
+        if redis_urls.iter().any(|u| crate::redis_connect::uses_tls(u)) {
+            // Refuse now rather than never connecting (or connecting in clear text).
+            crate::redis_connect::tls_config(redis_tls_ca.as_deref())
+                .map_err(ConfigError::Invalid)?;
+        } else if let Some(ca) = &redis_tls_ca {
+            return Err(ConfigError::Invalid(format!(
+                "--redis-tls-ca {} is given but no --redis-url is rediss://",
+                ca.display()
+            )));
         }
         let backend_url = cli
             .backend_url
@@ -305,6 +330,7 @@ impl Config {
                 .or(file.redis_prefix)
                 .unwrap_or_else(|| "pubmesh".to_string()),
             redis_cluster,
+            redis_tls_ca,
             backend_url,
             walker_timeout: Duration::from_millis(
                 cli.walker_timeout_ms
@@ -331,6 +357,10 @@ impl Config {
                 .or(file.max_channels_per_connection)
                 .unwrap_or(128),
             max_connections: cli.max_connections.or(file.max_connections),
+            max_ids_per_message: cli
+                .max_ids_per_message
+                .or(file.max_ids_per_message)
+                .unwrap_or(crate::limits::DEFAULT_MAX_IDS_PER_MESSAGE),
             client_channel_publish: cli
                 .client_channel_publish
                 .or(file.client_channel_publish)
@@ -368,6 +398,7 @@ impl Config {
                 "max_channels_per_connection",
                 self.max_channels_per_connection,
             ),
+            ("max_ids_per_message", self.max_ids_per_message),
         ];
         for (name, value) in positive {
             if value == 0 {

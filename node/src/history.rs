@@ -75,6 +75,29 @@ pub trait History: Send + Sync + 'static {
         limit: usize,
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<HistoryPage, HistoryError>>;
+
+    /// Like [`History::read`], but never creates anything: a channel without
+    /// stored history reads as empty at offset 0 with an empty epoch
+    /// ([`Position::none`]). `history` frames and `GET /api/history` peek, so
+    /// reading a million unknown names leaves no key and no memory behind.
+    /// (A positioned `subscribe` reads, so that its channel gets an epoch.)
+    fn peek<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Position>,
+        limit: usize,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<HistoryPage, HistoryError>>;
+}
+
+impl Position {
+    /// The position of a channel that has no history: offset 0, empty epoch.
+    pub fn none() -> Position {
+        Position {
+            offset: 0,
+            epoch: String::new(),
+        }
+    }
 }
 
 /// A fresh epoch: short, random, unique enough per channel lifetime.
@@ -220,6 +243,41 @@ impl History for MemoryHistory {
         });
         Box::pin(async move { page })
     }
+
+    fn peek<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Position>,
+        limit: usize,
+        _options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<HistoryPage, HistoryError>> {
+        let page = {
+            let streams = self.streams.lock();
+            match streams.get(channel) {
+                Some(s) if s.expires > Instant::now() => {
+                    let top = Position {
+                        offset: s.top,
+                        epoch: s.epoch.clone(),
+                    };
+                    page_from(s.entries.iter().cloned(), top, since, limit)
+                }
+                _ => page_from(
+                    std::iter::empty::<Publication>(),
+                    Position::none(),
+                    since,
+                    limit,
+                ),
+            }
+        };
+        Box::pin(async move { page })
+    }
+}
+
+impl MemoryHistory {
+    /// Channels this history holds state for (expired ones included until swept).
+    pub fn channel_count(&self) -> usize {
+        self.streams.lock().len()
+    }
 }
 
 #[cfg(test)]
@@ -259,6 +317,38 @@ mod tests {
             .await
             .expect("read");
         assert!(page.recovered && page.publications.is_empty());
+    }
+
+    #[tokio::test]
+    async fn peeking_at_unknown_channels_creates_nothing() {
+        let h = MemoryHistory::new();
+        let o = opts(10);
+        for i in 0..1000 {
+            let page = h
+                .peek(&format!("nobody-{i}"), None, 10, &o)
+                .await
+                .expect("peek");
+            assert!(page.publications.is_empty());
+            assert_eq!(page.top, Position::none());
+        }
+        let since = Position {
+            offset: 3,
+            epoch: "gone".into(),
+        };
+        let page = h.peek("nobody", Some(&since), 10, &o).await.expect("peek");
+        assert!(!page.recovered);
+        assert_eq!(h.channel_count(), 0);
+        // A channel with history peeks like it reads.
+        let first = h.append("c", &data(1), &o).await.expect("append");
+        h.append("c", &data(2), &o).await.expect("append");
+        let page = h.peek("c", Some(&first), 10, &o).await.expect("peek");
+        assert!(page.recovered);
+        assert_eq!(page.publications.len(), 1);
+        assert_eq!(
+            h.read("c", None, 10, &o).await.expect("read"),
+            h.peek("c", None, 10, &o).await.expect("peek")
+        );
+        assert_eq!(h.channel_count(), 1);
     }
 
     #[tokio::test]

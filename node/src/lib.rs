@@ -36,6 +36,7 @@ pub mod outbox;
 pub mod policy;
 pub mod presence;
 pub mod redis;
+pub mod redis_connect;
 pub mod relay;
 pub mod shutdown;
 pub mod transport;
@@ -86,6 +87,7 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
         let store = redis::store::RedisStore::connect(
             &config.redis_urls,
             config.redis_cluster,
+            config.redis_tls_ca.as_deref(),
             &config.redis_prefix,
             config.presence_ttl,
         )

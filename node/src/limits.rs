@@ -28,3 +28,154 @@ pub fn raise_open_files() -> u64 {
 
 /// Below this, a node cannot hold a useful number of connections.
 pub const LOW_OPEN_FILES: u64 = 4096;
+
+/// Longest channel, user or client id accepted, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// How many distinct ids one frame or API call may name when
+/// `--max-ids-per-message` is not given.
+pub const DEFAULT_MAX_IDS_PER_MESSAGE: usize = 100;
+
+/// The id list of one frame or API call (`channel_ids`, `root_ids`,
+/// `client_ids`), checked: not empty, every id 1 to [`MAX_ID_LEN`] bytes (and
+/// a valid [`channel_name`] when `field` is `channel_ids`), duplicates dropped
+/// keeping the first occurrence's place, and at most `max` distinct ids.
+///
+/// Repeating an id therefore costs nothing: one frame that lists a channel a
+/// thousand times publishes (and appends to its history) once.
+pub fn id_list(ids: Vec<String>, field: &str, max: usize) -> Result<Vec<String>, String> {
+    if ids.is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    let channels = field == "channel_ids";
+    let mut seen = std::collections::HashSet::with_capacity(ids.len().min(max + 1));
+    let mut out = Vec::with_capacity(ids.len().min(max));
+    for id in ids {
+        if channels {
+            channel_name(&id).map_err(|e| format!("{field}: {e}"))?;
+        } else if id.is_empty() || id.len() > MAX_ID_LEN {
+            return Err(format!(
+                "every id in {field} must be 1 to {MAX_ID_LEN} bytes"
+            ));
+        }
+        if seen.contains(id.as_str()) {
+            continue;
+        }
+        if out.len() == max {
+            return Err(format!(
+                "{field} may name at most {max} distinct ids (--max-ids-per-message)"
+            ));
+        }
+        seen.insert(id.clone());
+        out.push(id);
+    }
+    Ok(out)
+}
+
+/// Characters no channel name may contain: `{` and `}` (they would change
+/// the Redis Cluster hash tag `{name}` that keeps a channel's topic and keys
+/// in one slot), control characters, and the invisible direction and
+/// separator marks that make one name look like another.
+pub fn forbidden_in_channel(c: char) -> bool {
+    matches!(c,
+        '{' | '}'
+        // C0, DEL and C1 controls
+        | '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}'
+        // Arabic letter mark, left-to-right and right-to-left marks
+        | '\u{61c}' | '\u{200e}' | '\u{200f}'
+        // line and paragraph separators
+        | '\u{2028}' | '\u{2029}'
+        // bidi embeddings and overrides (LRE, RLE, PDF, LRO, RLO)
+        | '\u{202a}'..='\u{202e}'
+        // bidi isolates (LRI, RLI, FSI, PDI)
+        | '\u{2066}'..='\u{2069}'
+        // byte order mark / zero-width no-break space
+        | '\u{feff}')
+}
+
+/// A channel name is 1 to [`MAX_ID_LEN`] bytes of UTF-8 with none of the
+/// characters of [`forbidden_in_channel`] (docs/protocol.md, "Channel names").
+pub fn channel_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_ID_LEN {
+        return Err(format!("a channel name must be 1 to {MAX_ID_LEN} bytes"));
+    }
+    if let Some(c) = name.chars().find(|&c| forbidden_in_channel(c)) {
+        return Err(format!(
+            "a channel name may not contain U+{:04X} (braces, control characters and bidi marks are refused)",
+            c as u32
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn duplicates_are_dropped_keeping_first_places() {
+        let ids = strings(&["b", "a", "b", "c", "a", "b"]);
+        assert_eq!(
+            id_list(ids, "root_ids", 3).unwrap(),
+            strings(&["b", "a", "c"])
+        );
+        let many = vec!["x".to_string(); 16_364];
+        assert_eq!(id_list(many, "channel_ids", 1).unwrap(), strings(&["x"]));
+    }
+
+    #[test]
+    fn more_distinct_ids_than_the_cap_are_refused() {
+        let ids: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+        let err = id_list(ids.clone(), "channel_ids", 100).unwrap_err();
+        assert!(err.contains("at most 100"), "{err}");
+        assert_eq!(id_list(ids, "channel_ids", 101).unwrap().len(), 101);
+        assert!(id_list(Vec::new(), "client_ids", 5).is_err());
+        assert!(id_list(strings(&[""]), "client_ids", 5).is_err());
+        assert!(id_list(vec!["u".repeat(257)], "root_ids", 5).is_err());
+    }
+
+    #[test]
+    fn channel_names_refuse_braces_controls_and_bidi_marks() {
+        for bad in [
+            "",
+            "a{b",
+            "}",
+            "{x}",
+            "tab\there",
+            "nul\0",
+            "del\u{7f}",
+            "c1\u{85}",
+            "rlo\u{202e}gnp.exe",
+            "lri\u{2066}",
+            "pdi\u{2069}",
+            "lrm\u{200e}",
+            "alm\u{61c}",
+            "ls\u{2028}",
+            "bom\u{feff}",
+        ] {
+            assert!(channel_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(channel_name(&"c".repeat(257)).is_err());
+        for good in [
+            "room-1",
+            "chat:lobby",
+            "1730887348:796ad2e9fa3e484ebe01f071c381b7e8",
+            "h:x/y.z",
+            "with space",
+            "ünïcødé",
+            "日本語",
+            "emoji😀",
+            "a*b",
+        ] {
+            assert!(channel_name(good).is_ok(), "{good:?} refused");
+        }
+        assert!(channel_name(&"c".repeat(256)).is_ok());
+        // Other id lists keep any non-empty string (user ids are opaque).
+        assert!(id_list(strings(&["{u}"]), "root_ids", 5).is_ok());
+        assert!(id_list(strings(&["{u}"]), "channel_ids", 5).is_err());
+    }
+}

@@ -1,5 +1,7 @@
 //! The `pubmesh` binary: parse configuration, set up logging, bind, run.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use pubmesh_node::config::{Cli, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
@@ -12,9 +14,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG sets the level; by default pubmesh logs at info and reports
+    // Redis outages itself (the Redis client library only its errors).
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,fred=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: files, pipes and log collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),

@@ -15,6 +15,83 @@ const LATENCY_BUCKETS: &[f64] = &[
     2.5, 5.0,
 ];
 
+/// Label values of the labelled counters, as documented in docs/cluster.md.
+/// Each is created at zero when the node starts.
+pub mod labels {
+    /// `pubmesh_connections_closed_total{reason}`: `client` or a server close.
+    pub const CLOSED_REASONS: &[&str] = &[
+        "client",
+        "drain",
+        "too_big",
+        "unauthorized",
+        "disconnected",
+        "slow_consumer",
+        "rate_limited",
+    ];
+    /// `pubmesh_dropped_total{reason}`.
+    pub const DROPPED_REASONS: &[&str] = &["slow_consumer", "closed"];
+    /// `pubmesh_errors_total{code}`: every error code a client or API caller can get.
+    pub const ERROR_CODES: &[&str] = &[
+        "bad_json",
+        "bad_request",
+        "forbidden",
+        "unauthorized",
+        "too_many_channels",
+        "capacity",
+        "no_history",
+        "no_presence",
+        "not_found",
+        "bad_position",
+        "unavailable",
+        "no_backend",
+        "backend_timeout",
+        "backend_error",
+        "backend_unavailable",
+        "internal",
+    ];
+    /// `pubmesh_messages_in_total{kind}`: client frame types and API calls.
+    pub const MESSAGE_IN_KINDS: &[&str] = &[
+        "connection",
+        "change_user",
+        "channel",
+        "user",
+        "client",
+        "walker",
+        "subscribe",
+        "unsubscribe",
+        "history",
+        "presence",
+        "invalid",
+        "api_channels",
+        "api_users",
+        "api_clients",
+        "api_broadcast",
+        "api_disconnect",
+    ];
+    /// `pubmesh_messages_out_total{kind}`.
+    pub const MESSAGE_OUT_KINDS: &[&str] = &["channels", "users", "clients", "broadcast"];
+    /// `pubmesh_relay_published_total{kind}` and `pubmesh_relay_received_total{kind}`.
+    pub const ENVELOPE_KINDS: &[&str] = &[
+        "deliver",
+        "heartbeat",
+        "leaving",
+        "disconnect",
+        "channels_request",
+        "channels_reply",
+        "publication",
+    ];
+    /// `pubmesh_relay_dropped_total{reason}`.
+    pub const RELAY_DROPPED_REASONS: &[&str] = &[
+        "queue_full",
+        "redis_down",
+        "redis_error",
+        "lagged",
+        "decode",
+    ];
+    /// `pubmesh_recoveries_total{result}`.
+    pub const RECOVERY_RESULTS: &[&str] = &["ok", "failed"];
+}
+
 /// The node's metrics. Cheap to clone handles live inside; share it in an `Arc`.
 pub struct Metrics {
     pub registry: Registry,
@@ -242,7 +319,38 @@ impl Metrics {
         };
         m.ready.set(1);
         m.relay_up.set(1);
+        m.init_series();
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         m
+    }
+
+    /// Create every labelled series a dashboard or alert reads, at zero, so a
+    /// node at rest exposes them all and `rate()` has a baseline from the
+    /// first scrape (a series born at its first event hides that event).
+    fn init_series(&self) {
+        let sets: [(&IntCounterVec, &[&str]); 8] = [
+            (&self.connections_closed, labels::CLOSED_REASONS),
+            (&self.dropped, labels::DROPPED_REASONS),
+            (&self.errors, labels::ERROR_CODES),
+            (&self.messages_in, labels::MESSAGE_IN_KINDS),
+            (&self.messages_out, labels::MESSAGE_OUT_KINDS),
+            (&self.relay_published, labels::ENVELOPE_KINDS),
+            (&self.relay_received, labels::ENVELOPE_KINDS),
+            (&self.relay_dropped, labels::RELAY_DROPPED_REASONS),
+        ];
+        for (vec, values) in sets {
+            for value in values {
+                vec.with_label_values(&[value]);
+            }
+        }
+        for result in labels::RECOVERY_RESULTS {
+            self.recoveries.with_label_values(&[result]);
+        }
     }
 
     /// Prometheus text exposition of every metric.
@@ -270,5 +378,38 @@ mod tests {
             text.contains("pubmesh_relay_roundtrip_seconds_bucket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_node_at_rest_exposes_every_labelled_series_at_zero() {
+        let text = Metrics::new("n1").render();
+        for reason in labels::RELAY_DROPPED_REASONS {
+            let line = format!("pubmesh_relay_dropped_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+        for reason in labels::CLOSED_REASONS {
+            let line = format!("pubmesh_connections_closed_total{{reason=\"{reason}\"}} 0");
+            assert!(text.contains(&line), "{line} missing");
+        }
+        for code in labels::ERROR_CODES {
+            let line = format!("pubmesh_errors_total{{code=\"{code}\"}} 0");
+            assert!(text.contains(&line), "{line} missing");
+        }
+        assert!(text.contains("pubmesh_recoveries_total{result=\"failed\"} 0"));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_metrics_are_exported() {
+        let text = Metrics::new("n1").render();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} missing");
+        }
     }
 }

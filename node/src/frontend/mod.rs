@@ -8,8 +8,12 @@
 //!
 //! - [`native`]: `/websocket`, the jac-cloud compatible protocol.
 
+pub mod cells;
+pub mod chain;
 pub mod native;
+pub mod phoenix;
 pub mod registry;
+pub mod socketio;
 
 use std::sync::Arc;
 

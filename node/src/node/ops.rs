@@ -462,7 +462,7 @@ impl Node {
     ) -> Result<HistoryPage, MeshError> {
         self.metrics.history_reads.inc();
         let limit = limit.min(options.history_size);
-        Ok(self.history.read(channel, since, limit, options).await?)
+        Ok(self.history.peek(channel, since, limit, options).await?)
     }
 
     /// Who is in a channel, cluster-wide.

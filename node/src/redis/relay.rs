@@ -146,18 +146,12 @@ impl RedisRelay {
         };
         let mut servers = Vec::with_capacity(urls.len());
         for url in urls {
-            let parse = |cluster: bool| {
-                if cluster {
-                    fred::prelude::Config::from_url_clustered(&url)
-                } else {
-                    fred::prelude::Config::from_url(&url)
-                }
-                .map_err(|e| RelayError::Config(format!("bad redis url {url:?}: {e}")))
-            };
-            let mut redis_config = parse(config.redis_cluster)?;
-            // Follow the reconnect policy from the first attempt on, so a node
-            // started while Redis is down joins as soon as Redis is back.
-            redis_config.fail_fast = false;
+            let redis_config = crate::redis_connect::client_config(
+                &url,
+                config.redis_cluster,
+                config.redis_tls_ca.as_deref(),
+            )
+            .map_err(RelayError::Config)?;
             let mut builder = Builder::from_config(redis_config);
             builder
                 .with_performance_config(|p| {
@@ -175,10 +169,12 @@ impl RedisRelay {
             let subscriber = builder
                 .build_subscriber_client()
                 .map_err(|e| RelayError::Config(e.to_string()))?;
+            crate::redis_connect::log_outages(&publisher, &url, "relay publisher");
+            crate::redis_connect::log_outages(&subscriber, &url, "relay subscriber");
             let (lanes, lanes_rx): (Vec<_>, Vec<_>) =
                 (0..LANES).map(|_| mpsc::channel(QUEUE / LANES)).unzip();
             servers.push(Server {
-                url: url.clone(),
+                url: crate::redis_connect::redacted(&url),
                 publisher,
                 subscriber,
                 lanes,

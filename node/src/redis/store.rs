@@ -66,6 +66,24 @@ end
 return {top, epoch, entries}
 "#;
 
+/// Reads history without writing anything. KEYS: stream, meta. ARGV: start,
+/// count (as for READ). Returns {} when the channel has no history, else
+/// {top offset, epoch, entries}.
+const PEEK: &str = r#"
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  return {}
+end
+local top = tonumber(redis.call('hget', KEYS[2], 'o'))
+local entries
+if ARGV[1] == '-' then
+  entries = redis.call('xrevrange', KEYS[1], '+', '-', 'COUNT', ARGV[2])
+else
+  entries = redis.call('xrange', KEYS[1], ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+end
+return {top, epoch, entries}
+"#;
+
 /// How the append script publishes (set by the relay that owns the topics).
 pub struct PublishSpec {
     /// The Redis channel to publish on.
@@ -100,6 +118,7 @@ impl RedisStore {
     pub fn connect(
         urls: &[String],
         cluster: bool,
+        tls_ca: Option<&std::path::Path>,
         prefix: &str,
         presence_ttl: Duration,
     ) -> Result<Arc<Self>, String> {
@@ -110,13 +129,7 @@ impl RedisStore {
             urls.to_vec()
         };
         for url in &urls {
-            let mut config = if cluster {
-                Config::from_url_clustered(url)
-            } else {
-                Config::from_url(url)
-            }
-            .map_err(|e| format!("bad redis url {url:?}: {e}"))?;
-            config.fail_fast = false;
+            let config = crate::redis_connect::client_config(url, cluster, tls_ca)?;
             let client = Builder::from_config(config)
                 .with_performance_config(|p| {
                     p.default_command_timeout = Duration::from_secs(2);
@@ -128,6 +141,7 @@ impl RedisStore {
                 .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
                 .build()
                 .map_err(|e| format!("redis client for {url:?}: {e}"))?;
+            crate::redis_connect::log_outages(&client, url, "history and presence");
             drop(client.connect());
             clients.push(client);
         }
@@ -253,62 +267,101 @@ impl History for RedisStore {
         limit: usize,
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<HistoryPage, HistoryError>> {
-        Box::pin(async move {
-            let (start, count) = match since {
-                None => ("-".to_string(), limit.max(1)),
-                Some(p) => ((p.offset + 1).to_string(), limit.saturating_add(1).max(1)),
-            };
-            let keys = vec![self.key("h", channel), self.key("hm", channel)];
-            let args: Vec<RedisValue> = vec![
-                new_epoch().into(),
-                (options.history_ttl_seconds.max(1) as i64).into(),
-                start.into(),
-                (count as i64).into(),
-            ];
-            let reply: RedisValue = Self::script(self.client(channel), READ, keys, args)
-                .await
-                .map_err(unavailable)?;
-            let RedisValue::Array(mut parts) = reply else {
-                return Err(HistoryError::Unavailable("unexpected read reply".into()));
-            };
-            if parts.len() != 3 {
-                return Err(HistoryError::Unavailable("unexpected read reply".into()));
+        Box::pin(self.read_page(channel, since, limit, Some(options)))
+    }
+
+    fn peek<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a Position>,
+        limit: usize,
+        _options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<HistoryPage, HistoryError>> {
+        Box::pin(self.read_page(channel, since, limit, None))
+    }
+}
+
+impl RedisStore {
+    /// A history read: with `create` options, a channel without history gets
+    /// an epoch (READ); without, nothing is written (PEEK).
+    async fn read_page(
+        &self,
+        channel: &str,
+        since: Option<&Position>,
+        limit: usize,
+        create: Option<&ChannelOptions>,
+    ) -> Result<HistoryPage, HistoryError> {
+        let (start, count) = match since {
+            None => ("-".to_string(), limit.max(1)),
+            Some(p) => ((p.offset + 1).to_string(), limit.saturating_add(1).max(1)),
+        };
+        let keys = vec![self.key("h", channel), self.key("hm", channel)];
+        let (lua, args): (&'static str, Vec<RedisValue>) = match create {
+            Some(options) => (
+                READ,
+                vec![
+                    new_epoch().into(),
+                    (options.history_ttl_seconds.max(1) as i64).into(),
+                    start.into(),
+                    (count as i64).into(),
+                ],
+            ),
+            None => (PEEK, vec![start.into(), (count as i64).into()]),
+        };
+        let reply: RedisValue = Self::script(self.client(channel), lua, keys, args)
+            .await
+            .map_err(unavailable)?;
+        let mut parts = match reply {
+            RedisValue::Array(parts) => parts,
+            // PEEK of a channel without history (an empty Lua table).
+            RedisValue::Null => Vec::new(),
+            _ => return Err(HistoryError::Unavailable("unexpected read reply".into())),
+        };
+        if parts.is_empty() && create.is_none() {
+            return crate::history::page_from(
+                std::iter::empty::<Publication>(),
+                Position::none(),
+                since,
+                limit,
+            );
+        }
+        if parts.len() != 3 {
+            return Err(HistoryError::Unavailable("unexpected read reply".into()));
+        }
+        let entries = parse_entries(parts.pop().expect("3 parts"))?;
+        let epoch = parts.pop().and_then(|v| v.as_string()).unwrap_or_default();
+        let offset = parts.pop().and_then(|v| v.as_u64()).unwrap_or(0);
+        let top = Position { offset, epoch };
+        match since {
+            None => {
+                let mut publications = entries;
+                publications.reverse();
+                if limit == 0 {
+                    publications.clear();
+                }
+                Ok(HistoryPage {
+                    publications,
+                    top,
+                    recovered: true,
+                })
             }
-            let entries = parse_entries(parts.pop().expect("3 parts"))?;
-            let epoch = parts.pop().and_then(|v| v.as_string()).unwrap_or_default();
-            let offset = parts.pop().and_then(|v| v.as_u64()).unwrap_or(0);
-            let top = Position { offset, epoch };
-            match since {
-                None => {
-                    let mut publications = entries;
-                    publications.reverse();
-                    if limit == 0 {
-                        publications.clear();
-                    }
-                    Ok(HistoryPage {
-                        publications,
+            Some(p) => {
+                // The retained window as the generic selector expects it:
+                // everything from the first entry after `p` to the top.
+                let contiguous = entries
+                    .first()
+                    .map(|e| e.offset == p.offset + 1)
+                    .unwrap_or(p.offset == top.offset);
+                if p.epoch == top.epoch && p.offset <= top.offset && !contiguous {
+                    return Ok(HistoryPage {
+                        publications: Vec::new(),
                         top,
-                        recovered: true,
-                    })
+                        recovered: false,
+                    });
                 }
-                Some(p) => {
-                    // The retained window as the generic selector expects it:
-                    // everything from the first entry after `p` to the top.
-                    let contiguous = entries
-                        .first()
-                        .map(|e| e.offset == p.offset + 1)
-                        .unwrap_or(p.offset == top.offset);
-                    if p.epoch == top.epoch && p.offset <= top.offset && !contiguous {
-                        return Ok(HistoryPage {
-                            publications: Vec::new(),
-                            top,
-                            recovered: false,
-                        });
-                    }
-                    crate::history::page_from(entries.into_iter(), top, Some(p), limit)
-                }
+                crate::history::page_from(entries.into_iter(), top, Some(p), limit)
             }
-        })
+        }
     }
 }
 

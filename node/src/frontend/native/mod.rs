@@ -99,7 +99,10 @@ async fn websocket(
             )
                 .into_response()
         }
-        Some(c) => c.clone(),
+        Some(c) => match crate::limits::channel_name(c) {
+            Ok(()) => c.clone(),
+            Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+        },
         None => fresh_channel_id(),
     };
     if let Err(e) = node.may_subscribe_as(&identity, &home) {

@@ -10,8 +10,7 @@ use crate::node::MeshError;
 
 /// Longest `ref` echoed back, in bytes of JSON.
 pub const MAX_REF_LEN: usize = 64;
-/// Longest channel, user or client id accepted, in bytes.
-pub const MAX_ID_LEN: usize = 256;
+pub use crate::limits::MAX_ID_LEN;
 
 /// Every field a client frame may carry, unparsed.
 #[derive(Deserialize)]
@@ -71,19 +70,11 @@ pub fn valid_ref(r: &RawValue) -> bool {
     }
 }
 
-pub fn ids(field: Option<&RawValue>, name: &str) -> Result<Vec<String>, Reject> {
+pub fn ids(field: Option<&RawValue>, name: &str, max: usize) -> Result<Vec<String>, Reject> {
     let raw = field.ok_or_else(|| bad(format!("{name} is required")))?;
     let list: Vec<String> = serde_json::from_str(raw.get())
         .map_err(|_| bad(format!("{name} must be a list of strings")))?;
-    if list.is_empty() {
-        return Err(bad(format!("{name} must not be empty")));
-    }
-    if list.iter().any(|id| id.is_empty() || id.len() > MAX_ID_LEN) {
-        return Err(bad(format!(
-            "every id in {name} must be 1 to {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(list)
+    crate::limits::id_list(list, name, max).map_err(bad)
 }
 
 /// `data` must be a JSON object (as in jac-cloud); it is delivered verbatim.

@@ -40,6 +40,10 @@ impl NativeSession {
         }
     }
 
+    fn max_ids(&self) -> usize {
+        self.node.config.max_ids_per_message
+    }
+
     fn send(&self, frame: Utf8Bytes) {
         self.node.send(&self.conn, frame);
     }
@@ -131,7 +135,7 @@ impl NativeSession {
                 }
             }
             "channel" => {
-                let channels = ids(f.channel_ids, "channel_ids")?;
+                let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
                 let frame = data(f.data)?;
                 let delivery = Delivery::new(Target::Channels(channels), frame);
                 let done = self.node.client_publish(&self.conn, delivery).await?;
@@ -140,9 +144,9 @@ impl NativeSession {
             }
             "user" | "client" => {
                 let target = if kind == "user" {
-                    Target::Users(ids(f.root_ids, "root_ids")?)
+                    Target::Users(ids(f.root_ids, "root_ids", self.max_ids())?)
                 } else {
-                    Target::Clients(ids(f.client_ids, "client_ids")?)
+                    Target::Clients(ids(f.client_ids, "client_ids", self.max_ids())?)
                 };
                 let frame = data(f.data)?;
                 let delivery = Delivery::new(target, frame);
@@ -152,7 +156,7 @@ impl NativeSession {
             }
             "subscribe" => self.subscribe(f, reference).await,
             "unsubscribe" => {
-                let channels = ids(f.channel_ids, "channel_ids")?;
+                let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
                 let reply = ack("unsubscribed", &channels, reference);
                 self.node.leave(&self.conn, &channels, || Some(reply)).await;
                 Ok(())
@@ -171,7 +175,7 @@ impl NativeSession {
         f: &Fields<'_>,
         reference: Option<&RawValue>,
     ) -> Result<(), Reject> {
-        let channels = ids(f.channel_ids, "channel_ids")?;
+        let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
         let positioned = boolean(f.positioned, "positioned")?;
         let since: HashMap<String, Position> = match f.since {
             None => HashMap::new(),
@@ -219,6 +223,7 @@ impl NativeSession {
     ) -> Result<(String, ChannelOptions), Reject> {
         let channel =
             string(f.channel_id, "channel_id")?.ok_or_else(|| bad("channel_id is required"))?;
+        crate::limits::channel_name(&channel).map_err(bad)?;
         let options = self.node.may_read(Some(&self.conn), &channel, what)?;
         Ok((channel, options))
     }

@@ -1,0 +1,900 @@
+//! The Pydio Cells websocket gateway's wire format: `/ws/event` control
+//! messages and node events, the event batcher's merge, and the `/ws/chat`
+//! messages.
+//!
+//! Cells writes its messages with protojson, and its web client relies on
+//! protojson's conventions, which these types keep:
+//!
+//! - field names are the proto field names (`Uuid`, `RoomTypeObject`, …),
+//!   the message type is `@type`;
+//! - enums travel as their names (`"NODE"`), and numbers are accepted too;
+//! - int64 fields travel as strings (`"Timestamp":"1700000000"`), and
+//!   numbers are accepted too;
+//! - zero values are left out: a `CREATE` node event has no `Type`, a
+//!   `GLOBAL` room no `Type`, a `JOIN` message no `@type`.
+//!
+//! Nothing here knows about nodes, hubs or sessions.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// The literal text frame Cells sends after a batch of node events (its
+/// client ignores it).
+pub const DUMP: &str = "\"dump\"";
+/// The error text for a subscribe without a token on `/ws/event`.
+pub const EMPTY_JWT_EVENT: &str = "empty jwt";
+/// The error text for a subscribe without a token on `/ws/chat`.
+pub const EMPTY_JWT_CHAT: &str = "Empty JWT";
+/// The largest frame Cells reads (melody's `MaxMessageSize`).
+pub const MAX_MESSAGE_SIZE: usize = 2048;
+
+// ---------------------------------------------------------------------------
+// Control messages (`/ws/event` and `/ws/chat`)
+
+/// A control message from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// `{"@type":"subscribe","jwt":…}`: start, or refresh the claims.
+    Subscribe { jwt: String },
+    /// `{"@type":"unsubscribe"}`: forget the claims.
+    Unsubscribe,
+    /// Any other `@type` (ignored on `/ws/event`).
+    Other(String),
+}
+
+/// Why a control message was refused (the socket is then closed with
+/// [`error_frame`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Json(String),
+    #[error("empty jwt")]
+    EmptyJwt,
+}
+
+impl Control {
+    /// Decode a `/ws/event` frame.
+    pub fn decode(text: &str) -> Result<Control, ControlError> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(rename = "@type", default)]
+            kind: String,
+            #[serde(default)]
+            jwt: String,
+        }
+        let raw: Raw = serde_json::from_str(text).map_err(|e| ControlError::Json(e.to_string()))?;
+        match raw.kind.as_str() {
+            "subscribe" if raw.jwt.is_empty() => Err(ControlError::EmptyJwt),
+            "subscribe" => Ok(Control::Subscribe { jwt: raw.jwt }),
+            "unsubscribe" => Ok(Control::Unsubscribe),
+            _ => Ok(Control::Other(raw.kind)),
+        }
+    }
+}
+
+/// `{"@type":"error","jwt":"","error":"<text>"}`, the payload Cells closes
+/// a socket with.
+pub fn error_frame(text: &str) -> String {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        #[serde(rename = "@type")]
+        kind: &'static str,
+        jwt: &'static str,
+        error: &'a str,
+    }
+    serde_json::to_string(&Error {
+        kind: "error",
+        jwt: "",
+        error: text,
+    })
+    .expect("an error frame serializes")
+}
+
+// ---------------------------------------------------------------------------
+// protojson helpers
+
+/// int64 as protojson writes it (a string) and reads it (string or number).
+mod int64 {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Num(i64),
+            Str(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Num(n) => Ok(n),
+            Either::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+
+    pub fn is_zero(v: &i64) -> bool {
+        *v == 0
+    }
+}
+
+/// A protojson enum: written as its name, read from its name or number.
+macro_rules! proto_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $n:literal => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+        pub enum $name {
+            #[default]
+            $($variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn number(self) -> i32 {
+                match self { $($name::$variant => $n),+ }
+            }
+
+            pub fn is_zero(&self) -> bool {
+                self.number() == 0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = Value::deserialize(d)?;
+                let found = match &v {
+                    Value::String(s) => [$(($text, $name::$variant)),+]
+                        .into_iter()
+                        .find(|(t, _)| t == s)
+                        .map(|(_, e)| e),
+                    Value::Number(n) => [$(($n, $name::$variant)),+]
+                        .into_iter()
+                        .find(|(k, _)| Some(*k as i64) == n.as_i64())
+                        .map(|(_, e)| e),
+                    _ => None,
+                };
+                found.ok_or_else(|| serde::de::Error::custom(format!(
+                    concat!("unknown ", stringify!($name), " {}"), v
+                )))
+            }
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------
+// Node events (`/ws/event`)
+
+proto_enum!(
+    /// `tree.NodeChangeEvent.EventType`.
+    EventType {
+        Create = 0 => "CREATE",
+        Read = 1 => "READ",
+        UpdatePath = 2 => "UPDATE_PATH",
+        UpdateContent = 3 => "UPDATE_CONTENT",
+        UpdateMeta = 4 => "UPDATE_META",
+        Delete = 5 => "DELETE",
+        UpdateUserMeta = 6 => "UPDATE_USER_META",
+    }
+);
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A tree node as node events carry it (`tree.Node`). Fields this module
+/// does not merge pass through in `other`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Node {
+    #[serde(rename = "Uuid", default, skip_serializing_if = "String::is_empty")]
+    pub uuid: String,
+    #[serde(rename = "Path", default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// `LEAF` or `COLLECTION` (left as text).
+    #[serde(rename = "Type", default, skip_serializing_if = "String::is_empty")]
+    pub node_type: String,
+    #[serde(rename = "Etag", default, skip_serializing_if = "String::is_empty")]
+    pub etag: String,
+    #[serde(
+        rename = "MTime",
+        default,
+        with = "int64",
+        skip_serializing_if = "int64::is_zero"
+    )]
+    pub mtime: i64,
+    #[serde(
+        rename = "Size",
+        default,
+        with = "int64",
+        skip_serializing_if = "int64::is_zero"
+    )]
+    pub size: i64,
+    /// Values are JSON texts (`"EventWorkspaceId":"\"ws1\""`).
+    #[serde(
+        rename = "MetaStore",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub meta_store: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// A node change (`tree.NodeChangeEvent`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeChangeEvent {
+    #[serde(rename = "Type", default, skip_serializing_if = "EventType::is_zero")]
+    pub kind: EventType,
+    #[serde(rename = "Source", default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Node>,
+    #[serde(rename = "Target", default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Node>,
+    #[serde(rename = "Silent", default, skip_serializing_if = "is_false")]
+    pub silent: bool,
+    #[serde(rename = "Optimistic", default, skip_serializing_if = "is_false")]
+    pub optimistic: bool,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// The result of merging a burst of events for one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    pub event: NodeChangeEvent,
+    /// Whether the target should be re-read per session before sending
+    /// (false after a CREATE, whose target is fresh).
+    pub refresh_target: bool,
+}
+
+/// The etag Cells puts on nodes whose content is still being written.
+pub const TEMPORARY_ETAG: &str = "temporary";
+
+/// Merge a burst of events for one node into one, as Cells' batcher does:
+///
+/// - the type: `CREATE` if any event was a `CREATE`, else the last type;
+/// - the source: the last event's;
+/// - the target: the first target is the base; a later target fills an
+///   empty `Path`, replaces `Etag` (except by `temporary`), `Type`, `MTime`
+///   and `Size` when it has them, and its `MetaStore` keys are merged in,
+///   later values winning;
+/// - other fields: the last event's.
+///
+/// `None` for an empty burst.
+pub fn merge(events: &[NodeChangeEvent]) -> Option<Merged> {
+    let last = events.last()?;
+    let created = events.iter().any(|e| e.kind == EventType::Create);
+    let mut target: Option<Node> = None;
+    for t in events.iter().filter_map(|e| e.target.as_ref()) {
+        let Some(base) = target.as_mut() else {
+            target = Some(t.clone());
+            continue;
+        };
+        if base.path.is_empty() {
+            base.path.clone_from(&t.path);
+        }
+        if !t.etag.is_empty() && t.etag != TEMPORARY_ETAG {
+            base.etag.clone_from(&t.etag);
+        }
+        if !t.node_type.is_empty() {
+            base.node_type.clone_from(&t.node_type);
+        }
+        if t.mtime != 0 {
+            base.mtime = t.mtime;
+        }
+        if t.size != 0 {
+            base.size = t.size;
+        }
+        for (k, v) in &t.meta_store {
+            base.meta_store.insert(k.clone(), v.clone());
+        }
+    }
+    let mut event = last.clone();
+    event.kind = if created {
+        EventType::Create
+    } else {
+        last.kind
+    };
+    event.target = target;
+    Some(Merged {
+        event,
+        refresh_target: !created,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Chat (`/ws/chat`)
+
+proto_enum!(
+    /// `chat.RoomType`.
+    RoomType {
+        Global = 0 => "GLOBAL",
+        Workspace = 1 => "WORKSPACE",
+        User = 2 => "USER",
+        Node = 3 => "NODE",
+        Any = 4 => "ANY",
+    }
+);
+
+proto_enum!(
+    /// `chat.WsMessageType`.
+    WsMessageType {
+        Join = 0 => "JOIN",
+        Leave = 1 => "LEAVE",
+        Post = 2 => "POST",
+        RoomUpdate = 3 => "ROOM_UPDATE",
+        History = 4 => "HISTORY",
+        DeleteMsg = 5 => "DELETE_MSG",
+        DeleteRoom = 6 => "DELETE_ROOM",
+    }
+);
+
+fn is_zero_i32(v: &i32) -> bool {
+    *v == 0
+}
+
+/// `chat.ChatRoom`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ChatRoom {
+    #[serde(rename = "Uuid", default, skip_serializing_if = "String::is_empty")]
+    pub uuid: String,
+    #[serde(rename = "Type", default, skip_serializing_if = "RoomType::is_zero")]
+    pub kind: RoomType,
+    #[serde(
+        rename = "RoomTypeObject",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub type_object: String,
+    #[serde(
+        rename = "RoomLabel",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub label: String,
+    #[serde(rename = "Users", default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// int32: a JSON number.
+    #[serde(rename = "LastUpdated", default, skip_serializing_if = "is_zero_i32")]
+    pub last_updated: i32,
+}
+
+/// `chat.ChatMessage`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ChatMessage {
+    #[serde(rename = "Uuid", default, skip_serializing_if = "String::is_empty")]
+    pub uuid: String,
+    #[serde(rename = "RoomUuid", default, skip_serializing_if = "String::is_empty")]
+    pub room_uuid: String,
+    #[serde(rename = "Message", default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(rename = "Author", default, skip_serializing_if = "String::is_empty")]
+    pub author: String,
+    /// Unix seconds; int64, so a JSON string.
+    #[serde(
+        rename = "Timestamp",
+        default,
+        with = "int64",
+        skip_serializing_if = "int64::is_zero"
+    )]
+    pub timestamp: i64,
+    /// An `activity.Object`, passed through.
+    #[serde(rename = "Activity", default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Value>,
+    #[serde(rename = "Info", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub info: BTreeMap<String, String>,
+}
+
+/// `chat.WebSocketMessage`: the envelope of chat frames in both directions.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WebSocketMessage {
+    #[serde(
+        rename = "@type",
+        default,
+        skip_serializing_if = "WsMessageType::is_zero"
+    )]
+    pub kind: WsMessageType,
+    #[serde(rename = "Room", default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<ChatRoom>,
+    #[serde(rename = "Message", default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<ChatMessage>,
+}
+
+/// A `HISTORY` page (`Message.Message` = `{"Offset":…,"Limit":…}`);
+/// `limit` 0 means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HistoryRange {
+    #[serde(rename = "Offset", default)]
+    pub offset: i64,
+    #[serde(rename = "Limit", default)]
+    pub limit: i64,
+}
+
+/// What a chat client asked for, from one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatRequest {
+    /// `subscribe` / `unsubscribe`, as on `/ws/event`.
+    Control(Control),
+    /// `JOIN` (a `ping` is the 15 s keep-alive, `"Message":{"Message":"PING"}`:
+    /// it must not create the room).
+    Join {
+        room: ChatRoom,
+        ping: bool,
+    },
+    Leave {
+        room: ChatRoom,
+    },
+    History {
+        room: ChatRoom,
+        range: HistoryRange,
+    },
+    Post {
+        message: ChatMessage,
+    },
+    DeleteMsg {
+        message: ChatMessage,
+    },
+    /// `ROOM_UPDATE` / `DELETE_ROOM` sent by a client (Cells ignores them).
+    Ignored(WsMessageType),
+}
+
+/// Why a chat frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    Json(String),
+    #[error("empty jwt")]
+    EmptyJwt,
+    #[error("{0} needs a Room")]
+    MissingRoom(&'static str),
+    #[error("{0} needs a Message")]
+    MissingMessage(&'static str),
+    #[error("history range is not JSON: {0}")]
+    BadRange(String),
+    #[error("history offset and limit must not be negative")]
+    NegativeRange,
+}
+
+/// The keep-alive text of a `JOIN` ping.
+pub const PING: &str = "PING";
+
+impl ChatRequest {
+    /// Decode a `/ws/chat` frame.
+    pub fn decode(text: &str) -> Result<ChatRequest, ChatError> {
+        // Control messages first, as Cells does.
+        #[derive(Deserialize)]
+        struct Probe {
+            #[serde(rename = "@type", default)]
+            kind: Option<Value>,
+        }
+        let probe: Probe =
+            serde_json::from_str(text).map_err(|e| ChatError::Json(e.to_string()))?;
+        if let Some(Value::String(k)) = &probe.kind {
+            if k == "subscribe" || k == "unsubscribe" {
+                return match Control::decode(text) {
+                    Ok(c) => Ok(ChatRequest::Control(c)),
+                    Err(ControlError::EmptyJwt) => Err(ChatError::EmptyJwt),
+                    Err(ControlError::Json(e)) => Err(ChatError::Json(e)),
+                };
+            }
+        }
+        let m: WebSocketMessage =
+            serde_json::from_str(text).map_err(|e| ChatError::Json(e.to_string()))?;
+        let name = m.kind.as_str();
+        let room = |m: &WebSocketMessage| m.room.clone().ok_or(ChatError::MissingRoom(name));
+        Ok(match m.kind {
+            WsMessageType::Join => ChatRequest::Join {
+                room: room(&m)?,
+                ping: m.message.as_ref().is_some_and(|msg| msg.message == PING),
+            },
+            WsMessageType::Leave => ChatRequest::Leave { room: room(&m)? },
+            WsMessageType::History => {
+                let range = match m.message.as_ref().map(|msg| msg.message.as_str()) {
+                    None | Some("") => HistoryRange::default(),
+                    Some(text) if !text.trim_start().starts_with('{') => {
+                        return Err(ChatError::BadRange("expected a JSON object".into()))
+                    }
+                    Some(text) => serde_json::from_str::<HistoryRange>(text)
+                        .map_err(|e| ChatError::BadRange(e.to_string()))?,
+                };
+                if range.offset < 0 || range.limit < 0 {
+                    return Err(ChatError::NegativeRange);
+                }
+                ChatRequest::History {
+                    room: room(&m)?,
+                    range,
+                }
+            }
+            WsMessageType::Post => ChatRequest::Post {
+                message: m.message.ok_or(ChatError::MissingMessage(name))?,
+            },
+            WsMessageType::DeleteMsg => ChatRequest::DeleteMsg {
+                message: m.message.ok_or(ChatError::MissingMessage(name))?,
+            },
+            kind => ChatRequest::Ignored(kind),
+        })
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("chat frames serialize")
+}
+
+/// `{"@type":"ROOM_UPDATE","Room":{…}}`.
+pub fn room_update(room: &ChatRoom) -> String {
+    to_json(&WebSocketMessage {
+        kind: WsMessageType::RoomUpdate,
+        room: Some(room.clone()),
+        message: None,
+    })
+}
+
+/// `{"@type":"DELETE_MSG","Message":{…}}`.
+pub fn delete_msg(message: &ChatMessage) -> String {
+    to_json(&WebSocketMessage {
+        kind: WsMessageType::DeleteMsg,
+        room: None,
+        message: Some(message.clone()),
+    })
+}
+
+/// A posted (or history) message: the plain `ChatMessage`, no envelope.
+pub fn chat_message(message: &ChatMessage) -> String {
+    to_json(message)
+}
+
+/// `{"@type":"MAY_HAVE_MORE","RoomUuid":…,"Timestamp":N,"Offset":N,"Limit":N}`,
+/// after a full history page (plain JSON: the numbers are numbers).
+pub fn may_have_more(room_uuid: &str, timestamp: i64, offset: i64, limit: i64) -> String {
+    #[derive(Serialize)]
+    struct MayHaveMore<'a> {
+        #[serde(rename = "@type")]
+        kind: &'static str,
+        #[serde(rename = "RoomUuid")]
+        room_uuid: &'a str,
+        #[serde(rename = "Timestamp")]
+        timestamp: i64,
+        #[serde(rename = "Offset")]
+        offset: i64,
+        #[serde(rename = "Limit")]
+        limit: i64,
+    }
+    to_json(&MayHaveMore {
+        kind: "MAY_HAVE_MORE",
+        room_uuid,
+        timestamp,
+        offset,
+        limit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_decode_and_errors_encode_as_cells_does() {
+        assert_eq!(
+            Control::decode(r#"{"@type":"subscribe","jwt":"eyJ.a.b"}"#),
+            Ok(Control::Subscribe {
+                jwt: "eyJ.a.b".into()
+            })
+        );
+        assert_eq!(
+            Control::decode(r#"{"@type":"unsubscribe"}"#),
+            Ok(Control::Unsubscribe)
+        );
+        assert_eq!(
+            Control::decode(r#"{"@type":"hello","x":1}"#),
+            Ok(Control::Other("hello".into()))
+        );
+        assert_eq!(
+            Control::decode(r#"{"@type":"subscribe","jwt":""}"#),
+            Err(ControlError::EmptyJwt)
+        );
+        assert_eq!(
+            Control::decode(r#"{"@type":"subscribe"}"#),
+            Err(ControlError::EmptyJwt)
+        );
+        assert!(matches!(
+            Control::decode("{nope"),
+            Err(ControlError::Json(_))
+        ));
+        assert!(matches!(
+            Control::decode(r#"{"@type":3}"#),
+            Err(ControlError::Json(_))
+        ));
+        assert_eq!(
+            error_frame(EMPTY_JWT_EVENT),
+            r#"{"@type":"error","jwt":"","error":"empty jwt"}"#
+        );
+        assert_eq!(
+            error_frame("token \"x\" expired"),
+            r#"{"@type":"error","jwt":"","error":"token \"x\" expired"}"#
+        );
+    }
+
+    fn event(text: &str) -> NodeChangeEvent {
+        serde_json::from_str(text).expect("event")
+    }
+
+    #[test]
+    fn node_events_keep_protojson_conventions() {
+        let e = event(
+            r#"{"Type":"UPDATE_META","Target":{"Uuid":"n1","Path":"a/b","Size":"12","MTime":1700000000,"MetaStore":{"name":"\"b\""},"Mode":420}}"#,
+        );
+        assert_eq!(e.kind, EventType::UpdateMeta);
+        let t = e.target.as_ref().expect("target");
+        assert_eq!((t.size, t.mtime), (12, 1_700_000_000));
+        assert_eq!(t.other.get("Mode"), Some(&Value::from(420)));
+        // int64 out as strings, unknown fields kept, zero values left out.
+        assert_eq!(
+            serde_json::to_string(&e).expect("json"),
+            r#"{"Type":"UPDATE_META","Target":{"Uuid":"n1","Path":"a/b","MTime":"1700000000","Size":"12","MetaStore":{"name":"\"b\""},"Mode":420}}"#
+        );
+        // A CREATE has no Type on the wire, and no Type reads as CREATE.
+        let c = event(r#"{"Type":"CREATE","Target":{"Uuid":"n1"}}"#);
+        assert_eq!(
+            serde_json::to_string(&c).expect("json"),
+            r#"{"Target":{"Uuid":"n1"}}"#
+        );
+        assert_eq!(event(r#"{"Target":{"Uuid":"n1"}}"#).kind, EventType::Create);
+        // Enum numbers are accepted.
+        assert_eq!(event(r#"{"Type":5}"#).kind, EventType::Delete);
+        assert!(serde_json::from_str::<NodeChangeEvent>(r#"{"Type":"EXPLODE"}"#).is_err());
+        assert!(serde_json::from_str::<NodeChangeEvent>(
+            r#"{"Type":"UPDATE_META","Target":{"Size":"x"}}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn any_create_in_a_burst_makes_a_create() {
+        let burst = [
+            event(
+                r#"{"Type":"CREATE","Target":{"Uuid":"n1","Path":"a/f","Etag":"e1","Size":"1"}}"#,
+            ),
+            event(r#"{"Type":"UPDATE_CONTENT","Target":{"Uuid":"n1","Etag":"e2","Size":"5"}}"#),
+            event(r#"{"Type":"UPDATE_META","Target":{"Uuid":"n1","MetaStore":{"k":"1"}}}"#),
+        ];
+        let m = merge(&burst).expect("merged");
+        assert_eq!(m.event.kind, EventType::Create);
+        assert!(!m.refresh_target);
+        let t = m.event.target.expect("target");
+        assert_eq!((t.path.as_str(), t.etag.as_str(), t.size), ("a/f", "e2", 5));
+        assert_eq!(t.meta_store.get("k").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn without_create_the_last_type_wins_and_metadata_merges_later_first() {
+        let burst = [
+            event(
+                r#"{"Type":"UPDATE_META","Source":{"Uuid":"s1"},"Target":{"Uuid":"n1","MetaStore":{"a":"1","b":"1"}}}"#,
+            ),
+            event(
+                r#"{"Type":"UPDATE_CONTENT","Target":{"Uuid":"n1","Path":"x/y","MetaStore":{"b":"2"}}}"#,
+            ),
+            event(
+                r#"{"Type":"UPDATE_META","Source":{"Uuid":"s3"},"Target":{"Uuid":"n1","Etag":"temporary","MetaStore":{"c":"3"}}}"#,
+            ),
+        ];
+        let m = merge(&burst).expect("merged");
+        assert_eq!(m.event.kind, EventType::UpdateMeta);
+        assert!(m.refresh_target);
+        assert_eq!(m.event.source.as_ref().map(|s| s.uuid.as_str()), Some("s3"));
+        let t = m.event.target.expect("target");
+        assert_eq!(t.path, "x/y");
+        // A temporary etag does not replace a known one (here: none).
+        assert_eq!(t.etag, "");
+        let meta: Vec<(&str, &str)> = t
+            .meta_store
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(meta, vec![("a", "1"), ("b", "2"), ("c", "3")]);
+        // One event merges to itself; none merge to nothing.
+        let one = merge(&burst[..1]).expect("one");
+        assert_eq!(one.event, burst[0]);
+        assert_eq!(merge(&[]), None);
+    }
+
+    #[test]
+    fn merging_fifty_updates_gives_one_event_with_the_last_values() {
+        let burst: Vec<NodeChangeEvent> = (1..=50)
+            .map(|i| {
+                event(&format!(
+                    r#"{{"Type":"UPDATE_META","Target":{{"Uuid":"n1","Size":"{i}","MetaStore":{{"k{}":"{i}","last":"{i}"}}}}}}"#,
+                    i % 5
+                ))
+            })
+            .collect();
+        let m = merge(&burst).expect("merged");
+        let t = m.event.target.expect("target");
+        assert_eq!(t.size, 50);
+        assert_eq!(t.meta_store.len(), 6);
+        assert_eq!(t.meta_store["last"], "50");
+        assert_eq!(t.meta_store["k0"], "50");
+        assert_eq!(t.meta_store["k1"], "46");
+    }
+
+    #[test]
+    fn chat_requests_decode_from_what_the_web_client_sends() {
+        assert_eq!(
+            ChatRequest::decode(
+                r#"{"@type":"JOIN","Room":{"Type":"NODE","RoomTypeObject":"n-1"}}"#
+            ),
+            Ok(ChatRequest::Join {
+                room: ChatRoom {
+                    kind: RoomType::Node,
+                    type_object: "n-1".into(),
+                    ..ChatRoom::default()
+                },
+                ping: false
+            })
+        );
+        assert!(matches!(
+            ChatRequest::decode(
+                r#"{"@type":"JOIN","Room":{"Type":"USER","RoomTypeObject":"bob"},"Message":{"Message":"PING"}}"#
+            ),
+            Ok(ChatRequest::Join { ping: true, .. })
+        ));
+        // No @type is JOIN (protojson's zero value).
+        assert!(matches!(
+            ChatRequest::decode(r#"{"Room":{"Type":"GLOBAL"}}"#),
+            Ok(ChatRequest::Join { ping: false, .. })
+        ));
+        assert_eq!(
+            ChatRequest::decode(
+                r#"{"@type":"HISTORY","Room":{"Type":"NODE","RoomTypeObject":"n-1"},"Message":{"Message":"{\"Offset\":20,\"Limit\":10}"}}"#
+            ),
+            Ok(ChatRequest::History {
+                room: ChatRoom {
+                    kind: RoomType::Node,
+                    type_object: "n-1".into(),
+                    ..ChatRoom::default()
+                },
+                range: HistoryRange {
+                    offset: 20,
+                    limit: 10
+                }
+            })
+        );
+        assert!(matches!(
+            ChatRequest::decode(r#"{"@type":"HISTORY","Room":{"Type":"NODE"}}"#),
+            Ok(ChatRequest::History {
+                range: HistoryRange {
+                    offset: 0,
+                    limit: 0
+                },
+                ..
+            })
+        ));
+        let post = ChatRequest::decode(
+            r#"{"@type":"POST","Message":{"RoomUuid":"r1","Message":"hello"}}"#,
+        )
+        .expect("post");
+        assert_eq!(
+            post,
+            ChatRequest::Post {
+                message: ChatMessage {
+                    room_uuid: "r1".into(),
+                    message: "hello".into(),
+                    ..ChatMessage::default()
+                }
+            }
+        );
+        assert!(matches!(
+            ChatRequest::decode(r#"{"@type":"DELETE_MSG","Message":{"Uuid":"m1","RoomUuid":"r1","Author":"alice","Timestamp":"1700000000"}}"#),
+            Ok(ChatRequest::DeleteMsg { message }) if message.timestamp == 1_700_000_000 && message.author == "alice"
+        ));
+        assert_eq!(
+            ChatRequest::decode(r#"{"@type":"subscribe","jwt":"t"}"#),
+            Ok(ChatRequest::Control(Control::Subscribe { jwt: "t".into() }))
+        );
+        assert_eq!(
+            ChatRequest::decode(r#"{"@type":"ROOM_UPDATE","Room":{}}"#),
+            Ok(ChatRequest::Ignored(WsMessageType::RoomUpdate))
+        );
+    }
+
+    #[test]
+    fn bad_chat_requests_get_typed_errors() {
+        let cases: &[(&str, ChatError)] = &[
+            (r#"{"@type":"JOIN"}"#, ChatError::MissingRoom("JOIN")),
+            (r#"{"@type":"LEAVE"}"#, ChatError::MissingRoom("LEAVE")),
+            (
+                r#"{"@type":"POST","Room":{}}"#,
+                ChatError::MissingMessage("POST"),
+            ),
+            (
+                r#"{"@type":"DELETE_MSG"}"#,
+                ChatError::MissingMessage("DELETE_MSG"),
+            ),
+            (
+                r#"{"@type":"HISTORY","Room":{},"Message":{"Message":"{\"Offset\":-1,\"Limit\":10}"}}"#,
+                ChatError::NegativeRange,
+            ),
+            (
+                r#"{"@type":"HISTORY","Room":{},"Message":{"Message":"{\"Limit\":-5}"}}"#,
+                ChatError::NegativeRange,
+            ),
+            (r#"{"@type":"subscribe","jwt":""}"#, ChatError::EmptyJwt),
+        ];
+        for (text, want) in cases {
+            assert_eq!(ChatRequest::decode(text).as_ref(), Err(want), "{text}");
+        }
+        for text in [
+            "nope",
+            r#"{"@type":"SHOUT"}"#,
+            r#"{"@type":"POST","Message":{"Timestamp":"soon"}}"#,
+        ] {
+            assert!(
+                matches!(ChatRequest::decode(text), Err(ChatError::Json(_))),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            ChatRequest::decode(r#"{"@type":"HISTORY","Room":{},"Message":{"Message":"[1]"}}"#),
+            Err(ChatError::BadRange(_))
+        ));
+    }
+
+    #[test]
+    fn server_chat_frames_encode_as_cells_does() {
+        let room = ChatRoom {
+            uuid: "r1".into(),
+            kind: RoomType::Node,
+            type_object: "n-1".into(),
+            label: "f.txt".into(),
+            users: vec!["alice".into(), "bob".into()],
+            last_updated: 1_700_000_000,
+        };
+        assert_eq!(
+            room_update(&room),
+            r#"{"@type":"ROOM_UPDATE","Room":{"Uuid":"r1","Type":"NODE","RoomTypeObject":"n-1","RoomLabel":"f.txt","Users":["alice","bob"],"LastUpdated":1700000000}}"#
+        );
+        let msg = ChatMessage {
+            uuid: "m1".into(),
+            room_uuid: "r1".into(),
+            message: "hi".into(),
+            author: "alice".into(),
+            timestamp: 1_700_000_001,
+            ..ChatMessage::default()
+        };
+        assert_eq!(
+            chat_message(&msg),
+            r#"{"Uuid":"m1","RoomUuid":"r1","Message":"hi","Author":"alice","Timestamp":"1700000001"}"#
+        );
+        assert_eq!(
+            delete_msg(&msg),
+            r#"{"@type":"DELETE_MSG","Message":{"Uuid":"m1","RoomUuid":"r1","Message":"hi","Author":"alice","Timestamp":"1700000001"}}"#
+        );
+        assert_eq!(
+            may_have_more("r1", 1_700_000_001, 20, 10),
+            r#"{"@type":"MAY_HAVE_MORE","RoomUuid":"r1","Timestamp":1700000001,"Offset":20,"Limit":10}"#
+        );
+        // A GLOBAL room has no Type on the wire; frames read back equal.
+        let global = ChatRoom {
+            uuid: "g".into(),
+            ..ChatRoom::default()
+        };
+        assert_eq!(
+            room_update(&global),
+            r#"{"@type":"ROOM_UPDATE","Room":{"Uuid":"g"}}"#
+        );
+        let back: WebSocketMessage = serde_json::from_str(&room_update(&room)).expect("json");
+        assert_eq!(back.room, Some(room));
+        let back: ChatMessage = serde_json::from_str(&chat_message(&msg)).expect("json");
+        assert_eq!(back, msg);
+    }
+}

@@ -1,0 +1,793 @@
+//! chain's wire format (`/socket/sse`): positional JSON arrays carried as
+//! Server-Sent Events downstream and as POST bodies upstream.
+//!
+//! ```text
+//! push       [0, join_ref, ref, topic, event, payload?]
+//! reply      [1, join_ref, ref, status, payload?]        status 0 ok, 1 error
+//! broadcast  [2, topic, event, payload?]
+//! ```
+//!
+//! A missing payload is encoded by leaving the element out, as chain does.
+//! Refs are JSON integers. Event names never contain commas; topics a
+//! client joins never contain commas or `*`. Each downstream message is one
+//! SSE event, `data: <json array>\n\n`, with no other fields.
+//!
+//! Nothing here knows about nodes, hubs or sessions.
+
+use serde_json::value::RawValue;
+
+/// Join a topic (client push).
+pub const JOIN: &str = "_join";
+/// Leave a topic (client push).
+pub const LEAVE: &str = "_leave";
+/// The server closed a membership (server push for the old join ref).
+pub const CLOSE: &str = "_close";
+
+const KIND_PUSH: u8 = 0;
+const KIND_REPLY: u8 = 1;
+const KIND_BROADCAST: u8 = 2;
+
+/// A reply status (`0` ok, `1` error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Error,
+}
+
+impl Status {
+    fn code(self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::Error => 1,
+        }
+    }
+}
+
+/// A JSON payload, kept as the bytes it arrived as.
+#[derive(Debug, Clone)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// Wrap JSON text; `None` if it is not JSON.
+    pub fn from_json(text: &str) -> Option<Payload> {
+        RawValue::from_string(text.to_string()).ok().map(Payload)
+    }
+
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl From<Box<RawValue>> for Payload {
+    fn from(raw: Box<RawValue>) -> Payload {
+        Payload(raw)
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+/// One chain message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Push {
+        join_ref: i64,
+        reference: i64,
+        topic: String,
+        event: String,
+        payload: Option<Payload>,
+    },
+    Reply {
+        join_ref: i64,
+        reference: i64,
+        status: Status,
+        payload: Option<Payload>,
+    },
+    Broadcast {
+        topic: String,
+        event: String,
+        payload: Option<Payload>,
+    },
+}
+
+/// What a client asked for in one POSTed message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    Join {
+        join_ref: i64,
+        reference: i64,
+        topic: String,
+        params: Option<Payload>,
+    },
+    Leave {
+        join_ref: i64,
+        reference: i64,
+        topic: String,
+    },
+    Push {
+        join_ref: i64,
+        reference: i64,
+        topic: String,
+        event: String,
+        payload: Option<Payload>,
+    },
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is not valid JSON: {0}")]
+    Json(String),
+    #[error("a message must be a JSON array")]
+    NotArray,
+    #[error("a message has at least 3 elements (a reply 4), this one has {0}")]
+    TooShort(usize),
+    #[error("a push has at least 5 elements, this one has {0}")]
+    PushTooShort(usize),
+    #[error("a message has at most {max} elements, this one has {got}")]
+    TooLong { max: usize, got: usize },
+    #[error("element {0} must be an integer")]
+    NotInteger(usize),
+    #[error("element {0} must be a string")]
+    NotString(usize),
+    #[error("unknown message kind {0}")]
+    UnknownKind(i64),
+    #[error("unknown reply status {0}")]
+    UnknownStatus(i64),
+    #[error("clients send pushes only")]
+    NotAPush,
+    #[error("{0}")]
+    Refused(Reason),
+}
+
+/// chain's error reasons, sent as `[1, join_ref, ref, 1, {"reason": …}]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A join to a topic containing `*` (or a comma).
+    WildcardTopic,
+    /// No channel matches the topic, or the socket has not joined it.
+    UnmatchedTopic,
+    /// The join handler failed unexpectedly.
+    JoinCrashed,
+    /// An event name containing a comma.
+    CommaInEvent,
+    /// A push to a topic the session has not joined.
+    NotJoined,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::WildcardTopic => "joining topics with wildcard is not allowed",
+            Reason::UnmatchedTopic => "unmatched topic",
+            Reason::JoinCrashed => "join crashed",
+            Reason::CommaInEvent => "commas are not allowed in event",
+            Reason::NotJoined => "socket not joined",
+        }
+    }
+
+    /// The `{"reason": …}` payload.
+    pub fn payload(self) -> Payload {
+        reason_payload(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `{"reason": text}`.
+pub fn reason_payload(text: &str) -> Payload {
+    #[derive(serde::Serialize)]
+    struct R<'a> {
+        reason: &'a str,
+    }
+    Payload(serde_json::value::to_raw_value(&R { reason: text }).expect("a reason serializes"))
+}
+
+fn integer(items: &[&RawValue], i: usize) -> Result<i64, DecodeError> {
+    serde_json::from_str::<i64>(items[i].get()).map_err(|_| DecodeError::NotInteger(i))
+}
+
+fn string(items: &[&RawValue], i: usize) -> Result<String, DecodeError> {
+    serde_json::from_str::<String>(items[i].get()).map_err(|_| DecodeError::NotString(i))
+}
+
+fn payload_at(items: &[&RawValue], i: usize) -> Option<Payload> {
+    items.get(i).map(|raw| Payload((*raw).to_owned()))
+}
+
+fn check_len(items: &[&RawValue], max: usize) -> Result<(), DecodeError> {
+    if items.len() > max {
+        return Err(DecodeError::TooLong {
+            max,
+            got: items.len(),
+        });
+    }
+    Ok(())
+}
+
+impl Message {
+    /// Decode one message (a POST body, or an SSE `data` field).
+    pub fn decode(text: &str) -> Result<Message, DecodeError> {
+        let items: Vec<&RawValue> = match serde_json::from_str(text) {
+            Ok(items) => items,
+            Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                return Err(DecodeError::NotArray)
+            }
+            Err(e) => return Err(DecodeError::Json(e.to_string())),
+        };
+        // chain's own decoder wants 4 elements; a broadcast without payload
+        // (3 elements) is what chain encodes and its client reads, so it is
+        // accepted too.
+        if items.len() < 3 {
+            return Err(DecodeError::TooShort(items.len()));
+        }
+        match integer(&items, 0)? {
+            k if k == KIND_PUSH as i64 => {
+                if items.len() < 5 {
+                    return Err(DecodeError::PushTooShort(items.len()));
+                }
+                check_len(&items, 6)?;
+                Ok(Message::Push {
+                    join_ref: integer(&items, 1)?,
+                    reference: integer(&items, 2)?,
+                    topic: string(&items, 3)?,
+                    event: string(&items, 4)?,
+                    payload: payload_at(&items, 5),
+                })
+            }
+            k if k == KIND_REPLY as i64 => {
+                if items.len() < 4 {
+                    return Err(DecodeError::TooShort(items.len()));
+                }
+                check_len(&items, 5)?;
+                let status = match integer(&items, 3)? {
+                    0 => Status::Ok,
+                    1 => Status::Error,
+                    other => return Err(DecodeError::UnknownStatus(other)),
+                };
+                Ok(Message::Reply {
+                    join_ref: integer(&items, 1)?,
+                    reference: integer(&items, 2)?,
+                    status,
+                    payload: payload_at(&items, 4),
+                })
+            }
+            k if k == KIND_BROADCAST as i64 => {
+                check_len(&items, 4)?;
+                Ok(Message::Broadcast {
+                    topic: string(&items, 1)?,
+                    event: string(&items, 2)?,
+                    payload: payload_at(&items, 3),
+                })
+            }
+            other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+
+    /// Encode as chain does (compact JSON, the payload left out when
+    /// absent).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(64);
+        out.push('[');
+        match self {
+            Message::Push {
+                join_ref,
+                reference,
+                topic,
+                event,
+                payload,
+            } => {
+                push_items(&mut out, &[&KIND_PUSH, join_ref, reference]);
+                push_str(&mut out, topic);
+                push_str(&mut out, event);
+                push_payload(&mut out, payload.as_ref());
+            }
+            Message::Reply {
+                join_ref,
+                reference,
+                status,
+                payload,
+            } => {
+                push_items(
+                    &mut out,
+                    &[&KIND_REPLY, join_ref, reference, &status.code()],
+                );
+                push_payload(&mut out, payload.as_ref());
+            }
+            Message::Broadcast {
+                topic,
+                event,
+                payload,
+            } => {
+                push_items(&mut out, &[&KIND_BROADCAST]);
+                push_str(&mut out, topic);
+                push_str(&mut out, event);
+                push_payload(&mut out, payload.as_ref());
+            }
+        }
+        out.push(']');
+        out
+    }
+
+    /// This message as one SSE event.
+    pub fn encode_sse(&self) -> String {
+        sse_event(&self.encode())
+    }
+
+    /// An ok reply with an optional payload.
+    pub fn ok(join_ref: i64, reference: i64, payload: Option<Payload>) -> Message {
+        Message::Reply {
+            join_ref,
+            reference,
+            status: Status::Ok,
+            payload,
+        }
+    }
+
+    /// An error reply `[1, join_ref, ref, 1, {"reason": …}]`.
+    pub fn refused(join_ref: i64, reference: i64, reason: Reason) -> Message {
+        Message::Reply {
+            join_ref,
+            reference,
+            status: Status::Error,
+            payload: Some(reason.payload()),
+        }
+    }
+
+    /// `[0, join_ref, ref, topic, "_close"]`, sent for a membership replaced
+    /// by a rejoin with another join ref.
+    pub fn close(join_ref: i64, reference: i64, topic: &str) -> Message {
+        Message::Push {
+            join_ref,
+            reference,
+            topic: topic.to_string(),
+            event: CLOSE.to_string(),
+            payload: None,
+        }
+    }
+}
+
+fn sep(out: &mut String) {
+    if !out.ends_with('[') {
+        out.push(',');
+    }
+}
+
+fn push_items(out: &mut String, items: &[&dyn std::fmt::Display]) {
+    for item in items {
+        sep(out);
+        out.push_str(&item.to_string());
+    }
+}
+
+fn push_str(out: &mut String, s: &str) {
+    sep(out);
+    out.push_str(&serde_json::to_string(s).expect("a string serializes"));
+}
+
+fn push_payload(out: &mut String, payload: Option<&Payload>) {
+    if let Some(p) = payload {
+        sep(out);
+        out.push_str(p.get());
+    }
+}
+
+impl Inbound {
+    /// Decode and check a message a client POSTed.
+    pub fn decode(text: &str) -> Result<Inbound, DecodeError> {
+        Inbound::try_from(Message::decode(text)?)
+    }
+
+    /// The reply that refuses this message.
+    pub fn refuse(&self, reason: Reason) -> Message {
+        let (join_ref, reference) = self.refs();
+        Message::refused(join_ref, reference, reason)
+    }
+
+    /// `(join_ref, ref)`.
+    pub fn refs(&self) -> (i64, i64) {
+        match self {
+            Inbound::Join {
+                join_ref,
+                reference,
+                ..
+            }
+            | Inbound::Leave {
+                join_ref,
+                reference,
+                ..
+            }
+            | Inbound::Push {
+                join_ref,
+                reference,
+                ..
+            } => (*join_ref, *reference),
+        }
+    }
+}
+
+/// The checks chain makes before dispatching. A message that fails them
+/// is answered with [`Inbound`]'s refs and the [`Reason`]; use
+/// [`refusal`] to build that reply from the raw message.
+impl TryFrom<Message> for Inbound {
+    type Error = DecodeError;
+
+    fn try_from(m: Message) -> Result<Inbound, DecodeError> {
+        let Message::Push {
+            join_ref,
+            reference,
+            topic,
+            event,
+            payload,
+        } = m
+        else {
+            return Err(DecodeError::NotAPush);
+        };
+        if event.contains(',') {
+            return Err(DecodeError::Refused(Reason::CommaInEvent));
+        }
+        match event.as_str() {
+            JOIN => {
+                if topic.contains('*') || topic.contains(',') {
+                    return Err(DecodeError::Refused(Reason::WildcardTopic));
+                }
+                Ok(Inbound::Join {
+                    join_ref,
+                    reference,
+                    topic,
+                    params: payload,
+                })
+            }
+            LEAVE => Ok(Inbound::Leave {
+                join_ref,
+                reference,
+                topic,
+            }),
+            _ => Ok(Inbound::Push {
+                join_ref,
+                reference,
+                topic,
+                event,
+                payload,
+            }),
+        }
+    }
+}
+
+/// For a message refused with [`DecodeError::Refused`], the error reply
+/// chain sends (needs the refs, so decode the [`Message`] first).
+pub fn refusal(m: &Message, reason: Reason) -> Option<Message> {
+    match m {
+        Message::Push {
+            join_ref,
+            reference,
+            ..
+        } => Some(Message::refused(*join_ref, *reference, reason)),
+        _ => None,
+    }
+}
+
+/// `Content-Type` of the event stream.
+pub const SSE_CONTENT_TYPE: &str = "text/event-stream; charset=utf-8";
+/// `Cache-Control` of the event stream (as chain sends it).
+pub const SSE_CACHE_CONTROL: &str = "private, no-cache, no-store, must-revalidate, max-age=0";
+
+/// One SSE event carrying `json` (which is a single line: compact JSON).
+pub fn sse_event(json: &str) -> String {
+    let mut out = String::with_capacity(json.len() + 8);
+    out.push_str("data: ");
+    out.push_str(json);
+    out.push_str("\n\n");
+    out
+}
+
+/// Splits an event stream into the `data` of each event (for clients and
+/// tests). Follows the SSE rules that matter here: lines end with `\n`,
+/// `\r\n` or `\r`; an empty line ends an event; several `data` lines are
+/// joined with `\n`; comments and other fields are ignored.
+#[derive(Debug, Default)]
+pub struct SseDecoder {
+    pending: Vec<u8>,
+    data: Option<String>,
+}
+
+impl SseDecoder {
+    pub fn new() -> SseDecoder {
+        SseDecoder::default()
+    }
+
+    /// Feed bytes; returns the events they completed.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some(end) = self.pending.iter().position(|&b| b == b'\n' || b == b'\r') {
+            // A `\r` at the very end may be half of `\r\n`: wait for more.
+            if self.pending[end] == b'\r' && end + 1 == self.pending.len() {
+                break;
+            }
+            let skip = if self.pending[end] == b'\r' && self.pending.get(end + 1) == Some(&b'\n') {
+                2
+            } else {
+                1
+            };
+            let line: Vec<u8> = self.pending.drain(..end + skip).take(end).collect();
+            let line = String::from_utf8_lossy(&line);
+            if line.is_empty() {
+                if let Some(data) = self.data.take() {
+                    events.push(data);
+                }
+                continue;
+            }
+            let (field, value) = match line.find(':') {
+                Some(0) => continue,
+                Some(i) => {
+                    let v = &line[i + 1..];
+                    (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+                }
+                None => (&line[..], ""),
+            };
+            if field == "data" {
+                match &mut self.data {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => self.data = Some(value.to_string()),
+                }
+            }
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Option<Payload> {
+        Some(Payload::from_json(s).expect("json"))
+    }
+
+    /// The vectors of chain's serializer tests: decode, then encode back to
+    /// the same bytes.
+    #[test]
+    fn chain_test_vectors_round_trip_byte_for_byte() {
+        let vectors = [
+            (
+                r#"[0,2,3,"room:1234","_join",{"param1":"foo"}]"#,
+                Message::Push {
+                    join_ref: 2,
+                    reference: 3,
+                    topic: "room:1234".into(),
+                    event: "_join".into(),
+                    payload: p(r#"{"param1":"foo"}"#),
+                },
+            ),
+            (
+                r#"[0,2,4,"room:1234","_leave",{}]"#,
+                Message::Push {
+                    join_ref: 2,
+                    reference: 4,
+                    topic: "room:1234".into(),
+                    event: "_leave".into(),
+                    payload: p("{}"),
+                },
+            ),
+            (
+                r#"[0,2,4,"",""]"#,
+                Message::Push {
+                    join_ref: 2,
+                    reference: 4,
+                    topic: String::new(),
+                    event: String::new(),
+                    payload: None,
+                },
+            ),
+        ];
+        for (bytes, message) in vectors {
+            assert_eq!(Message::decode(bytes).as_ref(), Ok(&message), "{bytes}");
+            assert_eq!(message.encode(), bytes);
+        }
+    }
+
+    #[test]
+    fn replies_and_broadcasts_encode_positionally() {
+        assert_eq!(Message::ok(2, 3, None).encode(), "[1,2,3,0]");
+        assert_eq!(
+            Message::ok(2, 3, p(r#"{"a":1}"#)).encode(),
+            r#"[1,2,3,0,{"a":1}]"#
+        );
+        assert_eq!(
+            Message::refused(2, 3, Reason::UnmatchedTopic).encode(),
+            r#"[1,2,3,1,{"reason":"unmatched topic"}]"#
+        );
+        assert_eq!(
+            Message::refused(5, 6, Reason::WildcardTopic).encode(),
+            r#"[1,5,6,1,{"reason":"joining topics with wildcard is not allowed"}]"#
+        );
+        assert_eq!(
+            Message::refused(5, 6, Reason::CommaInEvent).encode(),
+            r#"[1,5,6,1,{"reason":"commas are not allowed in event"}]"#
+        );
+        assert_eq!(
+            Message::refused(5, 6, Reason::JoinCrashed).encode(),
+            r#"[1,5,6,1,{"reason":"join crashed"}]"#
+        );
+        assert_eq!(
+            Message::Broadcast {
+                topic: "chat:lobby".into(),
+                event: "message".into(),
+                payload: p(r#"{"text":"hi"}"#)
+            }
+            .encode(),
+            r#"[2,"chat:lobby","message",{"text":"hi"}]"#
+        );
+        assert_eq!(
+            Message::close(7, 8, "room:1").encode(),
+            r#"[0,7,8,"room:1","_close"]"#
+        );
+        // A server push to one socket has ref 0.
+        assert_eq!(
+            Message::Push {
+                join_ref: 7,
+                reference: 0,
+                topic: "room:1".into(),
+                event: "tick".into(),
+                payload: p("1")
+            }
+            .encode(),
+            r#"[0,7,0,"room:1","tick",1]"#
+        );
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let messages = [
+            Message::ok(1, 2, None),
+            Message::refused(1, 2, Reason::NotJoined),
+            Message::Broadcast {
+                topic: "t\"q".into(),
+                event: "e".into(),
+                payload: None,
+            },
+            Message::Broadcast {
+                topic: "t".into(),
+                event: "e".into(),
+                payload: p(r#"[1,"x",null]"#),
+            },
+            Message::close(-1, 9_007_199_254_740_991, "x"),
+        ];
+        for m in messages {
+            let text = m.encode();
+            assert_eq!(Message::decode(&text), Ok(m), "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_messages_get_typed_errors() {
+        let cases: &[(&str, DecodeError)] = &[
+            (r#"{"k":0}"#, DecodeError::NotArray),
+            ("[0,2]", DecodeError::TooShort(2)),
+            ("[0,2,3]", DecodeError::PushTooShort(3)),
+            ("[1,2,3]", DecodeError::TooShort(3)),
+            (r#"[0,2,3,"t"]"#, DecodeError::PushTooShort(4)),
+            (
+                r#"[0,2,3,"t","e",{},{}]"#,
+                DecodeError::TooLong { max: 6, got: 7 },
+            ),
+            (r#"[1,2,3,0,{},1]"#, DecodeError::TooLong { max: 5, got: 6 }),
+            (
+                r#"[2,"t","e",{},1]"#,
+                DecodeError::TooLong { max: 4, got: 5 },
+            ),
+            (r#"["0",2,3,"t","e"]"#, DecodeError::NotInteger(0)),
+            (r#"[0,"2",3,"t","e"]"#, DecodeError::NotInteger(1)),
+            (r#"[0,2,3.5,"t","e"]"#, DecodeError::NotInteger(2)),
+            (r#"[0,2,3,4,"e"]"#, DecodeError::NotString(3)),
+            (r#"[0,2,3,"t",null]"#, DecodeError::NotString(4)),
+            (r#"[2,1,"e"]"#, DecodeError::NotString(1)),
+            (r#"[2,1,"e",{}]"#, DecodeError::NotString(1)),
+            (r#"[1,2,3,2]"#, DecodeError::UnknownStatus(2)),
+            (r#"[3,2,3,"t","e"]"#, DecodeError::UnknownKind(3)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Message::decode(text).as_ref(), Err(want), "{text}");
+        }
+        assert!(matches!(
+            Message::decode("[0,2,"),
+            Err(DecodeError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn client_messages_are_checked_as_chain_does() {
+        assert_eq!(
+            Inbound::decode(r#"[0,2,3,"room:1234","_join",{"param1":"foo"}]"#),
+            Ok(Inbound::Join {
+                join_ref: 2,
+                reference: 3,
+                topic: "room:1234".into(),
+                params: p(r#"{"param1":"foo"}"#)
+            })
+        );
+        assert_eq!(
+            Inbound::decode(r#"[0,2,4,"room:1234","_leave",{}]"#),
+            Ok(Inbound::Leave {
+                join_ref: 2,
+                reference: 4,
+                topic: "room:1234".into()
+            })
+        );
+        assert_eq!(
+            Inbound::decode(r#"[0,2,5,"room:1234","say",{"t":1}]"#),
+            Ok(Inbound::Push {
+                join_ref: 2,
+                reference: 5,
+                topic: "room:1234".into(),
+                event: "say".into(),
+                payload: p(r#"{"t":1}"#)
+            })
+        );
+        let refused = [
+            (r#"[0,2,3,"room:*","_join",{}]"#, Reason::WildcardTopic),
+            (r#"[0,2,3,"*","_join",{}]"#, Reason::WildcardTopic),
+            (r#"[0,2,3,"a,b","_join",{}]"#, Reason::WildcardTopic),
+            (r#"[0,2,3,"room:1","a,b",{}]"#, Reason::CommaInEvent),
+        ];
+        for (text, reason) in refused {
+            assert_eq!(
+                Inbound::decode(text),
+                Err(DecodeError::Refused(reason)),
+                "{text}"
+            );
+            let m = Message::decode(text).expect("decodes as a message");
+            assert_eq!(
+                refusal(&m, reason).expect("a push").encode(),
+                format!(r#"[1,2,3,1,{{"reason":"{}"}}]"#, reason.as_str())
+            );
+        }
+        assert_eq!(Inbound::decode("[1,2,3,0]"), Err(DecodeError::NotAPush));
+        assert_eq!(
+            Inbound::decode(r#"[2,"t","e",{}]"#),
+            Err(DecodeError::NotAPush)
+        );
+    }
+
+    #[test]
+    fn sse_frames_and_decoder_agree() {
+        let m = Message::Broadcast {
+            topic: "room:1".into(),
+            event: "msg".into(),
+            payload: p(r#"{"a":"b\nc"}"#),
+        };
+        let frame = m.encode_sse();
+        assert_eq!(frame, "data: [2,\"room:1\",\"msg\",{\"a\":\"b\\nc\"}]\n\n");
+        let mut d = SseDecoder::new();
+        // Split anywhere, events come out whole.
+        let stream = format!(
+            "{frame}: keepalive\n\n{}",
+            Message::ok(1, 2, None).encode_sse()
+        );
+        let mut events = Vec::new();
+        for chunk in stream.as_bytes().chunks(5) {
+            events.extend(d.feed(chunk));
+        }
+        assert_eq!(events.len(), 2);
+        assert_eq!(Message::decode(&events[0]), Ok(m));
+        assert_eq!(events[1], "[1,1,2,0]");
+        // CRLF line ends, multi-line data, other fields.
+        let mut d = SseDecoder::new();
+        assert_eq!(
+            d.feed(b"event: x\r\ndata:a\r\ndata: b\r\nid: 3\r\n\r\ndata"),
+            vec!["a\nb".to_string()]
+        );
+        assert_eq!(d.feed(b"\n\n"), vec![String::new()]);
+    }
+}

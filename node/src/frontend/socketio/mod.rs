@@ -1,0 +1,2 @@
+pub mod engineio;
+pub mod wire;
