@@ -1,45 +1,5 @@
-//! Redis connection settings shared by the relay and the store, and which
-//! server owns a name.
-
-use std::time::Duration;
-
-use fred::prelude::*;
-
-/// A client config for `url` that follows the reconnect policy from the
-/// first attempt on, so a node started while Redis is down joins as soon as
-/// Redis is back.
-pub fn config(url: &str, cluster: bool) -> Result<Config, String> {
-    let mut config = if cluster {
-        Config::from_url_clustered(url)
-    } else {
-        Config::from_url(url)
-    }
-    .map_err(|e| format!("bad redis url {url:?}: {e}"))?;
-    config.fail_fast = false;
-    Ok(config)
-}
-
-/// The builder both the relay and the store start from: 2 s timeouts,
-/// exponential reconnects up to 2 s.
-pub fn builder(config: Config) -> Builder {
-    let mut builder = Builder::from_config(config);
-    builder
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 2;
-        })
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
-    builder
-}
-
-/// The URLs to connect to: all of them, or the first one for a Redis Cluster.
-pub fn urls(urls: &[String], cluster: bool) -> Vec<String> {
-    if cluster {
-        urls.iter().take(1).cloned().collect()
-    } else {
-        urls.to_vec()
-    }
-}
+//! Which Redis server owns a name (connection settings are in
+//! `redis_connect`).
 
 /// Which of `n` Redis servers owns `name` (a channel, user or node id), by
 /// rendezvous hashing with a fixed hash: every node makes the same choice, and

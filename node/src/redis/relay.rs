@@ -1,58 +1,27 @@
-//! The cluster relay over Redis pub/sub.
-//!
-//! Routing (topic names from `pubmesh_cluster_proto::Topics`):
-//! - a channel's messages go to `{p}.ch.{{channel}}`, a user's to `{p}.u.{user}`;
-//!   a node subscribes to those only while it has local members, and lets go
-//!   [`LINGER`] after the last one leaves (so join/leave churn costs nothing;
-//!   see [`super::interest`]);
-//! - messages for client ids go straight to the owning node's inbox `{p}.n.{node}`;
-//! - broadcasts use `{p}.all`; membership, disconnects and channel queries `{p}.ctl`.
-//!
-//! With several `--redis-url`s each name lives on one server chosen by
-//! rendezvous hashing ([`super::client::shard_index`]); `{p}.all` and `{p}.ctl` live on
-//! the first. With `--redis-cluster` every topic uses sharded pub/sub
-//! (`SSUBSCRIBE`/`SPUBLISH`), which Redis Cluster routes to the topic's slot.
-//!
-//! Publishing never blocks: messages go to bounded queues per server (one per
-//! lane, chosen by topic), each drained by a task that pipelines whole batches
-//! in one round trip and sends the next only after it completes, so one
-//! publisher's messages to one topic stay in order. Each server has a
-//! dedicated subscriber connection whose reader only decodes and pushes to
-//! outboxes. A node ignores the echo of its own messages (it delivered them
-//! locally first); history publications are the exception: the store's
-//! append script publishes them, and every node (this one included)
-//! delivers them from Redis, in offset order.
-//!
-//! What travels is the protocol-neutral delivery (cluster-proto version 2:
-//! data plus channel, event, kind, origin and audience); each node encodes
-//! it for its own connections' protocols.
-//!
-//! Why fred: its subscriber client re-issues subscriptions after a reconnect
-//! (plain, pattern and sharded ones), it pipelines commands sent concurrently
-//! on one connection, and it speaks Redis Cluster including sharded pub/sub.
-//! pubmesh also reconciles its own subscription set after every reconnect, so
-//! an outage at start-up heals the same way.
+//! The cluster relay over Redis pub/sub: routing, receiving, control
+//! messages and history publications (see the [`super`] module for the
+//! topics, sharding and ordering it keeps).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::Value as RedisValue;
 use parking_lot::Mutex;
 use pubmesh_cluster_proto::{self as proto, Body, Envelope, Extra, Targets, Topics};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::client::shard_index;
+use super::envelope::{delivery_of, extra_of, Recent};
 use super::interest::{interest_loop, Interest, Subscriptions};
 use super::membership::{unix_now, Membership, HEARTBEAT};
+use super::publisher::{publish_loop, servers, Server};
 use super::store::{PublishSpec, RedisStore};
 use crate::config::Config;
-use crate::delivery::{BoxFuture, Delivery, DeliveryKind, InterestChange, Position, Target};
+use crate::delivery::{BoxFuture, Delivery, InterestChange, Position, Target};
 use crate::history::HistoryError;
 use crate::metrics::Metrics;
 use crate::policy::ChannelOptions;
@@ -60,51 +29,6 @@ use crate::relay::{Appended, NodeInfo, NodeView, Relay, RelayError, RelayStatus}
 
 pub use super::interest::LINGER;
 pub use super::membership::PEER_TIMEOUT;
-/// Messages waiting per Redis server before publishes are dropped.
-const QUEUE: usize = 100_000;
-/// Publishing lanes per server: each has its own queue and task, so several
-/// pipelines are in flight at once. A topic always uses the same lane, which
-/// keeps one publisher's messages to a topic in order.
-const LANES: usize = 4;
-/// Most commands sent in one pipeline.
-const BATCH: usize = 512;
-/// How many recent (origin, seq) pairs are remembered to drop duplicates.
-const RECENT: usize = 4096;
-
-/// One Redis server (or the cluster).
-struct Server {
-    url: String,
-    publisher: Client,
-    subscriber: SubscriberClient,
-    lanes: Vec<mpsc::Sender<(String, Bytes)>>,
-    /// Taken by the publisher task at start.
-    lanes_rx: Mutex<Vec<mpsc::Receiver<(String, Bytes)>>>,
-}
-
-/// Recently seen (origin, seq) of multi-topic messages.
-#[derive(Default)]
-struct Recent {
-    set: HashSet<(String, u64)>,
-    order: VecDeque<(String, u64)>,
-}
-
-impl Recent {
-    /// True the first time a pair is seen.
-    fn first(&mut self, origin: &str, seq: u64) -> bool {
-        let key = (origin.to_string(), seq);
-        if self.set.contains(&key) {
-            return false;
-        }
-        if self.order.len() >= RECENT {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.set.insert(key.clone());
-        self.order.push_back(key);
-        true
-    }
-}
 
 /// Where one peer's answer to a channels query goes: (peer, its channels).
 type ReplySender = mpsc::UnboundedSender<(String, Vec<(String, u64)>)>;
@@ -139,48 +63,7 @@ impl RedisRelay {
         metrics: Arc<Metrics>,
         store: Arc<RedisStore>,
     ) -> Result<Self, RelayError> {
-        let urls: Vec<String> = if config.redis_cluster {
-            config.redis_urls.iter().take(1).cloned().collect()
-        } else {
-            config.redis_urls.clone()
-        };
-        let mut servers = Vec::with_capacity(urls.len());
-        for url in urls {
-            let redis_config = crate::redis_connect::client_config(
-                &url,
-                config.redis_cluster,
-                config.redis_tls_ca.as_deref(),
-            )
-            .map_err(RelayError::Config)?;
-            let mut builder = Builder::from_config(redis_config);
-            builder
-                .with_performance_config(|p| {
-                    p.broadcast_channel_capacity = 1 << 16;
-                    p.default_command_timeout = Duration::from_secs(2);
-                })
-                .with_connection_config(|c| {
-                    c.connection_timeout = Duration::from_secs(2);
-                    c.max_command_attempts = 2;
-                })
-                .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
-            let publisher = builder
-                .build()
-                .map_err(|e| RelayError::Config(e.to_string()))?;
-            let subscriber = builder
-                .build_subscriber_client()
-                .map_err(|e| RelayError::Config(e.to_string()))?;
-            crate::redis_connect::log_outages(&publisher, &url, "relay publisher");
-            crate::redis_connect::log_outages(&subscriber, &url, "relay subscriber");
-            let (lanes, lanes_rx): (Vec<_>, Vec<_>) =
-                (0..LANES).map(|_| mpsc::channel(QUEUE / LANES)).unzip();
-            servers.push(Server {
-                url: crate::redis_connect::redacted(&url),
-                publisher,
-                subscriber,
-                lanes,
-                lanes_rx: Mutex::new(lanes_rx),
-            });
-        }
+        let servers = servers(config)?;
         let (interest_tx, interest_rx) = mpsc::unbounded_channel();
         Ok(RedisRelay {
             inner: Arc::new(Inner {
@@ -443,59 +326,6 @@ impl Inner {
     }
 }
 
-/// Drain one server's queue: whole batches in one pipeline, in order.
-async fn publish_loop(inner: Arc<Inner>, server: usize, mut rx: mpsc::Receiver<(String, Bytes)>) {
-    let client = inner.servers[server].publisher.clone();
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
-            }
-        }
-        let taken = batch.len() as i64;
-        if !client.is_connected() {
-            inner
-                .metrics
-                .relay_dropped
-                .with_label_values(&["redis_down"])
-                .inc_by(batch.len() as u64);
-            batch.clear();
-            inner.metrics.relay_pipeline_depth.sub(taken);
-            continue;
-        }
-        let started = Instant::now();
-        let pipeline = client.pipeline();
-        for (topic, payload) in batch.drain(..) {
-            let queued: Result<(), Error> = if inner.sharded {
-                pipeline.spublish(topic, payload).await
-            } else {
-                pipeline.publish(topic, payload).await
-            };
-            if let Err(e) = queued {
-                tracing::debug!(error = %e, "queueing a publish failed");
-            }
-        }
-        let results = pipeline.try_all::<RedisValue>().await;
-        let failed = results.iter().filter(|r| r.is_err()).count();
-        if failed > 0 {
-            inner
-                .metrics
-                .relay_dropped
-                .with_label_values(&["redis_error"])
-                .inc_by(failed as u64);
-        }
-        inner
-            .metrics
-            .relay_roundtrip
-            .observe(started.elapsed().as_secs_f64());
-        // Queued or in flight over every lane: added on enqueue, removed here.
-        inner.metrics.relay_pipeline_depth.sub(taken);
-    }
-}
-
 /// Read one server's subscriber connection.
 async fn receive_loop(inner: Arc<Inner>, server: usize) {
     let mut rx = inner.servers[server].subscriber.message_rx();
@@ -564,40 +394,6 @@ impl Inner {
     }
 }
 
-/// The envelope's extra part of a delivery.
-fn extra_of(delivery: &Delivery) -> Extra {
-    Extra {
-        channel: delivery.channel.as_deref().map(str::to_string),
-        event: delivery.event.as_deref().map(str::to_string),
-        kind: delivery.kind.tag(),
-        origin_client: delivery.origin.as_deref().map(str::to_string),
-        audience: delivery.audience.clone(),
-    }
-}
-
-/// A delivery from what an envelope carried.
-fn delivery_of(
-    target: Target,
-    data: Utf8Bytes,
-    extra: Extra,
-    position: Option<Position>,
-) -> Delivery {
-    let channel = match &target {
-        Target::Channels(v) if v.len() == 1 => Some(Arc::from(v[0].as_str())),
-        _ => extra.channel.as_deref().map(Arc::from),
-    };
-    Delivery {
-        target,
-        channel,
-        event: extra.event.as_deref().map(Arc::from),
-        kind: DeliveryKind::from_tag(extra.kind),
-        data,
-        position,
-        origin: extra.origin_client.as_deref().map(Arc::from),
-        audience: extra.audience,
-    }
-}
-
 impl Relay for RedisRelay {
     fn start(&self, node: Arc<dyn NodeView>) -> BoxFuture<'_, Result<(), RelayError>> {
         Box::pin(async move {
@@ -610,7 +406,9 @@ impl Relay for RedisRelay {
                 drop(server.subscriber.connect());
                 drop(server.subscriber.manage_subscriptions());
                 for rx in std::mem::take(&mut *server.lanes_rx.lock()) {
-                    tokio::spawn(publish_loop(inner.clone(), i, rx));
+                    let client = server.publisher.clone();
+                    let metrics = inner.metrics.clone();
+                    tokio::spawn(publish_loop(client, inner.sharded, metrics, rx));
                 }
                 tokio::spawn(receive_loop(inner.clone(), i));
             }
