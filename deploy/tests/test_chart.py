@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -101,11 +102,14 @@ def test_every_default_value_passes_the_schema_and_the_schema_is_closed():
         ({"replicaCount": 3}, "needs Redis"),
         ({"autoscaling": {"enabled": True}}, "needs Redis"),
         ({"config": {"require_auth": True}}, "needs a JWT key"),
+        ({"config": {"namespaces": [{"pattern": "staff:*", "subscribe": "claim"}]}}, "it needs a JWT key"),
+        ({"adminPort": 8000}, "adminPort must differ"),
         ({"auth": {"existingSecret": "s", "apiKey": "k"}}, "leave auth.apiKey"),
         ({"httpRoute": {"enabled": True}}, "parentRefs"),
         ({"redis": {"urls": ["redis://r:6379"]}, "pdb": {"minAvailable": 1}}, "only one of"),
     ],
     ids=["grace-too-short", "replicas-without-redis", "hpa-without-redis", "auth-without-key",
+         "namespace-auth-without-key", "admin-port-is-client-port",
          "existing-secret-and-key", "httproute-without-gateway", "pdb-both"],
 )
 def test_inconsistent_values_fail_the_render_with_a_message(values, message):
@@ -144,7 +148,7 @@ def check_crd_structure(obj: dict) -> None:
         for ep in spec["endpoints"]:
             assert set(ep) <= {"port", "path", "scheme", "interval", "scrapeTimeout",
                                "relabelings", "metricRelabelings"}
-            assert ep["port"] == "http" and ep["path"] == "/metrics"
+            assert ep["port"] == "admin" and ep["path"] == "/metrics"
             assert re.fullmatch(r"\d+(ms|s|m)", ep["interval"])
     elif kind == "PrometheusRule":
         assert set(spec) == {"groups"}
@@ -176,9 +180,10 @@ def test_pod_runs_the_node_as_the_cluster_needs(values_file):
     with helm.Chart.load(CHART) as chart:
         merged = chart.merge_values(values)
 
-    # one port for HTTP, WebSocket and metrics, on every interface
-    assert [p["containerPort"] for p in c["ports"]] == [8000]
+    # the client port (WebSocket, health) and the admin port (API, metrics)
+    assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("http", 8000), ("admin", 9000)]
     assert "--listen=0.0.0.0:8000" in c["args"]
+    assert "--admin-listen=0.0.0.0:9000" in c["args"]
     assert "--config=/etc/pubmesh/pubmesh.toml" in c["args"]
     mount = next(m for m in c["volumeMounts"] if m["name"] == "config")
     assert mount["mountPath"] == "/etc/pubmesh/pubmesh.toml" and mount["readOnly"]
@@ -272,7 +277,8 @@ def test_new_credentials_roll_the_pods():
 def test_config_file_holds_the_values_in_the_nodes_key_names():
     objects = render(load_values(VALUES / "production.yaml"))
     config = parse_toml(config_toml(objects))
-    assert config["redis_url"] == ["redis://redis-master.redis.svc:6379/0"]
+    several = parse_toml(config_toml(render(load_values(VALUES / "redis-several.yaml"))))
+    assert several["redis_url"][0].startswith("redis://")
     assert config["redis_prefix"] == "pubmesh"
     assert config["drain_seconds"] == 30
     assert config["max_connections"] == 15000
@@ -356,9 +362,9 @@ def test_secret_holds_the_given_credentials_or_a_generated_key():
     assert len(key) == 40 and key.isalnum()
     assert generated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
-    objects = render(load_values(VALUES / "production.yaml"))
+    objects = render({"auth": {"apiKey": "given-api-key", "jwtSecret": "hs256-shared-secret"}})
     secret = one(objects, "Secret")
-    assert base64.b64decode(secret["data"]["api-key"]).decode() == "prod-api-key-from-ci"
+    assert base64.b64decode(secret["data"]["api-key"]).decode() == "given-api-key"
     assert base64.b64decode(secret["data"]["jwt-secret"]).decode() == "hs256-shared-secret"
     env = env_of(container(objects))
     assert env["PUBMESH_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "jwt-secret"
@@ -387,6 +393,59 @@ def test_hpa_scales_on_cpu_and_connections_per_pod_and_slowly_down():
     assert pdb["spec"] == {"minAvailable": 2, "selector": node_deployment(objects)["spec"]["selector"]}
 
 
+def test_production_values_take_every_secret_from_existing_secrets():
+    values = load_values(VALUES / "production.yaml")
+    assert not any(values["auth"].get(k) for k in ("apiKey", "jwtSecret", "jwtPublicKey"))
+    assert "urls" not in values["redis"]
+    objects = render(values)
+    assert by_kind(objects, "Secret") == []
+    env = env_of(container(objects))
+    for name, key in [("PUBMESH_API_KEY", "api-key"), ("PUBMESH_JWT_SECRET", "jwt-secret")]:
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "pubmesh-credentials", "key": key}
+    assert env["PUBMESH_REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pubmesh-redis", "key": "redis-urls"}
+    assert "redis_url" not in parse_toml(config_toml(objects))
+
+
+@pytest.mark.parametrize("values", [
+    {"ingress": {"enabled": True}, "httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}},
+    load_values(VALUES / "production.yaml"),
+    load_values(VALUES / "httproute.yaml"),
+], ids=["defaults", "production", "httproute"])
+def test_public_routes_reach_only_client_endpoints(values):
+    """Ingress and HTTPRoute reach the client Service, whose only port is the
+    node's --listen port; the API and /metrics are on --admin-listen, which only
+    the ClusterIP admin Service and the headless Service expose."""
+    objects = render(values)
+    services = {s["metadata"]["name"]: s for s in by_kind(objects, "Service")}
+    client = services[f"{RELEASE}-pubmesh"]
+    admin = services[f"{RELEASE}-pubmesh-admin"]
+    assert [(p["name"], p["targetPort"]) for p in client["spec"]["ports"]] == [("http", "http")]
+    assert [(p["name"], p["targetPort"]) for p in admin["spec"]["ports"]] == [("admin", "admin")]
+    assert admin["spec"]["type"] == "ClusterIP"
+    c = container(objects)
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert f"--listen=0.0.0.0:{ports['http']}" in c["args"]
+    assert f"--admin-listen=0.0.0.0:{ports['admin']}" in c["args"]
+    assert ports["http"] != ports["admin"]
+    routed = 0
+    for ingress in by_kind(objects, "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert path["backend"]["service"] == {"name": client["metadata"]["name"], "port": {"name": "http"}}
+                assert not path["path"].startswith(("/api", "/metrics"))
+                routed += 1
+    for route in by_kind(objects, "HTTPRoute"):
+        for rule in route["spec"]["rules"]:
+            for ref in rule["backendRefs"]:
+                assert ref == {"name": client["metadata"]["name"], "port": client["spec"]["ports"][0]["port"]}
+                routed += 1
+    assert routed > 0
+    if "ingress" in values and values["ingress"].get("hosts") is None:
+        # the default Ingress routes the WebSocket endpoint only
+        paths = [p for i in by_kind(objects, "Ingress") for r in i["spec"]["rules"] for p in r["http"]["paths"]]
+        assert [(p["path"], p["pathType"]) for p in paths] == [("/websocket", "Exact")]
+
+
 def test_ingress_keeps_websockets_open():
     ingress = one(render(load_values(VALUES / "production.yaml")), "Ingress")
     ann = ingress["metadata"]["annotations"]
@@ -408,7 +467,7 @@ def test_httproute_sends_traffic_to_the_client_service():
     assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}]
     assert route["spec"]["hostnames"] == ["ws.example.com"]
     rule = route["spec"]["rules"][0]
-    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/websocket"}}]
     assert rule["backendRefs"] == [{"name": f"{RELEASE}-pubmesh", "port": 8000}]
     assert rule["timeouts"] == {"request": "0s"}
     assert by_kind(objects, "Ingress") == []
@@ -528,7 +587,7 @@ def test_the_node_starts_with_the_rendered_config_args_and_env(values_file, tmp_
     objects = render(values)
     c = container(objects)
     pod_name = f"{node_deployment(objects)['metadata']['name']}-5d8f7c9b6d-x2k4q"
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     config = tmp_path / "pubmesh.toml"
     # Redis names of the values files do not resolve here: point them at a
     # closed local port. The node must still start and answer /livez.
@@ -541,6 +600,7 @@ def test_the_node_starts_with_the_rendered_config_args_and_env(values_file, tmp_
     for arg in c["args"]:
         arg = arg.replace("/etc/pubmesh/pubmesh.toml", str(config))
         arg = arg.replace("0.0.0.0:8000", f"127.0.0.1:{port}")
+        arg = arg.replace("0.0.0.0:9000", f"127.0.0.1:{admin_port}")
         arg = arg.replace("/etc/pubmesh/jwt/public.pem", str(jwt))
         args.append(arg)
     if any(str(jwt) in a for a in args):
@@ -563,13 +623,19 @@ def test_the_node_starts_with_the_rendered_config_args_and_env(values_file, tmp_
     try:
         status = wait_http(f"http://127.0.0.1:{port}/livez", 20, proc)
         assert status == 200, f"node exited or failed: {log.read_text()[-2000:]}"
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=2) as r:
             metrics = r.read().decode()
         assert f'pubmesh_info{{node_id="{pod_name}"' in metrics, metrics[:500]
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/nodes",
+        req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/api/nodes",
                                      headers={"X-API-Key": "test-key"})
         with urllib.request.urlopen(req, timeout=2) as r:
             assert r.status == 200
+        # the client port does not serve the API or the metrics
+        for path in ("/api/nodes", "/metrics"):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"X-API-Key": "test-key"})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=2)
+            assert err.value.code == 404
     finally:
         # SIGKILL: a SIGTERM would make the node drain for drain_seconds.
         proc.kill()

@@ -21,11 +21,17 @@ def compose() -> dict:
 
 def test_dockerfile_builds_in_rust_and_runs_as_non_root_in_a_slim_image():
     text = (DOCKER / "Dockerfile").read_text()
-    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.M)
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))
+    stages = [(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image), name)
+              for image, name in re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.M)]
     assert len(stages) >= 2
-    assert stages[0][0].startswith("rust:") and stages[0][1] == "builder"
+    # a pinned Rust image (full version), a minimal runtime chosen by build args
+    assert re.fullmatch(r"rust:\d+\.\d+\.\d+-\S+", stages[0][0]) and stages[0][1] == "builder"
     assert "slim" in stages[-1][0] or "distroless" in stages[-1][0]
+    assert stages[-1][1] == "runtime" and "${RUNTIME_IMAGE}" in text
     assert "cargo build --release --locked --bin pubmesh" in text
+    # the shipped binary has no debug info; it is kept apart
+    assert "objcopy --only-keep-debug" in text and "objcopy --strip-debug" in text
     runtime = text[text.rindex("\nFROM "):]
     user = re.search(r"^USER\s+(\d+)(?::(\d+))?", runtime, flags=re.M)
     assert user and int(user.group(1)) != 0

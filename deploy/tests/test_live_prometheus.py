@@ -96,6 +96,7 @@ class Cluster:
         self.redis_port = free_port()
         self.node_ports = [free_port() for _ in range(3)]
         self.prom_port = free_port()
+        self.exporter_port = free_port()
 
     def spawn(self, name: str, cmd: list[str]) -> None:
         log = open(self.tmp / f"{name}.log", "w")
@@ -130,12 +131,23 @@ class Cluster:
                 "--drain-seconds", "1", "--outbox-bytes", "65536"])
         for port in self.node_ports:
             eventually(lambda p=port: "true" in http_get(f"http://127.0.0.1:{p}/readyz"), f"node :{port} ready")
+        # redis_exporter (Debian's prometheus-redis-exporter) for the Redis panels and alerts.
+        exporter = shutil.which("prometheus-redis-exporter") or shutil.which("redis_exporter")
+        if exporter is None:
+            pytest.fail("redis_exporter is missing (apt-get install prometheus-redis-exporter)", pytrace=False)
+        self.spawn("redis-exporter", [exporter, f"-redis.addr=redis://127.0.0.1:{self.redis_port}",
+                                      f"-web.listen-address=127.0.0.1:{self.exporter_port}"])
+        eventually(lambda: "redis_up 1" in http_get(f"http://127.0.0.1:{self.exporter_port}/metrics"),
+                   "redis_exporter reaches Redis")
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(ALERTS)],
             "scrape_configs": [{
                 "job_name": "pubmesh", "scrape_interval": "1s",
                 "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in self.node_ports]}],
+            }, {
+                "job_name": "redis", "scrape_interval": "1s",
+                "static_configs": [{"targets": [f"127.0.0.1:{self.exporter_port}"]}],
             }],
         }
         (self.tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -256,7 +268,7 @@ def loaded_cluster(tmp_path_factory):
 
 def grafana_expr(expr: str, node_instance: str) -> str:
     return (expr.replace("$__rate_interval", "1m").replace("$__interval", "15s")
-            .replace("$job", "pubmesh").replace("$node", node_instance))
+            .replace("$redis_job", "redis").replace("$job", "pubmesh").replace("$node", node_instance))
 
 
 def test_every_dashboard_expression_returns_data(loaded_cluster):
@@ -322,4 +334,5 @@ def test_every_metric_the_dashboards_and_alerts_use_is_served(loaded_cluster):
     served = set()
     for port in loaded_cluster.node_ports:
         served |= served_names(loaded_cluster.metrics(port))
+    served |= served_names(http_get(f"http://127.0.0.1:{loaded_cluster.exporter_port}/metrics"))
     assert sorted(used - served) == []

@@ -75,6 +75,15 @@ impl std::fmt::Display for ConnectError {
 
 /// Open a WebSocket to `base` + `/websocket` + `query`, from `source`.
 pub async fn connect(base: &str, query: &str, source: Option<IpAddr>) -> Result<Ws, ConnectError> {
+    connect_path(base, &format!("/websocket{query}"), source).await
+}
+
+/// Open a WebSocket to `base` + `path` (with its query), from `source`.
+pub async fn connect_path(
+    base: &str,
+    path: &str,
+    source: Option<IpAddr>,
+) -> Result<Ws, ConnectError> {
     let err = |code, e: &dyn std::fmt::Display| ConnectError {
         code,
         detail: e.to_string(),
@@ -93,7 +102,7 @@ pub async fn connect(base: &str, query: &str, source: Option<IpAddr>) -> Result<
     }
     let stream = socket.connect(addr).await.map_err(|e| err("connect", &e))?;
     let _ = stream.set_nodelay(true);
-    let url = format!("{}/websocket{}", base.trim_end_matches('/'), query);
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(client_config()))
         .await
         .map_err(|e| err("handshake", &e))?;

@@ -366,6 +366,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
         total.add("deliveries_expected", expected);
         total.add("deliveries_received", 0);
         total.rate("delivery_loss", expected.saturating_sub(received), expected);
+        // More than expected: someone got what it was not a target of
+        // (e.g. an event outside a session's entitlement).
+        total.add("deliveries_extra", received.saturating_sub(expected));
         if !aborted {
             let planned = scenario.executor.expected_iterations(scenario.measured());
             let started_its = total.counter("iterations") + total.counter("dropped_iterations");

@@ -19,7 +19,10 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::client::{self, classify, connect, now_micros, payload, Frame, Ws};
 use crate::metrics::{Metrics, Recorder};
+use crate::protocol::{self, Protocol, Session};
 use crate::scenario::{split, Connections, Publish, Scenario, Subscribers, Target, Via, Workload};
+
+mod protocol_subscriber;
 
 /// Connection attempts in flight at once while setting up subscribers.
 const SETUP_CONCURRENCY: usize = 256;
@@ -585,14 +588,14 @@ async fn connect_subscribers(
         pending.spawn(async move {
             let _permit = permit;
             let joined = subscribe_one(&ctx, &subs, j).await;
-            joined.map(|(ws, id, targets)| {
+            joined.map(|(ws, id, targets, session)| {
                 let (tx, rx) = if member_queue {
                     let (tx, rx) = mpsc::channel(256);
                     (Some(tx), Some(rx))
                 } else {
                     (None, None)
                 };
-                (ws, id, targets, tx, rx)
+                (ws, id, targets, tx, rx, session)
             })
         });
     }
@@ -602,7 +605,7 @@ async fn connect_subscribers(
         queues: Vec::new(),
     };
     while let Some(done) = pending.join_next().await {
-        let Ok(Some((mut ws, id, targets, tx, rx))) = done else {
+        let Ok(Some((mut ws, id, targets, tx, rx, session))) = done else {
             continue;
         };
         for t in &targets {
@@ -616,20 +619,33 @@ async fn connect_subscribers(
         tasks.spawn(async move {
             let opened = Instant::now();
             let mut stop = ctx.stop.subscribe();
-            let end = read_loop(&ctx, &mut ws, &mut stop, rx, None, true).await;
+            let end = match session {
+                Some(mut session) => {
+                    protocol_subscriber::read_loop(&ctx, &mut ws, &mut session, &mut stop).await
+                }
+                None => read_loop(&ctx, &mut ws, &mut stop, rx, None, true).await,
+            };
             finish(&ctx, ws, opened, end).await;
         });
     }
     set
 }
 
+/// A connected subscriber: its socket, client id (native), targets, and
+/// protocol state (other protocols).
+type Subscribed = (Ws, String, Vec<u64>, Option<Session>);
+
 /// Connect subscriber `j`, join its channels; returns its targets.
-async fn subscribe_one(ctx: &Ctx, subs: &Subscribers, j: u64) -> Option<(Ws, String, Vec<u64>)> {
+async fn subscribe_one(ctx: &Ctx, subs: &Subscribers, j: u64) -> Option<Subscribed> {
     let channels = subs.channels_of(j);
     let names: Vec<String> = channels
         .iter()
         .map(|c| Scenario::channel_name(&subs.channel_prefix, *c))
         .collect();
+    if subs.protocol != Protocol::Native {
+        let (ws, session) = protocol_subscriber::open(ctx, subs, j, names).await?;
+        return Some((ws, String::new(), channels, Some(session)));
+    }
     let mut query = String::new();
     if let Some(first) = names.first() {
         query = format!("?channel_id={}", client::query_escape(first));
@@ -685,7 +701,7 @@ async fn subscribe_one(ctx: &Ctx, subs: &Subscribers, j: u64) -> Option<(Ws, Str
         Some(u) => vec![u],
         None => channels,
     };
-    Some((ws, id, targets))
+    Some((ws, id, targets, None))
 }
 
 /// A dedicated publisher socket; returns the queue its frames go through.
@@ -839,7 +855,18 @@ impl Message1 {
 /// POST one publish to the server API; true when accepted.
 async fn post(ctx: &Ctx, msg: &Message1) -> bool {
     let j = ctx.next_conn_index();
-    let url = format!("{}{}", client::http_base(ctx.url(j)), msg.api_path());
+    let (path, body) = match ctx.scenario().subscribers.as_ref() {
+        Some(subs) if subs.protocol != Protocol::Native => {
+            let event = ctx
+                .scenario()
+                .publish
+                .as_ref()
+                .map_or("bench", |p| p.event.as_str());
+            protocol::api_publish(subs.protocol, event, &msg.id, &msg.data)
+        }
+        _ => (msg.api_path(), msg.body()),
+    };
+    let url = format!("{}{path}", client::http_base(ctx.url(j)));
     let key = ctx
         .spec
         .api_key
@@ -852,7 +879,7 @@ async fn post(ctx: &Ctx, msg: &Message1) -> bool {
         .post(url)
         .header("X-API-Key", key)
         .header("content-type", "application/json")
-        .body(msg.body())
+        .body(body)
         .send()
         .await;
     let took = started.elapsed().as_micros() as u64;

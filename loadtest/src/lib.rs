@@ -3,6 +3,8 @@
 //! - [`scenario`]: scenario files (executors, workloads, thresholds);
 //! - [`client`]: sockets from 127.0.0.x sources, payload stamps, the cheap
 //!   receive-path scan;
+//! - [`protocol`]: subscribers speaking Phoenix, Socket.IO or the Cells
+//!   gateway instead of the native protocol;
 //! - [`engine`]: one segment of a run (subscribers, publishers, churn);
 //! - [`coordinator`]: segments in-process or in worker processes, merging,
 //!   progress, `abortOnFail`;
@@ -14,6 +16,7 @@ pub mod client;
 pub mod coordinator;
 pub mod engine;
 pub mod metrics;
+pub mod protocol;
 pub mod scenario;
 pub mod summary;
 pub mod threshold;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::Protocol;
 use crate::threshold::Threshold;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -272,6 +273,47 @@ pub struct Subscribers {
     /// `{channel_prefix}-u{i % users}` and joins no channel.
     #[serde(default)]
     pub users: u64,
+    /// What subscribers speak: `native` (`/websocket`), `phoenix`,
+    /// `socketio` or `cells` (see [`crate::protocol`]).
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Phoenix: heartbeat period.
+    #[serde(default = "default_heartbeat", with = "duration_text")]
+    pub heartbeat: Duration,
+    /// Socket.IO: Engine.IO revision, 4 (Socket.IO v5) or 3 (v4).
+    #[serde(default = "default_eio")]
+    pub eio: u8,
+    /// Socket.IO: the event emitted (acked) to join each room; "" when the
+    /// node puts sockets in their rooms itself.
+    #[serde(default = "default_join_event")]
+    pub join_event: String,
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_eio() -> u8 {
+    4
+}
+
+fn default_join_event() -> String {
+    "join".into()
+}
+
+fn default_event() -> String {
+    "bench".into()
+}
+
+impl Subscribers {
+    /// The protocol options of these subscribers.
+    pub fn protocol_options(&self) -> crate::protocol::Options {
+        crate::protocol::Options {
+            heartbeat: self.heartbeat,
+            eio: self.eio,
+            join_event: self.join_event.clone(),
+        }
+    }
 }
 
 /// What a publish targets.
@@ -314,6 +356,10 @@ pub struct Publish {
     /// Pause after each iteration of a VU executor.
     #[serde(default, with = "duration_text")]
     pub think_time: Duration,
+    /// The event name of API publishes to Phoenix and Socket.IO
+    /// subscribers, or the event kind for Cells subscribers.
+    #[serde(default = "default_event")]
+    pub event: String,
 }
 
 /// Chat rooms: shorthand for block-assigned subscribers posting to their room.
@@ -477,6 +523,10 @@ impl Scenario {
                 assign: Assign::Block,
                 channel_prefix: "room".into(),
                 users: 0,
+                protocol: Protocol::Native,
+                heartbeat: default_heartbeat(),
+                eio: default_eio(),
+                join_event: default_join_event(),
             });
             let publish = self.publish.get_or_insert(Publish {
                 target: Target::Channel,
@@ -484,6 +534,7 @@ impl Scenario {
                 connections: 1,
                 payload_bytes: chat.payload_bytes,
                 think_time: Duration::ZERO,
+                event: default_event(),
             });
             publish.via = Via::Member;
             publish.target = Target::Channel;
@@ -536,6 +587,25 @@ impl Scenario {
             }
             if publish.via == Via::Member && subscribers.users > 0 {
                 return Err("via = \"member\" needs channel subscribers".into());
+            }
+            if subscribers.protocol != Protocol::Native {
+                if publish.via != Via::Api || publish.target != Target::Channel {
+                    return Err(
+                        "phoenix, socketio and cells subscribers are published to with via = \"api\", target = \"channel\"".into(),
+                    );
+                }
+                if subscribers.users > 0 {
+                    return Err("subscribers.users goes with protocol = \"native\"".into());
+                }
+                if self.churn.is_some() {
+                    return Err("[churn] goes with protocol = \"native\"".into());
+                }
+            }
+            if subscribers.protocol == Protocol::Socketio && !matches!(subscribers.eio, 3 | 4) {
+                return Err("subscribers.eio is 3 or 4".into());
+            }
+            if subscribers.protocol == Protocol::Cells && self.jwt_secret.is_none() {
+                return Err("cells subscribers need jwt_secret (their subscribe tokens)".into());
             }
         }
         Ok(())
@@ -746,5 +816,46 @@ mod tests {
                 assert_eq!(next, total);
             }
         }
+    }
+
+    #[test]
+    fn protocol_subscribers_are_published_to_through_the_api() {
+        let base = "name = \"p\"\nduration = \"1s\"\njwt_secret = \"s\"\n[executor]\ntype = \"constant-arrival-rate\"\nrate = 10\n";
+        let with = |subs: &str, publish: &str| {
+            Scenario::from_toml(&format!(
+                "{base}[subscribers]\ncount = 4\n{subs}\n[publish]\n{publish}\n"
+            ))
+        };
+        let s = with(
+            "protocol = \"phoenix\"",
+            "via = \"api\"\nevent = \"new_msg\"",
+        )
+        .expect("valid");
+        let subs = s.subscribers.as_ref().expect("subscribers");
+        assert_eq!(subs.protocol, Protocol::Phoenix);
+        assert_eq!(subs.protocol_options().heartbeat, Duration::from_secs(30));
+        assert_eq!(
+            s.publish.as_ref().map(|p| p.event.as_str()),
+            Some("new_msg")
+        );
+        // Native stays the default, with the default event name unused.
+        let s = with("", "via = \"api\"").expect("valid");
+        assert_eq!(
+            s.subscribers.as_ref().map(|s| s.protocol),
+            Some(Protocol::Native)
+        );
+        for (subs, publish) in [
+            ("protocol = \"socketio\"", "via = \"ws\""),
+            ("protocol = \"cells\"", "via = \"member\""),
+            ("protocol = \"phoenix\"\nusers = 2", "via = \"api\""),
+            ("protocol = \"socketio\"\neio = 5", "via = \"api\""),
+            ("protocol = \"mqtt\"", "via = \"api\""),
+        ] {
+            assert!(with(subs, publish).is_err(), "{subs} / {publish}");
+        }
+        let no_secret = "name = \"p\"\nduration = \"1s\"\n[executor]\ntype = \"constant-vus\"\nvus = 1\n[subscribers]\ncount = 1\nprotocol = \"cells\"\n[publish]\nvia = \"api\"\n";
+        assert!(Scenario::from_toml(no_secret)
+            .expect_err("cells needs tokens")
+            .contains("jwt_secret"));
     }
 }

@@ -38,7 +38,48 @@ fn bad(message: impl Into<String>) -> ApiError {
 
 /// Every route of the node.
 pub fn router(node: Arc<Node>) -> Router {
-    let api = Router::new()
+    Router::new()
+        .merge(admin_routes(&node))
+        .merge(client_routes(&node))
+        .fallback(not_found)
+        .with_state(node)
+}
+
+/// The client listener when the API and metrics have their own
+/// (`--admin-listen`): the WebSocket endpoint and health only.
+pub fn client_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .merge(client_routes(&node))
+        .fallback(not_found)
+        .with_state(node)
+}
+
+/// The `--admin-listen` listener: the server API, /metrics and health.
+pub fn admin_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .merge(admin_routes(&node))
+        .merge(health_routes())
+        .fallback(not_found)
+        .with_state(node)
+}
+
+/// Every front-end's routes (from the registry) and health.
+fn client_routes(node: &Arc<Node>) -> Router<Arc<Node>> {
+    let mut router = Router::new();
+    for frontend in frontends() {
+        router = router.merge(frontend.routes(node));
+    }
+    router.merge(health_routes())
+}
+
+fn health_routes() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/livez", get(|| async { Json(json!({"live": true})) }))
+        .route("/readyz", get(readyz))
+}
+
+fn admin_routes(node: &Arc<Node>) -> Router<Arc<Node>> {
+    Router::new()
         .route("/api/notify/channels", post(notify_channels))
         .route("/api/notify/users", post(notify_users))
         .route("/api/notify/clients", post(notify_clients))
@@ -49,17 +90,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/history", get(history))
         .route("/api/presence", get(presence))
         .route_layer(middleware::from_fn_with_state(node.clone(), require_key))
-        .layer(DefaultBodyLimit::max(node.config.max_message_size));
-    let mut router = Router::new().merge(api);
-    for frontend in frontends() {
-        router = router.merge(frontend.routes(&node));
-    }
-    router
+        .layer(DefaultBodyLimit::max(node.config.max_message_size))
         .route("/metrics", get(metrics))
-        .route("/livez", get(|| async { Json(json!({"live": true})) }))
-        .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
-        .with_state(node)
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into())
 }
 
 /// Constant-time comparison, so the key cannot be guessed byte by byte.

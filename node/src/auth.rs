@@ -42,6 +42,10 @@ pub struct Identity {
 struct Claims {
     sub: String,
     exp: u64,
+    /// Checked by the validation; declared so a malformed value is refused.
+    #[serde(default)]
+    #[allow(dead_code)]
+    nbf: Option<u64>,
     #[serde(default)]
     channels: Option<Vec<String>>,
     #[serde(default)]

@@ -14,6 +14,8 @@ use serde::Deserialize;
 /// Environment variable names, one per flag (linkerd-style: named next to the flag).
 pub mod env {
     pub const LISTEN: &str = "PUBMESH_LISTEN";
+    pub const ADMIN_LISTEN: &str = "PUBMESH_ADMIN_LISTEN";
+    pub const LISTEN_BACKLOG: &str = "PUBMESH_LISTEN_BACKLOG";
     pub const NODE_ID: &str = "PUBMESH_NODE_ID";
     pub const API_KEY: &str = "PUBMESH_API_KEY";
     pub const JWT_SECRET: &str = "PUBMESH_JWT_SECRET";
@@ -58,12 +60,22 @@ pub enum LogFormat {
 #[command(
     name = "pubmesh",
     version,
-    about = "Real-time WebSocket pub/sub server"
+    about = "Real-time WebSocket pub/sub server",
+    after_help = "Every flag can be set with its PUBMESH_* environment variable (shown with each \
+flag) or in a TOML file (--config). Boolean variables accept 1/0, true/false, yes/no, on/off. \
+PUBMESH_REDIS_URL takes a comma-separated list. The log level comes from RUST_LOG \
+(default: info,fred=error; e.g. RUST_LOG=debug or RUST_LOG=pubmesh_node=debug)."
 )]
 pub struct Cli {
-    /// Address to listen on for WebSocket, API, metrics and health [default: 127.0.0.1:8000]
+    /// Address to listen on for WebSocket, health, and (without --admin-listen) API and metrics [default: 127.0.0.1:8000]
     #[arg(long, env = env::LISTEN)]
     pub listen: Option<SocketAddr>,
+    /// Separate address for the server API (/api/*) and /metrics, which then leave --listen
+    #[arg(long, env = env::ADMIN_LISTEN)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Pending-connection queue of the listeners (listen(2) backlog) [default: /proc/sys/net/core/somaxconn]
+    #[arg(long, env = env::LISTEN_BACKLOG)]
+    pub listen_backlog: Option<u32>,
     /// This node's id ([A-Za-z0-9_-], at most 64); random when not given
     #[arg(long, env = env::NODE_ID)]
     pub node_id: Option<String>,
@@ -76,20 +88,22 @@ pub struct Cli {
     /// PEM file with an RSA (RS256) or EC P-256 (ES256) public key for client JWTs
     #[arg(long, env = env::JWT_PUBLIC_KEY)]
     pub jwt_public_key: Option<PathBuf>,
-    /// Close sockets that have no valid token (code 4001)
-    #[arg(long, env = env::REQUIRE_AUTH, num_args = 0..=1, default_missing_value = "true")]
+    /// Close sockets that have no valid token (code 4001); needs --jwt-secret or --jwt-public-key
+    #[arg(long, env = env::REQUIRE_AUTH, num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub require_auth: Option<bool>,
     /// root_id of anonymous sockets [default: n::000000000000000000000001]
     #[arg(long, env = env::ANONYMOUS_ID)]
     pub anonymous_id: Option<String>,
-    /// Redis URL for the cluster relay (repeatable: channels are spread over them)
-    #[arg(long, env = env::REDIS_URL, value_delimiter = ',')]
+    /// Redis URL (redis:// or rediss://) for the cluster relay; repeatable, or comma-separated in PUBMESH_REDIS_URL: channels are spread over them
+    #[arg(long, env = env::REDIS_URL, value_delimiter = ',', hide_env_values = true)]
     pub redis_url: Vec<String>,
     /// Prefix of every Redis channel name [default: pubmesh]
     #[arg(long, env = env::REDIS_PREFIX)]
     pub redis_prefix: Option<String>,
     /// Treat --redis-url as a Redis Cluster and use sharded pub/sub (SSUBSCRIBE/SPUBLISH)
-    #[arg(long, env = env::REDIS_CLUSTER, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = env::REDIS_CLUSTER, num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub redis_cluster: Option<bool>,
     /// PEM file with the CA certificate(s) that sign the Redis servers' certificates, for rediss:// URLs [default: the system's CAs]
     #[arg(long, env = env::REDIS_TLS_CA)]
@@ -152,6 +166,8 @@ pub struct Cli {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub listen_backlog: Option<u32>,
     pub node_id: Option<String>,
     pub api_key: Option<String>,
     pub jwt_secret: Option<String>,
@@ -188,6 +204,10 @@ pub struct FileConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where the server API and /metrics are served when apart from `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// listen(2) backlog; None: the host's `net.core.somaxconn`.
+    pub listen_backlog: Option<u32>,
     pub node_id: String,
     /// The server API key and whether it was generated at start-up.
     pub api_key: String,
@@ -244,6 +264,16 @@ impl Config {
             None => FileConfig::default(),
         };
         Config::resolve(cli, file)
+    }
+
+    /// A configuration from the text of a TOML file alone (flags and
+    /// environment not consulted): for embedding, tests and fuzzing.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        Config::resolve(Cli::default(), file)
     }
 
     /// A configuration with every default, for tests and embedding.
@@ -309,11 +339,19 @@ impl Config {
                 "--redis-cluster needs at least one --redis-url".into(),
             ));
         }
+        let auth_patterns: Vec<String> = file
+            .namespaces
+            .iter()
+            .filter(|n| n.subscribe != crate::policy::SubscribePolicy::Anyone)
+            .map(|n| n.pattern.clone())
+            .collect();
         let config = Config {
             listen: cli
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| "127.0.0.1:8000".parse().expect("valid address")),
+            admin_listen: cli.admin_listen.or(file.admin_listen),
+            listen_backlog: cli.listen_backlog.or(file.listen_backlog),
             node_id,
             api_key,
             api_key_generated,
@@ -385,7 +423,31 @@ impl Config {
                 .map_err(ConfigError::Invalid)?,
         };
         config.check()?;
+        config.check_auth(&auth_patterns)?;
         Ok(config)
+    }
+
+    /// Refuse settings that need client tokens when no key can verify one:
+    /// every socket would be closed, or no one could ever subscribe.
+    fn check_auth(&self, auth_patterns: &[String]) -> Result<(), ConfigError> {
+        if self.jwt_secret.is_some() || self.jwt_public_key.is_some() {
+            return Ok(());
+        }
+        if self.require_auth {
+            return Err(ConfigError::Invalid(
+                "--require-auth needs --jwt-secret or --jwt-public-key: without a key no token \
+                 is valid and every socket would be closed with 4001"
+                    .into(),
+            ));
+        }
+        if !auth_patterns.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "namespaces {} let only authenticated sockets subscribe, but no \
+                 --jwt-secret or --jwt-public-key is set: no one could subscribe to them",
+                auth_patterns.join(", ")
+            )));
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -404,6 +466,14 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be > 0")));
             }
+        }
+        if self.listen_backlog == Some(0) {
+            return Err(ConfigError::Invalid("listen_backlog must be > 0".into()));
+        }
+        if self.admin_listen == Some(self.listen) && self.listen.port() != 0 {
+            return Err(ConfigError::Invalid(
+                "--admin-listen must differ from --listen".into(),
+            ));
         }
         if self.outbox_bytes < self.max_message_size {
             return Err(ConfigError::Invalid(
@@ -453,6 +523,29 @@ mod tests {
         assert_eq!(config.client_user_publish, DirectPublish::Any);
         assert_eq!(config.client_channel_publish, ChannelPublish::Members);
         assert!(config.api_key_generated);
+    }
+
+    #[test]
+    fn settings_that_need_a_token_key_are_refused_without_one() {
+        let cli = Cli::try_parse_from(["pubmesh", "--require-auth"]).expect("parses");
+        let err = Config::resolve(cli, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("--require-auth needs"), "{err}");
+        let file: FileConfig =
+            toml::from_str("[[namespaces]]\npattern = \"private:*\"\nsubscribe = \"claim\"\n")
+                .expect("toml");
+        let err = Config::resolve(Cli::default(), file).unwrap_err();
+        assert!(err.to_string().contains("private:*"), "{err}");
+        let cli = Cli::try_parse_from(["pubmesh", "--require-auth", "--jwt-secret", "s"])
+            .expect("parses");
+        assert!(Config::resolve(cli, FileConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn boolean_flags_accept_one_and_zero() {
+        for (value, expected) in [("1", true), ("0", false), ("true", true), ("false", false)] {
+            let cli = Cli::try_parse_from(["pubmesh", "--redis-cluster", value]).expect(value);
+            assert_eq!(cli.redis_cluster, Some(expected), "{value}");
+        }
     }
 
     #[test]

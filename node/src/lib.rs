@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod close_log;
 pub mod codec;
 pub mod config;
 pub mod conn;
@@ -123,6 +124,28 @@ pub fn build_on_bus(
     )))
 }
 
+/// Bind a listener with a listen(2) backlog of `backlog` (None: the host's
+/// `net.core.somaxconn`, so the kernel's own cap applies).
+pub fn bind(addr: std::net::SocketAddr, backlog: Option<u32>) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.unwrap_or_else(somaxconn))
+}
+
+/// The host's `net.core.somaxconn` (4096 when it cannot be read).
+pub fn somaxconn() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(4096)
+}
+
 /// Serve until `shutdown` completes, then drain and return.
 ///
 /// The shutdown trigger is a parameter so tests and embedders pass their own;
@@ -130,6 +153,18 @@ pub fn build_on_bus(
 pub async fn run(
     node: Arc<Node>,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    run_with_admin(node, listener, None, shutdown).await
+}
+
+/// Like [`run`], with the server API and /metrics on their own listener
+/// (`--admin-listen`) instead of the client one. The admin listener keeps
+/// serving through the drain, so metrics are scraped until the end.
+pub async fn run_with_admin(
+    node: Arc<Node>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     node.relay()
@@ -142,7 +177,18 @@ pub async fn run(
     if node.auth.enabled() {
         tokio::spawn(node::expire_tokens(node.clone(), Duration::from_secs(1)));
     }
-    let app = api::router(node.clone());
+    let app = match admin {
+        Some(admin) => {
+            let admin_app = api::admin_router(node.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin, admin_app).await {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            });
+            api::client_router(node.clone())
+        }
+        None => api::router(node.clone()),
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_node = node.clone();
     // Small frames must not wait for Nagle's algorithm (40 ms stalls).

@@ -52,8 +52,16 @@ async fn serve(config: Config) -> Result<(), pubmesh_node::StartError> {
     if config.max_connections.is_none() && open_files > 512 {
         config.max_connections = Some(open_files as usize - 256);
     }
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = pubmesh_node::bind(config.listen, config.listen_backlog)?;
     let addr = listener.local_addr()?;
+    let admin = match config.admin_listen {
+        Some(admin) => Some(pubmesh_node::bind(admin, config.listen_backlog)?),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|a| a.local_addr()).transpose()?;
+    let backlog = config
+        .listen_backlog
+        .unwrap_or_else(pubmesh_node::somaxconn);
     if config.api_key_generated {
         tracing::warn!(api_key = %config.api_key, "no --api-key given; generated one for this run");
     }
@@ -64,9 +72,11 @@ async fn serve(config: Config) -> Result<(), pubmesh_node::StartError> {
         %addr,
         relay = node.relay_name(),
         open_files,
+        backlog,
+        admin = admin_addr.map(|a| a.to_string()),
         "pubmesh listening: ws://{addr}/websocket"
     );
-    pubmesh_node::run(node, listener, pubmesh_node::shutdown::signal()).await?;
+    pubmesh_node::run_with_admin(node, listener, admin, pubmesh_node::shutdown::signal()).await?;
     tracing::info!("pubmesh stopped");
     Ok(())
 }

@@ -65,8 +65,8 @@ fn after(text: &str, prefix: &str) -> BTreeSet<String> {
             out.insert(name);
         }
         // `use crate::{a, b}` and `super::{x, y}` lists.
-        if rest.starts_with('{') {
-            let list: String = rest[1..].chars().take_while(|c| *c != '}').collect();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let list: String = inner.chars().take_while(|c| *c != '}').collect();
             for item in list.split(',') {
                 let item = item.trim();
                 let name: String = item

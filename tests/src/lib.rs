@@ -1,2 +1,3 @@
 //! Support for pubmesh end-to-end tests.
 pub mod harness;
+pub mod js;

@@ -132,6 +132,15 @@ Checks across values that the JSON schema cannot express.
 {{- if and .Values.config.require_auth (not (or .Values.auth.jwtSecret .Values.auth.jwtPublicKey .Values.auth.existingSecretKeys.jwtSecret .Values.auth.existingSecretKeys.jwtPublicKey)) -}}
 {{- fail "config.require_auth needs a JWT key: auth.jwtSecret, auth.jwtPublicKey, or one of auth.existingSecretKeys.jwtSecret/jwtPublicKey" -}}
 {{- end -}}
+{{- $jwtKey := or .Values.auth.jwtSecret .Values.auth.jwtPublicKey .Values.auth.existingSecretKeys.jwtSecret .Values.auth.existingSecretKeys.jwtPublicKey -}}
+{{- range .Values.config.namespaces -}}
+{{- if and (has (.subscribe | default "anyone") (list "authenticated" "claim")) (not $jwtKey) -}}
+{{- fail (printf "config.namespaces %q lets only authenticated sockets subscribe (subscribe: %s): it needs a JWT key (auth.jwtSecret, auth.jwtPublicKey, or auth.existingSecretKeys.jwtSecret/jwtPublicKey)" .pattern .subscribe) -}}
+{{- end -}}
+{{- end -}}
+{{- if eq (int .Values.containerPort) (int .Values.adminPort) -}}
+{{- fail "adminPort must differ from containerPort: the API and /metrics get their own port" -}}
+{{- end -}}
 {{- if and .Values.autoscaling.enabled .Values.autoscaling.targetCPUUtilizationPercentage (not (dig "requests" "cpu" "" .Values.resources)) -}}
 {{- fail "CPU autoscaling needs resources.requests.cpu" -}}
 {{- end -}}

@@ -473,9 +473,14 @@ impl Node {
             .map_err(|e| MeshError::Unavailable(e.to_string()))
     }
 
-    /// The connection ended: count it under `label`, drop what is queued,
-    /// unregister it, give back its permit and leave presence.
-    pub fn close(self: &Arc<Self>, conn: &Arc<Conn>, label: &str) {
+    /// The connection ended (closed by the server for a reason, or by the
+    /// client: `None`): count and log it, drop what is queued, unregister
+    /// it, give back its permit and leave presence.
+    pub fn close(self: &Arc<Self>, conn: &Arc<Conn>, closed_by_server: Option<CloseReason>) {
+        if let Some(reason) = closed_by_server {
+            crate::close_log::policy_close(reason, &conn.client_id);
+        }
+        let label = closed_by_server.map(CloseReason::label).unwrap_or("client");
         self.metrics
             .connections_closed
             .with_label_values(&[label])

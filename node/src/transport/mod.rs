@@ -52,9 +52,12 @@ pub trait Session: Send {
     fn on_tick(&mut self) -> impl Future<Output = Flow> + Send {
         async { Flow::Continue }
     }
-    /// The connection ended; `label` says why (`client`, or a close reason's
-    /// label). Called exactly once.
-    fn on_close(&mut self, label: &'static str) -> impl Future<Output = ()> + Send;
+    /// The connection ended: closed by the server for this reason, or
+    /// (`None`) by the client or a failed socket. Called exactly once.
+    fn on_close(
+        &mut self,
+        closed_by_server: Option<CloseReason>,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Per-connection transport settings.
@@ -193,10 +196,9 @@ pub async fn run<S, T>(
             let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         }
     }
-    let label = closed_by_server.map(CloseReason::label).unwrap_or("client");
     // Whatever is left in the outbox is dropped with the connection.
     outbox.close(CloseReason::Disconnected);
-    session.on_close(label).await;
+    session.on_close(closed_by_server).await;
 }
 
 /// Drain the outbox until it closes; returns the server's close reason, or

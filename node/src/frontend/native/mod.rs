@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use self::codec::{connection_frame, NativeCodec};
 use self::parse::MAX_ID_LEN;
-use self::session::NativeSession;
+pub use self::session::NativeSession;
 use crate::codec::Codec;
 use crate::frontend::Frontend;
 use crate::node::{MeshError, Node};

@@ -16,6 +16,7 @@ use super::parse::{
 use crate::conn::Conn;
 use crate::delivery::{Delivery, Position, Target};
 use crate::node::{JoinRequest, MeshError, Node, Published, Read};
+use crate::outbox::CloseReason;
 use crate::policy::ChannelOptions;
 use crate::transport::{Flow, Session};
 use crate::walker::{valid_walker_name, WalkerCall, WalkerError};
@@ -384,7 +385,7 @@ impl Session for NativeSession {
         Flow::Continue
     }
 
-    async fn on_close(&mut self, label: &'static str) {
-        self.node.close(&self.conn, label);
+    async fn on_close(&mut self, closed_by_server: Option<CloseReason>) {
+        self.node.close(&self.conn, closed_by_server);
     }
 }

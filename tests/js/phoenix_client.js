@@ -1,0 +1,64 @@
+// The official `phoenix` client (Socket + Channel) under node, over the `ws`
+// package's WebSocket.
+//
+//   node phoenix_client.js ENDPOINT TOPIC ['{"params":{…},"heartbeatIntervalMs":N}']
+//
+// ENDPOINT is the socket URL without the transport (ws://host:port/socket).
+// Reports: open, joined {response}, join_error {response}, message {name,
+// payload} (binary payloads as {"base64":…}), reply {name, status,
+// response}, channel_error, channel_close, close. Stdin commands (one JSON
+// per line): {"push":EVENT,"payload":…} or {"push":EVENT,"base64":…} (an
+// ArrayBuffer payload), {"leave":true}.
+'use strict';
+
+const WebSocket = require('ws');
+const { Socket } = require('phoenix');
+const { report, reportFailures, onStdinLines } = require('./report');
+
+reportFailures();
+const [endpoint, topic, optionsJson = '{}'] = process.argv.slice(2);
+const options = JSON.parse(optionsJson);
+
+const binary = (payload) =>
+  payload instanceof ArrayBuffer ? { base64: Buffer.from(payload).toString('base64') } : payload;
+
+const socket = new Socket(endpoint, {
+  transport: WebSocket,
+  params: options.params || {},
+  heartbeatIntervalMs: options.heartbeatIntervalMs || 30000,
+  reconnectAfterMs: () => 60000,
+});
+socket.onOpen(() => report('open'));
+socket.onClose((e) => report('close', { code: e && e.code }));
+socket.connect();
+
+const channel = socket.channel(topic, options.joinParams || {});
+channel.onMessage = (event, payload) => {
+  if (!event.startsWith('phx_') && !event.startsWith('chan_reply_')) {
+    report('message', { name: event, payload: binary(payload) });
+  }
+  return payload;
+};
+channel.onError(() => report('channel_error'));
+channel.onClose(() => report('channel_close'));
+channel
+  .join()
+  .receive('ok', (response) => report('joined', { response }))
+  .receive('error', (response) => report('join_error', { response }));
+
+onStdinLines((line) => {
+  const cmd = JSON.parse(line);
+  if (cmd.leave) {
+    channel.leave().receive('ok', () => report('left'));
+    return;
+  }
+  const payload =
+    cmd.base64 !== undefined
+      ? new Uint8Array(Buffer.from(cmd.base64, 'base64')).buffer
+      : cmd.payload || {};
+  channel
+    .push(cmd.push, payload)
+    .receive('ok', (response) => report('reply', { name: cmd.push, status: 'ok', response: binary(response) }))
+    .receive('error', (response) => report('reply', { name: cmd.push, status: 'error', response: binary(response) }))
+    .receive('timeout', () => report('reply', { name: cmd.push, status: 'timeout' }));
+});

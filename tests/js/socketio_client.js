@@ -1,0 +1,54 @@
+// The official Socket.IO client under node over WebSocket only:
+// socket.io-client 4 (Engine.IO 4, Socket.IO v5) or 2 (Engine.IO 3, v4).
+//
+//   node socketio_client.js URL 4|2 ['{"auth":{…},"events":["name",…],"path":"/socket.io"}']
+//
+// Reports: connect {id}, connect_error {message}, disconnect {reason},
+// event {name, args} (Buffers as {"base64":…}; v4 reports every event,
+// v2 those listed in "events"), ack {name, args}. Stdin commands:
+// {"emit":EVENT,"args":[…],"ack":true|false}; an arg {"base64":…} is sent
+// as binary.
+'use strict';
+
+const { report, reportFailures, onStdinLines } = require('./report');
+
+reportFailures();
+const [url, version, optionsJson = '{}'] = process.argv.slice(2);
+const options = JSON.parse(optionsJson);
+
+const out = (arg) =>
+  Buffer.isBuffer(arg) || arg instanceof ArrayBuffer
+    ? { base64: Buffer.from(arg).toString('base64') }
+    : arg;
+const into = (arg) => (arg && typeof arg === 'object' && arg.base64 !== undefined ? Buffer.from(arg.base64, 'base64') : arg);
+
+const common = { transports: ['websocket'], reconnection: false, path: options.path || '/socket.io' };
+let socket;
+if (version === '4') {
+  const { io } = require('socket.io-client');
+  socket = io(url, { ...common, auth: options.auth });
+  socket.onAny((event, ...args) => report('event', { name: event, args: args.map(out) }));
+} else if (version === '2') {
+  const io = require('socket.io-client-v2');
+  socket = io(url, common);
+  for (const name of options.events || []) {
+    socket.on(name, (...args) => report('event', { name, args: args.map(out) }));
+  }
+} else {
+  report('fatal', { error: 'version must be 4 or 2' });
+  process.exit(2);
+}
+socket.on('connect', () => report('connect', { id: socket.id }));
+socket.on('connect_error', (err) => report('connect_error', { message: String((err && err.message) || err) }));
+socket.on('error', (err) => report('error', { message: String((err && err.message) || err) }));
+socket.on('disconnect', (reason) => report('disconnect', { reason }));
+
+onStdinLines((line) => {
+  const cmd = JSON.parse(line);
+  const args = (cmd.args || []).map(into);
+  if (cmd.ack) {
+    socket.emit(cmd.emit, ...args, (...ack) => report('ack', { name: cmd.emit, args: ack.map(out) }));
+  } else {
+    socket.emit(cmd.emit, ...args);
+  }
+});
