@@ -522,7 +522,7 @@ a< {"type":"error","error":"channel_ids must be a list of strings","code":"bad_r
 a> {"type":"channel","channel_ids":[],"data":{}}
 a< {"type":"error","error":"channel_ids must not be empty","code":"bad_request"}
 a> {"type":"channel","channel_ids":[""],"data":{}}
-a< {"type":"error","error":"every id in channel_ids must be 1 to 256 bytes","code":"bad_request"}
+a< {"type":"error","error":"channel_ids: a channel name must be 1 to 256 bytes","code":"bad_request"}
 a> {"type":"channel","channel_ids":["room"],"data":5}
 a< {"type":"error","error":"data must be an object","code":"bad_request"}
 a> {"type":"channel","channel_ids":["room"]}
