@@ -39,7 +39,8 @@ context="$(mktemp -d)"
 trap 'rm -rf "$context"' EXIT
 cp "$bin.stripped" "$context/pubmesh"
 format=()
-[ "$engine" = podman ] && format=(--format docker)  # keeps HEALTHCHECK
+# podman: the docker format keeps HEALTHCHECK.
+[ "$engine" = podman ] && format=(--format docker)
 "${engine_cmd[@]}" build "${format[@]}" -q -f deploy/docker/Dockerfile \
   --build-arg BINARY_STAGE=prebuilt --build-arg RUNTIME_IMAGE="$base" \
   -t "$tag" "$context" >/dev/null

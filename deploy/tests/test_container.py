@@ -34,6 +34,9 @@ from conftest import REPO
 from test_live_prometheus import eventually, free_port, http_get
 
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
+# This machine caps every process at 20,000 open files: podman's default
+# (1,048,576) cannot be set, so every run states its limits.
+LIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
 BASE = "localhost/debian-base"
 API_KEY = "container-test-key"
 DRAIN_SECONDS = 6
@@ -96,14 +99,16 @@ class Containers:
     def node(self, redis_port: int | None, *extra: str) -> tuple[str, int]:
         name = f"pubmesh-test-{RUN_ID}-{len(self.names)}"
         port = free_port()
-        args = ["--listen", f"127.0.0.1:{port}", "--node-id", name.replace("pubmesh-test-", "c"),
+        # The address goes in PUBMESH_LISTEN, as in a real deployment: the
+        # image's HEALTHCHECK probes /readyz on that variable's port.
+        args = ["--node-id", name.replace("pubmesh-test-", "c"),
                 "--api-key", API_KEY, "--drain-seconds", str(DRAIN_SECONDS), *extra]
         if redis_port is not None:
             args += ["--redis-url", f"redis://127.0.0.1:{redis_port}"]
         podman("run", "-d", "--name", name, "--network", "host", "--read-only",
+               "--env", f"PUBMESH_LISTEN=127.0.0.1:{port}",
                "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-               "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096",
-               self.image, *args)
+               *LIMITS, self.image, *args)
         self.names.append(name)
         return name, port
 
@@ -152,7 +157,7 @@ def test_image_runs_as_non_root_on_a_read_only_root(image, containers, redis):
 def test_the_shipped_binary_has_no_debug_info(image, tmp_path):
     shipped = tmp_path / "pubmesh"
     with open(shipped, "wb") as out:
-        subprocess.run([*PODMAN, "run", "--rm", "--network", "none", "--entrypoint", "/bin/cat",
+        subprocess.run([*PODMAN, "run", "--rm", "--network", "none", *LIMITS, "--entrypoint", "/bin/cat",
                         image, "/usr/local/bin/pubmesh"], stdout=out, check=True, timeout=120)
     sections = subprocess.run(["readelf", "-S", "-W", str(shipped)], capture_output=True,
                               text=True, check=True).stdout

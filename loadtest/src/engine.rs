@@ -917,7 +917,8 @@ async fn publish_at_rate(ctx: &Arc<Ctx>, publish: &Publish, targets: &Targets) {
     let mut inflight = JoinSet::new();
     while ctx.running() {
         tick.tick().await;
-        let now = ctx.elapsed();
+        // A tick that fires late must not plan arrivals past the end.
+        let now = ctx.elapsed().min(ctx.end());
         let rate = ctx.scenario().executor.target_at(ctx.exec_time()) / of as f64;
         due += rate * (now - last).as_secs_f64();
         last = now;
@@ -1298,7 +1299,8 @@ async fn connections_at_rate(ctx: &Arc<Ctx>, c: &Connections) {
     let mut set = JoinSet::new();
     while ctx.running() {
         tick.tick().await;
-        let now = ctx.elapsed();
+        // A tick that fires late must not plan arrivals past the end.
+        let now = ctx.elapsed().min(ctx.end());
         due += ctx.scenario().executor.target_at(ctx.exec_time()) / of as f64
             * (now - last).as_secs_f64();
         last = now;

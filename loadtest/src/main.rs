@@ -41,10 +41,10 @@ struct RunArgs {
     #[arg(long = "url")]
     urls: Vec<String>,
     /// Server API key for `via = "api"`.
-    #[arg(long, env = "PUBMESH_API_KEY")]
+    #[arg(long, env = "PUBMESH_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// HS256 secret for user subscribers.
-    #[arg(long, env = "PUBMESH_JWT_SECRET")]
+    #[arg(long, env = "PUBMESH_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
     /// Measured duration of a constant executor (e.g. 30s).
     #[arg(long)]
@@ -150,12 +150,12 @@ fn inspect(s: &Scenario) {
     let (workers, ips) = plan(s, &RunOptions::default());
     println!("{}: {}", s.name, s.description);
     println!("  urls:        {}", s.urls.join(", "));
-    println!("  executor:    {:?}", s.executor);
+    println!("  load:        {}", describe_executor(&s.executor));
     println!(
-        "  measured:    {:?} (warm-up {:?}, drain {:?})",
-        s.measured(),
-        s.effective_warmup(),
-        s.drain
+        "  timing:      measured for {}, after a {} warm-up; then {} to let in-flight deliveries arrive",
+        secs(s.measured()),
+        secs(s.effective_warmup()),
+        secs(s.drain)
     );
     match s.workload() {
         Ok(Workload::PubSub {
@@ -163,8 +163,32 @@ fn inspect(s: &Scenario) {
             publish,
             churn,
         }) => {
-            println!("  subscribers: {subscribers:?}");
-            println!("  publish:     {publish:?}");
+            println!(
+                "  subscribers: {} {:?} sockets over {} channels named {}-N, {} channel(s) each ({:?} assignment){}",
+                subscribers.count,
+                subscribers.protocol,
+                subscribers.channels,
+                subscribers.channel_prefix,
+                subscribers.channels_per_subscriber,
+                subscribers.assign,
+                if subscribers.users > 0 {
+                    format!(", {} of them as users with tokens", subscribers.users)
+                } else {
+                    String::new()
+                }
+            );
+            println!(
+                "  publish:     each iteration sends one {}-byte message to a {:?} target via {:?}, from {} connection(s){}",
+                publish.payload_bytes,
+                publish.target,
+                publish.via,
+                publish.connections,
+                if publish.think_time.is_zero() {
+                    String::new()
+                } else {
+                    format!(", pausing {} after each", secs(publish.think_time))
+                }
+            );
             if let Some(c) = churn {
                 println!("  churn:       {c:?}");
             }
@@ -189,6 +213,63 @@ fn inspect(s: &Scenario) {
             }
         );
     }
+}
+
+fn secs(d: std::time::Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// The executor in plain words.
+fn describe_executor(e: &Executor) -> String {
+    let stages = |stages: &[pubmesh_loadtest::scenario::Stage], unit: &str| {
+        stages
+            .iter()
+            .map(|st| format!("to {} {unit} over {}", st.target, secs(st.duration)))
+            .collect::<Vec<_>>()
+            .join(", then ")
+    };
+    let cap = |max: &Option<u64>| match max {
+        Some(m) => format!("; at most {m} iterations in flight, more are dropped and counted"),
+        None => String::new(),
+    };
+    match e {
+        Executor::ConstantVus { vus } => {
+            format!("{vus} virtual users, each running iterations back to back")
+        }
+        Executor::RampingVus {
+            start_vus,
+            stages: st,
+        } => format!(
+            "virtual users ramped from {start_vus} {}",
+            stages(st, "users")
+        ),
+        Executor::ConstantArrivalRate { rate, max_vus } => format!(
+            "{rate} iterations started per second, whatever their duration{}",
+            cap(max_vus)
+        ),
+        Executor::RampingArrivalRate {
+            start_rate,
+            stages: st,
+            max_vus,
+        } => format!(
+            "iterations per second ramped from {start_rate} {}{}",
+            stages(st, "per second"),
+            cap(max_vus)
+        ),
+    }
+}
+
+/// A hint when the nodes refused the scenario's publishes by policy.
+fn policy_hint(metrics: &pubmesh_loadtest::metrics::Metrics) -> Option<String> {
+    let forbidden = metrics.counter("errors{code:forbidden}");
+    (forbidden > 0).then(|| {
+        format!(
+            "     hint: the nodes refused {forbidden} frames with \"forbidden\": their publish policy \
+             does not allow what the scenario sends. Start the nodes with \
+             --client-channel-publish any (or members, with publishers subscribed), \
+             --client-user-publish any / --client-client-publish any, or publish with via = \"api\" and --api-key."
+        )
+    })
 }
 
 /// Apply command-line overrides to the scenario.
@@ -284,6 +365,9 @@ async fn run_cmd(args: RunArgs) -> ExitCode {
         if outcome.aborted {
             println!("     the run was aborted by a threshold (abortOnFail)");
         }
+    }
+    if let Some(hint) = policy_hint(&outcome.metrics) {
+        eprintln!("{hint}");
     }
     let mut io_failed = false;
     if let Some(path) = &args.summary_export {

@@ -317,6 +317,12 @@ via = "ws"
     let (out, v) = run_against(&node, &dir, scenario, &[]);
     assert_eq!(out.status.code(), Some(99), "{out:?}\n{v}");
     assert!(count(&v, "errors{code:forbidden}") > 0);
+    // The run says why, and what to change.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("hint: the nodes refused") && stderr.contains("--client-channel-publish"),
+        "{stderr}"
+    );
     assert_eq!(
         v["metrics"]["errors{code:forbidden}"]["thresholds"]["count<1"]["ok"],
         false
@@ -370,4 +376,19 @@ errors = ["count<1"]
     assert!(sessions > 0, "{v}");
     assert!(sessions + dropped <= 100, "{v}");
     assert_eq!(count(&v, "errors"), 0, "{v}");
+}
+
+/// `--help` names the environment variables but never shows their values.
+#[test]
+fn help_hides_secrets() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pubmesh-load"))
+        .args(["run", "--help"])
+        .env("PUBMESH_API_KEY", "very-secret-key")
+        .env("PUBMESH_JWT_SECRET", "very-secret-jwt")
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(help.contains("PUBMESH_API_KEY"), "{help}");
+    assert!(!help.contains("very-secret"), "{help}");
 }

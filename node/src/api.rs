@@ -230,7 +230,7 @@ async fn notify_channels(
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
     let delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
-    node.publish_channels(delivery, scope(req.local))
+    node.publish_channels_confirmed(delivery, scope(req.local))
         .await
         .map(Json)
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
@@ -244,10 +244,13 @@ async fn notify_users(
     check_ids(&node, &mut req.root_ids, "root_ids")?;
     count(&node, "api_users");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(
-        Delivery::new(Target::Users(req.root_ids), frame),
-        scope(req.local),
-    )))
+    Ok(Json(
+        node.publish_confirmed(
+            Delivery::new(Target::Users(req.root_ids), frame),
+            scope(req.local),
+        )
+        .await,
+    ))
 }
 
 async fn notify_clients(
@@ -258,10 +261,13 @@ async fn notify_clients(
     check_ids(&node, &mut req.client_ids, "client_ids")?;
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(
-        Delivery::new(Target::Clients(req.client_ids), frame),
-        scope(req.local),
-    )))
+    Ok(Json(
+        node.publish_confirmed(
+            Delivery::new(Target::Clients(req.client_ids), frame),
+            scope(req.local),
+        )
+        .await,
+    ))
 }
 
 async fn broadcast(
@@ -271,10 +277,10 @@ async fn broadcast(
     let req: Broadcast = parse(&body)?;
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
-    Ok(Json(node.publish(
-        Delivery::new(Target::All, frame),
-        scope(req.local),
-    )))
+    Ok(Json(
+        node.publish_confirmed(Delivery::new(Target::All, frame), scope(req.local))
+            .await,
+    ))
 }
 
 async fn disconnect(

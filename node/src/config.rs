@@ -43,6 +43,11 @@ pub mod env {
     pub const CLIENT_CLIENT_PUBLISH: &str = "PUBMESH_CLIENT_CLIENT_PUBLISH";
     pub const FLUSH_WINDOW_US: &str = "PUBMESH_FLUSH_WINDOW_US";
     pub const PRESENCE_TTL_SECONDS: &str = "PUBMESH_PRESENCE_TTL_SECONDS";
+    pub const RELAY_QUEUE_BYTES: &str = "PUBMESH_RELAY_QUEUE_BYTES";
+    pub const RELAY_RECEIVE_BYTES: &str = "PUBMESH_RELAY_RECEIVE_BYTES";
+    pub const RELAY_RETRY_MS: &str = "PUBMESH_RELAY_RETRY_MS";
+    pub const RELAY_PROBE_MS: &str = "PUBMESH_RELAY_PROBE_MS";
+    pub const RELAY_INTEREST_RATE: &str = "PUBMESH_RELAY_INTEREST_RATE";
 }
 
 pub use crate::policy::{ChannelPublish, DirectPublish};
@@ -159,6 +164,21 @@ pub struct Cli {
     /// Cluster presence entries of a node that stops refreshing them expire after this [default: 30]
     #[arg(long, env = env::PRESENCE_TTL_SECONDS)]
     pub presence_ttl_seconds: Option<u64>,
+    /// Bytes of envelopes the relay holds for Redis (queued, in flight or waiting out an outage); beyond, publishes fail (`queue_full`) [default: 33554432]
+    #[arg(long, env = env::RELAY_QUEUE_BYTES)]
+    pub relay_queue_bytes: Option<usize>,
+    /// Bytes of received envelopes the relay may hold per Redis connection before it drops (`lagged`): sizes the receive ring to this many bytes of --max-message-size envelopes [default: 268435456]
+    #[arg(long, env = env::RELAY_RECEIVE_BYTES)]
+    pub relay_receive_bytes: Option<usize>,
+    /// How long a publish waits for an unreachable Redis before it is reported failed (`redis_down`), in ms [default: 5000]
+    #[arg(long, env = env::RELAY_RETRY_MS)]
+    pub relay_retry_ms: Option<u64>,
+    /// Interval of the readiness probe (PING and canary round trip per Redis server), in ms; a probe gets the same deadline [default: 1000]
+    #[arg(long, env = env::RELAY_PROBE_MS)]
+    pub relay_probe_ms: Option<u64>,
+    /// Redis channel (un)subscriptions per second this node may issue; the rest wait [default: 2000]
+    #[arg(long, env = env::RELAY_INTEREST_RATE)]
+    pub relay_interest_rate: Option<u32>,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -195,6 +215,11 @@ pub struct FileConfig {
     pub client_client_publish: Option<DirectPublish>,
     pub flush_window_us: Option<u64>,
     pub presence_ttl_seconds: Option<u64>,
+    pub relay_queue_bytes: Option<usize>,
+    pub relay_receive_bytes: Option<usize>,
+    pub relay_retry_ms: Option<u64>,
+    pub relay_probe_ms: Option<u64>,
+    pub relay_interest_rate: Option<u32>,
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
     pub namespaces: Vec<crate::policy::NamespaceConfig>,
@@ -238,6 +263,35 @@ pub struct Config {
     pub flush_window: Duration,
     pub presence_ttl: Duration,
     pub namespaces: crate::policy::Namespaces,
+    /// Bounds of the cluster relay (see docs/cluster.md).
+    pub relay: RelayLimits,
+}
+
+/// What the cluster relay may hold and how it probes Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Bytes of outgoing envelopes held (queues and retry buffer together).
+    pub queue_bytes: usize,
+    /// Bytes of received envelopes held per subscriber connection.
+    pub receive_bytes: usize,
+    /// How long a publish may wait for Redis.
+    pub retry: Duration,
+    /// Readiness probe interval (and deadline).
+    pub probe: Duration,
+    /// Subscribe/unsubscribe topic changes per second.
+    pub interest_rate: u32,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            queue_bytes: 32 * 1024 * 1024,
+            receive_bytes: 256 * 1024 * 1024,
+            retry: Duration::from_secs(5),
+            probe: Duration::from_secs(1),
+            interest_rate: 2000,
+        }
+    }
 }
 
 /// A configuration that cannot be used, with a message fit for the operator.
@@ -421,6 +475,31 @@ impl Config {
             ),
             namespaces: crate::policy::Namespaces::new(&file.namespaces)
                 .map_err(ConfigError::Invalid)?,
+            relay: {
+                let d = RelayLimits::default();
+                RelayLimits {
+                    queue_bytes: cli
+                        .relay_queue_bytes
+                        .or(file.relay_queue_bytes)
+                        .unwrap_or(d.queue_bytes),
+                    receive_bytes: cli
+                        .relay_receive_bytes
+                        .or(file.relay_receive_bytes)
+                        .unwrap_or(d.receive_bytes),
+                    retry: cli
+                        .relay_retry_ms
+                        .or(file.relay_retry_ms)
+                        .map_or(d.retry, Duration::from_millis),
+                    probe: cli
+                        .relay_probe_ms
+                        .or(file.relay_probe_ms)
+                        .map_or(d.probe, Duration::from_millis),
+                    interest_rate: cli
+                        .relay_interest_rate
+                        .or(file.relay_interest_rate)
+                        .unwrap_or(d.interest_rate),
+                }
+            },
         };
         config.check()?;
         config.check_auth(&auth_patterns)?;
@@ -466,6 +545,18 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be > 0")));
             }
+        }
+        if self.relay.queue_bytes < 2 * self.max_message_size
+            || self.relay.receive_bytes < self.max_message_size
+        {
+            return Err(ConfigError::Invalid(
+                "relay_queue_bytes must be at least twice, and relay_receive_bytes at least, max_message_size".into(),
+            ));
+        }
+        if self.relay.probe < Duration::from_millis(50) || self.relay.interest_rate == 0 {
+            return Err(ConfigError::Invalid(
+                "relay_probe_ms must be >= 50 and relay_interest_rate > 0".into(),
+            ));
         }
         if self.listen_backlog == Some(0) {
             return Err(ConfigError::Invalid("listen_backlog must be > 0".into()));

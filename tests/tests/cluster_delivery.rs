@@ -149,7 +149,10 @@ async fn local_broadcast_stays_on_its_node() {
             json!({"channel_ids": ["lb"], "data": {"l": 1}, "local": true}),
         )
         .await;
-    assert_eq!(body, json!({"local_deliveries": 1, "relayed": false}));
+    assert_eq!(
+        body,
+        json!({"local_deliveries": 1, "relayed": false, "relay": "none"})
+    );
     let (_, body) = nodes[0]
         .post("/api/broadcast", json!({"data": {"l": 2}, "local": true}))
         .await;

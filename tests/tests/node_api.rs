@@ -104,7 +104,10 @@ async fn notify_routes_deliver_and_report_what_they_did() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"local_deliveries": 2, "relayed": false}));
+    assert_eq!(
+        body,
+        json!({"local_deliveries": 2, "relayed": false, "relay": "none"})
+    );
     assert_eq!(a.recv().await, json!({"k": 1}));
     assert_eq!(b.recv().await, json!({"k": 1}));
 
@@ -129,7 +132,10 @@ async fn notify_routes_deliver_and_report_what_they_did() {
     let (_, body) = node
         .post("/api/broadcast", json!({"data": {"k": 4}, "local": true}))
         .await;
-    assert_eq!(body, json!({"local_deliveries": 2, "relayed": false}));
+    assert_eq!(
+        body,
+        json!({"local_deliveries": 2, "relayed": false, "relay": "none"})
+    );
     assert_eq!(a.recv().await, json!({"k": 4}));
     assert_eq!(b.recv().await, json!({"k": 4}));
 
@@ -266,7 +272,10 @@ async fn local_notifications_are_never_relayed() {
     ] {
         let (status, reply) = node.post(path, body.clone()).await;
         assert_eq!(status, 200, "{path}: {reply}");
-        assert_eq!(reply, json!({"local_deliveries": 1, "relayed": false}));
+        assert_eq!(
+            reply,
+            json!({"local_deliveries": 1, "relayed": false, "relay": "none"})
+        );
         assert_eq!(a.recv().await, body["data"]);
     }
 }

@@ -310,7 +310,7 @@ async fn published_acks_report_local_deliveries_for_every_kind() {
     assert_eq!(frames[0], json!({"n": 1}));
     assert_eq!(
         frames[1],
-        json!({"type": "published", "ref": "c", "local_deliveries": 3, "relayed": false})
+        json!({"type": "published", "ref": "c", "local_deliveries": 3, "relayed": false, "relay": "none"})
     );
     assert_eq!(b.recv().await, json!({"n": 1}));
     assert_eq!(c.recv().await, json!({"n": 1}));
@@ -325,7 +325,7 @@ async fn published_acks_report_local_deliveries_for_every_kind() {
     assert_eq!(c.recv().await, json!({"n": 3}));
     assert_eq!(
         b.recv().await,
-        json!({"type": "published", "ref": 3, "local_deliveries": 1, "relayed": false})
+        json!({"type": "published", "ref": 3, "local_deliveries": 1, "relayed": false, "relay": "none"})
     );
     a.expect_silence(quiet()).await;
 }

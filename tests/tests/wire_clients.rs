@@ -26,11 +26,14 @@ fn raw(s: &str) -> Box<RawValue> {
 /// Accept one WebSocket on `listener`; returns it and the request URI.
 // The handshake callback's error type is tungstenite's, not ours.
 #[allow(clippy::result_large_err)]
-async fn accept(listener: &TcpListener) -> (Ws, String) {
-    let (stream, _) = tokio::time::timeout(patience(30), listener.accept())
-        .await
-        .expect("the client connects")
-        .expect("accept");
+async fn accept(listener: &TcpListener, js: &mut Script) -> (Ws, String) {
+    // Waiting on the script too: if it dies, its report says why.
+    let stream = tokio::select! {
+        accepted = listener.accept() => accepted.expect("accept").0,
+        event = js.wait_event("a connection (never reported)", patience(60)) => {
+            panic!("the client reported {event} instead of connecting")
+        }
+    };
     let mut uri = String::new();
     let ws = tokio_tungstenite::accept_hdr_async(stream, |req: &Request, resp: Response| {
         uri = req.uri().to_string();
@@ -223,7 +226,7 @@ async fn official_phoenix_client_understands_the_v2_wire_module() {
             &options.to_string(),
         ],
     );
-    let (ws, uri) = accept(&listener).await;
+    let (ws, uri) = accept(&listener, &mut js).await;
     assert!(uri.starts_with("/socket/websocket?"), "{uri}");
     assert!(
         uri.contains("vsn=2.0.0") && uri.contains("token=t1"),
@@ -286,6 +289,46 @@ async fn official_phoenix_client_understands_the_v2_wire_module() {
     js.wait_event("joined", patience(30)).await;
     js.send_line(r#"{"push":"close","payload":{}}"#).await;
     js.wait_event("channel_close", patience(20)).await;
+}
+
+#[tokio::test]
+async fn phoenix_browser_bundle_in_headless_chromium_understands_the_v2_wire_module() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut page = Script::browser(
+        "phoenix.js",
+        &json!({
+            "endpoint": format!("ws://127.0.0.1:{port}/socket"),
+            "topic": "room:browser",
+            "params": {"token": "b1"},
+            "heartbeatIntervalMs": 300,
+        }),
+        &["node_modules/phoenix/priv/static/phoenix.js"],
+    );
+    let (ws, uri) = accept(&listener, &mut page).await;
+    assert!(
+        uri.starts_with("/socket/websocket?")
+            && uri.contains("vsn=2.0.0")
+            && uri.contains("token=b1"),
+        "{uri}"
+    );
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    tokio::spawn(phoenix_peer(ws, tx));
+    wait_seen(&mut seen, "join").await;
+    let joined = page.wait_event("joined", patience(60)).await;
+    assert_eq!(joined["response"], json!({"welcome": "room:browser"}));
+    let hello = page
+        .wait_for("hello", patience(20), |v| is_message(v, "hello"))
+        .await;
+    assert_eq!(hello["payload"], json!({"n": 1}));
+    let blob = page
+        .wait_for("blob", patience(20), |v| is_message(v, "blob"))
+        .await;
+    assert_eq!(blob["payload"], json!({"bytes": [1, 2, 3]}));
+    let reply = page.wait_event("reply", patience(20)).await;
+    assert_eq!(reply["response"], json!({"from": "browser"}));
+    wait_seen(&mut seen, "heartbeat").await;
+    assert!(page.finish(patience(30)).await.success());
 }
 
 /// Send one Engine.IO packet as a WebSocket frame.
@@ -434,7 +477,7 @@ async fn socketio_round_trip(client: &str, version: eio::Eio) {
             &options.to_string(),
         ],
     );
-    let (ws, uri) = accept(&listener).await;
+    let (ws, uri) = accept(&listener, &mut js).await;
     let eio_param = match version {
         eio::Eio::V4 => "EIO=4",
         eio::Eio::V3 => "EIO=3",

@@ -28,7 +28,7 @@ use crate::delivery::{Delivery, InterestChange, Target};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::presence::{Presence, PresenceEntry};
-use crate::relay::{NodeInfo, NodeView, Relay};
+use crate::relay::{NodeInfo, NodeView, Relay, RelayOutcome, Relayed};
 use crate::walker::WalkerClient;
 use hub::Hub;
 
@@ -46,8 +46,12 @@ pub enum Scope {
 pub struct Published {
     /// Outboxes on this node that took the message.
     pub local_deliveries: usize,
-    /// Whether the message was handed to the relay for other nodes.
+    /// Whether the message went to the relay for other nodes (once confirmed:
+    /// whether Redis took it).
     pub relayed: bool,
+    /// What became of the part for other nodes: `none`, `sent`, `failed`
+    /// (or `queued` when not waited for).
+    pub relay: RelayOutcome,
 }
 
 /// One pubmesh node.
@@ -127,24 +131,47 @@ impl Node {
     /// whose targets are all on this node never touch the relay. History
     /// channels are not special here; see [`Node::publish_channels`].
     pub fn publish(&self, delivery: Delivery, scope: Scope) -> Published {
+        self.publish_relayed(delivery, scope).0
+    }
+
+    /// Like [`Node::publish`], then wait until the relay knows whether Redis
+    /// took the part for other nodes (at most the relay's retry window).
+    pub async fn publish_confirmed(&self, delivery: Delivery, scope: Scope) -> Published {
+        let (done, relayed) = self.publish_relayed(delivery, scope);
+        self.confirm(done, relayed).await
+    }
+
+    async fn confirm(&self, mut done: Published, relayed: Relayed) -> Published {
+        done.relay = relayed.outcome(self.relay.settle_within()).await;
+        done.relayed = done.relay == RelayOutcome::Sent;
+        done
+    }
+
+    fn publish_relayed(&self, delivery: Delivery, scope: Scope) -> (Published, Relayed) {
         self.metrics
             .messages_out
             .with_label_values(&[delivery.target.kind()])
             .inc();
         let local_deliveries = self.hub.deliver(&delivery);
         let relayed = match scope {
-            Scope::Local => false,
+            Scope::Local => Relayed::Nothing,
             Scope::Cluster => self.relay_remote(&delivery),
         };
-        Published {
+        let done = Published {
             local_deliveries,
-            relayed,
-        }
+            relayed: relayed.queued(),
+            relay: match &relayed {
+                Relayed::Nothing => RelayOutcome::None,
+                Relayed::Pending(_) => RelayOutcome::Queued,
+                Relayed::Failed => RelayOutcome::Failed,
+            },
+        };
+        (done, relayed)
     }
 
     /// Hand the part of a delivery that other nodes may have to deliver to
     /// the relay.
-    fn relay_remote(&self, delivery: &Delivery) -> bool {
+    fn relay_remote(&self, delivery: &Delivery) -> Relayed {
         let Target::Clients(ids) = &delivery.target else {
             return self.relay.publish(delivery);
         };
@@ -155,7 +182,7 @@ impl Node {
             .cloned()
             .collect();
         if remote.is_empty() {
-            return false;
+            return Relayed::Nothing;
         }
         if remote.len() == ids.len() {
             return self.relay.publish(delivery);
@@ -176,19 +203,46 @@ impl Node {
         delivery: Delivery,
         scope: Scope,
     ) -> Result<Published, MeshError> {
+        self.publish_with_options(delivery, scope, false).await
+    }
+
+    /// [`Node::publish_channels`], waiting for the relay's outcome like
+    /// [`Node::publish_confirmed`].
+    pub async fn publish_channels_confirmed(
+        &self,
+        delivery: Delivery,
+        scope: Scope,
+    ) -> Result<Published, MeshError> {
+        self.publish_with_options(delivery, scope, true).await
+    }
+
+    async fn publish_with_options(
+        &self,
+        delivery: Delivery,
+        scope: Scope,
+        confirm: bool,
+    ) -> Result<Published, MeshError> {
+        let plain = |delivery: Delivery| async move {
+            let (done, relayed) = self.publish_relayed(delivery, scope);
+            if confirm {
+                self.confirm(done, relayed).await
+            } else {
+                done
+            }
+        };
         let Target::Channels(channels) = &delivery.target else {
-            return Ok(self.publish(delivery, scope));
+            return Ok(plain(delivery).await);
         };
         if scope == Scope::Local || self.config.namespaces.is_plain() {
-            return Ok(self.publish(delivery, scope));
+            return Ok(plain(delivery).await);
         }
-        let (with_history, plain): (Vec<String>, Vec<String>) = channels
+        let (with_history, plain_channels): (Vec<String>, Vec<String>) = channels
             .iter()
             .cloned()
             .partition(|c| self.config.namespaces.options(c).history());
         let mut done = Published::default();
-        if !plain.is_empty() {
-            let target = Target::Channels(plain);
+        if !plain_channels.is_empty() {
+            let target = Target::Channels(plain_channels);
             let channel = match &target {
                 Target::Channels(v) if v.len() == 1 => Some(Arc::from(v[0].as_str())),
                 _ => None,
@@ -198,7 +252,7 @@ impl Node {
                 channel,
                 ..delivery.clone()
             };
-            done = self.publish(part, scope);
+            done = plain(part).await;
         }
         for channel in with_history {
             let options = self.config.namespaces.options(&channel);
@@ -209,7 +263,12 @@ impl Node {
                 .with_label_values(&["channels"])
                 .inc();
             self.metrics.history_appends.inc();
-            done.relayed |= appended.relayed;
+            if appended.relayed {
+                done.relayed = true;
+                if done.relay != RelayOutcome::Failed {
+                    done.relay = RelayOutcome::Sent;
+                }
+            }
             if !appended.echoed {
                 let positioned = Delivery {
                     position: Some(appended.position),
@@ -326,6 +385,35 @@ impl Node {
 impl NodeView for Node {
     fn deliver(&self, delivery: &Delivery) -> usize {
         self.hub.deliver(delivery)
+    }
+
+    fn deliver_excluding(&self, delivery: &Delivery, reached: &[String]) -> usize {
+        let mut recipients = self.hub.recipients(&delivery.target);
+        recipients.retain(|c| !reached.iter().any(|b| c.is_member(b)));
+        self.hub.fan_out(&recipients, delivery)
+    }
+
+    /// Presence entries of a gone node: remove them and tell the channels
+    /// (where the channel sends them). The store hands the entries to one
+    /// survivor only, so each `leave` goes out once in the cluster.
+    fn peer_gone<'a>(&'a self, node_id: &'a str) -> crate::delivery::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let taken = match self.presence.take_node(node_id).await {
+                Ok(taken) => taken,
+                Err(e) => {
+                    tracing::warn!(error = %e, node_id, "could not clear a gone node's presence");
+                    return;
+                }
+            };
+            for (channel, entry) in taken {
+                self.metrics.presence_gone_leaves.inc();
+                if self.config.namespaces.options(&channel).join_leave {
+                    let event =
+                        ops::presence_event(crate::delivery::DeliveryKind::Leave, &channel, &entry);
+                    self.publish(event, Scope::Cluster);
+                }
+            }
+        })
     }
 
     fn disconnect_local(&self, client_ids: &[String], root_ids: &[String]) -> usize {

@@ -189,10 +189,13 @@ impl Node {
     /// Publish from a connection, after the publish policy: channels per
     /// namespace (else `--client-channel-publish`), users and clients per
     /// `--client-user-publish` / `--client-client-publish`.
+    /// With `confirm`, waits for the relay's outcome (the reply then says
+    /// whether the other nodes got it).
     pub async fn client_publish(
         &self,
         conn: &Conn,
         mut delivery: Delivery,
+        confirm: bool,
     ) -> Result<Published, MeshError> {
         match &delivery.target {
             Target::Channels(channels) => {
@@ -218,10 +221,14 @@ impl Node {
             }
         }
         delivery.origin = Some(conn.client_id.clone());
-        if matches!(delivery.target, Target::Channels(_)) {
-            self.publish_channels(delivery, Scope::Cluster).await
-        } else {
-            Ok(self.publish(delivery, Scope::Cluster))
+        match (&delivery.target, confirm) {
+            (Target::Channels(_), false) => self.publish_channels(delivery, Scope::Cluster).await,
+            (Target::Channels(_), true) => {
+                self.publish_channels_confirmed(delivery, Scope::Cluster)
+                    .await
+            }
+            (_, false) => Ok(self.publish(delivery, Scope::Cluster)),
+            (_, true) => Ok(self.publish_confirmed(delivery, Scope::Cluster).await),
         }
     }
 
@@ -569,7 +576,7 @@ impl Node {
 }
 
 /// A presence event: the entry as JSON data, the channel, and the kind.
-fn presence_event(kind: DeliveryKind, channel: &str, entry: &PresenceEntry) -> Delivery {
+pub(super) fn presence_event(kind: DeliveryKind, channel: &str, entry: &PresenceEntry) -> Delivery {
     let data = serde_json::to_string(entry).expect("entries serialize");
     let mut d = Delivery::new(
         Target::Channels(vec![channel.to_string()]),

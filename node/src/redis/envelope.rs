@@ -1,42 +1,12 @@
-//! Between deliveries and cluster envelopes: the envelope's extra part,
-//! deliveries rebuilt from what an envelope carried, and the memory of
-//! recent multi-topic messages that drops their duplicates.
+//! Between deliveries and cluster envelopes: the envelope's extra part, and
+//! deliveries rebuilt from what an envelope carried.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use pubmesh_cluster_proto::Extra;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::delivery::{Delivery, DeliveryKind, Position, Target};
-
-/// How many recent (origin, seq) pairs are remembered to drop duplicates.
-const RECENT: usize = 4096;
-
-/// Recently seen (origin, seq) of multi-topic messages.
-#[derive(Default)]
-pub struct Recent {
-    set: HashSet<(String, u64)>,
-    order: VecDeque<(String, u64)>,
-}
-
-impl Recent {
-    /// True the first time a pair is seen.
-    pub fn first(&mut self, origin: &str, seq: u64) -> bool {
-        let key = (origin.to_string(), seq);
-        if self.set.contains(&key) {
-            return false;
-        }
-        if self.order.len() >= RECENT {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.set.insert(key.clone());
-        self.order.push_back(key);
-        true
-    }
-}
 
 /// The envelope's extra part of a delivery.
 pub fn extra_of(delivery: &Delivery) -> Extra {

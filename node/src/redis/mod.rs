@@ -1,19 +1,19 @@
 //! The Redis broker: how a cluster's nodes reach each other and where
 //! channel history and presence live.
 //!
-//! - [`client`]: Redis connection settings and which server owns a name;
-//! - [`relay`]: the cluster relay (publish, receive, history publications);
-//! - [`publisher`]: the pipelined publishing lanes;
+//! - [`client`]: which server owns a name;
+//! - [`relay`]: the cluster relay (publish lanes, receive, interest,
+//!   membership, history publications, readiness);
+//! - [`queue`], [`dedup`], [`health`]: the relay's byte-bounded queues and
+//!   retry buffer, duplicate filters, and active readiness probes;
 //! - [`envelope`]: deliveries to and from cluster envelopes;
-//! - [`interest`]: which topics a node subscribes to;
-//! - [`membership`]: heartbeats and live peers;
 //! - [`store`]: history (streams) and presence (hashes) in Redis.
 //!
 //! Routing (topic names from `pubmesh_cluster_proto::Topics`):
 //! - a channel's messages go to `{p}.ch.{{channel}}`, a user's to `{p}.u.{user}`;
 //!   a node subscribes to those only while it has local members, and lets go
-//!   [`interest::LINGER`] after the last one leaves (so join/leave churn costs nothing;
-//!   see [`interest`]);
+//!   [`relay::LINGER`] after the last one leaves (so join/leave churn costs nothing;
+//!   see [`relay`]);
 //! - messages for client ids go straight to the owning node's inbox `{p}.n.{node}`;
 //! - broadcasts use `{p}.all`; membership, disconnects and channel queries `{p}.ctl`.
 //!
@@ -48,9 +48,9 @@
 //! envelope on the channel's topic (`Relay::publish_history`).
 
 pub mod client;
+pub mod dedup;
 pub mod envelope;
-pub mod interest;
-pub mod membership;
-pub mod publisher;
+pub mod health;
+pub mod queue;
 pub mod relay;
 pub mod store;

@@ -4,7 +4,9 @@
 //! entry id `OFFSET-0`) and `{prefix}.hm.{CHANNEL}` (a hash: `e` epoch, `o`
 //! last offset) for history, and `{prefix}.pr.{CHANNEL}` (a hash: client id →
 //! entry JSON) with `{prefix}.pe.{CHANNEL}` (a sorted set: client id → expiry)
-//! for presence. The braces around the channel are literal: they are a Redis
+//! for presence, plus `{prefix}.pn.{NODE}` (a set of `CHANNEL\nCLIENT_ID`:
+//! the entries a node made, so the survivors can remove them, and send
+//! their `leave` events, when that node is declared gone). The braces around the channel are literal: they are a Redis
 //! Cluster hash tag, so every key of a channel (and its pub/sub topic) lives
 //! in the same slot and one Lua script can touch them all.
 //!
@@ -43,6 +45,13 @@ if ARGV[5] ~= '' then
   redis.call(ARGV[6], ARGV[5], ARGV[7] .. offset .. '\n' .. epoch .. '\n')
 end
 return {offset, epoch}
+"#;
+
+/// Takes a gone node's index of presence entries, once: KEYS: the index.
+const TAKE_NODE: &str = r#"
+local members = redis.call('smembers', KEYS[1])
+redis.call('del', KEYS[1])
+return members
 "#;
 
 /// Reads history. KEYS: stream, meta. ARGV: fresh epoch, ttl seconds, start
@@ -155,6 +164,11 @@ impl RedisStore {
     /// The client that owns `channel` (the same choice as the relay's).
     fn client(&self, channel: &str) -> &Client {
         &self.clients[super::client::shard_index(channel, self.clients.len())]
+    }
+
+    /// `{prefix}.pn.{node}`: the presence entries a node made.
+    fn node_index(&self, node: &str) -> String {
+        format!("{}.pn.{node}", self.prefix)
     }
 
     fn key(&self, kind: &str, channel: &str) -> String {
@@ -395,6 +409,12 @@ impl Presence for RedisStore {
             let _: () = pipeline.expire(&hash, keep, None).await?;
             let _: () = pipeline.expire(&zset, keep, None).await?;
             let _: Vec<RedisValue> = pipeline.all().await?;
+            let index = self.node_index(&entry.node_id);
+            let node_client = self.client(&entry.node_id);
+            let _: () = node_client
+                .sadd(&index, format!("{channel}\n{}", entry.client_id))
+                .await?;
+            let _: () = node_client.expire(&index, keep, None).await?;
             Ok(())
         })
     }
@@ -408,7 +428,43 @@ impl Presence for RedisStore {
             let client = self.client(channel);
             let _: () = client.hdel(self.key("pr", channel), client_id).await?;
             let _: () = client.zrem(self.key("pe", channel), client_id).await?;
+            if let Some(node) = pubmesh_cluster_proto::owner_node(client_id) {
+                let _: () = self
+                    .client(node)
+                    .srem(self.node_index(node), format!("{channel}\n{client_id}"))
+                    .await?;
+            }
             Ok(())
+        })
+    }
+
+    fn take_node<'a>(
+        &'a self,
+        node_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, PresenceEntry)>, PresenceError>> {
+        Box::pin(async move {
+            let members: Vec<String> = self
+                .client(node_id)
+                .eval(
+                    TAKE_NODE,
+                    vec![self.node_index(node_id)],
+                    Vec::<String>::new(),
+                )
+                .await?;
+            let mut taken = Vec::new();
+            for member in members {
+                let Some((channel, client_id)) = member.split_once('\n') else {
+                    continue;
+                };
+                let client = self.client(channel);
+                let json: Option<String> = client.hget(self.key("pr", channel), client_id).await?;
+                let _: () = client.hdel(self.key("pr", channel), client_id).await?;
+                let _: () = client.zrem(self.key("pe", channel), client_id).await?;
+                if let Some(entry) = json.and_then(|j| serde_json::from_str(&j).ok()) {
+                    taken.push((channel.to_string(), entry));
+                }
+            }
+            Ok(taken)
         })
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::{Appended, NodeInfo, NodeView, Relay, RelayError, RelayStatus};
+use super::{Appended, NodeInfo, NodeView, Relay, RelayError, RelayStatus, Relayed};
 use crate::delivery::{BoxFuture, Delivery, InterestChange};
 use crate::history::{History, HistoryError, MemoryHistory};
 use crate::policy::ChannelOptions;
@@ -68,6 +68,15 @@ impl MemoryRelay {
         }
     }
 
+    /// Deliver to every other node of the bus; false when there is none.
+    fn forward(&self, delivery: &Delivery) -> bool {
+        let others = self.others();
+        for node in &others {
+            node.deliver(delivery);
+        }
+        !others.is_empty()
+    }
+
     fn others(&self) -> Vec<Arc<dyn NodeView>> {
         self.bus
             .as_ref()
@@ -86,12 +95,15 @@ impl Relay for MemoryRelay {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, delivery: &Delivery) -> bool {
-        let others = self.others();
-        for node in &others {
-            node.deliver(delivery);
+    fn publish(&self, delivery: &Delivery) -> Relayed {
+        if self.forward(delivery) {
+            // Delivered in this call: the other nodes have it.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(true);
+            Relayed::Pending(rx)
+        } else {
+            Relayed::Nothing
         }
-        !others.is_empty()
     }
 
     fn publish_history<'a>(
@@ -109,7 +121,7 @@ impl Relay for MemoryRelay {
                 position: Some(position.clone()),
                 ..delivery.clone()
             };
-            let relayed = self.publish(&positioned);
+            let relayed = self.forward(&positioned);
             Ok(Appended {
                 position,
                 echoed: false,

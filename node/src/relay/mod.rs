@@ -39,11 +39,74 @@ pub struct RelayStatus {
     pub detail: String,
 }
 
+/// What became of a publish handed to the relay.
+#[derive(Debug)]
+pub enum Relayed {
+    /// Nothing had to leave this node.
+    Nothing,
+    /// Queued for Redis; the receiver learns whether Redis took every
+    /// envelope (`true`) or not (`false`).
+    Pending(tokio::sync::oneshot::Receiver<bool>),
+    /// Refused at once (the relay's byte budget is full).
+    Failed,
+}
+
+impl Relayed {
+    /// True unless nothing was queued.
+    pub fn queued(&self) -> bool {
+        matches!(self, Relayed::Pending(_))
+    }
+
+    /// Wait (at most `within`) for the outcome.
+    pub async fn outcome(self, within: std::time::Duration) -> RelayOutcome {
+        match self {
+            Relayed::Nothing => RelayOutcome::None,
+            Relayed::Failed => RelayOutcome::Failed,
+            Relayed::Pending(rx) => match tokio::time::timeout(within, rx).await {
+                Ok(Ok(true)) => RelayOutcome::Sent,
+                _ => RelayOutcome::Failed,
+            },
+        }
+    }
+}
+
+/// Whether a message reached the other nodes' broker (reported to publishers
+/// as `"relay"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayOutcome {
+    /// Nothing had to leave this node (local scope, single node, or every
+    /// target is local).
+    #[default]
+    None,
+    /// Handed to the relay; not waited for.
+    Queued,
+    /// Redis confirmed every envelope: the other nodes get it.
+    Sent,
+    /// Redis did not take it (outage longer than `--relay-retry-ms`, or the
+    /// relay's byte budget was full): the other nodes will not get it.
+    Failed,
+}
+
+impl RelayOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayOutcome::None => "none",
+            RelayOutcome::Queued => "queued",
+            RelayOutcome::Sent => "sent",
+            RelayOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// What the relay needs from its node: local delivery, local disconnects,
 /// what local members need, and a snapshot for heartbeats.
 pub trait NodeView: Send + Sync + 'static {
     /// Encode and queue a delivery to this node's recipients.
     fn deliver(&self, delivery: &Delivery) -> usize;
+    /// Like `deliver`, skipping connections that are members of any of the
+    /// `reached` channels (an earlier envelope of the same publish got them).
+    fn deliver_excluding(&self, delivery: &Delivery, reached: &[String]) -> usize;
     /// Close local connections by client or user id.
     fn disconnect_local(&self, client_ids: &[String], root_ids: &[String]) -> usize;
     /// Local channels with their local member counts.
@@ -51,6 +114,10 @@ pub trait NodeView: Send + Sync + 'static {
     /// Channels and users with local members (to resubscribe after an outage).
     fn interest_now(&self) -> (Vec<Arc<str>>, Vec<Arc<str>>);
     fn info(&self) -> NodeInfo;
+    /// A peer stopped heartbeating and was declared gone.
+    fn peer_gone<'a>(&'a self, _node_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The result of a history publication.
@@ -75,8 +142,14 @@ pub trait Relay: Send + Sync + 'static {
     fn start(&self, node: Arc<dyn NodeView>) -> BoxFuture<'_, Result<(), RelayError>>;
 
     /// Send a delivery to the other nodes. Never blocks on the network: the
-    /// message is queued (pipelined); returns false if it was dropped.
-    fn publish(&self, delivery: &Delivery) -> bool;
+    /// message is queued (pipelined); the result says whether it was queued
+    /// and lets the caller wait for Redis's answer.
+    fn publish(&self, delivery: &Delivery) -> Relayed;
+
+    /// Longest a publisher waits for a [`Relayed::Pending`] outcome.
+    fn settle_within(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
 
     /// Append a publication to one channel's history (`delivery` targets
     /// exactly that channel) and publish it, in one step: returns its

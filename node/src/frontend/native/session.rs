@@ -139,7 +139,12 @@ impl NativeSession {
                 let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
                 let frame = data(f.data)?;
                 let delivery = Delivery::new(Target::Channels(channels), frame);
-                let done = self.node.client_publish(&self.conn, delivery).await?;
+                // With a `ref` the ack waits for the relay's outcome.
+                let confirm = reference.is_some();
+                let done = self
+                    .node
+                    .client_publish(&self.conn, delivery, confirm)
+                    .await?;
                 self.published(done, reference);
                 Ok(())
             }
@@ -151,7 +156,12 @@ impl NativeSession {
                 };
                 let frame = data(f.data)?;
                 let delivery = Delivery::new(target, frame);
-                let done = self.node.client_publish(&self.conn, delivery).await?;
+                // With a `ref` the ack waits for the relay's outcome.
+                let confirm = reference.is_some();
+                let done = self
+                    .node
+                    .client_publish(&self.conn, delivery, confirm)
+                    .await?;
                 self.published(done, reference);
                 Ok(())
             }
@@ -280,10 +290,11 @@ impl NativeSession {
     fn published(&self, done: Published, reference: Option<&RawValue>) {
         if let Some(r) = reference {
             self.send(Utf8Bytes::from(format!(
-                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{}}}",
+                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{},\"relay\":\"{}\"}}",
                 r.get(),
                 done.local_deliveries,
-                done.relayed
+                done.relayed,
+                done.relay.as_str()
             )));
         }
     }

@@ -1,0 +1,240 @@
+//! Outgoing envelopes of the Redis relay: byte-bounded lanes, the retry
+//! buffer that bridges a short Redis outage, and publish acknowledgements.
+//!
+//! Every envelope waiting for Redis (queued, in a pipeline, or held through an
+//! outage) is charged to one [`Budget`] per node, in bytes
+//! (`--relay-queue-bytes`). A publish that does not fit fails at once
+//! (`queue_full`). An envelope that Redis has not confirmed by its deadline
+//! (`--relay-retry-ms` after it was queued) fails (`redis_down`). Either way
+//! the publisher's [`Ack`] reports it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use prometheus::IntGauge;
+use tokio::sync::{oneshot, Notify};
+
+/// Bytes charged for an envelope besides its payload and topic (the queue
+/// entry, the pipeline's command frame).
+pub const OVERHEAD: usize = 96;
+
+/// The node-wide byte bound on outgoing envelopes.
+pub struct Budget {
+    held: AtomicUsize,
+    limit: usize,
+    gauge: IntGauge,
+}
+
+impl Budget {
+    pub fn new(limit: usize, gauge: IntGauge) -> Budget {
+        gauge.set(0);
+        Budget {
+            held: AtomicUsize::new(0),
+            limit,
+            gauge,
+        }
+    }
+
+    /// Take `n` bytes if they fit.
+    pub fn try_take(&self, n: usize) -> bool {
+        let mut held = self.held.load(Ordering::Relaxed);
+        loop {
+            if held + n > self.limit {
+                return false;
+            }
+            match self.held.compare_exchange_weak(
+                held,
+                held + n,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.gauge.add(n as i64);
+                    return true;
+                }
+                Err(now) => held = now,
+            }
+        }
+    }
+
+    pub fn give_back(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+        self.gauge.sub(n as i64);
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// Whether every envelope of one publish reached Redis. The publisher holds
+/// one count while it queues; each envelope holds one until it is confirmed
+/// or fails. The receiver gets `true` only if all of them were confirmed.
+pub struct Ack {
+    remaining: AtomicUsize,
+    failed: AtomicBool,
+    tx: Mutex<Option<oneshot::Sender<bool>>>,
+}
+
+impl Ack {
+    pub fn new() -> (Arc<Ack>, oneshot::Receiver<bool>) {
+        let (tx, rx) = oneshot::channel();
+        let ack = Arc::new(Ack {
+            remaining: AtomicUsize::new(1),
+            failed: AtomicBool::new(false),
+            tx: Mutex::new(Some(tx)),
+        });
+        (ack, rx)
+    }
+
+    /// One more envelope to wait for.
+    pub fn add(&self) {
+        self.remaining.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One envelope (or the publisher's own count) is settled.
+    pub fn done(&self, ok: bool) {
+        if !ok {
+            self.failed.store(true, Ordering::Release);
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(tx) = self.tx.lock().take() {
+                let _ = tx.send(!self.failed.load(Ordering::Acquire));
+            }
+        }
+    }
+}
+
+/// One envelope for one topic.
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Bytes,
+    /// Redis must confirm it by then, or it fails.
+    pub deadline: Instant,
+    /// Bytes charged to the [`Budget`].
+    pub cost: usize,
+    pub ack: Option<Arc<Ack>>,
+}
+
+impl Outgoing {
+    pub fn new(topic: String, payload: Bytes, retry: Duration, ack: Option<Arc<Ack>>) -> Self {
+        let cost = payload.len() + topic.len() + OVERHEAD;
+        if let Some(ack) = &ack {
+            ack.add();
+        }
+        Outgoing {
+            topic,
+            payload,
+            deadline: Instant::now() + retry,
+            cost,
+            ack,
+        }
+    }
+
+    /// Refuse it before it was charged (the budget was full).
+    pub fn refuse(self) {
+        if let Some(ack) = self.ack {
+            ack.done(false);
+        }
+    }
+
+    /// Settle it: give its bytes back and tell its publisher.
+    pub fn settle(self, budget: &Budget, ok: bool) {
+        budget.give_back(self.cost);
+        if let Some(ack) = self.ack {
+            ack.done(ok);
+        }
+    }
+}
+
+/// One publishing lane: a FIFO drained by one task. A topic always maps to
+/// the same lane, so its envelopes stay in order.
+#[derive(Default)]
+pub struct Lane {
+    queue: Mutex<VecDeque<Outgoing>>,
+    notify: Notify,
+}
+
+impl Lane {
+    pub fn push(&self, item: Outgoing) {
+        self.queue.lock().push_back(item);
+        self.notify.notify_one();
+    }
+
+    /// Move up to `max` envelopes into `into`, waiting for the first.
+    pub async fn take(&self, max: usize, into: &mut VecDeque<Outgoing>) {
+        loop {
+            {
+                let mut queue = self.queue.lock();
+                if !queue.is_empty() {
+                    let n = queue.len().min(max);
+                    into.extend(queue.drain(..n));
+                    return;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.lock().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_what_does_not_fit_and_takes_it_back() {
+        let gauge = IntGauge::new("b", "b").expect("gauge");
+        let budget = Budget::new(1000, gauge.clone());
+        assert!(budget.try_take(600));
+        assert!(!budget.try_take(500));
+        assert!(budget.try_take(400));
+        assert_eq!(gauge.get(), 1000);
+        budget.give_back(600);
+        assert_eq!(budget.held(), 400);
+        assert!(budget.try_take(500));
+    }
+
+    #[tokio::test]
+    async fn an_ack_reports_failure_if_any_envelope_failed() {
+        let (ack, rx) = Ack::new();
+        let budget = Budget::new(1 << 20, IntGauge::new("c", "c").expect("gauge"));
+        let a = Outgoing::new(
+            "t1".into(),
+            Bytes::from_static(b"x"),
+            Duration::from_secs(1),
+            Some(ack.clone()),
+        );
+        let b = Outgoing::new(
+            "t2".into(),
+            Bytes::from_static(b"y"),
+            Duration::from_secs(1),
+            Some(ack.clone()),
+        );
+        assert!(budget.try_take(a.cost + b.cost));
+        ack.done(true);
+        a.settle(&budget, true);
+        b.settle(&budget, false);
+        assert!(!rx.await.expect("settled"));
+        assert_eq!(budget.held(), 0);
+
+        let (ack, rx) = Ack::new();
+        let c = Outgoing::new(
+            "t".into(),
+            Bytes::from_static(b"z"),
+            Duration::from_secs(1),
+            Some(ack.clone()),
+        );
+        ack.done(true);
+        assert!(budget.try_take(c.cost));
+        c.settle(&budget, true);
+        assert!(rx.await.expect("settled"));
+    }
+}
