@@ -498,7 +498,7 @@ a> {"type":"connection","ref":1}
 a< {"type":"connection","data":{"client_id":"A","root_id":"n::000000000000000000000001","channel_id":"room","node_id":"NODE"},"ref":1}
 a> {"type":"channel","channel_ids":["room"],"data":{"type":"chat","data":{"m":1}},"ref":7}
 a< {"type":"chat","data":{"m":1}}
-a< {"type":"published","ref":7,"local_deliveries":1,"relayed":false}
+a< {"type":"published","ref":7,"local_deliveries":1,"relayed":false,"relay":"none"}
 a> {"type":"subscribe","channel_ids":["news","x"],"ref":"s1"}
 a< {"channel_ids":["news","x"],"ref":"s1","type":"subscribed"}
 a> {"type":"subscribe","channel_ids":["news"]}
@@ -555,7 +555,7 @@ a> {"type":"change_user","token":5}
 a< {"type":"error","error":"token must be a string","code":"bad_request"}
 b> {"type":"user","root_ids":["alice"],"data":{"to":"alice"},"ref":12}
 b< {"to":"alice"}
-b< {"type":"published","ref":12,"local_deliveries":1,"relayed":false}
+b< {"type":"published","ref":12,"local_deliveries":1,"relayed":false,"relay":"none"}
 b> {"type":"subscribe","channel_ids":["vip:1"],"positioned":true,"ref":13}
 b< {"channel_ids":["vip:1"],"positions":{"vip:1":{"epoch":"VIPEPOCH","offset":0}},"ref":13,"type":"subscribed"}
 b> {"type":"history","channel_id":"vip:1","limit":-1}
@@ -569,7 +569,7 @@ a< {"channel_ids":["chat:1"],"ref":"j","type":"subscribed"}
 b< {"channel":"chat:1","client_id":"B","info":{"name":"Alice"},"node_id":"NODE","type":"join","user_id":"alice"}
 a< {"channel":"chat:1","client_id":"A","node_id":"NODE","type":"join","user_id":"n::000000000000000000000001"}
 a< {"n":1}
-a< {"type":"published","ref":"pub","local_deliveries":2,"relayed":false}
+a< {"type":"published","ref":"pub","local_deliveries":2,"relayed":false,"relay":"none"}
 b< {"channel":"chat:1","client_id":"A","node_id":"NODE","type":"join","user_id":"n::000000000000000000000001"}
 b< {"type":"publication","channel":"chat:1","offset":1,"epoch":"EPOCH","data":{"n":1}}
 b< {"type":"history","channel_id":"chat:1","offset":1,"epoch":"EPOCH","recovered":true,"publications":[{"offset":1,"data":{"n":1}}],"ref":"h"}
@@ -582,15 +582,15 @@ a< {"type":"unsubscribed","channel_ids":["chat:1"]}
 b< {"channel":"chat:1","client_id":"A","node_id":"NODE","type":"leave","user_id":"n::000000000000000000000001"}
 b< {"type":"connection","data":{"client_id":"B","root_id":"n::000000000000000000000001","channel_id":"BCHAN","node_id":"NODE"},"ref":"cu"}
 > POST /api/notify/channels {"channel_ids":["room"],"data":{"type":"api","data":{}}}
-< 200 [application/json] {"local_deliveries":1,"relayed":false}
+< 200 [application/json] {"local_deliveries":1,"relayed":false,"relay":"none"}
 > POST /api/notify/channels {"channel_ids":["chat:1"],"data":{"k":2},"local":true}
-< 200 [application/json] {"local_deliveries":1,"relayed":false}
+< 200 [application/json] {"local_deliveries":1,"relayed":false,"relay":"none"}
 > POST /api/notify/users {"root_ids":["nobody"],"data":{}}
-< 200 [application/json] {"local_deliveries":0,"relayed":false}
+< 200 [application/json] {"local_deliveries":0,"relayed":false,"relay":"none"}
 > POST /api/notify/clients {"client_ids":["x"],"data":{}}
-< 200 [application/json] {"local_deliveries":0,"relayed":false}
+< 200 [application/json] {"local_deliveries":0,"relayed":false,"relay":"none"}
 > POST /api/broadcast {"data":{"all":true}}
-< 200 [application/json] {"local_deliveries":2,"relayed":false}
+< 200 [application/json] {"local_deliveries":2,"relayed":false,"relay":"none"}
 > POST /api/notify/channels {"channel_ids":["room"],"data":{}}
 < 401 [application/json] {"code":"unauthorized","error":"missing or wrong API key"}
 > POST /api/notify/channels {"channel_ids":["room"],"data":{}}
