@@ -44,4 +44,6 @@ format=()
 "${engine_cmd[@]}" build "${format[@]}" -q -f deploy/docker/Dockerfile \
   --build-arg BINARY_STAGE=prebuilt --build-arg RUNTIME_IMAGE="$base" \
   -t "$tag" "$context" >/dev/null
+# The engine keeps the prebuilt stage as an untagged image: remove it.
+"${engine_cmd[@]}" image prune -f --filter label=io.pubmesh.stage=prebuilt >/dev/null 2>&1 || true
 echo "built $tag ($(du -h "$bin.stripped" | cut -f1) binary; debug info in $bin.debug)"

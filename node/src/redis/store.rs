@@ -409,12 +409,26 @@ impl Presence for RedisStore {
             let _: () = pipeline.expire(&hash, keep, None).await?;
             let _: () = pipeline.expire(&zset, keep, None).await?;
             let _: Vec<RedisValue> = pipeline.all().await?;
+            // The node's index of its entries, off the join's path (the
+            // join event should not wait for it; a stale member is skipped).
             let index = self.node_index(&entry.node_id);
-            let node_client = self.client(&entry.node_id);
-            let _: () = node_client
-                .sadd(&index, format!("{channel}\n{}", entry.client_id))
-                .await?;
-            let _: () = node_client.expire(&index, keep, None).await?;
+            let node_client = self.client(&entry.node_id).clone();
+            let member = format!("{channel}\n{}", entry.client_id);
+            tokio::spawn(async move {
+                let pipeline = node_client.pipeline();
+                let queued: Result<(), Error> = async {
+                    pipeline.sadd::<(), _, _>(&index, member).await?;
+                    pipeline.expire::<(), _>(&index, keep, None).await
+                }
+                .await;
+                let done = match queued {
+                    Ok(()) => pipeline.all::<Vec<RedisValue>>().await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    tracing::debug!(error = %e, "presence node index update failed");
+                }
+            });
             Ok(())
         })
     }
