@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{run_segment, Control, Event, Report, SegmentSpec};
 use crate::metrics::{evaluate, Metric, Metrics, ThresholdResult, Trend};
-use crate::scenario::{Scenario, Target, Workload};
+use crate::scenario::{Scenario, Target, Via, Workload};
 use crate::threshold::Stat;
 
 /// Connections one process keeps at most (the open-file cap is 20,000).
@@ -381,7 +381,35 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
     }
     total.add("errors", 0);
     total.add("dropped_iterations", 0);
-    total.gauge("vus_max", peak_vus as f64);
+    // k6's `vus` (the VUs at the end of the measured phase, with the range
+    // they moved in) and `vus_max` (the VUs allocated: an arrival-rate
+    // executor's maxVUs unless its VUs are the publishing connections, else
+    // the peak).
+    let in_run: Vec<u64> = samples
+        .iter()
+        .filter(|s| s.t <= measured + 0.5)
+        .map(|s| s.vus)
+        .collect();
+    let last_vus = in_run.last().copied().unwrap_or(0) as f64;
+    let (min_vus, max_vus) = in_run
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    total.gauge_range(
+        "vus",
+        last_vus,
+        if in_run.is_empty() {
+            0.0
+        } else {
+            min_vus as f64
+        },
+        max_vus as f64,
+    );
+    let allocated = match scenario.workload() {
+        _ if !scenario.executor.is_arrival_rate() => 0,
+        Ok(Workload::PubSub { publish, .. }) if publish.via != Via::Api => 0,
+        _ => scenario.executor.max_vus(),
+    };
+    total.gauge("vus_max", peak_vus.max(allocated) as f64);
     total.gauge("ws_connections_max", peak_conns as f64);
     if let (Some(before), true) = (rss_before, rss_peak > 0) {
         total.gauge("node_rss_bytes", rss_peak as f64);
