@@ -422,3 +422,81 @@ fn help_hides_secrets() {
     assert!(help.contains("PUBMESH_API_KEY"), "{help}");
     assert!(!help.contains("very-secret"), "{help}");
 }
+
+/// The progress lines cover the warm-up, and every time they and the
+/// samples report lies inside the run (warm-up, measured phase, drain).
+#[test]
+fn progress_covers_warm_up_and_stays_inside_the_run() {
+    let Some(node) = start_node(&[]) else { return };
+    let dir = TempDir::new("progress");
+    let scenario = dir.file(
+        "s.toml",
+        r#"name = "progress"
+duration = "2s"
+warmup = "1500ms"
+drain = "700ms"
+[executor]
+type = "constant-arrival-rate"
+rate = 20
+[subscribers]
+count = 4
+channels = 2
+[publish]
+via = "member"
+"#,
+    );
+    let samples = dir.0.join("samples.jsonl");
+    let out = load(&[
+        "run",
+        scenario.to_str().expect("path"),
+        "--url",
+        &node.url,
+        "--samples",
+        samples.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let phases: Vec<(&str, f64, f64)> = stderr
+        .lines()
+        .filter(|l| l.contains("s/") && l.contains('['))
+        .map(|l| {
+            let inner = &l[l.find('[').expect("[") + 1..l.find(']').expect("]")];
+            let (at, of) = inner.split_once('/').expect("/");
+            let num = |s: &str| {
+                s.trim()
+                    .trim_end_matches('s')
+                    .parse::<f64>()
+                    .expect("number")
+            };
+            (l[..7].trim(), num(at), num(of))
+        })
+        .collect();
+    assert_eq!(phases.first(), Some(&("warm-up", 0.0, 1.5)), "{stderr}");
+    assert!(phases.contains(&("warm-up", 1.0, 1.5)), "{stderr}");
+    assert!(phases.iter().any(|p| p.0 == "running"), "{stderr}");
+    for (phase, at, of) in &phases {
+        let length = match *phase {
+            "warm-up" => 1.5,
+            "running" => 2.0,
+            _ => 0.7,
+        };
+        assert_eq!(*of, length, "{stderr}");
+        assert!((0.0..=length).contains(at), "{phase} {at}: {stderr}");
+    }
+    let text = std::fs::read_to_string(&samples).expect("samples");
+    let ts: Vec<f64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["t"]
+                .as_f64()
+                .expect("t")
+        })
+        .collect();
+    assert!(ts.len() >= 4, "{text}");
+    for t in &ts {
+        assert!(
+            (-1.5..=2.7 + 1e-9).contains(t),
+            "{t} outside the run: {text}"
+        );
+    }
+}
