@@ -234,6 +234,14 @@ mod tests {
             Err(AuthError::NotYetValid)
         ));
         assert_eq!(auth.verify(&token(now() - 1)).expect("valid").user_id, "u");
+        // An `nbf` that is not a NumericDate is not ignored.
+        let odd = encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "u", "exp": now() + 600, "nbf": "soon"}),
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .expect("encode");
+        assert!(auth.verify(&odd).is_err());
     }
 
     #[test]

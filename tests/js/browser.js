@@ -40,10 +40,22 @@ async function main() {
   ];
   // Chromium's sandbox refuses to run as root.
   if (process.getuid && process.getuid() === 0) args.push('--no-sandbox');
-  const userDataDir = fs.mkdtempSync(path.join(require('os').tmpdir(), 'pubmesh-chromium-'));
+  // The profile: $PUBMESH_CHROMIUM_PROFILE (the Rust harness removes it even
+  // if this script is killed), else a fresh temporary directory.
+  const userDataDir =
+    process.env.PUBMESH_CHROMIUM_PROFILE ||
+    fs.mkdtempSync(path.join(require('os').tmpdir(), 'pubmesh-chromium-'));
   // pipe: Chromium talks over fds inherited from node, so it exits with node
   // even when node is killed (no orphaned browsers after a failed test).
-  const browser = await puppeteer.launch({ executablePath, headless: true, pipe: true, args, userDataDir });
+  // Chromium's own temporary files go under the profile, removed on exit.
+  const browser = await puppeteer.launch({
+    executablePath,
+    headless: true,
+    pipe: true,
+    args,
+    userDataDir,
+    env: { ...process.env, TMPDIR: userDataDir },
+  });
   report('browser', { version: await browser.version() });
   const closeAndExit = async (code) => {
     await browser.close().catch(() => {});

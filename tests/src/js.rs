@@ -67,13 +67,33 @@ pub struct Script {
     /// Every event seen so far (for failure messages).
     seen: Vec<Value>,
     stderr: std::sync::Arc<Mutex<String>>,
+    /// A browser profile to remove when the script is dropped (a script
+    /// killed by a failing test cannot clean up after itself).
+    profile: Option<PathBuf>,
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(dir) = self.profile.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl Script {
     /// Run `node tests/js/<script> args…`.
     pub fn spawn(script: &str, args: &[&str]) -> Script {
+        Script::spawn_with(script, args, None)
+    }
+
+    fn spawn_with(script: &str, args: &[&str], profile: Option<PathBuf>) -> Script {
         ensure_modules();
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        if let Some(dir) = &profile {
+            command.env("PUBMESH_CHROMIUM_PROFILE", dir);
+        }
+        let mut child = command
             .arg(script)
             .args(args)
             .current_dir(js_dir())
@@ -115,6 +135,7 @@ impl Script {
             lines,
             seen: Vec::new(),
             stderr: err_text,
+            profile,
         }
     }
 
@@ -132,7 +153,8 @@ impl Script {
         let args = args.to_string();
         let mut all: Vec<&str> = vec![&page, &args];
         all.extend_from_slice(tags);
-        Script::spawn("browser.js", &all)
+        let profile = crate::harness::temp_dir("chromium");
+        Script::spawn_with("browser.js", &all, Some(profile))
     }
 
     /// Send one line to the script's stdin.

@@ -5,11 +5,12 @@
 //! socket gets a connection frame; a socket that connected with a
 //! `channel_id` is a recipient; a `channel` frame from any socket has its
 //! `data` object framed once as a WebSocket text frame, and those same bytes
-//! are written to every recipient with one blocking `write` each. No
-//! registry, no channels, no outboxes, no async runtime: one thread per
-//! publishing socket, so what is left is the kernel's cost of the writes
-//! plus reading the publisher. BENCHMARKS.md divides pubmesh's CPU per
-//! delivery by this program's.
+//! (one shared buffer) go to every recipient. Each recipient has a writer
+//! task that writes everything queued for it in one `write`, as pubmesh's
+//! socket writers do (the same tokio runtime). No registry, no channels, no JSON parsing, no limits:
+//! what is left is reading the publisher, handing the frame to each writer
+//! and the kernel's cost of the writes. BENCHMARKS.md divides pubmesh's CPU
+//! per delivery by this program's.
 //!
 //! ```sh
 //! pubmesh-floor 127.0.0.1:18200
@@ -17,16 +18,24 @@
 //!
 //! Loopback only: it refuses any other listen address.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-type Recipients = Arc<Mutex<Vec<TcpStream>>>;
+type Frame = Arc<Vec<u8>>;
+type Recipients = Arc<Mutex<Vec<(u64, mpsc::UnboundedSender<Frame>)>>>;
 
-fn main() -> io::Result<()> {
+/// Frames handed to recipients since start; logged when a publisher leaves.
+static DELIVERED: AtomicU64 = AtomicU64::new(0);
+
+#[tokio::main]
+async fn main() -> io::Result<()> {
     let addr: SocketAddr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:18200".into())
@@ -39,35 +48,44 @@ fn main() -> io::Result<()> {
         ));
     }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let listener = TcpListener::bind(addr)?;
+    let listener = TcpListener::bind(addr).await?;
     eprintln!("pubmesh-floor listening on ws://{addr}/websocket");
     let recipients: Recipients = Arc::default();
-    let ids = Arc::new(AtomicU64::new(0));
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+    let mut ids = 0u64;
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let recipients = recipients.clone();
-        let id = ids.fetch_add(1, Ordering::Relaxed);
-        std::thread::spawn(move || {
-            if let Err(e) = serve(stream, id, &recipients) {
+        ids += 1;
+        let id = ids;
+        tokio::spawn(async move {
+            let result = session(stream, id, &recipients).await;
+            recipients
+                .lock()
+                .expect("not poisoned")
+                .retain(|(other, _)| *other != id);
+            if let Err(e) = result {
+                eprintln!("delivered_total {}", DELIVERED.load(Ordering::Relaxed));
                 if e.kind() != io::ErrorKind::UnexpectedEof {
                     eprintln!("socket {id}: {e}");
                 }
             }
         });
     }
-    Ok(())
 }
 
-/// Handshake, connection frame, then (for publishers) read frames and fan out.
-fn serve(stream: TcpStream, id: u64, recipients: &Recipients) -> io::Result<()> {
+/// Handshake, connection frame, then read frames and fan out.
+async fn session(stream: TcpStream, id: u64, recipients: &Recipients) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
     let mut path = String::new();
-    reader.read_line(&mut path)?;
+    reader.read_line(&mut path).await?;
     let mut key = None;
     loop {
         let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
+        if reader.read_line(&mut line).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         let line = line.trim_end();
@@ -81,12 +99,11 @@ fn serve(stream: TcpStream, id: u64, recipients: &Recipients) -> io::Result<()> 
         }
     }
     let key = key.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no key"))?;
-    let mut out = stream;
-    write!(
-        out,
+    let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         derive_accept_key(key.as_bytes())
-    )?;
+    );
+    write.write_all(response.as_bytes()).await?;
     let channel = path
         .split_whitespace()
         .nth(1)
@@ -96,24 +113,45 @@ fn serve(stream: TcpStream, id: u64, recipients: &Recipients) -> io::Result<()> 
         "{{\"type\":\"connection\",\"data\":{{\"client_id\":\"floor-{id}\",\"root_id\":\"anonymous\",\"channel_id\":\"{}\",\"node_id\":\"floor\"}}}}",
         channel.as_deref().unwrap_or("none")
     );
-    out.write_all(&text_frame(hello.as_bytes()))?;
+    write.write_all(&text_frame(hello.as_bytes())).await?;
     if channel.is_some() {
-        recipients.lock().expect("not poisoned").push(out);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        recipients.lock().expect("not poisoned").push((id, tx));
+        tokio::spawn(async move {
+            // Everything queued since the last write goes out in one write.
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.extend_from_slice(&first);
+                while let Ok(more) = rx.try_recv() {
+                    batch.extend_from_slice(&more);
+                }
+                if write.write_all(&batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+            }
+        });
     }
     // Every socket may publish; recipients never do in W1, so their reader
     // simply waits for the close.
     loop {
-        let (opcode, payload) = read_frame(&mut reader)?;
+        let (opcode, payload) = read_frame(&mut reader).await?;
         match opcode {
             0x1 => {
                 if let Some(data) = data_object(&payload) {
-                    let frame = text_frame(data);
+                    let frame = Arc::new(text_frame(data));
                     let mut list = recipients.lock().expect("not poisoned");
-                    // One write per recipient; a recipient that is gone is dropped.
-                    list.retain_mut(|s| s.write_all(&frame).is_ok());
+                    // A recipient whose writer is gone is dropped.
+                    list.retain(|(_, tx)| tx.send(frame.clone()).is_ok());
+                    DELIVERED.fetch_add(list.len() as u64, Ordering::Relaxed);
                 }
             }
-            0x8 => return Ok(()),
+            0x8 => {
+                if channel.is_none() {
+                    eprintln!("delivered_total {}", DELIVERED.load(Ordering::Relaxed));
+                }
+                return Ok(());
+            }
             _ => {}
         }
     }
@@ -139,17 +177,17 @@ fn text_frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Read one (masked, client) frame: opcode and unmasked payload.
-fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
+async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 2];
-    r.read_exact(&mut head)?;
+    r.read_exact(&mut head).await?;
     let mut len = (head[1] & 0x7f) as u64;
     if len == 126 {
         let mut b = [0u8; 2];
-        r.read_exact(&mut b)?;
+        r.read_exact(&mut b).await?;
         len = u16::from_be_bytes(b) as u64;
     } else if len == 127 {
         let mut b = [0u8; 8];
-        r.read_exact(&mut b)?;
+        r.read_exact(&mut b).await?;
         len = u64::from_be_bytes(b);
     }
     if len > 1 << 20 {
@@ -157,10 +195,10 @@ fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
     }
     let mut mask = [0u8; 4];
     if head[1] & 0x80 != 0 {
-        r.read_exact(&mut mask)?;
+        r.read_exact(&mut mask).await?;
     }
     let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload)?;
+    r.read_exact(&mut payload).await?;
     for (i, b) in payload.iter_mut().enumerate() {
         *b ^= mask[i % 4];
     }
@@ -198,11 +236,11 @@ mod tests {
         assert_eq!(data_object(b"{\"type\":\"x\"}"), None);
     }
 
-    #[test]
-    fn frames_round_trip() {
+    #[tokio::test]
+    async fn frames_round_trip() {
         let payload = vec![b'a'; 300];
         let frame = text_frame(&payload);
-        let (op, back) = read_frame(&mut &frame[..]).expect("frame");
+        let (op, back) = read_frame(&mut &frame[..]).await.expect("frame");
         assert_eq!((op, back), (1, payload));
     }
 }
