@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{run_segment, Control, Event, Report, SegmentSpec};
 use crate::metrics::{evaluate, Metric, Metrics, ThresholdResult, Trend};
-use crate::scenario::{Scenario, Target, Workload};
+use crate::scenario::{Scenario, Target, Via, Workload};
 use crate::threshold::Stat;
 
 /// Connections one process keeps at most (the open-file cap is 20,000).
@@ -209,6 +209,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
     // Setup: every segment connects, then all start together.
     let setup = Instant::now();
     let mut ready = 0;
+    let mut connected_at_start = 0;
     let mut total = Metrics::default();
     let mut reports: Vec<Report> = Vec::new();
     let fail = |links: &[SegmentLink], why: String| {
@@ -219,7 +220,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
     };
     while ready < n {
         match ev_rx.recv().await {
-            Some((_, Event::Ready { .. })) => ready += 1,
+            Some((_, Event::Ready { connected, .. })) => {
+                ready += 1;
+                connected_at_start += connected;
+            }
             Some((_, Event::Log(line))) => say(&line),
             Some((_, Event::Failed(why))) => return Err(fail(&links, why)),
             Some((_, Event::Sample { metrics, .. })) => total.merge(&metrics),
@@ -240,6 +244,18 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
 
     let warmup = scenario.effective_warmup().as_secs_f64();
     let measured = scenario.measured().as_secs_f64();
+    let span = Span {
+        warmup,
+        measured,
+        drain: match scenario.workload() {
+            Ok(Workload::PubSub { .. }) => scenario.drain.as_secs_f64(),
+            _ => 0.0,
+        },
+    };
+    if !options.quiet && warmup > 0.0 {
+        // The first per-second line comes a second in: say the warm-up began.
+        eprintln!("warm-up [  0.0s/{warmup:.1}s] conns={connected_at_start} (not measured)");
+    }
     let thresholds = scenario.parsed_thresholds();
     let abort_on: Vec<_> = thresholds
         .iter()
@@ -278,14 +294,15 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
                         break;
                     }
                     let (i, b) = (*entry.key(), entry.remove());
-                    let sample = to_sample(i, warmup, &b);
+                    let sample = to_sample(i, &span, &b);
                     peak_conns = peak_conns.max(sample.connections);
                     peak_vus = peak_vus.max(sample.vus);
                     if let Some(rss) = node_pid.and_then(rss_bytes) {
                         rss_peak = rss_peak.max(rss);
                     }
                     if !options.quiet {
-                        progress_len = progress(&sample, measured, &total, tty, progress_len);
+                        let line = progress_line(&sample, &span, &total);
+                        progress_len = progress(&line, tty, progress_len);
                     }
                     samples.push(sample);
                     if !aborted && !abort_on.is_empty() {
@@ -327,7 +344,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
         eprintln!();
     }
     for (i, b) in std::mem::take(&mut buckets) {
-        let sample = to_sample(i, warmup, &b);
+        let sample = to_sample(i, &span, &b);
         peak_conns = peak_conns.max(sample.connections);
         samples.push(sample);
     }
@@ -381,7 +398,35 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
     }
     total.add("errors", 0);
     total.add("dropped_iterations", 0);
-    total.gauge("vus_max", peak_vus as f64);
+    // k6's `vus` (the VUs at the end of the measured phase, with the range
+    // they moved in) and `vus_max` (the VUs allocated: an arrival-rate
+    // executor's maxVUs unless its VUs are the publishing connections, else
+    // the peak).
+    let in_run: Vec<u64> = samples
+        .iter()
+        .filter(|s| s.t <= measured + 0.5)
+        .map(|s| s.vus)
+        .collect();
+    let last_vus = in_run.last().copied().unwrap_or(0) as f64;
+    let (min_vus, max_vus) = in_run
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    total.gauge_range(
+        "vus",
+        last_vus,
+        if in_run.is_empty() {
+            0.0
+        } else {
+            min_vus as f64
+        },
+        max_vus as f64,
+    );
+    let allocated = match scenario.workload() {
+        _ if !scenario.executor.is_arrival_rate() => 0,
+        Ok(Workload::PubSub { publish, .. }) if publish.via != Via::Api => 0,
+        _ => scenario.executor.max_vus(),
+    };
+    total.gauge("vus_max", peak_vus.max(allocated) as f64);
     total.gauge("ws_connections_max", peak_conns as f64);
     if let (Some(before), true) = (rss_before, rss_peak > 0) {
         total.gauge("node_rss_bytes", rss_peak as f64);
@@ -412,13 +457,23 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Ou
     })
 }
 
-fn to_sample(index: u64, warmup: f64, b: &Bucket) -> Sample {
+/// The phases of a run, in seconds.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    warmup: f64,
+    measured: f64,
+    drain: f64,
+}
+
+fn to_sample(index: u64, span: &Span, b: &Bucket) -> Sample {
     let lat = match b.metrics.by_name.get("delivery_latency") {
         Some(Metric::Trend(t)) => t.clone(),
         _ => Trend::default(),
     };
     Sample {
-        t: index as f64 + 1.0 - warmup,
+        // The end of the second the sample covers — or of the run, for the
+        // last, shorter one: no time outside the run.
+        t: (index as f64 + 1.0).min(span.warmup + span.measured + span.drain) - span.warmup,
         sent_per_s: b.metrics.counter("iterations"),
         delivered_per_s: b.metrics.counter("deliveries_received"),
         received_per_s: b.metrics.counter("ws_msgs_received"),
@@ -431,19 +486,26 @@ fn to_sample(index: u64, warmup: f64, b: &Bucket) -> Sample {
     }
 }
 
-/// The live progress line (rewritten in place on a terminal).
-fn progress(s: &Sample, measured: f64, total: &Metrics, tty: bool, last_len: usize) -> usize {
-    let phase = if s.t <= 0.0 {
-        "warm-up"
-    } else if s.t > measured + 0.5 {
-        "drain  "
+/// One progress line: the phase, and the time into that phase out of its
+/// length (never outside it).
+fn progress_line(s: &Sample, span: &Span, total: &Metrics) -> String {
+    let (phase, at, of) = if s.t <= 0.0 && span.warmup > 0.0 {
+        (
+            "warm-up",
+            (span.warmup + s.t).clamp(0.0, span.warmup),
+            span.warmup,
+        )
+    } else if s.t <= span.measured + 1e-6 || span.drain <= 0.0 {
+        ("running", s.t.clamp(0.0, span.measured), span.measured)
     } else {
-        "running"
+        (
+            "drain  ",
+            (s.t - span.measured).clamp(0.0, span.drain),
+            span.drain,
+        )
     };
-    let line = format!(
-        "{phase} [{:>5.1}s/{:.0}s] conns={} vus={} it/s={} deliveries/s={} p99={:.2}ms errors={} dropped={}",
-        s.t,
-        measured,
+    format!(
+        "{phase} [{at:>5.1}s/{of:.1}s] conns={} vus={} it/s={} deliveries/s={} p99={:.2}ms errors={} dropped={}",
         s.connections,
         s.vus,
         s.sent_per_s,
@@ -451,7 +513,11 @@ fn progress(s: &Sample, measured: f64, total: &Metrics, tty: bool, last_len: usi
         s.p99_ms,
         total.counter("errors"),
         total.counter("dropped_iterations"),
-    );
+    )
+}
+
+/// Print the progress line (rewritten in place on a terminal).
+fn progress(line: &str, tty: bool, last_len: usize) -> usize {
     if tty {
         let pad = last_len.saturating_sub(line.len());
         eprint!("\r{line}{}", " ".repeat(pad));
@@ -505,4 +571,70 @@ pub async fn worker_main() -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), segment).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The number in `[  x.xs/y.ys]` and the phase length after it.
+    fn times(line: &str) -> (f64, f64) {
+        let inner = &line[line.find('[').expect("[") + 1..line.find(']').expect("]")];
+        let (at, of) = inner.split_once('/').expect("/");
+        let num = |s: &str| {
+            s.trim()
+                .trim_end_matches('s')
+                .parse::<f64>()
+                .expect("number")
+        };
+        (num(at), num(of))
+    }
+
+    #[test]
+    fn every_reported_time_is_inside_the_run() {
+        let span = Span {
+            warmup: 0.3,
+            measured: 2.0,
+            drain: 0.5,
+        };
+        let total = Metrics::default();
+        // Buckets are whole seconds from the start of the warm-up; the run
+        // ends 2.8 s in, so the third bucket is cut there.
+        let ts: Vec<f64> = (0..3)
+            .map(|i| to_sample(i, &span, &Bucket::default()).t)
+            .collect();
+        assert_eq!(ts.len(), 3);
+        assert!(
+            (ts[0] - 0.7).abs() < 1e-9 && (ts[1] - 1.7).abs() < 1e-9,
+            "{ts:?}"
+        );
+        assert!((ts[2] - 2.5).abs() < 1e-9, "{ts:?}");
+        for t in &ts {
+            assert!(
+                *t >= -span.warmup && *t <= span.measured + span.drain,
+                "{t}"
+            );
+        }
+        let phase_of = |t: f64| {
+            let s = Sample {
+                t,
+                ..to_sample(0, &span, &Bucket::default())
+            };
+            let line = progress_line(&s, &span, &total);
+            let (at, of) = times(&line);
+            assert!((0.0..=of).contains(&at), "{line}");
+            (line[..7].trim().to_string(), at, of)
+        };
+        assert_eq!(phase_of(-0.1).0, "warm-up");
+        assert!((phase_of(-0.1).1 - 0.2).abs() < 0.051);
+        assert_eq!(phase_of(0.7), ("running".into(), 0.7, 2.0));
+        assert_eq!(phase_of(2.5), ("drain".into(), 0.5, 0.5));
+        // Without a drain, a late sample still reads as the end of the run.
+        let no_drain = Span { drain: 0.0, ..span };
+        let s = Sample {
+            t: 2.4,
+            ..to_sample(0, &no_drain, &Bucket::default())
+        };
+        assert_eq!(times(&progress_line(&s, &no_drain, &total)), (2.0, 2.0));
+    }
 }

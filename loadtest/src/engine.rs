@@ -924,10 +924,14 @@ async fn publish_at_rate(ctx: &Arc<Ctx>, publish: &Publish, targets: &Targets) {
         last = now;
         let n = due.floor();
         due -= n;
-        ctx.vus.store(
-            (max_vus - gate.available_permits()) as u64,
-            Ordering::Relaxed,
-        );
+        // The VUs carrying the iterations: the publisher connections (or the
+        // members that publish), or the HTTP requests in flight.
+        let vus = match publish.via {
+            Via::Ws => targets.publishers.len(),
+            Via::Member => targets.queues.len(),
+            Via::Api => max_vus - gate.available_permits(),
+        };
+        ctx.vus.store(vus as u64, Ordering::Relaxed);
         for _ in 0..n as u64 {
             let warm = ctx.warming();
             let Some(msg) = build(ctx, publish, targets, warm) else {

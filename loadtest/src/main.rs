@@ -85,6 +85,9 @@ struct RunArgs {
     /// Write the summary as JSON (k6 summary-export shape).
     #[arg(long)]
     summary_export: Option<PathBuf>,
+    /// Trend statistics in the summary export (k6's --summary-trend-stats).
+    #[arg(long, default_value = summary::DEFAULT_TREND_STATS)]
+    summary_trend_stats: String,
     /// Write a self-contained HTML report.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -350,6 +353,14 @@ async fn run_cmd(args: RunArgs) -> ExitCode {
         api_key: args.api_key.clone(),
         quiet: args.quiet,
     };
+    let trend_stats = match summary::parse_trend_stats(&args.summary_trend_stats) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
     let outcome = match coordinator::run(&scenario, &options).await {
         Ok(o) => o,
         Err(e) => {
@@ -371,7 +382,12 @@ async fn run_cmd(args: RunArgs) -> ExitCode {
     }
     let mut io_failed = false;
     if let Some(path) = &args.summary_export {
-        let json = summary::export(&outcome.metrics, &outcome.results);
+        let json = summary::export(
+            &outcome.metrics,
+            &outcome.results,
+            &trend_stats,
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
         let text = serde_json::to_string_pretty(&json).expect("json");
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("{}: {e}", path.display());

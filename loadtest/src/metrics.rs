@@ -116,6 +116,9 @@ pub struct Metrics {
     pub checks: BTreeMap<String, (u64, u64)>,
     /// Seconds the measured phase lasted (for counter rates).
     pub seconds: f64,
+    /// A gauge's smallest and largest value over the run, when known
+    /// (k6 reports `min`/`max` beside a gauge's last `value`).
+    pub gauge_ranges: BTreeMap<String, (f64, f64)>,
 }
 
 impl Metrics {
@@ -152,6 +155,12 @@ impl Metrics {
     /// Set a gauge. Merging sums gauges (segments of one run add up).
     pub fn gauge(&mut self, name: &str, value: f64) {
         self.by_name.insert(name.to_string(), Metric::Gauge(value));
+    }
+
+    /// Set a gauge with the range it moved in over the run.
+    pub fn gauge_range(&mut self, name: &str, value: f64, min: f64, max: f64) {
+        self.gauge(name, value);
+        self.gauge_ranges.insert(name.to_string(), (min, max));
     }
 
     /// Count an error: the `errors` counter and its `errors{code:…}` submetric.

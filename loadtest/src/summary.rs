@@ -96,54 +96,137 @@ pub fn text(name: &str, metrics: &Metrics, results: &[ThresholdResult]) -> Strin
 /// k6's group id: md5 of the path; the root group's path is empty.
 const ROOT_GROUP_ID: &str = "d41d8cd98f00b204e9800998ecf8427e";
 
-/// `--summary-export`: k6's summary shape — `metrics.<name>` with its
-/// statistics and `thresholds: {"<expr>": {"ok": bool}}` (k6 writes `ok`
-/// as "did not fail"), and `root_group` with the checks.
-pub fn export(metrics: &Metrics, results: &[ThresholdResult]) -> Value {
+/// k6's id for a group or check: the hex md5 of its path.
+fn k6_id(path: &str) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(path.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The trend statistics the export and summary carry unless
+/// `--summary-trend-stats` says otherwise: k6's defaults plus `p(99)`.
+pub const DEFAULT_TREND_STATS: &str = "avg,min,med,max,p(90),p(95),p(99)";
+
+/// Parse a k6 `--summary-trend-stats` list: `avg`, `min`, `med`, `max`,
+/// `count` and `p(N)` with N in 0..=100, comma-separated.
+pub fn parse_trend_stats(list: &str) -> Result<Vec<(String, Stat)>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let stat = match name {
+                "avg" => Stat::Avg,
+                "min" => Stat::Min,
+                "med" => Stat::Med,
+                "max" => Stat::Max,
+                "count" => Stat::Count,
+                p if p.starts_with("p(") && p.ends_with(')') => {
+                    let q: f64 = p[2..p.len() - 1]
+                        .parse()
+                        .map_err(|_| format!("bad trend stat {p:?}"))?;
+                    if !(0.0..=100.0).contains(&q) {
+                        return Err(format!("bad trend stat {p:?}: percentile outside 0..100"));
+                    }
+                    Stat::Percentile(q)
+                }
+                other => {
+                    return Err(format!(
+                        "bad trend stat {other:?} (use avg, min, med, max, count or p(N))"
+                    ))
+                }
+            };
+            Ok((name.to_string(), stat))
+        })
+        .collect()
+}
+
+/// One metric's values the way k6's `--summary-export` writes them: trends
+/// with the chosen summary trend stats, counters `count`/`rate`, rates `passes`/`fails`/`value` (passes
+/// count the non-zero samples), gauges `value`/`min`/`max`.
+fn k6_values(
+    metrics: &Metrics,
+    name: &str,
+    trend_stats: &[(String, Stat)],
+) -> Option<Map<String, Value>> {
+    let v = match metrics.by_name.get(name)? {
+        Metric::Trend(t) => Value::Object(
+            trend_stats
+                .iter()
+                .map(|(key, stat)| {
+                    let v = match stat {
+                        Stat::Count => json!(t.count()),
+                        stat => json!(t.stat(stat)),
+                    };
+                    (key.clone(), v)
+                })
+                .collect(),
+        ),
+        Metric::Counter(c) => json!({
+            "count": c, "rate": *c as f64 / metrics.seconds.max(1e-9),
+        }),
+        Metric::Rate(p, t) => json!({
+            "passes": p, "fails": t - p,
+            "value": if *t == 0 { 0.0 } else { *p as f64 / *t as f64 },
+        }),
+        Metric::Gauge(g) => {
+            let (min, max) = metrics.gauge_ranges.get(name).copied().unwrap_or((*g, *g));
+            json!({"value": g, "min": min, "max": max})
+        }
+    };
+    match v {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// `--summary-export`: k6's summary-export JSON. `metrics.<name>` holds the
+/// statistics and, when the metric has thresholds, `thresholds:
+/// {"<expr>": bool}` where — as k6 writes it — `true` means the threshold
+/// FAILED. `root_group.checks.<name>` holds `passes`/`fails`, and
+/// `state.testRunDurationMs` is the whole run (warm-up and drain included).
+pub fn export(
+    metrics: &Metrics,
+    results: &[ThresholdResult],
+    trend_stats: &[(String, Stat)],
+    run_ms: f64,
+) -> Value {
     let mut out = Map::new();
     for name in metrics.by_name.keys() {
-        let mut m = metrics.json(name).unwrap_or(Value::Null);
-        let mine: Vec<&ThresholdResult> = results.iter().filter(|r| &r.metric == name).collect();
-        if !mine.is_empty() {
-            let mut t = Map::new();
-            for r in mine {
-                t.insert(r.threshold.source.clone(), json!({"ok": r.ok}));
-            }
-            m["thresholds"] = Value::Object(t);
+        if let Some(values) = k6_values(metrics, name, trend_stats) {
+            out.insert(name.clone(), Value::Object(values));
         }
-        out.insert(name.clone(), m);
     }
     // Thresholds on metrics that never appeared still show, failed.
     for r in results {
         let entry = out
             .entry(r.metric.clone())
-            .or_insert_with(|| json!({"thresholds": {}}));
+            .or_insert_with(|| Value::Object(Map::new()));
         if entry.get("thresholds").is_none() {
             entry["thresholds"] = json!({});
         }
-        entry["thresholds"][r.threshold.source.clone()] = json!({"ok": r.ok});
+        entry["thresholds"][r.threshold.source.clone()] = Value::Bool(!r.ok);
     }
     let checks: Map<String, Value> = metrics
         .checks
         .iter()
         .map(|(name, (p, f))| {
+            let path = format!("::{name}");
             (
                 name.clone(),
-                json!({"name": name, "path": format!("::{name}"), "id": format!("{:016x}", fnv(name)),
-                       "passes": p, "fails": f}),
+                json!({"name": name, "id": k6_id(&path), "path": path, "passes": p, "fails": f}),
             )
         })
         .collect();
     json!({
         "root_group": {"name": "", "path": "", "id": ROOT_GROUP_ID, "groups": {}, "checks": checks},
         "metrics": Value::Object(out),
-        "state": {"testRunDurationMs": metrics.seconds * 1000.0},
-    })
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
+        "state": {
+            "isStdOutTTY": std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            "isStdErrTTY": std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            "testRunDurationMs": run_ms,
+        },
     })
 }
 
@@ -347,28 +430,50 @@ mod tests {
                 ("absent".into(), t("count>0")),
             ],
         );
-        let v = export(&m, &results);
+        let k6_default = parse_trend_stats("avg,min,med,max,p(90),p(95)").expect("stats");
+        let v = export(&m, &results, &k6_default, 12_345.0);
         let lat = &v["metrics"]["delivery_latency"];
-        assert_eq!(lat["thresholds"]["p(99)<50"]["ok"], true);
-        for key in ["avg", "min", "med", "max", "p(90)", "p(95)"] {
-            assert!(lat[key].as_f64().is_some(), "{key}");
-        }
+        // k6 writes `true` for a FAILED threshold.
+        assert_eq!(lat["thresholds"]["p(99)<50"], false);
+        let keys: Vec<&String> = lat.as_object().expect("object").keys().collect();
+        assert_eq!(
+            keys,
+            ["avg", "max", "med", "min", "p(90)", "p(95)", "thresholds"]
+        );
         assert_eq!(lat["max"].as_f64().map(|v| v.round()), Some(2.0));
-        assert_eq!(v["metrics"]["ws_msgs_received"]["count"], 10);
-        assert_eq!(v["metrics"]["ws_msgs_received"]["rate"], 5.0);
+        assert_eq!(
+            v["metrics"]["ws_msgs_received"],
+            json!({"count": 10, "rate": 5.0})
+        );
         assert_eq!(v["metrics"]["delivery_loss"]["value"], 0.0);
+        assert_eq!(v["metrics"]["delivery_loss"]["passes"], 0);
         assert_eq!(v["metrics"]["delivery_loss"]["fails"], 10);
         assert_eq!(
-            v["metrics"]["delivery_loss"]["thresholds"]["rate<0.001"]["ok"],
-            true
+            v["metrics"]["delivery_loss"]["thresholds"]["rate<0.001"],
+            false
         );
-        assert_eq!(v["metrics"]["absent"]["thresholds"]["count>0"]["ok"], false);
+        assert_eq!(
+            v["metrics"]["absent"],
+            json!({"thresholds": {"count>0": true}})
+        );
         let check = &v["root_group"]["checks"]["connection frame received"];
         assert_eq!(check["passes"], 1);
         assert_eq!(check["fails"], 1);
         assert_eq!(check["path"], "::connection frame received");
+        assert_eq!(check["id"].as_str().map(str::len), Some(32));
         assert_eq!(v["root_group"]["path"], "");
+        assert_eq!(v["root_group"]["id"], k6_id(""));
         assert!(v["root_group"]["groups"].is_object());
+        assert_eq!(v["state"]["testRunDurationMs"], 12_345.0);
+        // The default adds p(99); `count` and any percentile can be asked for.
+        let stats = parse_trend_stats(DEFAULT_TREND_STATS).expect("stats");
+        assert!(export(&m, &results, &stats, 1.0)["metrics"]["delivery_latency"]["p(99)"].is_f64());
+        let stats = parse_trend_stats("count, p(99.9)").expect("stats");
+        let lat = &export(&m, &results, &stats, 1.0)["metrics"]["delivery_latency"];
+        assert_eq!(lat["count"], 1);
+        assert!(lat["p(99.9)"].is_f64() && lat.get("avg").is_none());
+        assert!(parse_trend_stats("p(101)").is_err());
+        assert!(parse_trend_stats("mean").is_err());
         let summary = text("x", &m, &results);
         assert!(summary.contains("✓ delivery_latency p(99)<50"), "{summary}");
         assert!(summary.contains("✗ absent count>0"), "{summary}");

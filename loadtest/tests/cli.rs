@@ -102,17 +102,18 @@ ws_sessions = ["count<1"]
     ]);
     assert_eq!(out.status.code(), Some(99), "{out:?}");
     let v = export(&out_json);
-    assert_eq!(v["metrics"]["errors"]["thresholds"]["count<1"]["ok"], false);
+    // k6 writes `true` for a threshold that FAILED.
+    assert_eq!(v["metrics"]["errors"]["thresholds"]["count<1"], true);
     assert_eq!(
-        v["metrics"]["errors{code:connect}"]["thresholds"]["count>0"]["ok"],
-        true
+        v["metrics"]["errors{code:connect}"]["thresholds"]["count>0"],
+        false
     );
     assert!(count(&v, "errors") > 0);
     // A metric that never had a sample still reports its threshold.
-    assert_eq!(
-        v["metrics"]["ws_sessions"]["thresholds"]["count<1"]["ok"],
-        false
-    );
+    assert_eq!(v["metrics"]["ws_sessions"]["thresholds"]["count<1"], true);
+    // The whole run: at least the 1 s scenario.
+    let ran = v["state"]["testRunDurationMs"].as_f64().expect("duration");
+    assert!(ran >= 1000.0, "ran {ran} ms");
     assert_eq!(
         v["root_group"]["checks"]["connection frame received"]["passes"],
         0
@@ -254,6 +255,23 @@ delivery_latency = ["p(99)<5000"]
             30
         );
         assert!(v["metrics"]["delivery_latency"]["p(99)"].as_f64().is_some());
+        // Arrival-rate executors report k6's `vus` and `vus_max` gauges.
+        let vus = &v["metrics"]["vus"];
+        let (value, min, max) = (
+            vus["value"].as_f64().expect("vus value"),
+            vus["min"].as_f64().expect("vus min"),
+            vus["max"].as_f64().expect("vus max"),
+        );
+        assert!(min <= value && value <= max, "{via}: {vus}");
+        let vus_max = v["metrics"]["vus_max"]["value"].as_f64().expect("vus_max");
+        if via == "member" {
+            // Every member publishes: 30 VUs once publishing runs.
+            assert_eq!((value, max, vus_max), (30.0, 30.0, 30.0), "{vus}");
+        } else {
+            // HTTP publishes: maxVUs allocated, those in flight busy.
+            assert_eq!(vus_max, 1000.0, "{via}");
+            assert!(max <= vus_max, "{via}: {vus}");
+        }
     }
 }
 
@@ -324,8 +342,8 @@ via = "ws"
         "{stderr}"
     );
     assert_eq!(
-        v["metrics"]["errors{code:forbidden}"]["thresholds"]["count<1"]["ok"],
-        false
+        v["metrics"]["errors{code:forbidden}"]["thresholds"]["count<1"],
+        true
     );
     // Nothing was delivered: the publisher is not a member.
     assert_eq!(v["metrics"]["delivery_loss"]["value"], 1.0);
@@ -351,10 +369,16 @@ channels = 4
 ws_connections_max = ["value==40"]
 errors = ["count<1"]
 "#;
-    let (out, v) = run_against(&node, &dir, held, &[]);
+    let (out, v) = run_against(&node, &dir, held, &["--summary-trend-stats", "avg,count"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}\n{v}");
     assert_eq!(count(&v, "ws_sessions"), 40);
-    assert_eq!(v["metrics"]["ws_session_duration"]["count"], 40);
+    let duration = v["metrics"]["ws_session_duration"]
+        .as_object()
+        .expect("trend");
+    assert_eq!(duration.keys().collect::<Vec<_>>(), ["avg", "count"]);
+    assert_eq!(duration["count"], 40);
+    assert_eq!(v["metrics"]["vus"]["max"], 40.0);
+    assert_eq!(v["metrics"]["vus_max"]["value"], 40.0);
     let rate = r#"name = "rate"
 duration = "2s"
 [executor]
@@ -376,6 +400,12 @@ errors = ["count<1"]
     assert!(sessions > 0, "{v}");
     assert!(sessions + dropped <= 100, "{v}");
     assert_eq!(count(&v, "errors"), 0, "{v}");
+    // An arrival-rate executor allocates maxVUs; no more than that are busy.
+    assert_eq!(v["metrics"]["vus_max"]["value"], 50.0, "{v}");
+    assert!(
+        v["metrics"]["vus"]["max"].as_f64().expect("vus") <= 50.0,
+        "{v}"
+    );
 }
 
 /// `--help` names the environment variables but never shows their values.
@@ -391,4 +421,82 @@ fn help_hides_secrets() {
     assert!(out.status.success());
     assert!(help.contains("PUBMESH_API_KEY"), "{help}");
     assert!(!help.contains("very-secret"), "{help}");
+}
+
+/// The progress lines cover the warm-up, and every time they and the
+/// samples report lies inside the run (warm-up, measured phase, drain).
+#[test]
+fn progress_covers_warm_up_and_stays_inside_the_run() {
+    let Some(node) = start_node(&[]) else { return };
+    let dir = TempDir::new("progress");
+    let scenario = dir.file(
+        "s.toml",
+        r#"name = "progress"
+duration = "2s"
+warmup = "1500ms"
+drain = "700ms"
+[executor]
+type = "constant-arrival-rate"
+rate = 20
+[subscribers]
+count = 4
+channels = 2
+[publish]
+via = "member"
+"#,
+    );
+    let samples = dir.0.join("samples.jsonl");
+    let out = load(&[
+        "run",
+        scenario.to_str().expect("path"),
+        "--url",
+        &node.url,
+        "--samples",
+        samples.to_str().expect("path"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let phases: Vec<(&str, f64, f64)> = stderr
+        .lines()
+        .filter(|l| l.contains("s/") && l.contains('['))
+        .map(|l| {
+            let inner = &l[l.find('[').expect("[") + 1..l.find(']').expect("]")];
+            let (at, of) = inner.split_once('/').expect("/");
+            let num = |s: &str| {
+                s.trim()
+                    .trim_end_matches('s')
+                    .parse::<f64>()
+                    .expect("number")
+            };
+            (l[..7].trim(), num(at), num(of))
+        })
+        .collect();
+    assert_eq!(phases.first(), Some(&("warm-up", 0.0, 1.5)), "{stderr}");
+    assert!(phases.contains(&("warm-up", 1.0, 1.5)), "{stderr}");
+    assert!(phases.iter().any(|p| p.0 == "running"), "{stderr}");
+    for (phase, at, of) in &phases {
+        let length = match *phase {
+            "warm-up" => 1.5,
+            "running" => 2.0,
+            _ => 0.7,
+        };
+        assert_eq!(*of, length, "{stderr}");
+        assert!((0.0..=length).contains(at), "{phase} {at}: {stderr}");
+    }
+    let text = std::fs::read_to_string(&samples).expect("samples");
+    let ts: Vec<f64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["t"]
+                .as_f64()
+                .expect("t")
+        })
+        .collect();
+    assert!(ts.len() >= 4, "{text}");
+    for t in &ts {
+        assert!(
+            (-1.5..=2.7 + 1e-9).contains(t),
+            "{t} outside the run: {text}"
+        );
+    }
 }
