@@ -120,6 +120,19 @@ ws_sessions = ["count<1"]
     );
     let page = std::fs::read_to_string(&report).expect("report");
     assert!(page.contains("<svg") && page.contains("Some thresholds failed"));
+    // The run's metadata: command, date, commit (or none), targets, load.
+    assert!(page.contains("--summary-export"), "{page}");
+    assert!(page.contains(&format!("ws://127.0.0.1:{port}")), "{page}");
+    assert!(page.contains(" GMT</code>"), "{page}");
+    assert!(page.contains("<th>commit</th>"), "{page}");
+    assert!(page.contains("2 virtual users"), "{page}");
+    // Every connection was refused: the errors chart and the connect-time
+    // chart are there, with their units.
+    assert!(page.contains("Errors per second (errors/s)"), "{page}");
+    assert!(
+        page.contains("connect time of the connections opened each second (ms)"),
+        "{page}"
+    );
 }
 
 #[test]
