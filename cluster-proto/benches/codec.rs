@@ -19,6 +19,7 @@ fn deliver(frame_len: usize) -> Envelope {
             targets: Targets::Channels(vec!["news".into()]),
             frame: Bytes::from(frame),
             exclude_client: Some("1730887348:f46d85203c704c099e9f44e948322a20:node-1".into()),
+            extra: Default::default(),
         }),
     )
 }

@@ -3,7 +3,10 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{Body, BoundedVec, Delivery, Envelope, Kind, NodeInfo, PROTOCOL_VERSION};
+use crate::envelope::{
+    Body, BoundedVec, Delivery, Envelope, Extra, Kind, NodeInfo, Targets, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
 use crate::ids::valid_node_id;
 
 /// First two bytes of every envelope.
@@ -42,13 +45,13 @@ pub enum DecodeError {
         /// The first two bytes found.
         got: [u8; 2],
     },
-    /// A pubmesh envelope of another wire format version (a peer running an
-    /// incompatible build).
+    /// A pubmesh envelope of a wire format version this build does not read
+    /// (a peer running an incompatible build).
     #[error("pubmesh protocol version mismatch: got {got}, expected {expected}")]
     Version {
         /// Version found in the header.
         got: u16,
-        /// [`PROTOCOL_VERSION`].
+        /// [`PROTOCOL_VERSION`] (versions from [`MIN_PROTOCOL_VERSION`] on decode).
         expected: u16,
     },
     /// A kind tag this build does not know (a newer peer's message).
@@ -101,8 +104,20 @@ pub fn encode(envelope: &Envelope) -> Bytes {
         envelope.seq,
         envelope.sent_at_micros,
     );
+    let v1 = envelope.version == 1;
     match &envelope.body {
-        Body::Deliver(delivery) => write_payload(&mut buf, head, delivery),
+        Body::Deliver(d) => {
+            let frame = serde_bytes_ref(&d.frame);
+            if v1 {
+                write_payload(&mut buf, head, (&d.targets, frame, &d.exclude_client))
+            } else {
+                write_payload(
+                    &mut buf,
+                    head,
+                    (&d.targets, frame, &d.exclude_client, &d.extra),
+                )
+            }
+        }
         Body::Heartbeat(info) => write_payload(&mut buf, head, info),
         Body::Leaving { node_id } => write_payload(&mut buf, head, (node_id,)),
         Body::Disconnect {
@@ -122,8 +137,13 @@ pub fn encode(envelope: &Envelope) -> Bytes {
             frame,
             offset,
             epoch,
+            extra,
         } => {
-            write_payload(&mut buf, head, (channel, serde_bytes_ref(frame)));
+            if v1 {
+                write_payload(&mut buf, head, (channel, serde_bytes_ref(frame)));
+            } else {
+                write_payload(&mut buf, head, (channel, serde_bytes_ref(frame), extra));
+            }
             push_position(&mut buf, *offset, epoch);
         }
     }
@@ -133,15 +153,21 @@ pub fn encode(envelope: &Envelope) -> Bytes {
 /// Everything of a [`Body::Publication`] envelope but its position tail:
 /// the history store's append script publishes these bytes followed by
 /// `OFFSET\nEPOCH\n` once Redis has assigned the offset.
-pub fn encode_publication_head(origin: &str, seq: u64, channel: &str, frame: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(HEADER_LEN + 48 + origin.len() + channel.len() + frame.len());
+pub fn encode_publication_head(
+    origin: &str,
+    seq: u64,
+    channel: &str,
+    frame: &[u8],
+    extra: &Extra,
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + 64 + origin.len() + channel.len() + frame.len());
     buf.extend_from_slice(&MAGIC);
     buf.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
     buf.push(Kind::Publication.tag());
     write_payload(
         &mut buf,
         (origin, seq, crate::now_micros()),
-        (channel, serde_bytes_ref(frame)),
+        (channel, serde_bytes_ref(frame), extra),
     );
     buf
 }
@@ -196,7 +222,7 @@ pub fn peek_kind(input: &[u8]) -> Result<Kind, DecodeError> {
         return Err(DecodeError::BadMagic { got: magic });
     }
     let version = u16::from_be_bytes([header[2], header[3]]);
-    if version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
         return Err(DecodeError::Version {
             got: version,
             expected: PROTOCOL_VERSION,
@@ -213,13 +239,29 @@ pub fn peek_kind(input: &[u8]) -> Result<Kind, DecodeError> {
 /// elements actually decoded.
 pub fn decode(input: &[u8]) -> Result<Envelope, DecodeError> {
     let kind = peek_kind(input)?;
+    let version = u16::from_be_bytes([input[2], input[3]]);
+    let v1 = version == 1;
     let rest = &input[HEADER_LEN..];
     let (origin, seq, sent_at_micros, body) = match kind {
         Kind::Deliver => {
-            let (o, s, t, delivery) = read_payload::<Delivery>(kind, rest)?;
-            if std::str::from_utf8(&delivery.frame).is_err() {
+            let (o, s, t, delivery) = if v1 {
+                let (o, s, t, (targets, frame, exclude_client)) =
+                    read_payload::<(Targets, Bytes, Option<String>)>(kind, rest)?;
+                let extra = Extra::default();
+                (o, s, t, (targets, frame, exclude_client, extra))
+            } else {
+                read_payload::<(Targets, Bytes, Option<String>, Extra)>(kind, rest)?
+            };
+            let (targets, frame, exclude_client, extra) = delivery;
+            if std::str::from_utf8(&frame).is_err() {
                 return Err(DecodeError::FrameNotUtf8);
             }
+            let delivery = Delivery {
+                targets,
+                frame,
+                exclude_client,
+                extra,
+            };
             (o, s, t, Body::Deliver(delivery))
         }
         Kind::Heartbeat => {
@@ -259,8 +301,13 @@ pub fn decode(input: &[u8]) -> Result<Envelope, DecodeError> {
             (o, s, t, body)
         }
         Kind::Publication => {
-            let ((o, s, t, (channel, frame)), tail) =
-                read_payload_with_tail::<(String, Bytes)>(kind, rest)?;
+            let ((o, s, t, (channel, frame, extra)), tail) = if v1 {
+                let ((o, s, t, (channel, frame)), tail) =
+                    read_payload_with_tail::<(String, Bytes)>(kind, rest)?;
+                ((o, s, t, (channel, frame, Extra::default())), tail)
+            } else {
+                read_payload_with_tail::<(String, Bytes, Extra)>(kind, rest)?
+            };
             if std::str::from_utf8(&frame).is_err() {
                 return Err(DecodeError::FrameNotUtf8);
             }
@@ -273,13 +320,14 @@ pub fn decode(input: &[u8]) -> Result<Envelope, DecodeError> {
                 frame,
                 offset,
                 epoch,
+                extra,
             };
             (o, s, t, body)
         }
     };
     check_node_id(kind, &origin)?;
     Ok(Envelope {
-        version: PROTOCOL_VERSION,
+        version,
         origin,
         seq,
         sent_at_micros,
@@ -352,6 +400,11 @@ fn size_estimate(envelope: &Envelope) -> usize {
         + match &envelope.body {
             Body::Deliver(d) => {
                 d.frame.len()
+                    + 16
+                    + d.extra.event.as_ref().map_or(0, String::len)
+                    + d.extra.channel.as_ref().map_or(0, String::len)
+                    + d.extra.origin_client.as_ref().map_or(0, String::len)
+                    + d.extra.audience.as_ref().map_or(0, Bytes::len)
                     + d.exclude_client.as_ref().map_or(0, String::len)
                     + match &d.targets {
                         crate::Targets::Channels(v)

@@ -11,13 +11,20 @@ use serde::{Deserialize, Serialize};
 
 /// The wire format version this build speaks. Written in bytes 2..4 of every
 /// envelope; a different value is refused by [`decode`](crate::decode).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest wire format version this build still decodes. Version 1
+/// deliveries and publications carry no [`Extra`]; they decode with
+/// [`Extra::default`] (a plain message without event name or origin).
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// One message from one node to its peers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     /// Wire format version; [`PROTOCOL_VERSION`] for everything this build
-    /// sends, and always [`PROTOCOL_VERSION`] after a successful decode.
+    /// sends. After a decode, the version the sender wrote (between
+    /// [`MIN_PROTOCOL_VERSION`] and [`PROTOCOL_VERSION`]); encoding an
+    /// envelope of version 1 writes the version 1 layout.
     pub version: u16,
     /// Node id of the sender. A node ignores envelopes it originated.
     pub origin: String,
@@ -62,7 +69,8 @@ pub fn now_micros() -> u64 {
 /// The payload of an [`Envelope`]. Its [`Kind`] tag is written in byte 4.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Body {
-    /// Deliver an already-encoded client frame to local connections.
+    /// Deliver a message to local connections: protocol-neutral data that
+    /// each node encodes for its own connections' wire protocols.
     Deliver(Delivery),
     /// Periodic liveness and load report of a node (published on `{p}.ctl`).
     Heartbeat(NodeInfo),
@@ -111,6 +119,8 @@ pub enum Body {
         offset: u64,
         /// History epoch the offset belongs to.
         epoch: String,
+        /// Event name, origin and audience (version 2; default for version 1).
+        extra: Extra,
     },
 }
 
@@ -194,19 +204,40 @@ impl fmt::Display for Kind {
     }
 }
 
-/// A client frame to hand to local connections.
+/// A message to hand to local connections.
 ///
-/// Encoded as the msgpack array `[targets, frame, exclude_client]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Version 1 encodes the msgpack array `[targets, frame, exclude_client]`;
+/// version 2 appends [`Extra`]: `[targets, frame, exclude_client, extra]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
-    /// Who receives the frame.
+    /// Who receives the message.
     pub targets: Targets,
-    /// The complete client frame as sent on the WebSocket (UTF-8 JSON text),
-    /// encoded once by the origin. [`decode`](crate::decode) guarantees it is
-    /// valid UTF-8.
+    /// The message data: for JSON protocols the payload's UTF-8 JSON text
+    /// (for the native protocol, the complete client frame).
+    /// [`decode`](crate::decode) guarantees it is valid UTF-8.
     pub frame: Bytes,
-    /// A connection that must not receive the frame (typically the publisher).
+    /// A connection that must not receive the message (typically the publisher).
     pub exclude_client: Option<String>,
+    /// Channel, event name, kind, origin and audience (version 2).
+    pub extra: Extra,
+}
+
+/// What version 2 adds to a delivery or publication, so that each node can
+/// encode it for any wire protocol: the msgpack array
+/// `[channel, event, kind, origin_client, audience]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extra {
+    /// The channel, when the message was published to exactly one channel.
+    pub channel: Option<String>,
+    /// The event name, for protocols that name events (Phoenix, Socket.IO).
+    pub event: Option<String>,
+    /// 0: a message; 1: a presence join; 2: a presence leave.
+    pub kind: u8,
+    /// Client id of the publishing connection (None for the server API).
+    pub origin_client: Option<String>,
+    /// Opaque per-message audience or metadata (e.g. claims a receiving
+    /// session filters on); pubmesh carries it unread.
+    pub audience: Option<Bytes>,
 }
 
 /// The recipients of a [`Delivery`].

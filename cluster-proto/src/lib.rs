@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! byte 0..2   magic "PM" (0x50 0x4d)
-//! byte 2..4   version, u16 big-endian (PROTOCOL_VERSION = 1)
+//! byte 2..4   version, u16 big-endian (PROTOCOL_VERSION = 2; 1 still decodes)
 //! byte 4      kind tag, u8 (table below)
 //! byte 5..    msgpack array [origin: str, seq: uint, sent_at_micros: uint, payload]
 //! ```
@@ -24,12 +24,18 @@
 //! | tag | kind | payload |
 //! |---|---|---|
 //! | 0 | (reserved, never sent) | |
-//! | 1 | [`Body::Deliver`] | `[targets, frame: bin, exclude_client: str\|nil]` |
+//! | 1 | [`Body::Deliver`] | v1: `[targets, frame: bin, exclude_client: str\|nil]`; v2: the same plus `extra` |
 //! | 2 | [`Body::Heartbeat`] | `[node_id, started_at_unix, connections, users, channels, subscriptions, api_addr: str\|nil, version, ready: bool]` |
 //! | 3 | [`Body::Leaving`] | `[node_id]` |
 //! | 4 | [`Body::Disconnect`] | `[[client_id…], [root_id…]]` |
 //! | 5 | [`Body::ChannelsRequest`] | `[request_id, reply_to]` |
 //! | 6 | [`Body::ChannelsReply`] | `[request_id, [[channel, count]…]]` |
+//! | 7 | [`Body::Publication`] | v1: `[channel, frame: bin]`; v2: `[channel, frame: bin, extra]`; then the ASCII tail `OFFSET\nEPOCH\n` |
+//!
+//!
+//! `extra` ([`Extra`], version 2) is `[channel: str|nil, event: str|nil,
+//! kind: uint, origin_client: str|nil, audience: bin|nil]`: what a node needs
+//! to encode the message for any wire protocol.
 //!
 //! `targets` is itself tagged: `[1, [channel…]]`, `[2, [user…]]`,
 //! `[3, [client_id…]]` or `[4]` (everyone). Tags are explicit numbers in the
@@ -41,6 +47,10 @@
 //! version before looking at the rest: [`decode`] returns
 //! [`DecodeError::Version`] instead of guessing. Rules for changing the format:
 //!
+//! - Version 2 added [`Extra`] to deliveries and publications; [`decode`]
+//!   reads both versions (a version 1 envelope decodes with
+//!   `Extra::default()`), and [`encode`] writes the layout of the envelope's
+//!   own `version`.
 //! - Changing the layout of an existing payload (adding, removing, reordering
 //!   or retyping a field) requires bumping [`PROTOCOL_VERSION`]; nodes of
 //!   different versions then refuse each other's envelopes loudly.
@@ -80,6 +90,7 @@
 //!         targets: Targets::Channels(vec!["news".into()]),
 //!         frame: bytes::Bytes::from_static(br#"{"type":"channel","data":{}}"#),
 //!         exclude_client: None,
+//!         extra: Default::default(),
 //!     }),
 //! );
 //! let topic = Topics::default().channel("news"); // "pubmesh.ch.{news}"
@@ -98,7 +109,8 @@ pub use codec::{
     MAX_ENVELOPE_BYTES,
 };
 pub use envelope::{
-    now_micros, Body, Delivery, Envelope, Kind, NodeInfo, Targets, PROTOCOL_VERSION,
+    now_micros, Body, Delivery, Envelope, Extra, Kind, NodeInfo, Targets, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 pub use ids::{new_client_id, owner_node, valid_client_id, valid_node_id, MAX_NODE_ID_LEN};
 pub use topics::{TopicKind, Topics};

@@ -8,8 +8,9 @@ use crate::*;
 /// encoding. If one of these changes, the wire format changed: bump
 /// `PROTOCOL_VERSION` or undo the change.
 fn golden() -> Vec<(&'static str, Envelope, &'static str)> {
+    // Version 1 bytes: what older nodes send; they must keep decoding.
     let env = |body| Envelope {
-        version: PROTOCOL_VERSION,
+        version: 1,
         origin: "n1".into(),
         seq: 7,
         sent_at_micros: 1_700_000_000_000_000,
@@ -20,7 +21,22 @@ fn golden() -> Vec<(&'static str, Envelope, &'static str)> {
             targets,
             frame: Bytes::from_static(b"{}"),
             exclude_client,
+            extra: Extra::default(),
         }))
+    };
+    let env2 = |body| Envelope {
+        version: 2,
+        origin: "n1".into(),
+        seq: 7,
+        sent_at_micros: 1_700_000_000_000_000,
+        body,
+    };
+    let extra = Extra {
+        channel: Some("a".into()),
+        event: Some("ev".into()),
+        kind: 1,
+        origin_client: Some("c1".into()),
+        audience: Some(Bytes::from_static(b"x")),
     };
     vec![
         (
@@ -117,10 +133,55 @@ fn golden() -> Vec<(&'static str, Envelope, &'static str)> {
                 frame: Bytes::from_static(b"{}"),
                 offset: 5,
                 epoch: "ab".into(),
+                extra: Extra::default(),
             }),
             "504d000107\
              94a26e3107cf00060a24181e4000\
              92a163c4027b7d\
+             350a61620a",
+        ),
+        (
+            "deliver v2",
+            env2(Body::Deliver(Delivery {
+                targets: Targets::Channels(vec!["a".into()]),
+                frame: Bytes::from_static(b"{}"),
+                exclude_client: None,
+                extra: extra.clone(),
+            })),
+            "504d000201\
+             94a26e3107cf00060a24181e4000\
+             94920191a161c4027b7dc0\
+             95a161a2657601a26331c40178",
+        ),
+        (
+            "deliver v2 plain",
+            env2(Body::Deliver(Delivery {
+                targets: Targets::All,
+                frame: Bytes::from_static(b"{}"),
+                exclude_client: None,
+                extra: Extra::default(),
+            })),
+            "504d000201\
+             94a26e3107cf00060a24181e4000\
+             949104c4027b7dc0\
+             95c0c000c0c0",
+        ),
+        (
+            "publication v2",
+            env2(Body::Publication {
+                channel: "c".into(),
+                frame: Bytes::from_static(b"{}"),
+                offset: 5,
+                epoch: "ab".into(),
+                extra: Extra {
+                    channel: None,
+                    ..extra.clone()
+                },
+            }),
+            "504d000207\
+             94a26e3107cf00060a24181e4000\
+             93a163c4027b7d\
+             95c0a2657601a26331c40178\
              350a61620a",
         ),
     ]
@@ -170,7 +231,7 @@ fn golden_set_covers_every_kind() {
 
 #[test]
 fn publication_head_plus_position_tail_decodes() {
-    let mut wire = encode_publication_head("n9", 3, "room", b"{\"a\":1}");
+    let mut wire = encode_publication_head("n9", 3, "room", b"{\"a\":1}", &Extra::default());
     wire.extend_from_slice(b"42\nep0ch\n");
     let env = decode(&wire).expect("decodes");
     assert_eq!(env.origin, "n9");
@@ -181,6 +242,7 @@ fn publication_head_plus_position_tail_decodes() {
             frame: Bytes::from_static(b"{\"a\":1}"),
             offset: 42,
             epoch: "ep0ch".into(),
+            extra: Extra::default(),
         }
     );
     for bad in [
@@ -192,10 +254,27 @@ fn publication_head_plus_position_tail_decodes() {
         b"1\ne",
         b"1\ne\nx",
     ] {
-        let mut wire = encode_publication_head("n9", 3, "room", b"{}");
+        let mut wire = encode_publication_head("n9", 3, "room", b"{}", &Extra::default());
         wire.extend_from_slice(bad);
         assert!(decode(&wire).is_err(), "{bad:?}");
     }
+}
+
+#[test]
+fn version_1_and_2_decode_to_the_same_message() {
+    // The same "deliver all" in both layouts: v1 has no extra, so it decodes
+    // with the default one; v2 carries it explicitly.
+    let v1 = decode(&unhex(golden()[3].2)).expect("v1 decodes");
+    let v2 = decode(&unhex(golden()[11].2)).expect("v2 decodes");
+    assert_eq!((v1.version, v2.version), (1, 2));
+    assert_eq!(v1.body, v2.body);
+    // Encoding keeps each envelope's version, so a v1 envelope re-encodes to
+    // the v1 bytes.
+    assert_eq!(hex(&encode(&v1)), unhex_string(golden()[3].2));
+}
+
+fn unhex_string(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 #[test]
@@ -232,6 +311,10 @@ fn large_and_unusual_values_round_trip() {
             targets: Targets::Channels((0..5000).map(|i| format!("ch.{i}")).collect()),
             frame: Bytes::from(frame),
             exclude_client: Some(String::new()),
+            extra: Extra {
+                event: Some("é".repeat(1000)),
+                ..Extra::default()
+            },
         }),
     };
     assert_eq!(decode(&encode(&env)), Ok(env));
@@ -250,12 +333,12 @@ fn large_and_unusual_values_round_trip() {
 #[test]
 fn another_version_is_refused_loudly() {
     let (_, mut env, _) = golden().remove(0);
-    env.version = 2;
+    env.version = 3;
     let wire = encode(&env);
     assert_eq!(
         decode(&wire),
         Err(DecodeError::Version {
-            got: 2,
+            got: 3,
             expected: PROTOCOL_VERSION
         })
     );
@@ -401,6 +484,7 @@ fn bad_node_ids_and_frames_are_refused() {
             targets: Targets::All,
             frame: Bytes::from_static(b"\xff\xfe"),
             exclude_client: None,
+            extra: Extra::default(),
         }),
     );
     assert_eq!(decode(&encode(&bad_frame)), Err(DecodeError::FrameNotUtf8));

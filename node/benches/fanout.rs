@@ -1,47 +1,56 @@
-//! Hub fan-out cost: queue one pre-encoded frame to N local subscribers of a
-//! channel (what one publish costs the node before any socket write).
+//! Fan-out cost: encode (once, with the native codec) and queue one
+//! publication to N local members of a channel (what one publish costs the
+//! node before any socket write), through the node's own publish path.
 //!
 //! `cargo bench -p pubmesh-node --bench fanout`
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use parking_lot::Mutex;
-use pubmesh_node::hub::{Conn, ConnState, Hub, Target};
-use pubmesh_node::metrics::Metrics;
-use pubmesh_node::outbox::Outbox;
+use pubmesh_node::config::Config;
+use pubmesh_node::conn::Conn;
+use pubmesh_node::delivery::{Delivery, Target};
+use pubmesh_node::frontend::native::codec::NativeCodec;
+use pubmesh_node::node::{JoinRequest, Scope};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-fn conn(id: u64) -> Arc<Conn> {
-    Arc::new(Conn {
-        id,
-        client_id: Arc::from(format!("c{id}")),
-        channel_id: Arc::from(format!("own-{id}")),
-        outbox: Outbox::new(usize::MAX),
-        state: Mutex::new(ConnState {
-            root_id: Arc::from("anon"),
-            token: None,
-            authenticated: false,
-            expires_at: 0,
-            channels: HashSet::new(),
-            allowed_channels: None,
-            info: None,
-            positioned: HashMap::new(),
-        }),
-    })
-}
-
 fn fanout(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let mut group = c.benchmark_group("hub_fanout");
     for subscribers in [1usize, 100, 1000, 10_000] {
-        let hub = Hub::new(Arc::new(Metrics::new("bench")));
-        let conns: Vec<Arc<Conn>> = (0..subscribers as u64).map(conn).collect();
-        for c in &conns {
-            hub.register(c);
-            hub.subscribe(c, &["room".to_string()], 10)
-                .expect("under limit");
-        }
+        let mut config = Config::defaults();
+        config.max_connections = None;
+        config.outbox_bytes = usize::MAX;
+        let node = pubmesh_node::build(config).expect("node");
+        let codec: Arc<NativeCodec> = Arc::new(NativeCodec::new(node.node_id()));
+        let since = Default::default();
+        let room = ["room".to_string()];
+        let conns: Vec<Arc<Conn>> = runtime.block_on(async {
+            let mut conns = Vec::new();
+            for i in 0..subscribers {
+                let admission = node.admit().expect("admitted");
+                let identity = node.identify(None);
+                let conn = node
+                    .open(
+                        admission,
+                        identity,
+                        codec.clone(),
+                        Some(format!("own-{i}")),
+                        |_| None,
+                    )
+                    .await;
+                let request = JoinRequest {
+                    channels: &room,
+                    positioned: false,
+                    since: &since,
+                };
+                node.join(&conn, request, |_| None).await.expect("joined");
+                conns.push(conn);
+            }
+            conns
+        });
         let frame = Utf8Bytes::from(format!("{{\"t\":1,\"p\":\"{}\"}}", "x".repeat(48)));
         let target = Target::Channels(vec!["room".to_string()]);
         let mut drain = std::collections::VecDeque::new();
@@ -51,7 +60,8 @@ fn fanout(c: &mut Criterion) {
             &subscribers,
             |b, _| {
                 b.iter(|| {
-                    let n = hub.deliver(&target, &frame);
+                    let delivery = Delivery::new(target.clone(), frame.clone());
+                    let n = node.publish(delivery, Scope::Local).local_deliveries;
                     // Empty the outboxes as the writers would.
                     for c in &conns {
                         c.outbox.take(&mut drain);

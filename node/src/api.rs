@@ -1,5 +1,6 @@
 //! HTTP: the server API (`/api/*`, API key required), health (`/livez`,
-//! `/readyz`), `/metrics`, and the WebSocket front-ends' routes.
+//! `/readyz`), `/metrics`, and every front-end's routes (mounted from
+//! [`crate::frontend::registry`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +19,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::frontend;
-use crate::hub::Target;
-use crate::node::{Node, Published, Scope};
+use crate::delivery::{Delivery, Target};
+use crate::frontend::registry::frontends;
+use crate::node::{MeshError, Node, Published, Read, Scope};
 
 /// An API error: status, stable code, message.
 pub struct ApiError(StatusCode, &'static str, String);
@@ -39,7 +40,7 @@ fn bad(message: impl Into<String>) -> ApiError {
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .merge(admin_routes(&node))
-        .merge(client_routes())
+        .merge(client_routes(&node))
         .fallback(not_found)
         .with_state(node)
 }
@@ -48,7 +49,7 @@ pub fn router(node: Arc<Node>) -> Router {
 /// (`--admin-listen`): the WebSocket endpoint and health only.
 pub fn client_router(node: Arc<Node>) -> Router {
     Router::new()
-        .merge(client_routes())
+        .merge(client_routes(&node))
         .fallback(not_found)
         .with_state(node)
 }
@@ -62,10 +63,13 @@ pub fn admin_router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-fn client_routes() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/websocket", get(frontend::websocket))
-        .merge(health_routes())
+/// Every front-end's routes (from the registry) and health.
+fn client_routes(node: &Arc<Node>) -> Router<Arc<Node>> {
+    let mut router = Router::new();
+    for frontend in frontends() {
+        router = router.merge(frontend.routes(node));
+    }
+    router.merge(health_routes())
 }
 
 fn health_routes() -> Router<Arc<Node>> {
@@ -225,7 +229,8 @@ async fn notify_channels(
     check_ids(&node, &mut req.channel_ids, "channel_ids")?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    node.publish_to_confirmed(Target::Channels(req.channel_ids), frame, scope(req.local))
+    let delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
+    node.publish_channels_confirmed(delivery, scope(req.local))
         .await
         .map(Json)
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
@@ -240,8 +245,11 @@ async fn notify_users(
     count(&node, "api_users");
     let frame = frame(&req.data)?;
     Ok(Json(
-        node.publish_confirmed(Target::Users(req.root_ids), frame, scope(req.local))
-            .await,
+        node.publish_confirmed(
+            Delivery::new(Target::Users(req.root_ids), frame),
+            scope(req.local),
+        )
+        .await,
     ))
 }
 
@@ -254,8 +262,11 @@ async fn notify_clients(
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
     Ok(Json(
-        node.publish_confirmed(Target::Clients(req.client_ids), frame, scope(req.local))
-            .await,
+        node.publish_confirmed(
+            Delivery::new(Target::Clients(req.client_ids), frame),
+            scope(req.local),
+        )
+        .await,
     ))
 }
 
@@ -267,7 +278,7 @@ async fn broadcast(
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
     Ok(Json(
-        node.publish_confirmed(Target::All, frame, scope(req.local))
+        node.publish_confirmed(Delivery::new(Target::All, frame), scope(req.local))
             .await,
     ))
 }
@@ -292,7 +303,7 @@ async fn disconnect(
     let closed = node.disconnect(&req.client_ids, &req.root_ids, scope(req.local));
     Ok(Json(json!({
         "local_disconnects": closed,
-        "relayed": !req.local && node.relay.name() != "memory",
+        "relayed": !req.local && node.relay_name() != "memory",
     })))
 }
 
@@ -312,33 +323,23 @@ async fn history(
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     crate::limits::channel_name(&q.channel).map_err(bad)?;
-    let options = node.config.namespaces.options(&q.channel);
-    if !options.history() {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "no_history",
-            format!("channel {:?} keeps no history", q.channel),
-        ));
-    }
+    let options = node
+        .may_read(None, &q.channel, Read::History)
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
     let since = match (q.since_offset, q.epoch) {
         (None, None) => None,
         (Some(offset), Some(epoch)) => Some(crate::history::Position { offset, epoch }),
         _ => return Err(bad("since_offset and epoch go together")),
     };
-    let limit = q
-        .limit
-        .unwrap_or(options.history_size)
-        .min(options.history_size);
-    node.metrics.history_reads.inc();
+    let limit = q.limit.unwrap_or(options.history_size);
     let page = node
-        .history
-        .peek(&q.channel, since.as_ref(), limit, &options)
+        .history(&q.channel, since.as_ref(), limit, &options)
         .await
         .map_err(|e| match e {
-            crate::history::HistoryError::BadPosition { .. } => bad(e.to_string()),
+            MeshError::BadPosition { .. } => bad(e.to_string()),
             e => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
         })?;
-    let frame = crate::frontend::native::history_frame(&q.channel, &page, None);
+    let frame = crate::frontend::native::codec::history_frame(&q.channel, &page, None);
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         frame.as_str().to_string(),
@@ -359,20 +360,12 @@ async fn presence(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     crate::limits::channel_name(&q.channel).map_err(bad)?;
-    if !node.config.namespaces.options(&q.channel).presence {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "no_presence",
-            format!("channel {:?} has no presence", q.channel),
-        ));
-    }
-    let clients = node.presence.list(&q.channel).await.map_err(|e| {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
-    })?;
+    node.may_read(None, &q.channel, Read::Presence)
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
+    let clients = node
+        .presence(&q.channel)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))?;
     Ok(Json(json!({
         "channel": q.channel,
         "count": clients.len(),

@@ -50,29 +50,7 @@ pub mod env {
     pub const RELAY_INTEREST_RATE: &str = "PUBMESH_RELAY_INTEREST_RATE";
 }
 
-/// Who may publish to channels from a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelPublish {
-    /// Any socket may publish to any channel.
-    Any,
-    /// Only members of a channel may publish to it.
-    Members,
-    /// Sockets may not publish to channels (the server API still can).
-    None,
-}
-
-/// Who may send `user` / `client` frames from a socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DirectPublish {
-    /// Any socket, anonymous ones included.
-    Any,
-    /// Only sockets with a valid token.
-    Authenticated,
-    /// No socket (the server API still can).
-    None,
-}
+pub use crate::policy::{ChannelPublish, DirectPublish};
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -244,7 +222,7 @@ pub struct FileConfig {
     pub relay_interest_rate: Option<u32>,
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
-    pub namespaces: Vec<crate::namespace::NamespaceConfig>,
+    pub namespaces: Vec<crate::policy::NamespaceConfig>,
 }
 
 /// The resolved configuration a node runs with.
@@ -284,7 +262,7 @@ pub struct Config {
     pub client_client_publish: DirectPublish,
     pub flush_window: Duration,
     pub presence_ttl: Duration,
-    pub namespaces: crate::namespace::Namespaces,
+    pub namespaces: crate::policy::Namespaces,
     /// Bounds of the cluster relay (see docs/cluster.md).
     pub relay: RelayLimits,
 }
@@ -418,7 +396,7 @@ impl Config {
         let auth_patterns: Vec<String> = file
             .namespaces
             .iter()
-            .filter(|n| n.subscribe != crate::namespace::SubscribePolicy::Anyone)
+            .filter(|n| n.subscribe != crate::policy::SubscribePolicy::Anyone)
             .map(|n| n.pattern.clone())
             .collect();
         let config = Config {
@@ -495,7 +473,7 @@ impl Config {
                     .or(file.presence_ttl_seconds)
                     .unwrap_or(30),
             ),
-            namespaces: crate::namespace::Namespaces::new(&file.namespaces)
+            namespaces: crate::policy::Namespaces::new(&file.namespaces)
                 .map_err(ConfigError::Invalid)?,
             relay: {
                 let d = RelayLimits::default();

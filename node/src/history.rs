@@ -3,26 +3,19 @@
 //! whenever the history is lost), so a reconnecting client can ask for what it
 //! missed.
 //!
-//! [`MemoryHistory`] keeps a ring per channel in this process (single node);
-//! the Redis store keeps a stream per channel and appends and relays in one
-//! atomic step.
+//! [`MemoryHistory`] keeps a ring per channel in this process (one node, or
+//! the nodes of an in-process bus); the Redis store keeps a stream per
+//! channel, and the Redis relay appends and publishes in one atomic step.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::namespace::ChannelOptions;
-use crate::relay::BoxFuture;
-
-/// A place in a channel's history.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Position {
-    pub offset: u64,
-    pub epoch: String,
-}
+use crate::delivery::BoxFuture;
+pub use crate::delivery::Position;
+use crate::policy::ChannelOptions;
 
 /// One stored publication: its offset and the `data` object's JSON text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,20 +57,14 @@ impl HistoryError {
 
 /// Where history lives.
 pub trait History: Send + Sync + 'static {
-    /// Append `data` to `channel` and, in a cluster, relay it to the other
-    /// nodes in the same atomic step. Returns its position.
+    /// Append `data` to `channel`. Returns its position. (Relays publish
+    /// and append in one step; see `Relay::publish_history`.)
     fn append<'a>(
         &'a self,
         channel: &'a str,
         data: &'a Utf8Bytes,
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<Position, HistoryError>>;
-
-    /// True when appends are relayed to every node including this one (the
-    /// node then delivers from the relay instead of locally).
-    fn delivers_by_echo(&self) -> bool {
-        false
-    }
 
     /// `since: None`: the last `limit` publications. `since: Some(p)`: every
     /// publication after `p` (at most `limit`), or `recovered: false`.

@@ -1,33 +1,43 @@
 //! pubmesh: a real-time WebSocket pub/sub server, one node or a cluster.
 //!
-//! Data flows top to bottom (see ARCHITECTURE.md):
+//! Layers, top to bottom (docs/architecture.md); a module only uses modules
+//! below it, which `tests/layers.rs` checks:
 //!
-//! - [`transport`]: the WebSocket upgrade and each connection's reader and writer;
-//! - [`frontend`]: wire protocols (`/websocket`, jac-cloud compatible) over the node;
-//! - [`node`]: the mesh operations — publish to channels/users/clients/all, in
-//!   cluster or local scope, subscribe, disconnect, membership;
-//! - [`hub`]: this node's sharded registries and local delivery into [`outbox`]es;
-//! - [`relay`]: how messages cross nodes ([`relay::MemoryRelay`] alone,
-//!   [`relay::redis::RedisRelay`] in a cluster).
+//! - [`api`]: HTTP routes: the server API, health, metrics, and every
+//!   front-end's routes from [`frontend::registry`];
+//! - [`frontend`]: wire protocols (`/websocket`, jac-cloud compatible), each
+//!   a session over the node's operations plus a [`codec::Codec`];
+//! - [`transport`]: moving frames between a client and an outbox (WebSocket
+//!   reader/writer, SSE and long-poll bodies), with no protocol in it;
+//! - [`node`]: the mesh operations (admit, open, publish, join, leave,
+//!   history, presence, close) over its private hub (registries and fan-out);
+//! - [`relay`] and [`redis`]: how deliveries cross nodes and where history
+//!   and presence live ([`relay::memory`] alone or in-process, [`redis`] in a
+//!   cluster);
+//! - [`conn`], [`codec`], [`delivery`], [`outbox`]: what the layers above
+//!   share: connections, encodings, protocol-neutral deliveries, queues;
+//! - [`policy`], [`config`], [`auth`], [`history`], [`presence`],
+//!   [`metrics`], [`walker`], [`limits`]: rules, settings and stores.
 //!
-//! Side modules: [`config`], [`auth`] (JWT), [`api`] (HTTP server API, health,
-//! metrics), [`metrics`], [`walker`] (backend calls), [`shutdown`] (drain), [`limits`].
+//! [`shutdown`] drains; [`build`], [`build_on_bus`] and [`run`] wire a node.
 
 pub mod api;
 pub mod auth;
 pub mod close_log;
+pub mod codec;
 pub mod config;
+pub mod conn;
+pub mod delivery;
 pub mod frontend;
 pub mod history;
-pub mod hub;
 pub mod limits;
 pub mod metrics;
-pub mod namespace;
 pub mod node;
 pub mod outbox;
+pub mod policy;
 pub mod presence;
+pub mod redis;
 pub mod redis_connect;
-pub mod redis_store;
 pub mod relay;
 pub mod shutdown;
 pub mod transport;
@@ -62,25 +72,53 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
         config.jwt_secret.as_deref(),
         config.jwt_public_key.as_deref(),
     )?;
-    let relay = relay::from_config(&config, metrics.clone())?;
-    let (history, presence): (Arc<dyn history::History>, Arc<dyn presence::Presence>) =
-        if config.redis_urls.is_empty() {
-            (
-                Arc::new(history::MemoryHistory::new()),
-                presence::MemoryPresence::new(),
-            )
-        } else {
-            let store = redis_store::RedisStore::connect(
-                &config.redis_urls,
-                config.redis_cluster,
-                config.redis_tls_ca.as_deref(),
-                &config.redis_prefix,
-                config.presence_ttl,
-            )
-            .map_err(relay::RelayError::Config)?;
-            relay.attach_store(store.clone());
-            (store.clone(), store)
-        };
+    type Parts = (
+        Arc<dyn relay::Relay>,
+        Arc<dyn history::History>,
+        Arc<dyn presence::Presence>,
+    );
+    let (relay, history, presence): Parts = if config.redis_urls.is_empty() {
+        let history = Arc::new(history::MemoryHistory::new());
+        (
+            Arc::new(relay::memory::MemoryRelay::new(history.clone())),
+            history,
+            presence::MemoryPresence::new(),
+        )
+    } else {
+        let store = redis::store::RedisStore::connect(
+            &config.redis_urls,
+            config.redis_cluster,
+            config.redis_tls_ca.as_deref(),
+            &config.redis_prefix,
+            config.presence_ttl,
+        )
+        .map_err(relay::RelayError::Config)?;
+        let relay = redis::relay::RedisRelay::new(&config, metrics.clone(), store.clone())?;
+        (Arc::new(relay), store.clone(), store)
+    };
+    Ok(Arc::new(Node::new(
+        config, metrics, relay, auth, history, presence,
+    )))
+}
+
+/// Build a node that relays to the other nodes of an in-process
+/// [`relay::memory::MemoryBus`] (history and presence are the bus's): N
+/// nodes in one process, without Redis, for fast protocol tests.
+pub fn build_on_bus(
+    config: Config,
+    bus: &Arc<relay::memory::MemoryBus>,
+) -> Result<Arc<Node>, StartError> {
+    let metrics = Arc::new(Metrics::new(&config.node_id));
+    let auth = auth::Authenticator::new(
+        config.jwt_secret.as_deref(),
+        config.jwt_public_key.as_deref(),
+    )?;
+    let relay = Arc::new(relay::memory::MemoryRelay::on_bus(
+        &config.node_id,
+        bus.clone(),
+    ));
+    let history = bus.history.clone();
+    let presence = bus.presence.clone();
     Ok(Arc::new(Node::new(
         config, metrics, relay, auth, history, presence,
     )))
@@ -129,18 +167,15 @@ pub async fn run_with_admin(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    node.relay
+    node.relay()
         .start(node.clone() as Arc<dyn relay::NodeView>)
         .await?;
     tokio::spawn(watch_health(node.clone()));
     if !node.config.namespaces.is_plain() && !node.config.redis_urls.is_empty() {
-        tokio::spawn(refresh_presence(node.clone()));
+        tokio::spawn(node::refresh_presence(node.clone()));
     }
     if node.auth.enabled() {
-        tokio::spawn(frontend::native::expire_tokens(
-            node.clone(),
-            Duration::from_secs(1),
-        ));
+        tokio::spawn(node::expire_tokens(node.clone(), Duration::from_secs(1)));
     }
     let app = match admin {
         Some(admin) => {
@@ -169,7 +204,7 @@ pub async fn run_with_admin(
     });
     let served = tokio::spawn(async move { server.await });
     let _ = stop_rx.await;
-    node.relay.shutdown().await;
+    node.relay().shutdown().await;
     // In-flight HTTP requests get a moment; sockets are already closed.
     match tokio::time::timeout(Duration::from_secs(2), served).await {
         Ok(Ok(result)) => result?,
@@ -179,38 +214,16 @@ pub async fn run_with_admin(
     Ok(())
 }
 
-/// Re-announce this node's presence entries so they outlive their TTL while
-/// the connections live (entries of a dead node expire by themselves).
-async fn refresh_presence(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(presence::refresh_interval(node.config.presence_ttl));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        for channel in node.hub.channel_names() {
-            if !node.config.namespaces.options(&channel).presence {
-                continue;
-            }
-            for conn in node.hub.channel_members(&channel) {
-                let entry = node.presence_entry(&conn);
-                if let Err(e) = node.presence.join(&channel, &entry).await {
-                    tracing::debug!(error = %e, "presence refresh failed");
-                    break;
-                }
-            }
-        }
-    }
-}
-
 /// Keep the readiness and relay gauges current without waiting for a probe.
 async fn watch_health(node: Arc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let status = node.relay.status();
+        let status = node.relay().status();
         node.metrics.relay_up.set(status.healthy as i64);
         node.metrics.ready.set(node.readiness().is_ok() as i64);
         node.metrics
             .relay_peers
-            .set(node.relay.peers().len() as i64);
+            .set(node.relay().peers().len() as i64);
     }
 }

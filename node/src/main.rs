@@ -70,7 +70,7 @@ async fn serve(config: Config) -> Result<(), pubmesh_node::StartError> {
     tracing::info!(
         node_id = node.node_id(),
         %addr,
-        relay = node.relay.name(),
+        relay = node.relay_name(),
         open_files,
         backlog,
         admin = admin_addr.map(|a| a.to_string()),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::relay::BoxFuture;
+use crate::delivery::BoxFuture;
 
 /// How often a node refreshes its entries, given their TTL (cluster mode).
 pub fn refresh_interval(ttl: Duration) -> Duration {

@@ -39,7 +39,7 @@ pub async fn drain(node: &Arc<Node>) {
     // Spread the closes over the first 80% of the window; the rest is for
     // the writers to send their close frames.
     let spread = window.mul_f64(0.8);
-    let conns = node.hub.connections();
+    let conns = node.connections();
     let total = conns.len();
     tracing::info!(
         connections = total,
@@ -54,15 +54,15 @@ pub async fn drain(node: &Arc<Node>) {
         conn.outbox.close(CloseReason::Drain);
     }
     // Connections that arrived during the spread.
-    for conn in node.hub.connections() {
+    for conn in node.connections() {
         conn.outbox.close(CloseReason::Drain);
     }
     let deadline = started + window;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
-    while node.hub.counts().connections > 0 && Instant::now() < deadline {
+    while node.counts().connections > 0 && Instant::now() < deadline {
         tick.tick().await;
     }
-    let left = node.hub.counts().connections;
+    let left = node.counts().connections;
     if left > 0 {
         tracing::warn!(
             connections = left,

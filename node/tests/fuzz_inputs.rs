@@ -6,12 +6,12 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
 use pubmesh_node::config::Config;
-use pubmesh_node::frontend::native::{self, ConnectParams, NativeSession};
+use pubmesh_node::frontend::native::{self, Native, NativeSession};
+use pubmesh_node::frontend::Frontend;
 use pubmesh_node::limits;
 use pubmesh_node::transport::Session;
 use serde_json::{json, Value};
@@ -292,15 +292,11 @@ fn client_frames_never_break_the_session_or_its_replies() {
         .expect("runtime");
     let config = Config::from_toml(FRAME_CONFIG).expect("config");
     let node = pubmesh_node::build(config).expect("node");
-    let conn = Arc::new(
-        native::new_conn(
-            &node,
-            &ConnectParams::default(),
-            native::identify(&node, None),
-        )
-        .expect("conn"),
-    );
-    node.register(&conn);
+    let admission = node.admit().expect("admitted");
+    let identity = node.identify(None);
+    let codec = Native.codec(&node);
+    let home = Some(native::fresh_channel_id());
+    let conn = rt.block_on(node.open(admission, identity, codec, home, |_| None));
     let session = RefCell::new(NativeSession::new(node.clone(), conn.clone()));
     let out = RefCell::new(VecDeque::new());
     runner(2000, 7)

@@ -1,6 +1,10 @@
-//! Front-ends: each turns a wire protocol into calls on the node (publish,
-//! subscribe, …) and node deliveries into frames. They share the transport,
-//! the hub and the relay; only the framing differs.
+//! Front-ends: each turns a wire protocol into calls on the node (admit,
+//! open, publish, join, …) and contributes its routes and its codec. They
+//! share the transport and depend on the node's operations only, never on
+//! the hub or the relay.
+//!
+//! Adding a protocol is one module here and one line in
+//! [`registry::frontends`]; see docs/architecture.md.
 //!
 //! - [`native`]: `/websocket`, the jac-cloud compatible protocol.
 
@@ -8,84 +12,26 @@ pub mod cells;
 pub mod chain;
 pub mod native;
 pub mod phoenix;
+pub mod registry;
 pub mod socketio;
 
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State};
-use axum::response::{IntoResponse, Response};
-use http::{header, StatusCode};
+use axum::Router;
 
-use crate::hub::Conn;
+use crate::codec::Codec;
 use crate::node::Node;
-use crate::outbox::CloseReason;
-use crate::transport;
 
-/// `GET /websocket`: upgrade and run a native session.
-pub async fn websocket(
-    State(node): State<Arc<Node>>,
-    Query(params): Query<native::ConnectParams>,
-    mut request: Request,
-) -> Response {
-    if node.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
-    }
-    if let Some(max) = node.config.max_connections {
-        if node.hub.counts().connections as usize >= max {
-            node.metrics.errors.with_label_values(&["capacity"]).inc();
-            return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response();
-        }
-    }
-    let reply = match transport::accept(request.headers()) {
-        Ok(reply) => reply,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-    };
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| params.token.clone());
-    let identity = native::identify(&node, token.as_deref());
-    let conn = match native::new_conn(&node, &params, identity) {
-        Ok(conn) => Arc::new(conn),
-        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
-    };
-    let options = match node.may_subscribe(&conn, &conn.channel_id) {
-        Ok(options) => options,
-        Err(message) => {
-            node.metrics.errors.with_label_values(&["forbidden"]).inc();
-            return (StatusCode::FORBIDDEN, message).into_response();
-        }
-    };
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let config = transport::socket_config(node.config.max_message_size);
-    tokio::spawn(async move {
-        let Some(socket) = transport::upgraded(on_upgrade, config).await else {
-            return;
-        };
-        start_native(node, conn, socket, options).await;
-    });
-    reply.map(|()| axum::body::Body::empty())
-}
+/// A wire protocol served by the node.
+pub trait Frontend: Send + Sync + 'static {
+    /// Short name, for logs and docs ("native", "phoenix", …).
+    fn name(&self) -> &'static str;
 
-async fn start_native(
-    node: Arc<Node>,
-    conn: Arc<Conn>,
-    socket: transport::Socket,
-    options: crate::namespace::ChannelOptions,
-) {
-    node.register(&conn);
-    if node.config.require_auth && !conn.state.lock().authenticated {
-        conn.outbox.close(CloseReason::Unauthorized);
-    } else {
-        conn.outbox
-            .push(native::connection_frame(&node, &conn, None));
-        node.presence_join(&conn, &conn.channel_id, &options).await;
-    }
-    if node.is_draining() {
-        conn.outbox.close(CloseReason::Drain);
-    }
-    let session = native::NativeSession::new(node.clone(), conn.clone());
-    transport::run(node, conn, socket, session).await;
+    /// The protocol's codec for a connection (a front-end whose frames
+    /// depend on more than the protocol, such as a Socket.IO namespace or a
+    /// session's claims, makes further instances itself).
+    fn codec(&self, node: &Node) -> Arc<dyn Codec>;
+
+    /// The routes this front-end serves; the HTTP router merges them.
+    fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>>;
 }

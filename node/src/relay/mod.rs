@@ -3,28 +3,18 @@
 //! [`Relay`] is the seam between the mesh and the broker. The mesh always
 //! delivers locally first and then hands the message to the relay, which must
 //! deliver it to the *other* nodes' hubs (at most once, in publish order per
-//! publisher and topic). [`MemoryRelay`] is the single-node relay (the
-//! embedded default: nothing to send anywhere); [`redis::RedisRelay`] is the
+//! publisher and topic). [`memory::MemoryRelay`] is the single-node relay (the
+//! embedded default, or several nodes in one process over a
+//! [`memory::MemoryBus`]); [`crate::redis::relay::RedisRelay`] is the
 //! cluster relay.
 
-pub mod dedup;
-pub mod health;
 pub mod memory;
-pub mod queue;
-pub mod redis;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-pub use memory::MemoryRelay;
-
-use crate::hub::{Hub, Target};
-
-/// A boxed future, so the trait stays object safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::delivery::{BoxFuture, Delivery, InterestChange, Position};
+use crate::history::HistoryError;
+use crate::policy::ChannelOptions;
 
 /// What a node knows about a node of the cluster (itself included).
 #[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
@@ -109,22 +99,37 @@ impl RelayOutcome {
     }
 }
 
-/// What the relay needs from its node: the hub to deliver into and a snapshot
-/// of the node for heartbeats.
+/// What the relay needs from its node: local delivery, local disconnects,
+/// what local members need, and a snapshot for heartbeats.
 pub trait NodeView: Send + Sync + 'static {
-    fn hub(&self) -> &Hub;
+    /// Encode and queue a delivery to this node's recipients.
+    fn deliver(&self, delivery: &Delivery) -> usize;
+    /// Like `deliver`, skipping connections that are members of any of the
+    /// `reached` channels (an earlier envelope of the same publish got them).
+    fn deliver_excluding(&self, delivery: &Delivery, reached: &[String]) -> usize;
+    /// Close local connections by client or user id.
+    fn disconnect_local(&self, client_ids: &[String], root_ids: &[String]) -> usize;
+    /// Local channels with their local member counts.
+    fn channel_counts(&self) -> Vec<(String, u64)>;
+    /// Channels and users with local members (to resubscribe after an outage).
+    fn interest_now(&self) -> (Vec<Arc<str>>, Vec<Arc<str>>);
     fn info(&self) -> NodeInfo;
-    /// Deliver a history channel's publication (with its position).
-    fn deliver_publication(
-        &self,
-        channel: &str,
-        position: &crate::history::Position,
-        data: &Utf8Bytes,
-    ) -> usize;
     /// A peer stopped heartbeating and was declared gone.
     fn peer_gone<'a>(&'a self, _node_id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
+}
+
+/// The result of a history publication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Where the publication sits in the channel's history.
+    pub position: Position,
+    /// True when the relay delivers it to every node, this one included (in
+    /// offset order); the node then must not deliver it locally.
+    pub echoed: bool,
+    /// True when other nodes were sent it.
+    pub relayed: bool,
 }
 
 /// Moves messages between nodes.
@@ -136,19 +141,28 @@ pub trait Relay: Send + Sync + 'static {
     /// Start background work (connections, subscriber loops, heartbeats).
     fn start(&self, node: Arc<dyn NodeView>) -> BoxFuture<'_, Result<(), RelayError>>;
 
-    /// Send a message to the other nodes. Never blocks on the network: the
+    /// Send a delivery to the other nodes. Never blocks on the network: the
     /// message is queued (pipelined); the result says whether it was queued
-    /// and, later, whether Redis took it.
-    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> Relayed;
+    /// and lets the caller wait for Redis's answer.
+    fn publish(&self, delivery: &Delivery) -> Relayed;
 
-    /// The longest a [`Relayed::Pending`] may take to settle.
+    /// Longest a publisher waits for a [`Relayed::Pending`] outcome.
     fn settle_within(&self) -> std::time::Duration {
         std::time::Duration::from_secs(1)
     }
 
+    /// Append a publication to one channel's history (`delivery` targets
+    /// exactly that channel) and publish it, in one step: returns its
+    /// position.
+    fn publish_history<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<Appended, HistoryError>>;
+
     /// Track which channels and users have local members, so the relay only
     /// receives what this node can deliver. Called after every change.
-    fn interest(&self, change: &crate::hub::InterestChange);
+    fn interest(&self, change: &InterestChange);
 
     /// Close connections anywhere in the cluster (the caller closed local ones).
     fn disconnect(&self, client_ids: &[String], root_ids: &[String]);
@@ -167,10 +181,6 @@ pub trait Relay: Send + Sync + 'static {
 
     /// A short name for logs ("memory", "redis").
     fn name(&self) -> &'static str;
-
-    /// Give the relay the Redis history store, so that appends publish the
-    /// positioned envelope on the relay's topic in the same atomic step.
-    fn attach_store(&self, _store: Arc<crate::redis_store::RedisStore>) {}
 }
 
 /// A relay that failed.
@@ -182,65 +192,4 @@ pub enum RelayError {
     Timeout,
     #[error("bad relay configuration: {0}")]
     Config(String),
-}
-
-/// The relay a configuration asks for.
-pub fn from_config(
-    config: &crate::config::Config,
-    metrics: Arc<crate::metrics::Metrics>,
-) -> Result<Arc<dyn Relay>, RelayError> {
-    if config.redis_urls.is_empty() {
-        Ok(Arc::new(MemoryRelay::new()))
-    } else {
-        Ok(Arc::new(redis::RedisRelay::new(config, metrics)?))
-    }
-}
-
-/// Which of `n` Redis servers owns `name` (a channel, user or node id), by
-/// rendezvous hashing with a fixed hash: every node makes the same choice, and
-/// adding a server moves only the names that the new server wins.
-pub fn shard_index(name: &str, n: usize) -> usize {
-    if n <= 1 {
-        return 0;
-    }
-    (0..n)
-        .max_by_key(|&i| fnv1a(name.as_bytes(), i as u64))
-        .unwrap_or(0)
-}
-
-/// FNV-1a, 64 bit, seeded: stable across processes and versions.
-fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // Final avalanche so nearby seeds give unrelated orders.
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^ (hash >> 33)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shard_index;
-
-    #[test]
-    fn shards_are_stable_and_spread() {
-        assert_eq!(shard_index("x", 1), 0);
-        let mut counts = [0usize; 3];
-        for i in 0..3000 {
-            let name = format!("chan-{i}");
-            let s = shard_index(&name, 3);
-            assert_eq!(s, shard_index(&name, 3));
-            counts[s] += 1;
-        }
-        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
-        // Adding a server only moves names to the new server.
-        for i in 0..1000 {
-            let name = format!("chan-{i}");
-            let (before, after) = (shard_index(&name, 3), shard_index(&name, 4));
-            assert!(after == before || after == 3);
-        }
-    }
 }

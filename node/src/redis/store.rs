@@ -21,10 +21,10 @@ use fred::prelude::*;
 use fred::types::Value as RedisValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::delivery::BoxFuture;
 use crate::history::{new_epoch, History, HistoryError, HistoryPage, Position, Publication};
-use crate::namespace::ChannelOptions;
+use crate::policy::ChannelOptions;
 use crate::presence::{Presence, PresenceEntry, PresenceError};
-use crate::relay::BoxFuture;
 
 /// Appends one publication. KEYS: stream, meta. ARGV: data, max length, ttl
 /// seconds, fresh epoch, topic ("" for none), publish command, envelope head.
@@ -103,11 +103,6 @@ pub struct PublishSpec {
     pub head: Vec<u8>,
 }
 
-/// Builds the publish part of an append (the relay knows topics and envelopes).
-pub trait AppendPublisher: Send + Sync + 'static {
-    fn spec(&self, channel: &str, data: &Utf8Bytes) -> Option<PublishSpec>;
-}
-
 /// Redis-backed history and presence.
 pub struct RedisStore {
     /// One client per `--redis-url` (or one cluster client).
@@ -115,7 +110,6 @@ pub struct RedisStore {
     prefix: String,
     /// Presence entries not refreshed for this long expire.
     presence_ttl: Duration,
-    publisher: parking_lot::RwLock<Option<Arc<dyn AppendPublisher>>>,
 }
 
 impl From<Error> for PresenceError {
@@ -164,18 +158,12 @@ impl RedisStore {
             clients,
             prefix: prefix.to_string(),
             presence_ttl,
-            publisher: parking_lot::RwLock::new(None),
         }))
-    }
-
-    /// Let appends publish through the relay's topics in the same script.
-    pub fn set_publisher(&self, publisher: Arc<dyn AppendPublisher>) {
-        *self.publisher.write() = Some(publisher);
     }
 
     /// The client that owns `channel` (the same choice as the relay's).
     fn client(&self, channel: &str) -> &Client {
-        &self.clients[pubmesh_cluster_proto_shard(channel, self.clients.len())]
+        &self.clients[super::client::shard_index(channel, self.clients.len())]
     }
 
     /// `{prefix}.pn.{node}`: the presence entries a node made.
@@ -202,11 +190,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Spread channels over `n` Redis servers. Must match the relay's choice.
-pub fn pubmesh_cluster_proto_shard(name: &str, n: usize) -> usize {
-    crate::relay::shard_index(name, n)
 }
 
 fn parse_entries(value: RedisValue) -> Result<Vec<Publication>, HistoryError> {
@@ -242,50 +225,53 @@ fn parse_entries(value: RedisValue) -> Result<Vec<Publication>, HistoryError> {
     Ok(out)
 }
 
-impl History for RedisStore {
-    fn delivers_by_echo(&self) -> bool {
-        self.publisher.read().is_some()
+impl RedisStore {
+    /// Append `data` to `channel` and, with a `spec`, publish the positioned
+    /// envelope on the channel's topic in the same script. Returns the position.
+    pub async fn append_publish(
+        &self,
+        channel: &str,
+        data: &Utf8Bytes,
+        options: &ChannelOptions,
+        spec: Option<PublishSpec>,
+    ) -> Result<Position, HistoryError> {
+        let (topic, command, head) = match spec {
+            Some(s) => (s.topic, s.command, s.head),
+            None => (String::new(), "PUBLISH", Vec::new()),
+        };
+        let keys = vec![self.key("h", channel), self.key("hm", channel)];
+        let args: Vec<RedisValue> = vec![
+            data.as_str().into(),
+            (options.history_size as i64).into(),
+            (options.history_ttl_seconds as i64).into(),
+            new_epoch().into(),
+            topic.into(),
+            command.into(),
+            RedisValue::Bytes(head.into()),
+        ];
+        let reply: RedisValue = Self::script(self.client(channel), APPEND, keys, args)
+            .await
+            .map_err(unavailable)?;
+        let RedisValue::Array(parts) = reply else {
+            return Err(HistoryError::Unavailable("unexpected append reply".into()));
+        };
+        let offset = parts.first().and_then(|v| v.as_u64());
+        let epoch = parts.get(1).and_then(|v| v.as_string());
+        match (offset, epoch) {
+            (Some(offset), Some(epoch)) => Ok(Position { offset, epoch }),
+            _ => Err(HistoryError::Unavailable("unexpected append reply".into())),
+        }
     }
+}
 
+impl History for RedisStore {
     fn append<'a>(
         &'a self,
         channel: &'a str,
         data: &'a Utf8Bytes,
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<Position, HistoryError>> {
-        Box::pin(async move {
-            let spec = self
-                .publisher
-                .read()
-                .as_ref()
-                .and_then(|p| p.spec(channel, data));
-            let (topic, command, head) = match spec {
-                Some(s) => (s.topic, s.command, s.head),
-                None => (String::new(), "PUBLISH", Vec::new()),
-            };
-            let keys = vec![self.key("h", channel), self.key("hm", channel)];
-            let args: Vec<RedisValue> = vec![
-                data.as_str().into(),
-                (options.history_size as i64).into(),
-                (options.history_ttl_seconds as i64).into(),
-                new_epoch().into(),
-                topic.into(),
-                command.into(),
-                RedisValue::Bytes(head.into()),
-            ];
-            let reply: RedisValue = Self::script(self.client(channel), APPEND, keys, args)
-                .await
-                .map_err(unavailable)?;
-            let RedisValue::Array(parts) = reply else {
-                return Err(HistoryError::Unavailable("unexpected append reply".into()));
-            };
-            let offset = parts.first().and_then(|v| v.as_u64());
-            let epoch = parts.get(1).and_then(|v| v.as_string());
-            match (offset, epoch) {
-                (Some(offset), Some(epoch)) => Ok(Position { offset, epoch }),
-                _ => Err(HistoryError::Unavailable("unexpected append reply".into())),
-            }
-        })
+        Box::pin(self.append_publish(channel, data, options, None))
     }
 
     fn read<'a>(

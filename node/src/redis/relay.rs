@@ -33,7 +33,7 @@
 //! decodes and pushes to outboxes; what it may hold is bounded by
 //! `--relay-receive-bytes`. A node ignores the echo of its own messages (it
 //! delivered them locally first); history publications are the exception,
-//! see `redis_store`. Readiness is probed actively ([`super::health`]).
+//! see [`super::store`]. Readiness is probed actively ([`super::health`]).
 //!
 //! Why fred: its subscriber client re-issues subscriptions after a reconnect
 //! (plain, pattern and sharded ones), it pipelines commands sent concurrently
@@ -51,18 +51,22 @@ use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::Value as RedisValue;
 use parking_lot::Mutex;
-use pubmesh_cluster_proto::{self as proto, Body, Delivery, Envelope, Targets, Topics};
+use pubmesh_cluster_proto::{self as proto, Body, Envelope, Extra, Targets, Topics};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::client::shard_index;
 use super::dedup::{Groups, SeenSeqs};
+use super::envelope::{delivery_of, extra_of};
 use super::health::ServerHealth;
 use super::queue::{Ack, Budget, Lane, Outgoing, OVERHEAD};
-use super::{shard_index, BoxFuture, NodeInfo, NodeView, Relay, RelayError, RelayStatus, Relayed};
+use super::store::{PublishSpec, RedisStore};
 use crate::config::{Config, RelayLimits};
-use crate::hub::{Hub, InterestChange, Target};
+use crate::delivery::{BoxFuture, Delivery, InterestChange, Position, Target};
+use crate::history::HistoryError;
 use crate::metrics::Metrics;
-use crate::redis_store::{AppendPublisher, PublishSpec, RedisStore};
+use crate::policy::ChannelOptions;
+use crate::relay::{Appended, NodeInfo, NodeView, Relay, RelayError, RelayStatus, Relayed};
 
 /// How long a topic stays subscribed after its last local member left.
 pub const LINGER: Duration = Duration::from_secs(2);
@@ -116,6 +120,8 @@ struct Inner {
     seq: AtomicU64,
     started_unix: u64,
     node: OnceLock<Arc<dyn NodeView>>,
+    /// History and presence; history appends publish through it.
+    store: Arc<RedisStore>,
     peers: Mutex<HashMap<String, Peer>>,
     wishes: Mutex<Wishes>,
     wished: tokio::sync::Notify,
@@ -143,7 +149,11 @@ fn unix_now() -> u64 {
 }
 
 impl RedisRelay {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Self, RelayError> {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        store: Arc<RedisStore>,
+    ) -> Result<Self, RelayError> {
         let urls: Vec<String> = if config.redis_cluster {
             config.redis_urls.iter().take(1).cloned().collect()
         } else {
@@ -205,6 +215,7 @@ impl RedisRelay {
                 seq: AtomicU64::new(proto::now_micros() * 2),
                 started_unix: unix_now(),
                 node: OnceLock::new(),
+                store,
                 peers: Mutex::new(HashMap::new()),
                 wishes: Mutex::new(Wishes::default()),
                 wished: tokio::sync::Notify::new(),
@@ -249,7 +260,7 @@ impl Inner {
             return false;
         }
         let lanes = &self.servers[server].lanes;
-        let lane = super::shard_index(&item.topic, lanes.len());
+        let lane = shard_index(&item.topic, lanes.len());
         self.metrics.relay_pipeline_depth.inc();
         self.metrics
             .relay_published
@@ -271,22 +282,25 @@ impl Inner {
         self.send(0, item, kind);
     }
 
-    fn deliver_envelope(&self, seq: u64, targets: Targets, frame: &Bytes) -> Bytes {
+    fn deliver_envelope(&self, seq: u64, targets: Targets, frame: &Bytes, extra: &Extra) -> Bytes {
         proto::encode(&Envelope::new(
             self.node_id.clone(),
             seq,
-            Body::Deliver(Delivery {
+            Body::Deliver(proto::Delivery {
                 targets,
                 frame: frame.clone(),
                 exclude_client: None,
+                extra: extra.clone(),
             }),
         ))
     }
 
     /// One envelope per topic, each carrying only its own names; ids are
     /// de-duplicated first.
-    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> Relayed {
-        let frame = Bytes::from(frame.clone());
+    fn publish(&self, delivery: &Delivery) -> Relayed {
+        let target = &delivery.target;
+        let frame = Bytes::from(delivery.data.clone());
+        let extra = extra_of(delivery);
         // (server, topic, targets) of every envelope.
         let mut parts: Vec<(usize, String, Targets)> = Vec::new();
         let mut group = false;
@@ -343,7 +357,7 @@ impl Inner {
             let shared = group.then(|| self.next_seq() + 1);
             for (server, topic, targets) in parts {
                 let seq = shared.unwrap_or_else(|| self.next_seq());
-                let payload = self.deliver_envelope(seq, targets, &frame);
+                let payload = self.deliver_envelope(seq, targets, &frame, &extra);
                 let item = self.outgoing(topic, payload, Some(&ack));
                 if self.send(server, item, "deliver") {
                     queued += 1;
@@ -403,10 +417,11 @@ impl Inner {
                         .inc();
                     return;
                 }
-                let Ok(frame) = Utf8Bytes::try_from(delivery.frame) else {
+                let Ok(data) = Utf8Bytes::try_from(delivery.frame) else {
                     return;
                 };
-                let hub = node.hub();
+                let extra = delivery.extra;
+                let local = |target: Target| delivery_of(target, data.clone(), extra.clone(), None);
                 match delivery.targets {
                     Targets::Channels(v) if v.len() == 1 && envelope.seq % 2 == 1 => {
                         // One envelope of a multi-channel publish: skip the
@@ -418,11 +433,9 @@ impl Inner {
                         let Some(before) = before else { return };
                         let target = Target::Channels(v);
                         if before.is_empty() {
-                            hub.deliver(&target, &frame);
+                            node.deliver(&local(target));
                         } else {
-                            let mut recipients = hub.recipients(&target);
-                            recipients.retain(|c| !before.iter().any(|b| Hub::is_member(c, b)));
-                            hub.push_all(&recipients, &frame);
+                            node.deliver_excluding(&local(target), &before);
                         }
                     }
                     Targets::Channels(v) if v.len() > 1 => {
@@ -433,7 +446,7 @@ impl Inner {
                             .record(&envelope.origin, envelope.seq, "")
                             .is_some_and(|b| b.is_empty());
                         if first {
-                            hub.deliver(&Target::Channels(v), &frame);
+                            node.deliver(&local(Target::Channels(v)));
                         }
                     }
                     targets => {
@@ -443,7 +456,7 @@ impl Inner {
                             Targets::Clients(v) => Target::Clients(v),
                             Targets::All => Target::All,
                         };
-                        hub.deliver(&target, &frame);
+                        node.deliver(&local(target));
                     }
                 }
                 self.observe_latency(envelope.sent_at_micros);
@@ -453,13 +466,15 @@ impl Inner {
                 frame,
                 offset,
                 epoch,
+                extra,
             } => {
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
                 let Ok(data) = Utf8Bytes::try_from(frame) else {
                     return;
                 };
-                let position = crate::history::Position { offset, epoch };
-                node.deliver_publication(&channel, &position, &data);
+                let position = Position { offset, epoch };
+                let target = Target::Channels(vec![channel]);
+                node.deliver(&delivery_of(target, data, extra, Some(position)));
                 if !mine {
                     self.observe_latency(envelope.sent_at_micros);
                 }
@@ -500,7 +515,7 @@ impl Inner {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
-                node.hub().disconnect(&client_ids, &root_ids);
+                node.disconnect_local(&client_ids, &root_ids);
             }
             Body::ChannelsRequest {
                 request_id,
@@ -510,7 +525,7 @@ impl Inner {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
-                let channels = node.hub().channel_counts();
+                let channels = node.channel_counts();
                 let server = match self.topics.parse(&reply_to) {
                     Some(proto::TopicKind::Node(owner)) => self.server_for(owner),
                     _ => 0,
@@ -872,13 +887,11 @@ async fn interest_loop(inner: Arc<Inner>) {
             if lost[s] {
                 // (Re)connected: take the hub's own view of local members too.
                 if let Some(node) = inner.node.get() {
-                    let hub = node.hub();
-                    let channels = hub
-                        .channel_names()
+                    let (channels, users) = node.interest_now();
+                    let channels = channels
                         .into_iter()
                         .map(|c| (inner.server_for(&c), inner.topics.channel(&c)));
-                    let users = hub
-                        .user_names()
+                    let users = users
                         .into_iter()
                         .map(|u| (inner.server_for(&u), inner.topics.user(&u)));
                     for (owner, topic) in channels.chain(users) {
@@ -1070,18 +1083,23 @@ impl Inner {
     }
 }
 
-impl AppendPublisher for Inner {
-    fn spec(&self, channel: &str, data: &Utf8Bytes) -> Option<PublishSpec> {
-        Some(PublishSpec {
+impl Inner {
+    /// How the append script publishes a history channel's publication.
+    fn spec(&self, channel: &str, delivery: &Delivery) -> PublishSpec {
+        PublishSpec {
             topic: self.topics.channel(channel),
             command: if self.sharded { "SPUBLISH" } else { "PUBLISH" },
             head: proto::encode_publication_head(
                 &self.node_id,
                 self.next_seq(),
                 channel,
-                data.as_bytes(),
+                delivery.data.as_bytes(),
+                &Extra {
+                    channel: None,
+                    ..extra_of(delivery)
+                },
             ),
-        })
+        }
     }
 }
 
@@ -1127,8 +1145,29 @@ impl Relay for RedisRelay {
         })
     }
 
-    fn publish(&self, target: &Target, frame: &Utf8Bytes) -> Relayed {
-        self.inner.publish(target, frame)
+    fn publish(&self, delivery: &Delivery) -> Relayed {
+        self.inner.publish(delivery)
+    }
+
+    fn publish_history<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        options: &'a ChannelOptions,
+    ) -> BoxFuture<'a, Result<Appended, HistoryError>> {
+        Box::pin(async move {
+            let channel = delivery.channel.as_deref().unwrap_or_default();
+            let spec = self.inner.spec(channel, delivery);
+            let position = self
+                .inner
+                .store
+                .append_publish(channel, &delivery.data, options, Some(spec))
+                .await?;
+            Ok(Appended {
+                position,
+                echoed: true,
+                relayed: true,
+            })
+        })
     }
 
     fn settle_within(&self) -> Duration {
@@ -1265,9 +1304,5 @@ impl Relay for RedisRelay {
 
     fn name(&self) -> &'static str {
         "redis"
-    }
-
-    fn attach_store(&self, store: Arc<RedisStore>) {
-        store.set_publisher(self.inner.clone() as Arc<dyn AppendPublisher>);
     }
 }

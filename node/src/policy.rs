@@ -1,4 +1,8 @@
-//! Channel options by namespace.
+//! Policy: who may publish and subscribe where, and channel options by
+//! namespace. Pure rules over plain values (no connection, hub or node
+//! types), so every layer can ask without an import cycle.
+//!
+//! Channel options by namespace:
 //!
 //! A namespace matches channel names by pattern (`chat:*` is a prefix, `lobby`
 //! an exact name, `*` everything); the first match in file order wins. It sets
@@ -7,9 +11,99 @@
 //! history, no presence, anyone may subscribe, publishing per
 //! `--client-channel-publish`.
 
+use clap::ValueEnum;
 use serde::Deserialize;
 
-use crate::config::ChannelPublish;
+/// Who may publish to channels from a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelPublish {
+    /// Any socket may publish to any channel.
+    Any,
+    /// Only members of a channel may publish to it.
+    Members,
+    /// Sockets may not publish to channels (the server API still can).
+    None,
+}
+
+/// Who may send `user` / `client` frames from a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectPublish {
+    /// Any socket, anonymous ones included.
+    Any,
+    /// Only sockets with a valid token.
+    Authenticated,
+    /// No socket (the server API still can).
+    None,
+}
+
+/// What the rules need to know about a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Claims<'a> {
+    /// Has a verified token.
+    pub authenticated: bool,
+    /// The token's `channels` claim (names or `prefix*` patterns).
+    pub channels: Option<&'a [String]>,
+}
+
+/// May a connection with these claims subscribe to `channel` (and read its
+/// history and presence)? The error is the message clients see.
+pub fn may_subscribe(
+    options: &ChannelOptions,
+    claims: Claims<'_>,
+    channel: &str,
+) -> Result<(), String> {
+    let allowed = match options.subscribe {
+        SubscribePolicy::Anyone => true,
+        SubscribePolicy::Authenticated => claims.authenticated,
+        SubscribePolicy::Claim => {
+            claims.authenticated
+                && claims
+                    .channels
+                    .map(|list| list.iter().any(|p| pattern_matches(p, channel)))
+                    .unwrap_or(false)
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!("not allowed to subscribe to channel {channel:?}"))
+    }
+}
+
+/// May a socket publish to `channel` under `policy` (the namespace's, else
+/// `--client-channel-publish`)?
+pub fn may_publish_channel(
+    policy: ChannelPublish,
+    is_member: bool,
+    channel: &str,
+) -> Result<(), String> {
+    match policy {
+        ChannelPublish::Any => Ok(()),
+        ChannelPublish::None => Err(format!(
+            "publishing to channel {channel:?} from a socket is disabled"
+        )),
+        ChannelPublish::Members if is_member => Ok(()),
+        ChannelPublish::Members => Err(format!("not a member of channel {channel:?}")),
+    }
+}
+
+/// May a socket send `user` or `client` messages (`kind`) under `policy`?
+pub fn may_publish_direct(
+    policy: DirectPublish,
+    authenticated: bool,
+    kind: &str,
+) -> Result<(), String> {
+    match policy {
+        DirectPublish::Any => Ok(()),
+        DirectPublish::Authenticated if authenticated => Ok(()),
+        DirectPublish::Authenticated => {
+            Err(format!("{kind} messages need an authenticated socket"))
+        }
+        DirectPublish::None => Err(format!("{kind} messages from a socket are disabled")),
+    }
+}
 
 /// Who may subscribe to a channel (and read its history and presence).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

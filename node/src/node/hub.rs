@@ -13,99 +13,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::codec::{EncodeCache, Frames, Recipient};
+use crate::conn::Conn;
+use crate::delivery::{Delivery, InterestChange, Target};
 use crate::metrics::Metrics;
-use crate::outbox::{CloseReason, Outbox, Push};
+use crate::outbox::{CloseReason, Push};
 
 const SHARDS: usize = 64;
-
-/// One client connection as the hub sees it.
-pub struct Conn {
-    /// Process-unique number, the key inside member sets.
-    pub id: u64,
-    /// Cluster-unique id given to the client (`{secs}:{hex}:{node}`).
-    pub client_id: Arc<str>,
-    /// The channel fixed at connect time (`?channel_id=` or generated).
-    pub channel_id: Arc<str>,
-    /// Frames waiting for this socket's writer.
-    pub outbox: Outbox,
-    /// Identity and memberships; locked briefly by the connection's own reader
-    /// task and by the hub when it registers or unregisters.
-    pub state: Mutex<ConnState>,
-}
-
-/// The mutable part of a connection.
-pub struct ConnState {
-    /// The user id (JWT `sub`, or the anonymous id).
-    pub root_id: Arc<str>,
-    /// The raw token the socket authenticated with, passed on to the walker backend.
-    pub token: Option<String>,
-    /// True when `root_id` comes from a verified token.
-    pub authenticated: bool,
-    /// When that token expires (seconds since the epoch); 0 when anonymous.
-    pub expires_at: u64,
-    /// Channels this connection is a member of (including `channel_id`).
-    pub channels: HashSet<Arc<str>>,
-    /// The token's `channels` claim (names or `prefix*` patterns).
-    pub allowed_channels: Option<Arc<[String]>>,
-    /// The token's `info` claim, JSON text, shown in presence.
-    pub info: Option<Arc<str>>,
-    /// History channels this connection receives in the enveloped form
-    /// (`publication` frames with offsets); empty for most connections.
-    pub positioned: HashMap<Arc<str>, ChannelPos>,
-}
-
-/// Delivery state of one enveloped (positioned) subscription.
-#[derive(Debug, Default)]
-pub struct ChannelPos {
-    /// Epoch and offset of the last publication delivered; later copies at or
-    /// below it are duplicates.
-    pub epoch: Option<Arc<str>>,
-    pub last: u64,
-    /// While a recovery reads history, live publications wait here.
-    pub recovering: Option<Vec<(u64, Arc<str>, Utf8Bytes)>>,
-}
-
-impl ChannelPos {
-    /// Should a publication at (`epoch`, `offset`) be delivered after what
-    /// was delivered so far? Records it when so.
-    pub fn advance(&mut self, epoch: &Arc<str>, offset: u64) -> bool {
-        if self.epoch.as_deref() == Some(&**epoch) && offset <= self.last {
-            return false;
-        }
-        self.epoch = Some(epoch.clone());
-        self.last = offset;
-        true
-    }
-}
-
-impl Conn {
-    pub fn root_id(&self) -> Arc<str> {
-        self.state.lock().root_id.clone()
-    }
-}
-
-/// What a message is addressed to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Channels(Vec<String>),
-    Users(Vec<String>),
-    Clients(Vec<String>),
-    All,
-}
-
-impl Target {
-    /// Label for per-kind metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Target::Channels(_) => "channels",
-            Target::Users(_) => "users",
-            Target::Clients(_) => "clients",
-            Target::All => "broadcast",
-        }
-    }
-}
 
 type Members = HashMap<u64, Arc<Conn>>;
 
@@ -127,26 +42,6 @@ impl<V> Registry<V> {
 
     fn shard(&self, key: &str) -> &Shard<V> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
-    }
-}
-
-/// Changes in remote interest caused by a registry update: the relay subscribes
-/// to a channel or user when the first local member appears and unsubscribes
-/// when the last one leaves.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct InterestChange {
-    pub channels_added: Vec<Arc<str>>,
-    pub channels_removed: Vec<Arc<str>>,
-    pub users_added: Vec<Arc<str>>,
-    pub users_removed: Vec<Arc<str>>,
-}
-
-impl InterestChange {
-    pub fn is_empty(&self) -> bool {
-        self.channels_added.is_empty()
-            && self.channels_removed.is_empty()
-            && self.users_added.is_empty()
-            && self.users_removed.is_empty()
     }
 }
 
@@ -201,7 +96,8 @@ impl Hub {
         gauge.add(delta);
     }
 
-    /// Add a new connection: its client id, its user and its fixed channel.
+    /// Add a new connection: its client id, its user and its home channel
+    /// (native connections only).
     pub fn register(&self, conn: &Arc<Conn>) -> InterestChange {
         self.clients
             .shard(&conn.client_id)
@@ -213,10 +109,11 @@ impl Hub {
         if self.join_user(conn, &root) {
             change.users_added.push(root);
         }
-        let channel = conn.channel_id.clone();
-        conn.state.lock().channels.insert(channel.clone());
-        if self.join_channel(conn, &channel) {
-            change.channels_added.push(channel);
+        if let Some(channel) = conn.home.clone() {
+            conn.state.lock().channels.insert(channel.clone());
+            if self.join_channel(conn, &channel) {
+                change.channels_added.push(channel);
+            }
         }
         change
     }
@@ -279,13 +176,13 @@ impl Hub {
         Ok(change)
     }
 
-    /// Leave channels (never the connection's fixed `channel_id`).
+    /// Leave channels (never the connection's home channel).
     pub fn unsubscribe(&self, conn: &Arc<Conn>, channels: &[String]) -> InterestChange {
         let gone: Vec<Arc<str>> = {
             let mut state = conn.state.lock();
             channels
                 .iter()
-                .filter(|c| c.as_str() != &*conn.channel_id)
+                .filter(|c| Some(c.as_str()) != conn.home.as_deref())
                 .filter_map(|c| state.channels.take(c.as_str()))
                 .collect()
         };
@@ -363,11 +260,6 @@ impl Hub {
         last
     }
 
-    /// Is this connection a member of that channel?
-    pub fn is_member(conn: &Conn, channel: &str) -> bool {
-        conn.state.lock().channels.contains(channel)
-    }
-
     /// A local connection by client id.
     pub fn client(&self, client_id: &str) -> Option<Arc<Conn>> {
         self.clients.shard(client_id).lock().get(client_id).cloned()
@@ -417,72 +309,81 @@ impl Hub {
         seen.into_values().collect()
     }
 
-    /// Queue `frame` to every local recipient of `target`, each at most once.
-    /// Returns how many outboxes took it.
-    pub fn deliver(&self, target: &Target, frame: &Utf8Bytes) -> usize {
+    /// Encode and queue `delivery` to every local recipient of its target,
+    /// each at most once. Returns how many outboxes took it.
+    pub fn deliver(&self, delivery: &Delivery) -> usize {
         let started = std::time::Instant::now();
-        let recipients = self.recipients(target);
-        let delivered = self.push_all(&recipients, frame);
+        let recipients = self.recipients(&delivery.target);
+        let delivered = self.fan_out(&recipients, delivery);
         self.metrics
             .fanout_latency
             .observe(started.elapsed().as_secs_f64());
         delivered
     }
 
-    /// Queue `frame` to the given connections.
-    pub fn push_all(&self, recipients: &[Arc<Conn>], frame: &Utf8Bytes) -> usize {
+    /// Encode `delivery` with each recipient's codec (once per codec slot)
+    /// and queue it. Positioned recipients of a history publication skip
+    /// duplicates, and those still recovering buffer it.
+    pub fn fan_out(&self, recipients: &[Arc<Conn>], delivery: &Delivery) -> usize {
+        let mut cache = EncodeCache::default();
         let mut delivered = 0;
+        let positioned_channel = match (&delivery.position, &delivery.channel) {
+            (Some(p), Some(c)) => Some((p, c)),
+            _ => None,
+        };
         for conn in recipients {
-            match conn.outbox.push(frame.clone()) {
-                Push::Queued => delivered += 1,
-                Push::Overflowed => {
-                    self.metrics.slow_consumer_disconnects.inc();
-                    self.metrics
-                        .dropped
-                        .with_label_values(&["slow_consumer"])
-                        .inc();
+            let mut positioned = false;
+            if let Some((position, channel)) = positioned_channel {
+                let mut state = conn.state.lock();
+                if let Some(pos) = state.positioned.get_mut(&**channel) {
+                    if let Some(buffer) = &mut pos.recovering {
+                        buffer.push(delivery.clone());
+                        continue;
+                    }
+                    if !pos.advance(&position.epoch, position.offset) {
+                        continue;
+                    }
+                    positioned = true;
                 }
-                Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
+            }
+            let to = Recipient {
+                client_id: &conn.client_id,
+                positioned,
+            };
+            let Some(frames) = cache.frames(&conn.codec, delivery, &to) else {
+                continue;
+            };
+            if self.push(conn, frames) {
+                delivered += 1;
             }
         }
         self.metrics.deliveries.inc_by(delivered as u64);
         delivered
     }
 
-    /// Deliver a history channel's publication: enveloped (`env`) to
-    /// connections that asked for positions, raw `data` to the others.
-    /// Duplicates (at or below what a connection already got) are skipped, and
-    /// connections that are recovering buffer it until their history is sent.
-    pub fn deliver_publication(
-        &self,
-        channel: &str,
-        epoch: &Arc<str>,
-        offset: u64,
-        raw: &Utf8Bytes,
-        env: &Utf8Bytes,
-    ) -> usize {
-        let started = std::time::Instant::now();
-        let recipients = self.channel_members(channel);
-        let mut raw_to = Vec::new();
-        let mut env_to = Vec::new();
-        for conn in recipients {
-            let mut state = conn.state.lock();
-            match state.positioned.get_mut(channel) {
-                None => raw_to.push(conn.clone()),
-                Some(pos) => {
-                    if let Some(buffer) = &mut pos.recovering {
-                        buffer.push((offset, epoch.clone(), env.clone()));
-                    } else if pos.advance(epoch, offset) {
-                        env_to.push(conn.clone());
-                    }
-                }
+    /// Queue frames to one connection; false when it did not take them.
+    pub fn push(&self, conn: &Conn, frames: Frames) -> bool {
+        let mut queued = false;
+        let mut push = |frame: &tokio_tungstenite::tungstenite::Utf8Bytes| match conn
+            .outbox
+            .push(frame.clone())
+        {
+            Push::Queued => queued = true,
+            Push::Overflowed => {
+                self.metrics.slow_consumer_disconnects.inc();
+                self.metrics
+                    .dropped
+                    .with_label_values(&["slow_consumer"])
+                    .inc();
             }
+            Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
+        };
+        match &frames {
+            Frames::None => {}
+            Frames::One(frame) => push(frame),
+            Frames::Many(list) => list.iter().for_each(&mut push),
         }
-        let delivered = self.push_all(&raw_to, raw) + self.push_all(&env_to, env);
-        self.metrics
-            .fanout_latency
-            .observe(started.elapsed().as_secs_f64());
-        delivered
+        queued
     }
 
     /// Close local connections by client id or user id; returns how many.
@@ -582,13 +483,30 @@ fn leave(registry: &Registry<Members>, conn: &Conn, key: &str) -> (bool, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::{Codec, Slot};
+    use crate::conn::ConnState;
+    use crate::outbox::Outbox;
+    use std::collections::HashSet;
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-    fn conn(id: u64, channel: &str, root: &str) -> Arc<Conn> {
+    struct Raw;
+
+    impl Codec for Raw {
+        fn protocol(&self) -> &'static str {
+            "raw"
+        }
+        fn encode(&self, d: &Delivery, _: Slot, _: &Recipient<'_>) -> Frames {
+            Frames::One(d.data.clone())
+        }
+    }
+
+    fn conn(id: u64, home: Option<&str>, root: &str) -> Arc<Conn> {
         Arc::new(Conn {
             id,
             client_id: Arc::from(format!("c{id}")),
-            channel_id: Arc::from(channel),
+            home: home.map(Arc::from),
             outbox: Outbox::new(1 << 20),
+            codec: Arc::new(Raw),
             state: Mutex::new(ConnState {
                 root_id: Arc::from(root),
                 token: None,
@@ -599,14 +517,15 @@ mod tests {
                 info: None,
                 positioned: HashMap::new(),
             }),
+            permit: Mutex::new(None),
         })
     }
 
     #[test]
     fn counts_follow_register_subscribe_and_unregister() {
         let hub = Hub::new(Arc::new(Metrics::new("t")));
-        let a = conn(1, "room", "u1");
-        let b = conn(2, "room", "u1");
+        let a = conn(1, Some("room"), "u1");
+        let b = conn(2, Some("room"), "u1");
         let change = hub.register(&a);
         assert_eq!(change.channels_added, vec![Arc::<str>::from("room")]);
         assert_eq!(change.users_added, vec![Arc::<str>::from("u1")]);
@@ -633,22 +552,29 @@ mod tests {
     #[test]
     fn a_connection_matching_several_targets_gets_one_copy() {
         let hub = Hub::new(Arc::new(Metrics::new("t")));
-        let a = conn(1, "r1", "u");
+        let a = conn(1, Some("r1"), "u");
         hub.register(&a);
         hub.subscribe(&a, &["r2".into()], 10).expect("ok");
         let frame = Utf8Bytes::from("{}");
-        let n = hub.deliver(&Target::Channels(vec!["r1".into(), "r2".into()]), &frame);
-        assert_eq!(n, 1);
-        let n = hub.deliver(&Target::Clients(vec!["c1".into(), "c1".into()]), &frame);
-        assert_eq!(n, 1);
+        let d = Delivery::new(
+            Target::Channels(vec!["r1".into(), "r2".into()]),
+            frame.clone(),
+        );
+        assert_eq!(hub.deliver(&d), 1);
+        let d = Delivery::new(Target::Clients(vec!["c1".into(), "c1".into()]), frame);
+        assert_eq!(hub.deliver(&d), 1);
     }
 
     #[test]
-    fn the_fixed_channel_cannot_be_left() {
+    fn the_home_channel_cannot_be_left_and_other_protocols_have_none() {
         let hub = Hub::new(Arc::new(Metrics::new("t")));
-        let a = conn(1, "home", "u");
+        let a = conn(1, Some("home"), "u");
         hub.register(&a);
         assert!(hub.unsubscribe(&a, &["home".into()]).is_empty());
-        assert!(Hub::is_member(&a, "home"));
+        assert!(a.is_member("home"));
+        let b = conn(2, None, "v");
+        let change = hub.register(&b);
+        assert!(change.channels_added.is_empty());
+        assert_eq!(hub.counts().channels, 1);
     }
 }

@@ -1,0 +1,185 @@
+//! Codecs: how a [`Delivery`] becomes frames for one wire protocol.
+//!
+//! Every connection has a codec, chosen by its front-end when the connection
+//! opens. The fan-out asks each recipient's codec for a [`Slot`]: recipients
+//! with the same codec instance and the same shared slot receive the same
+//! frames, encoded once per delivery ([`EncodeCache`]). So "serialize once"
+//! holds per protocol (and per variant of it, such as a Socket.IO namespace,
+//! which gets its own codec instance). A codec may also refuse a delivery for
+//! a connection ([`Slot::Skip`]) or encode it for that connection alone
+//! ([`Slot::Own`]), which is where per-session filtering goes.
+
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::delivery::Delivery;
+
+/// What a codec may know about one recipient of a delivery.
+#[derive(Clone, Copy, Debug)]
+pub struct Recipient<'a> {
+    /// The connection's client id.
+    pub client_id: &'a str,
+    /// True when the delivery has a position and this connection asked for
+    /// positions on the channel (the enveloped form, with offsets).
+    pub positioned: bool,
+}
+
+/// Which encoding a recipient gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Shared by every recipient with the same codec instance and number:
+    /// encoded once per delivery. `encode` must then depend only on the
+    /// delivery and the number.
+    Shared(u32),
+    /// Encoded for this recipient alone (per-session filtering or framing).
+    Own,
+    /// Not sent to this recipient.
+    Skip,
+}
+
+/// The frames one encoding produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frames {
+    None,
+    One(Utf8Bytes),
+    /// Several frames, in order (e.g. one per matching workspace).
+    Many(Vec<Utf8Bytes>),
+}
+
+impl Frames {
+    /// Every frame, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Utf8Bytes> {
+        let (one, many): (Option<&Utf8Bytes>, &[Utf8Bytes]) = match self {
+            Frames::None => (None, &[]),
+            Frames::One(f) => (Some(f), &[]),
+            Frames::Many(v) => (None, v.as_slice()),
+        };
+        one.into_iter().chain(many.iter())
+    }
+}
+
+/// Something the node tells a connection outside any delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// The connection's token expired and it is now anonymous.
+    TokenExpired,
+}
+
+/// What a codec may read about its connection for a [`Notice`].
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo<'a> {
+    pub client_id: &'a str,
+    pub root_id: &'a str,
+    /// The native protocol's fixed channel; empty for other protocols.
+    pub home: &'a str,
+}
+
+/// A wire protocol's encoding of deliveries.
+pub trait Codec: Send + Sync + 'static {
+    /// Short protocol name, for logs and metrics ("native", "phoenix", …).
+    fn protocol(&self) -> &'static str;
+
+    /// Which encoding `to` receives (default: one shared encoding).
+    fn slot(&self, _delivery: &Delivery, _to: &Recipient<'_>) -> Slot {
+        Slot::Shared(0)
+    }
+
+    /// Encode `delivery` for `slot` (for [`Slot::Shared`], `to` is just the
+    /// first recipient of that slot and must not change the result).
+    fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames;
+
+    /// A frame telling the connection about a node event, if this protocol
+    /// has one.
+    fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice) -> Option<Utf8Bytes> {
+        None
+    }
+}
+
+/// Encodings of one delivery made so far, by (codec instance, slot).
+#[derive(Default)]
+pub struct EncodeCache {
+    entries: Vec<(usize, u32, Frames)>,
+}
+
+impl EncodeCache {
+    /// The frames for `to`, encoding them only when no recipient with the
+    /// same codec and shared slot was encoded before. `None` for a skip.
+    pub fn frames(
+        &mut self,
+        codec: &Arc<dyn Codec>,
+        delivery: &Delivery,
+        to: &Recipient<'_>,
+    ) -> Option<Frames> {
+        match codec.slot(delivery, to) {
+            Slot::Skip => None,
+            Slot::Own => Some(codec.encode(delivery, Slot::Own, to)),
+            Slot::Shared(n) => {
+                let key = Arc::as_ptr(codec) as *const () as usize;
+                if let Some((_, _, frames)) =
+                    self.entries.iter().find(|(k, s, _)| *k == key && *s == n)
+                {
+                    return Some(frames.clone());
+                }
+                let frames = codec.encode(delivery, Slot::Shared(n), to);
+                self.entries.push((key, n, frames.clone()));
+                Some(frames)
+            }
+        }
+    }
+
+    /// How many distinct encodings were made (for tests and metrics).
+    pub fn encodings(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Target;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting(AtomicUsize, &'static str);
+
+    impl Codec for Counting {
+        fn protocol(&self) -> &'static str {
+            "counting"
+        }
+        fn slot(&self, _: &Delivery, to: &Recipient<'_>) -> Slot {
+            match to.client_id {
+                "skip" => Slot::Skip,
+                "own" => Slot::Own,
+                _ => Slot::Shared(0),
+            }
+        }
+        fn encode(&self, d: &Delivery, _: Slot, _: &Recipient<'_>) -> Frames {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Frames::One(Utf8Bytes::from(format!("{}{}", self.1, d.data.as_str())))
+        }
+    }
+
+    #[test]
+    fn each_codec_encodes_once_per_shared_slot() {
+        let ca = Arc::new(Counting(AtomicUsize::new(0), "a:"));
+        let cb = Arc::new(Counting(AtomicUsize::new(0), "b:"));
+        let (a, b): (Arc<dyn Codec>, Arc<dyn Codec>) = (ca.clone(), cb.clone());
+        let d = Delivery::new(Target::All, Utf8Bytes::from("{}"));
+        let mut cache = EncodeCache::default();
+        let to = |id| Recipient {
+            client_id: id,
+            positioned: false,
+        };
+        for id in ["1", "2", "3"] {
+            let f = cache.frames(&a, &d, &to(id)).expect("sent");
+            assert_eq!(f, Frames::One(Utf8Bytes::from("a:{}")));
+            cache.frames(&b, &d, &to(id)).expect("sent");
+        }
+        assert!(cache.frames(&a, &d, &to("skip")).is_none());
+        cache.frames(&a, &d, &to("own")).expect("sent");
+        cache.frames(&a, &d, &to("own")).expect("sent");
+        assert_eq!(cache.encodings(), 2);
+        assert_eq!(ca.0.load(Ordering::Relaxed), 3, "1 shared + 2 own");
+        assert_eq!(cb.0.load(Ordering::Relaxed), 1);
+    }
+}

@@ -1,0 +1,133 @@
+//! The native front-end at `/websocket`: the jac-cloud websocket protocol,
+//! extended with `subscribe`/`unsubscribe`, `ref` echo and error frames
+//! (docs/protocol.md).
+//!
+//! - [`parse`]: reading client frames;
+//! - [`codec`]: the frames it sends and [`codec::NativeCodec`];
+//! - [`session`]: one socket's protocol state, over the node's operations.
+
+pub mod codec;
+pub mod parse;
+pub mod session;
+
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{header, StatusCode};
+use serde::Deserialize;
+
+use self::codec::{connection_frame, NativeCodec};
+use self::parse::MAX_ID_LEN;
+pub use self::session::NativeSession;
+use crate::codec::Codec;
+use crate::frontend::Frontend;
+use crate::node::{MeshError, Node};
+use crate::transport;
+
+/// The native protocol.
+pub struct Native;
+
+impl Frontend for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn codec(&self, node: &Node) -> Arc<dyn Codec> {
+        Arc::new(NativeCodec::new(node.node_id()))
+    }
+
+    fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
+        let codec = self.codec(node);
+        Router::new().route(
+            "/websocket",
+            get(move |state, query, request| websocket(state, query, request, codec.clone())),
+        )
+    }
+}
+
+/// Query parameters of `/websocket`.
+#[derive(Deserialize, Default)]
+pub struct ConnectParams {
+    pub channel_id: Option<String>,
+    pub token: Option<String>,
+}
+
+/// A fresh jac-cloud style id: `{unix seconds}:{32 hex}`.
+pub fn fresh_channel_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{secs}:{}", uuid::Uuid::new_v4().simple())
+}
+
+/// `GET /websocket`: admit, check, upgrade and run a native session.
+async fn websocket(
+    State(node): State<Arc<Node>>,
+    Query(params): Query<ConnectParams>,
+    mut request: Request,
+    codec: Arc<dyn Codec>,
+) -> Response {
+    let admission = match node.admit() {
+        Ok(admission) => admission,
+        Err(MeshError::Draining) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+        }
+        Err(_) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response()
+        }
+    };
+    let reply = match transport::accept(request.headers()) {
+        Ok(reply) => reply,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| params.token.clone());
+    let identity = node.identify(token.as_deref());
+    let home = match &params.channel_id {
+        Some(c) if c.is_empty() || c.len() > MAX_ID_LEN => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("channel_id must be 1 to {MAX_ID_LEN} bytes long"),
+            )
+                .into_response()
+        }
+        Some(c) => match crate::limits::channel_name(c) {
+            Ok(()) => c.clone(),
+            Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+        },
+        None => fresh_channel_id(),
+    };
+    if let Err(e) = node.may_subscribe_as(&identity, &home) {
+        return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+    }
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let config = transport::socket_config(node.config.max_message_size);
+    tokio::spawn(async move {
+        let Some(socket) = transport::upgraded(on_upgrade, config).await else {
+            return;
+        };
+        let node_id = node.node_id().to_string();
+        let conn = node
+            .open(admission, identity, codec, Some(home), |conn| {
+                Some(conn.with_info(|info| connection_frame(&node_id, info, None)))
+            })
+            .await;
+        let settings = transport::Settings {
+            rate: node.config.client_rate,
+            burst: node.config.client_burst,
+            flush_window: node.config.flush_window,
+            tick: None,
+        };
+        let session = NativeSession::new(node.clone(), conn.clone());
+        transport::run(socket, &conn.outbox, session, settings).await;
+    });
+    reply.map(|()| axum::body::Body::empty())
+}

@@ -1,0 +1,402 @@
+//! The native protocol state of one socket: client frames in, node calls
+//! out, replies queued through the node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::codec::{ack, connection_frame, error_frame, history_frame, json_str, push_ref};
+use super::parse::{
+    bad, boolean, data, ids, position_json, string, valid_ref, Fields, Reject, MAX_REF_LEN,
+};
+use crate::conn::Conn;
+use crate::delivery::{Delivery, Position, Target};
+use crate::node::{JoinRequest, MeshError, Node, Published, Read};
+use crate::outbox::CloseReason;
+use crate::policy::ChannelOptions;
+use crate::transport::{Flow, Session};
+use crate::walker::{valid_walker_name, WalkerCall, WalkerError};
+
+/// Walker calls one socket may have in flight.
+const MAX_WALKERS_IN_FLIGHT: usize = 16;
+
+/// The native protocol state of one socket.
+pub struct NativeSession {
+    node: Arc<Node>,
+    conn: Arc<Conn>,
+    /// Walker calls in flight, shared with their tasks; made on first use.
+    walkers: Option<Arc<AtomicUsize>>,
+}
+
+impl NativeSession {
+    pub fn new(node: Arc<Node>, conn: Arc<Conn>) -> Self {
+        NativeSession {
+            node,
+            conn,
+            walkers: None,
+        }
+    }
+
+    fn max_ids(&self) -> usize {
+        self.node.config.max_ids_per_message
+    }
+
+    fn send(&self, frame: Utf8Bytes) {
+        self.node.send(&self.conn, frame);
+    }
+
+    fn connection_frame(&self, reference: Option<&RawValue>) -> Utf8Bytes {
+        self.conn
+            .with_info(|info| connection_frame(self.node.node_id(), info, reference))
+    }
+
+    fn count_in(&self, kind: &str) {
+        self.node
+            .metrics
+            .messages_in
+            .with_label_values(&[kind])
+            .inc();
+    }
+
+    fn reject(&self, Reject(message, code): Reject, reference: Option<&RawValue>) {
+        self.node.metrics.errors.with_label_values(&[code]).inc();
+        self.send(error_frame(&message, code, reference));
+    }
+
+    async fn handle(&mut self, text: &str) -> Result<Flow, Reject> {
+        let raw: &RawValue = serde_json::from_str(text)
+            .map_err(|e| Reject(format!("frame is not valid JSON: {e}"), "bad_json"))?;
+        if !raw.get().starts_with('{') {
+            return Err(bad("frame must be a JSON object"));
+        }
+        let f: Fields<'_> = serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
+        let reference = match f.reference {
+            Some(r) if !valid_ref(r) => {
+                return Err(bad(format!(
+                    "ref must be a number or a string of at most {MAX_REF_LEN} bytes"
+                )))
+            }
+            other => other,
+        };
+        let kind: String = match f.kind {
+            None => {
+                self.count_in("invalid");
+                return Err(bad("type is required"));
+            }
+            Some(k) => serde_json::from_str(k.get()).map_err(|_| bad("type must be a string"))?,
+        };
+        let result = self.dispatch(&kind, &f, reference).await;
+        if let Err(reject) = result {
+            self.reject(reject, reference);
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn dispatch(
+        &mut self,
+        kind: &str,
+        f: &Fields<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), Reject> {
+        let known = matches!(
+            kind,
+            "connection"
+                | "change_user"
+                | "channel"
+                | "user"
+                | "client"
+                | "walker"
+                | "subscribe"
+                | "unsubscribe"
+                | "history"
+                | "presence"
+        );
+        self.count_in(if known { kind } else { "invalid" });
+        match kind {
+            "connection" => {
+                self.send(self.connection_frame(reference));
+                Ok(())
+            }
+            "change_user" => {
+                let token = string(f.token, "token")?;
+                let identity = self
+                    .node
+                    .identify(token.as_deref().filter(|t| !t.is_empty()));
+                match self.node.reauthenticate(&self.conn, identity) {
+                    Err(MeshError::Unauthorized) => Ok(()),
+                    Err(e) => Err(e.into()),
+                    Ok(()) => {
+                        self.send(self.connection_frame(reference));
+                        Ok(())
+                    }
+                }
+            }
+            "channel" => {
+                let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
+                let frame = data(f.data)?;
+                let delivery = Delivery::new(Target::Channels(channels), frame);
+                // With a `ref` the ack waits for the relay's outcome.
+                let confirm = reference.is_some();
+                let done = self
+                    .node
+                    .client_publish(&self.conn, delivery, confirm)
+                    .await?;
+                self.published(done, reference);
+                Ok(())
+            }
+            "user" | "client" => {
+                let target = if kind == "user" {
+                    Target::Users(ids(f.root_ids, "root_ids", self.max_ids())?)
+                } else {
+                    Target::Clients(ids(f.client_ids, "client_ids", self.max_ids())?)
+                };
+                let frame = data(f.data)?;
+                let delivery = Delivery::new(target, frame);
+                // With a `ref` the ack waits for the relay's outcome.
+                let confirm = reference.is_some();
+                let done = self
+                    .node
+                    .client_publish(&self.conn, delivery, confirm)
+                    .await?;
+                self.published(done, reference);
+                Ok(())
+            }
+            "subscribe" => self.subscribe(f, reference).await,
+            "unsubscribe" => {
+                let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
+                let reply = ack("unsubscribed", &channels, reference);
+                self.node.leave(&self.conn, &channels, || Some(reply)).await;
+                Ok(())
+            }
+            "history" => self.history(f, reference).await,
+            "presence" => self.presence(f, reference).await,
+            "walker" => self.walker(f, reference),
+            other => Err(bad(format!("unknown message type {}", json_str(other)))),
+        }
+    }
+
+    /// Join channels; with `positioned` (or `since`, for recovery) on history
+    /// channels, deliveries come enveloped with their positions.
+    async fn subscribe(
+        &mut self,
+        f: &Fields<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), Reject> {
+        let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
+        let positioned = boolean(f.positioned, "positioned")?;
+        let since: HashMap<String, Position> = match f.since {
+            None => HashMap::new(),
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|_| {
+                bad("since must map channel names to {\"offset\":N,\"epoch\":\"…\"}")
+            })?,
+        };
+        if let Some(c) = since.keys().find(|c| !channels.contains(c)) {
+            return Err(bad(format!(
+                "since names {c:?}, which is not in channel_ids"
+            )));
+        }
+        let request = JoinRequest {
+            channels: &channels,
+            positioned,
+            since: &since,
+        };
+        self.node
+            .join(&self.conn, request, |joined| {
+                let mut reply =
+                    serde_json::json!({"type": "subscribed", "channel_ids": joined.channels});
+                if !joined.positions.is_empty() {
+                    let positions: serde_json::Map<String, serde_json::Value> = joined
+                        .positions
+                        .iter()
+                        .map(|(c, p, recovered)| (c.clone(), position_json(p, *recovered)))
+                        .collect();
+                    reply["positions"] = serde_json::Value::Object(positions);
+                }
+                if let Some(r) = reference {
+                    reply["ref"] = serde_json::from_str(r.get()).expect("ref is valid JSON");
+                }
+                Some(Utf8Bytes::from(reply.to_string()))
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The `channel_id` of a history or presence frame, if this socket may
+    /// read that channel, with the channel's options.
+    fn readable_channel(
+        &self,
+        f: &Fields<'_>,
+        what: Read,
+    ) -> Result<(String, ChannelOptions), Reject> {
+        let channel =
+            string(f.channel_id, "channel_id")?.ok_or_else(|| bad("channel_id is required"))?;
+        crate::limits::channel_name(&channel).map_err(bad)?;
+        let options = self.node.may_read(Some(&self.conn), &channel, what)?;
+        Ok((channel, options))
+    }
+
+    /// `history`: the last N publications of a channel, or those after a position.
+    async fn history(
+        &mut self,
+        f: &Fields<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), Reject> {
+        let (channel, options) = self.readable_channel(f, Read::History)?;
+        let limit = match f.limit {
+            None => options.history_size,
+            Some(raw) => serde_json::from_str::<usize>(raw.get())
+                .map_err(|_| bad("limit must be a non-negative integer"))?,
+        };
+        let since: Option<Position> = match f.since {
+            None => None,
+            Some(raw) => Some(
+                serde_json::from_str(raw.get())
+                    .map_err(|_| bad("since must be {\"offset\":N,\"epoch\":\"…\"}"))?,
+            ),
+        };
+        let page = self
+            .node
+            .history(&channel, since.as_ref(), limit, &options)
+            .await?;
+        self.send(history_frame(&channel, &page, reference));
+        Ok(())
+    }
+
+    /// `presence`: who is in a channel, cluster-wide.
+    async fn presence(
+        &mut self,
+        f: &Fields<'_>,
+        reference: Option<&RawValue>,
+    ) -> Result<(), Reject> {
+        let (channel, _) = self.readable_channel(f, Read::Presence)?;
+        let clients = self.node.presence(&channel).await?;
+        let mut reply = serde_json::json!({
+            "type": "presence",
+            "channel_id": channel,
+            "count": clients.len(),
+            "clients": clients,
+        });
+        if let Some(r) = reference {
+            reply["ref"] = serde_json::from_str(r.get()).expect("ref is valid JSON");
+        }
+        self.send(Utf8Bytes::from(reply.to_string()));
+        Ok(())
+    }
+
+    fn published(&self, done: Published, reference: Option<&RawValue>) {
+        if let Some(r) = reference {
+            self.send(Utf8Bytes::from(format!(
+                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{},\"relay\":\"{}\"}}",
+                r.get(),
+                done.local_deliveries,
+                done.relayed,
+                done.relay.as_str()
+            )));
+        }
+    }
+
+    fn walker(&mut self, f: &Fields<'_>, reference: Option<&RawValue>) -> Result<(), Reject> {
+        let name = string(f.walker, "walker")?.ok_or_else(|| bad("walker is required"))?;
+        if !valid_walker_name(&name) {
+            return Err(bad("walker must match [A-Za-z0-9_.-]{1,128}"));
+        }
+        let context: Box<RawValue> = match f.context {
+            None => RawValue::from_string("{}".into()).expect("valid JSON"),
+            Some(c) if c.get().starts_with('{') => c.to_owned(),
+            Some(_) => return Err(bad("context must be an object")),
+        };
+        let entry = string(f.node, "node")?;
+        let response = match f.response {
+            None => false,
+            Some(r) => serde_json::from_str::<bool>(r.get())
+                .map_err(|_| bad("response must be a boolean"))?,
+        };
+        let reference: Option<Box<RawValue>> = reference.map(|r| r.to_owned());
+        let node = self.node.clone();
+        let conn = self.conn.clone();
+        if node.walker.is_none() {
+            walker_failure(&node, &conn, &WalkerError::NoBackend, reference.as_deref());
+            return Ok(());
+        }
+        let in_flight = self.walkers.get_or_insert_with(Default::default).clone();
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_WALKERS_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Reject(
+                format!("at most {MAX_WALKERS_IN_FLIGHT} walker calls may be in flight"),
+                "rate_limited",
+            ));
+        }
+        tokio::spawn(async move {
+            let (root, token) = {
+                let state = conn.state.lock();
+                (state.root_id.clone(), state.token.clone())
+            };
+            let call = WalkerCall {
+                context: &context,
+                node: entry.as_deref(),
+                client_id: &conn.client_id,
+                root_id: &root,
+                channel_id: conn.home(),
+            };
+            let client = node.walker.as_ref().expect("checked above");
+            match client.call(&name, &call, token.as_deref()).await {
+                Ok(body) if response => {
+                    let frame = match &reference {
+                        Some(r) => format!(
+                            "{{\"type\":\"walker\",\"ref\":{},\"data\":{}}}",
+                            r.get(),
+                            body.trim()
+                        ),
+                        None => body,
+                    };
+                    node.send(&conn, Utf8Bytes::from(frame));
+                }
+                Ok(_) => {}
+                Err(e) => walker_failure(&node, &conn, &e, reference.as_deref()),
+            }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+        });
+        Ok(())
+    }
+}
+
+fn walker_failure(node: &Node, conn: &Conn, error: &WalkerError, reference: Option<&RawValue>) {
+    node.metrics.errors.with_label_values(&[error.code()]).inc();
+    let mut frame = format!(
+        "{{\"type\":\"walker\",\"error\":{},\"code\":\"{}\"",
+        json_str(&error.to_string()),
+        error.code()
+    );
+    if let Some(status) = error.status() {
+        frame.push_str(&format!(",\"status\":{status}"));
+    }
+    push_ref(&mut frame, reference);
+    frame.push('}');
+    node.send(conn, Utf8Bytes::from(frame));
+}
+
+impl Session for NativeSession {
+    async fn on_text(&mut self, text: Utf8Bytes) -> Flow {
+        match self.handle(&text).await {
+            Ok(flow) => flow,
+            Err(reject) => {
+                self.reject(reject, None);
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn on_binary(&mut self, _data: Bytes) -> Flow {
+        self.count_in("invalid");
+        self.reject(bad("binary frames are not supported; send JSON text"), None);
+        Flow::Continue
+    }
+
+    async fn on_close(&mut self, closed_by_server: Option<CloseReason>) {
+        self.node.close(&self.conn, closed_by_server);
+    }
+}

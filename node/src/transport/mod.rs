@@ -1,0 +1,273 @@
+//! Transport: moving frames between a client and a connection's outbox,
+//! separate from any protocol.
+//!
+//! A WebSocket connection runs as one task holding two futures: the reader
+//! (frames from the client, rate limited, handed to the front-end's
+//! [`Session`] hooks, plus server ticks) and the writer (drains the outbox:
+//! feed every queued frame, flush once). When either ends, both are dropped,
+//! the socket closes and the session's `on_close` runs. [`upgrade`] does the
+//! HTTP upgrade; [`sse`] drains the same outbox into a streaming HTTP
+//! response (Server-Sent Events) or a long-poll reply.
+
+pub mod sse;
+pub mod upgrade;
+
+pub use upgrade::{accept, socket_config, upgraded, Socket, UpgradeError};
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::outbox::{CloseReason, Outbox};
+
+/// What the reader should do after a frame.
+pub enum Flow {
+    Continue,
+    /// Close the connection with this reason (queued after pending frames).
+    Close(CloseReason),
+}
+
+/// A front-end's per-connection protocol state: the hooks a transport calls.
+/// Replies go to the connection's outbox (through the node), never to the
+/// socket directly, so any transport can carry them.
+pub trait Session: Send {
+    /// The connection is established (before any client frame).
+    fn on_open(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// A text frame arrived.
+    fn on_text(&mut self, text: Utf8Bytes) -> impl Future<Output = Flow> + Send;
+    /// A binary frame arrived.
+    fn on_binary(&mut self, data: Bytes) -> impl Future<Output = Flow> + Send;
+    /// The server tick (every [`Settings::tick`]): protocol pings and timeouts.
+    fn on_tick(&mut self) -> impl Future<Output = Flow> + Send {
+        async { Flow::Continue }
+    }
+    /// The connection ended: closed by the server for this reason, or
+    /// (`None`) by the client or a failed socket. Called exactly once.
+    fn on_close(
+        &mut self,
+        closed_by_server: Option<CloseReason>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Per-connection transport settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Client frames per second (token bucket rate) and burst.
+    pub rate: u32,
+    pub burst: u32,
+    /// Longest a busy writer waits to gather more frames before it flushes.
+    pub flush_window: Duration,
+    /// How often [`Session::on_tick`] runs; `None` for never.
+    pub tick: Option<Duration>,
+}
+
+/// A per-connection token bucket.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        RateLimit {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Run one WebSocket connection to its end: read frames into the session,
+/// drain `outbox` to the socket, then call the session's `on_close`.
+pub async fn run<S, T>(
+    socket: WebSocketStream<T>,
+    outbox: &Outbox,
+    mut session: S,
+    settings: Settings,
+) where
+    S: Session,
+    T: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut sink, mut stream) = socket.split();
+    session.on_open().await;
+    let reader = async {
+        let mut limit = RateLimit::new(settings.rate, settings.burst);
+        let mut tick = settings.tick.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            let next = async {
+                match tick.as_mut() {
+                    Some(t) => {
+                        tokio::select! {
+                            message = stream.next() => Some(message),
+                            _ = t.tick() => None,
+                        }
+                    }
+                    None => Some(stream.next().await),
+                }
+            };
+            let flow = match next.await {
+                None => session.on_tick().await,
+                Some(None | Some(Ok(Message::Close(_)))) => return,
+                Some(Some(Ok(Message::Text(text)))) => {
+                    if !limit.allow() {
+                        Flow::Close(CloseReason::RateLimited)
+                    } else {
+                        session.on_text(text).await
+                    }
+                }
+                Some(Some(Ok(Message::Binary(data)))) => {
+                    if !limit.allow() {
+                        Flow::Close(CloseReason::RateLimited)
+                    } else {
+                        session.on_binary(data).await
+                    }
+                }
+                Some(Some(Ok(_))) => Flow::Continue,
+                Some(Some(Err(WsError::Capacity(
+                    CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders,
+                )))) => Flow::Close(CloseReason::TooBig),
+                Some(Some(Err(e))) => {
+                    tracing::debug!(error = %e, "read error");
+                    return;
+                }
+            };
+            if let Flow::Close(reason) = flow {
+                outbox.close(reason);
+                // The writer sends the close frame; stop reading, but stay
+                // pending so the writer can finish.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let writer = write_loop(settings.flush_window, outbox, &mut sink);
+    let closed_by_server = tokio::select! {
+        _ = reader => None,
+        reason = writer => reason,
+    };
+    match closed_by_server {
+        // The client closed: send tungstenite's queued close reply.
+        None => {
+            let _ = tokio::time::timeout(Duration::from_millis(500), sink.flush()).await;
+        }
+        // Stuck on a full socket: nothing more will get through.
+        Some(CloseReason::SlowConsumer) => {}
+        // We sent a close frame: read (and drop) what the client still sends
+        // until its close reply, so closing the socket does not reset the
+        // connection before the client has read our close frame.
+        Some(_) => {
+            let drain = async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if message.is_close() {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
+    }
+    // Whatever is left in the outbox is dropped with the connection.
+    outbox.close(CloseReason::Disconnected);
+    session.on_close(closed_by_server).await;
+}
+
+/// Drain the outbox until it closes; returns the server's close reason, or
+/// `None` when the socket failed.
+async fn write_loop<K>(window: Duration, outbox: &Outbox, sink: &mut K) -> Option<CloseReason>
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
+    loop {
+        let closing = outbox.take(&mut batch);
+        if batch.is_empty() {
+            if let Some(reason) = closing {
+                send_close(sink, reason).await;
+                return Some(reason);
+            }
+            if batch.capacity() > 64 {
+                batch = VecDeque::new();
+            }
+            outbox.ready().await;
+            continue;
+        }
+        let io = async {
+            if !window.is_zero() && batch.len() > 1 {
+                // Under load, let more frames arrive so they share a syscall.
+                tokio::time::sleep(window).await;
+                outbox.take(&mut batch);
+            }
+            while let Some(frame) = batch.pop_front() {
+                sink.feed(Message::Text(frame)).await?;
+            }
+            sink.flush().await
+        };
+        tokio::pin!(io);
+        let result = loop {
+            tokio::select! {
+                result = &mut io => break Some(result),
+                _ = outbox.ready() => {
+                    // A slow consumer stuck on a full socket buffer will never
+                    // read a close frame: drop it now.
+                    if outbox.closed() == Some(CloseReason::SlowConsumer) {
+                        break None;
+                    }
+                }
+            }
+        };
+        match result {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "write error");
+                return None;
+            }
+            None => return Some(CloseReason::SlowConsumer),
+        }
+    }
+}
+
+async fn send_close<K>(sink: &mut K, reason: CloseReason)
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(reason.code()),
+        reason: Utf8Bytes::from_static(reason.text()),
+    };
+    let send = async {
+        sink.send(Message::Close(Some(frame))).await?;
+        sink.flush().await
+    };
+    // A peer that does not read cannot hold the task forever.
+    let _ = tokio::time::timeout(Duration::from_secs(2), send).await;
+}

@@ -1,0 +1,47 @@
+//! The connection cap holds under a burst: a permit is taken at admission
+//! (before the upgrade) and held by the connection until it closes.
+
+use pubmesh_tests::harness::{eventually, patience, Client, Node};
+
+#[tokio::test]
+async fn a_burst_of_twice_the_cap_admits_exactly_the_cap_and_leaks_no_permit() {
+    const CAP: usize = 25;
+    let node = Node::start(&["--max-connections", &CAP.to_string()]).await;
+    let url = node.ws("");
+    let attempts: Vec<_> = (0..2 * CAP)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Client::connect_raw(&url, None).await })
+        })
+        .collect();
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(client) => open.push(client),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 503);
+                refused += 1;
+            }
+            Err(e) => panic!("unexpected connect error: {e}"),
+        }
+    }
+    assert_eq!(open.len(), CAP, "admitted");
+    assert_eq!(refused, CAP, "refused with 503");
+    assert_eq!(node.metric("pubmesh_connections").await as usize, CAP);
+
+    // Every permit comes back once the connections close: the cap admits
+    // a full set again.
+    drop(open);
+    eventually("connections to close", patience(10), || async {
+        (node.metric("pubmesh_connections").await == 0.0).then_some(())
+    })
+    .await;
+    let mut again = Vec::new();
+    for _ in 0..CAP {
+        again.push(Client::connect(&url).await);
+    }
+    let over = Client::connect_raw(&url, None).await;
+    assert!(over.is_err(), "one over the cap is refused");
+    assert_eq!(again.len(), CAP);
+}
