@@ -48,6 +48,10 @@ pub struct Sample {
     pub connections: u64,
     pub vus: u64,
     pub errors: u64,
+    /// Median and worst WebSocket connect time of the connections opened in
+    /// that second (0 when none opened).
+    pub connect_p50_ms: f64,
+    pub connect_max_ms: f64,
 }
 
 /// Everything a run produced.
@@ -470,6 +474,10 @@ fn to_sample(index: u64, span: &Span, b: &Bucket) -> Sample {
         Some(Metric::Trend(t)) => t.clone(),
         _ => Trend::default(),
     };
+    let connect = match b.metrics.by_name.get("ws_connecting") {
+        Some(Metric::Trend(t)) => t.clone(),
+        _ => Trend::default(),
+    };
     Sample {
         // The end of the second the sample covers — or of the run, for the
         // last, shorter one: no time outside the run.
@@ -483,6 +491,8 @@ fn to_sample(index: u64, span: &Span, b: &Bucket) -> Sample {
         connections: b.conns,
         vus: b.vus,
         errors: b.metrics.counter("errors"),
+        connect_p50_ms: connect.stat(&Stat::Med),
+        connect_max_ms: connect.stat(&Stat::Max),
     }
 }
 

@@ -222,6 +222,46 @@ fn secs(d: std::time::Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
+/// The command line with secret values replaced by `***`.
+fn redacted_command(args: impl Iterator<Item = String>) -> String {
+    const SECRET: [&str; 2] = ["--api-key", "--jwt-secret"];
+    let mut out = Vec::new();
+    let mut hide_next = false;
+    for arg in args {
+        if hide_next {
+            out.push("***".to_string());
+            hide_next = false;
+        } else if SECRET.contains(&arg.as_str()) {
+            hide_next = true;
+            out.push(arg);
+        } else if let Some(flag) = SECRET.iter().find(|f| arg.starts_with(&format!("{f}="))) {
+            out.push(format!("{flag}=***"));
+        } else {
+            out.push(arg);
+        }
+    }
+    out.join(" ")
+}
+
+/// The report's account of the run: command, date, commit, targets, load.
+fn run_info(scenario: &Scenario) -> summary::RunInfo {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|c| !c.is_empty());
+    summary::RunInfo {
+        command: redacted_command(std::env::args()),
+        date: httpdate::fmt_http_date(std::time::SystemTime::now()),
+        commit,
+        urls: scenario.urls.clone(),
+        load: describe_executor(&scenario.executor),
+    }
+}
+
 /// The executor in plain words.
 fn describe_executor(e: &Executor) -> String {
     let stages = |stages: &[pubmesh_loadtest::scenario::Stage], unit: &str| {
@@ -360,6 +400,7 @@ async fn run_cmd(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let info = run_info(&scenario);
     let started = std::time::Instant::now();
     let outcome = match coordinator::run(&scenario, &options).await {
         Ok(o) => o,
@@ -398,6 +439,7 @@ async fn run_cmd(args: RunArgs) -> ExitCode {
         let page = summary::html(
             &scenario.name,
             &scenario.description,
+            &info,
             &outcome.metrics,
             &outcome.results,
             &outcome.samples,
@@ -424,5 +466,29 @@ async fn run_cmd(args: RunArgs) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_command;
+
+    #[test]
+    fn secrets_stay_out_of_the_recorded_command() {
+        let args = [
+            "pubmesh-load",
+            "run",
+            "s.toml",
+            "--api-key",
+            "k1",
+            "--jwt-secret=s2",
+            "--rate",
+            "5",
+        ];
+        let line = redacted_command(args.iter().map(|s| s.to_string()));
+        assert_eq!(
+            line,
+            "pubmesh-load run s.toml --api-key *** --jwt-secret=*** --rate 5"
+        );
     }
 }

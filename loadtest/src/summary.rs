@@ -238,6 +238,9 @@ fn escape(s: &str) -> String {
 }
 
 /// A line chart as inline SVG: x = seconds, one polyline per series.
+///
+/// Every figure carries its unit: in the caption, on the y axis title and on
+/// every tick label; the x axis is seconds since the measured phase began.
 fn chart(title: &str, unit: &str, xs: &[f64], series: &[(&str, Vec<f64>)]) -> String {
     let (w, h, left, bottom, top) = (760.0, 240.0, 64.0, 28.0, 12.0);
     let plot_w = w - left - 12.0;
@@ -256,8 +259,16 @@ fn chart(title: &str, unit: &str, xs: &[f64], series: &[(&str, Vec<f64>)]) -> St
     let py = |y: f64| top + plot_h - y / max * plot_h;
     let colours = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1"];
     let mut svg = format!(
-        "<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\">",
-        escape(title)
+        "<figure><figcaption>{} ({})</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\">\
+<text x=\"12\" y=\"{:.1}\" font-size=\"11\" transform=\"rotate(-90 12 {:.1})\" text-anchor=\"middle\">{}</text>\
+<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">seconds since measuring began (s)</text>",
+        escape(title),
+        escape(unit.trim()),
+        top + plot_h / 2.0,
+        top + plot_h / 2.0,
+        escape(unit.trim()),
+        left + plot_w,
+        top + 24.0
     );
     // Grid and axis labels.
     for k in 0..=4 {
@@ -311,14 +322,43 @@ fn short(v: f64, unit: &str) -> String {
     } else {
         format!("{v:.2}")
     };
-    format!("{s}{unit}")
+    format!("{s} {}", unit.trim())
 }
 
-/// A self-contained HTML report: thresholds, latency and throughput over
-/// time (sampled once a second), connections, and the text summary.
+/// What the report says about the run itself.
+#[derive(Clone, Debug, Default)]
+pub struct RunInfo {
+    /// The command line, as typed.
+    pub command: String,
+    /// When the run started (RFC 7231 date, UTC).
+    pub date: String,
+    /// The git commit of the working directory, when there is one.
+    pub commit: Option<String>,
+    pub urls: Vec<String>,
+    /// The executor's load, in words (rate or VUs).
+    pub load: String,
+}
+
+/// The unit of a threshold's observed value.
+fn observed_unit(metrics: &Metrics, r: &ThresholdResult) -> &'static str {
+    match (metrics.by_name.get(&r.metric), &r.threshold.stat) {
+        (_, Stat::Count) => "",
+        (_, Stat::Rate) if matches!(metrics.by_name.get(&r.metric), Some(Metric::Counter(_))) => {
+            "/s"
+        }
+        (_, Stat::Rate) => "(ratio)",
+        (Some(Metric::Trend(_)), _) => "ms",
+        _ => "",
+    }
+}
+
+/// A self-contained HTML report: the run's metadata, thresholds, latency,
+/// throughput, connections, errors and connect time over time (sampled once
+/// a second), and the text summary.
 pub fn html(
     name: &str,
     description: &str,
+    info: &RunInfo,
     metrics: &Metrics,
     results: &[ThresholdResult],
     samples: &[Sample],
@@ -346,13 +386,48 @@ pub fn html(
     );
     let conns = chart(
         "Open connections and VUs",
-        "",
+        "count",
         &xs,
         &[
             ("connections", col(|s| s.connections as f64)),
             ("vus", col(|s| s.vus as f64)),
         ],
     );
+    let errors = chart(
+        "Errors per second",
+        "errors/s",
+        &xs,
+        &[("errors", col(|s| s.errors as f64))],
+    );
+    let connect = chart(
+        "WebSocket connect time of the connections opened each second",
+        "ms",
+        &xs,
+        &[
+            ("p50", col(|s| s.connect_p50_ms)),
+            ("max", col(|s| s.connect_max_ms)),
+        ],
+    );
+    let mut meta = String::new();
+    for (k, v) in [
+        ("command", info.command.clone()),
+        ("date", info.date.clone()),
+        (
+            "commit",
+            info.commit
+                .clone()
+                .unwrap_or_else(|| "not a git checkout".into()),
+        ),
+        ("target URLs", info.urls.join(", ")),
+        ("load", info.load.clone()),
+        ("measured", format!("{:.1} s", metrics.seconds)),
+    ] {
+        let _ = write!(
+            meta,
+            "<tr><th>{k}</th><td><code>{}</code></td></tr>",
+            escape(&v)
+        );
+    }
     let mut rows = String::new();
     for r in results {
         let _ = write!(
@@ -363,7 +438,9 @@ pub fn html(
             escape(&r.metric),
             escape(&r.threshold.source),
             r.observed
-                .map(|v| format!("{v:.4}"))
+                .map(|v| format!("{v:.4} {}", observed_unit(metrics, r))
+                    .trim_end()
+                    .to_string())
                 .unwrap_or_else(|| "missing".into())
         );
     }
@@ -375,8 +452,9 @@ svg{{border:1px solid #cbd5e0;background:#fff}}table{{border-collapse:collapse}}
 tr.ok td:first-child{{color:#2f855a}}tr.fail td:first-child{{color:#c53030}}pre{{background:#f7fafc;padding:12px;overflow-x:auto}}\
 .verdict{{font-size:1.2em;font-weight:600;color:{colour}}}</style></head><body>\
 <h1>pubmesh-load: {title}</h1><p>{desc}</p><p class=\"verdict\">{verdict}</p>\
+<h2>Run</h2><table class=\"meta\">{meta}</table>\
 <h2>Thresholds</h2><table><tr><th></th><th>metric</th><th>threshold</th><th>observed</th></tr>{rows}</table>\
-<h2>Over time</h2>{latency}{throughput}{conns}<h2>Summary</h2><pre>{summary}</pre></body></html>",
+<h2>Over time</h2>{latency}{throughput}{conns}{errors}{connect}<h2>Summary</h2><pre>{summary}</pre></body></html>",
         title = escape(name),
         desc = escape(description),
         colour = if passed { "#2f855a" } else { "#c53030" },
@@ -406,7 +484,9 @@ mod tests {
             max_ms: 9.0,
             connections: 10,
             vus: 1,
-            errors: 0,
+            errors: 2,
+            connect_p50_ms: 1.5,
+            connect_max_ms: 4.0,
         }
     }
 
@@ -482,15 +562,69 @@ mod tests {
 
     #[test]
     fn report_is_self_contained_with_charts() {
-        let m = Metrics::default();
+        let mut m = Metrics::default();
+        m.trend("delivery_latency").record_micros(2_000);
+        let results = evaluate(
+            &m,
+            &[(
+                "delivery_latency".into(),
+                Threshold::parse("p(99)<50").expect("valid"),
+            )],
+        );
         let samples: Vec<Sample> = (0..5).map(|i| sample(i as f64)).collect();
-        let page = html("x<y", "d", &m, &[], &samples);
+        let info = RunInfo {
+            command: "pubmesh-load run s.toml --rate 40".into(),
+            date: "Thu, 03 Dec 2026 09:00:00 GMT".into(),
+            commit: Some("abc1234".into()),
+            urls: vec!["ws://127.0.0.1:7000/ws".into()],
+            load: "40 iterations started per second".into(),
+        };
+        let page = html("x<y", "d", &info, &m, &results, &samples);
         assert!(page.contains("pubmesh-load: x&lt;y"));
-        assert_eq!(page.matches("<svg").count(), 3);
-        assert_eq!(page.matches("<polyline").count(), 7);
+        for text in [
+            "pubmesh-load run s.toml --rate 40",
+            "Thu, 03 Dec 2026 09:00:00 GMT",
+            "abc1234",
+            "ws://127.0.0.1:7000/ws",
+            "40 iterations started per second",
+        ] {
+            assert!(page.contains(text), "{text}");
+        }
+        assert_eq!(page.matches("<svg").count(), 5);
+        assert_eq!(page.matches("<polyline").count(), 10);
+        // Every figure names its unit in its caption and on its y axis.
+        for (caption, unit) in [
+            ("Delivery latency per second", "ms"),
+            ("Throughput per second", "/s"),
+            ("Open connections and VUs", "count"),
+            ("Errors per second", "errors/s"),
+            ("WebSocket connect time", "ms"),
+        ] {
+            let at = page.find(caption).expect(caption);
+            let figure = &page[at..at + page[at..].find("</figure>").expect("end")];
+            assert!(
+                figure.contains(&format!("({unit})</figcaption>")),
+                "{caption}"
+            );
+            assert!(
+                figure.contains(&format!("> {unit}</text>"))
+                    || figure.contains(&format!(" {unit}</text>")),
+                "{caption}"
+            );
+            assert!(
+                figure.contains("seconds since measuring began (s)"),
+                "{caption}"
+            );
+        }
+        // The observed value carries its unit too.
+        assert!(
+            page.contains("2.0000 ms") || page.contains(" ms</td>"),
+            "{page}"
+        );
         assert!(!page.contains("<script"));
-        assert!(!page.contains("http://") || !page.contains("src=\"http"));
-        // No samples still renders.
-        assert!(html("x", "", &m, &[], &[]).contains("<svg"));
+        assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
+        // No samples and no commit still render.
+        let bare = html("x", "", &RunInfo::default(), &m, &[], &[]);
+        assert!(bare.contains("<svg") && bare.contains("not a git checkout"));
     }
 }
