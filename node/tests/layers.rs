@@ -12,12 +12,10 @@ use std::path::{Path, PathBuf};
 const MAX_LINES: usize = 650;
 
 /// Allowed to be longer until they are split: the pure wire-format modules
-/// of the protocols to come (exhaustive tables and tests), and the Redis
-/// relay, kept whole while its hardening (retry buffer, probes) settles,
-/// and the flag table of config.rs.
+/// of the protocols to come (exhaustive tables and tests), and the flag
+/// table of config.rs.
 const LONG_WIRE_MODULES: &[&str] = &[
     "config.rs",
-    "redis/relay.rs",
     "frontend/cells/wire.rs",
     "frontend/chain/wire.rs",
     "frontend/phoenix/wire.rs",

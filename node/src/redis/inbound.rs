@@ -1,0 +1,215 @@
+//! Inbound envelopes of the Redis relay: each server's subscriber
+//! connection, decoded and handed to the node.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fred::prelude::*;
+use pubmesh_cluster_proto::{self as proto, Body, Targets};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::envelope::delivery_of;
+use super::state::{Inner, Peer};
+use crate::delivery::{Position, Target};
+
+impl Inner {
+    /// Handle one message from server `server`'s subscriber connection.
+    pub(super) fn receive(&self, server: usize, topic: &str, payload: &[u8]) {
+        let Some(node) = self.node.get() else {
+            return;
+        };
+        let envelope = match proto::decode(payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.metrics
+                    .relay_dropped
+                    .with_label_values(&["decode"])
+                    .inc();
+                tracing::debug!(error = %e, "undecodable relay message");
+                return;
+            }
+        };
+        let mine = envelope.origin == self.node_id;
+        let kind = envelope.body.kind().as_str();
+        match envelope.body {
+            Body::Deliver(delivery) => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                // Its publisher has reported it failed long ago (a write the
+                // client library replayed after a reconnect): drop it.
+                let age = proto::now_micros().saturating_sub(envelope.sent_at_micros);
+                if age > (self.limits.retry + super::dedup::MARGIN).as_micros() as u64 {
+                    self.metrics
+                        .relay_dropped
+                        .with_label_values(&["expired"])
+                        .inc();
+                    return;
+                }
+                if !self
+                    .seen
+                    .lock()
+                    .fresh(&envelope.origin, topic, envelope.seq)
+                {
+                    self.metrics
+                        .relay_dropped
+                        .with_label_values(&["duplicate"])
+                        .inc();
+                    return;
+                }
+                let Ok(data) = Utf8Bytes::try_from(delivery.frame) else {
+                    return;
+                };
+                let extra = delivery.extra;
+                let local = |target: Target| delivery_of(target, data.clone(), extra.clone(), None);
+                match delivery.targets {
+                    Targets::Channels(v) if v.len() == 1 && envelope.seq % 2 == 1 => {
+                        // One envelope of a multi-channel publish: skip the
+                        // connections an earlier sibling reached.
+                        let before =
+                            self.groups
+                                .lock()
+                                .record(&envelope.origin, envelope.seq, &v[0]);
+                        let Some(before) = before else { return };
+                        let target = Target::Channels(v);
+                        if before.is_empty() {
+                            node.deliver(&local(target));
+                        } else {
+                            node.deliver_excluding(&local(target), &before);
+                        }
+                    }
+                    Targets::Channels(v) if v.len() > 1 => {
+                        // An older node's envelope: the full list on every topic.
+                        let first = self
+                            .groups
+                            .lock()
+                            .record(&envelope.origin, envelope.seq, "")
+                            .is_some_and(|b| b.is_empty());
+                        if first {
+                            node.deliver(&local(Target::Channels(v)));
+                        }
+                    }
+                    targets => {
+                        let target = match targets {
+                            Targets::Channels(v) => Target::Channels(v),
+                            Targets::Users(v) => Target::Users(v),
+                            Targets::Clients(v) => Target::Clients(v),
+                            Targets::All => Target::All,
+                        };
+                        node.deliver(&local(target));
+                    }
+                }
+                self.observe_latency(envelope.sent_at_micros);
+            }
+            Body::Publication {
+                channel,
+                frame,
+                offset,
+                epoch,
+                extra,
+            } => {
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let Ok(data) = Utf8Bytes::try_from(frame) else {
+                    return;
+                };
+                let position = Position { offset, epoch };
+                let target = Target::Channels(vec![channel]);
+                node.deliver(&delivery_of(target, data, extra, Some(position)));
+                if !mine {
+                    self.observe_latency(envelope.sent_at_micros);
+                }
+            }
+            Body::Heartbeat(info) => {
+                if mine {
+                    // The readiness canary, sent to this node's own inbox.
+                    if topic == self.topics.node(&self.node_id) {
+                        self.servers[server].health.canary_received(envelope.seq);
+                    }
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let mut peers = self.peers.lock();
+                peers.insert(
+                    envelope.origin.clone(),
+                    Peer {
+                        info,
+                        seen: Instant::now(),
+                    },
+                );
+                self.metrics.relay_peers.set(peers.len() as i64);
+            }
+            Body::Leaving { node_id } => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let mut peers = self.peers.lock();
+                peers.remove(&node_id);
+                self.metrics.relay_peers.set(peers.len() as i64);
+            }
+            Body::Disconnect {
+                client_ids,
+                root_ids,
+            } => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                node.disconnect_local(&client_ids, &root_ids);
+            }
+            Body::ChannelsRequest {
+                request_id,
+                reply_to,
+            } => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let channels = node.channel_counts();
+                let server = match self.topics.parse(&reply_to) {
+                    Some(proto::TopicKind::Node(owner)) => self.server_for(owner),
+                    _ => 0,
+                };
+                let _order = self.ordering.lock();
+                let payload = self.envelope(Body::ChannelsReply {
+                    request_id,
+                    channels,
+                });
+                let item = self.outgoing(reply_to, payload, None);
+                self.send(server, item, "channels_reply");
+            }
+            Body::ChannelsReply {
+                request_id,
+                channels,
+            } => {
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                if let Some(tx) = self.requests.lock().get(&request_id) {
+                    let _ = tx.send((envelope.origin, channels));
+                }
+            }
+        }
+    }
+}
+
+/// Read one server's subscriber connection.
+pub(super) async fn receive_loop(inner: Arc<Inner>, server: usize) {
+    let mut rx = inner.servers[server].subscriber.message_rx();
+    loop {
+        match rx.recv().await {
+            Ok(message) => {
+                if let Some(bytes) = message.value.as_bytes() {
+                    inner.receive(server, &message.channel, bytes);
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                inner
+                    .metrics
+                    .relay_dropped
+                    .with_label_values(&["lagged"])
+                    .inc_by(n);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

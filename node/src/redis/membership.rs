@@ -1,0 +1,147 @@
+//! Membership and health of the Redis relay: probes, heartbeats and
+//! the peers this node has heard from.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fred::prelude::*;
+use pubmesh_cluster_proto::{self as proto, Body, Envelope};
+
+use super::state::{Inner, HEARTBEAT, PEER_TIMEOUT};
+
+/// Probe every server every `--relay-probe-ms`: a `PING` with that deadline
+/// and a canary heartbeat to this node's own inbox (see [`super::health`]).
+pub(super) async fn probe_loop(inner: Arc<Inner>) {
+    let interval = inner.limits.probe;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let inbox = inner.topics.node(&inner.node_id);
+    loop {
+        tick.tick().await;
+        for i in 0..inner.servers.len() {
+            let inner = inner.clone();
+            let inbox = inbox.clone();
+            tokio::spawn(async move {
+                let server = &inner.servers[i];
+                let client = &server.publisher;
+                if !client.is_connected() {
+                    return;
+                }
+                let ping = tokio::time::timeout(interval, client.ping::<String>(None)).await;
+                server.health.ping_result(match ping {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("PING timed out".into()),
+                });
+                let seq = inner.next_seq();
+                let payload = proto::encode(&Envelope::new(
+                    inner.node_id.clone(),
+                    seq,
+                    Body::Heartbeat(inner.info()),
+                ));
+                server.health.canary_sent(seq);
+                let sent = if inner.sharded {
+                    tokio::time::timeout(interval, client.spublish::<(), _, _>(inbox, payload))
+                        .await
+                } else {
+                    tokio::time::timeout(interval, client.publish::<(), _, _>(inbox, payload)).await
+                };
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::debug!(server = %server.url, "canary publish failed");
+                }
+            });
+        }
+        let up = inner.update_health();
+        inner.metrics.relay_up.set(up as i64);
+    }
+}
+
+/// Announce this node every [`HEARTBEAT`] (only while its subscriptions are
+/// in place) and forget peers silent for [`PEER_TIMEOUT`] while this node
+/// could hear them; each one forgotten is reported to the node once.
+pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut was_synced = false;
+    loop {
+        tick.tick().await;
+        let synced = inner.synced();
+        if synced {
+            inner.heartbeat_now();
+        }
+        let mut gone = Vec::new();
+        {
+            let mut peers = inner.peers.lock();
+            if synced && !was_synced {
+                // Deaf until now: give every peer a fresh chance to be heard.
+                let now = Instant::now();
+                for peer in peers.values_mut() {
+                    peer.seen = peer.seen.max(now);
+                }
+            }
+            if synced {
+                peers.retain(|id, p| {
+                    let alive = p.seen.elapsed() < PEER_TIMEOUT;
+                    if !alive {
+                        gone.push(id.clone());
+                    }
+                    alive
+                });
+            }
+            inner.metrics.relay_peers.set(peers.len() as i64);
+        }
+        was_synced = synced;
+        if let Some(node) = inner.node.get() {
+            for id in gone {
+                tracing::warn!(peer = %id, "peer silent for {PEER_TIMEOUT:?}; declared gone");
+                let node = node.clone();
+                tokio::spawn(async move { node.peer_gone(&id).await });
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Publish a heartbeat now, straight on the publisher connection (not
+    /// through a lane: a lane may be waiting for peers' heartbeats).
+    pub(super) fn heartbeat_now(self: &Arc<Self>) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let payload = inner.envelope(Body::Heartbeat(inner.info()));
+            let client = &inner.servers[0].publisher;
+            let topic = inner.topics.control();
+            let sent = if inner.sharded {
+                tokio::time::timeout(HEARTBEAT, client.spublish::<(), _, _>(topic, payload)).await
+            } else {
+                tokio::time::timeout(HEARTBEAT, client.publish::<(), _, _>(topic, payload)).await
+            };
+            if matches!(sent, Ok(Ok(()))) {
+                inner
+                    .metrics
+                    .relay_published
+                    .with_label_values(&["heartbeat"])
+                    .inc();
+            }
+        });
+    }
+
+    /// Which servers are unusable and why; updates the per-server gauges.
+    pub(super) fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (i, server) in self.servers.iter().enumerate() {
+            let connected = server.publisher.is_connected() && server.subscriber.is_connected();
+            let problem = server.health.problem(connected, self.limits.probe);
+            self.metrics
+                .relay_server_up
+                .with_label_values(&[&server.url])
+                .set(problem.is_none() as i64);
+            if let Some(p) = problem {
+                problems.push(format!("shard {i} ({}): {p}", server.url));
+            }
+        }
+        problems
+    }
+
+    pub(super) fn update_health(&self) -> bool {
+        self.problems().is_empty()
+    }
+}

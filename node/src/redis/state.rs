@@ -1,0 +1,306 @@
+//! The Redis relay's shared state: its servers, peers, subscription
+//! wishes and sequence numbers, and how it builds and queues envelopes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use parking_lot::Mutex;
+use pubmesh_cluster_proto::{self as proto, Body, Envelope, Extra, Targets, Topics};
+use tokio::sync::mpsc;
+
+use super::client::shard_index;
+use super::dedup::{Groups, SeenSeqs};
+use super::envelope::extra_of;
+use super::health::ServerHealth;
+use super::queue::{Ack, Budget, Lane, Outgoing, OVERHEAD};
+use super::store::{PublishSpec, RedisStore};
+use crate::config::RelayLimits;
+use crate::delivery::{Delivery, Target};
+use crate::metrics::Metrics;
+use crate::relay::{NodeView, Relayed};
+
+/// How long a topic stays subscribed after its last local member left.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// How often a node announces itself.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A peer silent this long is dropped from membership.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishing lanes per server: each has its own queue and task, so several
+/// pipelines are in flight at once. A topic always uses the same lane, which
+/// keeps one publisher's messages to a topic in order.
+pub(super) const LANES: usize = 4;
+/// Most commands sent in one pipeline.
+pub(super) const BATCH: usize = 512;
+/// Longest a lane waits before it looks again at a Redis that is down.
+pub(super) const OUTAGE_POLL: Duration = Duration::from_millis(20);
+/// Smallest charge of a queued envelope: bounds how many can be in flight.
+pub(super) const MIN_ENVELOPE_COST: usize = OVERHEAD + 32;
+
+/// One Redis server (or the cluster).
+pub(super) struct Server {
+    pub(super) url: String,
+    pub(super) publisher: Client,
+    pub(super) subscriber: SubscriberClient,
+    pub(super) lanes: Vec<Arc<Lane>>,
+    pub(super) health: ServerHealth,
+}
+
+/// Subscription wishes, coalesced per topic until the interest task takes
+/// them (a join and a leave of one topic in between cancel out): bounded by
+/// the number of distinct topics, not by the churn.
+#[derive(Default)]
+pub(super) struct Wishes {
+    /// (server, topic) → wanted (true) or not (false).
+    pub(super) pending: HashMap<(usize, String), bool>,
+}
+
+pub(super) struct Peer {
+    pub(super) info: proto::NodeInfo,
+    pub(super) seen: Instant,
+}
+
+/// Where one peer's answer to a channels query goes: (peer, its channels).
+pub(super) type ReplySender = mpsc::UnboundedSender<(String, Vec<(String, u64)>)>;
+
+pub(super) struct Inner {
+    pub(super) node_id: String,
+    pub(super) topics: Topics,
+    pub(super) sharded: bool,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) servers: Vec<Server>,
+    pub(super) seq: AtomicU64,
+    pub(super) started_unix: u64,
+    pub(super) node: OnceLock<Arc<dyn NodeView>>,
+    /// History and presence; history appends publish through it.
+    pub(super) store: Arc<RedisStore>,
+    pub(super) peers: Mutex<HashMap<String, Peer>>,
+    pub(super) wishes: Mutex<Wishes>,
+    pub(super) wished: tokio::sync::Notify,
+    pub(super) limits: RelayLimits,
+    pub(super) budget: Budget,
+    /// Held while a publish takes its sequence number and queues its
+    /// envelopes, so sequence numbers rise in queue order on every topic.
+    pub(super) ordering: Mutex<()>,
+    pub(super) seen: Mutex<SeenSeqs>,
+    pub(super) groups: Mutex<Groups>,
+    /// Open `/api/channels` queries: request id → where replies go.
+    pub(super) requests: Mutex<HashMap<u64, ReplySender>>,
+}
+
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Inner {
+    /// A fresh even sequence number (odd ones mark multi-channel publishes).
+    pub(super) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(2, Ordering::Relaxed)
+    }
+
+    pub(super) fn server_for(&self, name: &str) -> usize {
+        shard_index(name, self.servers.len())
+    }
+
+    pub(super) fn envelope(&self, body: Body) -> Bytes {
+        proto::encode(&Envelope::new(self.node_id.clone(), self.next_seq(), body))
+    }
+
+    /// Queue one envelope for a topic on a server (the caller holds
+    /// `ordering` when the envelope carries a sequence number that receivers
+    /// order by); false when the byte budget refused it.
+    pub(super) fn send(&self, server: usize, item: Outgoing, kind: &str) -> bool {
+        if !self.budget.try_take(item.cost) {
+            self.metrics
+                .relay_dropped
+                .with_label_values(&["queue_full"])
+                .inc();
+            item.refuse();
+            return false;
+        }
+        let lanes = &self.servers[server].lanes;
+        let lane = shard_index(&item.topic, lanes.len());
+        self.metrics.relay_pipeline_depth.inc();
+        self.metrics
+            .relay_published
+            .with_label_values(&[kind])
+            .inc();
+        lanes[lane].push(item);
+        true
+    }
+
+    pub(super) fn outgoing(
+        &self,
+        topic: String,
+        payload: Bytes,
+        ack: Option<&Arc<Ack>>,
+    ) -> Outgoing {
+        Outgoing::new(topic, payload, self.limits.retry, ack.cloned())
+    }
+
+    pub(super) fn control(&self, body: Body) {
+        let kind = body.kind().as_str();
+        let _order = self.ordering.lock();
+        let payload = self.envelope(body);
+        let item = self.outgoing(self.topics.control(), payload, None);
+        self.send(0, item, kind);
+    }
+
+    pub(super) fn deliver_envelope(
+        &self,
+        seq: u64,
+        targets: Targets,
+        frame: &Bytes,
+        extra: &Extra,
+    ) -> Bytes {
+        proto::encode(&Envelope::new(
+            self.node_id.clone(),
+            seq,
+            Body::Deliver(proto::Delivery {
+                targets,
+                frame: frame.clone(),
+                exclude_client: None,
+                extra: extra.clone(),
+            }),
+        ))
+    }
+
+    /// One envelope per topic, each carrying only its own names; ids are
+    /// de-duplicated first.
+    pub(super) fn publish(&self, delivery: &Delivery) -> Relayed {
+        let target = &delivery.target;
+        let frame = Bytes::from(delivery.data.clone());
+        let extra = extra_of(delivery);
+        // (server, topic, targets) of every envelope.
+        let mut parts: Vec<(usize, String, Targets)> = Vec::new();
+        let mut group = false;
+        match target {
+            Target::Channels(names) | Target::Users(names) => {
+                let channels = matches!(target, Target::Channels(_));
+                let mut seen = HashSet::with_capacity(names.len());
+                for name in names {
+                    if !seen.insert(name.as_str()) {
+                        continue;
+                    }
+                    let (topic, targets) = if channels {
+                        (
+                            self.topics.channel(name),
+                            Targets::Channels(vec![name.clone()]),
+                        )
+                    } else {
+                        (self.topics.user(name), Targets::Users(vec![name.clone()]))
+                    };
+                    parts.push((self.server_for(name), topic, targets));
+                }
+                // A connection may be in several of the channels (never in
+                // several users): mark the envelopes as one publish.
+                group = channels && parts.len() > 1;
+            }
+            Target::Clients(ids) => {
+                let mut by_node: HashMap<&str, Vec<String>> = HashMap::new();
+                let mut seen = HashSet::with_capacity(ids.len());
+                for id in ids {
+                    if !seen.insert(id.as_str()) {
+                        continue;
+                    }
+                    if let Some(owner) = proto::owner_node(id) {
+                        by_node.entry(owner).or_default().push(id.clone());
+                    }
+                }
+                for (owner, ids) in by_node {
+                    parts.push((
+                        self.server_for(owner),
+                        self.topics.node(owner),
+                        Targets::Clients(ids),
+                    ));
+                }
+            }
+            Target::All => parts.push((0, self.topics.all(), Targets::All)),
+        }
+        if parts.is_empty() {
+            return Relayed::Nothing;
+        }
+        let (ack, rx) = Ack::new();
+        let mut queued = 0;
+        {
+            let _order = self.ordering.lock();
+            let shared = group.then(|| self.next_seq() + 1);
+            for (server, topic, targets) in parts {
+                let seq = shared.unwrap_or_else(|| self.next_seq());
+                let payload = self.deliver_envelope(seq, targets, &frame, &extra);
+                let item = self.outgoing(topic, payload, Some(&ack));
+                if self.send(server, item, "deliver") {
+                    queued += 1;
+                }
+            }
+        }
+        ack.done(true);
+        if queued == 0 {
+            Relayed::Failed
+        } else {
+            Relayed::Pending(rx)
+        }
+    }
+
+    /// True when every server's subscriptions are in place.
+    pub(super) fn synced(&self) -> bool {
+        self.servers.iter().all(|s| s.health.synced())
+    }
+
+    /// After an outage a lane may send what it held once its own
+    /// subscriptions are back and every known peer has heartbeated since
+    /// `back` (peers heartbeat only with their subscriptions in place), so
+    /// the held messages reach every node that is still alive.
+    pub(super) fn settled(&self, back: Instant) -> bool {
+        self.synced() && self.peers.lock().values().all(|p| p.seen > back)
+    }
+
+    pub(super) fn observe_latency(&self, sent_at_micros: u64) {
+        let age = proto::now_micros().saturating_sub(sent_at_micros);
+        self.metrics
+            .cross_node_latency
+            .observe(age as f64 / 1_000_000.0);
+    }
+
+    pub(super) fn info(&self) -> proto::NodeInfo {
+        let node = self.node.get().map(|n| n.info());
+        proto::NodeInfo {
+            node_id: self.node_id.clone(),
+            started_at_unix: self.started_unix,
+            connections: node.as_ref().map_or(0, |n| n.connections),
+            users: node.as_ref().map_or(0, |n| n.users),
+            channels: node.as_ref().map_or(0, |n| n.channels),
+            subscriptions: node.as_ref().map_or(0, |n| n.subscriptions),
+            api_addr: None,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: node.as_ref().is_none_or(|n| n.ready),
+        }
+    }
+}
+
+impl Inner {
+    /// How the append script publishes a history channel's publication.
+    pub(super) fn spec(&self, channel: &str, delivery: &Delivery) -> PublishSpec {
+        PublishSpec {
+            topic: self.topics.channel(channel),
+            command: if self.sharded { "SPUBLISH" } else { "PUBLISH" },
+            head: proto::encode_publication_head(
+                &self.node_id,
+                self.next_seq(),
+                channel,
+                delivery.data.as_bytes(),
+                &Extra {
+                    channel: None,
+                    ..extra_of(delivery)
+                },
+            ),
+        }
+    }
+}
