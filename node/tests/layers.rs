@@ -11,18 +11,6 @@ use std::path::{Path, PathBuf};
 /// Longest a file may be, in lines.
 const MAX_LINES: usize = 650;
 
-/// Allowed to be longer until they are split: the pure wire-format modules
-/// of the protocols to come (exhaustive tables and tests), and the flag
-/// table of config.rs.
-const LONG_WIRE_MODULES: &[&str] = &[
-    "config.rs",
-    "frontend/cells/wire.rs",
-    "frontend/chain/wire.rs",
-    "frontend/phoenix/wire.rs",
-    "frontend/socketio/engineio.rs",
-    "frontend/socketio/wire.rs",
-];
-
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -247,9 +235,6 @@ fn front_ends_use_the_node_api_not_the_hub_or_the_broker() {
 #[test]
 fn no_source_file_is_too_long() {
     for s in sources() {
-        if LONG_WIRE_MODULES.contains(&s.rel.as_str()) {
-            continue;
-        }
         let lines = s.text.lines().count();
         assert!(lines <= MAX_LINES, "{} has {lines} lines", s.rel);
     }
