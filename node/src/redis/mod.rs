@@ -54,7 +54,7 @@ pub mod health;
 mod inbound;
 mod interest;
 mod membership;
-mod publish;
+mod publisher;
 pub mod queue;
 pub mod relay;
 mod state;

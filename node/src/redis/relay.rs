@@ -43,7 +43,7 @@
 //!
 //! This file holds the relay itself and its `Relay` implementation; its
 //! parts live beside it: the shared state (`state.rs`), publishing and retry
-//! (`publish.rs`), inbound envelopes (`inbound.rs`), subscriptions
+//! (`publisher.rs`), inbound envelopes (`inbound.rs`), subscriptions
 //! (`interest.rs`), and membership, heartbeats and probes (`membership.rs`).
 
 use std::collections::{HashMap, HashSet};
@@ -61,7 +61,7 @@ use super::health::ServerHealth;
 use super::inbound::receive_loop;
 use super::interest::interest_loop;
 use super::membership::{heartbeat_loop, probe_loop};
-use super::publish::publish_loop;
+use super::publisher::publish_loop;
 use super::queue::{Budget, Lane};
 use super::state::{unix_now, Inner, Server, Wishes, LANES, MIN_ENVELOPE_COST};
 use super::store::RedisStore;
