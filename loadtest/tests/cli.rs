@@ -403,8 +403,25 @@ hold = "0s"
 [thresholds]
 errors = ["count<1"]
 "#;
-    let (out, v) = run_against(&node, &dir, rate, &[]);
+    let samples = dir.0.join("rate-samples.jsonl");
+    let (out, v) = run_against(
+        &node,
+        &dir,
+        rate,
+        &["--samples", samples.to_str().expect("path")],
+    );
     assert_eq!(out.status.code(), Some(0), "{out:?}\n{v}");
+    // Connections opened during the run show in the connect-time figures
+    // (the report's connect-time chart).
+    let text = std::fs::read_to_string(&samples).expect("samples");
+    let connect_max: f64 = text
+        .lines()
+        .map(|l| {
+            let s: Value = serde_json::from_str(l).expect("json");
+            s["connect_max_ms"].as_f64().expect("connect_max_ms")
+        })
+        .fold(0.0, f64::max);
+    assert!(connect_max > 0.0, "{text}");
     let sessions = count(&v, "ws_sessions");
     let dropped = count(&v, "dropped_iterations");
     // Sessions happened, and never more iterations than the executor planned
