@@ -27,6 +27,8 @@ pub mod labels {
         "disconnected",
         "slow_consumer",
         "rate_limited",
+        "invalid_utf8",
+        "protocol_error",
     ];
     /// `pubmesh_dropped_total{reason}`.
     pub const DROPPED_REASONS: &[&str] = &["slow_consumer", "closed"];

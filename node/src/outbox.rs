@@ -27,6 +27,11 @@ pub enum CloseReason {
     RateLimited,
     /// A frame over `--max-message-size`: 1009.
     TooBig,
+    /// A text frame that is not valid UTF-8: 1007.
+    InvalidUtf8,
+    /// A WebSocket protocol violation (reserved opcode or bits, unmasked
+    /// client frame, bad control frame): 1002.
+    ProtocolError,
 }
 
 impl CloseReason {
@@ -34,6 +39,8 @@ impl CloseReason {
         match self {
             CloseReason::Drain => 1012,
             CloseReason::TooBig => 1009,
+            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::ProtocolError => 1002,
             CloseReason::Unauthorized => 4001,
             CloseReason::Disconnected => 4002,
             CloseReason::SlowConsumer => 4008,
@@ -46,6 +53,8 @@ impl CloseReason {
         match self {
             CloseReason::Drain => "reconnect",
             CloseReason::TooBig => "message too big",
+            CloseReason::InvalidUtf8 => "invalid utf-8",
+            CloseReason::ProtocolError => "protocol error",
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow consumer",
@@ -58,6 +67,8 @@ impl CloseReason {
         match self {
             CloseReason::Drain => "drain",
             CloseReason::TooBig => "too_big",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::ProtocolError => "protocol_error",
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow_consumer",

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -153,10 +153,26 @@ pub async fn run<S, T>(
                         session.on_binary(data).await
                     }
                 }
-                Some(Some(Ok(_))) => Flow::Continue,
+                // Pings and pongs cost a token like any other frame, so a
+                // ping flood closes with 4029 too.
+                Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {
+                    if !limit.allow() {
+                        Flow::Close(CloseReason::RateLimited)
+                    } else {
+                        Flow::Continue
+                    }
+                }
+                Some(Some(Ok(Message::Frame(_)))) => Flow::Continue,
                 Some(Some(Err(WsError::Capacity(
                     CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders,
                 )))) => Flow::Close(CloseReason::TooBig),
+                Some(Some(Err(WsError::Utf8(_)))) => Flow::Close(CloseReason::InvalidUtf8),
+                Some(Some(Err(WsError::Protocol(e))))
+                    if !matches!(e, ProtocolError::ResetWithoutClosingHandshake) =>
+                {
+                    tracing::debug!(error = %e, "protocol violation");
+                    Flow::Close(CloseReason::ProtocolError)
+                }
                 Some(Some(Err(e))) => {
                     tracing::debug!(error = %e, "read error");
                     return;
