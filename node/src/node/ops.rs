@@ -283,7 +283,14 @@ impl Node {
                 return Err(MeshError::TooManyChannels(limit));
             }
         };
+        // The join is answered (and history read) only once the broker sends
+        // this node the new channels: a publish after the reply, or after the
+        // history read, is never lost to a subscription still on its way.
+        let subscribes = !change.channels_added.is_empty();
         self.interest(change);
+        if subscribes {
+            self.relay.interest_applied().await;
+        }
 
         // Read what each recovering channel missed (and the positions of the others).
         let mut positions = Vec::new();

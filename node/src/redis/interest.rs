@@ -45,7 +45,10 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
         let now = Instant::now();
         tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate);
         refilled = now;
-        let wishes = std::mem::take(&mut inner.wishes.lock().pending);
+        let (upto, wishes) = {
+            let mut wishes = inner.wishes.lock();
+            (wishes.requested, std::mem::take(&mut wishes.pending))
+        };
         for ((s, topic), wanted) in wishes {
             if wanted {
                 lingering.remove(&(s, topic.clone()));
@@ -145,6 +148,15 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
         inner.metrics.relay_interest_pending.set(pending as i64);
         let total: usize = confirmed.iter().map(HashSet::len).sum();
         inner.metrics.relay_subscriptions.set(total as i64);
+        // Every change taken above is in place on every reachable server
+        // (a lost server resubscribes everything when it is back).
+        if (0..n).all(|s| lost[s] || desired[s].is_subset(&confirmed[s])) {
+            inner.applied.send_if_modified(|applied| {
+                let moved = *applied < upto;
+                *applied = (*applied).max(upto);
+                moved
+            });
+        }
     }
 }
 

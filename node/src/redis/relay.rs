@@ -72,6 +72,9 @@ use crate::metrics::Metrics;
 use crate::policy::ChannelOptions;
 use crate::relay::{Appended, NodeInfo, NodeView, Relay, RelayError, RelayStatus, Relayed};
 
+/// How long a join waits for its Redis subscriptions ([`Relay::interest_applied`]).
+const INTEREST_WAIT: Duration = Duration::from_secs(2);
+
 pub use super::state::{HEARTBEAT, LINGER, PEER_TIMEOUT};
 
 /// Relays through one or more Redis servers, or a Redis Cluster.
@@ -150,6 +153,7 @@ impl RedisRelay {
                 peers: Mutex::new(HashMap::new()),
                 wishes: Mutex::new(Wishes::default()),
                 wished: tokio::sync::Notify::new(),
+                applied: tokio::sync::watch::channel(0).0,
                 budget,
                 ordering: Mutex::new(()),
                 seen: Mutex::new(SeenSeqs::new(limits.retry)),
@@ -275,8 +279,20 @@ impl Relay for RedisRelay {
             for u in &change.users_removed {
                 wish(u, false, false);
             }
+            wishes.requested += 1;
         }
         inner.wished.notify_one();
+    }
+
+    fn interest_applied(&self) -> BoxFuture<'_, ()> {
+        let ticket = self.inner.wishes.lock().requested;
+        let mut applied = self.inner.applied.subscribe();
+        Box::pin(async move {
+            // Bounded: while the interest rate bound holds changes back, a
+            // join answers after this wait rather than never.
+            let _ =
+                tokio::time::timeout(INTEREST_WAIT, applied.wait_for(|&done| done >= ticket)).await;
+        })
     }
 
     fn disconnect(&self, client_ids: &[String], root_ids: &[String]) {

@@ -57,6 +57,9 @@ pub(super) struct Server {
 pub(super) struct Wishes {
     /// (server, topic) → wanted (true) or not (false).
     pub(super) pending: HashMap<(usize, String), bool>,
+    /// Interest changes made so far; the interest task reports in
+    /// [`Inner::applied`] how many of them are in place at the broker.
+    pub(super) requested: u64,
 }
 
 pub(super) struct Peer {
@@ -81,6 +84,9 @@ pub(super) struct Inner {
     pub(super) peers: Mutex<HashMap<String, Peer>>,
     pub(super) wishes: Mutex<Wishes>,
     pub(super) wished: tokio::sync::Notify,
+    /// The last [`Wishes::requested`] whose subscriptions Redis confirmed
+    /// (or that no reachable server still waits for): joins wait for it.
+    pub(super) applied: tokio::sync::watch::Sender<u64>,
     pub(super) limits: RelayLimits,
     pub(super) budget: Budget,
     /// Held while a publish takes its sequence number and queues its

@@ -164,6 +164,15 @@ pub trait Relay: Send + Sync + 'static {
     /// receives what this node can deliver. Called after every change.
     fn interest(&self, change: &InterestChange);
 
+    /// Resolves once every interest change made before the call is in place
+    /// at the broker: from then on, whatever is published to those channels
+    /// reaches this node. It also resolves when the broker is unreachable
+    /// (nothing to wait for) or after a bounded wait. A relay that delivers
+    /// without subscriptions resolves at once.
+    fn interest_applied(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
     /// Close connections anywhere in the cluster (the caller closed local ones).
     fn disconnect(&self, client_ids: &[String], root_ids: &[String]);
 
