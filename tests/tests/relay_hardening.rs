@@ -627,8 +627,9 @@ async fn a_killed_nodes_members_leave_once_cluster_wide() {
 
 /// Issue 9 item 10: Redis interest changes are rate-bounded per node: one
 /// socket churning through many distinct channels costs at most
-/// `--relay-interest-rate` (un)subscriptions per second, and the node's
-/// subscriptions settle to what its members need once the churn stops.
+/// `--relay-interest-rate` (un)subscriptions per second, the socket itself is
+/// slowed to that rate (its subscribes are answered once in place), and the
+/// node's subscriptions settle to what its members need once the churn stops.
 #[tokio::test]
 async fn subscription_churn_is_rate_bounded_per_node() {
     let _slot = cluster_slot().await;
@@ -671,9 +672,13 @@ async fn subscription_churn_is_rate_bounded_per_node() {
         "{ops} Redis (un)subscriptions in {elapsed:.1} s for {} distinct channels (bound {bound})",
         round * 100
     );
+    // A subscribe is answered once its subscriptions are in place, so the
+    // socket itself is held to the node's rate: without the bound it makes
+    // hundreds of rounds in these 3 s (45,100 channels when measured).
     assert!(
-        round * 100 > bound as usize,
-        "the churn outran the bound ({round} rounds)"
+        round * 100 <= bound as usize + 200,
+        "{} distinct channels in {elapsed:.1} s: the churning socket was not held to the rate",
+        round * 100
     );
     // Once the churn stops, the node ends up subscribed to what it needs.
     eventually("nothing pending", patience(60), || async {
