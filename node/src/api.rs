@@ -178,6 +178,8 @@ struct NotifyChannels {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +189,8 @@ struct NotifyUsers {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -196,6 +200,8 @@ struct NotifyClients {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +210,8 @@ struct Broadcast {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +225,34 @@ struct Disconnect {
     local: bool,
 }
 
+/// The body's `idempotency_key`, scoped to the server API.
+fn idempotency(raw: &Option<Box<RawValue>>) -> Result<Option<Arc<str>>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let key = crate::idempotency::key_from_json(raw.get()).map_err(bad)?;
+    Ok(Some(crate::idempotency::scoped(
+        crate::idempotency::Publisher::Api,
+        &key,
+    )))
+}
+
+/// Publish and wait for the outcome; a history store that cannot be
+/// reached is a 503 (the publish may or may not have been appended: retry
+/// with the same `idempotency_key`).
+async fn publish(
+    node: &Node,
+    target: Target,
+    frame: Utf8Bytes,
+    local: bool,
+    key: Option<Arc<str>>,
+) -> Result<Json<Published>, ApiError> {
+    let mut delivery = Delivery::new(target, frame);
+    delivery.idempotency = key;
+    node.publish_channels_confirmed(delivery, scope(local))
+        .await
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
+}
+
 fn count(node: &Node, kind: &str) {
     node.metrics.messages_in.with_label_values(&[kind]).inc();
 }
@@ -227,13 +263,17 @@ async fn notify_channels(
 ) -> Result<Json<Published>, ApiError> {
     let mut req: NotifyChannels = parse(&body)?;
     check_ids(&node, &mut req.channel_ids, "channel_ids")?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    let delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
-    node.publish_channels_confirmed(delivery, scope(req.local))
-        .await
-        .map(Json)
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
+    publish(
+        &node,
+        Target::Channels(req.channel_ids),
+        frame,
+        req.local,
+        key,
+    )
+    .await
 }
 
 async fn notify_users(
@@ -242,15 +282,10 @@ async fn notify_users(
 ) -> Result<Json<Published>, ApiError> {
     let mut req: NotifyUsers = parse(&body)?;
     check_ids(&node, &mut req.root_ids, "root_ids")?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_users");
     let frame = frame(&req.data)?;
-    Ok(Json(
-        node.publish_confirmed(
-            Delivery::new(Target::Users(req.root_ids), frame),
-            scope(req.local),
-        )
-        .await,
-    ))
+    publish(&node, Target::Users(req.root_ids), frame, req.local, key).await
 }
 
 async fn notify_clients(
@@ -259,15 +294,17 @@ async fn notify_clients(
 ) -> Result<Json<Published>, ApiError> {
     let mut req: NotifyClients = parse(&body)?;
     check_ids(&node, &mut req.client_ids, "client_ids")?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
-    Ok(Json(
-        node.publish_confirmed(
-            Delivery::new(Target::Clients(req.client_ids), frame),
-            scope(req.local),
-        )
-        .await,
-    ))
+    publish(
+        &node,
+        Target::Clients(req.client_ids),
+        frame,
+        req.local,
+        key,
+    )
+    .await
 }
 
 async fn broadcast(
@@ -275,12 +312,10 @@ async fn broadcast(
     body: Bytes,
 ) -> Result<Json<Published>, ApiError> {
     let req: Broadcast = parse(&body)?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
-    Ok(Json(
-        node.publish_confirmed(Delivery::new(Target::All, frame), scope(req.local))
-            .await,
-    ))
+    publish(&node, Target::All, frame, req.local, key).await
 }
 
 async fn disconnect(

@@ -23,6 +23,10 @@ pub enum MeshError {
     NoHistory(String),
     #[error("channel {0:?} has no presence")]
     NoPresence(String),
+    /// A socket changed too many distinct channels in the current window
+    /// (`--client-channel-churn`); the message says when to try again.
+    #[error("{0}")]
+    RateLimited(String),
     /// A history position ahead of the channel.
     #[error("position {offset} is ahead of the channel (latest {top})")]
     BadPosition { offset: u64, top: u64 },
@@ -43,6 +47,7 @@ impl MeshError {
             MeshError::AtCapacity => "capacity",
             MeshError::Forbidden(_) => "forbidden",
             MeshError::TooManyChannels(_) => "too_many_channels",
+            MeshError::RateLimited(_) => "rate_limited",
             MeshError::NoHistory(_) => "no_history",
             MeshError::NoPresence(_) => "no_presence",
             MeshError::BadPosition { .. } => "bad_position",

@@ -11,7 +11,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::codec::{ack, connection_frame, error_frame, history_frame, json_str, push_ref};
 use super::parse::{
-    bad, boolean, data, ids, position_json, string, valid_ref, Fields, Reject, MAX_REF_LEN,
+    bad, boolean, data, idempotency_key, ids, position_json, string, valid_ref, Fields, Reject,
+    MAX_REF_LEN,
 };
 use crate::conn::Conn;
 use crate::delivery::{Delivery, Position, Target};
@@ -138,12 +139,13 @@ impl NativeSession {
             "channel" => {
                 let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
                 let frame = data(f.data)?;
+                let key = idempotency_key(f.idempotency_key)?;
                 let delivery = Delivery::new(Target::Channels(channels), frame);
                 // With a `ref` the ack waits for the relay's outcome.
                 let confirm = reference.is_some();
                 let done = self
                     .node
-                    .client_publish(&self.conn, delivery, confirm)
+                    .client_publish(&self.conn, delivery, confirm, key.as_deref())
                     .await?;
                 self.published(done, reference);
                 Ok(())
@@ -155,12 +157,13 @@ impl NativeSession {
                     Target::Clients(ids(f.client_ids, "client_ids", self.max_ids())?)
                 };
                 let frame = data(f.data)?;
+                let key = idempotency_key(f.idempotency_key)?;
                 let delivery = Delivery::new(target, frame);
                 // With a `ref` the ack waits for the relay's outcome.
                 let confirm = reference.is_some();
                 let done = self
                     .node
-                    .client_publish(&self.conn, delivery, confirm)
+                    .client_publish(&self.conn, delivery, confirm, key.as_deref())
                     .await?;
                 self.published(done, reference);
                 Ok(())
@@ -289,13 +292,23 @@ impl NativeSession {
 
     fn published(&self, done: Published, reference: Option<&RawValue>) {
         if let Some(r) = reference {
-            self.send(Utf8Bytes::from(format!(
-                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{},\"relay\":\"{}\"}}",
+            let mut frame = format!(
+                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{},\"relay\":\"{}\"",
                 r.get(),
                 done.local_deliveries,
                 done.relayed,
                 done.relay.as_str()
-            )));
+            );
+            if let Some(duplicate) = done.duplicate {
+                frame.push_str(&format!(",\"duplicate\":{duplicate}"));
+            }
+            if !done.positions.is_empty() {
+                let positions =
+                    serde_json::to_string(&done.positions).expect("positions serialize");
+                frame.push_str(&format!(",\"positions\":{positions}"));
+            }
+            frame.push('}');
+            self.send(Utf8Bytes::from(frame));
         }
     }
 
