@@ -602,7 +602,7 @@ b< {"type":"connection","data":{"client_id":"B","root_id":"n::000000000000000000
 > POST /api/notify/channels {"channel_ids":["a"],"data":[]}
 < 400 [application/json] {"code":"bad_request","error":"data must be an object"}
 > POST /api/notify/channels {"channel_ids":["a"],"data":{},"extra":1}
-< 400 [application/json] {"code":"bad_request","error":"unknown field `extra`, expected one of `channel_ids`, `data`, `local` at line 1 column 38"}
+< 400 [application/json] {"code":"bad_request","error":"unknown field `extra`, expected one of `channel_ids`, `data`, `local`, `idempotency_key` at line 1 column 38"}
 > POST /api/disconnect {}
 < 400 [application/json] {"code":"bad_request","error":"give client_ids or root_ids"}
 > GET /api/history?channel=chat:1&limit=1 
