@@ -30,6 +30,7 @@ pub mod conn;
 pub mod delivery;
 pub mod frontend;
 pub mod history;
+pub mod http_error;
 pub mod limits;
 pub mod metrics;
 pub mod node;

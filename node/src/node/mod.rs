@@ -197,7 +197,8 @@ impl Node {
     /// Publish with channel options applied: publications to history-enabled
     /// channels are appended (and, in a cluster, relayed by the broker in the
     /// same atomic step) and get a position; everything else takes the plain
-    /// path of [`Node::publish`]. `Scope::Local` never touches history.
+    /// path of [`Node::publish`]. `Scope::Local` is refused
+    /// ([`MeshError::BadRequest`]) when a channel keeps history.
     pub async fn publish_channels(
         &self,
         delivery: Delivery,
@@ -233,7 +234,20 @@ impl Node {
         let Target::Channels(channels) = &delivery.target else {
             return Ok(plain(delivery).await);
         };
-        if scope == Scope::Local || self.config.namespaces.is_plain() {
+        if self.config.namespaces.is_plain() {
+            return Ok(plain(delivery).await);
+        }
+        if scope == Scope::Local {
+            // A local publication would reach this node's members and be
+            // missing from the channel's history everywhere: refused.
+            let stored = channels
+                .iter()
+                .find(|c| self.config.namespaces.options(c).history());
+            if let Some(c) = stored {
+                return Err(MeshError::BadRequest(format!(
+                    "channel {c:?} keeps history, which a local publication would bypass; publish without local"
+                )));
+            }
             return Ok(plain(delivery).await);
         }
         let (with_history, plain_channels): (Vec<String>, Vec<String>) = channels
