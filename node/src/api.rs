@@ -48,8 +48,8 @@ fn mesh_error(e: MeshError) -> ApiError {
 /// Every error answer of a listener as JSON (see [`crate::http_error`]).
 fn with_json_errors(router: Router, node: &Node) -> Router {
     let max = node.config.max_message_size;
-    router.layer(middleware::map_response(move |response: Response| {
-        crate::http_error::json_errors(max, response)
+    router.layer(middleware::from_fn(move |request: Request, next: Next| {
+        crate::http_error::json_errors(max, request, next)
     }))
 }
 

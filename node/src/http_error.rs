@@ -4,6 +4,8 @@
 //! router did (405, 413, an extractor's rejection: [`json_errors`]).
 
 use axum::body::Body;
+use axum::extract::Request;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 
@@ -71,10 +73,13 @@ fn code_of(status: StatusCode) -> &'static str {
     }
 }
 
-/// Middleware body (`axum::middleware::from_fn_with_state`): turn an error
-/// answer that is not JSON yet into one. `max_body` is the body limit the
-/// 413 message names.
-pub async fn json_errors(max_body: usize, response: Response) -> Response {
+/// Middleware (`axum::middleware::from_fn`, through a closure that gives
+/// `max_body`): turn an error answer that is not JSON yet into one.
+/// `max_body` is the body limit a 413 names.
+pub async fn json_errors(max_body: usize, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
     let status = response.status();
     let is_json = response
         .headers()
@@ -86,14 +91,8 @@ pub async fn json_errors(max_body: usize, response: Response) -> Response {
     }
     let (parts, original) = response.into_parts();
     let message = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = parts
-                .headers
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            format!("method not allowed here (allowed: {allowed})")
-        }
+        // The router adds `Allow` itself, after this layer.
+        StatusCode::METHOD_NOT_ALLOWED => format!("{method} is not allowed on {path}"),
         StatusCode::PAYLOAD_TOO_LARGE => {
             format!("the request body is larger than --max-message-size ({max_body} bytes)")
         }
@@ -113,7 +112,6 @@ pub async fn json_errors(max_body: usize, response: Response) -> Response {
         }
     };
     let mut response = HttpError::new(status, code_of(status), message).into_response();
-    // Keep what the router said about the answer (e.g. `Allow` on a 405).
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             response.headers_mut().append(name.clone(), value.clone());
