@@ -190,7 +190,11 @@ mod tests {
     fn client_ids_must_have_the_form_nodes_give_them() {
         let good = "1730887348:f46d85203c704c099e9f44e948322a20:n1";
         assert!(id_list(strings(&[good]), "client_ids", 5).is_ok());
-        for bad in ["x", "a:b:n1", "1730887348:f46d85203c704c099e9f44e948322a20:"] {
+        for bad in [
+            "x",
+            "a:b:n1",
+            "1730887348:f46d85203c704c099e9f44e948322a20:",
+        ] {
             let err = id_list(strings(&[good, bad]), "client_ids", 5).unwrap_err();
             assert!(err.contains("is not a client id"), "{bad:?}: {err}");
         }

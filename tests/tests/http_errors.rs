@@ -73,7 +73,12 @@ async fn the_client_listener_answers_every_error_in_json() {
     ])
     .await;
     let base = node.http();
-    expect_error(call("GET", &format!("{base}/nope"), false, None).await, 404, "not_found").await;
+    expect_error(
+        call("GET", &format!("{base}/nope"), false, None).await,
+        404,
+        "not_found",
+    )
+    .await;
     let wrong_method = call("POST", &format!("{base}/livez"), false, None).await;
     assert_eq!(wrong_method.headers()["allow"], "GET,HEAD");
     let message = expect_error(wrong_method, 405, "method_not_allowed").await;
@@ -85,9 +90,18 @@ async fn the_client_listener_answers_every_error_in_json() {
     )
     .await;
     // The API shares this listener here: its limits answer JSON too.
-    let big = format!(r#"{{"channel_ids":["a"],"data":{{"p":"{}"}}}}"#, "x".repeat(2000));
+    let big = format!(
+        r#"{{"channel_ids":["a"],"data":{{"p":"{}"}}}}"#,
+        "x".repeat(2000)
+    );
     let message = expect_error(
-        call("POST", &format!("{base}/api/notify/channels"), false, Some(big)).await,
+        call(
+            "POST",
+            &format!("{base}/api/notify/channels"),
+            false,
+            Some(big),
+        )
+        .await,
         413,
         "too_large",
     )
@@ -109,19 +123,37 @@ async fn the_client_listener_answers_every_error_in_json() {
     )
     .await;
     expect_error(
-        call("GET", &format!("{base}/websocket?channel_id=a%7Bb"), true, None).await,
+        call(
+            "GET",
+            &format!("{base}/websocket?channel_id=a%7Bb"),
+            true,
+            None,
+        )
+        .await,
         400,
         "bad_request",
     )
     .await;
     expect_error(
-        call("GET", &format!("{base}/websocket?channel_id=a&channel_id=b"), true, None).await,
+        call(
+            "GET",
+            &format!("{base}/websocket?channel_id=a&channel_id=b"),
+            true,
+            None,
+        )
+        .await,
         400,
         "bad_request",
     )
     .await;
     expect_error(
-        call("GET", &format!("{base}/websocket?channel_id=vip:1"), true, None).await,
+        call(
+            "GET",
+            &format!("{base}/websocket?channel_id=vip:1"),
+            true,
+            None,
+        )
+        .await,
         403,
         "forbidden",
     )
@@ -141,7 +173,12 @@ async fn the_admin_listener_answers_every_error_in_json() {
     let admin = format!("127.0.0.1:{}", free_port());
     let node = Node::start(&["--admin-listen", &admin, "--max-message-size", "1024"]).await;
     let base = format!("http://{admin}");
-    expect_error(call("GET", &format!("{base}/nope"), false, None).await, 404, "not_found").await;
+    expect_error(
+        call("GET", &format!("{base}/nope"), false, None).await,
+        404,
+        "not_found",
+    )
+    .await;
     expect_error(
         call("GET", &format!("{base}/websocket"), true, None).await,
         404,
@@ -173,7 +210,9 @@ async fn the_admin_listener_answers_every_error_in_json() {
         "bad_request",
     )
     .await;
-    let unkeyed = reqwest::get(format!("{base}/api/nodes")).await.expect("request");
+    let unkeyed = reqwest::get(format!("{base}/api/nodes"))
+        .await
+        .expect("request");
     expect_error(unkeyed, 401, "unauthorized").await;
     // The client listener no longer serves the API.
     expect_error(

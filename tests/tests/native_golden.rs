@@ -167,7 +167,10 @@ async fn native_frames_are_byte_for_byte_unchanged() {
             "a",
             r#"{"type":"unsubscribe","channel_ids":["news","room"],"ref":2}"#,
         ),
-        ("a", r#"{"type":"unsubscribe","channel_ids":["news"],"ref":"u"}"#),
+        (
+            "a",
+            r#"{"type":"unsubscribe","channel_ids":["news"],"ref":"u"}"#,
+        ),
         ("a", r#"not json"#),
         ("a", r#"[1,2]"#),
         ("a", r#"{"ref":3}"#),
@@ -299,8 +302,7 @@ async fn native_frames_are_byte_for_byte_unchanged() {
     // order (b's entry first), keeping their bytes.
     let mut text = raw(&mut b).await;
     type Raw = Box<serde_json::value::RawValue>;
-    let fields: std::collections::HashMap<String, Raw> =
-        serde_json::from_str(&text).expect("json");
+    let fields: std::collections::HashMap<String, Raw> = serde_json::from_str(&text).expect("json");
     let clients: Vec<Raw> = serde_json::from_str(fields["clients"].get()).expect("clients");
     if a_id < b_id {
         let [first, second] = &clients[..] else {

@@ -94,7 +94,9 @@ async fn the_connect_time_channel_cannot_be_unsubscribed() {
             &node,
             "POST",
             "/api/notify/channels",
-            Some(&format!(r#"{{"channel_ids":["{channel}"],"data":{{"to":"{channel}"}}}}"#)),
+            Some(&format!(
+                r#"{{"channel_ids":["{channel}"],"data":{{"to":"{channel}"}}}}"#
+            )),
         )
         .await;
         assert_eq!(status, 200, "{body}");
@@ -136,10 +138,18 @@ async fn malformed_client_ids_are_refused_everywhere() {
         &node,
         "POST",
         "/api/notify/clients",
-        Some(&format!(r#"{{"client_ids":["{WELL_FORMED}"],"data":{{}}}}"#)),
+        Some(&format!(
+            r#"{{"client_ids":["{WELL_FORMED}"],"data":{{}}}}"#
+        )),
     )
     .await;
-    assert_eq!((status, body.as_str()), (200, r#"{"local_deliveries":0,"relayed":false,"relay":"none"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            200,
+            r#"{"local_deliveries":0,"relayed":false,"relay":"none"}"#
+        )
+    );
 
     let token = hs256(SECRET, "n::sender", 300);
     let mut c = node.client(&format!("token={token}")).await;
@@ -210,7 +220,9 @@ async fn replies_keep_their_documented_key_order() {
         .await;
     let text = raw(&mut c).await;
     assert!(
-        text.starts_with(r#"{"type":"subscribed","channel_ids":["h:2"],"positions":{"h:2":{"offset":0,"epoch":""#),
+        text.starts_with(
+            r#"{"type":"subscribed","channel_ids":["h:2"],"positions":{"h:2":{"offset":0,"epoch":""#
+        ),
         "{text}"
     );
     c.send_text(r#"{"type":"presence","channel_id":"h:1","ref":2}"#)
