@@ -17,7 +17,8 @@
 //! - [`conn`], [`codec`], [`delivery`], [`outbox`]: what the layers above
 //!   share: connections, encodings, protocol-neutral deliveries, queues;
 //! - [`policy`], [`config`], [`auth`], [`history`], [`presence`],
-//!   [`metrics`], [`walker`], [`limits`]: rules, settings and stores.
+//!   [`metrics`], [`walker`], [`limits`]: rules, settings and stores;
+//!   [`http_error`]: the JSON shape of every HTTP error.
 //!
 //! [`shutdown`] drains; [`build`], [`build_on_bus`] and [`run`] wire a node.
 

@@ -49,6 +49,7 @@ pub mod labels {
         "backend_timeout",
         "backend_error",
         "backend_unavailable",
+        "rate_limited",
         "internal",
     ];
     /// `pubmesh_messages_in_total{kind}`: client frame types and API calls.

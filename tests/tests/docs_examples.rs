@@ -658,3 +658,22 @@ async fn every_example_in_the_docs_matches_the_node() {
         "docs/protocol.md has {in_protocol} executable examples"
     );
 }
+
+#[test]
+fn every_error_code_is_documented() {
+    let text = std::fs::read_to_string(docs_dir().join("protocol.md")).expect("protocol.md");
+    let mut codes: Vec<&str> = pubmesh_node::metrics::labels::ERROR_CODES.to_vec();
+    codes.extend([
+        "draining",
+        "capacity",
+        "method_not_allowed",
+        "too_large",
+        "relay_unavailable",
+    ]);
+    for code in codes {
+        assert!(
+            text.contains(&format!("| `{code}`")) || text.contains(&format!("/ `{code}`")),
+            "error code {code} is missing from the tables of docs/protocol.md"
+        );
+    }
+}
