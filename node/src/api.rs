@@ -21,46 +21,67 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::delivery::{Delivery, Target};
 use crate::frontend::registry::frontends;
+use crate::http_error::HttpError;
 use crate::node::{MeshError, Node, Published, Read, Scope};
 
-/// An API error: status, stable code, message.
-pub struct ApiError(StatusCode, &'static str, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.2, "code": self.1}))).into_response()
-    }
-}
+type ApiError = HttpError;
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, "bad_request", message.into())
+    HttpError::bad_request(message)
+}
+
+/// The HTTP status of a mesh error answered by the API.
+fn mesh_error(e: MeshError) -> ApiError {
+    let status = match &e {
+        MeshError::BadRequest(_) | MeshError::BadPosition { .. } => StatusCode::BAD_REQUEST,
+        MeshError::TooManyChannels(_) => StatusCode::BAD_REQUEST,
+        MeshError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        MeshError::Unauthorized => StatusCode::UNAUTHORIZED,
+        MeshError::Forbidden(_) => StatusCode::FORBIDDEN,
+        MeshError::NoHistory(_) | MeshError::NoPresence(_) => StatusCode::NOT_FOUND,
+        MeshError::Draining | MeshError::AtCapacity | MeshError::Unavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    HttpError::new(status, e.code(), e.to_string())
+}
+
+/// Every error answer of a listener as JSON (see [`crate::http_error`]).
+fn with_json_errors(router: Router, node: &Node) -> Router {
+    let max = node.config.max_message_size;
+    router.layer(middleware::from_fn(move |request: Request, next: Next| {
+        crate::http_error::json_errors(max, request, next)
+    }))
 }
 
 /// Every route of the node.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(admin_routes(&node))
         .merge(client_routes(&node))
         .fallback(not_found)
-        .with_state(node)
+        .with_state(node.clone());
+    with_json_errors(router, &node)
 }
 
 /// The client listener when the API and metrics have their own
 /// (`--admin-listen`): the WebSocket endpoint and health only.
 pub fn client_router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(client_routes(&node))
         .fallback(not_found)
-        .with_state(node)
+        .with_state(node.clone());
+    with_json_errors(router, &node)
 }
 
 /// The `--admin-listen` listener: the server API, /metrics and health.
 pub fn admin_router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(admin_routes(&node))
         .merge(health_routes())
         .fallback(not_found)
-        .with_state(node)
+        .with_state(node.clone());
+    with_json_errors(router, &node)
 }
 
 /// Every front-end's routes (from the registry) and health.
@@ -95,7 +116,7 @@ fn admin_routes(node: &Arc<Node>) -> Router<Arc<Node>> {
 }
 
 async fn not_found() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
 /// Constant-time comparison, so the key cannot be guessed byte by byte.
@@ -123,10 +144,10 @@ async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next
             .errors
             .with_label_values(&["unauthorized"])
             .inc();
-        return ApiError(
+        return HttpError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or wrong API key".into(),
+            "missing or wrong API key",
         )
         .into_response();
     }
@@ -250,7 +271,7 @@ async fn publish(
     node.publish_channels_confirmed(delivery, scope(local))
         .await
         .map(Json)
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
+        .map_err(mesh_error)
 }
 
 fn count(node: &Node, kind: &str) {
@@ -360,7 +381,7 @@ async fn history(
     crate::limits::channel_name(&q.channel).map_err(bad)?;
     let options = node
         .may_read(None, &q.channel, Read::History)
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
+        .map_err(mesh_error)?;
     let since = match (q.since_offset, q.epoch) {
         (None, None) => None,
         (Some(offset), Some(epoch)) => Some(crate::history::Position { offset, epoch }),
@@ -370,10 +391,7 @@ async fn history(
     let page = node
         .history(&q.channel, since.as_ref(), limit, &options)
         .await
-        .map_err(|e| match e {
-            MeshError::BadPosition { .. } => bad(e.to_string()),
-            e => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
-        })?;
+        .map_err(mesh_error)?;
     let frame = crate::frontend::native::codec::history_frame(&q.channel, &page, None);
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
@@ -392,29 +410,38 @@ struct PresenceQuery {
 async fn presence(
     State(node): State<Arc<Node>>,
     query: Result<Query<PresenceQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     crate::limits::channel_name(&q.channel).map_err(bad)?;
     node.may_read(None, &q.channel, Read::Presence)
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
-    let clients = node
-        .presence(&q.channel)
-        .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))?;
-    Ok(Json(json!({
-        "channel": q.channel,
-        "count": clients.len(),
-        "clients": clients,
-    })))
+        .map_err(mesh_error)?;
+    let clients = node.presence(&q.channel).await.map_err(mesh_error)?;
+    // Keys in a fixed order: channel, count, clients (each entry client_id,
+    // user_id, node_id, info), as docs/protocol.md shows them.
+    let body = format!(
+        "{{\"channel\":{},\"count\":{},\"clients\":{}}}",
+        serde_json::to_string(&q.channel).expect("strings serialize"),
+        clients.len(),
+        serde_json::to_string(&clients).expect("entries serialize")
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn nodes(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
-    Json(json!({ "nodes": node.nodes() }))
+/// `GET /api/nodes`: each node's fields in [`crate::relay::NodeInfo`]'s order.
+#[derive(serde::Serialize)]
+struct NodesReply {
+    nodes: Vec<crate::relay::NodeInfo>,
+}
+
+async fn nodes(State(node): State<Arc<Node>>) -> Json<NodesReply> {
+    Json(NodesReply {
+        nodes: node.nodes(),
+    })
 }
 
 async fn channels(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
     let channels = node.channels().await.map_err(|e| {
-        ApiError(
+        HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "relay_unavailable",
             e.to_string(),

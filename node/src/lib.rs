@@ -18,7 +18,7 @@
 //!   share: connections, encodings, protocol-neutral deliveries, queues;
 //! - [`policy`], [`config`], [`auth`], [`history`], [`presence`],
 //!   [`metrics`], [`walker`], [`limits`], [`idempotency`]: rules, settings
-//!   and stores.
+//!   and stores; [`http_error`]: the JSON shape of every HTTP error.
 //!
 //! [`shutdown`] drains; [`build`], [`build_on_bus`] and [`run`] wire a node.
 
@@ -31,6 +31,7 @@ pub mod conn;
 pub mod delivery;
 pub mod frontend;
 pub mod history;
+pub mod http_error;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;

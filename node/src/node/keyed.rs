@@ -28,7 +28,7 @@ impl Node {
         confirm: bool,
     ) -> Result<Published, MeshError> {
         let key = delivery.idempotency.clone().expect("a keyed delivery");
-        let (plain, with_history) = self.split_history(&delivery, scope);
+        let (plain, with_history) = self.split_history(&delivery, scope)?;
         let before = self.keys.begin(&key);
         let mut done = Published::default();
         let mut duplicate = false;

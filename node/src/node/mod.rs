@@ -218,7 +218,8 @@ impl Node {
     /// Publish with channel options applied: publications to history-enabled
     /// channels are appended (and, in a cluster, relayed by the broker in the
     /// same atomic step) and get a position; everything else takes the plain
-    /// path of [`Node::publish`]. `Scope::Local` never touches history.
+    /// path of [`Node::publish`]. `Scope::Local` is refused
+    /// ([`MeshError::BadRequest`]) when a channel keeps history.
     pub async fn publish_channels(
         &self,
         delivery: Delivery,
@@ -246,7 +247,7 @@ impl Node {
         if delivery.idempotency.is_some() {
             return self.publish_keyed(delivery, scope, confirm).await;
         }
-        let (plain, with_history) = self.split_history(&delivery, scope);
+        let (plain, with_history) = self.split_history(&delivery, scope)?;
         let mut done = Published::default();
         if let Some(part) = plain {
             let (sent, relayed) = self.publish_relayed(part, scope);
@@ -266,24 +267,38 @@ impl Node {
     }
 
     /// The part of a publish that takes the plain path (everything but
-    /// history channels; `None` when nothing does), and the history channels
-    /// (none for `Scope::Local` or without history namespaces).
-    fn split_history(&self, delivery: &Delivery, scope: Scope) -> (Option<Delivery>, Vec<String>) {
+    /// history channels; `None` when nothing does), and the history channels.
+    /// A `Scope::Local` publish naming a history channel is refused: it
+    /// would reach this node's members and be missing from the history.
+    fn split_history(
+        &self,
+        delivery: &Delivery,
+        scope: Scope,
+    ) -> Result<(Option<Delivery>, Vec<String>), MeshError> {
+        let whole = || Ok((Some(delivery.clone()), Vec::new()));
         let Target::Channels(channels) = &delivery.target else {
-            return (Some(delivery.clone()), Vec::new());
+            return whole();
         };
-        if scope == Scope::Local || self.config.namespaces.is_plain() {
-            return (Some(delivery.clone()), Vec::new());
+        if self.config.namespaces.is_plain() {
+            return whole();
         }
         let (with_history, plain_channels): (Vec<String>, Vec<String>) = channels
             .iter()
             .cloned()
             .partition(|c| self.config.namespaces.options(c).history());
+        if scope == Scope::Local {
+            if let Some(c) = with_history.first() {
+                return Err(MeshError::BadRequest(format!(
+                    "channel {c:?} keeps history, which a local publication would bypass; publish without local"
+                )));
+            }
+            return whole();
+        }
         if plain_channels.is_empty() {
-            return (None, with_history);
+            return Ok((None, with_history));
         }
         if with_history.is_empty() {
-            return (Some(delivery.clone()), with_history);
+            return whole();
         }
         let target = Target::Channels(plain_channels);
         let channel = match &target {
@@ -295,7 +310,7 @@ impl Node {
             channel,
             ..delivery.clone()
         };
-        (Some(part), with_history)
+        Ok((Some(part), with_history))
     }
 
     /// Account for one history append (of `one`) in `done`, and deliver it

@@ -5,7 +5,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::delivery::Position;
 use crate::node::MeshError;
 
 /// Longest `ref` echoed back, in bytes of JSON.
@@ -116,12 +115,4 @@ pub fn string(field: Option<&RawValue>, name: &str) -> Result<Option<String>, Re
             .map(Some)
             .map_err(|_| bad(format!("{name} must be a string"))),
     }
-}
-
-pub fn position_json(position: &Position, recovered: Option<bool>) -> serde_json::Value {
-    let mut v = serde_json::json!({"offset": position.offset, "epoch": position.epoch});
-    if let Some(r) = recovered {
-        v["recovered"] = r.into();
-    }
-    v
 }
