@@ -198,6 +198,10 @@ struct NotifyChannels {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    /// The event name for protocols that name events (Phoenix); the native
+    /// protocol ignores it.
+    #[serde(default)]
+    event: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -249,7 +253,11 @@ async fn notify_channels(
     check_ids(&node, &mut req.channel_ids, "channel_ids")?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    let delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
+    let mut delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
+    if let Some(event) = &req.event {
+        crate::limits::event_name(event).map_err(|m| bad(format!("event: {m}")))?;
+        delivery.event = Some(std::sync::Arc::from(event.as_str()));
+    }
     node.publish_channels_confirmed(delivery, scope(req.local))
         .await
         .map(Json)

@@ -58,6 +58,8 @@ pub fn is_policy(reason: CloseReason) -> bool {
             | CloseReason::SlowConsumer
             | CloseReason::RateLimited
             | CloseReason::TooBig
+            | CloseReason::HeartbeatTimeout
+            | CloseReason::BadFrame
     )
 }
 

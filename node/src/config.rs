@@ -179,6 +179,8 @@ pub struct Cli {
     /// Redis channel (un)subscriptions per second this node may issue; the rest wait [default: 2000]
     #[arg(long, env = env::RELAY_INTEREST_RATE)]
     pub relay_interest_rate: Option<u32>,
+    #[command(flatten)]
+    pub frontends: frontends::FrontendFlags,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -220,6 +222,7 @@ pub struct FileConfig {
     pub relay_retry_ms: Option<u64>,
     pub relay_probe_ms: Option<u64>,
     pub relay_interest_rate: Option<u32>,
+    pub phoenix_heartbeat_timeout_ms: Option<u64>,
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
     pub namespaces: Vec<crate::policy::NamespaceConfig>,
@@ -265,6 +268,7 @@ pub struct Config {
     pub namespaces: crate::policy::Namespaces,
     /// Bounds of the cluster relay (see docs/cluster.md).
     pub relay: RelayLimits,
+    pub phoenix: frontends::PhoenixConfig,
 }
 
 /// What the cluster relay may hold and how it probes Redis.
@@ -473,6 +477,10 @@ impl Config {
                     .or(file.presence_ttl_seconds)
                     .unwrap_or(30),
             ),
+            phoenix: frontends::PhoenixConfig::resolve(
+                &cli.frontends,
+                file.phoenix_heartbeat_timeout_ms,
+            )?,
             namespaces: crate::policy::Namespaces::new(&file.namespaces)
                 .map_err(ConfigError::Invalid)?,
             relay: {
@@ -595,5 +603,6 @@ pub fn valid_node_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+pub mod frontends;
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,12 @@ pub enum CloseReason {
     /// A WebSocket protocol violation (reserved opcode or bits, unmasked
     /// client frame, bad control frame): 1002.
     ProtocolError,
+    /// A Phoenix socket sent nothing (not even a heartbeat) for
+    /// `--phoenix-heartbeat-timeout-ms`: 4408.
+    HeartbeatTimeout,
+    /// A frame the socket's protocol cannot read at all (e.g. a Phoenix
+    /// frame that is not a 5-element array): 4400.
+    BadFrame,
 }
 
 impl CloseReason {
@@ -45,6 +51,8 @@ impl CloseReason {
             CloseReason::Disconnected => 4002,
             CloseReason::SlowConsumer => 4008,
             CloseReason::RateLimited => 4029,
+            CloseReason::HeartbeatTimeout => 4408,
+            CloseReason::BadFrame => 4400,
         }
     }
 
@@ -59,6 +67,8 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limited",
+            CloseReason::HeartbeatTimeout => "heartbeat timeout",
+            CloseReason::BadFrame => "bad frame",
         }
     }
 
@@ -73,6 +83,8 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::BadFrame => "bad_frame",
         }
     }
 }
