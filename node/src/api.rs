@@ -35,6 +35,7 @@ fn mesh_error(e: MeshError) -> ApiError {
     let status = match &e {
         MeshError::BadRequest(_) | MeshError::BadPosition { .. } => StatusCode::BAD_REQUEST,
         MeshError::TooManyChannels(_) => StatusCode::BAD_REQUEST,
+        MeshError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         MeshError::Unauthorized => StatusCode::UNAUTHORIZED,
         MeshError::Forbidden(_) => StatusCode::FORBIDDEN,
         MeshError::NoHistory(_) | MeshError::NoPresence(_) => StatusCode::NOT_FOUND,
@@ -202,6 +203,8 @@ struct NotifyChannels {
     /// protocol ignores it.
     #[serde(default)]
     event: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +214,8 @@ struct NotifyUsers {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +225,8 @@ struct NotifyClients {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +235,8 @@ struct Broadcast {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +250,34 @@ struct Disconnect {
     local: bool,
 }
 
+/// The body's `idempotency_key`, scoped to the server API.
+fn idempotency(raw: &Option<Box<RawValue>>) -> Result<Option<Arc<str>>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let key = crate::idempotency::key_from_json(raw.get()).map_err(bad)?;
+    Ok(Some(crate::idempotency::scoped(
+        crate::idempotency::Publisher::Api,
+        &key,
+    )))
+}
+
+/// Publish and wait for the outcome; a history store that cannot be
+/// reached is a 503 (the publish may or may not have been appended: retry
+/// with the same `idempotency_key`).
+async fn publish(
+    node: &Node,
+    target: Target,
+    frame: Utf8Bytes,
+    local: bool,
+    key: Option<Arc<str>>,
+) -> Result<Json<Published>, ApiError> {
+    let mut delivery = Delivery::new(target, frame);
+    delivery.idempotency = key;
+    node.publish_channels_confirmed(delivery, scope(local))
+        .await
+        .map(Json)
+        .map_err(mesh_error)
+}
+
 fn count(node: &Node, kind: &str) {
     node.metrics.messages_in.with_label_values(&[kind]).inc();
 }
@@ -251,12 +288,14 @@ async fn notify_channels(
 ) -> Result<Json<Published>, ApiError> {
     let mut req: NotifyChannels = parse(&body)?;
     check_ids(&node, &mut req.channel_ids, "channel_ids")?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
     let mut delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
+    delivery.idempotency = key;
     if let Some(event) = &req.event {
         crate::limits::event_name(event).map_err(|m| bad(format!("event: {m}")))?;
-        delivery.event = Some(std::sync::Arc::from(event.as_str()));
+        delivery.event = Some(Arc::from(event.as_str()));
     }
     node.publish_channels_confirmed(delivery, scope(req.local))
         .await
@@ -270,15 +309,10 @@ async fn notify_users(
 ) -> Result<Json<Published>, ApiError> {
     let mut req: NotifyUsers = parse(&body)?;
     check_ids(&node, &mut req.root_ids, "root_ids")?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_users");
     let frame = frame(&req.data)?;
-    Ok(Json(
-        node.publish_confirmed(
-            Delivery::new(Target::Users(req.root_ids), frame),
-            scope(req.local),
-        )
-        .await,
-    ))
+    publish(&node, Target::Users(req.root_ids), frame, req.local, key).await
 }
 
 async fn notify_clients(
@@ -287,15 +321,17 @@ async fn notify_clients(
 ) -> Result<Json<Published>, ApiError> {
     let mut req: NotifyClients = parse(&body)?;
     check_ids(&node, &mut req.client_ids, "client_ids")?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
-    Ok(Json(
-        node.publish_confirmed(
-            Delivery::new(Target::Clients(req.client_ids), frame),
-            scope(req.local),
-        )
-        .await,
-    ))
+    publish(
+        &node,
+        Target::Clients(req.client_ids),
+        frame,
+        req.local,
+        key,
+    )
+    .await
 }
 
 async fn broadcast(
@@ -303,12 +339,10 @@ async fn broadcast(
     body: Bytes,
 ) -> Result<Json<Published>, ApiError> {
     let req: Broadcast = parse(&body)?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
-    Ok(Json(
-        node.publish_confirmed(Delivery::new(Target::All, frame), scope(req.local))
-            .await,
-    ))
+    publish(&node, Target::All, frame, req.local, key).await
 }
 
 async fn disconnect(

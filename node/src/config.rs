@@ -51,6 +51,9 @@ pub mod env {
 }
 
 pub use crate::policy::{ChannelPublish, DirectPublish};
+pub use bounds::{ChurnLimit, IdempotencyLimits};
+
+mod bounds;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -181,6 +184,8 @@ pub struct Cli {
     pub relay_interest_rate: Option<u32>,
     #[command(flatten)]
     pub frontends: frontends::FrontendFlags,
+    #[command(flatten)]
+    pub bounds: bounds::BoundsCli,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -223,6 +228,10 @@ pub struct FileConfig {
     pub relay_probe_ms: Option<u64>,
     pub relay_interest_rate: Option<u32>,
     pub phoenix_heartbeat_timeout_ms: Option<u64>,
+    pub idempotency_window_seconds: Option<u64>,
+    pub idempotency_max_bytes: Option<usize>,
+    pub client_channel_churn: Option<usize>,
+    pub client_channel_churn_seconds: Option<u64>,
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
     pub namespaces: Vec<crate::policy::NamespaceConfig>,
@@ -269,6 +278,10 @@ pub struct Config {
     /// Bounds of the cluster relay (see docs/cluster.md).
     pub relay: RelayLimits,
     pub phoenix: frontends::PhoenixConfig,
+    /// How long idempotency keys are remembered, in how much memory.
+    pub idempotency: IdempotencyLimits,
+    /// Distinct channels a socket may join or leave per window.
+    pub channel_churn: ChurnLimit,
 }
 
 /// What the cluster relay may hold and how it probes Redis.
@@ -340,6 +353,7 @@ impl Config {
     }
 
     fn resolve(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let (idempotency, channel_churn) = bounds::resolve(&cli.bounds, &file)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("n{}", &id[..12])
@@ -508,6 +522,8 @@ impl Config {
                         .unwrap_or(d.interest_rate),
                 }
             },
+            idempotency,
+            channel_churn,
         };
         config.check()?;
         config.check_auth(&auth_patterns)?;

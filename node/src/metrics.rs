@@ -145,6 +145,11 @@ pub struct Metrics {
     pub presence_gone_leaves: IntCounter,
     /// Per front-end series (`pubmesh_frontend_*`).
     pub frontend: FrontendMetrics,
+    pub idempotent_duplicates: IntCounter,
+    pub idempotent_dropped: IntCounter,
+    pub idempotency_keys: IntGauge,
+    pub idempotency_evicted: IntCounter,
+    pub channel_churn_refused: IntCounter,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -372,6 +377,31 @@ impl Metrics {
                 "Presence leave events sent for members of nodes declared gone",
             ),
             frontend: FrontendMetrics::new(&r),
+            idempotent_duplicates: counter(
+                &r,
+                "pubmesh_idempotent_duplicates_total",
+                "Keyed publishes answered as duplicates of an earlier one (nothing sent again)",
+            ),
+            idempotent_dropped: counter(
+                &r,
+                "pubmesh_idempotent_dropped_total",
+                "Keyed deliveries from other nodes dropped because their key was delivered before",
+            ),
+            idempotency_keys: gauge(
+                &r,
+                "pubmesh_idempotency_keys",
+                "Idempotency keys this node remembers",
+            ),
+            idempotency_evicted: counter(
+                &r,
+                "pubmesh_idempotency_evicted_total",
+                "Idempotency keys forgotten before their window ended (--idempotency-max-bytes)",
+            ),
+            channel_churn_refused: counter(
+                &r,
+                "pubmesh_channel_churn_refused_total",
+                "Subscribes refused because the socket changed too many distinct channels (--client-channel-churn)",
+            ),
             registry: r,
         };
         m.ready.set(1);

@@ -26,6 +26,10 @@ pub enum MeshError {
     NoHistory(String),
     #[error("channel {0:?} has no presence")]
     NoPresence(String),
+    /// A socket changed too many distinct channels in the current window
+    /// (`--client-channel-churn`); the message says when to try again.
+    #[error("{0}")]
+    RateLimited(String),
     /// A history position ahead of the channel.
     #[error("position {offset} is ahead of the channel (latest {top})")]
     BadPosition { offset: u64, top: u64 },
@@ -47,6 +51,7 @@ impl MeshError {
             MeshError::BadRequest(_) => "bad_request",
             MeshError::Forbidden(_) => "forbidden",
             MeshError::TooManyChannels(_) => "too_many_channels",
+            MeshError::RateLimited(_) => "rate_limited",
             MeshError::NoHistory(_) => "no_history",
             MeshError::NoPresence(_) => "no_presence",
             MeshError::BadPosition { .. } => "bad_position",

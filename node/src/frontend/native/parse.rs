@@ -44,6 +44,8 @@ pub struct Fields<'a> {
     pub channel_id: Option<&'a RawValue>,
     #[serde(borrow)]
     pub limit: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub idempotency_key: Option<&'a RawValue>,
 }
 
 /// A rejected frame: message and code.
@@ -83,6 +85,17 @@ pub fn data(field: Option<&RawValue>) -> Result<Utf8Bytes, Reject> {
         return Err(bad("data must be an object"));
     }
     Ok(Utf8Bytes::from(raw.get().to_string()))
+}
+
+/// The optional `idempotency_key` of a publish frame.
+pub fn idempotency_key(field: Option<&RawValue>) -> Result<Option<String>, Reject> {
+    match field {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => crate::idempotency::key_from_json(raw.get())
+            .map(Some)
+            .map_err(bad),
+    }
 }
 
 pub fn boolean(field: Option<&RawValue>, name: &str) -> Result<bool, Reject> {

@@ -13,7 +13,9 @@ use super::codec::{
     ack, connection_frame, error_frame, history_frame, json_str, presence_frame, push_ref,
     subscribed_frame,
 };
-use super::parse::{bad, boolean, data, ids, string, valid_ref, Fields, Reject, MAX_REF_LEN};
+use super::parse::{
+    bad, boolean, data, idempotency_key, ids, string, valid_ref, Fields, Reject, MAX_REF_LEN,
+};
 use crate::conn::Conn;
 use crate::delivery::{Delivery, Position, Target};
 use crate::node::{JoinRequest, MeshError, Node, Published, Read};
@@ -143,12 +145,13 @@ impl NativeSession {
             "channel" => {
                 let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
                 let frame = data(f.data)?;
+                let key = idempotency_key(f.idempotency_key)?;
                 let delivery = Delivery::new(Target::Channels(channels), frame);
                 // With a `ref` the ack waits for the relay's outcome.
                 let confirm = reference.is_some();
                 let done = self
                     .node
-                    .client_publish(&self.conn, delivery, confirm)
+                    .client_publish(&self.conn, delivery, confirm, key.as_deref())
                     .await?;
                 self.published(done, reference);
                 Ok(())
@@ -160,12 +163,13 @@ impl NativeSession {
                     Target::Clients(ids(f.client_ids, "client_ids", self.max_ids())?)
                 };
                 let frame = data(f.data)?;
+                let key = idempotency_key(f.idempotency_key)?;
                 let delivery = Delivery::new(target, frame);
                 // With a `ref` the ack waits for the relay's outcome.
                 let confirm = reference.is_some();
                 let done = self
                     .node
-                    .client_publish(&self.conn, delivery, confirm)
+                    .client_publish(&self.conn, delivery, confirm, key.as_deref())
                     .await?;
                 self.published(done, reference);
                 Ok(())
@@ -278,13 +282,23 @@ impl NativeSession {
 
     fn published(&self, done: Published, reference: Option<&RawValue>) {
         if let Some(r) = reference {
-            self.send(Utf8Bytes::from(format!(
-                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{},\"relay\":\"{}\"}}",
+            let mut frame = format!(
+                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{},\"relay\":\"{}\"",
                 r.get(),
                 done.local_deliveries,
                 done.relayed,
                 done.relay.as_str()
-            )));
+            );
+            if let Some(duplicate) = done.duplicate {
+                frame.push_str(&format!(",\"duplicate\":{duplicate}"));
+            }
+            if !done.positions.is_empty() {
+                let positions =
+                    serde_json::to_string(&done.positions).expect("positions serialize");
+                frame.push_str(&format!(",\"positions\":{positions}"));
+            }
+            frame.push('}');
+            self.send(Utf8Bytes::from(frame));
         }
     }
 

@@ -32,6 +32,8 @@ pub mod reasons {
     pub const UNAUTHORIZED: &str = "unauthorized";
     /// `--max-channels-per-connection` reached.
     pub const TOO_MANY_CHANNELS: &str = "too_many_channels";
+    /// `--client-channel-churn` reached.
+    pub const RATE_LIMITED: &str = "rate_limited";
     /// A topic that is not a valid channel name, or `phoenix`.
     pub const BAD_TOPIC: &str = "bad_topic";
     /// A topic with `*`: patterns cannot be joined.
@@ -55,6 +57,7 @@ pub mod reasons {
         UNMATCHED_TOPIC,
         UNAUTHORIZED,
         TOO_MANY_CHANNELS,
+        RATE_LIMITED,
         BAD_TOPIC,
         WILDCARD_TOPIC,
         BAD_EVENT,
@@ -72,6 +75,7 @@ fn mesh_reason(e: &MeshError) -> &'static str {
     match e {
         MeshError::Forbidden(_) | MeshError::Unauthorized => reasons::UNAUTHORIZED,
         MeshError::TooManyChannels(_) => reasons::TOO_MANY_CHANNELS,
+        MeshError::RateLimited(_) => reasons::RATE_LIMITED,
         MeshError::BadRequest(_) => reasons::BAD_REQUEST,
         _ => reasons::UNAVAILABLE,
     }
@@ -312,7 +316,11 @@ impl PhoenixSession {
         };
         let mut delivery = Delivery::new(Target::Channels(vec![topic.clone()]), data);
         delivery.event = Some(Arc::from(event.as_str()));
-        match self.node.client_publish(&self.conn, delivery, false).await {
+        match self
+            .node
+            .client_publish(&self.conn, delivery, false, None)
+            .await
+        {
             Ok(_) => self.reply(jr, r, &topic, &empty()),
             Err(e) => self.refuse(jr, r, &topic, mesh_reason(&e)),
         }
