@@ -48,7 +48,11 @@ pub mod env {
     pub const RELAY_RETRY_MS: &str = "PUBMESH_RELAY_RETRY_MS";
     pub const RELAY_PROBE_MS: &str = "PUBMESH_RELAY_PROBE_MS";
     pub const RELAY_INTEREST_RATE: &str = "PUBMESH_RELAY_INTEREST_RATE";
+    pub use super::connections::env::*;
 }
+
+pub mod connections;
+pub use connections::{Connections, Liveness};
 
 pub use crate::policy::{ChannelPublish, DirectPublish};
 
@@ -179,6 +183,8 @@ pub struct Cli {
     /// Redis channel (un)subscriptions per second this node may issue; the rest wait [default: 2000]
     #[arg(long, env = env::RELAY_INTEREST_RATE)]
     pub relay_interest_rate: Option<u32>,
+    #[command(flatten)]
+    pub connections: connections::ConnectionCli,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -220,6 +226,12 @@ pub struct FileConfig {
     pub relay_retry_ms: Option<u64>,
     pub relay_probe_ms: Option<u64>,
     pub relay_interest_rate: Option<u32>,
+    pub header_timeout_seconds: Option<u64>,
+    pub handshake_timeout_seconds: Option<u64>,
+    pub max_admin_connections: Option<usize>,
+    pub ping_interval_seconds: Option<u64>,
+    pub pong_timeout_seconds: Option<u64>,
+    pub tcp_keepalive_seconds: Option<u64>,
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
     pub namespaces: Vec<crate::policy::NamespaceConfig>,
@@ -265,6 +277,8 @@ pub struct Config {
     pub namespaces: crate::policy::Namespaces,
     /// Bounds of the cluster relay (see docs/cluster.md).
     pub relay: RelayLimits,
+    /// Request deadlines, the admin listener's cap, pings, TCP keepalive.
+    pub connections: Connections,
 }
 
 /// What the cluster relay may hold and how it probes Redis.
@@ -336,6 +350,7 @@ impl Config {
     }
 
     fn resolve(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let connections = Connections::resolve(&cli.connections, &file)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("n{}", &id[..12])
@@ -500,6 +515,7 @@ impl Config {
                         .unwrap_or(d.interest_rate),
                 }
             },
+            connections,
         };
         config.check()?;
         config.check_auth(&auth_patterns)?;

@@ -32,6 +32,9 @@ pub enum CloseReason {
     /// A WebSocket protocol violation (reserved opcode or bits, unmasked
     /// client frame, bad control frame): 1002.
     ProtocolError,
+    /// Nothing from the client within `--pong-timeout-seconds` of a ping
+    /// (or for the ping interval plus that): 4010.
+    PingTimeout,
 }
 
 impl CloseReason {
@@ -45,6 +48,7 @@ impl CloseReason {
             CloseReason::Disconnected => 4002,
             CloseReason::SlowConsumer => 4008,
             CloseReason::RateLimited => 4029,
+            CloseReason::PingTimeout => 4010,
         }
     }
 
@@ -59,6 +63,7 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limited",
+            CloseReason::PingTimeout => "ping timeout",
         }
     }
 
@@ -73,6 +78,7 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::PingTimeout => "ping_timeout",
         }
     }
 }
