@@ -220,7 +220,7 @@ pub async fn run_with_admin(
             let _ = stop_tx.send(());
         },
     );
-    let served = tokio::spawn(async move { server.await });
+    let served = tokio::spawn(server);
     let _ = stop_rx.await;
     node.relay().shutdown().await;
     // In-flight HTTP requests get a moment; sockets are already closed.

@@ -166,10 +166,7 @@ async fn connection(
     gauge.dec();
     if let Err(e) = result {
         if e.is_timeout() {
-            metrics
-                .http_timeouts
-                .with_label_values(&["header"])
-                .inc();
+            metrics.http_timeouts.with_label_values(&["header"]).inc();
         }
         tracing::debug!(error = %e, listener = bounds.label, "HTTP connection ended");
     }

@@ -116,19 +116,18 @@ async fn websocket(
     let config = transport::socket_config(node.config.max_message_size);
     let deadline = node.config.connections.handshake_timeout;
     tokio::spawn(async move {
-        let socket = match tokio::time::timeout(deadline, transport::upgraded(on_upgrade, config))
-            .await
-        {
-            Ok(Some(socket)) => socket,
-            Ok(None) => return,
-            Err(_) => {
-                node.metrics
-                    .http_timeouts
-                    .with_label_values(&["handshake"])
-                    .inc();
-                return;
-            }
-        };
+        let socket =
+            match tokio::time::timeout(deadline, transport::upgraded(on_upgrade, config)).await {
+                Ok(Some(socket)) => socket,
+                Ok(None) => return,
+                Err(_) => {
+                    node.metrics
+                        .http_timeouts
+                        .with_label_values(&["handshake"])
+                        .inc();
+                    return;
+                }
+            };
         let node_id = node.node_id().to_string();
         let conn = node
             .open(admission, identity, codec, Some(home), |conn| {
