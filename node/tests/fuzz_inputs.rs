@@ -353,7 +353,7 @@ fn client_frames_never_break_the_session_or_its_replies() {
     }
 }
 
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 14] = [
     "listen",
     "node_id",
     "api_key",
@@ -366,6 +366,8 @@ const KEYS: [&str; 12] = [
     "client_user_publish",
     "require_auth",
     "presence_ttl_seconds",
+    "ping_interval_seconds",
+    "header_timeout_seconds",
 ];
 
 fn toml_value() -> impl Strategy<Value = String> {
