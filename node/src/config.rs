@@ -55,6 +55,9 @@ pub mod connections;
 pub use connections::{Connections, Liveness};
 
 pub use crate::policy::{ChannelPublish, DirectPublish};
+pub use bounds::{ChurnLimit, IdempotencyLimits};
+
+mod bounds;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -184,6 +187,8 @@ pub struct Cli {
     #[arg(long, env = env::RELAY_INTEREST_RATE)]
     pub relay_interest_rate: Option<u32>,
     #[command(flatten)]
+    pub bounds: bounds::BoundsCli,
+    #[command(flatten)]
     pub connections: connections::ConnectionCli,
 }
 
@@ -226,6 +231,10 @@ pub struct FileConfig {
     pub relay_retry_ms: Option<u64>,
     pub relay_probe_ms: Option<u64>,
     pub relay_interest_rate: Option<u32>,
+    pub idempotency_window_seconds: Option<u64>,
+    pub idempotency_max_bytes: Option<usize>,
+    pub client_channel_churn: Option<usize>,
+    pub client_channel_churn_seconds: Option<u64>,
     pub header_timeout_seconds: Option<u64>,
     pub handshake_timeout_seconds: Option<u64>,
     pub max_admin_connections: Option<usize>,
@@ -277,6 +286,10 @@ pub struct Config {
     pub namespaces: crate::policy::Namespaces,
     /// Bounds of the cluster relay (see docs/cluster.md).
     pub relay: RelayLimits,
+    /// How long idempotency keys are remembered, in how much memory.
+    pub idempotency: IdempotencyLimits,
+    /// Distinct channels a socket may join or leave per window.
+    pub channel_churn: ChurnLimit,
     /// Request deadlines, the admin listener's cap, pings, TCP keepalive.
     pub connections: Connections,
 }
@@ -350,6 +363,7 @@ impl Config {
     }
 
     fn resolve(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let (idempotency, channel_churn) = bounds::resolve(&cli.bounds, &file)?;
         let connections = Connections::resolve(&cli.connections, &file)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
@@ -515,6 +529,8 @@ impl Config {
                         .unwrap_or(d.interest_rate),
                 }
             },
+            idempotency,
+            channel_churn,
             connections,
         };
         config.check()?;

@@ -17,7 +17,8 @@
 //! - [`conn`], [`codec`], [`delivery`], [`outbox`]: what the layers above
 //!   share: connections, encodings, protocol-neutral deliveries, queues;
 //! - [`policy`], [`config`], [`auth`], [`history`], [`presence`],
-//!   [`metrics`], [`walker`], [`limits`]: rules, settings and stores.
+//!   [`metrics`], [`walker`], [`limits`], [`idempotency`]: rules, settings
+//!   and stores; [`http_error`]: the JSON shape of every HTTP error.
 //!
 //! [`shutdown`] drains; [`build`], [`build_on_bus`] and [`run`] wire a node.
 
@@ -30,6 +31,8 @@ pub mod conn;
 pub mod delivery;
 pub mod frontend;
 pub mod history;
+pub mod http_error;
+pub mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod node;
@@ -77,7 +80,10 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
         Arc<dyn presence::Presence>,
     );
     let (relay, history, presence): Parts = if config.redis_urls.is_empty() {
-        let history = Arc::new(history::MemoryHistory::new());
+        let history = Arc::new(history::MemoryHistory::with_idempotency(
+            config.idempotency.window,
+            config.idempotency.max_bytes,
+        ));
         (
             Arc::new(relay::memory::MemoryRelay::new(history.clone())),
             history,
@@ -90,6 +96,7 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
             config.redis_tls_ca.as_deref(),
             &config.redis_prefix,
             config.presence_ttl,
+            config.idempotency.window,
         )
         .map_err(relay::RelayError::Config)?;
         let relay = redis::relay::RedisRelay::new(&config, metrics.clone(), store.clone())?;

@@ -50,6 +50,7 @@ pub mod labels {
         "backend_timeout",
         "backend_error",
         "backend_unavailable",
+        "rate_limited",
         "internal",
     ];
     /// `pubmesh_messages_in_total{kind}`: client frame types and API calls.
@@ -142,6 +143,11 @@ pub struct Metrics {
     pub relay_interest_ops: IntCounter,
     pub relay_interest_pending: IntGauge,
     pub presence_gone_leaves: IntCounter,
+    pub idempotent_duplicates: IntCounter,
+    pub idempotent_dropped: IntCounter,
+    pub idempotency_keys: IntGauge,
+    pub idempotency_evicted: IntCounter,
+    pub channel_churn_refused: IntCounter,
     pub http_connections: IntGaugeVec,
     pub http_refused: IntCounterVec,
     pub http_timeouts: IntCounterVec,
@@ -370,6 +376,31 @@ impl Metrics {
                 &r,
                 "pubmesh_presence_gone_leaves_total",
                 "Presence leave events sent for members of nodes declared gone",
+            ),
+            idempotent_duplicates: counter(
+                &r,
+                "pubmesh_idempotent_duplicates_total",
+                "Keyed publishes answered as duplicates of an earlier one (nothing sent again)",
+            ),
+            idempotent_dropped: counter(
+                &r,
+                "pubmesh_idempotent_dropped_total",
+                "Keyed deliveries from other nodes dropped because their key was delivered before",
+            ),
+            idempotency_keys: gauge(
+                &r,
+                "pubmesh_idempotency_keys",
+                "Idempotency keys this node remembers",
+            ),
+            idempotency_evicted: counter(
+                &r,
+                "pubmesh_idempotency_evicted_total",
+                "Idempotency keys forgotten before their window ended (--idempotency-max-bytes)",
+            ),
+            channel_churn_refused: counter(
+                &r,
+                "pubmesh_channel_churn_refused_total",
+                "Subscribes refused because the socket changed too many distinct channels (--client-channel-churn)",
             ),
             http_connections: {
                 let g = IntGaugeVec::new(

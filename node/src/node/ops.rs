@@ -17,6 +17,7 @@ use crate::codec::{Codec, Recipient, Slot};
 use crate::conn::{Conn, ConnState, Identity};
 use crate::delivery::{Delivery, DeliveryKind, Position, Target};
 use crate::history::HistoryPage;
+use crate::idempotency::Publisher;
 use crate::outbox::{CloseReason, Outbox};
 use crate::policy::{self, ChannelOptions, Claims};
 use crate::presence::PresenceEntry;
@@ -163,6 +164,7 @@ impl Node {
                 allowed_channels: identity.channels.map(Arc::from),
                 info: identity.info.map(Arc::from),
                 positioned: HashMap::new(),
+                churn: Default::default(),
             }),
             permit: Mutex::new(admission.permit),
         });
@@ -199,12 +201,14 @@ impl Node {
     /// namespace (else `--client-channel-publish`), users and clients per
     /// `--client-user-publish` / `--client-client-publish`.
     /// With `confirm`, waits for the relay's outcome (the reply then says
-    /// whether the other nodes got it).
+    /// whether the other nodes got it). An idempotency `key` is scoped to
+    /// the socket's user when it is authenticated, else to the connection.
     pub async fn client_publish(
         &self,
         conn: &Conn,
         mut delivery: Delivery,
         confirm: bool,
+        key: Option<&str>,
     ) -> Result<Published, MeshError> {
         match &delivery.target {
             Target::Channels(channels) => {
@@ -230,14 +234,23 @@ impl Node {
             }
         }
         delivery.origin = Some(conn.client_id.clone());
-        match (&delivery.target, confirm) {
-            (Target::Channels(_), false) => self.publish_channels(delivery, Scope::Cluster).await,
-            (Target::Channels(_), true) => {
-                self.publish_channels_confirmed(delivery, Scope::Cluster)
-                    .await
-            }
-            (_, false) => Ok(self.publish(delivery, Scope::Cluster)),
-            (_, true) => Ok(self.publish_confirmed(delivery, Scope::Cluster).await),
+        if let Some(key) = key {
+            let (authenticated, root) = {
+                let state = conn.state.lock();
+                (state.authenticated, state.root_id.clone())
+            };
+            let publisher = if authenticated {
+                Publisher::User(&root)
+            } else {
+                Publisher::Connection(&conn.client_id)
+            };
+            delivery.idempotency = Some(crate::idempotency::scoped(publisher, key));
+        }
+        if confirm {
+            self.publish_channels_confirmed(delivery, Scope::Cluster)
+                .await
+        } else {
+            self.publish_channels(delivery, Scope::Cluster).await
         }
     }
 
@@ -267,6 +280,13 @@ impl Node {
             options.push(o);
         }
         let joined: Vec<bool> = channels.iter().map(|c| !conn.is_member(c)).collect();
+        let fresh: Vec<&str> = channels
+            .iter()
+            .zip(&joined)
+            .filter(|(_, new)| **new)
+            .map(|(c, _)| c.as_str())
+            .collect();
+        self.may_churn(conn, &fresh)?;
         {
             // Before joining, so live publications are caught from the start.
             let mut state = conn.state.lock();
@@ -292,6 +312,7 @@ impl Node {
                 return Err(MeshError::TooManyChannels(limit));
             }
         };
+        conn.state.lock().churn.record(fresh.iter().copied());
         // The join is answered (and history read) only once the broker sends
         // this node the new channels: a publish after the reply, or after the
         // history read, is never lost to a subscription still on its way.
@@ -422,6 +443,8 @@ impl Node {
             for c in &leaving {
                 state.positioned.remove(c.as_str());
             }
+            // A leave is never refused, but it counts.
+            state.churn.record(leaving.iter().map(String::as_str));
         }
         if let Some(frame) = reply() {
             self.send(conn, frame);

@@ -5,7 +5,9 @@
 //!   the WebSocket owns the socket, so one permit covers the handshake and
 //!   the connection after it. Pending handshakes, API and health requests and
 //!   idle keep-alive connections count like WebSockets. Over the cap a
-//!   connection gets a `503` with a JSON body and is closed.
+//!   connection waits up to [`WAIT_FOR_PLACE`] for a place (one that is
+//!   closing gives it back), then gets a `503` with a JSON body and is
+//!   closed.
 //! - **Deadlines.** A request's head must arrive within the header timeout
 //!   (hyper's header read timeout, which also runs while a keep-alive
 //!   connection waits for its next request). The front-ends and the API
@@ -54,9 +56,66 @@ pub struct Accepted {
     pub counted: bool,
 }
 
-/// Refusals being written at once; beyond, a refused connection is just
-/// closed (the cap protects file descriptors, refusals must not eat them).
-const MAX_REFUSING: usize = 64;
+/// Connections waiting for a place at a full cap, or being refused, at
+/// once; beyond, a connection over the cap is just closed (the cap protects
+/// file descriptors, and waiting ones hold some).
+const MAX_WAITING: usize = 64;
+
+/// How long a connection over the cap waits for a place before it is
+/// refused: a connection that is closing gives its place back within it.
+pub const WAIT_FOR_PLACE: Duration = Duration::from_secs(1);
+
+/// What every connection task of one listener shares.
+#[derive(Clone)]
+struct Listener {
+    router: Router,
+    bounds: Bounds,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    /// Held by every connection task, so the listener knows when all ended.
+    open: watch::Receiver<()>,
+}
+
+impl Listener {
+    fn start(&self, tcp: TcpStream, permit: Option<OwnedSemaphorePermit>) {
+        set_options(&tcp, &self.bounds);
+        let accepted = Accepted {
+            counted: permit.is_some(),
+        };
+        let io = Held {
+            tcp,
+            _permit: permit,
+        };
+        tokio::spawn(connection(io, accepted, self.clone()));
+    }
+
+    /// Over the cap: wait a moment for a place, else answer 503 and close.
+    fn wait_or_refuse(&self, tcp: TcpStream, permits: Arc<Semaphore>, waiting: &Arc<Semaphore>) {
+        let Ok(slot) = waiting.clone().try_acquire_owned() else {
+            self.refused();
+            return drop(tcp);
+        };
+        let listener = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(WAIT_FOR_PLACE, permits.acquire_owned()).await {
+                Ok(Ok(permit)) => listener.start(tcp, Some(permit)),
+                _ => {
+                    listener.refused();
+                    refuse(tcp, listener.bounds.label).await;
+                }
+            }
+            drop(slot);
+        });
+    }
+
+    fn refused(&self) {
+        let label = self.bounds.label;
+        self.metrics.http_refused.with_label_values(&[label]).inc();
+        if label == "client" {
+            self.metrics.errors.with_label_values(&["capacity"]).inc();
+        }
+    }
+}
 
 /// Serve `router` on `listener` until `shutdown` completes; then stop
 /// accepting, ask open HTTP connections to finish their current request,
@@ -68,9 +127,16 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (open_tx, open_rx) = watch::channel(());
-    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let (stop_tx, stop) = watch::channel(false);
+    let (open_tx, open) = watch::channel(());
+    let shared = Listener {
+        router,
+        bounds,
+        metrics,
+        stop,
+        open,
+    };
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     tokio::pin!(shutdown);
     loop {
         let tcp = tokio::select! {
@@ -83,66 +149,30 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let permit = match &bounds.permits {
-            None => None,
+        match &shared.bounds.permits {
+            None => shared.start(tcp, None),
             Some(permits) => match permits.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    metrics
-                        .http_refused
-                        .with_label_values(&[bounds.label])
-                        .inc();
-                    if bounds.label == "client" {
-                        metrics.errors.with_label_values(&["capacity"]).inc();
-                    }
-                    match refusing.clone().try_acquire_owned() {
-                        Ok(slot) => {
-                            tokio::spawn(async move {
-                                refuse(tcp).await;
-                                drop(slot);
-                            });
-                        }
-                        Err(_) => drop(tcp),
-                    }
-                    continue;
-                }
+                Ok(permit) => shared.start(tcp, Some(permit)),
+                Err(_) => shared.wait_or_refuse(tcp, permits.clone(), &waiting),
             },
-        };
-        set_options(&tcp, &bounds);
-        let accepted = Accepted {
-            counted: permit.is_some(),
-        };
-        let io = Held {
-            tcp,
-            _permit: permit,
-        };
-        tokio::spawn(connection(
-            io,
-            accepted,
-            router.clone(),
-            bounds.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-            open_rx.clone(),
-        ));
+        }
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    drop(open_rx);
+    drop(shared);
     // Every connection task holds a receiver until it ends.
     open_tx.closed().await;
 }
 
 /// One HTTP connection, until it ends or is upgraded.
-async fn connection(
-    io: Held,
-    accepted: Accepted,
-    router: Router,
-    bounds: Bounds,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-    _open: watch::Receiver<()>,
-) {
+async fn connection(io: Held, accepted: Accepted, listener: Listener) {
+    let Listener {
+        router,
+        bounds,
+        metrics,
+        mut stop,
+        open: _open,
+    } = listener;
     let gauge = metrics.http_connections.with_label_values(&[bounds.label]);
     gauge.inc();
     let service = TowerToHyperService::new(router);
@@ -175,12 +205,18 @@ async fn connection(
 /// The reply to a connection over the cap: a `503` with a JSON body, then
 /// close. What the client sent is read (and dropped) for a moment so the
 /// close does not reset the connection before the client reads the reply.
-async fn refuse(mut tcp: TcpStream) {
-    const BODY: &str = r#"{"error":"connection limit reached","code":"capacity"}"#;
+async fn refuse(mut tcp: TcpStream, label: &str) {
+    let message = if label == "admin" {
+        "the admin listener holds its maximum of connections (--max-admin-connections)"
+    } else {
+        // The same words as the node's own capacity error.
+        "the node holds its maximum of connections (--max-connections)"
+    };
+    let body = crate::http_error::body(message, "capacity");
     let reply = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     );
     let _ = tcp.set_nodelay(true);
     let said = async {
