@@ -118,7 +118,7 @@ async fn half_sent_requests_are_closed_within_the_header_timeout() {
 async fn pending_handshakes_fill_the_cap_and_are_refused_until_they_time_out() {
     const CAP: usize = 10;
     // Long enough for the checks below on a busy machine, short for the test.
-    let header = patience(6).as_secs().max(6).to_string();
+    let header = patience(10).as_secs().max(10).to_string();
     let admin = format!("127.0.0.1:{}", free_port());
     let node = Node::start(&[
         "--max-connections",

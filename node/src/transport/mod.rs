@@ -219,6 +219,9 @@ pub async fn run<S, T>(
         outbox.close(CloseReason::Disconnected);
         session.on_close(closed_by_server).await;
         send_close(&mut sink, CloseReason::PingTimeout).await;
+        // A peer that was only stalled gets to read it (and its pongs do
+        // not meet a closed socket, which would reset the connection).
+        until_close_reply(&mut stream).await;
         return;
     }
     match closed_by_server {
@@ -231,20 +234,28 @@ pub async fn run<S, T>(
         // We sent a close frame: read (and drop) what the client still sends
         // until its close reply, so closing the socket does not reset the
         // connection before the client has read our close frame.
-        Some(_) => {
-            let drain = async {
-                while let Some(Ok(message)) = stream.next().await {
-                    if message.is_close() {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-        }
+        Some(_) => until_close_reply(&mut stream).await,
     }
     // Whatever is left in the outbox is dropped with the connection.
     outbox.close(CloseReason::Disconnected);
     session.on_close(closed_by_server).await;
+}
+
+/// After our close frame: read (and drop) what the client still sends until
+/// its close reply, for at most 2 s, so closing the socket does not reset
+/// the connection before the client has read the close frame.
+async fn until_close_reply<R>(stream: &mut R)
+where
+    R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 /// Drain the outbox until it closes, and send pings on their schedule;
