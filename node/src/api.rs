@@ -110,6 +110,7 @@ fn admin_routes(node: &Arc<Node>) -> Router<Arc<Node>> {
         .route("/api/channels", get(channels))
         .route("/api/history", get(history))
         .route("/api/presence", get(presence))
+        .route_layer(middleware::from_fn_with_state(node.clone(), body_within))
         .route_layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(DefaultBodyLimit::max(node.config.max_message_size))
         .route("/metrics", get(metrics))
@@ -158,6 +159,47 @@ async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next
         .with_label_values(&[&route])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// An API request's body must arrive within `--handshake-timeout-seconds`
+/// of its head: a body sent byte by byte would hold the connection (and its
+/// place under the listener's cap) for as long as the sender likes.
+async fn body_within(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let within = node.config.connections.handshake_timeout;
+    let limit = node.config.max_message_size;
+    match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(e)) => {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_big {
+                HttpError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the request body is larger than --max-message-size ({limit} bytes)"),
+                )
+            } else {
+                bad(format!("cannot read the request body: {e}"))
+            }
+            .into_response()
+        }
+        Err(_) => {
+            node.metrics
+                .http_timeouts
+                .with_label_values(&["handshake"])
+                .inc();
+            HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request body did not arrive within {} s (--handshake-timeout-seconds)",
+                    within.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {

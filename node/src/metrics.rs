@@ -33,6 +33,7 @@ pub mod labels {
         "rate_limited",
         "invalid_utf8",
         "protocol_error",
+        "ping_timeout",
         "heartbeat_timeout",
         "bad_frame",
     ];
@@ -101,6 +102,11 @@ pub mod labels {
     ];
     /// `pubmesh_recoveries_total{result}`.
     pub const RECOVERY_RESULTS: &[&str] = &["ok", "failed"];
+    /// `listener` of `pubmesh_http_connections` and `pubmesh_http_refused_total`.
+    pub const LISTENERS: &[&str] = &["client", "admin"];
+    /// `pubmesh_http_timeouts_total{phase}`: a request's head (`header`), or
+    /// its upgrade or body (`handshake`), did not arrive in time.
+    pub const HTTP_TIMEOUT_PHASES: &[&str] = &["header", "handshake"];
 }
 
 /// The node's metrics. Cheap to clone handles live inside; share it in an `Arc`.
@@ -150,6 +156,9 @@ pub struct Metrics {
     pub idempotency_keys: IntGauge,
     pub idempotency_evicted: IntCounter,
     pub channel_churn_refused: IntCounter,
+    pub http_connections: IntGaugeVec,
+    pub http_refused: IntCounterVec,
+    pub http_timeouts: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -402,6 +411,30 @@ impl Metrics {
                 "pubmesh_channel_churn_refused_total",
                 "Subscribes refused because the socket changed too many distinct channels (--client-channel-churn)",
             ),
+            http_connections: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "pubmesh_http_connections",
+                        "Open TCP connections still speaking HTTP (before an upgrade, API and health requests, idle keep-alive), by listener",
+                    ),
+                    &["listener"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            http_refused: counter_vec(
+                &r,
+                "pubmesh_http_refused_total",
+                "TCP connections refused at the listener's cap (--max-connections, --max-admin-connections)",
+                "listener",
+            ),
+            http_timeouts: counter_vec(
+                &r,
+                "pubmesh_http_timeouts_total",
+                "HTTP connections closed because a request's head (header) or its upgrade or body (handshake) came too late",
+                "phase",
+            ),
             registry: r,
         };
         m.ready.set(1);
@@ -420,7 +453,7 @@ impl Metrics {
     /// node at rest exposes them all and `rate()` has a baseline from the
     /// first scrape (a series born at its first event hides that event).
     fn init_series(&self) {
-        let sets: [(&IntCounterVec, &[&str]); 8] = [
+        let sets: [(&IntCounterVec, &[&str]); 10] = [
             (&self.connections_closed, labels::CLOSED_REASONS),
             (&self.dropped, labels::DROPPED_REASONS),
             (&self.errors, labels::ERROR_CODES),
@@ -429,6 +462,8 @@ impl Metrics {
             (&self.relay_published, labels::ENVELOPE_KINDS),
             (&self.relay_received, labels::ENVELOPE_KINDS),
             (&self.relay_dropped, labels::RELAY_DROPPED_REASONS),
+            (&self.http_refused, labels::LISTENERS),
+            (&self.http_timeouts, labels::HTTP_TIMEOUT_PHASES),
         ];
         for (vec, values) in sets {
             for value in values {
@@ -437,6 +472,9 @@ impl Metrics {
         }
         for result in labels::RECOVERY_RESULTS {
             self.recoveries.with_label_values(&[result]);
+        }
+        for listener in labels::LISTENERS {
+            self.http_connections.with_label_values(&[listener]);
         }
     }
 

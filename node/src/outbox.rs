@@ -32,6 +32,9 @@ pub enum CloseReason {
     /// A WebSocket protocol violation (reserved opcode or bits, unmasked
     /// client frame, bad control frame): 1002.
     ProtocolError,
+    /// Nothing from the client within `--pong-timeout-seconds` of a ping
+    /// (or for the ping interval plus that): 4010.
+    PingTimeout,
     /// A Phoenix socket sent nothing (not even a heartbeat) for
     /// `--phoenix-heartbeat-timeout-ms`: 4408.
     HeartbeatTimeout,
@@ -51,6 +54,7 @@ impl CloseReason {
             CloseReason::Disconnected => 4002,
             CloseReason::SlowConsumer => 4008,
             CloseReason::RateLimited => 4029,
+            CloseReason::PingTimeout => 4010,
             CloseReason::HeartbeatTimeout => 4408,
             CloseReason::BadFrame => 4400,
         }
@@ -67,6 +71,7 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limited",
+            CloseReason::PingTimeout => "ping timeout",
             CloseReason::HeartbeatTimeout => "heartbeat timeout",
             CloseReason::BadFrame => "bad frame",
         }
@@ -83,6 +88,7 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::PingTimeout => "ping_timeout",
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
             CloseReason::BadFrame => "bad_frame",
         }

@@ -134,6 +134,8 @@ async fn websocket(
             burst: node.config.client_burst,
             flush_window: node.config.flush_window,
             tick: Some(PhoenixSession::tick(node.config.phoenix.heartbeat_timeout)),
+            // Phoenix clients prove they are alive with heartbeats.
+            liveness: None,
         };
         let session = PhoenixSession::new(node.clone(), conn.clone(), vsn);
         transport::run(socket, &conn.outbox, session, settings).await;
