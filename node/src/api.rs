@@ -110,6 +110,7 @@ fn admin_routes(node: &Arc<Node>) -> Router<Arc<Node>> {
         .route("/api/channels", get(channels))
         .route("/api/history", get(history))
         .route("/api/presence", get(presence))
+        .route_layer(middleware::from_fn_with_state(node.clone(), body_within))
         .route_layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(DefaultBodyLimit::max(node.config.max_message_size))
         .route("/metrics", get(metrics))
@@ -160,6 +161,47 @@ async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next
     response
 }
 
+/// An API request's body must arrive within `--handshake-timeout-seconds`
+/// of its head: a body sent byte by byte would hold the connection (and its
+/// place under the listener's cap) for as long as the sender likes.
+async fn body_within(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let within = node.config.connections.handshake_timeout;
+    let limit = node.config.max_message_size;
+    match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(e)) => {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_big {
+                HttpError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the request body is larger than --max-message-size ({limit} bytes)"),
+                )
+            } else {
+                bad(format!("cannot read the request body: {e}"))
+            }
+            .into_response()
+        }
+        Err(_) => {
+            node.metrics
+                .http_timeouts
+                .with_label_values(&["handshake"])
+                .inc();
+            HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request body did not arrive within {} s (--handshake-timeout-seconds)",
+                    within.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
+}
+
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
@@ -199,6 +241,10 @@ struct NotifyChannels {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    /// The event name for protocols that name events (Phoenix); the native
+    /// protocol ignores it.
+    #[serde(default)]
+    event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
 }
@@ -287,14 +333,16 @@ async fn notify_channels(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    publish(
-        &node,
-        Target::Channels(req.channel_ids),
-        frame,
-        req.local,
-        key,
-    )
-    .await
+    let mut delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
+    delivery.idempotency = key;
+    if let Some(event) = &req.event {
+        crate::limits::event_name(event).map_err(|m| bad(format!("event: {m}")))?;
+        delivery.event = Some(Arc::from(event.as_str()));
+    }
+    node.publish_channels_confirmed(delivery, scope(req.local))
+        .await
+        .map(Json)
+        .map_err(mesh_error)
 }
 
 async fn notify_users(

@@ -50,7 +50,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -184,37 +183,56 @@ pub async fn run_with_admin(
     if node.auth.enabled() {
         tokio::spawn(node::expire_tokens(node.clone(), Duration::from_secs(1)));
     }
+    let conns = node.config.connections;
+    let bounds = |label, permits| transport::listener::Bounds {
+        label,
+        permits,
+        header_timeout: conns.header_timeout,
+        tcp_keepalive: conns.tcp_keepalive,
+        // Sent data unacknowledged for as long as a ping may go unanswered
+        // means a dead peer, on any transport (SSE has no pongs).
+        user_timeout: conns.liveness.map(|l| l.bound()),
+    };
     let app = match admin {
         Some(admin) => {
             let admin_app = api::admin_router(node.clone());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(admin, admin_app).await {
-                    tracing::error!(error = %e, "admin listener failed");
-                }
-            });
+            let admin_bounds = bounds(
+                "admin",
+                Some(Arc::new(tokio::sync::Semaphore::new(
+                    conns.max_admin_connections,
+                ))),
+            );
+            let metrics = node.metrics.clone();
+            tokio::spawn(transport::listener::serve(
+                admin,
+                admin_app,
+                admin_bounds,
+                metrics,
+                std::future::pending(),
+            ));
             api::client_router(node.clone())
         }
         None => api::router(node.clone()),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_node = node.clone();
-    // Small frames must not wait for Nagle's algorithm (40 ms stalls).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        shutdown::drain(&drain_node).await;
-        let _ = stop_tx.send(());
-    });
-    let served = tokio::spawn(async move { server.await });
+    let server = transport::listener::serve(
+        listener,
+        app,
+        bounds("client", node.connection_permits()),
+        node.metrics.clone(),
+        async move {
+            shutdown.await;
+            shutdown::drain(&drain_node).await;
+            let _ = stop_tx.send(());
+        },
+    );
+    let served = tokio::spawn(server);
     let _ = stop_rx.await;
     node.relay().shutdown().await;
     // In-flight HTTP requests get a moment; sockets are already closed.
     match tokio::time::timeout(Duration::from_secs(2), served).await {
-        Ok(Ok(result)) => result?,
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("HTTP server did not stop within 2 s; exiting anyway"),
     }

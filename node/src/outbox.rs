@@ -32,6 +32,15 @@ pub enum CloseReason {
     /// A WebSocket protocol violation (reserved opcode or bits, unmasked
     /// client frame, bad control frame): 1002.
     ProtocolError,
+    /// Nothing from the client within `--pong-timeout-seconds` of a ping
+    /// (or for the ping interval plus that): 4010.
+    PingTimeout,
+    /// A Phoenix socket sent nothing (not even a heartbeat) for
+    /// `--phoenix-heartbeat-timeout-ms`: 4408.
+    HeartbeatTimeout,
+    /// A frame the socket's protocol cannot read at all (e.g. a Phoenix
+    /// frame that is not a 5-element array): 4400.
+    BadFrame,
 }
 
 impl CloseReason {
@@ -45,6 +54,9 @@ impl CloseReason {
             CloseReason::Disconnected => 4002,
             CloseReason::SlowConsumer => 4008,
             CloseReason::RateLimited => 4029,
+            CloseReason::PingTimeout => 4010,
+            CloseReason::HeartbeatTimeout => 4408,
+            CloseReason::BadFrame => 4400,
         }
     }
 
@@ -59,6 +71,9 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limited",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::HeartbeatTimeout => "heartbeat timeout",
+            CloseReason::BadFrame => "bad frame",
         }
     }
 
@@ -73,6 +88,9 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::BadFrame => "bad_frame",
         }
     }
 }

@@ -365,7 +365,7 @@ fn client_frames_never_break_the_session_or_its_replies() {
     }
 }
 
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 19] = [
     "listen",
     "node_id",
     "api_key",
@@ -382,6 +382,9 @@ const KEYS: [&str; 16] = [
     "idempotency_max_bytes",
     "client_channel_churn",
     "client_channel_churn_seconds",
+    "ping_interval_seconds",
+    "header_timeout_seconds",
+    "phoenix_heartbeat_timeout_ms",
 ];
 
 fn toml_value() -> impl Strategy<Value = String> {

@@ -669,6 +669,7 @@ fn every_error_code_is_documented() {
         "method_not_allowed",
         "too_large",
         "relay_unavailable",
+        "timeout",
     ]);
     for code in codes {
         assert!(

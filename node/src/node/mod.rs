@@ -79,7 +79,9 @@ pub struct Node {
     history: Arc<dyn History>,
     /// Channel presence (memory or Redis).
     presence: Arc<dyn Presence>,
-    /// One permit per connection (`--max-connections`), taken at admission.
+    /// One permit per connection (`--max-connections`): taken by the client
+    /// listener when it accepts a socket (or at admission for a connection
+    /// that did not come through it).
     permits: Option<Arc<Semaphore>>,
     started: Instant,
     /// Set once when a drain starts; read by /readyz and the accept path.
@@ -139,6 +141,12 @@ impl Node {
     /// The relay, for start-up and shutdown.
     pub fn relay(&self) -> &Arc<dyn Relay> {
         &self.relay
+    }
+
+    /// The connection cap's semaphore, for the listener that takes a permit
+    /// per accepted socket (`None` without `--max-connections`).
+    pub fn connection_permits(&self) -> Option<Arc<Semaphore>> {
+        self.permits.clone()
     }
 
     /// Connection permits not taken (`None` without `--max-connections`).

@@ -81,8 +81,17 @@ impl Node {
     /// May a new connection come in? Takes a connection permit, so a burst
     /// of upgrades cannot exceed `--max-connections`.
     pub fn admit(&self) -> Result<Admission, MeshError> {
+        self.admit_socket(false)
+    }
+
+    /// Like [`Node::admit`] for a socket whose listener already took its
+    /// permit when it accepted it (the socket holds it until it closes).
+    pub fn admit_socket(&self, holds_permit: bool) -> Result<Admission, MeshError> {
         if self.is_draining() {
             return Err(MeshError::Draining);
+        }
+        if holds_permit {
+            return Ok(Admission { permit: None });
         }
         let permit = match &self.permits {
             None => None,
@@ -355,6 +364,7 @@ impl Node {
             let to = Recipient {
                 client_id: &conn.client_id,
                 positioned: true,
+                member_of: None,
             };
             let encode = |d: &Delivery, frames: &mut Vec<Utf8Bytes>| {
                 let slot = conn.codec.slot(d, &to);

@@ -72,7 +72,11 @@ async fn websocket(
     mut request: Request,
     codec: Arc<dyn Codec>,
 ) -> Response {
-    let admission = match node.admit() {
+    let holds_permit = request
+        .extensions()
+        .get::<transport::Accepted>()
+        .is_some_and(|a| a.counted);
+    let admission = match node.admit_socket(holds_permit) {
         Ok(admission) => admission,
         Err(e) => {
             return HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
@@ -110,10 +114,20 @@ async fn websocket(
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = transport::socket_config(node.config.max_message_size);
+    let deadline = node.config.connections.handshake_timeout;
     tokio::spawn(async move {
-        let Some(socket) = transport::upgraded(on_upgrade, config).await else {
-            return;
-        };
+        let socket =
+            match tokio::time::timeout(deadline, transport::upgraded(on_upgrade, config)).await {
+                Ok(Some(socket)) => socket,
+                Ok(None) => return,
+                Err(_) => {
+                    node.metrics
+                        .http_timeouts
+                        .with_label_values(&["handshake"])
+                        .inc();
+                    return;
+                }
+            };
         let node_id = node.node_id().to_string();
         let conn = node
             .open(admission, identity, codec, Some(home), |conn| {
@@ -125,6 +139,7 @@ async fn websocket(
             burst: node.config.client_burst,
             flush_window: node.config.flush_window,
             tick: None,
+            liveness: node.config.connections.liveness,
         };
         let session = NativeSession::new(node.clone(), conn.clone());
         transport::run(socket, &conn.outbox, session, settings).await;
