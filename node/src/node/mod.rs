@@ -7,6 +7,8 @@
 
 mod error;
 mod hub;
+mod identity;
+mod join;
 mod ops;
 mod tasks;
 
@@ -18,7 +20,8 @@ use tokio::sync::Semaphore;
 
 pub use error::MeshError;
 pub use hub::HubCounts;
-pub use ops::{Admission, JoinRequest, Joined, Read};
+pub use join::{JoinRequest, Joined};
+pub use ops::{Admission, Read};
 pub use tasks::{expire_tokens, refresh_presence};
 
 use crate::auth::Authenticator;
