@@ -9,7 +9,9 @@
 
 use std::io::Write;
 
-use pubmesh_tests::harness::{cluster_slot, eventually, patience, temp_dir, Client, Node, Redis};
+use pubmesh_tests::harness::{
+    cluster_slot, eventually, patience, redis_cmd, temp_dir, Client, Node, Redis,
+};
 use pubmesh_tests::proxy::Proxy;
 use serde_json::{json, Value};
 
@@ -294,6 +296,13 @@ async fn a_recovery_backlog_beyond_the_outbox_bound_closes_with_4008() {
     let mut watcher = a.client("").await;
     let reply = subscribe(&mut watcher, json!({"channel_ids": ["h:slow"]}), "w").await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
+    // (The reply waits at most 2 s for A's Redis subscription; on a loaded
+    // machine it may take longer.)
+    eventually("A subscribed to h:slow in Redis", patience(20), || async {
+        let reply = redis_cmd(redis.port, &["PUBSUB", "NUMSUB", "pubmesh.ch.{h:slow}"]).await?;
+        reply.ends_with(":1\r\n").then_some(())
+    })
+    .await;
     publish(&b, "h:slow", json!({"n": 0})).await;
     assert_eq!(watcher.recv().await, json!({"n": 0}));
     let (_, page) = b.get("/api/history?channel=h:slow").await;
