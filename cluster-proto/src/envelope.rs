@@ -224,7 +224,8 @@ pub struct Delivery {
 
 /// What version 2 adds to a delivery or publication, so that each node can
 /// encode it for any wire protocol: the msgpack array
-/// `[channel, event, kind, origin_client, audience]`.
+/// `[channel, event, kind, origin_client, audience]`, followed by
+/// `idempotency` when the publish carried a key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extra {
     /// The channel, when the message was published to exactly one channel.
@@ -238,6 +239,12 @@ pub struct Extra {
     /// Opaque per-message audience or metadata (e.g. claims a receiving
     /// session filters on); pubmesh carries it unread.
     pub audience: Option<Bytes>,
+    /// The publisher's scoped idempotency key, when the publish carried one:
+    /// a receiver delivers each key once. Written only when present (a sixth
+    /// element), so envelopes without one are byte for byte those of
+    /// earlier builds, and their five-element `Extra` decodes with `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<String>,
 }
 
 /// The recipients of a [`Delivery`].

@@ -37,6 +37,7 @@ fn golden() -> Vec<(&'static str, Envelope, &'static str)> {
         kind: 1,
         origin_client: Some("c1".into()),
         audience: Some(Bytes::from_static(b"x")),
+        idempotency: None,
     };
     vec![
         (
@@ -154,6 +155,23 @@ fn golden() -> Vec<(&'static str, Envelope, &'static str)> {
              95a161a2657601a26331c40178",
         ),
         (
+            // A keyed publish: `Extra` gains a sixth element.
+            "deliver v2 with an idempotency key",
+            env2(Body::Deliver(Delivery {
+                targets: Targets::Channels(vec!["a".into()]),
+                frame: Bytes::from_static(b"{}"),
+                exclude_client: None,
+                extra: Extra {
+                    idempotency: Some("api\nk".into()),
+                    ..Extra::default()
+                },
+            })),
+            "504d000201\
+             94a26e3107cf00060a24181e4000\
+             94920191a161c4027b7dc0\
+             96c0c000c0c0a56170690a6b",
+        ),
+        (
             "deliver v2 plain",
             env2(Body::Deliver(Delivery {
                 targets: Targets::All,
@@ -265,7 +283,11 @@ fn version_1_and_2_decode_to_the_same_message() {
     // The same "deliver all" in both layouts: v1 has no extra, so it decodes
     // with the default one; v2 carries it explicitly.
     let v1 = decode(&unhex(golden()[3].2)).expect("v1 decodes");
-    let v2 = decode(&unhex(golden()[11].2)).expect("v2 decodes");
+    let plain = golden()
+        .into_iter()
+        .find(|(name, _, _)| *name == "deliver v2 plain")
+        .expect("in the set");
+    let v2 = decode(&unhex(plain.2)).expect("v2 decodes");
     assert_eq!((v1.version, v2.version), (1, 2));
     assert_eq!(v1.body, v2.body);
     // Encoding keeps each envelope's version, so a v1 envelope re-encodes to

@@ -39,7 +39,8 @@ NODE_METRICS = {
     "pubmesh_relay_subscriptions", "pubmesh_relay_resubscribes_total",
     "pubmesh_relay_dropped_total", "pubmesh_relay_peers",
     "pubmesh_history_appends_total", "pubmesh_history_reads_total", "pubmesh_recoveries_total",
-    "pubmesh_presence_entries",
+    "pubmesh_presence_entries", "pubmesh_http_connections", "pubmesh_http_refused_total",
+    "pubmesh_http_timeouts_total",
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_virtual_memory_bytes",
     "process_open_fds", "process_max_fds", "process_start_time_seconds",
 }

@@ -196,9 +196,10 @@ def test_pod_runs_the_node_as_the_cluster_needs(values_file):
         assert name.startswith("PUBMESH_"), name
 
     # probes
-    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    # liveness on the admin port: a client port at --max-connections refuses
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "admin"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["startupProbe"]["httpGet"]["path"] == "/livez"
+    assert c["startupProbe"]["httpGet"] == {"path": "/livez", "port": "admin"}
 
     # grace covers preStop + drain with a margin, and the node gets the same drain
     drain = merged["drainSeconds"]

@@ -53,7 +53,7 @@ def test_compose_runs_three_nodes_redis_prometheus_and_grafana():
         assert env["PUBMESH_NODE_ID"] == f"node{i}"
         assert env["PUBMESH_REDIS_URL"] == "redis://redis:6379"
         assert env["PUBMESH_LISTEN"] == "0.0.0.0:8000"
-        assert node["ports"] == [f"127.0.0.1:800{i}:8000"]
+        assert node["ports"] == [f"127.0.0.1:800{i}:8000", f"127.0.0.1:900{i}:9000"]
         assert node["build"]["dockerfile"] == "deploy/docker/Dockerfile"
         assert (DOCKER / node["build"]["context"]).resolve() == REPO
         assert node["read_only"] is True and node["cap_drop"] == ["ALL"]
@@ -62,6 +62,25 @@ def test_compose_runs_three_nodes_redis_prometheus_and_grafana():
     for svc in services.values():
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), port
+
+
+def test_compose_serves_the_api_and_metrics_on_an_admin_port_as_the_chart_does():
+    """The client port carries WebSocket and health only; the server API and
+    /metrics are on --admin-listen, published apart and scraped there."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    admin_port = values["adminPort"]
+    services = compose()["services"]
+    for i in (1, 2, 3):
+        node = services[f"node{i}"]
+        env = node["environment"]
+        listen_port = int(env["PUBMESH_LISTEN"].rsplit(":", 1)[1])
+        assert env["PUBMESH_ADMIN_LISTEN"] == f"0.0.0.0:{admin_port}"
+        assert admin_port != listen_port
+        published = {p.rsplit(":", 1)[1]: p for p in node["ports"]}
+        assert set(published) == {str(listen_port), str(admin_port)}, node["ports"]
+        assert published[str(admin_port)].startswith("127.0.0.1:")
+    scrape = yaml.safe_load((DOCKER / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert scrape["static_configs"][0]["targets"] == [f"node{i}:{admin_port}" for i in (1, 2, 3)]
 
 
 def test_compose_env_names_are_flags_the_node_knows():
@@ -94,7 +113,7 @@ def test_compose_prometheus_config_is_valid_with_the_alerts_next_to_it(promtool,
     assert result.returncode == 0, result.stdout + result.stderr
     scraped = yaml.safe_load(config.read_text())["scrape_configs"][0]
     assert scraped["job_name"] == "pubmesh"
-    assert scraped["static_configs"][0]["targets"] == ["node1:8000", "node2:8000", "node3:8000"]
+    assert scraped["static_configs"][0]["targets"] == ["node1:9000", "node2:9000", "node3:9000"]
 
 
 def test_grafana_provisioning_points_at_prometheus_and_the_dashboards():

@@ -21,46 +21,67 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::delivery::{Delivery, Target};
 use crate::frontend::registry::frontends;
+use crate::http_error::HttpError;
 use crate::node::{MeshError, Node, Published, Read, Scope};
 
-/// An API error: status, stable code, message.
-pub struct ApiError(StatusCode, &'static str, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.2, "code": self.1}))).into_response()
-    }
-}
+type ApiError = HttpError;
 
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, "bad_request", message.into())
+    HttpError::bad_request(message)
+}
+
+/// The HTTP status of a mesh error answered by the API.
+fn mesh_error(e: MeshError) -> ApiError {
+    let status = match &e {
+        MeshError::BadRequest(_) | MeshError::BadPosition { .. } => StatusCode::BAD_REQUEST,
+        MeshError::TooManyChannels(_) => StatusCode::BAD_REQUEST,
+        MeshError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        MeshError::Unauthorized => StatusCode::UNAUTHORIZED,
+        MeshError::Forbidden(_) => StatusCode::FORBIDDEN,
+        MeshError::NoHistory(_) | MeshError::NoPresence(_) => StatusCode::NOT_FOUND,
+        MeshError::Draining | MeshError::AtCapacity | MeshError::Unavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    HttpError::new(status, e.code(), e.to_string())
+}
+
+/// Every error answer of a listener as JSON (see [`crate::http_error`]).
+fn with_json_errors(router: Router, node: &Node) -> Router {
+    let max = node.config.max_message_size;
+    router.layer(middleware::from_fn(move |request: Request, next: Next| {
+        crate::http_error::json_errors(max, request, next)
+    }))
 }
 
 /// Every route of the node.
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(admin_routes(&node))
         .merge(client_routes(&node))
         .fallback(not_found)
-        .with_state(node)
+        .with_state(node.clone());
+    with_json_errors(router, &node)
 }
 
 /// The client listener when the API and metrics have their own
 /// (`--admin-listen`): the WebSocket endpoint and health only.
 pub fn client_router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(client_routes(&node))
         .fallback(not_found)
-        .with_state(node)
+        .with_state(node.clone());
+    with_json_errors(router, &node)
 }
 
 /// The `--admin-listen` listener: the server API, /metrics and health.
 pub fn admin_router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(admin_routes(&node))
         .merge(health_routes())
         .fallback(not_found)
-        .with_state(node)
+        .with_state(node.clone());
+    with_json_errors(router, &node)
 }
 
 /// Every front-end's routes (from the registry) and health.
@@ -89,13 +110,14 @@ fn admin_routes(node: &Arc<Node>) -> Router<Arc<Node>> {
         .route("/api/channels", get(channels))
         .route("/api/history", get(history))
         .route("/api/presence", get(presence))
+        .route_layer(middleware::from_fn_with_state(node.clone(), body_within))
         .route_layer(middleware::from_fn_with_state(node.clone(), require_key))
         .layer(DefaultBodyLimit::max(node.config.max_message_size))
         .route("/metrics", get(metrics))
 }
 
 async fn not_found() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
 /// Constant-time comparison, so the key cannot be guessed byte by byte.
@@ -123,10 +145,10 @@ async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next
             .errors
             .with_label_values(&["unauthorized"])
             .inc();
-        return ApiError(
+        return HttpError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "missing or wrong API key".into(),
+            "missing or wrong API key",
         )
         .into_response();
     }
@@ -137,6 +159,47 @@ async fn require_key(State(node): State<Arc<Node>>, request: Request, next: Next
         .with_label_values(&[&route])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// An API request's body must arrive within `--handshake-timeout-seconds`
+/// of its head: a body sent byte by byte would hold the connection (and its
+/// place under the listener's cap) for as long as the sender likes.
+async fn body_within(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let within = node.config.connections.handshake_timeout;
+    let limit = node.config.max_message_size;
+    match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(e)) => {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_big {
+                HttpError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the request body is larger than --max-message-size ({limit} bytes)"),
+                )
+            } else {
+                bad(format!("cannot read the request body: {e}"))
+            }
+            .into_response()
+        }
+        Err(_) => {
+            node.metrics
+                .http_timeouts
+                .with_label_values(&["handshake"])
+                .inc();
+            HttpError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request body did not arrive within {} s (--handshake-timeout-seconds)",
+                    within.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -178,6 +241,8 @@ struct NotifyChannels {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +252,8 @@ struct NotifyUsers {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -196,6 +263,8 @@ struct NotifyClients {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -204,6 +273,8 @@ struct Broadcast {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    #[serde(default)]
+    idempotency_key: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +288,34 @@ struct Disconnect {
     local: bool,
 }
 
+/// The body's `idempotency_key`, scoped to the server API.
+fn idempotency(raw: &Option<Box<RawValue>>) -> Result<Option<Arc<str>>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let key = crate::idempotency::key_from_json(raw.get()).map_err(bad)?;
+    Ok(Some(crate::idempotency::scoped(
+        crate::idempotency::Publisher::Api,
+        &key,
+    )))
+}
+
+/// Publish and wait for the outcome; a history store that cannot be
+/// reached is a 503 (the publish may or may not have been appended: retry
+/// with the same `idempotency_key`).
+async fn publish(
+    node: &Node,
+    target: Target,
+    frame: Utf8Bytes,
+    local: bool,
+    key: Option<Arc<str>>,
+) -> Result<Json<Published>, ApiError> {
+    let mut delivery = Delivery::new(target, frame);
+    delivery.idempotency = key;
+    node.publish_channels_confirmed(delivery, scope(local))
+        .await
+        .map(Json)
+        .map_err(mesh_error)
+}
+
 fn count(node: &Node, kind: &str) {
     node.metrics.messages_in.with_label_values(&[kind]).inc();
 }
@@ -227,13 +326,17 @@ async fn notify_channels(
 ) -> Result<Json<Published>, ApiError> {
     let mut req: NotifyChannels = parse(&body)?;
     check_ids(&node, &mut req.channel_ids, "channel_ids")?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    let delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
-    node.publish_channels_confirmed(delivery, scope(req.local))
-        .await
-        .map(Json)
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))
+    publish(
+        &node,
+        Target::Channels(req.channel_ids),
+        frame,
+        req.local,
+        key,
+    )
+    .await
 }
 
 async fn notify_users(
@@ -242,15 +345,10 @@ async fn notify_users(
 ) -> Result<Json<Published>, ApiError> {
     let mut req: NotifyUsers = parse(&body)?;
     check_ids(&node, &mut req.root_ids, "root_ids")?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_users");
     let frame = frame(&req.data)?;
-    Ok(Json(
-        node.publish_confirmed(
-            Delivery::new(Target::Users(req.root_ids), frame),
-            scope(req.local),
-        )
-        .await,
-    ))
+    publish(&node, Target::Users(req.root_ids), frame, req.local, key).await
 }
 
 async fn notify_clients(
@@ -259,15 +357,17 @@ async fn notify_clients(
 ) -> Result<Json<Published>, ApiError> {
     let mut req: NotifyClients = parse(&body)?;
     check_ids(&node, &mut req.client_ids, "client_ids")?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
-    Ok(Json(
-        node.publish_confirmed(
-            Delivery::new(Target::Clients(req.client_ids), frame),
-            scope(req.local),
-        )
-        .await,
-    ))
+    publish(
+        &node,
+        Target::Clients(req.client_ids),
+        frame,
+        req.local,
+        key,
+    )
+    .await
 }
 
 async fn broadcast(
@@ -275,12 +375,10 @@ async fn broadcast(
     body: Bytes,
 ) -> Result<Json<Published>, ApiError> {
     let req: Broadcast = parse(&body)?;
+    let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
-    Ok(Json(
-        node.publish_confirmed(Delivery::new(Target::All, frame), scope(req.local))
-            .await,
-    ))
+    publish(&node, Target::All, frame, req.local, key).await
 }
 
 async fn disconnect(
@@ -325,7 +423,7 @@ async fn history(
     crate::limits::channel_name(&q.channel).map_err(bad)?;
     let options = node
         .may_read(None, &q.channel, Read::History)
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
+        .map_err(mesh_error)?;
     let since = match (q.since_offset, q.epoch) {
         (None, None) => None,
         (Some(offset), Some(epoch)) => Some(crate::history::Position { offset, epoch }),
@@ -335,10 +433,7 @@ async fn history(
     let page = node
         .history(&q.channel, since.as_ref(), limit, &options)
         .await
-        .map_err(|e| match e {
-            MeshError::BadPosition { .. } => bad(e.to_string()),
-            e => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()),
-        })?;
+        .map_err(mesh_error)?;
     let frame = crate::frontend::native::codec::history_frame(&q.channel, &page, None);
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
@@ -357,29 +452,38 @@ struct PresenceQuery {
 async fn presence(
     State(node): State<Arc<Node>>,
     query: Result<Query<PresenceQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     crate::limits::channel_name(&q.channel).map_err(bad)?;
     node.may_read(None, &q.channel, Read::Presence)
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.code(), e.to_string()))?;
-    let clients = node
-        .presence(&q.channel)
-        .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))?;
-    Ok(Json(json!({
-        "channel": q.channel,
-        "count": clients.len(),
-        "clients": clients,
-    })))
+        .map_err(mesh_error)?;
+    let clients = node.presence(&q.channel).await.map_err(mesh_error)?;
+    // Keys in a fixed order: channel, count, clients (each entry client_id,
+    // user_id, node_id, info), as docs/protocol.md shows them.
+    let body = format!(
+        "{{\"channel\":{},\"count\":{},\"clients\":{}}}",
+        serde_json::to_string(&q.channel).expect("strings serialize"),
+        clients.len(),
+        serde_json::to_string(&clients).expect("entries serialize")
+    );
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn nodes(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
-    Json(json!({ "nodes": node.nodes() }))
+/// `GET /api/nodes`: each node's fields in [`crate::relay::NodeInfo`]'s order.
+#[derive(serde::Serialize)]
+struct NodesReply {
+    nodes: Vec<crate::relay::NodeInfo>,
+}
+
+async fn nodes(State(node): State<Arc<Node>>) -> Json<NodesReply> {
+    Json(NodesReply {
+        nodes: node.nodes(),
+    })
 }
 
 async fn channels(State(node): State<Arc<Node>>) -> Result<Json<serde_json::Value>, ApiError> {
     let channels = node.channels().await.map_err(|e| {
-        ApiError(
+        HttpError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "relay_unavailable",
             e.to_string(),

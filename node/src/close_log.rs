@@ -1,5 +1,5 @@
-//! One log line per policy close (4001 unauthorized, 4008 slow consumer, 4029
-//! rate limited, 1009 too big), rate-limited: at most one line per reason per
+//! One log line per policy close (4001 unauthorized, 4008 slow consumer, 4010
+//! ping timeout, 4029 rate limited, 1009 too big), rate-limited: at most one line per reason per
 //! second, each saying how many closes of that reason it stands for. A flood
 //! of abusive clients cannot flood the log, and an operator still sees why
 //! sockets were closed (the counts are also in
@@ -56,6 +56,7 @@ pub fn is_policy(reason: CloseReason) -> bool {
         reason,
         CloseReason::Unauthorized
             | CloseReason::SlowConsumer
+            | CloseReason::PingTimeout
             | CloseReason::RateLimited
             | CloseReason::TooBig
     )

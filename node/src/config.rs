@@ -48,9 +48,16 @@ pub mod env {
     pub const RELAY_RETRY_MS: &str = "PUBMESH_RELAY_RETRY_MS";
     pub const RELAY_PROBE_MS: &str = "PUBMESH_RELAY_PROBE_MS";
     pub const RELAY_INTEREST_RATE: &str = "PUBMESH_RELAY_INTEREST_RATE";
+    pub use super::connections::env::*;
 }
 
+pub mod connections;
+pub use connections::{Connections, Liveness};
+
 pub use crate::policy::{ChannelPublish, DirectPublish};
+pub use bounds::{ChurnLimit, IdempotencyLimits};
+
+mod bounds;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -179,6 +186,10 @@ pub struct Cli {
     /// Redis channel (un)subscriptions per second this node may issue; the rest wait [default: 2000]
     #[arg(long, env = env::RELAY_INTEREST_RATE)]
     pub relay_interest_rate: Option<u32>,
+    #[command(flatten)]
+    pub bounds: bounds::BoundsCli,
+    #[command(flatten)]
+    pub connections: connections::ConnectionCli,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -220,6 +231,16 @@ pub struct FileConfig {
     pub relay_retry_ms: Option<u64>,
     pub relay_probe_ms: Option<u64>,
     pub relay_interest_rate: Option<u32>,
+    pub idempotency_window_seconds: Option<u64>,
+    pub idempotency_max_bytes: Option<usize>,
+    pub client_channel_churn: Option<usize>,
+    pub client_channel_churn_seconds: Option<u64>,
+    pub header_timeout_seconds: Option<u64>,
+    pub handshake_timeout_seconds: Option<u64>,
+    pub max_admin_connections: Option<usize>,
+    pub ping_interval_seconds: Option<u64>,
+    pub pong_timeout_seconds: Option<u64>,
+    pub tcp_keepalive_seconds: Option<u64>,
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
     pub namespaces: Vec<crate::policy::NamespaceConfig>,
@@ -265,6 +286,12 @@ pub struct Config {
     pub namespaces: crate::policy::Namespaces,
     /// Bounds of the cluster relay (see docs/cluster.md).
     pub relay: RelayLimits,
+    /// How long idempotency keys are remembered, in how much memory.
+    pub idempotency: IdempotencyLimits,
+    /// Distinct channels a socket may join or leave per window.
+    pub channel_churn: ChurnLimit,
+    /// Request deadlines, the admin listener's cap, pings, TCP keepalive.
+    pub connections: Connections,
 }
 
 /// What the cluster relay may hold and how it probes Redis.
@@ -336,6 +363,8 @@ impl Config {
     }
 
     fn resolve(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
+        let (idempotency, channel_churn) = bounds::resolve(&cli.bounds, &file)?;
+        let connections = Connections::resolve(&cli.connections, &file)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("n{}", &id[..12])
@@ -500,6 +529,9 @@ impl Config {
                         .unwrap_or(d.interest_rate),
                 }
             },
+            idempotency,
+            channel_churn,
+            connections,
         };
         config.check()?;
         config.check_auth(&auth_patterns)?;

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
@@ -49,6 +50,59 @@ pub struct ConnState {
     /// History channels this connection receives with positions; empty for
     /// most connections.
     pub positioned: HashMap<Arc<str>, ChannelPos>,
+    /// Distinct channels joined or left lately (`--client-channel-churn`).
+    pub churn: Churn,
+}
+
+/// The distinct channels a connection joined or left in the current window:
+/// each costs the node a Redis (un)subscription, so a socket may change
+/// only so many per window. Windows are fixed, starting at the first change
+/// after the previous one ended.
+#[derive(Debug, Default)]
+pub struct Churn {
+    started: Option<Instant>,
+    names: HashSet<Arc<str>>,
+}
+
+impl Churn {
+    /// May the connection change these channels now, given at most `limit`
+    /// distinct ones per `window`? Names already changed in this window are
+    /// free. `Err` carries the time until the window ends. Records nothing.
+    pub fn check(
+        &mut self,
+        names: &[&str],
+        limit: usize,
+        window: Duration,
+    ) -> Result<(), Duration> {
+        let now = Instant::now();
+        match self.started {
+            Some(at) if now.duration_since(at) < window => {}
+            _ => {
+                self.started = None;
+                self.names.clear();
+            }
+        }
+        let new = names.iter().filter(|n| !self.names.contains(**n)).count();
+        if self.names.len() + new <= limit {
+            return Ok(());
+        }
+        let started = self.started.unwrap_or(now);
+        Err(window.saturating_sub(now.duration_since(started)))
+    }
+
+    /// Count these channels as changed in the current window.
+    pub fn record<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        let mut any = false;
+        for name in names {
+            any = true;
+            if !self.names.contains(name) {
+                self.names.insert(Arc::from(name));
+            }
+        }
+        if any && self.started.is_none() {
+            self.started = Some(Instant::now());
+        }
+    }
 }
 
 /// Delivery state of one positioned subscription.

@@ -96,6 +96,9 @@ pub struct Delivery {
     /// Opaque per-message audience or metadata (e.g. claims to filter on);
     /// carried across the cluster unread.
     pub audience: Option<Bytes>,
+    /// The publisher's scoped idempotency key, when the publish carried one
+    /// (see [`crate::idempotency`]): nodes deliver it once per key.
+    pub idempotency: Option<Arc<str>>,
 }
 
 impl Delivery {
@@ -114,6 +117,7 @@ impl Delivery {
             position: None,
             origin: None,
             audience: None,
+            idempotency: None,
         }
     }
 

@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::delivery::BoxFuture;
 pub use crate::delivery::Position;
+use crate::idempotency::KeyWindow;
 use crate::policy::ChannelOptions;
 
 /// One stored publication: its offset and the `data` object's JSON text.
@@ -156,15 +157,74 @@ struct Stream {
 
 /// History kept in this process: a bounded ring per channel that expires
 /// `history_ttl_seconds` after the channel's last publication.
-#[derive(Default)]
 pub struct MemoryHistory {
     /// One lock for all channels: appends are short and never await.
     streams: Mutex<HashMap<String, Stream>>,
+    /// Where keyed publishes were appended, per (channel, scoped key); taken
+    /// before `streams` when both are held.
+    keys: Mutex<KeyWindow<Position>>,
+}
+
+impl Default for MemoryHistory {
+    fn default() -> Self {
+        MemoryHistory::with_idempotency(
+            crate::idempotency::DEFAULT_WINDOW,
+            crate::idempotency::DEFAULT_MAX_BYTES,
+        )
+    }
 }
 
 impl MemoryHistory {
     pub fn new() -> Self {
         MemoryHistory::default()
+    }
+
+    /// Keys of keyed publishes are kept for `window`, in at most `max_bytes`.
+    pub fn with_idempotency(window: Duration, max_bytes: usize) -> Self {
+        MemoryHistory {
+            streams: Mutex::new(HashMap::new()),
+            keys: Mutex::new(KeyWindow::new(window, max_bytes)),
+        }
+    }
+
+    /// Append like [`History::append`]; with a scoped idempotency `key`
+    /// already used on this channel, append nothing and return the position
+    /// it got then (and `true`). Check and append are one step.
+    pub fn append_once(
+        &self,
+        channel: &str,
+        data: &Utf8Bytes,
+        options: &ChannelOptions,
+        key: Option<&str>,
+    ) -> (Position, bool) {
+        let Some(key) = key else {
+            return (self.append_now(channel, data, options), false);
+        };
+        let mut keys = self.keys.lock();
+        let h = keys.hash(&[channel, key]);
+        if let Some(position) = keys.get(h) {
+            return (position.clone(), true);
+        }
+        let position = self.append_now(channel, data, options);
+        keys.insert(h, position.clone(), position.epoch.len());
+        (position, false)
+    }
+
+    fn append_now(&self, channel: &str, data: &Utf8Bytes, options: &ChannelOptions) -> Position {
+        self.with_stream(channel, options, true, |s| {
+            s.top += 1;
+            s.entries.push_back(Publication {
+                offset: s.top,
+                data: data.clone(),
+            });
+            while s.entries.len() > options.history_size {
+                s.entries.pop_front();
+            }
+            Position {
+                offset: s.top,
+                epoch: s.epoch.clone(),
+            }
+        })
     }
 
     fn with_stream<T>(
@@ -210,20 +270,7 @@ impl History for MemoryHistory {
         data: &'a Utf8Bytes,
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<Position, HistoryError>> {
-        let position = self.with_stream(channel, options, true, |s| {
-            s.top += 1;
-            s.entries.push_back(Publication {
-                offset: s.top,
-                data: data.clone(),
-            });
-            while s.entries.len() > options.history_size {
-                s.entries.pop_front();
-            }
-            Position {
-                offset: s.top,
-                epoch: s.epoch.clone(),
-            }
-        });
+        let position = self.append_now(channel, data, options);
         Box::pin(async move { Ok(position) })
     }
 
@@ -349,6 +396,23 @@ mod tests {
             h.peek("c", None, 10, &o).await.expect("peek")
         );
         assert_eq!(h.channel_count(), 1);
+    }
+
+    #[test]
+    fn a_keyed_append_happens_once_per_channel_and_key() {
+        let h = MemoryHistory::new();
+        let o = opts(10);
+        let (first, dup) = h.append_once("c", &data(1), &o, Some("api\nk"));
+        assert!(!dup);
+        let (again, dup) = h.append_once("c", &data(1), &o, Some("api\nk"));
+        assert!(dup);
+        assert_eq!(again, first);
+        // Other channels and other keys are independent.
+        assert!(!h.append_once("d", &data(1), &o, Some("api\nk")).1);
+        let (other, dup) = h.append_once("c", &data(2), &o, Some("api\nk2"));
+        assert!(!dup);
+        assert_eq!(other.offset, 2);
+        assert_eq!(h.append_once("c", &data(3), &o, None).0.offset, 3);
     }
 
     #[tokio::test]

@@ -17,7 +17,8 @@
 //! - [`conn`], [`codec`], [`delivery`], [`outbox`]: what the layers above
 //!   share: connections, encodings, protocol-neutral deliveries, queues;
 //! - [`policy`], [`config`], [`auth`], [`history`], [`presence`],
-//!   [`metrics`], [`walker`], [`limits`]: rules, settings and stores.
+//!   [`metrics`], [`walker`], [`limits`], [`idempotency`]: rules, settings
+//!   and stores; [`http_error`]: the JSON shape of every HTTP error.
 //!
 //! [`shutdown`] drains; [`build`], [`build_on_bus`] and [`run`] wire a node.
 
@@ -30,6 +31,8 @@ pub mod conn;
 pub mod delivery;
 pub mod frontend;
 pub mod history;
+pub mod http_error;
+pub mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod node;
@@ -47,7 +50,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -78,7 +80,10 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
         Arc<dyn presence::Presence>,
     );
     let (relay, history, presence): Parts = if config.redis_urls.is_empty() {
-        let history = Arc::new(history::MemoryHistory::new());
+        let history = Arc::new(history::MemoryHistory::with_idempotency(
+            config.idempotency.window,
+            config.idempotency.max_bytes,
+        ));
         (
             Arc::new(relay::memory::MemoryRelay::new(history.clone())),
             history,
@@ -91,6 +96,7 @@ pub fn build(config: Config) -> Result<Arc<Node>, StartError> {
             config.redis_tls_ca.as_deref(),
             &config.redis_prefix,
             config.presence_ttl,
+            config.idempotency.window,
         )
         .map_err(relay::RelayError::Config)?;
         let relay = redis::relay::RedisRelay::new(&config, metrics.clone(), store.clone())?;
@@ -177,37 +183,56 @@ pub async fn run_with_admin(
     if node.auth.enabled() {
         tokio::spawn(node::expire_tokens(node.clone(), Duration::from_secs(1)));
     }
+    let conns = node.config.connections;
+    let bounds = |label, permits| transport::listener::Bounds {
+        label,
+        permits,
+        header_timeout: conns.header_timeout,
+        tcp_keepalive: conns.tcp_keepalive,
+        // Sent data unacknowledged for as long as a ping may go unanswered
+        // means a dead peer, on any transport (SSE has no pongs).
+        user_timeout: conns.liveness.map(|l| l.bound()),
+    };
     let app = match admin {
         Some(admin) => {
             let admin_app = api::admin_router(node.clone());
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(admin, admin_app).await {
-                    tracing::error!(error = %e, "admin listener failed");
-                }
-            });
+            let admin_bounds = bounds(
+                "admin",
+                Some(Arc::new(tokio::sync::Semaphore::new(
+                    conns.max_admin_connections,
+                ))),
+            );
+            let metrics = node.metrics.clone();
+            tokio::spawn(transport::listener::serve(
+                admin,
+                admin_app,
+                admin_bounds,
+                metrics,
+                std::future::pending(),
+            ));
             api::client_router(node.clone())
         }
         None => api::router(node.clone()),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_node = node.clone();
-    // Small frames must not wait for Nagle's algorithm (40 ms stalls).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        shutdown::drain(&drain_node).await;
-        let _ = stop_tx.send(());
-    });
-    let served = tokio::spawn(async move { server.await });
+    let server = transport::listener::serve(
+        listener,
+        app,
+        bounds("client", node.connection_permits()),
+        node.metrics.clone(),
+        async move {
+            shutdown.await;
+            shutdown::drain(&drain_node).await;
+            let _ = stop_tx.send(());
+        },
+    );
+    let served = tokio::spawn(server);
     let _ = stop_rx.await;
     node.relay().shutdown().await;
     // In-flight HTTP requests get a moment; sockets are already closed.
     match tokio::time::timeout(Duration::from_secs(2), served).await {
-        Ok(Ok(result)) => result?,
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("HTTP server did not stop within 2 s; exiting anyway"),
     }

@@ -37,8 +37,9 @@ pub const MAX_ID_LEN: usize = 256;
 pub const DEFAULT_MAX_IDS_PER_MESSAGE: usize = 100;
 
 /// The id list of one frame or API call (`channel_ids`, `root_ids`,
-/// `client_ids`), checked: not empty, every id 1 to [`MAX_ID_LEN`] bytes (and
-/// a valid [`channel_name`] when `field` is `channel_ids`), duplicates dropped
+/// `client_ids`), checked: not empty, every id 1 to [`MAX_ID_LEN`] bytes (a
+/// valid [`channel_name`] when `field` is `channel_ids`, a client id of the
+/// form `{unix seconds}:{32 hex}:{node id}` when it is `client_ids`), duplicates dropped
 /// keeping the first occurrence's place, and at most `max` distinct ids.
 ///
 /// Repeating an id therefore costs nothing: one frame that lists a channel a
@@ -48,6 +49,7 @@ pub fn id_list(ids: Vec<String>, field: &str, max: usize) -> Result<Vec<String>,
         return Err(format!("{field} must not be empty"));
     }
     let channels = field == "channel_ids";
+    let clients = field == "client_ids";
     let mut seen = std::collections::HashSet::with_capacity(ids.len().min(max + 1));
     let mut out = Vec::with_capacity(ids.len().min(max));
     for id in ids {
@@ -56,6 +58,11 @@ pub fn id_list(ids: Vec<String>, field: &str, max: usize) -> Result<Vec<String>,
         } else if id.is_empty() || id.len() > MAX_ID_LEN {
             return Err(format!(
                 "every id in {field} must be 1 to {MAX_ID_LEN} bytes"
+            ));
+        } else if clients && !pubmesh_cluster_proto::valid_client_id(&id) {
+            return Err(format!(
+                "{field}: {} is not a client id ({{unix seconds}}:{{32 hex}}:{{node id}})",
+                serde_json::to_string(&id).expect("strings serialize")
             ));
         }
         if seen.contains(id.as_str()) {
@@ -177,5 +184,21 @@ mod tests {
         // Other id lists keep any non-empty string (user ids are opaque).
         assert!(id_list(strings(&["{u}"]), "root_ids", 5).is_ok());
         assert!(id_list(strings(&["{u}"]), "channel_ids", 5).is_err());
+    }
+
+    #[test]
+    fn client_ids_must_have_the_form_nodes_give_them() {
+        let good = "1730887348:f46d85203c704c099e9f44e948322a20:n1";
+        assert!(id_list(strings(&[good]), "client_ids", 5).is_ok());
+        for bad in [
+            "x",
+            "a:b:n1",
+            "1730887348:f46d85203c704c099e9f44e948322a20:",
+        ] {
+            let err = id_list(strings(&[good, bad]), "client_ids", 5).unwrap_err();
+            assert!(err.contains("is not a client id"), "{bad:?}: {err}");
+        }
+        // The same string is a fine user id.
+        assert!(id_list(strings(&["x"]), "root_ids", 5).is_ok());
     }
 }

@@ -29,6 +29,7 @@ pub mod labels {
         "rate_limited",
         "invalid_utf8",
         "protocol_error",
+        "ping_timeout",
     ];
     /// `pubmesh_dropped_total{reason}`.
     pub const DROPPED_REASONS: &[&str] = &["slow_consumer", "closed"];
@@ -49,6 +50,7 @@ pub mod labels {
         "backend_timeout",
         "backend_error",
         "backend_unavailable",
+        "rate_limited",
         "internal",
     ];
     /// `pubmesh_messages_in_total{kind}`: client frame types and API calls.
@@ -94,6 +96,11 @@ pub mod labels {
     ];
     /// `pubmesh_recoveries_total{result}`.
     pub const RECOVERY_RESULTS: &[&str] = &["ok", "failed"];
+    /// `listener` of `pubmesh_http_connections` and `pubmesh_http_refused_total`.
+    pub const LISTENERS: &[&str] = &["client", "admin"];
+    /// `pubmesh_http_timeouts_total{phase}`: a request's head (`header`), or
+    /// its upgrade or body (`handshake`), did not arrive in time.
+    pub const HTTP_TIMEOUT_PHASES: &[&str] = &["header", "handshake"];
 }
 
 /// The node's metrics. Cheap to clone handles live inside; share it in an `Arc`.
@@ -139,6 +146,14 @@ pub struct Metrics {
     pub relay_interest_ops: IntCounter,
     pub relay_interest_pending: IntGauge,
     pub presence_gone_leaves: IntCounter,
+    pub idempotent_duplicates: IntCounter,
+    pub idempotent_dropped: IntCounter,
+    pub idempotency_keys: IntGauge,
+    pub idempotency_evicted: IntCounter,
+    pub channel_churn_refused: IntCounter,
+    pub http_connections: IntGaugeVec,
+    pub http_refused: IntCounterVec,
+    pub http_timeouts: IntCounterVec,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -380,6 +395,55 @@ impl Metrics {
                 "pubmesh_presence_gone_leaves_total",
                 "Presence leave events sent for members of nodes declared gone",
             ),
+            idempotent_duplicates: counter(
+                &r,
+                "pubmesh_idempotent_duplicates_total",
+                "Keyed publishes answered as duplicates of an earlier one (nothing sent again)",
+            ),
+            idempotent_dropped: counter(
+                &r,
+                "pubmesh_idempotent_dropped_total",
+                "Keyed deliveries from other nodes dropped because their key was delivered before",
+            ),
+            idempotency_keys: gauge(
+                &r,
+                "pubmesh_idempotency_keys",
+                "Idempotency keys this node remembers",
+            ),
+            idempotency_evicted: counter(
+                &r,
+                "pubmesh_idempotency_evicted_total",
+                "Idempotency keys forgotten before their window ended (--idempotency-max-bytes)",
+            ),
+            channel_churn_refused: counter(
+                &r,
+                "pubmesh_channel_churn_refused_total",
+                "Subscribes refused because the socket changed too many distinct channels (--client-channel-churn)",
+            ),
+            http_connections: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "pubmesh_http_connections",
+                        "Open TCP connections still speaking HTTP (before an upgrade, API and health requests, idle keep-alive), by listener",
+                    ),
+                    &["listener"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            http_refused: counter_vec(
+                &r,
+                "pubmesh_http_refused_total",
+                "TCP connections refused at the listener's cap (--max-connections, --max-admin-connections)",
+                "listener",
+            ),
+            http_timeouts: counter_vec(
+                &r,
+                "pubmesh_http_timeouts_total",
+                "HTTP connections closed because a request's head (header) or its upgrade or body (handshake) came too late",
+                "phase",
+            ),
             registry: r,
         };
         m.ready.set(1);
@@ -398,7 +462,7 @@ impl Metrics {
     /// node at rest exposes them all and `rate()` has a baseline from the
     /// first scrape (a series born at its first event hides that event).
     fn init_series(&self) {
-        let sets: [(&IntCounterVec, &[&str]); 8] = [
+        let sets: [(&IntCounterVec, &[&str]); 10] = [
             (&self.connections_closed, labels::CLOSED_REASONS),
             (&self.dropped, labels::DROPPED_REASONS),
             (&self.errors, labels::ERROR_CODES),
@@ -407,6 +471,8 @@ impl Metrics {
             (&self.relay_published, labels::ENVELOPE_KINDS),
             (&self.relay_received, labels::ENVELOPE_KINDS),
             (&self.relay_dropped, labels::RELAY_DROPPED_REASONS),
+            (&self.http_refused, labels::LISTENERS),
+            (&self.http_timeouts, labels::HTTP_TIMEOUT_PHASES),
         ];
         for (vec, values) in sets {
             for value in values {
@@ -415,6 +481,9 @@ impl Metrics {
         }
         for result in labels::RECOVERY_RESULTS {
             self.recoveries.with_label_values(&[result]);
+        }
+        for listener in labels::LISTENERS {
+            self.http_connections.with_label_values(&[listener]);
         }
     }
 

@@ -37,6 +37,9 @@ pub enum CloseReason {
     /// A WebSocket protocol violation (reserved opcode or bits, unmasked
     /// client frame, bad control frame): 1002.
     ProtocolError,
+    /// Nothing from the client within `--pong-timeout-seconds` of a ping
+    /// (or for the ping interval plus that): 4010.
+    PingTimeout,
 }
 
 impl CloseReason {
@@ -50,6 +53,7 @@ impl CloseReason {
             CloseReason::Disconnected => 4002,
             CloseReason::SlowConsumer => 4008,
             CloseReason::RateLimited => 4029,
+            CloseReason::PingTimeout => 4010,
         }
     }
 
@@ -64,6 +68,7 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limited",
+            CloseReason::PingTimeout => "ping timeout",
         }
     }
 
@@ -78,6 +83,7 @@ impl CloseReason {
             CloseReason::Disconnected => "disconnected",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::PingTimeout => "ping_timeout",
         }
     }
 }

@@ -136,12 +136,20 @@ fn structured_frame() -> impl Strategy<Value = String> {
         (
             field("token", nasty_string().prop_map(Value::from).boxed()),
             field("walker", nasty_string().prop_map(Value::from).boxed()),
+            field(
+                "idempotency_key",
+                prop_oneof![
+                    "k[0-3]".prop_map(Value::from),
+                    nasty_string().prop_map(Value::from)
+                ]
+                .boxed(),
+            ),
         ),
     )
-        .prop_map(|(kind, a, b, c, d, e, f, g, h, i, (j, k))| {
+        .prop_map(|(kind, a, b, c, d, e, f, g, h, i, (j, k, l))| {
             let mut frame = serde_json::Map::new();
             frame.insert("type".into(), kind);
-            for (name, value) in [a, b, c, d, e, f, g, h, i, j, k] {
+            for (name, value) in [a, b, c, d, e, f, g, h, i, j, k, l] {
                 if let Some(v) = value {
                     frame.insert(name.into(), v);
                 }
@@ -198,6 +206,10 @@ fn valid_frame() -> impl Strategy<Value = String> {
                 "channel" => {
                     f["channel_ids"] = json!(names);
                     f["data"] = json!({"n": r});
+                    if flag {
+                        // A few keys, so retries meet earlier publishes.
+                        f["idempotency_key"] = json!(format!("k{}", r % 4));
+                    }
                 }
                 "user" => {
                     f["root_ids"] = json!(names);
@@ -353,7 +365,7 @@ fn client_frames_never_break_the_session_or_its_replies() {
     }
 }
 
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 18] = [
     "listen",
     "node_id",
     "api_key",
@@ -366,6 +378,12 @@ const KEYS: [&str; 12] = [
     "client_user_publish",
     "require_auth",
     "presence_ttl_seconds",
+    "idempotency_window_seconds",
+    "idempotency_max_bytes",
+    "client_channel_churn",
+    "client_channel_churn_seconds",
+    "ping_interval_seconds",
+    "header_timeout_seconds",
 ];
 
 fn toml_value() -> impl Strategy<Value = String> {
@@ -426,6 +444,9 @@ fn config_files_parse_or_fail_cleanly() {
                 prop_assert!(config.client_rate > 0 && config.client_burst > 0);
                 prop_assert!(pubmesh_node::config::valid_node_id(&config.node_id));
                 prop_assert!(!config.api_key.is_empty());
+                prop_assert!(!config.idempotency.window.is_zero());
+                prop_assert!(config.channel_churn.channels > 0);
+                prop_assert!(!config.channel_churn.window.is_zero());
             }
             Ok(())
         })

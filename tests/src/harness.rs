@@ -693,11 +693,34 @@ impl Client {
     }
 
     /// Assert nothing arrives for `quiet` (the one allowed timed wait: silence).
+    /// Read (answering the server's pings, as tungstenite does while it
+    /// reads) until `n` pings have arrived; text frames are skipped. Panics
+    /// if the connection ends or `within` passes first.
+    pub async fn read_pings(&mut self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        let mut pings = 0;
+        while pings < n {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{pings} pings of {n} within {within:?}"));
+            match next {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Text(_) | Message::Pong(_))) => {}
+                other => panic!("connection ended after {pings} pings: {other:?}"),
+            }
+        }
+    }
+
+    /// The server's pings (answered while reading) are not frames here.
     pub async fn expect_silence(&mut self, quiet: Duration) {
-        match tokio::time::timeout(quiet, self.ws.next()).await {
-            Err(_) => {}
-            Ok(Some(Ok(Message::Text(text)))) => panic!("expected silence, got {text}"),
-            Ok(other) => panic!("expected silence, got {other:?}"),
+        let deadline = Instant::now() + quiet;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(Message::Text(text)))) => panic!("expected silence, got {text}"),
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
         }
     }
 

@@ -177,10 +177,19 @@ async fn more_distinct_ids_than_the_cap_are_a_bad_request_with_the_ref() {
         if path == "/api/disconnect" {
             body = json!({});
         }
-        body[field] = json!(four);
+        body[field] = if field == "client_ids" {
+            // Client ids must be well formed to reach the cap.
+            json!(four.map(|n| format!("1730887348:{}:n1", n.repeat(32))))
+        } else {
+            json!(four)
+        };
         let (status, reply) = node.post(path, body).await;
         assert_eq!(status, 400, "{path}: {reply}");
         assert_eq!(reply["code"], "bad_request", "{path}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("at most 3"),
+            "{path}: {reply}"
+        );
     }
     // The flag overrides the file.
     let node = Node::start(&["--config", &file, "--max-ids-per-message", "4"]).await;

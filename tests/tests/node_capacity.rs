@@ -1,12 +1,42 @@
-//! The connection cap holds under a burst: a permit is taken at admission
-//! (before the upgrade) and held by the connection until it closes.
+//! The connection cap holds under a burst: a permit is taken when the
+//! listener accepts a socket (before the upgrade) and held by the socket
+//! until it closes. Metrics are read from `--admin-listen`: at the cap the
+//! client listener refuses every new connection, /metrics too.
 
-use pubmesh_tests::harness::{eventually, patience, Client, Node};
+use pubmesh_tests::harness::{eventually, free_port, patience, Client, Node};
+
+async fn metric_at(addr: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
 
 #[tokio::test]
 async fn a_burst_of_twice_the_cap_admits_exactly_the_cap_and_leaks_no_permit() {
     const CAP: usize = 25;
-    let node = Node::start(&["--max-connections", &CAP.to_string()]).await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let node = Node::start(&[
+        "--max-connections",
+        &CAP.to_string(),
+        "--admin-listen",
+        &admin,
+    ])
+    .await;
+    // The readiness check's HTTP connection has given its permit back.
+    eventually("no HTTP connection open", patience(10), || async {
+        (metric_at(&admin, "pubmesh_http_connections{listener=\"client\"}").await == 0.0)
+            .then_some(())
+    })
+    .await;
     let url = node.ws("");
     let attempts: Vec<_> = (0..2 * CAP)
         .map(|_| {
@@ -28,13 +58,13 @@ async fn a_burst_of_twice_the_cap_admits_exactly_the_cap_and_leaks_no_permit() {
     }
     assert_eq!(open.len(), CAP, "admitted");
     assert_eq!(refused, CAP, "refused with 503");
-    assert_eq!(node.metric("pubmesh_connections").await as usize, CAP);
+    assert_eq!(metric_at(&admin, "pubmesh_connections").await as usize, CAP);
 
     // Every permit comes back once the connections close: the cap admits
     // a full set again.
     drop(open);
     eventually("connections to close", patience(10), || async {
-        (node.metric("pubmesh_connections").await == 0.0).then_some(())
+        (metric_at(&admin, "pubmesh_connections").await == 0.0).then_some(())
     })
     .await;
     let mut again = Vec::new();

@@ -167,7 +167,8 @@ async fn subscribe_and_unsubscribe_change_what_a_socket_receives() {
     // The connect-time channel cannot be left.
     a.send(json!({"type": "unsubscribe", "channel_ids": ["home-a"]}))
         .await;
-    a.recv().await;
+    let refused = a.recv().await;
+    assert_eq!(refused["code"], "bad_request", "{refused}");
     let (status, _) = node
         .post(
             "/api/notify/channels",

@@ -644,6 +644,9 @@ async fn subscription_churn_is_rate_bounded_per_node() {
         "1000",
         "--client-burst",
         "1000",
+        // The node's bound alone (the per-socket one has its own test).
+        "--client-channel-churn",
+        "1000000",
     ])
     .await;
     let mut churner = a.client("channel_id=home").await;
@@ -698,6 +701,105 @@ async fn subscription_churn_is_rate_bounded_per_node() {
     eprintln!(
         "churn: {} distinct channels in {elapsed:.1} s cost {ops} Redis (un)subscriptions",
         round * 100
+    );
+}
+
+/// Issue 9 item 10, per socket: a socket may join or leave at most
+/// `--client-channel-churn` distinct channels per window. Beyond, its
+/// subscribes are refused with `rate_limited` (and counted), so it cannot
+/// spend the node's `--relay-interest-rate` for everyone; meanwhile another
+/// socket on the same node joins channels, each in place when answered (a
+/// publish from the other node right after the reply arrives).
+#[tokio::test]
+async fn a_churning_socket_is_refused_beyond_its_bound_while_others_still_join() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let common = ["--redis-url", url.as_str()];
+    let a = Node::start(&[
+        "--redis-url",
+        &url,
+        "--relay-interest-rate",
+        "200",
+        "--client-rate",
+        "1000",
+        "--client-burst",
+        "1000",
+        "--client-channel-churn",
+        "150",
+        "--client-channel-churn-seconds",
+        "600",
+    ])
+    .await;
+    let b = Node::start(&common).await;
+    settled(&[&a, &b], redis.port, "pubmesh.all", 2).await;
+
+    // 50 new channels a round, joined and left: the fourth round's
+    // subscribe would make 200 distinct channels in the window.
+    let mut churner = a.client("").await;
+    let churn = tokio::spawn(async move {
+        let mut refusals = Vec::new();
+        for round in 0..12u64 {
+            let names: Vec<String> = (0..50).map(|i| format!("churn-{round}-{i}")).collect();
+            churner
+                .send(json!({"type": "subscribe", "channel_ids": names, "ref": round}))
+                .await;
+            let reply = churner.recv_until(|f| f["ref"] == round).await;
+            if reply["type"] == "error" {
+                refusals.push((round, reply));
+                continue;
+            }
+            assert_eq!(reply["type"], "subscribed", "{reply}");
+            churner
+                .send(json!({"type": "unsubscribe", "channel_ids": names, "ref": round}))
+                .await;
+            churner.recv_until(|f| f["type"] == "unsubscribed").await;
+        }
+        // A channel already changed in this window costs nothing more.
+        churner
+            .send(json!({"type": "subscribe", "channel_ids": ["churn-0-0"], "ref": "again"}))
+            .await;
+        let again = churner.recv_until(|f| f["ref"] == "again").await;
+        (refusals, again)
+    });
+
+    // Meanwhile another socket on A joins channels one by one; each is in
+    // place when answered.
+    let mut calm = a.client("").await;
+    for i in 0..5 {
+        let channel = format!("calm-{i}");
+        calm.send(json!({"type": "subscribe", "channel_ids": [&channel], "ref": i}))
+            .await;
+        let reply = calm.recv_until(|f| f["ref"] == i).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        let (status, body) = b
+            .post(
+                "/api/notify/channels",
+                json!({"channel_ids": [&channel], "data": {"calm": i}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(calm.recv().await, json!({"calm": i}));
+    }
+
+    let (refusals, again) = churn.await.expect("churner");
+    let rounds: Vec<u64> = refusals.iter().map(|(r, _)| *r).collect();
+    assert_eq!(rounds, (3..12).collect::<Vec<u64>>(), "{refusals:?}");
+    let (_, first) = &refusals[0];
+    assert_eq!(first["code"], "rate_limited", "{first}");
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--client-channel-churn"),
+        "{first}"
+    );
+    assert_eq!(again["type"], "subscribed", "{again}");
+    assert_eq!(a.metric("pubmesh_channel_churn_refused_total").await, 9.0);
+    assert_eq!(
+        a.metric("pubmesh_errors_total{code=\"rate_limited\"}")
+            .await,
+        9.0
     );
 }
 

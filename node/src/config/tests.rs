@@ -53,3 +53,61 @@ fn bad_values_are_rejected_with_a_message() {
     let cli = Cli::try_parse_from(["pubmesh", "--redis-url", "http://x"]).expect("parses");
     assert!(Config::resolve(cli, FileConfig::default()).is_err());
 }
+
+#[test]
+fn connection_deadlines_default_resolve_and_turn_off() {
+    let d = Config::defaults().connections;
+    assert_eq!(d, Connections::default());
+    assert_eq!(d.header_timeout, Duration::from_secs(10));
+    assert_eq!(d.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(d.max_admin_connections, 128);
+    let ping = d.liveness.expect("pings on by default");
+    assert_eq!(
+        (ping.interval, ping.timeout),
+        (Duration::from_secs(25), Duration::from_secs(10))
+    );
+    assert_eq!(ping.bound(), Duration::from_secs(35));
+    assert_eq!(d.tcp_keepalive, Some(Duration::from_secs(30)));
+
+    let cli = Cli::try_parse_from([
+        "pubmesh",
+        "--ping-interval-seconds",
+        "2",
+        "--header-timeout-seconds",
+        "4",
+    ])
+    .expect("parses");
+    let file: FileConfig = toml::from_str(
+        "ping_interval_seconds = 9\npong_timeout_seconds = 3\ntcp_keepalive_seconds = 0\nmax_admin_connections = 7\n",
+    )
+    .expect("toml");
+    let c = Config::resolve(cli, file).expect("valid").connections;
+    assert_eq!(
+        c.liveness,
+        Some(Liveness {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(3)
+        })
+    );
+    assert_eq!(c.header_timeout, Duration::from_secs(4));
+    assert_eq!(c.tcp_keepalive, None, "0 turns keepalive off");
+    assert_eq!(c.max_admin_connections, 7);
+
+    let cli = Cli::try_parse_from(["pubmesh", "--ping-interval-seconds", "0"]).expect("parses");
+    let c = Config::resolve(cli, FileConfig::default()).expect("valid");
+    assert_eq!(c.connections.liveness, None, "0 turns pings off");
+
+    for flag in [
+        "--header-timeout-seconds",
+        "--handshake-timeout-seconds",
+        "--pong-timeout-seconds",
+        "--max-admin-connections",
+    ] {
+        let cli = Cli::try_parse_from(["pubmesh", flag, "0"]).expect("parses");
+        let err = Config::resolve(cli, FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("must be > 0"), "{flag}: {err}");
+    }
+    let cli =
+        Cli::try_parse_from(["pubmesh", "--pong-timeout-seconds", "99999999999"]).expect("parses");
+    assert!(Config::resolve(cli, FileConfig::default()).is_err());
+}

@@ -8,11 +8,14 @@ use crate::history::HistoryError;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MeshError {
     /// The node is draining and takes no new connections.
-    #[error("draining")]
+    #[error("the node is shutting down; connect to another node")]
     Draining,
     /// `--max-connections` connections are open.
-    #[error("connection limit reached")]
+    #[error("the node holds its maximum of connections (--max-connections)")]
     AtCapacity,
+    /// A request the mesh refuses as a whole; the message says why.
+    #[error("{0}")]
+    BadRequest(String),
     /// Policy refuses it; the message names the rule.
     #[error("{0}")]
     Forbidden(String),
@@ -23,6 +26,10 @@ pub enum MeshError {
     NoHistory(String),
     #[error("channel {0:?} has no presence")]
     NoPresence(String),
+    /// A socket changed too many distinct channels in the current window
+    /// (`--client-channel-churn`); the message says when to try again.
+    #[error("{0}")]
+    RateLimited(String),
     /// A history position ahead of the channel.
     #[error("position {offset} is ahead of the channel (latest {top})")]
     BadPosition { offset: u64, top: u64 },
@@ -41,8 +48,10 @@ impl MeshError {
         match self {
             MeshError::Draining => "draining",
             MeshError::AtCapacity => "capacity",
+            MeshError::BadRequest(_) => "bad_request",
             MeshError::Forbidden(_) => "forbidden",
             MeshError::TooManyChannels(_) => "too_many_channels",
+            MeshError::RateLimited(_) => "rate_limited",
             MeshError::NoHistory(_) => "no_history",
             MeshError::NoPresence(_) => "no_presence",
             MeshError::BadPosition { .. } => "bad_position",

@@ -565,6 +565,7 @@ mod tests {
                 allowed_channels: None,
                 info: None,
                 positioned: HashMap::new(),
+                churn: Default::default(),
             }),
             permit: Mutex::new(None),
         })

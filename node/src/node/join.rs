@@ -74,23 +74,24 @@ impl Node {
             }
             options.push(o);
         }
+        let fresh: Vec<String> = channels
+            .iter()
+            .filter(|c| !conn.is_member(c))
+            .cloned()
+            .collect();
+        self.may_churn(conn, &fresh.iter().map(String::as_str).collect::<Vec<_>>())?;
         // From here on, dropping `undo` (an error, or the join's future
         // dropped with its connection) puts everything back.
         let mut undo = Undo {
             node: self,
             conn,
-            fresh: Vec::new(),
+            fresh,
             previous: Vec::new(),
             armed: true,
         };
         {
             // Before joining, so live publications are caught from the start.
             let mut state = conn.state.lock();
-            undo.fresh = channels
-                .iter()
-                .filter(|c| !state.channels.contains(c.as_str()))
-                .cloned()
-                .collect();
             for c in channels.iter().filter(|c| wants_position(c)) {
                 let key: Arc<str> = Arc::from(c.as_str());
                 let before = state
@@ -111,6 +112,10 @@ impl Node {
             .hub
             .subscribe(conn, channels, limit)
             .map_err(MeshError::TooManyChannels)?;
+        conn.state
+            .lock()
+            .churn
+            .record(undo.fresh.iter().map(String::as_str));
         // The join is answered (and history read) only once the broker sends
         // this node the new channels: a publish after the reply, or after the
         // history read, is never lost to a subscription still on its way.

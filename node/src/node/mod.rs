@@ -5,13 +5,16 @@
 //! and close connections through the methods of [`Node`] (in [`ops`]), and
 //! get failures as one [`MeshError`] with stable codes.
 
+mod churn;
 mod error;
 mod hub;
 mod identity;
 mod join;
+mod keyed;
 mod ops;
 mod tasks;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,8 +30,9 @@ pub use tasks::{expire_tokens, refresh_presence};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::conn::Conn;
-use crate::delivery::{Delivery, InterestChange, Target};
+use crate::delivery::{Delivery, InterestChange, Position, Target};
 use crate::history::History;
+use crate::idempotency::PublishKeys;
 use crate::metrics::Metrics;
 use crate::presence::{Presence, PresenceEntry};
 use crate::relay::{NodeInfo, NodeView, Relay, RelayOutcome, Relayed};
@@ -45,7 +49,7 @@ pub enum Scope {
 }
 
 /// What a publish did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Published {
     /// Outboxes on this node that took the message.
     pub local_deliveries: usize,
@@ -55,6 +59,15 @@ pub struct Published {
     /// What became of the part for other nodes: `none`, `sent`, `failed`
     /// (or `queued` when not waited for).
     pub relay: RelayOutcome,
+    /// Publishes with an idempotency key only: true when the key was used
+    /// before (nothing was delivered or appended again; the rest of the
+    /// reply repeats the first publish's outcome).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+    /// Publishes with an idempotency key only: each history channel's
+    /// position (the first publish's, for a duplicate).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub positions: BTreeMap<String, Position>,
 }
 
 /// One pubmesh node.
@@ -69,13 +82,17 @@ pub struct Node {
     history: Arc<dyn History>,
     /// Channel presence (memory or Redis).
     presence: Arc<dyn Presence>,
-    /// One permit per connection (`--max-connections`), taken at admission.
+    /// One permit per connection (`--max-connections`): taken by the client
+    /// listener when it accepts a socket (or at admission for a connection
+    /// that did not come through it).
     permits: Option<Arc<Semaphore>>,
     started: Instant,
     /// Set once when a drain starts; read by /readyz and the accept path.
     draining: AtomicBool,
     /// Source of `Conn::id`.
     next_conn_id: AtomicU64,
+    /// Keyed publishes made here or received (`--idempotency-window-seconds`).
+    keys: Arc<PublishKeys<Published>>,
 }
 
 impl Node {
@@ -94,7 +111,12 @@ impl Node {
         let permits = config
             .max_connections
             .map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))));
+        let keys = Arc::new(PublishKeys::new(
+            config.idempotency.window,
+            config.idempotency.max_bytes,
+        ));
         Node {
+            keys,
             hub: Hub::new(metrics.clone()),
             walker,
             config,
@@ -122,6 +144,12 @@ impl Node {
     /// The relay, for start-up and shutdown.
     pub fn relay(&self) -> &Arc<dyn Relay> {
         &self.relay
+    }
+
+    /// The connection cap's semaphore, for the listener that takes a permit
+    /// per accepted socket (`None` without `--max-connections`).
+    pub fn connection_permits(&self) -> Option<Arc<Semaphore>> {
+        self.permits.clone()
     }
 
     /// Connection permits not taken (`None` without `--max-connections`).
@@ -168,6 +196,7 @@ impl Node {
                 Relayed::Pending(_) => RelayOutcome::Queued,
                 Relayed::Failed => RelayOutcome::Failed,
             },
+            ..Published::default()
         };
         (done, relayed)
     }
@@ -200,7 +229,8 @@ impl Node {
     /// Publish with channel options applied: publications to history-enabled
     /// channels are appended (and, in a cluster, relayed by the broker in the
     /// same atomic step) and get a position; everything else takes the plain
-    /// path of [`Node::publish`]. `Scope::Local` never touches history.
+    /// path of [`Node::publish`]. `Scope::Local` is refused
+    /// ([`MeshError::BadRequest`]) when a channel keeps history.
     pub async fn publish_channels(
         &self,
         delivery: Delivery,
@@ -225,62 +255,97 @@ impl Node {
         scope: Scope,
         confirm: bool,
     ) -> Result<Published, MeshError> {
-        let plain = |delivery: Delivery| async move {
-            let (done, relayed) = self.publish_relayed(delivery, scope);
-            if confirm {
-                self.confirm(done, relayed).await
-            } else {
-                done
-            }
-        };
-        let Target::Channels(channels) = &delivery.target else {
-            return Ok(plain(delivery).await);
-        };
-        if scope == Scope::Local || self.config.namespaces.is_plain() {
-            return Ok(plain(delivery).await);
+        if delivery.idempotency.is_some() {
+            return self.publish_keyed(delivery, scope, confirm).await;
         }
-        let (with_history, plain_channels): (Vec<String>, Vec<String>) = channels
-            .iter()
-            .cloned()
-            .partition(|c| self.config.namespaces.options(c).history());
+        let (plain, with_history) = self.split_history(&delivery, scope)?;
         let mut done = Published::default();
-        if !plain_channels.is_empty() {
-            let target = Target::Channels(plain_channels);
-            let channel = match &target {
-                Target::Channels(v) if v.len() == 1 => Some(Arc::from(v[0].as_str())),
-                _ => None,
+        if let Some(part) = plain {
+            let (sent, relayed) = self.publish_relayed(part, scope);
+            done = if confirm {
+                self.confirm(sent, relayed).await
+            } else {
+                sent
             };
-            let part = Delivery {
-                target,
-                channel,
-                ..delivery.clone()
-            };
-            done = plain(part).await;
         }
         for channel in with_history {
             let options = self.config.namespaces.options(&channel);
             let one = delivery.for_channel(&channel);
             let appended = self.relay.publish_history(&one, &options).await?;
-            self.metrics
-                .messages_out
-                .with_label_values(&["channels"])
-                .inc();
-            self.metrics.history_appends.inc();
-            if appended.relayed {
-                done.relayed = true;
-                if done.relay != RelayOutcome::Failed {
-                    done.relay = RelayOutcome::Sent;
-                }
-            }
-            if !appended.echoed {
-                let positioned = Delivery {
-                    position: Some(appended.position),
-                    ..one
-                };
-                done.local_deliveries += self.hub.deliver(&positioned);
-            }
+            self.appended(&mut done, one, appended);
         }
         Ok(done)
+    }
+
+    /// The part of a publish that takes the plain path (everything but
+    /// history channels; `None` when nothing does), and the history channels.
+    /// A `Scope::Local` publish naming a history channel is refused: it
+    /// would reach this node's members and be missing from the history.
+    fn split_history(
+        &self,
+        delivery: &Delivery,
+        scope: Scope,
+    ) -> Result<(Option<Delivery>, Vec<String>), MeshError> {
+        let whole = || Ok((Some(delivery.clone()), Vec::new()));
+        let Target::Channels(channels) = &delivery.target else {
+            return whole();
+        };
+        if self.config.namespaces.is_plain() {
+            return whole();
+        }
+        let (with_history, plain_channels): (Vec<String>, Vec<String>) = channels
+            .iter()
+            .cloned()
+            .partition(|c| self.config.namespaces.options(c).history());
+        if scope == Scope::Local {
+            if let Some(c) = with_history.first() {
+                return Err(MeshError::BadRequest(format!(
+                    "channel {c:?} keeps history, which a local publication would bypass; publish without local"
+                )));
+            }
+            return whole();
+        }
+        if plain_channels.is_empty() {
+            return Ok((None, with_history));
+        }
+        if with_history.is_empty() {
+            return whole();
+        }
+        let target = Target::Channels(plain_channels);
+        let channel = match &target {
+            Target::Channels(v) if v.len() == 1 => Some(Arc::from(v[0].as_str())),
+            _ => None,
+        };
+        let part = Delivery {
+            target,
+            channel,
+            ..delivery.clone()
+        };
+        Ok((Some(part), with_history))
+    }
+
+    /// Account for one history append (of `one`) in `done`, and deliver it
+    /// here unless the relay echoes it back.
+    fn appended(&self, done: &mut Published, one: Delivery, appended: crate::relay::Appended) {
+        self.metrics
+            .messages_out
+            .with_label_values(&["channels"])
+            .inc();
+        self.metrics.history_appends.inc();
+        if appended.relayed {
+            done.relayed = true;
+            if done.relay != RelayOutcome::Failed {
+                done.relay = RelayOutcome::Sent;
+            }
+        }
+        if !appended.echoed {
+            let positioned = Delivery {
+                position: Some(appended.position),
+                idempotency: None,
+                ..one
+            };
+            done.local_deliveries += self.hub.deliver(&positioned);
+        }
     }
 
     /// Tell the relay about channels and users that gained or lost their last
@@ -387,7 +452,10 @@ impl Node {
 
 impl NodeView for Node {
     fn deliver(&self, delivery: &Delivery) -> usize {
-        self.hub.deliver(delivery)
+        match &delivery.idempotency {
+            Some(key) => self.deliver_keyed(delivery, key),
+            None => self.hub.deliver(delivery),
+        }
     }
 
     fn deliver_excluding(&self, delivery: &Delivery, reached: &[String]) -> usize {

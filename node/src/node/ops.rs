@@ -17,6 +17,7 @@ use crate::codec::Codec;
 use crate::conn::{Conn, ConnState, Identity};
 use crate::delivery::{Delivery, DeliveryKind, Position, Target};
 use crate::history::HistoryPage;
+use crate::idempotency::Publisher;
 use crate::outbox::{CloseReason, Outbox};
 use crate::policy::{self, ChannelOptions, Claims};
 use crate::presence::PresenceEntry;
@@ -38,8 +39,17 @@ impl Node {
     /// May a new connection come in? Takes a connection permit, so a burst
     /// of upgrades cannot exceed `--max-connections`.
     pub fn admit(&self) -> Result<Admission, MeshError> {
+        self.admit_socket(false)
+    }
+
+    /// Like [`Node::admit`] for a socket whose listener already took its
+    /// permit when it accepted it (the socket holds it until it closes).
+    pub fn admit_socket(&self, holds_permit: bool) -> Result<Admission, MeshError> {
         if self.is_draining() {
             return Err(MeshError::Draining);
+        }
+        if holds_permit {
+            return Ok(Admission { permit: None });
         }
         let permit = match &self.permits {
             None => None,
@@ -98,6 +108,7 @@ impl Node {
                 allowed_channels: identity.channels.map(Arc::from),
                 info: identity.info.map(Arc::from),
                 positioned: HashMap::new(),
+                churn: Default::default(),
             }),
             permit: Mutex::new(admission.permit),
         });
@@ -134,12 +145,14 @@ impl Node {
     /// namespace (else `--client-channel-publish`), users and clients per
     /// `--client-user-publish` / `--client-client-publish`.
     /// With `confirm`, waits for the relay's outcome (the reply then says
-    /// whether the other nodes got it).
+    /// whether the other nodes got it). An idempotency `key` is scoped to
+    /// the socket's user when it is authenticated, else to the connection.
     pub async fn client_publish(
         &self,
         conn: &Conn,
         mut delivery: Delivery,
         confirm: bool,
+        key: Option<&str>,
     ) -> Result<Published, MeshError> {
         match &delivery.target {
             Target::Channels(channels) => {
@@ -165,14 +178,23 @@ impl Node {
             }
         }
         delivery.origin = Some(conn.client_id.clone());
-        match (&delivery.target, confirm) {
-            (Target::Channels(_), false) => self.publish_channels(delivery, Scope::Cluster).await,
-            (Target::Channels(_), true) => {
-                self.publish_channels_confirmed(delivery, Scope::Cluster)
-                    .await
-            }
-            (_, false) => Ok(self.publish(delivery, Scope::Cluster)),
-            (_, true) => Ok(self.publish_confirmed(delivery, Scope::Cluster).await),
+        if let Some(key) = key {
+            let (authenticated, root) = {
+                let state = conn.state.lock();
+                (state.authenticated, state.root_id.clone())
+            };
+            let publisher = if authenticated {
+                Publisher::User(&root)
+            } else {
+                Publisher::Connection(&conn.client_id)
+            };
+            delivery.idempotency = Some(crate::idempotency::scoped(publisher, key));
+        }
+        if confirm {
+            self.publish_channels_confirmed(delivery, Scope::Cluster)
+                .await
+        } else {
+            self.publish_channels(delivery, Scope::Cluster).await
         }
     }
 
@@ -199,6 +221,8 @@ impl Node {
                     self.hub.end_recovery(conn, &mut pos);
                 }
             }
+            // A leave is never refused, but it counts.
+            state.churn.record(leaving.iter().map(String::as_str));
         }
         if let Some(frame) = reply() {
             self.send(conn, frame);

@@ -16,6 +16,7 @@ pub fn extra_of(delivery: &Delivery) -> Extra {
         kind: delivery.kind.tag(),
         origin_client: delivery.origin.as_deref().map(str::to_string),
         audience: delivery.audience.clone(),
+        idempotency: delivery.idempotency.as_deref().map(str::to_string),
     }
 }
 
@@ -39,5 +40,6 @@ pub fn delivery_of(
         position,
         origin: extra.origin_client.as_deref().map(Arc::from),
         audience: extra.audience,
+        idempotency: extra.idempotency.as_deref().map(Arc::from),
     }
 }

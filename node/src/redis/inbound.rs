@@ -62,9 +62,13 @@ impl Inner {
                     return;
                 };
                 let extra = delivery.extra;
+                // A keyed publish: the node delivers each (key, name) once,
+                // which covers siblings, copies and retries sent through
+                // other nodes alike (see `crate::idempotency`).
+                let keyed = extra.idempotency.is_some();
                 let local = |target: Target| delivery_of(target, data.clone(), extra.clone(), None);
                 match delivery.targets {
-                    Targets::Channels(v) if v.len() == 1 && envelope.seq % 2 == 1 => {
+                    Targets::Channels(v) if v.len() == 1 && envelope.seq % 2 == 1 && !keyed => {
                         // One envelope of a multi-channel publish: skip the
                         // connections an earlier sibling reached.
                         let before =
@@ -79,7 +83,7 @@ impl Inner {
                             node.deliver_excluding(&local(target), &before);
                         }
                     }
-                    Targets::Channels(v) if v.len() > 1 => {
+                    Targets::Channels(v) if v.len() > 1 && !keyed => {
                         // An older node's envelope: the full list on every topic.
                         let first = self
                             .groups

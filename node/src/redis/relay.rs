@@ -235,15 +235,17 @@ impl Relay for RedisRelay {
         Box::pin(async move {
             let channel = delivery.channel.as_deref().unwrap_or_default();
             let spec = self.inner.spec(channel, delivery);
-            let position = self
+            let key = delivery.idempotency.as_deref();
+            let (position, duplicate) = self
                 .inner
                 .store
-                .append_publish(channel, &delivery.data, options, Some(spec))
+                .append_publish(channel, &delivery.data, options, Some(spec), key)
                 .await?;
             Ok(Appended {
                 position,
                 echoed: true,
                 relayed: true,
+                duplicate,
             })
         })
     }

@@ -304,6 +304,8 @@ impl Inner {
                 delivery.data.as_bytes(),
                 &Extra {
                     channel: None,
+                    // The append script itself refuses a repeated key.
+                    idempotency: None,
                     ..extra_of(delivery)
                 },
             ),

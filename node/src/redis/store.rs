@@ -6,13 +6,18 @@
 //! entry JSON) with `{prefix}.pe.{CHANNEL}` (a sorted set: client id → expiry)
 //! for presence, plus `{prefix}.pn.{NODE}` (a set of `CHANNEL\nCLIENT_ID`:
 //! the entries a node made, so the survivors can remove them, and send
-//! their `leave` events, when that node is declared gone). The braces around the channel are literal: they are a Redis
+//! their `leave` events, when that node is declared gone), and
+//! `{prefix}.ik.{CHANNEL}.SCOPED-KEY` (a string `OFFSET\nEPOCH`, expiring
+//! after `--idempotency-window-seconds`: where a keyed publish was appended).
+//! The braces around the channel are literal: they are a Redis
 //! Cluster hash tag, so every key of a channel (and its pub/sub topic) lives
 //! in the same slot and one Lua script can touch them all.
 //!
-//! Appending is one Lua script: bump the offset, add the stream entry, trim,
-//! refresh the TTLs, and publish the positioned envelope on the channel's
-//! topic. Every node therefore sees publications of a channel in offset order.
+//! Appending is one Lua script: check and set the idempotency key (if any),
+//! bump the offset, add the stream entry, trim, refresh the TTLs, and
+//! publish the positioned envelope on the channel's topic. Every node
+//! therefore sees publications of a channel in offset order, and a retried
+//! keyed publish (or a retried `EVAL`) never appends twice.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,11 +31,22 @@ use crate::history::{new_epoch, History, HistoryError, HistoryPage, Position, Pu
 use crate::policy::ChannelOptions;
 use crate::presence::{Presence, PresenceEntry, PresenceError};
 
-/// Appends one publication. KEYS: stream, meta. ARGV: data, max length, ttl
-/// seconds, fresh epoch, topic ("" for none), publish command, envelope head.
-/// Returns {offset, epoch}. The published payload is the envelope head
-/// followed by `OFFSET\nEPOCH\n`: a `Publication` envelope (cluster-proto).
+/// Appends one publication. KEYS: stream, meta, and for a keyed publish the
+/// idempotency key. ARGV: data, max length, ttl seconds, fresh epoch, topic
+/// ("" for none), publish command, envelope head, the key's lifetime in
+/// seconds. Returns {offset, epoch, duplicate}: a key seen before returns
+/// the position it got then (duplicate 1) and changes nothing; else the
+/// key is set to this position in the same step. The published payload is
+/// the envelope head followed by `OFFSET\nEPOCH\n`: a `Publication`
+/// envelope (cluster-proto).
 const APPEND: &str = r#"
+if KEYS[3] then
+  local seen = redis.call('get', KEYS[3])
+  if seen then
+    local nl = string.find(seen, '\n', 1, true)
+    return {tonumber(string.sub(seen, 1, nl - 1)), string.sub(seen, nl + 1), 1}
+  end
+end
 local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
   epoch = ARGV[4]
@@ -41,10 +57,13 @@ local offset = redis.call('hincrby', KEYS[2], 'o', 1)
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
 redis.call('expire', KEYS[1], ARGV[3])
 redis.call('expire', KEYS[2], ARGV[3])
+if KEYS[3] then
+  redis.call('set', KEYS[3], offset .. '\n' .. epoch, 'EX', ARGV[8])
+end
 if ARGV[5] ~= '' then
   redis.call(ARGV[6], ARGV[5], ARGV[7] .. offset .. '\n' .. epoch .. '\n')
 end
-return {offset, epoch}
+return {offset, epoch, 0}
 "#;
 
 /// Takes a gone node's index of presence entries, once: KEYS: the index.
@@ -110,6 +129,8 @@ pub struct RedisStore {
     prefix: String,
     /// Presence entries not refreshed for this long expire.
     presence_ttl: Duration,
+    /// How long an idempotency key of a history publish is kept.
+    idempotency_window: Duration,
 }
 
 impl From<Error> for PresenceError {
@@ -130,6 +151,7 @@ impl RedisStore {
         tls_ca: Option<&std::path::Path>,
         prefix: &str,
         presence_ttl: Duration,
+        idempotency_window: Duration,
     ) -> Result<Arc<Self>, String> {
         let mut clients = Vec::new();
         let urls: Vec<String> = if cluster {
@@ -158,6 +180,7 @@ impl RedisStore {
             clients,
             prefix: prefix.to_string(),
             presence_ttl,
+            idempotency_window,
         }))
     }
 
@@ -227,19 +250,27 @@ fn parse_entries(value: RedisValue) -> Result<Vec<Publication>, HistoryError> {
 
 impl RedisStore {
     /// Append `data` to `channel` and, with a `spec`, publish the positioned
-    /// envelope on the channel's topic in the same script. Returns the position.
+    /// envelope on the channel's topic in the same script. With a scoped
+    /// idempotency `key`, a key already used on this channel appends and
+    /// publishes nothing. Returns the position and whether the key was a
+    /// duplicate.
     pub async fn append_publish(
         &self,
         channel: &str,
         data: &Utf8Bytes,
         options: &ChannelOptions,
         spec: Option<PublishSpec>,
-    ) -> Result<Position, HistoryError> {
+        key: Option<&str>,
+    ) -> Result<(Position, bool), HistoryError> {
         let (topic, command, head) = match spec {
             Some(s) => (s.topic, s.command, s.head),
             None => (String::new(), "PUBLISH", Vec::new()),
         };
-        let keys = vec![self.key("h", channel), self.key("hm", channel)];
+        let mut keys = vec![self.key("h", channel), self.key("hm", channel)];
+        if let Some(key) = key {
+            // `{prefix}.ik.{CHANNEL}.SCOPED-KEY`: in the channel's slot.
+            keys.push(format!("{}.{key}", self.key("ik", channel)));
+        }
         let args: Vec<RedisValue> = vec![
             data.as_str().into(),
             (options.history_size as i64).into(),
@@ -248,6 +279,7 @@ impl RedisStore {
             topic.into(),
             command.into(),
             RedisValue::Bytes(head.into()),
+            (self.idempotency_window.as_secs().max(1) as i64).into(),
         ];
         let reply: RedisValue = Self::script(self.client(channel), APPEND, keys, args)
             .await
@@ -257,8 +289,9 @@ impl RedisStore {
         };
         let offset = parts.first().and_then(|v| v.as_u64());
         let epoch = parts.get(1).and_then(|v| v.as_string());
+        let duplicate = parts.get(2).and_then(|v| v.as_u64()) == Some(1);
         match (offset, epoch) {
-            (Some(offset), Some(epoch)) => Ok(Position { offset, epoch }),
+            (Some(offset), Some(epoch)) => Ok((Position { offset, epoch }, duplicate)),
             _ => Err(HistoryError::Unavailable("unexpected append reply".into())),
         }
     }
@@ -271,7 +304,12 @@ impl History for RedisStore {
         data: &'a Utf8Bytes,
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<Position, HistoryError>> {
-        Box::pin(self.append_publish(channel, data, options, None))
+        Box::pin(async move {
+            let (position, _) = self
+                .append_publish(channel, data, options, None, None)
+                .await?;
+            Ok(position)
+        })
     }
 
     fn read<'a>(

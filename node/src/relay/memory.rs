@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 
 use super::{Appended, NodeInfo, NodeView, Relay, RelayError, RelayStatus, Relayed};
 use crate::delivery::{BoxFuture, Delivery, InterestChange};
-use crate::history::{History, HistoryError, MemoryHistory};
+use crate::history::{HistoryError, MemoryHistory};
 use crate::policy::ChannelOptions;
 use crate::presence::MemoryPresence;
 
@@ -113,12 +113,22 @@ impl Relay for MemoryRelay {
     ) -> BoxFuture<'a, Result<Appended, HistoryError>> {
         Box::pin(async move {
             let channel = delivery.channel.as_deref().unwrap_or_default();
-            let position = self
-                .history
-                .append(channel, &delivery.data, options)
-                .await?;
+            let key = delivery.idempotency.as_deref();
+            let (position, duplicate) =
+                self.history
+                    .append_once(channel, &delivery.data, options, key);
+            if duplicate {
+                return Ok(Appended {
+                    position,
+                    echoed: false,
+                    relayed: false,
+                    duplicate,
+                });
+            }
             let positioned = Delivery {
                 position: Some(position.clone()),
+                // The history decided: every node delivers this one.
+                idempotency: None,
                 ..delivery.clone()
             };
             let relayed = self.forward(&positioned);
@@ -126,6 +136,7 @@ impl Relay for MemoryRelay {
                 position,
                 echoed: false,
                 relayed,
+                duplicate,
             })
         })
     }

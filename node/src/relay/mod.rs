@@ -130,6 +130,10 @@ pub struct Appended {
     pub echoed: bool,
     /// True when other nodes were sent it.
     pub relayed: bool,
+    /// True when the delivery's idempotency key was used before on this
+    /// channel: nothing was appended or sent, `position` is the one the
+    /// first publish got.
+    pub duplicate: bool,
 }
 
 /// Moves messages between nodes.
@@ -153,7 +157,9 @@ pub trait Relay: Send + Sync + 'static {
 
     /// Append a publication to one channel's history (`delivery` targets
     /// exactly that channel) and publish it, in one step: returns its
-    /// position.
+    /// position. A delivery with an idempotency key already used on this
+    /// channel (within the window) is neither appended nor published: the
+    /// check and the append are one atomic step.
     fn publish_history<'a>(
         &'a self,
         delivery: &'a Delivery,

@@ -1,17 +1,22 @@
 //! Transport: moving frames between a client and a connection's outbox,
 //! separate from any protocol.
 //!
-//! A WebSocket connection runs as one task holding two futures: the reader
-//! (frames from the client, rate limited, handed to the front-end's
-//! [`Session`] hooks, plus server ticks) and the writer (drains the outbox:
-//! feed every queued frame, flush once). When either ends, both are dropped,
-//! the socket closes and the session's `on_close` runs. [`upgrade`] does the
-//! HTTP upgrade; [`sse`] drains the same outbox into a streaming HTTP
-//! response (Server-Sent Events) or a long-poll reply.
+//! A WebSocket connection runs as one task holding three futures: the
+//! reader (frames from the client, rate limited, handed to the front-end's
+//! [`Session`] hooks, plus server ticks), the writer (drains the outbox:
+//! feed every queued frame, flush once; sends the server's pings) and the
+//! [`liveness`] watchdog. When one ends, all are dropped, the socket closes
+//! and the session's `on_close` runs. [`listener`] accepts connections and
+//! serves HTTP within bounds; [`upgrade`] does the HTTP upgrade; [`sse`]
+//! drains the same outbox into a streaming HTTP response (Server-Sent
+//! Events) or a long-poll reply.
 
+pub mod listener;
+pub mod liveness;
 pub mod sse;
 pub mod upgrade;
 
+pub use listener::Accepted;
 pub use upgrade::{accept, socket_config, upgraded, Socket, UpgradeError};
 
 use std::collections::VecDeque;
@@ -27,6 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use self::liveness::{Heard, Pings};
+use crate::config::Liveness;
 use crate::outbox::{CloseReason, Outbox};
 
 /// What the reader should do after a frame.
@@ -70,6 +77,8 @@ pub struct Settings {
     pub flush_window: Duration,
     /// How often [`Session::on_tick`] runs; `None` for never.
     pub tick: Option<Duration>,
+    /// Server pings and the deadline to answer them; `None`: no pings.
+    pub liveness: Option<Liveness>,
 }
 
 /// A per-connection token bucket.
@@ -117,6 +126,7 @@ pub async fn run<S, T>(
 {
     let (mut sink, mut stream) = socket.split();
     session.on_open().await;
+    let heard = Heard::new();
     let reader = async {
         let mut limit = RateLimit::new(settings.rate, settings.burst);
         let mut tick = settings.tick.map(|every| {
@@ -136,7 +146,12 @@ pub async fn run<S, T>(
                     None => Some(stream.next().await),
                 }
             };
-            let flow = match next.await {
+            let next = next.await;
+            if matches!(next, Some(Some(_))) {
+                // Any frame (or error) from the client shows it is there.
+                heard.now();
+            }
+            let flow = match next {
                 None => session.on_tick().await,
                 Some(None | Some(Ok(Message::Close(_)))) => return,
                 Some(Some(Ok(Message::Text(text)))) => {
@@ -186,11 +201,29 @@ pub async fn run<S, T>(
             }
         }
     };
-    let writer = write_loop(settings.flush_window, outbox, &mut sink);
+    let writer = write_loop(
+        settings.flush_window,
+        settings.liveness.map(Pings::new),
+        &heard,
+        outbox,
+        &mut sink,
+    );
     let closed_by_server = tokio::select! {
         _ = reader => None,
         reason = writer => reason,
+        reason = liveness::watchdog(settings.liveness, &heard) => Some(reason),
     };
+    if closed_by_server == Some(CloseReason::PingTimeout) {
+        // The peer is gone or not reading: the node forgets it now, then the
+        // close frame goes out for a peer that may still read it.
+        outbox.close(CloseReason::Disconnected);
+        session.on_close(closed_by_server).await;
+        send_close(&mut sink, CloseReason::PingTimeout).await;
+        // A peer that was only stalled gets to read it (and its pongs do
+        // not meet a closed socket, which would reset the connection).
+        until_close_reply(&mut stream).await;
+        return;
+    }
     match closed_by_server {
         // The client closed: send tungstenite's queued close reply.
         None => {
@@ -201,32 +234,54 @@ pub async fn run<S, T>(
         // We sent a close frame: read (and drop) what the client still sends
         // until its close reply, so closing the socket does not reset the
         // connection before the client has read our close frame.
-        Some(_) => {
-            let drain = async {
-                while let Some(Ok(message)) = stream.next().await {
-                    if message.is_close() {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-        }
+        Some(_) => until_close_reply(&mut stream).await,
     }
     // Whatever is left in the outbox is dropped with the connection.
     outbox.close(CloseReason::Disconnected);
     session.on_close(closed_by_server).await;
 }
 
-/// Drain the outbox until it closes; returns the server's close reason, or
-/// `None` when the socket failed.
-async fn write_loop<K>(window: Duration, outbox: &Outbox, sink: &mut K) -> Option<CloseReason>
+/// After our close frame: read (and drop) what the client still sends until
+/// its close reply, for at most 2 s, so closing the socket does not reset
+/// the connection before the client has read the close frame.
+async fn until_close_reply<R>(stream: &mut R)
+where
+    R: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+}
+
+/// Drain the outbox until it closes, and send pings on their schedule;
+/// returns the server's close reason (the pong deadline passed:
+/// [`CloseReason::PingTimeout`], close frame not sent), or `None` when the
+/// socket failed.
+async fn write_loop<K>(
+    window: Duration,
+    mut pings: Option<Pings>,
+    heard: &Heard,
+    outbox: &Outbox,
+    sink: &mut K,
+) -> Option<CloseReason>
 where
     K: Sink<Message, Error = WsError> + Unpin,
 {
     let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
     loop {
+        // Pings keep their schedule while frames flow, too.
+        let ping = match pings.as_mut().map(|p| p.due(heard)) {
+            Some(liveness::Due::Dead) => return Some(CloseReason::PingTimeout),
+            Some(liveness::Due::Ping) => true,
+            _ => false,
+        };
         let closing = outbox.take(&mut batch);
-        if batch.is_empty() {
+        if batch.is_empty() && !ping {
             if let Some(reason) = closing {
                 send_close(sink, reason).await;
                 return Some(reason);
@@ -234,10 +289,21 @@ where
             if batch.capacity() > 64 {
                 batch = VecDeque::new();
             }
-            outbox.ready().await;
+            match &pings {
+                Some(p) => {
+                    tokio::select! {
+                        _ = outbox.ready() => {}
+                        _ = tokio::time::sleep_until(p.next_event()) => {}
+                    }
+                }
+                None => outbox.ready().await,
+            }
             continue;
         }
         let io = async {
+            if ping {
+                sink.feed(Message::Ping(Bytes::new())).await?;
+            }
             if !window.is_zero() && batch.len() > 1 {
                 // Under load, let more frames arrive so they share a syscall.
                 tokio::time::sleep(window).await;

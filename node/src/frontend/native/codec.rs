@@ -9,6 +9,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::codec::{Codec, ConnInfo, Frames, Notice, Recipient, Slot};
 use crate::delivery::{Delivery, DeliveryKind, Position};
 use crate::history::HistoryPage;
+use crate::node::Joined;
+use crate::presence::PresenceEntry;
 
 /// Slot of the verbatim data.
 const RAW: u32 = 0;
@@ -49,7 +51,7 @@ impl Codec for NativeCodec {
                 } else {
                     "leave"
                 };
-                match presence_frame(kind, channel, &delivery.data) {
+                match event_frame(kind, channel, &delivery.data) {
                     Some(frame) => Frames::One(frame),
                     None => Frames::None,
                 }
@@ -69,13 +71,68 @@ impl Codec for NativeCodec {
     }
 }
 
-/// `{"type":"join"|"leave","channel":…,"client_id":…,"user_id":…,"node_id":…}`
-/// (keys sorted, as serde_json writes a map).
-fn presence_frame(kind: &str, channel: &str, entry: &str) -> Option<Utf8Bytes> {
-    let mut value: serde_json::Value = serde_json::from_str(entry).ok()?;
-    value["type"] = serde_json::Value::from(kind);
-    value["channel"] = serde_json::Value::from(channel);
-    Some(Utf8Bytes::from(value.to_string()))
+/// `{"type":"join"|"leave","channel":…,"client_id":…,"user_id":…,"node_id":…,"info":…}`:
+/// the presence entry's fields (in [`PresenceEntry`]'s order) after `type`
+/// and `channel`.
+fn event_frame(kind: &str, channel: &str, entry: &str) -> Option<Utf8Bytes> {
+    let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(entry).ok()?;
+    if fields.is_empty() {
+        return None;
+    }
+    // The entry is a JSON object with at least one key: keep its bytes.
+    let rest = entry.trim_start().strip_prefix('{')?;
+    Some(Utf8Bytes::from(format!(
+        "{{\"type\":\"{kind}\",\"channel\":{},{rest}",
+        json_str(channel)
+    )))
+}
+
+/// `{"type":"subscribed","channel_ids":[…],"positions":{…},"ref":…}`; each
+/// position is `{"offset":…,"epoch":…}` plus `"recovered"` after a `since`.
+pub fn subscribed_frame(joined: &Joined, reference: Option<&RawValue>) -> Utf8Bytes {
+    let mut frame = format!(
+        "{{\"type\":\"subscribed\",\"channel_ids\":{}",
+        serde_json::to_string(&joined.channels).expect("strings serialize")
+    );
+    if !joined.positions.is_empty() {
+        frame.push_str(",\"positions\":{");
+        for (i, (channel, position, recovered)) in joined.positions.iter().enumerate() {
+            if i > 0 {
+                frame.push(',');
+            }
+            frame.push_str(&format!(
+                "{}:{{\"offset\":{},\"epoch\":{}",
+                json_str(channel),
+                position.offset,
+                json_str(&position.epoch)
+            ));
+            if let Some(recovered) = recovered {
+                frame.push_str(&format!(",\"recovered\":{recovered}"));
+            }
+            frame.push('}');
+        }
+        frame.push('}');
+    }
+    push_ref(&mut frame, reference);
+    frame.push('}');
+    Utf8Bytes::from(frame)
+}
+
+/// `{"type":"presence","channel_id":…,"count":…,"clients":[…],"ref":…}`.
+pub fn presence_frame(
+    channel: &str,
+    clients: &[PresenceEntry],
+    reference: Option<&RawValue>,
+) -> Utf8Bytes {
+    let mut frame = format!(
+        "{{\"type\":\"presence\",\"channel_id\":{},\"count\":{},\"clients\":{}",
+        json_str(channel),
+        clients.len(),
+        serde_json::to_string(clients).expect("entries serialize")
+    );
+    push_ref(&mut frame, reference);
+    frame.push('}');
+    Utf8Bytes::from(frame)
 }
 
 /// `{"type":"publication","channel":…,"offset":…,"epoch":…,"data":…}`: the

@@ -24,7 +24,8 @@ use self::parse::MAX_ID_LEN;
 pub use self::session::NativeSession;
 use crate::codec::Codec;
 use crate::frontend::Frontend;
-use crate::node::{MeshError, Node};
+use crate::http_error::HttpError;
+use crate::node::Node;
 use crate::transport;
 
 /// The native protocol.
@@ -71,18 +72,20 @@ async fn websocket(
     mut request: Request,
     codec: Arc<dyn Codec>,
 ) -> Response {
-    let admission = match node.admit() {
+    let holds_permit = request
+        .extensions()
+        .get::<transport::Accepted>()
+        .is_some_and(|a| a.counted);
+    let admission = match node.admit_socket(holds_permit) {
         Ok(admission) => admission,
-        Err(MeshError::Draining) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-        }
-        Err(_) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached").into_response()
+        Err(e) => {
+            return HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+                .into_response()
         }
     };
     let reply = match transport::accept(request.headers()) {
         Ok(reply) => reply,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e) => return HttpError::bad_request(e.to_string()).into_response(),
     };
     let token = request
         .headers()
@@ -93,27 +96,38 @@ async fn websocket(
     let identity = node.identify(token.as_deref());
     let home = match &params.channel_id {
         Some(c) if c.is_empty() || c.len() > MAX_ID_LEN => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("channel_id must be 1 to {MAX_ID_LEN} bytes long"),
-            )
-                .into_response()
+            return HttpError::bad_request(format!(
+                "channel_id must be 1 to {MAX_ID_LEN} bytes long"
+            ))
+            .into_response()
         }
         Some(c) => match crate::limits::channel_name(c) {
             Ok(()) => c.clone(),
-            Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
+            Err(message) => {
+                return HttpError::bad_request(format!("channel_id: {message}")).into_response()
+            }
         },
         None => fresh_channel_id(),
     };
     if let Err(e) = node.may_subscribe_as(&identity, &home) {
-        return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+        return HttpError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()).into_response();
     }
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = transport::socket_config(node.config.max_message_size);
+    let deadline = node.config.connections.handshake_timeout;
     tokio::spawn(async move {
-        let Some(socket) = transport::upgraded(on_upgrade, config).await else {
-            return;
-        };
+        let socket =
+            match tokio::time::timeout(deadline, transport::upgraded(on_upgrade, config)).await {
+                Ok(Some(socket)) => socket,
+                Ok(None) => return,
+                Err(_) => {
+                    node.metrics
+                        .http_timeouts
+                        .with_label_values(&["handshake"])
+                        .inc();
+                    return;
+                }
+            };
         let node_id = node.node_id().to_string();
         let conn = node
             .open(admission, identity, codec, Some(home), |conn| {
@@ -125,6 +139,7 @@ async fn websocket(
             burst: node.config.client_burst,
             flush_window: node.config.flush_window,
             tick: None,
+            liveness: node.config.connections.liveness,
         };
         let session = NativeSession::new(node.clone(), conn.clone());
         transport::run(socket, &conn.outbox, session, settings).await;

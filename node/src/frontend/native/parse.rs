@@ -5,7 +5,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::delivery::Position;
 use crate::node::MeshError;
 
 /// Longest `ref` echoed back, in bytes of JSON.
@@ -45,6 +44,8 @@ pub struct Fields<'a> {
     pub channel_id: Option<&'a RawValue>,
     #[serde(borrow)]
     pub limit: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub idempotency_key: Option<&'a RawValue>,
 }
 
 /// A rejected frame: message and code.
@@ -86,6 +87,17 @@ pub fn data(field: Option<&RawValue>) -> Result<Utf8Bytes, Reject> {
     Ok(Utf8Bytes::from(raw.get().to_string()))
 }
 
+/// The optional `idempotency_key` of a publish frame.
+pub fn idempotency_key(field: Option<&RawValue>) -> Result<Option<String>, Reject> {
+    match field {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => crate::idempotency::key_from_json(raw.get())
+            .map(Some)
+            .map_err(bad),
+    }
+}
+
 pub fn boolean(field: Option<&RawValue>, name: &str) -> Result<bool, Reject> {
     match field {
         None => Ok(false),
@@ -103,12 +115,4 @@ pub fn string(field: Option<&RawValue>, name: &str) -> Result<Option<String>, Re
             .map(Some)
             .map_err(|_| bad(format!("{name} must be a string"))),
     }
-}
-
-pub fn position_json(position: &Position, recovered: Option<bool>) -> serde_json::Value {
-    let mut v = serde_json::json!({"offset": position.offset, "epoch": position.epoch});
-    if let Some(r) = recovered {
-        v["recovered"] = r.into();
-    }
-    v
 }

@@ -9,9 +9,12 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::codec::{ack, connection_frame, error_frame, history_frame, json_str, push_ref};
+use super::codec::{
+    ack, connection_frame, error_frame, history_frame, json_str, presence_frame, push_ref,
+    subscribed_frame,
+};
 use super::parse::{
-    bad, boolean, data, ids, position_json, string, valid_ref, Fields, Reject, MAX_REF_LEN,
+    bad, boolean, data, idempotency_key, ids, string, valid_ref, Fields, Reject, MAX_REF_LEN,
 };
 use crate::conn::Conn;
 use crate::delivery::{Delivery, Position, Target};
@@ -82,14 +85,18 @@ impl NativeSession {
             }
             other => other,
         };
-        let kind: String = match f.kind {
-            None => {
-                self.count_in("invalid");
-                return Err(bad("type is required"));
-            }
-            Some(k) => serde_json::from_str(k.get()).map_err(|_| bad("type must be a string"))?,
+        // From here on every error carries the frame's `ref`.
+        let kind: Result<String, Reject> = match f.kind {
+            None => Err(bad("type is required")),
+            Some(k) => serde_json::from_str(k.get()).map_err(|_| bad("type must be a string")),
         };
-        let result = self.dispatch(&kind, &f, reference).await;
+        let result = match kind {
+            Ok(kind) => self.dispatch(&kind, &f, reference).await,
+            Err(reject) => {
+                self.count_in("invalid");
+                Err(reject)
+            }
+        };
         if let Err(reject) = result {
             self.reject(reject, reference);
         }
@@ -138,12 +145,13 @@ impl NativeSession {
             "channel" => {
                 let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
                 let frame = data(f.data)?;
+                let key = idempotency_key(f.idempotency_key)?;
                 let delivery = Delivery::new(Target::Channels(channels), frame);
                 // With a `ref` the ack waits for the relay's outcome.
                 let confirm = reference.is_some();
                 let done = self
                     .node
-                    .client_publish(&self.conn, delivery, confirm)
+                    .client_publish(&self.conn, delivery, confirm, key.as_deref())
                     .await?;
                 self.published(done, reference);
                 Ok(())
@@ -155,12 +163,13 @@ impl NativeSession {
                     Target::Clients(ids(f.client_ids, "client_ids", self.max_ids())?)
                 };
                 let frame = data(f.data)?;
+                let key = idempotency_key(f.idempotency_key)?;
                 let delivery = Delivery::new(target, frame);
                 // With a `ref` the ack waits for the relay's outcome.
                 let confirm = reference.is_some();
                 let done = self
                     .node
-                    .client_publish(&self.conn, delivery, confirm)
+                    .client_publish(&self.conn, delivery, confirm, key.as_deref())
                     .await?;
                 self.published(done, reference);
                 Ok(())
@@ -168,6 +177,12 @@ impl NativeSession {
             "subscribe" => self.subscribe(f, reference).await,
             "unsubscribe" => {
                 let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
+                if let Some(home) = channels.iter().find(|c| c.as_str() == self.conn.home()) {
+                    return Err(bad(format!(
+                        "{} is this connection's channel_id, which it stays in until it disconnects",
+                        json_str(home)
+                    )));
+                }
                 let reply = ack("unsubscribed", &channels, reference);
                 self.node.leave(&self.conn, &channels, || Some(reply)).await;
                 Ok(())
@@ -206,20 +221,7 @@ impl NativeSession {
         };
         self.node
             .join(&self.conn, request, |joined| {
-                let mut reply =
-                    serde_json::json!({"type": "subscribed", "channel_ids": joined.channels});
-                if !joined.positions.is_empty() {
-                    let positions: serde_json::Map<String, serde_json::Value> = joined
-                        .positions
-                        .iter()
-                        .map(|(c, p, recovered)| (c.clone(), position_json(p, *recovered)))
-                        .collect();
-                    reply["positions"] = serde_json::Value::Object(positions);
-                }
-                if let Some(r) = reference {
-                    reply["ref"] = serde_json::from_str(r.get()).expect("ref is valid JSON");
-                }
-                Some(Utf8Bytes::from(reply.to_string()))
+                Some(subscribed_frame(joined, reference))
             })
             .await?;
         Ok(())
@@ -274,28 +276,29 @@ impl NativeSession {
     ) -> Result<(), Reject> {
         let (channel, _) = self.readable_channel(f, Read::Presence)?;
         let clients = self.node.presence(&channel).await?;
-        let mut reply = serde_json::json!({
-            "type": "presence",
-            "channel_id": channel,
-            "count": clients.len(),
-            "clients": clients,
-        });
-        if let Some(r) = reference {
-            reply["ref"] = serde_json::from_str(r.get()).expect("ref is valid JSON");
-        }
-        self.send(Utf8Bytes::from(reply.to_string()));
+        self.send(presence_frame(&channel, &clients, reference));
         Ok(())
     }
 
     fn published(&self, done: Published, reference: Option<&RawValue>) {
         if let Some(r) = reference {
-            self.send(Utf8Bytes::from(format!(
-                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{},\"relay\":\"{}\"}}",
+            let mut frame = format!(
+                "{{\"type\":\"published\",\"ref\":{},\"local_deliveries\":{},\"relayed\":{},\"relay\":\"{}\"",
                 r.get(),
                 done.local_deliveries,
                 done.relayed,
                 done.relay.as_str()
-            )));
+            );
+            if let Some(duplicate) = done.duplicate {
+                frame.push_str(&format!(",\"duplicate\":{duplicate}"));
+            }
+            if !done.positions.is_empty() {
+                let positions =
+                    serde_json::to_string(&done.positions).expect("positions serialize");
+                frame.push_str(&format!(",\"positions\":{positions}"));
+            }
+            frame.push('}');
+            self.send(Utf8Bytes::from(frame));
         }
     }
 

@@ -1,0 +1,335 @@
+//! Accepting TCP connections and serving HTTP on them, within bounds.
+//!
+//! - **A permit per socket.** With a cap, a connection takes a permit when it
+//!   is accepted and the socket holds it until it closes: through an upgrade
+//!   the WebSocket owns the socket, so one permit covers the handshake and
+//!   the connection after it. Pending handshakes, API and health requests and
+//!   idle keep-alive connections count like WebSockets. Over the cap a
+//!   connection waits up to [`WAIT_FOR_PLACE`] for a place (one that is
+//!   closing gives it back), then gets a `503` with a JSON body and is
+//!   closed.
+//! - **Deadlines.** A request's head must arrive within the header timeout
+//!   (hyper's header read timeout, which also runs while a keep-alive
+//!   connection waits for its next request). The front-ends and the API
+//!   bound what follows the head (see `--handshake-timeout-seconds`).
+//! - **Socket options.** `TCP_NODELAY`, TCP keepalive and, when set,
+//!   `TCP_USER_TIMEOUT` (how long sent data may stay unacknowledged).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+
+/// How one listener accepts and bounds its connections.
+#[derive(Clone)]
+pub struct Bounds {
+    /// Label of this listener in the metrics (`client`, `admin`).
+    pub label: &'static str,
+    /// One permit per open connection; `None`: no cap.
+    pub permits: Option<Arc<Semaphore>>,
+    /// A request's head must arrive within this.
+    pub header_timeout: Duration,
+    /// TCP keepalive idle time (`None`: off).
+    pub tcp_keepalive: Option<Duration>,
+    /// `TCP_USER_TIMEOUT` (`None`: the kernel's default).
+    pub user_timeout: Option<Duration>,
+}
+
+/// Put in every request's extensions: the connection it came on holds a
+/// permit of the node's cap, so the front-end must not take another.
+#[derive(Clone, Copy, Debug)]
+pub struct Accepted {
+    /// Whether a permit was taken (false without a cap).
+    pub counted: bool,
+}
+
+/// Connections waiting for a place at a full cap, or being refused, at
+/// once; beyond, a connection over the cap is just closed (the cap protects
+/// file descriptors, and waiting ones hold some).
+const MAX_WAITING: usize = 64;
+
+/// How long a connection over the cap waits for a place before it is
+/// refused: a connection that is closing gives its place back within it.
+pub const WAIT_FOR_PLACE: Duration = Duration::from_secs(1);
+
+/// What every connection task of one listener shares.
+#[derive(Clone)]
+struct Listener {
+    router: Router,
+    bounds: Bounds,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    /// Held by every connection task, so the listener knows when all ended.
+    open: watch::Receiver<()>,
+}
+
+impl Listener {
+    fn start(&self, tcp: TcpStream, permit: Option<OwnedSemaphorePermit>) {
+        set_options(&tcp, &self.bounds);
+        let accepted = Accepted {
+            counted: permit.is_some(),
+        };
+        let io = Held {
+            tcp,
+            _permit: permit,
+        };
+        tokio::spawn(connection(io, accepted, self.clone()));
+    }
+
+    /// Over the cap: wait a moment for a place, else answer 503 and close.
+    fn wait_or_refuse(&self, tcp: TcpStream, permits: Arc<Semaphore>, waiting: &Arc<Semaphore>) {
+        let Ok(slot) = waiting.clone().try_acquire_owned() else {
+            self.refused();
+            return drop(tcp);
+        };
+        let listener = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(WAIT_FOR_PLACE, permits.acquire_owned()).await {
+                Ok(Ok(permit)) => listener.start(tcp, Some(permit)),
+                _ => {
+                    listener.refused();
+                    refuse(tcp, listener.bounds.label).await;
+                }
+            }
+            drop(slot);
+        });
+    }
+
+    fn refused(&self) {
+        let label = self.bounds.label;
+        self.metrics.http_refused.with_label_values(&[label]).inc();
+        if label == "client" {
+            self.metrics.errors.with_label_values(&["capacity"]).inc();
+        }
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` completes; then stop
+/// accepting, ask open HTTP connections to finish their current request,
+/// and return once they have (upgraded sockets are not waited for).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    bounds: Bounds,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop) = watch::channel(false);
+    let (open_tx, open) = watch::channel(());
+    let shared = Listener {
+        router,
+        bounds,
+        metrics,
+        stop,
+        open,
+    };
+    let waiting = Arc::new(Semaphore::new(MAX_WAITING));
+    tokio::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        match &shared.bounds.permits {
+            None => shared.start(tcp, None),
+            Some(permits) => match permits.clone().try_acquire_owned() {
+                Ok(permit) => shared.start(tcp, Some(permit)),
+                Err(_) => shared.wait_or_refuse(tcp, permits.clone(), &waiting),
+            },
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(shared);
+    // Every connection task holds a receiver until it ends.
+    open_tx.closed().await;
+}
+
+/// One HTTP connection, until it ends or is upgraded.
+async fn connection(io: Held, accepted: Accepted, listener: Listener) {
+    let Listener {
+        router,
+        bounds,
+        metrics,
+        mut stop,
+        open: _open,
+    } = listener;
+    let gauge = metrics.http_connections.with_label_values(&[bounds.label]);
+    gauge.inc();
+    let service = TowerToHyperService::new(router);
+    let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+        request.extensions_mut().insert(accepted);
+        hyper::service::Service::call(&service, request)
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.header_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = async { drop(stop.wait_for(|stop| *stop).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    gauge.dec();
+    if let Err(e) = result {
+        if e.is_timeout() {
+            metrics.http_timeouts.with_label_values(&["header"]).inc();
+        }
+        tracing::debug!(error = %e, listener = bounds.label, "HTTP connection ended");
+    }
+}
+
+/// The reply to a connection over the cap: a `503` with a JSON body, then
+/// close. What the client sent is read (and dropped) for a moment so the
+/// close does not reset the connection before the client reads the reply.
+async fn refuse(mut tcp: TcpStream, label: &str) {
+    let message = if label == "admin" {
+        "the admin listener holds its maximum of connections (--max-admin-connections)"
+    } else {
+        // The same words as the node's own capacity error.
+        "the node holds its maximum of connections (--max-connections)"
+    };
+    let body = crate::http_error::body(message, "capacity");
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.set_nodelay(true);
+    let said = async {
+        tcp.write_all(reply.as_bytes()).await?;
+        tcp.shutdown().await
+    };
+    if tokio::time::timeout(Duration::from_secs(1), said)
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            let mut total = 0;
+            while total < 64 * 1024 {
+                match tcp.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    }
+}
+
+/// After a failed `accept`: a connection that went away before it was
+/// accepted is nothing; anything else (out of file descriptors, memory)
+/// gets a pause, so the loop does not spin while the condition lasts.
+async fn accept_failed(e: io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted
+    ) {
+        return;
+    }
+    tracing::warn!(error = %e, "accept failed; pausing 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+fn set_options(tcp: &TcpStream, bounds: &Bounds) {
+    // Small frames must not wait for Nagle's algorithm (40 ms stalls).
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY");
+    }
+    let socket = socket2::SockRef::from(tcp);
+    if let Some(idle) = bounds.tcp_keepalive {
+        if let Err(e) = socket.set_tcp_keepalive(&keepalive(idle)) {
+            tracing::debug!(error = %e, "TCP keepalive");
+        }
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(timeout) = bounds.user_timeout {
+        if let Err(e) = socket.set_tcp_user_timeout(Some(timeout)) {
+            tracing::debug!(error = %e, "TCP_USER_TIMEOUT");
+        }
+    }
+}
+
+/// Keepalive probes after `idle` without traffic, then 3 probes a third of
+/// `idle` apart (at least 1 s): a silent dead peer goes after about twice
+/// `idle`.
+pub fn keepalive(idle: Duration) -> socket2::TcpKeepalive {
+    let interval = (idle / 3).max(Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval);
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive.with_retries(3);
+    keepalive
+}
+
+/// An accepted socket and the permit it holds until it is dropped.
+struct Held {
+    tcp: TcpStream,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsyncRead for Held {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Held {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
