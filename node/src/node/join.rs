@@ -232,9 +232,11 @@ impl Node {
 
 /// Encode `d` for `conn` into `frames` (positioned: the enveloped form).
 fn encode(conn: &Conn, d: &Delivery, positioned: bool, frames: &mut Vec<Utf8Bytes>) {
+    // The connection's state is locked here: no `member_of`.
     let to = Recipient {
         client_id: &conn.client_id,
         positioned,
+        member_of: None,
     };
     let slot = conn.codec.slot(d, &to);
     if slot != Slot::Skip {
