@@ -241,6 +241,10 @@ struct NotifyChannels {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    /// The event name for protocols that name events (Phoenix); the native
+    /// protocol ignores it.
+    #[serde(default)]
+    event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
 }
@@ -329,14 +333,16 @@ async fn notify_channels(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    publish(
-        &node,
-        Target::Channels(req.channel_ids),
-        frame,
-        req.local,
-        key,
-    )
-    .await
+    let mut delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
+    delivery.idempotency = key;
+    if let Some(event) = &req.event {
+        crate::limits::event_name(event).map_err(|m| bad(format!("event: {m}")))?;
+        delivery.event = Some(Arc::from(event.as_str()));
+    }
+    node.publish_channels_confirmed(delivery, scope(req.local))
+        .await
+        .map(Json)
+        .map_err(mesh_error)
 }
 
 async fn notify_users(

@@ -16,13 +16,27 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::delivery::Delivery;
 
 /// What a codec may know about one recipient of a delivery.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Recipient<'a> {
     /// The connection's client id.
     pub client_id: &'a str,
     /// True when the delivery has a position and this connection asked for
     /// positions on the channel (the enveloped form, with offsets).
     pub positioned: bool,
+    /// Is the connection a member of this channel? (For protocols that
+    /// frame a publication to several channels once per joined channel;
+    /// `None` where the connection's state is locked. Takes a lock: call it
+    /// only for such deliveries.)
+    pub member_of: Option<&'a dyn Fn(&str) -> bool>,
+}
+
+impl std::fmt::Debug for Recipient<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recipient")
+            .field("client_id", &self.client_id)
+            .field("positioned", &self.positioned)
+            .finish()
+    }
 }
 
 /// Which encoding a recipient gets.
@@ -92,6 +106,12 @@ pub trait Codec: Send + Sync + 'static {
     /// A frame telling the connection about a node event, if this protocol
     /// has one.
     fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice) -> Option<Utf8Bytes> {
+        None
+    }
+
+    /// A counter of frames queued to this codec's connections (per
+    /// front-end metrics), if the protocol keeps one.
+    fn sent(&self) -> Option<&prometheus::IntCounter> {
         None
     }
 }
@@ -169,6 +189,7 @@ mod tests {
         let to = |id| Recipient {
             client_id: id,
             positioned: false,
+            member_of: None,
         };
         for id in ["1", "2", "3"] {
             let f = cache.frames(&a, &d, &to(id)).expect("sent");

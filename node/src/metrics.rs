@@ -4,6 +4,10 @@
 //! scrape never walks a map. Each node owns its own [`Registry`]; tests may run
 //! several nodes in one process.
 
+mod frontend;
+
+pub use frontend::FrontendMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -30,6 +34,8 @@ pub mod labels {
         "invalid_utf8",
         "protocol_error",
         "ping_timeout",
+        "heartbeat_timeout",
+        "bad_frame",
     ];
     /// `pubmesh_dropped_total{reason}`.
     pub const DROPPED_REASONS: &[&str] = &["slow_consumer", "closed"];
@@ -143,6 +149,8 @@ pub struct Metrics {
     pub relay_interest_ops: IntCounter,
     pub relay_interest_pending: IntGauge,
     pub presence_gone_leaves: IntCounter,
+    /// Per front-end series (`pubmesh_frontend_*`).
+    pub frontend: FrontendMetrics,
     pub idempotent_duplicates: IntCounter,
     pub idempotent_dropped: IntCounter,
     pub idempotency_keys: IntGauge,
@@ -377,6 +385,7 @@ impl Metrics {
                 "pubmesh_presence_gone_leaves_total",
                 "Presence leave events sent for members of nodes declared gone",
             ),
+            frontend: FrontendMetrics::new(&r),
             idempotent_duplicates: counter(
                 &r,
                 "pubmesh_idempotent_duplicates_total",

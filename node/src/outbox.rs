@@ -35,6 +35,12 @@ pub enum CloseReason {
     /// Nothing from the client within `--pong-timeout-seconds` of a ping
     /// (or for the ping interval plus that): 4010.
     PingTimeout,
+    /// A Phoenix socket sent nothing (not even a heartbeat) for
+    /// `--phoenix-heartbeat-timeout-ms`: 4408.
+    HeartbeatTimeout,
+    /// A frame the socket's protocol cannot read at all (e.g. a Phoenix
+    /// frame that is not a 5-element array): 4400.
+    BadFrame,
 }
 
 impl CloseReason {
@@ -49,6 +55,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => 4008,
             CloseReason::RateLimited => 4029,
             CloseReason::PingTimeout => 4010,
+            CloseReason::HeartbeatTimeout => 4408,
+            CloseReason::BadFrame => 4400,
         }
     }
 
@@ -64,6 +72,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limited",
             CloseReason::PingTimeout => "ping timeout",
+            CloseReason::HeartbeatTimeout => "heartbeat timeout",
+            CloseReason::BadFrame => "bad frame",
         }
     }
 
@@ -79,6 +89,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::BadFrame => "bad_frame",
         }
     }
 }

@@ -346,9 +346,11 @@ impl Hub {
                     positioned = true;
                 }
             }
+            let member_of = |channel: &str| conn.is_member(channel);
             let to = Recipient {
                 client_id: &conn.client_id,
                 positioned,
+                member_of: Some(&member_of),
             };
             let Some(frames) = cache.frames(&conn.codec, delivery, &to) else {
                 continue;
@@ -364,11 +366,17 @@ impl Hub {
     /// Queue frames to one connection; false when it did not take them.
     pub fn push(&self, conn: &Conn, frames: Frames) -> bool {
         let mut queued = false;
+        let sent = conn.codec.sent();
         let mut push = |frame: &tokio_tungstenite::tungstenite::Utf8Bytes| match conn
             .outbox
             .push(frame.clone())
         {
-            Push::Queued => queued = true,
+            Push::Queued => {
+                queued = true;
+                if let Some(sent) = sent {
+                    sent.inc();
+                }
+            }
             Push::Overflowed => {
                 self.metrics.slow_consumer_disconnects.inc();
                 self.metrics

@@ -364,6 +364,7 @@ impl Node {
             let to = Recipient {
                 client_id: &conn.client_id,
                 positioned: true,
+                member_of: None,
             };
             let encode = |d: &Delivery, frames: &mut Vec<Utf8Bytes>| {
                 let slot = conn.codec.slot(d, &to);
