@@ -70,6 +70,13 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Write `text` to a fresh `pubmesh.toml` and return its path.
+pub fn config_file(text: &str) -> String {
+    let path = temp_dir("config").join("pubmesh.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.to_string_lossy().into_owned()
+}
+
 fn pubmesh_bin() -> PathBuf {
     let path = std::env::var_os("PUBMESH_BIN")
         .map(PathBuf::from)
@@ -761,4 +768,19 @@ pub fn hs256_with(secret: &str, mut claims: Value, ttl_secs: i64) -> String {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("encode token")
+}
+
+/// Two nodes started with the same arguments, once each sees both in
+/// `/api/nodes`.
+pub async fn two_nodes(args: &[&str]) -> (Node, Node) {
+    let a = Node::start(args).await;
+    let b = Node::start(args).await;
+    for node in [&a, &b] {
+        eventually("membership", patience(20), || async move {
+            let (_, body) = node.get("/api/nodes").await;
+            (body["nodes"].as_array().map(Vec::len) == Some(2)).then_some(())
+        })
+        .await;
+    }
+    (a, b)
 }

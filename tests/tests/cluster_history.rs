@@ -35,16 +35,7 @@ async fn two_nodes(redis: &Redis, extra: &[&str]) -> (Node, Node) {
     let file = config();
     let mut args = vec!["--redis-url", url.as_str(), "--config", file.as_str()];
     args.extend_from_slice(extra);
-    let a = Node::start(&args).await;
-    let b = Node::start(&args).await;
-    for node in [&a, &b] {
-        eventually("membership", patience(20), || async move {
-            let (_, body) = node.get("/api/nodes").await;
-            (body["nodes"].as_array().map(Vec::len) == Some(2)).then_some(())
-        })
-        .await;
-    }
-    (a, b)
+    pubmesh_tests::harness::two_nodes(&args).await
 }
 
 async fn publish(node: &Node, channel: &str, data: Value) {

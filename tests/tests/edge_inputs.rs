@@ -1,10 +1,8 @@
 //! Inputs at the edge: repeated and too many ids, channel names, `nbf`, and
 //! history reads of unknown names, against real nodes (and Redis).
 
-use std::io::Write;
-
 use pubmesh_tests::harness::{
-    cluster_slot, eventually, hs256, hs256_with, patience, temp_dir, Client, Node, Redis, ANONYMOUS,
+    cluster_slot, eventually, hs256, hs256_with, patience, Client, Node, Redis, ANONYMOUS,
 };
 use serde_json::{json, Value};
 
@@ -18,11 +16,7 @@ history_ttl_seconds = 300
 "#;
 
 fn config(text: &str) -> String {
-    let path = temp_dir("config").join("pubmesh.toml");
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .expect("write config");
-    path.to_string_lossy().to_string()
+    pubmesh_tests::harness::config_file(text)
 }
 
 /// The same id `n` times.

@@ -1,19 +1,14 @@
 //! Channel namespaces, history, recovery and presence on one node.
 
-use std::io::Write;
 use std::time::Duration;
 
-use pubmesh_tests::harness::{hs256_with, temp_dir, Client, Node};
+use pubmesh_tests::harness::{hs256_with, Client, Node};
 use serde_json::{json, Value};
 
 const SECRET: &str = "history-secret";
 
 fn config(text: &str) -> String {
-    let path = temp_dir("config").join("pubmesh.toml");
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .expect("write config");
-    path.to_string_lossy().to_string()
+    pubmesh_tests::harness::config_file(text)
 }
 
 const NAMESPACES: &str = r#"

@@ -3,7 +3,7 @@
 //! and refused WebSocket upgrades, a full or draining node, on the client
 //! listener and on `--admin-listen` alike (docs/protocol.md, "HTTP errors").
 
-use pubmesh_tests::harness::{eventually, free_port, patience, temp_dir, Client, Node, API_KEY};
+use pubmesh_tests::harness::{eventually, free_port, patience, Client, Node, API_KEY};
 use serde_json::Value;
 
 const CLAIMS: &str = r#"
@@ -13,9 +13,7 @@ subscribe = "claim"
 "#;
 
 fn config(text: &str) -> String {
-    let path = temp_dir("config").join("pubmesh.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_string_lossy().to_string()
+    pubmesh_tests::harness::config_file(text)
 }
 
 /// One request: method, URL, whether it asks for a WebSocket upgrade, body.

@@ -43,16 +43,7 @@ async fn two_nodes(redis: &Redis, extra: &[&str]) -> (Node, Node) {
         SECRET,
     ];
     args.extend_from_slice(extra);
-    let a = Node::start(&args).await;
-    let b = Node::start(&args).await;
-    for node in [&a, &b] {
-        eventually("membership", patience(20), || async move {
-            let (_, body) = node.get("/api/nodes").await;
-            (body["nodes"].as_array().map(Vec::len) == Some(2)).then_some(())
-        })
-        .await;
-    }
-    (a, b)
+    pubmesh_tests::harness::two_nodes(&args).await
 }
 
 async fn member(node: &Node, channel: &str) -> Client {

@@ -10,10 +10,9 @@
 //! missing, malformed client ids and `local` publications to history channels
 //! are refused, and the connect-time channel cannot be unsubscribed.
 
-use std::io::Write;
 use std::time::Duration;
 
-use pubmesh_tests::harness::{hs256_with, patience, temp_dir, Client, Node, API_KEY};
+use pubmesh_tests::harness::{hs256_with, patience, Client, Node, API_KEY};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -35,11 +34,7 @@ join_leave = true
 "#;
 
 fn config(text: &str) -> String {
-    let path = temp_dir("config").join("pubmesh.toml");
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .expect("write config");
-    path.to_string_lossy().to_string()
+    pubmesh_tests::harness::config_file(text)
 }
 
 /// Collects raw frames and replies, with run-specific ids replaced.

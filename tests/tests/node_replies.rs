@@ -4,7 +4,7 @@
 //! a channel's history are refused rather than answered 200, and replies
 //! keep their documented key order.
 
-use pubmesh_tests::harness::{hs256, patience, temp_dir, Client, Node, API_KEY};
+use pubmesh_tests::harness::{hs256, patience, Client, Node, API_KEY};
 use serde_json::{json, Value};
 
 const SECRET: &str = "replies-secret";
@@ -18,9 +18,7 @@ presence = true
 "#;
 
 fn config(text: &str) -> String {
-    let path = temp_dir("config").join("pubmesh.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_string_lossy().to_string()
+    pubmesh_tests::harness::config_file(text)
 }
 
 /// The next text frame, as sent.
