@@ -9,20 +9,38 @@
 //! a connection ([`Slot::Skip`]) or encode it for that connection alone
 //! ([`Slot::Own`]), which is where per-session filtering goes.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::delivery::Delivery;
 
+/// Per-connection data a front-end attaches for its codec (e.g. a Cells
+/// session's claims), read back by downcasting in [`Codec::slot`].
+pub type Tag = Arc<dyn Any + Send + Sync>;
+
 /// What a codec may know about one recipient of a delivery.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Recipient<'a> {
     /// The connection's client id.
     pub client_id: &'a str,
     /// True when the delivery has a position and this connection asked for
     /// positions on the channel (the enveloped form, with offsets).
     pub positioned: bool,
+    /// The connection's tag; filled in only for deliveries that carry an
+    /// audience (so the fan-out of every other delivery never reads it).
+    pub tag: Option<&'a Tag>,
+}
+
+impl std::fmt::Debug for Recipient<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recipient")
+            .field("client_id", &self.client_id)
+            .field("positioned", &self.positioned)
+            .field("tag", &self.tag.is_some())
+            .finish()
+    }
 }
 
 /// Which encoding a recipient gets.
@@ -169,6 +187,7 @@ mod tests {
         let to = |id| Recipient {
             client_id: id,
             positioned: false,
+            tag: None,
         };
         for id in ["1", "2", "3"] {
             let f = cache.frames(&a, &d, &to(id)).expect("sent");

@@ -30,6 +30,7 @@ pub mod labels {
         "invalid_utf8",
         "protocol_error",
         "ping_timeout",
+        "bad_frame",
     ];
     /// `pubmesh_dropped_total{reason}`.
     pub const DROPPED_REASONS: &[&str] = &["slow_consumer", "closed"];
@@ -71,6 +72,7 @@ pub mod labels {
         "api_clients",
         "api_broadcast",
         "api_disconnect",
+        "api_events",
     ];
     /// `pubmesh_messages_out_total{kind}`.
     pub const MESSAGE_OUT_KINDS: &[&str] = &["channels", "users", "clients", "broadcast"];
@@ -151,6 +153,8 @@ pub struct Metrics {
     pub http_connections: IntGaugeVec,
     pub http_refused: IntCounterVec,
     pub http_timeouts: IntCounterVec,
+    /// Metrics per front-end.
+    pub frontends: crate::frontend_metrics::FrontendMetrics,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -426,6 +430,7 @@ impl Metrics {
                 "HTTP connections closed because a request's head (header) or its upgrade or body (handshake) came too late",
                 "phase",
             ),
+            frontends: crate::frontend_metrics::FrontendMetrics::new(&r),
             registry: r,
         };
         m.ready.set(1);

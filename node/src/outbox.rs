@@ -35,6 +35,9 @@ pub enum CloseReason {
     /// Nothing from the client within `--pong-timeout-seconds` of a ping
     /// (or for the ping interval plus that): 4010.
     PingTimeout,
+    /// A frame the protocol refuses and answers by closing (the Cells
+    /// gateway's error message, sent first as a text frame): 4400.
+    BadFrame,
 }
 
 impl CloseReason {
@@ -49,6 +52,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 4008,
             CloseReason::RateLimited => 4029,
             CloseReason::PingTimeout => 4010,
+            CloseReason::BadFrame => 4400,
         }
     }
 
@@ -64,6 +68,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limited",
             CloseReason::PingTimeout => "ping timeout",
+            CloseReason::BadFrame => "bad frame",
         }
     }
 
@@ -79,6 +84,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::BadFrame => "bad_frame",
         }
     }
 }

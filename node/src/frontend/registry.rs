@@ -4,5 +4,8 @@ use super::Frontend;
 
 /// Every front-end, in mounting order. A new protocol is one line here.
 pub fn frontends() -> Vec<Box<dyn Frontend>> {
-    vec![Box::new(super::native::Native)]
+    vec![
+        Box::new(super::native::Native),
+        Box::new(super::cells::Cells),
+    ]
 }

@@ -346,9 +346,15 @@ impl Hub {
                     positioned = true;
                 }
             }
+            // Only deliveries with an audience read the connection's tag.
+            let tag = match &delivery.audience {
+                Some(_) => conn.state.lock().tag.clone(),
+                None => None,
+            };
             let to = Recipient {
                 client_id: &conn.client_id,
                 positioned,
+                tag: tag.as_ref(),
             };
             let Some(frames) = cache.frames(&conn.codec, delivery, &to) else {
                 continue;
@@ -517,6 +523,7 @@ mod tests {
                 info: None,
                 positioned: HashMap::new(),
                 churn: Default::default(),
+                tag: None,
             }),
             permit: Mutex::new(None),
         })

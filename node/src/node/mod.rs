@@ -7,6 +7,7 @@
 
 mod churn;
 mod error;
+mod groups;
 mod hub;
 mod keyed;
 mod ops;
@@ -20,6 +21,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 pub use error::MeshError;
+pub use groups::{group_name, GROUP_PREFIX};
 pub use hub::HubCounts;
 pub use ops::{Admission, JoinRequest, Joined, Read};
 pub use tasks::{expire_tokens, refresh_presence};

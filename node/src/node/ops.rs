@@ -165,6 +165,7 @@ impl Node {
                 info: identity.info.map(Arc::from),
                 positioned: HashMap::new(),
                 churn: Default::default(),
+                tag: None,
             }),
             permit: Mutex::new(admission.permit),
         });
@@ -364,6 +365,7 @@ impl Node {
             let to = Recipient {
                 client_id: &conn.client_id,
                 positioned: true,
+                tag: None,
             };
             let encode = |d: &Delivery, frames: &mut Vec<Utf8Bytes>| {
                 let slot = conn.codec.slot(d, &to);
