@@ -242,6 +242,10 @@ struct NotifyChannels {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    /// The event name for protocols that name events (Phoenix); the native
+    /// protocol ignores it.
+    #[serde(default)]
+    event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
 }
@@ -330,14 +334,16 @@ async fn notify_channels(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    publish(
-        &node,
-        Target::Channels(req.channel_ids),
-        frame,
-        req.local,
-        key,
-    )
-    .await
+    let mut delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
+    delivery.idempotency = key;
+    if let Some(event) = &req.event {
+        crate::limits::event_name(event).map_err(|m| bad(format!("event: {m}")))?;
+        delivery.event = Some(Arc::from(event.as_str()));
+    }
+    node.publish_channels_confirmed(delivery, scope(req.local))
+        .await
+        .map(Json)
+        .map_err(mesh_error)
 }
 
 async fn notify_users(
@@ -387,11 +393,7 @@ async fn broadcast(
 async fn events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Published>, ApiError> {
     use crate::frontend::cells::events;
     let refused = |(code, message): events::Refusal| {
-        node.metrics
-            .frontends
-            .errors
-            .with_label_values(&["cells", code])
-            .inc();
+        node.metrics.frontend.error("cells", code);
         HttpError::new(StatusCode::BAD_REQUEST, code, message)
     };
     let request: events::EventRequest =
@@ -399,7 +401,7 @@ async fn events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Publi
     let (delivery, kind) = events::delivery(&node, request).map_err(refused)?;
     count(&node, "api_events");
     node.metrics
-        .frontends
+        .frontend
         .events_in
         .with_label_values(&["cells", &kind])
         .inc();

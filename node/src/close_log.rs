@@ -59,6 +59,8 @@ pub fn is_policy(reason: CloseReason) -> bool {
             | CloseReason::PingTimeout
             | CloseReason::RateLimited
             | CloseReason::TooBig
+            | CloseReason::HeartbeatTimeout
+            | CloseReason::BadFrame
     )
 }
 

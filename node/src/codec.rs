@@ -31,6 +31,11 @@ pub struct Recipient<'a> {
     /// The connection's tag; filled in only for deliveries that carry an
     /// audience (so the fan-out of every other delivery never reads it).
     pub tag: Option<&'a Tag>,
+    /// Is the connection a member of this channel? (For protocols that
+    /// frame a publication to several channels once per joined channel;
+    /// `None` where the connection's state is locked. Takes a lock: call it
+    /// only for such deliveries.)
+    pub member_of: Option<&'a dyn Fn(&str) -> bool>,
 }
 
 impl std::fmt::Debug for Recipient<'_> {
@@ -112,6 +117,12 @@ pub trait Codec: Send + Sync + 'static {
     fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice) -> Option<Utf8Bytes> {
         None
     }
+
+    /// A counter of frames queued to this codec's connections (per
+    /// front-end metrics), if the protocol keeps one.
+    fn sent(&self) -> Option<&prometheus::IntCounter> {
+        None
+    }
 }
 
 /// Encodings of one delivery made so far, by (codec instance, slot).
@@ -188,6 +199,7 @@ mod tests {
             client_id: id,
             positioned: false,
             tag: None,
+            member_of: None,
         };
         for id in ["1", "2", "3"] {
             let f = cache.frames(&a, &d, &to(id)).expect("sent");

@@ -188,6 +188,8 @@ pub struct Cli {
     #[arg(long, env = env::RELAY_INTEREST_RATE)]
     pub relay_interest_rate: Option<u32>,
     #[command(flatten)]
+    pub frontends: frontends::FrontendFlags,
+    #[command(flatten)]
     pub bounds: bounds::BoundsCli,
     #[command(flatten)]
     pub connections: connections::ConnectionCli,
@@ -234,6 +236,7 @@ pub struct FileConfig {
     pub relay_retry_ms: Option<u64>,
     pub relay_probe_ms: Option<u64>,
     pub relay_interest_rate: Option<u32>,
+    pub phoenix_heartbeat_timeout_ms: Option<u64>,
     pub idempotency_window_seconds: Option<u64>,
     pub idempotency_max_bytes: Option<usize>,
     pub client_channel_churn: Option<usize>,
@@ -292,6 +295,7 @@ pub struct Config {
     pub namespaces: crate::policy::Namespaces,
     /// Bounds of the cluster relay (see docs/cluster.md).
     pub relay: RelayLimits,
+    pub phoenix: frontends::PhoenixConfig,
     /// How long idempotency keys are remembered, in how much memory.
     pub idempotency: IdempotencyLimits,
     /// Distinct channels a socket may join or leave per window.
@@ -511,6 +515,10 @@ impl Config {
                     .or(file.presence_ttl_seconds)
                     .unwrap_or(30),
             ),
+            phoenix: frontends::PhoenixConfig::resolve(
+                &cli.frontends,
+                file.phoenix_heartbeat_timeout_ms,
+            )?,
             namespaces: crate::policy::Namespaces::new(&file.namespaces)
                 .map_err(ConfigError::Invalid)?,
             relay: {
@@ -637,5 +645,6 @@ pub fn valid_node_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+pub mod frontends;
 #[cfg(test)]
 mod tests;

@@ -30,7 +30,6 @@ pub mod config;
 pub mod conn;
 pub mod delivery;
 pub mod frontend;
-pub mod frontend_metrics;
 pub mod history;
 pub mod http_error;
 pub mod idempotency;

@@ -115,6 +115,25 @@ pub fn channel_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest event name (Phoenix binary frames carry its size in one byte).
+pub const MAX_EVENT_LEN: usize = 255;
+
+/// An event name (`POST /api/notify/channels`'s `event`, a Phoenix push):
+/// 1 to [`MAX_EVENT_LEN`] bytes, no commas or control characters, and not
+/// one of the protocol's own `phx_` events.
+pub fn event_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_EVENT_LEN {
+        return Err(format!("an event name must be 1 to {MAX_EVENT_LEN} bytes"));
+    }
+    if name.chars().any(|c| c == ',' || c.is_control()) {
+        return Err("an event name may not contain commas or control characters".into());
+    }
+    if name.starts_with("phx_") {
+        return Err("event names starting with phx_ are the protocol's own".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,10 @@
 //! scrape never walks a map. Each node owns its own [`Registry`]; tests may run
 //! several nodes in one process.
 
+mod frontend;
+
+pub use frontend::FrontendMetrics;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -30,6 +34,7 @@ pub mod labels {
         "invalid_utf8",
         "protocol_error",
         "ping_timeout",
+        "heartbeat_timeout",
         "bad_frame",
     ];
     /// `pubmesh_dropped_total{reason}`.
@@ -145,6 +150,8 @@ pub struct Metrics {
     pub relay_interest_ops: IntCounter,
     pub relay_interest_pending: IntGauge,
     pub presence_gone_leaves: IntCounter,
+    /// Per front-end series (`pubmesh_frontend_*`).
+    pub frontend: FrontendMetrics,
     pub idempotent_duplicates: IntCounter,
     pub idempotent_dropped: IntCounter,
     pub idempotency_keys: IntGauge,
@@ -153,8 +160,6 @@ pub struct Metrics {
     pub http_connections: IntGaugeVec,
     pub http_refused: IntCounterVec,
     pub http_timeouts: IntCounterVec,
-    /// Metrics per front-end.
-    pub frontends: crate::frontend_metrics::FrontendMetrics,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -381,6 +386,7 @@ impl Metrics {
                 "pubmesh_presence_gone_leaves_total",
                 "Presence leave events sent for members of nodes declared gone",
             ),
+            frontend: FrontendMetrics::new(&r),
             idempotent_duplicates: counter(
                 &r,
                 "pubmesh_idempotent_duplicates_total",
@@ -430,7 +436,6 @@ impl Metrics {
                 "HTTP connections closed because a request's head (header) or its upgrade or body (handshake) came too late",
                 "phase",
             ),
-            frontends: crate::frontend_metrics::FrontendMetrics::new(&r),
             registry: r,
         };
         m.ready.set(1);

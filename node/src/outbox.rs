@@ -35,8 +35,11 @@ pub enum CloseReason {
     /// Nothing from the client within `--pong-timeout-seconds` of a ping
     /// (or for the ping interval plus that): 4010.
     PingTimeout,
-    /// A frame the protocol refuses and answers by closing (the Cells
-    /// gateway's error message, sent first as a text frame): 4400.
+    /// A Phoenix socket sent nothing (not even a heartbeat) for
+    /// `--phoenix-heartbeat-timeout-ms`: 4408.
+    HeartbeatTimeout,
+    /// A frame the socket's protocol cannot read at all (e.g. a Phoenix
+    /// frame that is not a 5-element array): 4400.
     BadFrame,
 }
 
@@ -52,6 +55,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 4008,
             CloseReason::RateLimited => 4029,
             CloseReason::PingTimeout => 4010,
+            CloseReason::HeartbeatTimeout => 4408,
             CloseReason::BadFrame => 4400,
         }
     }
@@ -68,6 +72,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer",
             CloseReason::RateLimited => "rate limited",
             CloseReason::PingTimeout => "ping timeout",
+            CloseReason::HeartbeatTimeout => "heartbeat timeout",
             CloseReason::BadFrame => "bad frame",
         }
     }
@@ -84,6 +89,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
             CloseReason::BadFrame => "bad_frame",
         }
     }

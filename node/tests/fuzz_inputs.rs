@@ -365,7 +365,7 @@ fn client_frames_never_break_the_session_or_its_replies() {
     }
 }
 
-const KEYS: [&str; 18] = [
+const KEYS: [&str; 19] = [
     "listen",
     "node_id",
     "api_key",
@@ -384,6 +384,7 @@ const KEYS: [&str; 18] = [
     "client_channel_churn_seconds",
     "ping_interval_seconds",
     "header_timeout_seconds",
+    "phoenix_heartbeat_timeout_ms",
 ];
 
 fn toml_value() -> impl Strategy<Value = String> {

@@ -6,13 +6,15 @@
 // ENDPOINT is the socket URL without the transport (ws://host:port/socket).
 // Reports: open, joined {response}, join_error {response}, message {name,
 // payload} (binary payloads as {"base64":…}), reply {name, status,
-// response}, channel_error, channel_close, close. Stdin commands (one JSON
+// response}, channel_error, channel_close, close, and with
+// {"presence":true} sync {list:[{id, refs}]} (the official Presence
+// helper's onSync list, sorted by id). Stdin commands (one JSON
 // per line): {"push":EVENT,"payload":…} or {"push":EVENT,"base64":…} (an
 // ArrayBuffer payload), {"leave":true}.
 'use strict';
 
 const WebSocket = require('ws');
-const { Socket } = require('phoenix');
+const { Socket, Presence } = require('phoenix');
 const { report, reportFailures, onStdinLines } = require('./report');
 
 reportFailures();
@@ -39,6 +41,14 @@ channel.onMessage = (event, payload) => {
   }
   return payload;
 };
+if (options.presence) {
+  const presence = new Presence(channel);
+  presence.onSync(() => {
+    const list = presence.list((id, { metas }) => ({ id, refs: metas.map((m) => m.phx_ref).sort() }));
+    list.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    report('sync', { list });
+  });
+}
 channel.onError(() => report('channel_error'));
 channel.onClose(() => report('channel_close'));
 channel

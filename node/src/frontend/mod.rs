@@ -6,7 +6,8 @@
 //! Adding a protocol is one module here and one line in
 //! [`registry::frontends`]; see docs/architecture.md.
 //!
-//! - [`native`]: `/websocket`, the jac-cloud compatible protocol.
+//! - [`native`]: `/websocket`, the jac-cloud compatible protocol;
+//! - [`phoenix`]: `/socket/websocket`, Phoenix Channels (v1 and v2 JSON).
 
 pub mod cells;
 pub mod chain;

@@ -7,5 +7,6 @@ pub fn frontends() -> Vec<Box<dyn Frontend>> {
     vec![
         Box::new(super::native::Native),
         Box::new(super::cells::Cells),
+        Box::new(super::phoenix::Phoenix),
     ]
 }

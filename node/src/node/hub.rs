@@ -351,10 +351,12 @@ impl Hub {
                 Some(_) => conn.state.lock().tag.clone(),
                 None => None,
             };
+            let member_of = |channel: &str| conn.is_member(channel);
             let to = Recipient {
                 client_id: &conn.client_id,
                 positioned,
                 tag: tag.as_ref(),
+                member_of: Some(&member_of),
             };
             let Some(frames) = cache.frames(&conn.codec, delivery, &to) else {
                 continue;
@@ -370,11 +372,17 @@ impl Hub {
     /// Queue frames to one connection; false when it did not take them.
     pub fn push(&self, conn: &Conn, frames: Frames) -> bool {
         let mut queued = false;
+        let sent = conn.codec.sent();
         let mut push = |frame: &tokio_tungstenite::tungstenite::Utf8Bytes| match conn
             .outbox
             .push(frame.clone())
         {
-            Push::Queued => queued = true,
+            Push::Queued => {
+                queued = true;
+                if let Some(sent) = sent {
+                    sent.inc();
+                }
+            }
             Push::Overflowed => {
                 self.metrics.slow_consumer_disconnects.inc();
                 self.metrics

@@ -366,6 +366,7 @@ impl Node {
                 client_id: &conn.client_id,
                 positioned: true,
                 tag: None,
+                member_of: None,
             };
             let encode = |d: &Delivery, frames: &mut Vec<Utf8Bytes>| {
                 let slot = conn.codec.slot(d, &to);

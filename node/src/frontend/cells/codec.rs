@@ -143,7 +143,7 @@ pub fn event_frame(kind: &str, body: &str, workspace: Option<&str>) -> Utf8Bytes
 
 /// The Cells codec; one instance for every `/ws/event` session.
 pub struct CellsCodec {
-    /// Frames handed out (`pubmesh_frontend_events_out_total{frontend="cells"}`).
+    /// Frames handed out (`pubmesh_frontend_messages_out_total{frontend="cells"}`).
     out: prometheus::IntCounter,
     /// Sessions refused by the audience check after their group matched
     /// (claims changed meanwhile, or the excluded owner).
@@ -276,6 +276,7 @@ mod tests {
             client_id: "c",
             positioned: false,
             tag: Some(tag),
+            member_of: None,
         };
         let mut cache = EncodeCache::default();
         match cache.frames(codec, d, &to) {

@@ -35,8 +35,22 @@ use crate::http_error::HttpError;
 use crate::node::Node;
 use crate::transport;
 
-/// The internal group family of Cells sessions.
+/// The internal group family of Cells sessions, and the `frontend` label
+/// of its metrics.
 pub const FAMILY: &str = "cells";
+
+/// The codes of `pubmesh_frontend_errors_total{frontend="cells"}`.
+pub const ERROR_CODES: &[&str] = &[
+    "bad_json",
+    "empty_jwt",
+    "bad_jwt",
+    "bad_claims",
+    "too_many_groups",
+    "rate_limited",
+    "too_big",
+    "bad_request",
+    "unknown_kind",
+];
 
 /// The internal group of one workspace (`ws`), user, role or profile.
 pub fn group(kind: &str, id: &str) -> String {
@@ -54,13 +68,20 @@ impl Frontend for Cells {
     fn codec(&self, node: &Node) -> Arc<dyn Codec> {
         let out = node
             .metrics
-            .frontends
-            .events_out
-            .with_label_values(&["cells"]);
+            .frontend
+            .messages_out
+            .with_label_values(&[FAMILY]);
         Arc::new(CellsCodec::new(out))
     }
 
     fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
+        node.metrics.frontend.init(FAMILY, ERROR_CODES);
+        for kind in &node.config.cells.kinds {
+            node.metrics
+                .frontend
+                .events_in
+                .with_label_values(&[FAMILY, kind]);
+        }
         let codec = self.codec(node);
         Router::new().route(
             "/ws/event",

@@ -94,29 +94,24 @@ fn groups(claims: &Claims) -> Vec<String> {
 impl CellsSession {
     pub fn new(node: Arc<Node>, conn: Arc<Conn>) -> Self {
         node.metrics
-            .frontends
+            .frontend
             .connections
-            .with_label_values(&["cells"])
+            .with_label_values(&[FAMILY])
             .inc();
         CellsSession { node, conn }
     }
 
-    fn count_frame(&self, kind: &str) {
+    fn count_frame(&self) {
         self.node
             .metrics
-            .frontends
-            .frames_in
-            .with_label_values(&["cells", kind])
+            .frontend
+            .messages_in
+            .with_label_values(&[FAMILY])
             .inc();
     }
 
     fn error(&self, code: &str) {
-        self.node
-            .metrics
-            .frontends
-            .errors
-            .with_label_values(&["cells", code])
-            .inc();
+        self.node.metrics.frontend.error(FAMILY, code);
     }
 
     /// Send `{"@type":"error","jwt":"","error":…}` as a text frame, forget
@@ -168,31 +163,31 @@ impl CellsSession {
     async fn handle(&mut self, text: &str) -> Flow {
         match Control::decode(text) {
             Err(ControlError::Json(e)) => {
-                self.count_frame("invalid");
+                self.count_frame();
                 self.refuse(Refusal("bad_json", e, CloseReason::BadFrame))
                     .await
             }
             Err(ControlError::EmptyJwt) => {
-                self.count_frame("subscribe");
+                self.count_frame();
                 let text = EMPTY_JWT_EVENT.to_string();
                 self.refuse(Refusal("empty_jwt", text, CloseReason::Unauthorized))
                     .await
             }
             Ok(Control::Subscribe { jwt }) => {
-                self.count_frame("subscribe");
+                self.count_frame();
                 match self.subscribe(&jwt).await {
                     Ok(()) => Flow::Continue,
                     Err(refusal) => self.refuse(refusal).await,
                 }
             }
             Ok(Control::Unsubscribe) => {
-                self.count_frame("unsubscribe");
+                self.count_frame();
                 let _ = self.node.set_groups(&self.conn, FAMILY, &[], None).await;
                 Flow::Continue
             }
             // Cells ignores any other `@type` on /ws/event.
             Ok(Control::Other(_)) => {
-                self.count_frame("ignored");
+                self.count_frame();
                 Flow::Continue
             }
         }
@@ -205,7 +200,7 @@ impl Session for CellsSession {
     }
 
     async fn on_binary(&mut self, _data: Bytes) -> Flow {
-        self.count_frame("invalid");
+        self.count_frame();
         let text = "binary frames are not supported; send JSON text".to_string();
         self.refuse(Refusal("bad_json", text, CloseReason::BadFrame))
             .await
@@ -219,9 +214,9 @@ impl Session for CellsSession {
         }
         self.node
             .metrics
-            .frontends
+            .frontend
             .connections
-            .with_label_values(&["cells"])
+            .with_label_values(&[FAMILY])
             .dec();
         self.node.close(&self.conn, closed_by_server);
     }

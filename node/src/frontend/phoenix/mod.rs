@@ -1,1 +1,144 @@
+//! The Phoenix Channels front-end at `/socket/websocket`: the official
+//! `phoenix` JavaScript client (and its Swift, Kotlin and Dart ports) join
+//! topics, which are mesh channels, push events (published to the topic)
+//! and receive broadcasts and Presence (docs/phoenix.md).
+//!
+//! - [`wire`]: the v1 and v2 frame formats;
+//! - [`codec`]: deliveries as Phoenix broadcasts and presence diffs;
+//! - [`session`]: one socket's protocol state, over the node's operations.
+
+pub mod codec;
+pub mod session;
 pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::{header, StatusCode};
+
+use self::codec::PhoenixCodec;
+use self::session::{reasons, PhoenixSession, FRONTEND};
+use self::wire::Vsn;
+use crate::codec::Codec;
+use crate::frontend::Frontend;
+use crate::http_error::HttpError;
+use crate::node::Node;
+use crate::transport;
+
+/// The Phoenix Channels protocol.
+pub struct Phoenix;
+
+impl Phoenix {
+    fn codec_for(node: &Node, vsn: Vsn) -> Arc<dyn Codec> {
+        let sent = node
+            .metrics
+            .frontend
+            .messages_out
+            .with_label_values(&[FRONTEND]);
+        Arc::new(PhoenixCodec::new(vsn, sent))
+    }
+}
+
+/// The codecs of the two serializers.
+#[derive(Clone)]
+struct Codecs {
+    v1: Arc<dyn Codec>,
+    v2: Arc<dyn Codec>,
+}
+
+impl Frontend for Phoenix {
+    fn name(&self) -> &'static str {
+        FRONTEND
+    }
+
+    fn codec(&self, node: &Node) -> Arc<dyn Codec> {
+        Phoenix::codec_for(node, Vsn::V2)
+    }
+
+    fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
+        node.metrics.frontend.init(FRONTEND, reasons::ALL);
+        let codecs = Codecs {
+            v1: Phoenix::codec_for(node, Vsn::V1),
+            v2: self.codec(node),
+        };
+        Router::new().route(
+            "/socket/websocket",
+            get(move |state, query, request| websocket(state, query, request, codecs.clone())),
+        )
+    }
+}
+
+/// `GET /socket/websocket?vsn=…&token=…`: admit, check the connect params,
+/// upgrade and run a Phoenix session.
+async fn websocket(
+    State(node): State<Arc<Node>>,
+    Query(params): Query<HashMap<String, String>>,
+    mut request: Request,
+    codecs: Codecs,
+) -> Response {
+    let admission = match node.admit() {
+        Ok(admission) => admission,
+        Err(e) => {
+            return HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+                .into_response()
+        }
+    };
+    let reply = match transport::accept(request.headers()) {
+        Ok(reply) => reply,
+        Err(e) => return HttpError::bad_request(e.to_string()).into_response(),
+    };
+    let vsn = match Vsn::from_param(params.get("vsn").map(String::as_str)) {
+        Ok(vsn) => vsn,
+        Err(e) => return HttpError::bad_request(e.to_string()).into_response(),
+    };
+    let token = params.get("token").cloned().or_else(|| {
+        request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let token = token.filter(|t| !t.is_empty());
+    let identity = node.identify(token.as_deref());
+    let authenticated = identity.expires_at.is_some();
+    let refusal = if token.is_some() && !authenticated {
+        Some("the token is not valid")
+    } else if node.config.require_auth && !authenticated {
+        Some("this node requires a token (connect param `token`)")
+    } else {
+        None
+    };
+    if let Some(message) = refusal {
+        node.metrics
+            .frontend
+            .error(FRONTEND, reasons::CONNECT_REFUSED);
+        return HttpError::new(StatusCode::FORBIDDEN, "unauthorized", message).into_response();
+    }
+    let codec = match vsn {
+        Vsn::V1 => codecs.v1,
+        Vsn::V2 => codecs.v2,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let config = transport::socket_config(node.config.max_message_size);
+    tokio::spawn(async move {
+        let Some(socket) = transport::upgraded(on_upgrade, config).await else {
+            return;
+        };
+        let conn = node.open(admission, identity, codec, None, |_| None).await;
+        let settings = transport::Settings {
+            rate: node.config.client_rate,
+            burst: node.config.client_burst,
+            flush_window: node.config.flush_window,
+            tick: Some(PhoenixSession::tick(node.config.phoenix.heartbeat_timeout)),
+            // Phoenix clients prove they are alive with heartbeats.
+            liveness: None,
+        };
+        let session = PhoenixSession::new(node.clone(), conn.clone(), vsn);
+        transport::run(socket, &conn.outbox, session, settings).await;
+    });
+    reply.map(|()| axum::body::Body::empty())
+}
