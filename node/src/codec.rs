@@ -84,9 +84,13 @@ impl Frames {
 
 /// Something the node tells a connection outside any delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Notice {
+pub enum Notice<'a> {
     /// The connection's token expired and it is now anonymous.
     TokenExpired,
+    /// The connection's identity changed (a new token, or its token
+    /// expired) and may no longer be in these channels: it left them, and
+    /// nothing published there reaches it after this notice.
+    Revoked { channels: &'a [String] },
 }
 
 /// What a codec may read about its connection for a [`Notice`].
@@ -114,7 +118,7 @@ pub trait Codec: Send + Sync + 'static {
 
     /// A frame telling the connection about a node event, if this protocol
     /// has one.
-    fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice) -> Option<Utf8Bytes> {
+    fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice<'_>) -> Option<Utf8Bytes> {
         None
     }
 

@@ -115,7 +115,27 @@ pub struct ChannelPos {
     pub epoch: Option<Arc<str>>,
     pub last: u64,
     /// While a recovery reads history, live publications wait here.
-    pub recovering: Option<Vec<Delivery>>,
+    pub recovering: Option<Held>,
+}
+
+/// Live publications held back while a recovery reads history. Their cost
+/// is reserved in the connection's outbox ([`crate::outbox::Outbox::hold`]),
+/// so they count against `--outbox-bytes` like queued frames.
+#[derive(Debug, Default)]
+pub struct Held {
+    pub deliveries: Vec<Delivery>,
+    /// The sum of their [`Held::cost`].
+    pub bytes: usize,
+}
+
+impl Held {
+    /// What holding `delivery` costs: its data, its channel name and the
+    /// fixed size of a delivery.
+    pub fn cost(delivery: &Delivery) -> usize {
+        delivery.data.len()
+            + delivery.channel.as_deref().map_or(0, str::len)
+            + std::mem::size_of::<Delivery>()
+    }
 }
 
 impl ChannelPos {

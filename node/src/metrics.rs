@@ -143,6 +143,9 @@ pub struct Metrics {
     pub history_appends: IntCounter,
     pub history_reads: IntCounter,
     pub recoveries: IntCounterVec,
+    pub recoveries_in_progress: IntGauge,
+    pub recovery_held_bytes: IntGauge,
+    pub subscriptions_revoked: IntCounter,
     pub presence_size: IntGauge,
     pub relay_queue_bytes: IntGauge,
     pub relay_retried: IntCounter,
@@ -343,6 +346,21 @@ impl Metrics {
                 "pubmesh_recoveries_total",
                 "Subscriptions that asked to recover, by result (ok, failed)",
                 "result",
+            ),
+            recoveries_in_progress: gauge(
+                &r,
+                "pubmesh_recoveries_in_progress",
+                "Positioned subscribes reading history (live publications held back meanwhile)",
+            ),
+            recovery_held_bytes: gauge(
+                &r,
+                "pubmesh_recovery_held_bytes",
+                "Bytes of live publications held back for subscriptions reading history",
+            ),
+            subscriptions_revoked: counter(
+                &r,
+                "pubmesh_subscriptions_revoked_total",
+                "Memberships left because a new identity may not be in the channel",
             ),
             presence_size: gauge(
                 &r,

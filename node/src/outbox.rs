@@ -5,6 +5,11 @@
 //! flushes once. An empty outbox owns no heap memory, which keeps idle
 //! connections small. When a push would exceed the byte bound the outbox closes
 //! itself with [`CloseReason::SlowConsumer`]: nothing else waits for a slow reader.
+//!
+//! Frames a connection will get later (live publications held back while a
+//! recovery reads history) count against the same bound: [`Outbox::hold`]
+//! reserves their bytes and [`Outbox::release`] gives them back when they
+//! are queued or dropped.
 
 use std::collections::VecDeque;
 
@@ -109,7 +114,24 @@ pub enum Push {
 struct State {
     queue: VecDeque<Utf8Bytes>,
     bytes: usize,
+    /// Bytes reserved by [`Outbox::hold`] for frames not queued yet.
+    held: usize,
     closed: Option<CloseReason>,
+}
+
+impl State {
+    /// Would `len` more bytes overflow `limit`? If so, close as a slow
+    /// consumer and drop everything queued or held.
+    fn overflows(&mut self, len: usize, limit: usize) -> bool {
+        if self.bytes + self.held + len <= limit {
+            return false;
+        }
+        self.closed = Some(CloseReason::SlowConsumer);
+        self.queue = VecDeque::new();
+        self.bytes = 0;
+        self.held = 0;
+        true
+    }
 }
 
 /// Frames waiting to be written to one socket.
@@ -137,10 +159,7 @@ impl Outbox {
             return Push::Closed;
         }
         let len = frame.len();
-        if state.bytes + len > self.limit {
-            state.closed = Some(CloseReason::SlowConsumer);
-            state.queue = VecDeque::new();
-            state.bytes = 0;
+        if state.overflows(len, self.limit) {
             drop(state);
             self.wake.notify_one();
             return Push::Overflowed;
@@ -153,6 +172,29 @@ impl Outbox {
             self.wake.notify_one();
         }
         Push::Queued
+    }
+
+    /// Reserve `len` bytes for frames to be queued later, as if they were
+    /// queued now: beyond the bound the outbox closes as a slow consumer
+    /// ([`Push::Overflowed`]) exactly as [`Outbox::push`] would.
+    pub fn hold(&self, len: usize) -> Push {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return Push::Closed;
+        }
+        if state.overflows(len, self.limit) {
+            drop(state);
+            self.wake.notify_one();
+            return Push::Overflowed;
+        }
+        state.held += len;
+        Push::Queued
+    }
+
+    /// Give back bytes reserved by [`Outbox::hold`].
+    pub fn release(&self, len: usize) {
+        let mut state = self.state.lock();
+        state.held = state.held.saturating_sub(len);
     }
 
     /// Ask the writer to close the socket after what is queued (unless the
@@ -198,6 +240,11 @@ impl Outbox {
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }
+
+    /// Bytes reserved by [`Outbox::hold`].
+    pub fn held_bytes(&self) -> usize {
+        self.state.lock().held
+    }
 }
 
 #[cfg(test)]
@@ -229,5 +276,21 @@ mod tests {
         assert!(outbox.close(CloseReason::Drain));
         assert!(!outbox.close(CloseReason::Disconnected));
         assert_eq!(outbox.closed(), Some(CloseReason::Drain));
+    }
+
+    #[test]
+    fn held_bytes_count_against_the_bound_until_released() {
+        let outbox = Outbox::new(10);
+        assert_eq!(outbox.hold(6), Push::Queued);
+        assert_eq!(outbox.push(Utf8Bytes::from("1234")), Push::Queued);
+        let mut batch = VecDeque::new();
+        outbox.take(&mut batch);
+        assert_eq!(outbox.held_bytes(), 6, "writing does not free held bytes");
+        outbox.release(6);
+        assert_eq!(outbox.hold(10), Push::Queued);
+        assert_eq!(outbox.hold(1), Push::Overflowed);
+        assert_eq!(outbox.held_bytes(), 0);
+        assert_eq!(outbox.hold(1), Push::Closed);
+        assert_eq!(outbox.take(&mut batch), Some(CloseReason::SlowConsumer));
     }
 }

@@ -36,7 +36,7 @@ socket.connect();
 
 const channel = socket.channel(topic, options.joinParams || {});
 channel.onMessage = (event, payload) => {
-  if (!event.startsWith('phx_') && !event.startsWith('chan_reply_')) {
+  if (typeof event === 'string' && !event.startsWith('phx_') && !event.startsWith('chan_reply_')) {
     report('message', { name: event, payload: binary(payload) });
   }
   return payload;

@@ -4,7 +4,10 @@
 //! Modes: [`Mode::Pass`] forwards; [`Mode::Stall`] keeps every connection
 //! open but forwards nothing (bytes wait in the proxy) until the mode
 //! changes; [`Mode::Slow`] delays every chunk; [`Proxy::cut`] closes every
-//! open connection and refuses new ones until [`Proxy::heal`].
+//! open connection and refuses new ones until [`Proxy::heal`];
+//! [`Mode::Hold`] forwards everything except requests containing a pattern
+//! (one connection's command naming one key), which wait, with everything
+//! that connection sends after them, until the mode changes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,9 @@ pub enum Mode {
     Slow(Duration),
     /// Connections are closed and new ones refused.
     Cut,
+    /// Like `Pass`, but a client → server chunk containing this pattern, and
+    /// everything after it on that connection, waits until the mode changes.
+    Hold(&'static str),
 }
 
 /// A proxy from a free loopback port to `127.0.0.1:{upstream}`.
@@ -53,8 +59,8 @@ impl Proxy {
                 let _ = server.set_nodelay(true);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, accept_mode.subscribe()));
-                tokio::spawn(pipe(sr, cw, accept_mode.subscribe()));
+                tokio::spawn(pipe(cr, sw, accept_mode.subscribe(), true));
+                tokio::spawn(pipe(sr, cw, accept_mode.subscribe(), false));
             }
         });
         Proxy { port, mode, task }
@@ -84,6 +90,11 @@ impl Proxy {
     pub fn heal(&self) {
         self.set(Mode::Pass);
     }
+
+    /// Hold requests containing `pattern` (see [`Mode::Hold`]).
+    pub fn hold(&self, pattern: &'static str) {
+        self.set(Mode::Hold(pattern));
+    }
 }
 
 impl Drop for Proxy {
@@ -93,13 +104,26 @@ impl Drop for Proxy {
     }
 }
 
-/// Copy one direction, obeying the mode.
+/// Bytes of the previous chunk kept for [`contains`] (longer than any pattern).
+const TAIL: usize = 256;
+
+/// Does `chunk`, after the `tail` of the previous chunk, contain `pattern`?
+fn contains(tail: &[u8], chunk: &[u8], pattern: &str) -> bool {
+    let joined = [tail, chunk].concat();
+    let pattern = pattern.as_bytes();
+    !pattern.is_empty() && joined.windows(pattern.len()).any(|w| w == pattern)
+}
+
+/// Copy one direction (`upstream`: client → server), obeying the mode.
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    upstream: bool,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
+    // The end of the previous chunk, so a pattern split between two reads matches.
+    let mut tail: Vec<u8> = Vec::new();
     loop {
         // Wait while stalled; leave when cut.
         loop {
@@ -140,11 +164,20 @@ async fn pipe(
                     tokio::time::sleep(delay).await;
                     break;
                 }
-                Mode::Pass => break,
+                Mode::Hold(pattern) if upstream && contains(&tail, &buf[..n], pattern) => {
+                    // Nothing more is read from this connection meanwhile.
+                    if mode.changed().await.is_err() {
+                        return;
+                    }
+                }
+                Mode::Pass | Mode::Hold(_) => break,
             }
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+        let keep = n.min(TAIL);
+        tail.clear();
+        tail.extend_from_slice(&buf[n - keep..n]);
     }
 }

@@ -321,8 +321,10 @@ async fn native_frames_are_byte_for_byte_unchanged() {
         .await;
     t.push("a<", &raw(&mut a).await);
     t.push("b<", &raw(&mut b).await);
+    // Anonymous now: B leaves the claim-gated vip:1 and is told first.
     b.send_text(r#"{"type":"change_user","token":"","ref":"cu"}"#)
         .await;
+    t.push("b<", &raw(&mut b).await);
     t.push("b<", &raw(&mut b).await);
 
     // Server API replies.
@@ -618,6 +620,7 @@ b< {"type":"subscribed","channel_ids":["chat:1"],"positions":{"chat:1":{"offset"
 b< {"type":"publication","channel":"chat:1","offset":1,"epoch":"EPOCH","data":{"n":1}}
 a< {"type":"unsubscribed","channel_ids":["chat:1"]}
 b< {"type":"leave","channel":"chat:1","client_id":"A","user_id":"n::000000000000000000000001","node_id":"NODE"}
+b< {"type":"unsubscribed","channel_ids":["vip:1"],"reason":"forbidden"}
 b< {"type":"connection","data":{"client_id":"B","root_id":"n::000000000000000000000001","channel_id":"BCHAN","node_id":"NODE"},"ref":"cu"}
 > POST /api/notify/channels {"channel_ids":["room"],"data":{"type":"api","data":{}}}
 < 200 [application/json] {"local_deliveries":1,"relayed":false,"relay":"none"}
@@ -662,7 +665,7 @@ b< {"type":"connection","data":{"client_id":"B","root_id":"n::000000000000000000
 > GET /api/presence 
 < 400 [application/json] {"error":"Failed to deserialize query string: missing field `channel`","code":"bad_request"}
 > GET /api/channels 
-< 200 [application/json] {"channels":[{"channel":"BCHAN","members":1},{"channel":"chat:1","members":1},{"channel":"room","members":1},{"channel":"vip:1","members":1},{"channel":"x","members":1}]}
+< 200 [application/json] {"channels":[{"channel":"BCHAN","members":1},{"channel":"chat:1","members":1},{"channel":"room","members":1},{"channel":"x","members":1}]}
 > GET /livez 
 < 200 [application/json] {"live":true}
 > GET /readyz 

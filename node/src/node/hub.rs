@@ -15,7 +15,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::codec::{EncodeCache, Frames, Recipient};
-use crate::conn::Conn;
+use crate::conn::{ChannelPos, Conn, ConnState, Held, Identity};
 use crate::delivery::{Delivery, InterestChange, Target};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseReason, Push};
@@ -195,24 +195,31 @@ impl Hub {
         change
     }
 
-    /// Move a connection to another user (after `change_user`).
-    pub fn change_user(
+    /// Give a connection another identity (after `change_user`, or when its
+    /// token expires), if `only_if` still holds for its state: checked and
+    /// changed under one lock. `None` when it did not hold.
+    pub fn change_identity(
         &self,
         conn: &Arc<Conn>,
-        root_id: Arc<str>,
-        token: Option<String>,
-        expires_at: Option<u64>,
-    ) -> InterestChange {
+        identity: Identity,
+        only_if: impl FnOnce(&ConnState) -> bool,
+    ) -> Option<InterestChange> {
+        let root_id: Arc<str> = Arc::from(identity.root_id);
         let old = {
             let mut state = conn.state.lock();
-            state.token = token;
-            state.authenticated = expires_at.is_some();
-            state.expires_at = expires_at.unwrap_or(0);
+            if !only_if(&state) {
+                return None;
+            }
+            state.token = identity.token;
+            state.authenticated = identity.expires_at.is_some();
+            state.expires_at = identity.expires_at.unwrap_or(0);
+            state.allowed_channels = identity.channels.map(Arc::from);
+            state.info = identity.info.map(Arc::from);
             std::mem::replace(&mut state.root_id, root_id.clone())
         };
         let mut change = InterestChange::default();
         if old == root_id {
-            return change;
+            return Some(change);
         }
         if self.leave_user(conn, &old) {
             change.users_removed.push(old);
@@ -220,7 +227,7 @@ impl Hub {
         if self.join_user(conn, &root_id) {
             change.users_added.push(root_id);
         }
-        change
+        Some(change)
     }
 
     /// Returns true when the channel got its first local member.
@@ -336,8 +343,8 @@ impl Hub {
             if let Some((position, channel)) = positioned_channel {
                 let mut state = conn.state.lock();
                 if let Some(pos) = state.positioned.get_mut(&**channel) {
-                    if let Some(buffer) = &mut pos.recovering {
-                        buffer.push(delivery.clone());
+                    if let Some(held) = &mut pos.recovering {
+                        self.hold(conn, held, delivery);
                         continue;
                     }
                     if !pos.advance(&position.epoch, position.offset) {
@@ -369,6 +376,55 @@ impl Hub {
         delivered
     }
 
+    /// Hold `delivery` back for a connection whose recovery is reading
+    /// history; its cost is reserved in the outbox, so a backlog beyond
+    /// `--outbox-bytes` closes the connection as a slow consumer (and drops
+    /// what was held) like any other overflow.
+    fn hold(&self, conn: &Conn, held: &mut Held, delivery: &Delivery) {
+        let cost = Held::cost(delivery);
+        match conn.outbox.hold(cost) {
+            Push::Queued => {
+                held.deliveries.push(delivery.clone());
+                held.bytes += cost;
+                self.metrics.recovery_held_bytes.add(cost as i64);
+            }
+            Push::Overflowed => {
+                self.overflowed();
+                let dropped = std::mem::take(held);
+                self.metrics.recovery_held_bytes.sub(dropped.bytes as i64);
+            }
+            Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
+        }
+    }
+
+    /// End a recovery: give back the outbox bytes its held publications
+    /// reserved and return them, in arrival order.
+    pub fn end_recovery(&self, conn: &Conn, pos: &mut ChannelPos) -> Vec<Delivery> {
+        let Some(held) = pos.recovering.take() else {
+            return Vec::new();
+        };
+        conn.outbox.release(held.bytes);
+        self.metrics.recovery_held_bytes.sub(held.bytes as i64);
+        self.metrics.recoveries_in_progress.dec();
+        held.deliveries
+    }
+
+    /// Start a recovery on `pos`: live publications wait from now on.
+    pub fn begin_recovery(&self, pos: &mut ChannelPos) {
+        if pos.recovering.is_none() {
+            pos.recovering = Some(Held::default());
+            self.metrics.recoveries_in_progress.inc();
+        }
+    }
+
+    fn overflowed(&self) {
+        self.metrics.slow_consumer_disconnects.inc();
+        self.metrics
+            .dropped
+            .with_label_values(&["slow_consumer"])
+            .inc();
+    }
+
     /// Queue frames to one connection; false when it did not take them.
     pub fn push(&self, conn: &Conn, frames: Frames) -> bool {
         let mut queued = false;
@@ -383,13 +439,7 @@ impl Hub {
                     sent.inc();
                 }
             }
-            Push::Overflowed => {
-                self.metrics.slow_consumer_disconnects.inc();
-                self.metrics
-                    .dropped
-                    .with_label_values(&["slow_consumer"])
-                    .inc();
-            }
+            Push::Overflowed => self.overflowed(),
             Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
         };
         match &frames {
@@ -498,7 +548,6 @@ fn leave(registry: &Registry<Members>, conn: &Conn, key: &str) -> (bool, bool) {
 mod tests {
     use super::*;
     use crate::codec::{Codec, Slot};
-    use crate::conn::ConnState;
     use crate::outbox::Outbox;
     use std::collections::HashSet;
     use tokio_tungstenite::tungstenite::Utf8Bytes;

@@ -9,6 +9,8 @@ mod churn;
 mod error;
 mod groups;
 mod hub;
+mod identity;
+mod join;
 mod keyed;
 mod ops;
 mod tasks;
@@ -23,7 +25,8 @@ use tokio::sync::Semaphore;
 pub use error::MeshError;
 pub use groups::{group_name, GROUP_PREFIX};
 pub use hub::HubCounts;
-pub use ops::{Admission, JoinRequest, Joined, Read};
+pub use join::{JoinRequest, Joined};
+pub use ops::{Admission, Read};
 pub use tasks::{expire_tokens, refresh_presence};
 
 use crate::auth::Authenticator;

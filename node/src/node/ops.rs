@@ -1,5 +1,5 @@
-//! Mesh operations on a connection: admit, open, publish, join (with
-//! recovery), leave, re-authenticate, history, presence, close.
+//! Mesh operations on a connection: admit, open, publish, leave, history,
+//! presence, close (joining is in `join.rs`, identity in `identity.rs`).
 //!
 //! Front-ends pass their own frames in where ordering matters (a greeting,
 //! an acknowledgement): the node queues them at the right moment, so no
@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{MeshError, Node, Published, Scope};
-use crate::codec::{Codec, Recipient, Slot};
+use crate::codec::Codec;
 use crate::conn::{Conn, ConnState, Identity};
 use crate::delivery::{Delivery, DeliveryKind, Position, Target};
 use crate::history::HistoryPage;
@@ -28,22 +28,6 @@ pub struct Admission {
     permit: Option<OwnedSemaphorePermit>,
 }
 
-/// A `join` request: channels, and whether deliveries on history channels
-/// come with positions (`positioned`, or per channel when recovering `since`).
-pub struct JoinRequest<'a> {
-    pub channels: &'a [String],
-    pub positioned: bool,
-    pub since: &'a HashMap<String, Position>,
-}
-
-/// What a join did, for the front-end's acknowledgement.
-pub struct Joined {
-    pub channels: Vec<String>,
-    /// For each positioned channel: its current position and, when the
-    /// client asked to recover, whether everything it missed follows.
-    pub positions: Vec<(String, Position, Option<bool>)>,
-}
-
 /// What a read needs from a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Read {
@@ -52,32 +36,6 @@ pub enum Read {
 }
 
 impl Node {
-    /// Who a token says the connection is (anonymous when it is missing or
-    /// invalid).
-    pub fn identify(&self, token: Option<&str>) -> Identity {
-        if let Some(token) = token {
-            match self.auth.verify(token) {
-                Ok(id) => {
-                    return Identity {
-                        root_id: id.user_id,
-                        token: Some(crate::auth::strip_bearer(token).to_string()),
-                        expires_at: Some(id.expires_at),
-                        channels: id.channels,
-                        info: id.info,
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "token rejected; socket is anonymous"),
-            }
-        }
-        Identity {
-            root_id: self.config.anonymous_id.clone(),
-            token: None,
-            expires_at: None,
-            channels: None,
-            info: None,
-        }
-    }
-
     /// May a new connection come in? Takes a connection permit, so a burst
     /// of upgrades cannot exceed `--max-connections`.
     pub fn admit(&self) -> Result<Admission, MeshError> {
@@ -106,25 +64,11 @@ impl Node {
         Ok(Admission { permit })
     }
 
-    /// May a connection with this identity subscribe to `channel`?
-    pub fn may_subscribe_as(
+    pub(super) fn may_subscribe(
         &self,
-        identity: &Identity,
+        conn: &Conn,
         channel: &str,
     ) -> Result<ChannelOptions, MeshError> {
-        let options = self.config.namespaces.options(channel);
-        let claims = Claims {
-            authenticated: identity.expires_at.is_some(),
-            channels: identity.channels.as_deref(),
-        };
-        policy::may_subscribe(&options, claims, channel).map_err(|m| {
-            self.metrics.errors.with_label_values(&["forbidden"]).inc();
-            MeshError::Forbidden(m)
-        })?;
-        Ok(options)
-    }
-
-    fn may_subscribe(&self, conn: &Conn, channel: &str) -> Result<ChannelOptions, MeshError> {
         let options = self.config.namespaces.options(channel);
         let state = conn.state.lock();
         let claims = Claims {
@@ -255,176 +199,6 @@ impl Node {
         }
     }
 
-    /// Join channels. On history channels a positioned join gets deliveries
-    /// with positions; with `since`, it first gets every publication it
-    /// missed (or `recovered: false`). `reply` builds the front-end's
-    /// acknowledgement, queued before the missed publications and before
-    /// anything published meanwhile.
-    pub async fn join(
-        &self,
-        conn: &Arc<Conn>,
-        request: JoinRequest<'_>,
-        reply: impl FnOnce(&Joined) -> Option<Utf8Bytes>,
-    ) -> Result<(), MeshError> {
-        let JoinRequest {
-            channels,
-            positioned,
-            since,
-        } = request;
-        let wants_position = |c: &String| positioned || since.contains_key(c);
-        let mut options = Vec::with_capacity(channels.len());
-        for c in channels {
-            let o = self.may_subscribe(conn, c)?;
-            if wants_position(c) && !o.history() {
-                return Err(MeshError::NoHistory(c.clone()));
-            }
-            options.push(o);
-        }
-        let joined: Vec<bool> = channels.iter().map(|c| !conn.is_member(c)).collect();
-        let fresh: Vec<&str> = channels
-            .iter()
-            .zip(&joined)
-            .filter(|(_, new)| **new)
-            .map(|(c, _)| c.as_str())
-            .collect();
-        self.may_churn(conn, &fresh)?;
-        {
-            // Before joining, so live publications are caught from the start.
-            let mut state = conn.state.lock();
-            for c in channels.iter().filter(|c| wants_position(c)) {
-                let pos = state.positioned.entry(Arc::from(c.as_str())).or_default();
-                if let Some(p) = since.get(c) {
-                    pos.epoch = Some(Arc::from(p.epoch.as_str()));
-                    pos.last = p.offset;
-                }
-                pos.recovering = Some(Vec::new());
-            }
-        }
-        let limit = self.config.max_channels_per_connection;
-        let change = match self.hub.subscribe(conn, channels, limit) {
-            Ok(change) => change,
-            Err(limit) => {
-                let mut state = conn.state.lock();
-                for (c, new) in channels.iter().zip(&joined) {
-                    if *new {
-                        state.positioned.remove(c.as_str());
-                    }
-                }
-                return Err(MeshError::TooManyChannels(limit));
-            }
-        };
-        conn.state.lock().churn.record(fresh.iter().copied());
-        // The join is answered (and history read) only once the broker sends
-        // this node the new channels: a publish after the reply, or after the
-        // history read, is never lost to a subscription still on its way.
-        let subscribes = !change.channels_added.is_empty();
-        self.interest(change);
-        if subscribes {
-            self.relay.interest_applied().await;
-        }
-
-        // Read what each recovering channel missed (and the positions of the others).
-        let mut positions = Vec::new();
-        let mut missed = Vec::new();
-        for (c, o) in channels.iter().zip(&options) {
-            if !wants_position(c) {
-                continue;
-            }
-            let from = since.get(c);
-            self.metrics.history_reads.inc();
-            let page = self.history.read(c, from, o.history_size, o).await;
-            let (top, publications, recovered) = match page {
-                Ok(page) => (page.top, page.publications, page.recovered),
-                Err(crate::history::HistoryError::BadPosition { .. }) if from.is_some() => {
-                    // A position from the future: nothing can be trusted.
-                    let top = self.history.read(c, None, 0, o).await.map(|p| p.top);
-                    match top {
-                        Ok(top) => (top, Vec::new(), false),
-                        Err(e) => return Err(self.abort_recovery(conn, c, e.into())),
-                    }
-                }
-                Err(e) => return Err(self.abort_recovery(conn, c, e.into())),
-            };
-            if from.is_some() {
-                let result = if recovered { "ok" } else { "failed" };
-                self.metrics.recoveries.with_label_values(&[result]).inc();
-            }
-            positions.push((c.clone(), top.clone(), from.map(|_| recovered)));
-            missed.push((c.clone(), top, publications, from.is_some() && recovered));
-        }
-        let ack = reply(&Joined {
-            channels: channels.to_vec(),
-            positions,
-        });
-
-        // The reply, then the missed publications, then what arrived
-        // meanwhile: all under the connection's lock so nothing slips between.
-        {
-            let mut state = conn.state.lock();
-            let mut frames: Vec<Utf8Bytes> = ack.into_iter().collect();
-            let to = Recipient {
-                client_id: &conn.client_id,
-                positioned: true,
-                tag: None,
-                member_of: None,
-            };
-            let encode = |d: &Delivery, frames: &mut Vec<Utf8Bytes>| {
-                let slot = conn.codec.slot(d, &to);
-                if slot != Slot::Skip {
-                    frames.extend(conn.codec.encode(d, slot, &to).iter().cloned());
-                }
-            };
-            for (c, top, publications, recovered) in missed {
-                let Some(pos) = state.positioned.get_mut(c.as_str()) else {
-                    continue;
-                };
-                if !recovered {
-                    // Nothing to replay: continue live from the current top.
-                    if pos.epoch.as_deref() == Some(top.epoch.as_str()) {
-                        pos.last = pos.last.max(top.offset);
-                    } else {
-                        pos.epoch = Some(Arc::from(top.epoch.as_str()));
-                        pos.last = top.offset;
-                    }
-                }
-                for p in publications {
-                    if pos.advance(&top.epoch, p.offset) {
-                        let mut d = Delivery::new(Target::Channels(vec![c.clone()]), p.data);
-                        d.position = Some(Position {
-                            offset: p.offset,
-                            epoch: top.epoch.clone(),
-                        });
-                        encode(&d, &mut frames);
-                    }
-                }
-                for d in pos.recovering.take().unwrap_or_default() {
-                    let Some(p) = &d.position else { continue };
-                    if pos.advance(&p.epoch, p.offset) {
-                        encode(&d, &mut frames);
-                    }
-                }
-            }
-            for frame in frames {
-                conn.outbox.push(frame);
-            }
-        }
-        for ((c, o), new) in channels.iter().zip(&options).zip(joined) {
-            if new {
-                self.presence_join(conn, c, o).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// A recovery that cannot read history: deliver live from now on.
-    fn abort_recovery(&self, conn: &Conn, channel: &str, error: MeshError) -> MeshError {
-        let mut state = conn.state.lock();
-        if let Some(pos) = state.positioned.get_mut(channel) {
-            pos.recovering = None;
-        }
-        error
-    }
-
     /// Leave channels (never the native home channel); `reply` is queued
     /// before the presence leave events.
     pub async fn leave(
@@ -444,7 +218,9 @@ impl Node {
         {
             let mut state = conn.state.lock();
             for c in &leaving {
-                state.positioned.remove(c.as_str());
+                if let Some(mut pos) = state.positioned.remove(c.as_str()) {
+                    self.hub.end_recovery(conn, &mut pos);
+                }
             }
             // A leave is never refused, but it counts.
             state.churn.record(leaving.iter().map(String::as_str));
@@ -456,30 +232,6 @@ impl Node {
             let options = self.config.namespaces.options(c);
             self.presence_leave(conn, c, &options).await;
         }
-    }
-
-    /// Take a new identity (a fresh token, or none). Under `--require-auth`
-    /// a connection left without a valid token is closed with 4001 and
-    /// [`MeshError::Unauthorized`] returned.
-    pub fn reauthenticate(&self, conn: &Arc<Conn>, identity: Identity) -> Result<(), MeshError> {
-        {
-            let mut state = conn.state.lock();
-            state.allowed_channels = identity.channels.clone().map(Arc::from);
-            state.info = identity.info.clone().map(Arc::from);
-        }
-        let authenticated = identity.expires_at.is_some();
-        let change = self.hub.change_user(
-            conn,
-            Arc::from(identity.root_id),
-            identity.token,
-            identity.expires_at,
-        );
-        self.interest(change);
-        if self.config.require_auth && !authenticated {
-            conn.outbox.close(CloseReason::Unauthorized);
-            return Err(MeshError::Unauthorized);
-        }
-        Ok(())
     }
 
     /// May `conn` (or the server API, `None`) read `channel`'s history or
@@ -564,7 +316,7 @@ impl Node {
 
     /// Record `conn` as present in `channel` and tell members when the
     /// channel pushes join events.
-    async fn presence_join(&self, conn: &Conn, channel: &str, options: &ChannelOptions) {
+    pub(super) async fn presence_join(&self, conn: &Conn, channel: &str, options: &ChannelOptions) {
         if !options.presence {
             return;
         }
@@ -582,7 +334,12 @@ impl Node {
     }
 
     /// The reverse of [`Node::presence_join`].
-    async fn presence_leave(&self, conn: &Conn, channel: &str, options: &ChannelOptions) {
+    pub(super) async fn presence_leave(
+        &self,
+        conn: &Conn,
+        channel: &str,
+        options: &ChannelOptions,
+    ) {
         if !options.presence {
             return;
         }

@@ -4,13 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Node;
-use crate::codec::Notice;
-use crate::outbox::CloseReason;
 
 /// Connections whose token expired lose their identity: under
 /// `--require-auth` they are closed with 4001, otherwise they become
-/// anonymous and their codec tells them in its own way (the native protocol
-/// sends a new connection frame). Checked every `every`.
+/// anonymous, leave the channels an anonymous connection may not be in, and
+/// their codec tells them in its own way (the native protocol sends an
+/// `unsubscribed` notice and a new connection frame). Checked every `every`.
 pub async fn expire_tokens(node: Arc<Node>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
@@ -24,19 +23,8 @@ pub async fn expire_tokens(node: Arc<Node>, every: Duration) {
                 let state = conn.state.lock();
                 state.authenticated && state.expires_at <= now
             };
-            if !expired {
-                continue;
-            }
-            if node.config.require_auth {
-                conn.outbox.close(CloseReason::Unauthorized);
-                continue;
-            }
-            let anonymous = Arc::from(node.config.anonymous_id.as_str());
-            let change = node.hub.change_user(&conn, anonymous, None, None);
-            node.interest(change);
-            let frame = conn.with_info(|info| conn.codec.notice(info, Notice::TokenExpired));
-            if let Some(frame) = frame {
-                node.send(&conn, frame);
+            if expired {
+                node.expire_identity(&conn, now).await;
             }
         }
     }

@@ -16,21 +16,26 @@ use super::state::{Inner, LINGER};
 /// wait, an extra subscription only costs a little traffic). After a
 /// reconnect every needed topic is subscribed again at once, outside that
 /// bound, and only then does the server count as synced.
+///
+/// The work of one pass is proportional to the topics that changed, not to
+/// all the node's subscriptions: `unsettled` holds the topics whose wanted
+/// and confirmed states may differ, and only those are looked at.
 pub(super) async fn interest_loop(inner: Arc<Inner>) {
     let n = inner.servers.len();
-    let mut desired: Vec<HashSet<String>> = vec![HashSet::new(); n];
-    let mut confirmed: Vec<HashSet<String>> = vec![HashSet::new(); n];
+    let mut state: Vec<Server> = (0..n).map(|_| Server::default()).collect();
     let mut lingering: HashMap<(usize, String), Instant> = HashMap::new();
-    // Set when a server's connection dropped (or never came up).
-    let mut lost = vec![true; n];
     // Topics every node always listens to: its inbox (on every server, as
     // the readiness canary's return path), broadcast and control.
-    for topics in desired.iter_mut() {
-        topics.insert(inner.topics.node(&inner.node_id));
+    for server in state.iter_mut() {
+        server.permanent.insert(inner.topics.node(&inner.node_id));
     }
-    desired[0].insert(inner.topics.all());
-    desired[0].insert(inner.topics.control());
-    let permanent: Vec<HashSet<String>> = desired.clone();
+    state[0].permanent.insert(inner.topics.all());
+    state[0].permanent.insert(inner.topics.control());
+    for server in state.iter_mut() {
+        for topic in server.permanent.clone() {
+            server.want(topic);
+        }
+    }
     let rate = f64::from(inner.limits.interest_rate);
     // Token bucket of topic changes: one second's worth of burst.
     let mut tokens = rate;
@@ -50,35 +55,34 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
             (wishes.requested, std::mem::take(&mut wishes.pending))
         };
         for ((s, topic), wanted) in wishes {
+            let server = &mut state[s];
             if wanted {
                 lingering.remove(&(s, topic.clone()));
-                desired[s].insert(topic);
-            } else if !permanent[s].contains(&topic) && desired[s].contains(&topic) {
+                server.want(topic);
+            } else if !server.permanent.contains(&topic) && server.desired.contains(&topic) {
                 lingering.insert((s, topic), now + LINGER);
             }
         }
         lingering.retain(|(s, topic), until| {
             if *until <= now {
-                desired[*s].remove(topic);
+                state[*s].unwant(topic);
                 false
             } else {
                 true
             }
         });
-        let mut pending = 0usize;
-        for s in 0..n {
+        for (s, st) in state.iter_mut().enumerate() {
             let server = &inner.servers[s];
-            let subscriber = &server.subscriber;
-            if !subscriber.is_connected() {
-                if !lost[s] {
+            if !server.subscriber.is_connected() {
+                if !st.lost {
                     tracing::info!(server = %server.url, "subscriber connection lost");
                 }
-                lost[s] = true;
+                st.lost = true;
                 server.health.set_synced(false);
-                confirmed[s].clear();
+                st.confirmed.clear();
                 continue;
             }
-            if lost[s] {
+            if st.lost {
                 // (Re)connected: take the hub's own view of local members too.
                 if let Some(node) = inner.node.get() {
                     let (channels, users) = node.interest_now();
@@ -89,16 +93,16 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                         .into_iter()
                         .map(|u| (inner.server_for(&u), inner.topics.user(&u)));
                     for (owner, topic) in channels.chain(users) {
-                        if owner == s {
-                            desired[s].insert(topic);
+                        if owner == s && !st.desired.contains(&topic) {
+                            st.want(topic);
                         }
                     }
                 }
-                let add: Vec<String> = desired[s].difference(&confirmed[s]).cloned().collect();
+                let add: Vec<String> = st.desired.difference(&st.confirmed).cloned().collect();
                 let mut ok = true;
                 for chunk in groups(&add, inner.sharded) {
                     if subscribe(&inner, s, &chunk, true).await {
-                        confirmed[s].extend(chunk.iter().cloned());
+                        st.confirmed.extend(chunk.iter().cloned());
                         inner.metrics.relay_interest_ops.inc_by(chunk.len() as u64);
                     } else {
                         ok = false;
@@ -106,31 +110,24 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                     }
                 }
                 if ok {
-                    if !confirmed[s].is_empty() && confirmed[s].len() > permanent[s].len() {
+                    if st.confirmed.len() > st.permanent.len() {
                         inner.metrics.relay_resubscribes.inc();
                     }
                     tracing::info!(server = %server.url, topics = add.len(), "subscriptions in place");
-                    lost[s] = false;
+                    st.lost = false;
+                    st.settle();
                     server.health.set_synced(true);
                     // Tell peers at once (a held-back publish may wait for it).
                     inner.heartbeat_now();
                 }
                 continue;
             }
-            let mut add: Vec<String> = desired[s].difference(&confirmed[s]).cloned().collect();
-            let mut remove: Vec<String> = confirmed[s].difference(&desired[s]).cloned().collect();
-            let budget = tokens.floor() as usize;
-            add.truncate(budget);
-            remove.truncate(budget - add.len());
-            pending += desired[s].difference(&confirmed[s]).count()
-                + confirmed[s].difference(&desired[s]).count()
-                - add.len()
-                - remove.len();
+            let (add, remove) = st.changes(tokens.floor() as usize);
             for chunk in groups(&add, inner.sharded) {
                 if subscribe(&inner, s, &chunk, true).await {
                     tokens -= chunk.len() as f64;
                     inner.metrics.relay_interest_ops.inc_by(chunk.len() as u64);
-                    confirmed[s].extend(chunk.iter().cloned());
+                    st.confirmed.extend(chunk.iter().cloned());
                 } else {
                     break;
                 }
@@ -140,23 +137,88 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                     tokens -= chunk.len() as f64;
                     inner.metrics.relay_interest_ops.inc_by(chunk.len() as u64);
                     for topic in &chunk {
-                        confirmed[s].remove(topic);
+                        st.confirmed.remove(topic);
                     }
                 }
             }
+            st.settle();
         }
+        let pending: usize = state
+            .iter()
+            .filter(|s| !s.lost)
+            .map(|s| s.unsettled.len())
+            .sum();
         inner.metrics.relay_interest_pending.set(pending as i64);
-        let total: usize = confirmed.iter().map(HashSet::len).sum();
+        let total: usize = state.iter().map(|s| s.confirmed.len()).sum();
         inner.metrics.relay_subscriptions.set(total as i64);
         // Every change taken above is in place on every reachable server
         // (a lost server resubscribes everything when it is back).
-        if (0..n).all(|s| lost[s] || desired[s].is_subset(&confirmed[s])) {
+        if state.iter().all(|s| s.lost || !s.missing_any()) {
             inner.applied.send_if_modified(|applied| {
                 let moved = *applied < upto;
                 *applied = (*applied).max(upto);
                 moved
             });
         }
+    }
+}
+
+/// The interest of one Redis server, as the interest task sees it.
+#[derive(Default)]
+struct Server {
+    /// Topics local members need (plus the permanent ones).
+    desired: HashSet<String>,
+    /// Topics Redis confirmed.
+    confirmed: HashSet<String>,
+    /// Topics whose desired and confirmed states may differ.
+    unsettled: HashSet<String>,
+    /// Topics never given up.
+    permanent: HashSet<String>,
+    /// The connection dropped (or never came up): everything is
+    /// resubscribed when it is back.
+    lost: bool,
+}
+
+impl Server {
+    fn want(&mut self, topic: String) {
+        if self.desired.insert(topic.clone()) {
+            self.unsettled.insert(topic);
+        }
+    }
+
+    fn unwant(&mut self, topic: &str) {
+        if self.desired.remove(topic) {
+            self.unsettled.insert(topic.to_string());
+        }
+    }
+
+    /// Up to `budget` topic changes, adds first.
+    fn changes(&self, budget: usize) -> (Vec<String>, Vec<String>) {
+        let mut add = Vec::new();
+        let mut remove = Vec::new();
+        for topic in &self.unsettled {
+            let wanted = self.desired.contains(topic);
+            if wanted != self.confirmed.contains(topic) {
+                if wanted { &mut add } else { &mut remove }.push(topic.clone());
+            }
+        }
+        add.truncate(budget);
+        remove.truncate(budget - add.len());
+        (add, remove)
+    }
+
+    /// Forget the topics that are now as wanted.
+    fn settle(&mut self) {
+        let (desired, confirmed) = (&self.desired, &self.confirmed);
+        self.unsettled
+            .retain(|topic| desired.contains(topic) != confirmed.contains(topic));
+    }
+
+    /// Whether a wanted topic is not yet confirmed.
+    fn missing_any(&self) -> bool {
+        self.unsettled
+            .iter()
+            .any(|topic| self.desired.contains(topic) && !self.confirmed.contains(topic))
     }
 }
 
@@ -194,4 +256,41 @@ pub(super) fn groups(topics: &[String], sharded: bool) -> Vec<Vec<String>> {
         .into_values()
         .flat_map(|v| v.chunks(1000).map(<[String]>::to_vec).collect::<Vec<_>>())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Server;
+
+    fn topics(v: &[&str]) -> Vec<String> {
+        v.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn only_changed_topics_are_looked_at_and_settled_ones_are_forgotten() {
+        let mut s = Server::default();
+        for t in ["a", "b", "c"] {
+            s.want(t.to_string());
+        }
+        let (mut add, remove) = s.changes(10);
+        add.sort();
+        assert_eq!((add.clone(), remove), (topics(&["a", "b", "c"]), vec![]));
+        assert!(s.missing_any());
+        s.confirmed.extend(add);
+        s.settle();
+        assert!(s.unsettled.is_empty() && !s.missing_any());
+        // Wanting a topic again changes nothing; giving one up is a removal.
+        s.want("a".to_string());
+        assert!(s.unsettled.is_empty());
+        s.unwant("b");
+        assert_eq!(s.changes(10), (vec![], topics(&["b"])));
+        assert!(!s.missing_any(), "a pending removal is not a missing topic");
+        // Adds come first within the budget.
+        s.want("d".to_string());
+        assert_eq!(s.changes(1), (topics(&["d"]), vec![]));
+        // A topic wanted again before its removal settles is settled at once.
+        s.want("b".to_string());
+        s.settle();
+        assert_eq!(s.changes(10), (topics(&["d"]), vec![]));
+    }
 }

@@ -140,7 +140,7 @@ impl CellsSession {
             channels: id.channels,
             info: id.info,
         };
-        if let Err(e) = self.node.reauthenticate(&self.conn, identity) {
+        if let Err(e) = self.node.reauthenticate(&self.conn, identity).await {
             return Err(Refusal("bad_jwt", e.to_string(), CloseReason::Unauthorized));
         }
         self.node

@@ -63,9 +63,10 @@ impl Codec for NativeCodec {
         }
     }
 
-    fn notice(&self, conn: &ConnInfo<'_>, notice: Notice) -> Option<Utf8Bytes> {
+    fn notice(&self, conn: &ConnInfo<'_>, notice: Notice<'_>) -> Option<Utf8Bytes> {
         match notice {
             Notice::TokenExpired => Some(connection_frame(&self.node_id, conn, None)),
+            Notice::Revoked { channels } => Some(unsubscribed_notice(channels, "forbidden")),
         }
     }
 }
@@ -221,4 +222,14 @@ pub fn ack(kind: &str, channels: &[String], reference: Option<&RawValue>) -> Utf
     push_ref(&mut frame, reference);
     frame.push('}');
     Utf8Bytes::from(frame)
+}
+
+/// `{"type":"unsubscribed","channel_ids":[…],"reason":…}`: the server took
+/// the socket out of channels (no `ref`: nothing asked for it).
+pub fn unsubscribed_notice(channels: &[String], reason: &str) -> Utf8Bytes {
+    Utf8Bytes::from(format!(
+        "{{\"type\":\"unsubscribed\",\"channel_ids\":{},\"reason\":{}}}",
+        serde_json::to_string(channels).expect("strings serialize"),
+        json_str(reason)
+    ))
 }

@@ -133,7 +133,7 @@ impl NativeSession {
                 let identity = self
                     .node
                     .identify(token.as_deref().filter(|t| !t.is_empty()));
-                match self.node.reauthenticate(&self.conn, identity) {
+                match self.node.reauthenticate(&self.conn, identity).await {
                     Err(MeshError::Unauthorized) => Ok(()),
                     Err(e) => Err(e.into()),
                     Ok(()) => {
