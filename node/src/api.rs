@@ -105,6 +105,7 @@ fn admin_routes(node: &Arc<Node>) -> Router<Arc<Node>> {
         .route("/api/notify/users", post(notify_users))
         .route("/api/notify/clients", post(notify_clients))
         .route("/api/broadcast", post(broadcast))
+        .route("/api/events", post(events))
         .route("/api/disconnect", post(disconnect))
         .route("/api/nodes", get(nodes))
         .route("/api/channels", get(channels))
@@ -385,6 +386,26 @@ async fn broadcast(
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
     publish(&node, Target::All, frame, req.local, key).await
+}
+
+/// `POST /api/events`: a typed event for the Cells gateway's sessions
+/// (docs/cells.md).
+async fn events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Published>, ApiError> {
+    use crate::frontend::cells::events;
+    let refused = |(code, message): events::Refusal| {
+        node.metrics.frontend.error("cells", code);
+        HttpError::new(StatusCode::BAD_REQUEST, code, message)
+    };
+    let request: events::EventRequest =
+        parse(&body).map_err(|e| refused(("bad_request", e.message)))?;
+    let (delivery, kind) = events::delivery(&node, request).map_err(refused)?;
+    count(&node, "api_events");
+    node.metrics
+        .frontend
+        .events_in
+        .with_label_values(&["cells", &kind])
+        .inc();
+    Ok(Json(node.publish_groups(delivery).await))
 }
 
 async fn disconnect(

@@ -100,6 +100,26 @@ impl Authenticator {
 
     /// Verify a token given bare or as `Bearer <token>`.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let claims: Claims = self.decode(token)?;
+        identity(claims)
+    }
+
+    /// Verify a token and return every claim too, for front-ends that read
+    /// claims of their own (the Cells gateway's user, profile, roles and
+    /// workspaces).
+    pub fn verify_claims(
+        &self,
+        token: &str,
+    ) -> Result<(Identity, serde_json::Map<String, serde_json::Value>), AuthError> {
+        let all: serde_json::Map<String, serde_json::Value> = self.decode(token)?;
+        // Through text: `info` is kept as raw JSON, which a `Value` cannot give.
+        let text = serde_json::to_string(&all).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let claims: Claims =
+            serde_json::from_str(&text).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Ok((identity(claims)?, all))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
         let token = strip_bearer(token);
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -127,23 +147,26 @@ impl Authenticator {
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
-            .kind()
-        {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            _ => AuthError::Invalid(e.to_string()),
-        })?;
-        if data.claims.sub.is_empty() {
-            return Err(AuthError::Invalid("empty sub".into()));
-        }
-        Ok(Identity {
-            user_id: data.claims.sub,
-            expires_at: data.claims.exp,
-            channels: data.claims.channels,
-            info: data.claims.info.map(|raw| raw.get().to_string()),
-        })
+        let data =
+            jsonwebtoken::decode::<T>(token, key, &validation).map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                _ => AuthError::Invalid(e.to_string()),
+            })?;
+        Ok(data.claims)
     }
+}
+
+fn identity(claims: Claims) -> Result<Identity, AuthError> {
+    if claims.sub.is_empty() {
+        return Err(AuthError::Invalid("empty sub".into()));
+    }
+    Ok(Identity {
+        user_id: claims.sub,
+        expires_at: claims.exp,
+        channels: claims.channels,
+        info: claims.info.map(|raw| raw.get().to_string()),
+    })
 }
 
 /// `"Bearer abc"` (any case) → `"abc"`; a bare token is returned as is.

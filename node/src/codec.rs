@@ -9,11 +9,16 @@
 //! a connection ([`Slot::Skip`]) or encode it for that connection alone
 //! ([`Slot::Own`]), which is where per-session filtering goes.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::delivery::Delivery;
+
+/// Per-connection data a front-end attaches for its codec (e.g. a Cells
+/// session's claims), read back by downcasting in [`Codec::slot`].
+pub type Tag = Arc<dyn Any + Send + Sync>;
 
 /// What a codec may know about one recipient of a delivery.
 #[derive(Clone, Copy)]
@@ -23,6 +28,9 @@ pub struct Recipient<'a> {
     /// True when the delivery has a position and this connection asked for
     /// positions on the channel (the enveloped form, with offsets).
     pub positioned: bool,
+    /// The connection's tag; filled in only for deliveries that carry an
+    /// audience (so the fan-out of every other delivery never reads it).
+    pub tag: Option<&'a Tag>,
     /// Is the connection a member of this channel? (For protocols that
     /// frame a publication to several channels once per joined channel;
     /// `None` where the connection's state is locked. Takes a lock: call it
@@ -35,6 +43,7 @@ impl std::fmt::Debug for Recipient<'_> {
         f.debug_struct("Recipient")
             .field("client_id", &self.client_id)
             .field("positioned", &self.positioned)
+            .field("tag", &self.tag.is_some())
             .finish()
     }
 }
@@ -193,6 +202,7 @@ mod tests {
         let to = |id| Recipient {
             client_id: id,
             positioned: false,
+            tag: None,
             member_of: None,
         };
         for id in ["1", "2", "3"] {

@@ -58,6 +58,7 @@ pub use crate::policy::{ChannelPublish, DirectPublish};
 pub use bounds::{ChurnLimit, IdempotencyLimits};
 
 mod bounds;
+pub mod cells;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -192,6 +193,8 @@ pub struct Cli {
     pub bounds: bounds::BoundsCli,
     #[command(flatten)]
     pub connections: connections::ConnectionCli,
+    #[command(flatten)]
+    pub cells: cells::CellsCli,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -247,6 +250,9 @@ pub struct FileConfig {
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
     pub namespaces: Vec<crate::policy::NamespaceConfig>,
+    /// The Cells gateway's `[cells]` table.
+    #[serde(default)]
+    pub cells: cells::CellsFile,
 }
 
 /// The resolved configuration a node runs with.
@@ -296,6 +302,8 @@ pub struct Config {
     pub channel_churn: ChurnLimit,
     /// Request deadlines, the admin listener's cap, pings, TCP keepalive.
     pub connections: Connections,
+    /// The Cells gateway (docs/cells.md).
+    pub cells: cells::Cells,
 }
 
 /// What the cluster relay may hold and how it probes Redis.
@@ -369,6 +377,7 @@ impl Config {
     fn resolve(cli: Cli, file: FileConfig) -> Result<Config, ConfigError> {
         let (idempotency, channel_churn) = bounds::resolve(&cli.bounds, &file)?;
         let connections = Connections::resolve(&cli.connections, &file)?;
+        let cells = cells::Cells::resolve(&cli.cells, &file.cells)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("n{}", &id[..12])
@@ -540,6 +549,7 @@ impl Config {
             idempotency,
             channel_churn,
             connections,
+            cells,
         };
         config.check()?;
         config.check_auth(&auth_patterns)?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::codec::{Codec, ConnInfo};
+use crate::codec::{Codec, ConnInfo, Tag};
 use crate::delivery::Delivery;
 use crate::outbox::Outbox;
 
@@ -52,6 +52,8 @@ pub struct ConnState {
     pub positioned: HashMap<Arc<str>, ChannelPos>,
     /// Distinct channels joined or left lately (`--client-channel-churn`).
     pub churn: Churn,
+    /// The front-end's data for its codec (see [`Tag`]); `None` for most.
+    pub tag: Option<Tag>,
 }
 
 /// The distinct channels a connection joined or left in the current window:

@@ -77,6 +77,7 @@ pub mod labels {
         "api_clients",
         "api_broadcast",
         "api_disconnect",
+        "api_events",
     ];
     /// `pubmesh_messages_out_total{kind}`.
     pub const MESSAGE_OUT_KINDS: &[&str] = &["channels", "users", "clients", "broadcast"];

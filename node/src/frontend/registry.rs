@@ -6,6 +6,7 @@ use super::Frontend;
 pub fn frontends() -> Vec<Box<dyn Frontend>> {
     vec![
         Box::new(super::native::Native),
+        Box::new(super::cells::Cells),
         Box::new(super::phoenix::Phoenix),
     ]
 }

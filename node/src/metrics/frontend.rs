@@ -15,6 +15,10 @@ pub struct FrontendMetrics {
     /// `pubmesh_frontend_errors_total{frontend,code}`: error replies and
     /// refusals, by the front-end's code.
     pub errors: IntCounterVec,
+    /// `pubmesh_frontend_events_in_total{frontend,kind}`: events published
+    /// to a front-end's sessions through the server API, by kind (the Cells
+    /// gateway's `POST /api/events`).
+    pub events_in: IntCounterVec,
 }
 
 impl FrontendMetrics {
@@ -49,6 +53,11 @@ impl FrontendMetrics {
                 "pubmesh_frontend_errors_total",
                 "Error replies and refusals, by front-end and code",
                 &["frontend", "code"],
+            ),
+            events_in: counter(
+                "pubmesh_frontend_events_in_total",
+                "Events published to a front-end's sessions through the server API, by kind",
+                &["frontend", "kind"],
             ),
         }
     }

@@ -353,10 +353,16 @@ impl Hub {
                     positioned = true;
                 }
             }
+            // Only deliveries with an audience read the connection's tag.
+            let tag = match &delivery.audience {
+                Some(_) => conn.state.lock().tag.clone(),
+                None => None,
+            };
             let member_of = |channel: &str| conn.is_member(channel);
             let to = Recipient {
                 client_id: &conn.client_id,
                 positioned,
+                tag: tag.as_ref(),
                 member_of: Some(&member_of),
             };
             let Some(frames) = cache.frames(&conn.codec, delivery, &to) else {
@@ -574,6 +580,7 @@ mod tests {
                 info: None,
                 positioned: HashMap::new(),
                 churn: Default::default(),
+                tag: None,
             }),
             permit: Mutex::new(None),
         })

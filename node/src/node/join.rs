@@ -236,6 +236,7 @@ fn encode(conn: &Conn, d: &Delivery, positioned: bool, frames: &mut Vec<Utf8Byte
     let to = Recipient {
         client_id: &conn.client_id,
         positioned,
+        tag: None,
         member_of: None,
     };
     let slot = conn.codec.slot(d, &to);

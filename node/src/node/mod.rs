@@ -7,6 +7,7 @@
 
 mod churn;
 mod error;
+mod groups;
 mod hub;
 mod identity;
 mod join;
@@ -22,6 +23,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 pub use error::MeshError;
+pub use groups::{group_name, GROUP_PREFIX};
 pub use hub::HubCounts;
 pub use join::{JoinRequest, Joined};
 pub use ops::{Admission, Read};

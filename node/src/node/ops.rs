@@ -109,6 +109,7 @@ impl Node {
                 info: identity.info.map(Arc::from),
                 positioned: HashMap::new(),
                 churn: Default::default(),
+                tag: None,
             }),
             permit: Mutex::new(admission.permit),
         });

@@ -1,1 +1,144 @@
+//! The Cells event gateway at `/ws/event` (docs/cells.md): sessions
+//! subscribe with a JWT whose claims say what they may see, and typed
+//! events published with an audience (`POST /api/events`, see [`events`])
+//! reach exactly the sessions they entitle, on every node.
+//!
+//! - [`wire`]: the Cells frames (control messages, node events, chat);
+//! - [`codec`]: the audience check and the frames of one event;
+//! - [`session`]: one socket: subscribe, refresh, unsubscribe, errors;
+//! - [`events`]: the server API's event requests.
+//!
+//! A subscribed session joins one internal group per workspace, role,
+//! profile and user of its claims (`Node::set_groups`), so an event's
+//! delivery travels only to nodes with members in the groups it names and
+//! is offered only to those members; the codec then checks the session's
+//! claims and encodes once per set of matching workspaces.
+
+pub mod codec;
+pub mod events;
+pub mod session;
 pub mod wire;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http::StatusCode;
+
+use self::codec::CellsCodec;
+use self::session::CellsSession;
+use crate::codec::Codec;
+use crate::frontend::Frontend;
+use crate::http_error::HttpError;
+use crate::node::Node;
+use crate::transport;
+
+/// The internal group family of Cells sessions, and the `frontend` label
+/// of its metrics.
+pub const FAMILY: &str = "cells";
+
+/// The codes of `pubmesh_frontend_errors_total{frontend="cells"}`.
+pub const ERROR_CODES: &[&str] = &[
+    "bad_json",
+    "empty_jwt",
+    "bad_jwt",
+    "bad_claims",
+    "too_many_groups",
+    "rate_limited",
+    "too_big",
+    "bad_request",
+    "unknown_kind",
+];
+
+/// The internal group of one workspace (`ws`), user, role or profile.
+pub fn group(kind: &str, id: &str) -> String {
+    crate::node::group_name(FAMILY, &format!("{kind}/{id}"))
+}
+
+/// The Cells gateway.
+pub struct Cells;
+
+impl Frontend for Cells {
+    fn name(&self) -> &'static str {
+        "cells"
+    }
+
+    fn codec(&self, node: &Node) -> Arc<dyn Codec> {
+        let out = node
+            .metrics
+            .frontend
+            .messages_out
+            .with_label_values(&[FAMILY]);
+        Arc::new(CellsCodec::new(out))
+    }
+
+    fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
+        node.metrics.frontend.init(FAMILY, ERROR_CODES);
+        for kind in &node.config.cells.kinds {
+            node.metrics
+                .frontend
+                .events_in
+                .with_label_values(&[FAMILY, kind]);
+        }
+        let codec = self.codec(node);
+        Router::new().route(
+            "/ws/event",
+            get(move |state, request| websocket(state, request, codec.clone())),
+        )
+    }
+}
+
+/// `GET /ws/event`: admit, upgrade and run a Cells session. The socket is
+/// anonymous until its first `subscribe`.
+async fn websocket(
+    State(node): State<Arc<Node>>,
+    mut request: Request,
+    codec: Arc<dyn Codec>,
+) -> Response {
+    let holds_permit = request
+        .extensions()
+        .get::<transport::Accepted>()
+        .is_some_and(|a| a.counted);
+    let admission = match node.admit_socket(holds_permit) {
+        Ok(admission) => admission,
+        Err(e) => {
+            return HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+                .into_response()
+        }
+    };
+    let reply = match transport::accept(request.headers()) {
+        Ok(reply) => reply,
+        Err(e) => return HttpError::bad_request(e.to_string()).into_response(),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let config = transport::socket_config(node.config.cells.max_message_size);
+    let deadline = node.config.connections.handshake_timeout;
+    tokio::spawn(async move {
+        let socket =
+            match tokio::time::timeout(deadline, transport::upgraded(on_upgrade, config)).await {
+                Ok(Some(socket)) => socket,
+                Ok(None) => return,
+                Err(_) => {
+                    node.metrics
+                        .http_timeouts
+                        .with_label_values(&["handshake"])
+                        .inc();
+                    return;
+                }
+            };
+        let identity = node.identify(None);
+        let conn = node.open(admission, identity, codec, None, |_| None).await;
+        let settings = transport::Settings {
+            rate: node.config.client_rate,
+            burst: node.config.client_burst,
+            flush_window: node.config.flush_window,
+            tick: None,
+            liveness: node.config.connections.liveness,
+        };
+        let session = CellsSession::new(node.clone(), conn.clone());
+        transport::run(socket, &conn.outbox, session, settings).await;
+    });
+    reply.map(|()| axum::body::Body::empty())
+}

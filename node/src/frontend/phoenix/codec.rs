@@ -133,6 +133,7 @@ mod tests {
         Recipient {
             client_id: "c",
             positioned: false,
+            tag: None,
             member_of,
         }
     }

@@ -1,0 +1,135 @@
+//! Settings of the Cells event gateway (`/ws/event`, docs/cells.md): which
+//! JWT claims hold a session's user, profile, roles and workspaces, the
+//! event kinds `POST /api/events` accepts, and the largest client frame.
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// Environment variable names of these flags.
+pub mod env {
+    pub const USER_CLAIM: &str = "PUBMESH_CELLS_USER_CLAIM";
+    pub const PROFILE_CLAIM: &str = "PUBMESH_CELLS_PROFILE_CLAIM";
+    pub const ROLES_CLAIM: &str = "PUBMESH_CELLS_ROLES_CLAIM";
+    pub const WORKSPACES_CLAIM: &str = "PUBMESH_CELLS_WORKSPACES_CLAIM";
+    pub const EVENT_KINDS: &str = "PUBMESH_CELLS_EVENT_KINDS";
+    pub const MAX_MESSAGE_SIZE: &str = "PUBMESH_CELLS_MAX_MESSAGE_SIZE";
+}
+
+/// The event kinds every node accepts.
+pub const BUILTIN_KINDS: &[&str] = &["tree", "meta", "task", "idm", "activity"];
+
+/// The flags (flattened into [`super::Cli`]).
+#[derive(clap::Args, Debug, Default)]
+pub struct CellsCli {
+    /// Cells gateway: the JWT claim holding a session's user (login) [default: name, falling back to sub]
+    #[arg(long, env = env::USER_CLAIM)]
+    pub cells_user_claim: Option<String>,
+    /// Cells gateway: the JWT claim holding a session's profile (a string) [default: profile]
+    #[arg(long, env = env::PROFILE_CLAIM)]
+    pub cells_profile_claim: Option<String>,
+    /// Cells gateway: the JWT claim holding a session's roles (an array of strings) [default: roles]
+    #[arg(long, env = env::ROLES_CLAIM)]
+    pub cells_roles_claim: Option<String>,
+    /// Cells gateway: the JWT claim holding a session's workspace ids (an array of strings) [default: workspaces]
+    #[arg(long, env = env::WORKSPACES_CLAIM)]
+    pub cells_workspaces_claim: Option<String>,
+    /// Cells gateway: event kinds accepted besides tree, meta, task, idm and activity (comma separated)
+    #[arg(long, env = env::EVENT_KINDS, value_delimiter = ',')]
+    pub cells_event_kinds: Option<Vec<String>>,
+    /// Cells gateway: the largest client frame on /ws/event, in bytes; larger ones close the socket with 1009 [default: 2048]
+    #[arg(long, env = env::MAX_MESSAGE_SIZE)]
+    pub cells_max_message_size: Option<usize>,
+}
+
+/// The `[cells]` table of the TOML file.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct CellsFile {
+    pub user_claim: Option<String>,
+    pub profile_claim: Option<String>,
+    pub roles_claim: Option<String>,
+    pub workspaces_claim: Option<String>,
+    pub event_kinds: Option<Vec<String>>,
+    pub max_message_size: Option<usize>,
+}
+
+/// The resolved settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cells {
+    pub user_claim: String,
+    pub profile_claim: String,
+    pub roles_claim: String,
+    pub workspaces_claim: String,
+    /// Every accepted kind: the built-in ones, then the configured ones.
+    pub kinds: Vec<String>,
+    pub max_message_size: usize,
+}
+
+impl Default for Cells {
+    fn default() -> Self {
+        Cells::resolve(&CellsCli::default(), &CellsFile::default()).expect("defaults are valid")
+    }
+}
+
+impl Cells {
+    /// Flags first, then the file, then the defaults.
+    pub(super) fn resolve(cli: &CellsCli, file: &CellsFile) -> Result<Self, ConfigError> {
+        let pick = |flag: &Option<String>, key: &Option<String>, default: &str| {
+            flag.clone()
+                .or_else(|| key.clone())
+                .unwrap_or_else(|| default.to_string())
+        };
+        let mut kinds: Vec<String> = BUILTIN_KINDS.iter().map(|k| k.to_string()).collect();
+        let extra = cli.cells_event_kinds.clone().or(file.event_kinds.clone());
+        for kind in extra.unwrap_or_default() {
+            let kind = kind.trim().to_string();
+            let plain = !kind.is_empty()
+                && kind.len() <= 64
+                && kind
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+            if !plain {
+                return Err(ConfigError::Invalid(format!(
+                    "cells event kind {kind:?} must be 1 to 64 characters of [A-Za-z0-9_.-]"
+                )));
+            }
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        let cells = Cells {
+            user_claim: pick(&cli.cells_user_claim, &file.user_claim, "name"),
+            profile_claim: pick(&cli.cells_profile_claim, &file.profile_claim, "profile"),
+            roles_claim: pick(&cli.cells_roles_claim, &file.roles_claim, "roles"),
+            workspaces_claim: pick(
+                &cli.cells_workspaces_claim,
+                &file.workspaces_claim,
+                "workspaces",
+            ),
+            kinds,
+            max_message_size: cli
+                .cells_max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(2048),
+        };
+        if cells.max_message_size < 256 {
+            return Err(ConfigError::Invalid(
+                "cells max_message_size must be at least 256".into(),
+            ));
+        }
+        for (name, claim) in [
+            ("user_claim", &cells.user_claim),
+            ("profile_claim", &cells.profile_claim),
+            ("roles_claim", &cells.roles_claim),
+            ("workspaces_claim", &cells.workspaces_claim),
+        ] {
+            if claim.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "cells {name} must not be empty"
+                )));
+            }
+        }
+        Ok(cells)
+    }
+}
