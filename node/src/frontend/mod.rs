@@ -18,10 +18,14 @@ pub mod socketio;
 
 use std::sync::Arc;
 
+use axum::extract::Request;
 use axum::Router;
+use http::StatusCode;
 
 use crate::codec::Codec;
-use crate::node::Node;
+use crate::http_error::HttpError;
+use crate::node::{Admission, Node};
+use crate::transport;
 
 /// A wire protocol served by the node.
 pub trait Frontend: Send + Sync + 'static {
@@ -35,4 +39,23 @@ pub trait Frontend: Send + Sync + 'static {
 
     /// The routes this front-end serves; the HTTP router merges them.
     fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>>;
+}
+
+/// Admit a WebSocket upgrade request: the node's drain and capacity checks
+/// (a socket the listener counted already holds its permit) and the
+/// handshake headers. An `Err` is the HTTP error to answer instead.
+pub(crate) fn admit_upgrade(
+    node: &Node,
+    request: &Request,
+) -> Result<(Admission, http::Response<()>), HttpError> {
+    let holds_permit = request
+        .extensions()
+        .get::<transport::Accepted>()
+        .is_some_and(|a| a.counted);
+    let admission = node
+        .admit_socket(holds_permit)
+        .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()))?;
+    let reply =
+        transport::accept(request.headers()).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    Ok((admission, reply))
 }

@@ -72,20 +72,9 @@ async fn websocket(
     mut request: Request,
     codec: Arc<dyn Codec>,
 ) -> Response {
-    let holds_permit = request
-        .extensions()
-        .get::<transport::Accepted>()
-        .is_some_and(|a| a.counted);
-    let admission = match node.admit_socket(holds_permit) {
-        Ok(admission) => admission,
-        Err(e) => {
-            return HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
-                .into_response()
-        }
-    };
-    let reply = match transport::accept(request.headers()) {
-        Ok(reply) => reply,
-        Err(e) => return HttpError::bad_request(e.to_string()).into_response(),
+    let (admission, reply) = match super::admit_upgrade(&node, &request) {
+        Ok(admitted) => admitted,
+        Err(e) => return e.into_response(),
     };
     let token = request
         .headers()

@@ -80,16 +80,9 @@ async fn websocket(
     mut request: Request,
     codecs: Codecs,
 ) -> Response {
-    let admission = match node.admit() {
-        Ok(admission) => admission,
-        Err(e) => {
-            return HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
-                .into_response()
-        }
-    };
-    let reply = match transport::accept(request.headers()) {
-        Ok(reply) => reply,
-        Err(e) => return HttpError::bad_request(e.to_string()).into_response(),
+    let (admission, reply) = match super::admit_upgrade(&node, &request) {
+        Ok(admitted) => admitted,
+        Err(e) => return e.into_response(),
     };
     let vsn = match Vsn::from_param(params.get("vsn").map(String::as_str)) {
         Ok(vsn) => vsn,
