@@ -59,6 +59,7 @@ pub use bounds::{ChurnLimit, IdempotencyLimits};
 
 mod bounds;
 pub mod cells;
+pub mod socketio;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -195,6 +196,8 @@ pub struct Cli {
     pub connections: connections::ConnectionCli,
     #[command(flatten)]
     pub cells: cells::CellsCli,
+    #[command(flatten)]
+    pub socketio: socketio::SocketIoCli,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -253,6 +256,9 @@ pub struct FileConfig {
     /// The Cells gateway's `[cells]` table.
     #[serde(default)]
     pub cells: cells::CellsFile,
+    /// The Socket.IO front-end's `[socketio]` table.
+    #[serde(default)]
+    pub socketio: socketio::SocketIoFile,
 }
 
 /// The resolved configuration a node runs with.
@@ -304,6 +310,8 @@ pub struct Config {
     pub connections: Connections,
     /// The Cells gateway (docs/cells.md).
     pub cells: cells::Cells,
+    /// The Socket.IO front-end (docs/socketio.md).
+    pub socketio: socketio::SocketIo,
 }
 
 /// What the cluster relay may hold and how it probes Redis.
@@ -378,6 +386,7 @@ impl Config {
         let (idempotency, channel_churn) = bounds::resolve(&cli.bounds, &file)?;
         let connections = Connections::resolve(&cli.connections, &file)?;
         let cells = cells::Cells::resolve(&cli.cells, &file.cells)?;
+        let socketio = socketio::SocketIo::resolve(&cli.socketio, &file.socketio)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("n{}", &id[..12])
@@ -550,6 +559,7 @@ impl Config {
             channel_churn,
             connections,
             cells,
+            socketio,
         };
         config.check()?;
         config.check_auth(&auth_patterns)?;
