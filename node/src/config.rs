@@ -62,6 +62,7 @@ pub use bounds::{ChurnLimit, IdempotencyLimits};
 
 mod bounds;
 pub mod cells;
+pub mod socketio;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -200,6 +201,8 @@ pub struct Cli {
     pub cells: cells::CellsCli,
     #[command(flatten)]
     pub addresses: addresses::AddressCli,
+    #[command(flatten)]
+    pub socketio: socketio::SocketIoCli,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -266,6 +269,9 @@ pub struct FileConfig {
     /// The Cells gateway's `[cells]` table.
     #[serde(default)]
     pub cells: cells::CellsFile,
+    /// The Socket.IO front-end's `[socketio]` table.
+    #[serde(default)]
+    pub socketio: socketio::SocketIoFile,
 }
 
 /// The resolved configuration a node runs with.
@@ -319,6 +325,8 @@ pub struct Config {
     pub cells: cells::Cells,
     /// Budgets per client address and the networks exempt from them.
     pub addresses: AddressLimits,
+    /// The Socket.IO front-end (docs/socketio.md).
+    pub socketio: socketio::SocketIo,
 }
 
 /// What the cluster relay may hold and how it probes Redis.
@@ -394,6 +402,7 @@ impl Config {
         let connections = Connections::resolve(&cli.connections, &file)?;
         let cells = cells::Cells::resolve(&cli.cells, &file.cells)?;
         let addresses = AddressLimits::resolve(&cli.addresses, &file)?;
+        let socketio = socketio::SocketIo::resolve(&cli.socketio, &file.socketio)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("n{}", &id[..12])
@@ -567,6 +576,7 @@ impl Config {
             connections,
             cells,
             addresses,
+            socketio,
         };
         config.check()?;
         config.check_auth(&auth_patterns)?;
