@@ -40,6 +40,7 @@ use self::engineio::{Eio, Handshake, PacketType, ServerError, Transport};
 use self::session::{auth_token, message, Due, Pings, SioSession};
 pub use self::session::{reasons, FRONTEND};
 use self::wire::{Json, Packet, Version};
+use crate::address::AddressBudget;
 use crate::codec::Codec;
 use crate::config::socketio::SocketIo as Config;
 use crate::conn::Conn;
@@ -217,6 +218,7 @@ async fn engine(State(node): State<Arc<Node>>, mut request: Request, shared: Sha
                 Ok(admitted) => admitted,
                 Err(e) => return e.into_response(),
             };
+            let address = transport::Accepted::address_of(&request);
             let on_upgrade = hyper::upgrade::on(&mut request);
             let ws_config = transport::socket_config(shared.config.max_payload);
             let handshake_timeout = node.config.connections.handshake_timeout;
@@ -232,7 +234,7 @@ async fn engine(State(node): State<Arc<Node>>, mut request: Request, shared: Sha
                     Some(sid) => {
                         // The polling session keeps its own admission.
                         drop(admission);
-                        polling::upgrade(node, shared, sid, socket).await
+                        polling::upgrade(node, shared, sid, socket, address).await
                     }
                     None => {
                         let pings = Pings::new(&shared.config);
@@ -241,7 +243,14 @@ async fn engine(State(node): State<Arc<Node>>, mut request: Request, shared: Sha
                         if !send(&mut socket, open.encode_text().expect("text")).await {
                             return;
                         }
-                        continue_on_socket(node, shared, eio, token, socket, pings, admission).await
+                        let opened = Opened {
+                            eio,
+                            token,
+                            pings,
+                            admission,
+                            address,
+                        };
+                        continue_on_socket(node, shared, socket, opened).await
                     }
                 }
             });
@@ -267,17 +276,32 @@ pub(crate) fn handshake_packet(
     .packet(eio)
 }
 
+/// A WebSocket connection between its open packet and its first CONNECT.
+pub(crate) struct Opened {
+    pub eio: Eio,
+    /// The handshake request's token.
+    pub token: Option<String>,
+    pub pings: Pings,
+    pub admission: Admission,
+    /// The frame budget of the client's address.
+    pub address: Option<AddressBudget>,
+}
+
 /// After the open packet: wait on the socket for the first accepted
 /// CONNECT, then open the mesh connection and run the session.
 pub(crate) async fn continue_on_socket(
     node: Arc<Node>,
     shared: Shared,
-    eio: Eio,
-    token: Option<String>,
     mut socket: Socket,
-    mut pings: Pings,
-    admission: Admission,
+    opened: Opened,
 ) {
+    let Opened {
+        eio,
+        token,
+        mut pings,
+        admission,
+        address,
+    } = opened;
     let Some((identity, nsp)) = opening(&node, &shared, eio, token, &mut socket, &mut pings).await
     else {
         return;
@@ -294,7 +318,7 @@ pub(crate) async fn continue_on_socket(
         Some(nsp),
         pings,
     );
-    run_socket(&node, &shared, socket, conn, session).await;
+    run_socket(&node, &shared, socket, conn, session, address).await;
 }
 
 /// Run a session over a WebSocket to its end.
@@ -304,10 +328,12 @@ pub(crate) async fn run_socket(
     socket: Socket,
     conn: Arc<Conn>,
     session: SioSession,
+    address: Option<AddressBudget>,
 ) {
     let settings = transport::Settings {
         rate: node.config.client_rate,
         burst: node.config.client_burst,
+        address,
         flush_window: node.config.flush_window,
         tick: Some(Pings::tick(&shared.config)),
         // Engine.IO pings in its own framing.

@@ -520,6 +520,7 @@ pub(crate) async fn upgrade(
     shared: Shared,
     sid: String,
     mut socket: crate::transport::Socket,
+    address: Option<crate::address::AddressBudget>,
 ) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
@@ -570,7 +571,7 @@ pub(crate) async fn upgrade(
                 .get()
                 .expect("an open session has a connection")
                 .clone();
-            super::run_socket(&node, &shared, socket, conn, *session).await;
+            super::run_socket(&node, &shared, socket, conn, *session, address).await;
         }
         Stage::Opening {
             admission: Some(admission),
@@ -587,8 +588,14 @@ pub(crate) async fn upgrade(
                     return;
                 }
             }
-            super::continue_on_socket(node, shared, polling.eio, token, socket, pings, admission)
-                .await;
+            let opened = super::Opened {
+                eio: polling.eio,
+                token,
+                pings,
+                admission,
+                address,
+            };
+            super::continue_on_socket(node, shared, socket, opened).await;
         }
         _ => {}
     }
