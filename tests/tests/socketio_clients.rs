@@ -418,3 +418,80 @@ async fn polling_through_a_round_robin_balancer_without_sticky_sessions() {
     poller.wait_event("disconnect", patience(30)).await;
     a.wait_members("Chat", 0).await;
 }
+
+/// The official 2.x client (Engine.IO 3, Socket.IO v4) on `node`,
+/// reporting the events named.
+fn client_v2(node: &Node, options: Value) -> Script {
+    let url = format!("http://127.0.0.1:{}/", node.port);
+    Script::spawn("socketio_client.js", &[&url, "2", &options.to_string()])
+}
+
+/// Emit with an ack callback (2.x has no ack timeouts: the test's deadline
+/// is the bound).
+async fn emit_ack_v2(script: &mut Script, name: &str, args: Value) -> Value {
+    let line = json!({"emit": name, "args": args, "ack": true});
+    script.send_line(&line.to_string()).await;
+    let ack = script
+        .wait_for("an ack", patience(30), |v| v["event"] == "ack")
+        .await;
+    ack["args"].clone()
+}
+
+#[tokio::test]
+async fn socketio_client_2_over_websocket_and_polling_with_client_pings() {
+    let redis = Redis::start().await;
+    let (a, b) = two_nodes(&redis, &[]).await;
+    let token = hs256(SECRET, "flamenco-web", 600);
+    let events = json!(["/message", "/jobs"]);
+
+    // WebSocket only, as Flamenco's web app connects; the token in the query.
+    let mut web = client_v2(&a, json!({"events": events, "query": {"token": token}}));
+    web.wait_event("connect", patience(60)).await;
+    a.wait_members("Chat", 1).await;
+    let sub = |kind: &str| json!([{"op": "subscribe", "type": kind}]);
+    assert_eq!(
+        emit_ack_v2(&mut web, "/subscription", sub("allJobs")).await,
+        json!(["ok"])
+    );
+    assert_eq!(
+        emit_ack_v2(&mut web, "/subscription", sub("everything")).await,
+        json!(["unknown subscription type, ignoring request"])
+    );
+    // Long-polling, with the upgrade, on the other node.
+    let mut poller = client_v2(
+        &b,
+        json!({"events": events, "transports": ["polling", "websocket"]}),
+    );
+    poller.wait_event("connect", patience(60)).await;
+    a.wait_members("Chat", 2).await;
+    assert_eq!(
+        emit_ack_v2(&mut poller, "/subscription", sub("allJobs")).await,
+        json!(["ok"])
+    );
+    a.wait_members("Jobs", 2).await;
+    notify(&b, "Jobs", "/jobs", json!({"id": 7})).await;
+    for script in [&mut web, &mut poller] {
+        assert_eq!(event(script, "/jobs").await["args"], json!([{"id": 7}]));
+    }
+    // 2.x clients ping (every second here); a server that did not answer
+    // or heed them would drop them after interval + timeout (3 s).
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    notify(&a, "Chat", "/message", json!({"text": "still here"})).await;
+    for script in [&mut web, &mut poller] {
+        assert_eq!(
+            event(script, "/message").await["args"],
+            json!([{"text": "still here"}])
+        );
+    }
+
+    // A bad token: the ERROR packet for `/`.
+    let mut forged = client_v2(&a, json!({"query": {"token": hs256("wrong", "eve", 600)}}));
+    let refused = forged.wait_event("error", patience(60)).await;
+    assert_eq!(refused["message"], "the token is not valid");
+
+    for script in [&mut web, &mut poller] {
+        script.send_line(r#"{"disconnect":true}"#).await;
+    }
+    a.wait_members("Chat", 0).await;
+    a.wait_members("Jobs", 0).await;
+}
