@@ -112,7 +112,7 @@ mod tests {
         let (read_wake, write_wake) = (Notify::new(), Notify::new());
         let reader = pin!(counted(&reads, &read_wake, 1, "reader"));
         let writer = pin!(counted(&writes, &write_wake, 50, "writer"));
-        let race = first([reader as Branch<_>, writer]);
+        let race = first([reader as Branch<'_, _>, writer]);
         let waker = async {
             loop {
                 write_wake.notify_one();
@@ -144,7 +144,7 @@ mod tests {
             flag.notify_waiters();
             std::future::pending::<&str>().await
         });
-        let race = first([waiter as Branch<_>, notifier]);
+        let race = first([waiter as Branch<'_, _>, notifier]);
         let winner = tokio::time::timeout(std::time::Duration::from_secs(10), race).await;
         assert_eq!(winner, Ok("waiter"), "the waiter's wake was lost");
     }
