@@ -59,6 +59,7 @@ pub mod reasons {
 pub const INVALID_NAMESPACE: &str = "Invalid namespace";
 
 /// The Engine.IO ping schedule of one connection (the server pings).
+#[derive(Clone, Debug)]
 pub struct Pings {
     interval: Duration,
     timeout: Duration,
@@ -156,7 +157,7 @@ impl SioSession {
         config: Arc<SocketIo>,
         namespaces: Arc<Vec<String>>,
         eio: Eio,
-        first: String,
+        first: Option<String>,
         pings: Pings,
     ) -> Self {
         node.metrics
@@ -178,7 +179,7 @@ impl SioSession {
             connected: HashMap::new(),
             pings,
             pending: None,
-            first: Some(first),
+            first,
         }
     }
 
