@@ -50,10 +50,13 @@ pub mod env {
     pub const RELAY_INTEREST_RATE: &str = "PUBMESH_RELAY_INTEREST_RATE";
     pub const RELAY_BATCH_BYTES: &str = "PUBMESH_RELAY_BATCH_BYTES";
     pub const RELAY_BATCH_US: &str = "PUBMESH_RELAY_BATCH_US";
+    pub use super::addresses::env::*;
     pub use super::connections::env::*;
 }
 
+pub mod addresses;
 pub mod connections;
+pub use addresses::AddressLimits;
 pub use connections::{Connections, Liveness};
 
 pub use crate::policy::{ChannelPublish, DirectPublish};
@@ -61,6 +64,7 @@ pub use bounds::{ChurnLimit, IdempotencyLimits};
 
 mod bounds;
 pub mod cells;
+pub mod socketio;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -203,6 +207,10 @@ pub struct Cli {
     pub connections: connections::ConnectionCli,
     #[command(flatten)]
     pub cells: cells::CellsCli,
+    #[command(flatten)]
+    pub addresses: addresses::AddressCli,
+    #[command(flatten)]
+    pub socketio: socketio::SocketIoCli,
 }
 
 /// The TOML file: the same keys as the flags, all optional. Unknown keys are an error.
@@ -257,12 +265,23 @@ pub struct FileConfig {
     pub ping_interval_seconds: Option<u64>,
     pub pong_timeout_seconds: Option<u64>,
     pub tcp_keepalive_seconds: Option<u64>,
+    pub address_connection_rate: Option<u32>,
+    pub address_connection_burst: Option<u32>,
+    pub address_frame_rate: Option<u32>,
+    pub address_frame_burst: Option<u32>,
+    pub address_ipv4_prefix: Option<u8>,
+    pub address_ipv6_prefix: Option<u8>,
+    pub address_table_entries: Option<usize>,
+    pub trusted_networks: Option<Vec<String>>,
     /// Channel options by namespace (file only): `[[namespaces]]` tables.
     #[serde(default)]
     pub namespaces: Vec<crate::policy::NamespaceConfig>,
     /// The Cells gateway's `[cells]` table.
     #[serde(default)]
     pub cells: cells::CellsFile,
+    /// The Socket.IO front-end's `[socketio]` table.
+    #[serde(default)]
+    pub socketio: socketio::SocketIoFile,
 }
 
 /// The resolved configuration a node runs with.
@@ -314,6 +333,10 @@ pub struct Config {
     pub connections: Connections,
     /// The Cells gateway (docs/cells.md).
     pub cells: cells::Cells,
+    /// Budgets per client address and the networks exempt from them.
+    pub addresses: AddressLimits,
+    /// The Socket.IO front-end (docs/socketio.md).
+    pub socketio: socketio::SocketIo,
 }
 
 /// What the cluster relay may hold and how it probes Redis.
@@ -394,6 +417,8 @@ impl Config {
         let (idempotency, channel_churn) = bounds::resolve(&cli.bounds, &file)?;
         let connections = Connections::resolve(&cli.connections, &file)?;
         let cells = cells::Cells::resolve(&cli.cells, &file.cells)?;
+        let addresses = AddressLimits::resolve(&cli.addresses, &file)?;
+        let socketio = socketio::SocketIo::resolve(&cli.socketio, &file.socketio)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("n{}", &id[..12])
@@ -574,6 +599,8 @@ impl Config {
             channel_churn,
             connections,
             cells,
+            addresses,
+            socketio,
         };
         config.check()?;
         config.check_auth(&auth_patterns)?;

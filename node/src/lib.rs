@@ -18,10 +18,12 @@
 //!   share: connections, encodings, protocol-neutral deliveries, queues;
 //! - [`policy`], [`config`], [`auth`], [`history`], [`presence`],
 //!   [`metrics`], [`walker`], [`limits`], [`idempotency`]: rules, settings
-//!   and stores; [`http_error`]: the JSON shape of every HTTP error.
+//!   and stores; [`http_error`]: the JSON shape of every HTTP error;
+//!   [`address`]: budgets per client address, shared by its sockets.
 //!
 //! [`shutdown`] drains; [`build`], [`build_on_bus`] and [`run`] wire a node.
 
+pub mod address;
 pub mod api;
 pub mod auth;
 pub mod close_log;
@@ -184,9 +186,10 @@ pub async fn run_with_admin(
         tokio::spawn(node::expire_tokens(node.clone(), Duration::from_secs(1)));
     }
     let conns = node.config.connections;
-    let bounds = |label, permits| transport::listener::Bounds {
+    let bounds = |label, permits, addresses| transport::listener::Bounds {
         label,
         permits,
+        addresses,
         header_timeout: conns.header_timeout,
         tcp_keepalive: conns.tcp_keepalive,
         // Sent data unacknowledged for as long as a ping may go unanswered
@@ -201,6 +204,7 @@ pub async fn run_with_admin(
                 Some(Arc::new(tokio::sync::Semaphore::new(
                     conns.max_admin_connections,
                 ))),
+                None,
             );
             let metrics = node.metrics.clone();
             tokio::spawn(transport::listener::serve(
@@ -219,7 +223,14 @@ pub async fn run_with_admin(
     let server = transport::listener::serve(
         listener,
         app,
-        bounds("client", node.connection_permits()),
+        bounds(
+            "client",
+            node.connection_permits(),
+            Some(address::Addresses::new(
+                node.config.addresses.clone(),
+                node.metrics.clone(),
+            )),
+        ),
         node.metrics.clone(),
         async move {
             shutdown.await;

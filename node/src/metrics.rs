@@ -4,8 +4,10 @@
 //! scrape never walks a map. Each node owns its own [`Registry`]; tests may run
 //! several nodes in one process.
 
+mod address;
 mod frontend;
 
+pub use address::AddressMetrics;
 pub use frontend::FrontendMetrics;
 
 use prometheus::{
@@ -165,6 +167,8 @@ pub struct Metrics {
     pub http_connections: IntGaugeVec,
     pub http_refused: IntCounterVec,
     pub http_timeouts: IntCounterVec,
+    /// Per client address budgets (`pubmesh_address_*`).
+    pub address: AddressMetrics,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -461,6 +465,7 @@ impl Metrics {
                 "HTTP connections closed because a request's head (header) or its upgrade or body (handshake) came too late",
                 "phase",
             ),
+            address: AddressMetrics::new(&r),
             registry: r,
         };
         m.ready.set(1);

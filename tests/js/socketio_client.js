@@ -1,13 +1,16 @@
 // The official Socket.IO client under node over WebSocket only:
 // socket.io-client 4 (Engine.IO 4, Socket.IO v5) or 2 (Engine.IO 3, v4).
 //
-//   node socketio_client.js URL 4|2 ['{"auth":{…},"events":["name",…],"path":"/socket.io"}']
+//   node socketio_client.js URL 4|2 ['{"auth":{…},"events":["name",…],"path":"/socket.io",
+//                                      "transports":["websocket"],"query":{…},"reconnection":false}']
 //
-// Reports: connect {id}, connect_error {message}, disconnect {reason},
+// URL may name a namespace (http://host:port/admin). Reports: connect {id,
+// recovered}, connect_error {message}, disconnect {reason},
 // event {name, args} (Buffers as {"base64":…}; v4 reports every event,
 // v2 those listed in "events"), ack {name, args}. Stdin commands:
-// {"emit":EVENT,"args":[…],"ack":true|false}; an arg {"base64":…} is sent
-// as binary.
+// {"emit":EVENT,"args":[…],"ack":true|false,"timeout":MS}; an arg {"base64":…}
+// is sent as binary; {"disconnect":true} and {"connect":true}. With a
+// timeout, an ack that does not come is reported as ack {name, error}.
 'use strict';
 
 const { report, reportFailures, onStdinLines } = require('./report');
@@ -22,7 +25,12 @@ const out = (arg) =>
     : arg;
 const into = (arg) => (arg && typeof arg === 'object' && arg.base64 !== undefined ? Buffer.from(arg.base64, 'base64') : arg);
 
-const common = { transports: ['websocket'], reconnection: false, path: options.path || '/socket.io' };
+const common = {
+  transports: options.transports || ['websocket'],
+  reconnection: options.reconnection || false,
+  path: options.path || '/socket.io',
+  query: options.query,
+};
 let socket;
 if (version === '4') {
   const { io } = require('socket.io-client');
@@ -38,15 +46,23 @@ if (version === '4') {
   report('fatal', { error: 'version must be 4 or 2' });
   process.exit(2);
 }
-socket.on('connect', () => report('connect', { id: socket.id }));
+socket.on('connect', () => report('connect', { id: socket.id, recovered: socket.recovered === true }));
 socket.on('connect_error', (err) => report('connect_error', { message: String((err && err.message) || err) }));
 socket.on('error', (err) => report('error', { message: String((err && err.message) || err) }));
 socket.on('disconnect', (reason) => report('disconnect', { reason }));
 
 onStdinLines((line) => {
   const cmd = JSON.parse(line);
+  if (cmd.disconnect) return socket.disconnect();
+  if (cmd.connect) return socket.connect();
   const args = (cmd.args || []).map(into);
-  if (cmd.ack) {
+  if (cmd.ack && cmd.timeout) {
+    socket.timeout(cmd.timeout).emit(cmd.emit, ...args, (err, ...ack) =>
+      err
+        ? report('ack', { name: cmd.emit, error: String(err.message || err) })
+        : report('ack', { name: cmd.emit, args: ack.map(out) }),
+    );
+  } else if (cmd.ack) {
     socket.emit(cmd.emit, ...args, (...ack) => report('ack', { name: cmd.emit, args: ack.map(out) }));
   } else {
     socket.emit(cmd.emit, ...args);

@@ -313,6 +313,29 @@ impl Node {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Members of `channel` across the cluster, as `/api/channels` reports them.
+    pub async fn channel_members(&self, channel: &str) -> u64 {
+        let (status, body) = self.get("/api/channels").await;
+        assert_eq!(status, 200, "{body}");
+        body["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["channel"] == channel)
+            .and_then(|c| c["members"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Wait until `channel` has `n` members across the cluster.
+    pub async fn wait_members(&self, channel: &str, n: u64) {
+        eventually(
+            &format!("{n} members in {channel}"),
+            patience(30),
+            || async { (self.channel_members(channel).await == n).then_some(()) },
+        )
+        .await;
+    }
+
     /// Connect a client and read its connection frame.
     pub async fn client(&self, query: &str) -> Client {
         Client::connect(&self.ws(query)).await

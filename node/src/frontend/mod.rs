@@ -7,7 +7,8 @@
 //! [`registry::frontends`]; see docs/architecture.md.
 //!
 //! - [`native`]: `/websocket`, the jac-cloud compatible protocol;
-//! - [`phoenix`]: `/socket/websocket`, Phoenix Channels (v1 and v2 JSON).
+//! - [`phoenix`]: `/socket/websocket`, Phoenix Channels (v1 and v2 JSON);
+//! - [`socketio`]: `/socket.io/`, Socket.IO over Engine.IO.
 
 pub mod cells;
 pub mod chain;

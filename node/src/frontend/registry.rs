@@ -8,5 +8,6 @@ pub fn frontends() -> Vec<Box<dyn Frontend>> {
         Box::new(super::native::Native),
         Box::new(super::cells::Cells),
         Box::new(super::phoenix::Phoenix),
+        Box::new(super::socketio::SocketIo),
     ]
 }

@@ -8,6 +8,12 @@
 //!   connection waits up to [`WAIT_FOR_PLACE`] for a place (one that is
 //!   closing gives it back), then gets a `503` with a JSON body and is
 //!   closed.
+//! - **A budget per client address** (client listener only; see
+//!   [`crate::address`]): a connection takes a token of its address's
+//!   connection rate before anything else; without one it gets a `429`
+//!   with a JSON body and `Retry-After`, and is closed. The address's frame
+//!   budget rides with the connection ([`Accepted::address`]) to the socket
+//!   it may become.
 //! - **Deadlines.** A request's head must arrive within the header timeout
 //!   (hyper's header read timeout, which also runs while a keep-alive
 //!   connection waits for its next request). The front-ends and the API
@@ -31,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::address::{AddressBudget, Addresses, Admit};
 use crate::metrics::Metrics;
 
 /// How one listener accepts and bounds its connections.
@@ -40,6 +47,8 @@ pub struct Bounds {
     pub label: &'static str,
     /// One permit per open connection; `None`: no cap.
     pub permits: Option<Arc<Semaphore>>,
+    /// Budgets per client address; `None`: not bounded per address.
+    pub addresses: Option<Arc<Addresses>>,
     /// A request's head must arrive within this.
     pub header_timeout: Duration,
     /// TCP keepalive idle time (`None`: off).
@@ -48,12 +57,26 @@ pub struct Bounds {
     pub user_timeout: Option<Duration>,
 }
 
-/// Put in every request's extensions: the connection it came on holds a
-/// permit of the node's cap, so the front-end must not take another.
-#[derive(Clone, Copy, Debug)]
+/// Put in every request's extensions: what the listener decided about the
+/// connection it came on.
+#[derive(Clone, Debug)]
 pub struct Accepted {
-    /// Whether a permit was taken (false without a cap).
+    /// Whether a permit of the node's cap was taken (false without a cap),
+    /// so the front-end must not take another.
     pub counted: bool,
+    /// The budget the connection's address shares with its other sockets
+    /// (`None`: trusted, or not bounded per address).
+    pub address: Option<AddressBudget>,
+}
+
+impl Accepted {
+    /// The address budget of the connection `request` came on.
+    pub fn address_of<B>(request: &http::Request<B>) -> Option<AddressBudget> {
+        request
+            .extensions()
+            .get::<Accepted>()
+            .and_then(|a| a.address.clone())
+    }
 }
 
 /// Connections waiting for a place at a full cap, or being refused, at
@@ -77,10 +100,16 @@ struct Listener {
 }
 
 impl Listener {
-    fn start(&self, tcp: TcpStream, permit: Option<OwnedSemaphorePermit>) {
+    fn start(
+        &self,
+        tcp: TcpStream,
+        permit: Option<OwnedSemaphorePermit>,
+        address: Option<AddressBudget>,
+    ) {
         set_options(&tcp, &self.bounds);
         let accepted = Accepted {
             counted: permit.is_some(),
+            address,
         };
         let io = Held {
             tcp,
@@ -90,7 +119,13 @@ impl Listener {
     }
 
     /// Over the cap: wait a moment for a place, else answer 503 and close.
-    fn wait_or_refuse(&self, tcp: TcpStream, permits: Arc<Semaphore>, waiting: &Arc<Semaphore>) {
+    fn wait_or_refuse(
+        &self,
+        tcp: TcpStream,
+        address: Option<AddressBudget>,
+        permits: Arc<Semaphore>,
+        waiting: &Arc<Semaphore>,
+    ) {
         let Ok(slot) = waiting.clone().try_acquire_owned() else {
             self.refused();
             return drop(tcp);
@@ -98,12 +133,29 @@ impl Listener {
         let listener = self.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(WAIT_FOR_PLACE, permits.acquire_owned()).await {
-                Ok(Ok(permit)) => listener.start(tcp, Some(permit)),
+                Ok(Ok(permit)) => listener.start(tcp, Some(permit), address),
                 _ => {
                     listener.refused();
-                    refuse(tcp, listener.bounds.label).await;
+                    refuse(tcp, Refusal::capacity(listener.bounds.label)).await;
                 }
             }
+            drop(slot);
+        });
+    }
+
+    /// Over its address's connection rate: answer 429 and close (or just
+    /// close, when many refusals are already being answered).
+    fn refuse_address(&self, tcp: TcpStream, wait: Duration, waiting: &Arc<Semaphore>) {
+        self.metrics
+            .errors
+            .with_label_values(&["rate_limited"])
+            .inc();
+        let Ok(slot) = waiting.clone().try_acquire_owned() else {
+            return drop(tcp);
+        };
+        let refusal = Refusal::address_rate(self.bounds.addresses.as_deref(), wait);
+        tokio::spawn(async move {
+            refuse(tcp, refusal).await;
             drop(slot);
         });
     }
@@ -139,9 +191,9 @@ pub async fn serve(
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     tokio::pin!(shutdown);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -149,11 +201,19 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let address = match shared.bounds.addresses.as_ref().map(|a| a.admit(peer.ip())) {
+            None | Some(Admit::Trusted) => None,
+            Some(Admit::Counted(budget)) => Some(budget),
+            Some(Admit::Refused(wait)) => {
+                shared.refuse_address(tcp, wait, &waiting);
+                continue;
+            }
+        };
         match &shared.bounds.permits {
-            None => shared.start(tcp, None),
+            None => shared.start(tcp, None, address),
             Some(permits) => match permits.clone().try_acquire_owned() {
-                Ok(permit) => shared.start(tcp, Some(permit)),
-                Err(_) => shared.wait_or_refuse(tcp, permits.clone(), &waiting),
+                Ok(permit) => shared.start(tcp, Some(permit), address),
+                Err(_) => shared.wait_or_refuse(tcp, address, permits.clone(), &waiting),
             },
         }
     }
@@ -177,7 +237,7 @@ async fn connection(io: Held, accepted: Accepted, listener: Listener) {
     gauge.inc();
     let service = TowerToHyperService::new(router);
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-        request.extensions_mut().insert(accepted);
+        request.extensions_mut().insert(accepted.clone());
         hyper::service::Service::call(&service, request)
     });
     let conn = http1::Builder::new()
@@ -202,19 +262,62 @@ async fn connection(io: Held, accepted: Accepted, listener: Listener) {
     }
 }
 
-/// The reply to a connection over the cap: a `503` with a JSON body, then
-/// close. What the client sent is read (and dropped) for a moment so the
-/// close does not reset the connection before the client reads the reply.
-async fn refuse(mut tcp: TcpStream, label: &str) {
-    let message = if label == "admin" {
-        "the admin listener holds its maximum of connections (--max-admin-connections)"
-    } else {
-        // The same words as the node's own capacity error.
-        "the node holds its maximum of connections (--max-connections)"
-    };
-    let body = crate::http_error::body(message, "capacity");
+/// An answer given before any HTTP is read: status line, extra headers,
+/// JSON body.
+struct Refusal {
+    status: &'static str,
+    headers: String,
+    body: String,
+}
+
+impl Refusal {
+    /// Over the listener's cap: `503`, code `capacity`.
+    fn capacity(label: &str) -> Refusal {
+        let message = if label == "admin" {
+            "the admin listener holds its maximum of connections (--max-admin-connections)"
+        } else {
+            // The same words as the node's own capacity error.
+            "the node holds its maximum of connections (--max-connections)"
+        };
+        Refusal {
+            status: "503 Service Unavailable",
+            headers: String::new(),
+            body: crate::http_error::body(message, "capacity"),
+        }
+    }
+
+    /// Over the address's connection rate: `429`, code `rate_limited`,
+    /// `Retry-After` in whole seconds (at least 1).
+    fn address_rate(addresses: Option<&Addresses>, wait: Duration) -> Refusal {
+        let rate = addresses.and_then(|a| a.limits().connections);
+        let (rate, burst) = rate.map_or((0, 0), |r| (r.rate, r.burst));
+        let message = format!(
+            "too many new connections from this address: at most {rate}/s, {burst} at once \
+             (--address-connection-rate, --address-connection-burst); retry in {:.1} s",
+            wait.as_secs_f64()
+        );
+        Refusal {
+            status: "429 Too Many Requests",
+            headers: format!(
+                "retry-after: {}\r\n",
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            ),
+            body: crate::http_error::body(&message, "rate_limited"),
+        }
+    }
+}
+
+/// Answer a connection with `refusal`, then close. What the client sent is
+/// read (and dropped) for a moment so the close does not reset the
+/// connection before the client reads the reply.
+async fn refuse(mut tcp: TcpStream, refusal: Refusal) {
+    let Refusal {
+        status,
+        headers,
+        body,
+    } = refusal;
     let reply = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );

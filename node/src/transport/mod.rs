@@ -21,7 +21,7 @@ pub use upgrade::{accept, socket_config, upgraded, Socket, UpgradeError};
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, StreamExt};
@@ -33,6 +33,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use self::liveness::{Heard, Pings};
+use crate::address::{AddressBudget, FrameLimit};
 use crate::config::Liveness;
 use crate::outbox::{CloseReason, Outbox};
 
@@ -68,49 +69,20 @@ pub trait Session: Send {
 }
 
 /// Per-connection transport settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Client frames per second (token bucket rate) and burst.
     pub rate: u32,
     pub burst: u32,
+    /// The frame budget this socket shares with the other sockets of its
+    /// client address ([`Accepted::address_of`]); `None`: none.
+    pub address: Option<AddressBudget>,
     /// Longest a busy writer waits to gather more frames before it flushes.
     pub flush_window: Duration,
     /// How often [`Session::on_tick`] runs; `None` for never.
     pub tick: Option<Duration>,
     /// Server pings and the deadline to answer them; `None`: no pings.
     pub liveness: Option<Liveness>,
-}
-
-/// A per-connection token bucket.
-struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(rate: u32, burst: u32) -> Self {
-        RateLimit {
-            tokens: burst as f64,
-            rate: rate as f64,
-            burst: burst as f64,
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Run one WebSocket connection to its end: read frames into the session,
@@ -128,7 +100,7 @@ pub async fn run<S, T>(
     session.on_open().await;
     let heard = Heard::new();
     let reader = async {
-        let mut limit = RateLimit::new(settings.rate, settings.burst);
+        let mut limit = FrameLimit::new(settings.rate, settings.burst, settings.address.clone());
         let mut tick = settings.tick.map(|every| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -99,6 +99,7 @@ async fn websocket(
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
+    let address = transport::Accepted::address_of(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = transport::socket_config(node.config.cells.max_message_size);
     let deadline = node.config.connections.handshake_timeout;
@@ -120,6 +121,7 @@ async fn websocket(
         let settings = transport::Settings {
             rate: node.config.client_rate,
             burst: node.config.client_burst,
+            address,
             flush_window: node.config.flush_window,
             tick: None,
             liveness: node.config.connections.liveness,

@@ -101,6 +101,7 @@ async fn websocket(
     if let Err(e) = node.may_subscribe_as(&identity, &home) {
         return HttpError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()).into_response();
     }
+    let address = transport::Accepted::address_of(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = transport::socket_config(node.config.max_message_size);
     let deadline = node.config.connections.handshake_timeout;
@@ -126,6 +127,7 @@ async fn websocket(
         let settings = transport::Settings {
             rate: node.config.client_rate,
             burst: node.config.client_burst,
+            address,
             flush_window: node.config.flush_window,
             tick: None,
             liveness: node.config.connections.liveness,

@@ -115,6 +115,7 @@ async fn websocket(
         Vsn::V1 => codecs.v1,
         Vsn::V2 => codecs.v2,
     };
+    let address = transport::Accepted::address_of(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
     let config = transport::socket_config(node.config.max_message_size);
     tokio::spawn(async move {
@@ -125,6 +126,7 @@ async fn websocket(
         let settings = transport::Settings {
             rate: node.config.client_rate,
             burst: node.config.client_burst,
+            address,
             flush_window: node.config.flush_window,
             tick: Some(PhoenixSession::tick(node.config.phoenix.heartbeat_timeout)),
             // Phoenix clients prove they are alive with heartbeats.

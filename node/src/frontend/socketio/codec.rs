@@ -1,0 +1,216 @@
+//! The Socket.IO codec: a publication to a room (a mesh channel) is the
+//! Engine.IO message `42["event",payload]` (`42/nsp,["event",payload]` in a
+//! namespace other than `/`), encoded once for every Socket.IO connection in
+//! the room. The channel says the namespace: rooms of `/` are channels of
+//! the same name, rooms of a namespace `/admin` are channels `/admin:room`
+//! ([`channel`], [`split`]).
+
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::wire::{self, Json};
+use crate::codec::{Codec, Frames, Recipient, Slot};
+use crate::config::socketio::MAIN;
+use crate::delivery::{Delivery, DeliveryKind, Target};
+
+/// The event name of publications that carry none (native publications,
+/// and `POST /api/notify/channels` without `event`).
+pub const DEFAULT_EVENT: &str = "message";
+
+/// The mesh channel of `room` in namespace `nsp`.
+pub fn channel(nsp: &str, room: &str) -> String {
+    if nsp == MAIN {
+        room.to_string()
+    } else {
+        format!("{nsp}:{room}")
+    }
+}
+
+/// The namespace and room of a channel, given the namespaces served (the
+/// main namespace's rooms cannot look like another namespace's channels:
+/// [`channel_of`] refuses those).
+pub fn split<'a>(namespaces: &[String], channel: &'a str) -> (String, &'a str) {
+    if channel.starts_with('/') {
+        if let Some((nsp, room)) = channel.split_once(':') {
+            if namespaces.iter().any(|n| n == nsp) {
+                return (nsp.to_string(), room);
+            }
+        }
+    }
+    (MAIN.to_string(), channel)
+}
+
+/// The channel a client may join as `room` of `nsp`: a valid channel name
+/// that does not name a room of another namespace, and no pattern.
+pub fn channel_of(namespaces: &[String], nsp: &str, room: &str) -> Result<String, String> {
+    let c = channel(nsp, room);
+    crate::limits::channel_name(&c)?;
+    if c.contains('*') {
+        return Err("a room name may not contain *".into());
+    }
+    if split(namespaces, &c).0 != nsp {
+        return Err(format!("room {room:?} names a room of another namespace"));
+    }
+    Ok(c)
+}
+
+/// The Socket.IO codec (one for every Socket.IO connection: the frame of a
+/// delivery depends on its channel only).
+pub struct SocketIoCodec {
+    /// The namespaces served other than `/`.
+    namespaces: Arc<Vec<String>>,
+    sent: IntCounter,
+}
+
+impl SocketIoCodec {
+    pub fn new(namespaces: Arc<Vec<String>>, sent: IntCounter) -> Self {
+        SocketIoCodec { namespaces, sent }
+    }
+
+    /// `4` + the EVENT packet of `delivery` in `nsp`.
+    fn frame(&self, delivery: &Delivery, nsp: &str) -> Option<Utf8Bytes> {
+        let payload = Json::from_text(delivery.data.as_str())?;
+        let event = delivery.event.as_deref().unwrap_or(DEFAULT_EVENT);
+        let packet = wire::Packet::event(nsp, event, vec![payload]);
+        Some(Utf8Bytes::from(format!("4{}", packet.encode())))
+    }
+
+    fn room_frame(&self, delivery: &Delivery, channel: &str) -> Option<Utf8Bytes> {
+        let (nsp, _) = split(&self.namespaces, channel);
+        self.frame(delivery, &nsp)
+    }
+}
+
+impl Codec for SocketIoCodec {
+    fn protocol(&self) -> &'static str {
+        "socketio"
+    }
+
+    fn slot(&self, delivery: &Delivery, _to: &Recipient<'_>) -> Slot {
+        if delivery.kind != DeliveryKind::Message {
+            // Socket.IO has no presence frames.
+            return Slot::Skip;
+        }
+        match (&delivery.target, &delivery.channel) {
+            (Target::Channels(_), Some(_)) => Slot::Shared(0),
+            // One frame per room the socket is in.
+            (Target::Channels(_), None) => Slot::Own,
+            // To a socket, a user or everyone: an event in `/`.
+            _ => Slot::Shared(1),
+        }
+    }
+
+    fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames {
+        let one = |f: Option<Utf8Bytes>| f.map_or(Frames::None, Frames::One);
+        match (slot, &delivery.channel, &delivery.target) {
+            (Slot::Shared(0), Some(channel), _) => one(self.room_frame(delivery, channel)),
+            (Slot::Shared(1), _, _) => one(self.frame(delivery, MAIN)),
+            (Slot::Own, None, Target::Channels(channels)) => {
+                let Some(member_of) = to.member_of else {
+                    return Frames::None;
+                };
+                Frames::Many(
+                    channels
+                        .iter()
+                        .filter(|c| member_of(c))
+                        .filter_map(|c| self.room_frame(delivery, c))
+                        .collect(),
+                )
+            }
+            _ => Frames::None,
+        }
+    }
+
+    fn sent(&self) -> Option<&IntCounter> {
+        Some(&self.sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec() -> SocketIoCodec {
+        SocketIoCodec::new(
+            Arc::new(vec!["/admin".to_string()]),
+            IntCounter::new("t", "t").unwrap(),
+        )
+    }
+
+    fn to<'a>(member_of: Option<&'a dyn Fn(&str) -> bool>) -> Recipient<'a> {
+        Recipient {
+            client_id: "c",
+            positioned: false,
+            tag: None,
+            member_of,
+        }
+    }
+
+    #[test]
+    fn rooms_map_to_channels_and_back() {
+        let served = vec!["/admin".to_string()];
+        assert_eq!(channel("/", "Chat"), "Chat");
+        assert_eq!(channel("/admin", "ops"), "/admin:ops");
+        assert_eq!(split(&served, "/admin:ops"), ("/admin".into(), "ops"));
+        assert_eq!(split(&served, "/other:ops"), ("/".into(), "/other:ops"));
+        assert_eq!(split(&served, "job-1"), ("/".into(), "job-1"));
+        assert!(channel_of(&served, "/", "/admin:ops").is_err());
+        assert!(channel_of(&served, "/", "a*").is_err());
+        assert!(channel_of(&served, "/", "").is_err());
+        assert_eq!(channel_of(&served, "/admin", "x").unwrap(), "/admin:x");
+    }
+
+    #[test]
+    fn room_publications_are_events_in_their_namespace() {
+        let mut d = Delivery::new(
+            Target::Channels(vec!["Chat".into()]),
+            Utf8Bytes::from(r#"{"name":"a","text":"hi"}"#),
+        );
+        d.event = Some(Arc::from("/message"));
+        let c = codec();
+        let slot = c.slot(&d, &to(None));
+        assert_eq!(
+            c.encode(&d, slot, &to(None)),
+            Frames::One(Utf8Bytes::from(
+                r#"42["/message",{"name":"a","text":"hi"}]"#
+            ))
+        );
+        let d = Delivery::new(
+            Target::Channels(vec!["/admin:ops".into()]),
+            Utf8Bytes::from("[1,2]"),
+        );
+        assert_eq!(
+            c.encode(&d, Slot::Shared(0), &to(None)),
+            Frames::One(Utf8Bytes::from(r#"42/admin,["message",[1,2]]"#))
+        );
+    }
+
+    #[test]
+    fn several_rooms_give_a_frame_per_joined_room_and_presence_is_skipped() {
+        let d = Delivery::new(
+            Target::Channels(vec!["a".into(), "/admin:b".into(), "c".into()]),
+            Utf8Bytes::from("1"),
+        );
+        let c = codec();
+        let member = |ch: &str| ch != "c";
+        assert_eq!(c.slot(&d, &to(Some(&member))), Slot::Own);
+        assert_eq!(
+            c.encode(&d, Slot::Own, &to(Some(&member))),
+            Frames::Many(vec![
+                Utf8Bytes::from(r#"42["message",1]"#),
+                Utf8Bytes::from(r#"42/admin,["message",1]"#),
+            ])
+        );
+        let mut join = Delivery::new(Target::Channels(vec!["a".into()]), Utf8Bytes::from("{}"));
+        join.kind = DeliveryKind::Join;
+        assert_eq!(c.slot(&join, &to(None)), Slot::Skip);
+        let user = Delivery::new(Target::Users(vec!["u".into()]), Utf8Bytes::from("{}"));
+        assert_eq!(c.slot(&user, &to(None)), Slot::Shared(1));
+        assert_eq!(
+            c.encode(&user, Slot::Shared(1), &to(None)),
+            Frames::One(Utf8Bytes::from(r#"42["message",{}]"#))
+        );
+    }
+}

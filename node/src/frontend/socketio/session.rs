@@ -1,0 +1,552 @@
+//! The Socket.IO state of one Engine.IO connection once it has joined a
+//! namespace: the namespaces it is in and their rooms, the server's pings,
+//! client packets in, node calls out, replies queued through the node.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::codec;
+use super::engineio::{self, Eio, PacketType};
+use super::joins::{self, Op};
+use super::wire::{self, Json, Packet, Reassembly, Start, Version};
+use crate::config::socketio::{JoinEvent, SocketIo};
+use crate::conn::Conn;
+use crate::node::{JoinRequest, Node};
+use crate::outbox::CloseReason;
+use crate::transport::{Flow, Session};
+
+/// The front-end's name in metrics.
+pub const FRONTEND: &str = "socketio";
+
+/// Most attachments one binary packet may announce.
+pub const MAX_ATTACHMENTS: usize = 64;
+
+/// The codes of the front-end's error metrics (docs/socketio.md).
+pub mod reasons {
+    /// A packet Engine.IO or Socket.IO cannot read (the connection is closed).
+    pub const BAD_PACKET: &str = "bad_packet";
+    /// A CONNECT to a namespace that is not served.
+    pub const INVALID_NAMESPACE: &str = "invalid_namespace";
+    /// A CONNECT refused: bad token, `--require-auth`, or its default rooms.
+    pub const CONNECT_REFUSED: &str = "connect_refused";
+    /// No pong within the ping timeout.
+    pub const PING_TIMEOUT: &str = "ping_timeout";
+    /// No CONNECT within the connect timeout.
+    pub const CONNECT_TIMEOUT: &str = "connect_timeout";
+    /// A join event answered with anything but its `ok`.
+    pub const JOIN_REFUSED: &str = "join_refused";
+    /// A client event no join event or backend handles.
+    pub const UNHANDLED_EVENT: &str = "unhandled_event";
+
+    pub const ALL: &[&str] = &[
+        BAD_PACKET,
+        INVALID_NAMESPACE,
+        CONNECT_REFUSED,
+        PING_TIMEOUT,
+        CONNECT_TIMEOUT,
+        JOIN_REFUSED,
+        UNHANDLED_EVENT,
+    ];
+}
+
+/// The message of the CONNECT_ERROR for a namespace not served (the
+/// reference server's).
+pub const INVALID_NAMESPACE: &str = "Invalid namespace";
+
+/// The Engine.IO ping schedule of one connection (the server pings).
+pub struct Pings {
+    interval: Duration,
+    timeout: Duration,
+    next: Instant,
+    /// A ping is out, to be answered by then.
+    answer_by: Option<Instant>,
+}
+
+/// What the ping schedule wants now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due {
+    Nothing,
+    Ping,
+    Dead,
+}
+
+impl Pings {
+    pub fn new(config: &SocketIo) -> Pings {
+        Pings {
+            interval: config.ping_interval,
+            timeout: config.ping_timeout,
+            next: Instant::now() + config.ping_interval,
+            answer_by: None,
+        }
+    }
+
+    /// How often to look at the schedule.
+    pub fn tick(config: &SocketIo) -> Duration {
+        (config.ping_interval.min(config.ping_timeout) / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// When something is next due.
+    pub fn next_event(&self) -> Instant {
+        self.answer_by.unwrap_or(self.next)
+    }
+
+    pub fn due(&mut self, now: Instant) -> Due {
+        match self.answer_by {
+            Some(by) if now >= by => Due::Dead,
+            Some(_) => Due::Nothing,
+            None if now >= self.next => {
+                self.answer_by = Some(now + self.timeout);
+                Due::Ping
+            }
+            None => Due::Nothing,
+        }
+    }
+
+    /// A pong arrived: the next ping is an interval away.
+    pub fn pong(&mut self, now: Instant) {
+        if self.answer_by.take().is_some() {
+            self.next = now + self.interval;
+        }
+    }
+}
+
+/// `4` + a Socket.IO packet: the text of its Engine.IO message.
+pub fn message(packet: &Packet) -> String {
+    format!("{}{}", PacketType::Message.digit(), packet.encode())
+}
+
+/// The token of a CONNECT's `auth` object, if any.
+pub fn auth_token(data: Option<&Json>, field: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(data?.get()).ok()?;
+    v.get(field)?
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+/// The Socket.IO state of one connection.
+pub struct SioSession {
+    node: Arc<Node>,
+    conn: Arc<Conn>,
+    config: Arc<SocketIo>,
+    /// The namespaces served other than `/`.
+    namespaces: Arc<Vec<String>>,
+    version: Version,
+    eio: Eio,
+    /// Connected namespaces and the channels of their rooms.
+    connected: HashMap<String, BTreeSet<String>>,
+    pings: Pings,
+    /// A binary packet waiting for its attachments, and their bytes so far.
+    pending: Option<(Reassembly, usize)>,
+    /// The namespace the client connected to first (joined in `on_open`).
+    first: Option<String>,
+}
+
+impl SioSession {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: Arc<Node>,
+        conn: Arc<Conn>,
+        config: Arc<SocketIo>,
+        namespaces: Arc<Vec<String>>,
+        eio: Eio,
+        first: String,
+        pings: Pings,
+    ) -> Self {
+        node.metrics
+            .frontend
+            .connections
+            .with_label_values(&[FRONTEND])
+            .inc();
+        let version = match eio {
+            Eio::V4 => Version::V5,
+            Eio::V3 => Version::V4,
+        };
+        SioSession {
+            node,
+            conn,
+            config,
+            namespaces,
+            version,
+            eio,
+            connected: HashMap::new(),
+            pings,
+            pending: None,
+            first: Some(first),
+        }
+    }
+
+    fn send(&self, text: String) {
+        self.node.send(&self.conn, Utf8Bytes::from(text));
+    }
+
+    fn received(&self) {
+        self.node
+            .metrics
+            .frontend
+            .messages_in
+            .with_label_values(&[FRONTEND])
+            .inc();
+    }
+
+    fn error(&self, code: &str) {
+        self.node.metrics.frontend.error(FRONTEND, code);
+    }
+
+    /// A packet that cannot be read: the connection is closed, as the
+    /// reference server does.
+    fn bad_packet(&self, why: &dyn std::fmt::Display) -> Flow {
+        self.error(reasons::BAD_PACKET);
+        tracing::info!(error = %why, client_id = %self.conn.client_id, "socket.io connection sent a bad packet; closing");
+        Flow::Close(CloseReason::BadFrame)
+    }
+
+    fn connect_error(&self, nsp: &str, why: &str) {
+        self.send(message(&Packet::connect_error(self.version, nsp, why)));
+    }
+
+    /// Join namespace `nsp` (served, identity checked): its default rooms,
+    /// answered by the CONNECT reply once the rooms are joined.
+    async fn connect(&mut self, nsp: String) {
+        let Some(namespace) = self.config.namespace(&nsp) else {
+            self.error(reasons::INVALID_NAMESPACE);
+            return self.connect_error(&nsp, INVALID_NAMESPACE);
+        };
+        let channels: Vec<String> = namespace
+            .rooms
+            .iter()
+            .map(|r| codec::channel(&nsp, r))
+            .collect();
+        let reply = message(&Packet::connected(self.version, &nsp, &self.conn.client_id));
+        if channels.is_empty() {
+            self.send(reply);
+            self.connected.insert(nsp, BTreeSet::new());
+            return;
+        }
+        let request = JoinRequest {
+            channels: &channels,
+            positioned: false,
+            since: &HashMap::new(),
+        };
+        match self
+            .node
+            .join(&self.conn, request, |_| Some(Utf8Bytes::from(reply)))
+            .await
+        {
+            Ok(()) => {
+                self.connected.insert(nsp, channels.into_iter().collect());
+            }
+            Err(e) => {
+                self.error(reasons::CONNECT_REFUSED);
+                self.connect_error(&nsp, &e.to_string());
+            }
+        }
+    }
+
+    /// A CONNECT after the first: a new token in `auth` changes the
+    /// connection's identity (for every namespace, as it is one mesh
+    /// connection).
+    async fn reconnect_namespace(&mut self, nsp: String, data: Option<&Json>) {
+        if self.connected.contains_key(&nsp) {
+            // Already in: answer again.
+            return self.send(message(&Packet::connected(
+                self.version,
+                &nsp,
+                &self.conn.client_id,
+            )));
+        }
+        if self.config.namespace(&nsp).is_none() {
+            self.error(reasons::INVALID_NAMESPACE);
+            return self.connect_error(&nsp, INVALID_NAMESPACE);
+        }
+        if let Some(token) = auth_token(data, &self.config.auth_field) {
+            let current = self.conn.state.lock().token.clone();
+            if current.as_deref() != Some(crate::auth::strip_bearer(&token)) {
+                let identity = self.node.identify(Some(&token));
+                if identity.expires_at.is_none() {
+                    self.error(reasons::CONNECT_REFUSED);
+                    return self.connect_error(&nsp, super::TOKEN_INVALID);
+                }
+                if let Err(e) = self.node.reauthenticate(&self.conn, identity).await {
+                    self.error(reasons::CONNECT_REFUSED);
+                    return self.connect_error(&nsp, &e.to_string());
+                }
+            }
+        }
+        self.connect(nsp).await
+    }
+
+    async fn disconnect(&mut self, nsp: &str) {
+        if let Some(channels) = self.connected.remove(nsp) {
+            let channels: Vec<String> = channels.into_iter().collect();
+            self.node.leave(&self.conn, &channels, || None).await;
+        }
+    }
+
+    fn ack(&self, nsp: &str, id: Option<u64>, answer: &str) -> Option<Utf8Bytes> {
+        let id = id?;
+        Some(Utf8Bytes::from(message(&Packet::Ack {
+            nsp: nsp.to_string(),
+            id,
+            args: vec![Json::from_value(&answer)],
+            attachments: None,
+        })))
+    }
+
+    /// A join event: its rooms joined or left, answered with the table's
+    /// strings.
+    async fn join_event(
+        &mut self,
+        event: JoinEvent,
+        nsp: String,
+        id: Option<u64>,
+        args: Vec<Json>,
+    ) {
+        let payload: Option<Value> = args
+            .first()
+            .and_then(|a| serde_json::from_str(a.get()).ok());
+        let (op, rooms) = match joins::rooms(&event, payload.as_ref()) {
+            Ok(asked) => asked,
+            Err(answer) => {
+                self.error(reasons::JOIN_REFUSED);
+                if let Some(frame) = self.ack(&nsp, id, &answer) {
+                    self.node.send(&self.conn, frame);
+                }
+                return;
+            }
+        };
+        let channels: Result<Vec<String>, String> = rooms
+            .iter()
+            .map(|r| codec::channel_of(&self.namespaces, &nsp, r))
+            .collect();
+        let failed = |e: &str| format!("{}{e}", event.failed);
+        let channels = match channels {
+            Ok(c) => c,
+            Err(e) => {
+                self.error(reasons::JOIN_REFUSED);
+                if let Some(frame) = self.ack(&nsp, id, &failed(&e)) {
+                    self.node.send(&self.conn, frame);
+                }
+                return;
+            }
+        };
+        let ok = self.ack(&nsp, id, &event.ok);
+        match op {
+            Op::Join => {
+                let request = JoinRequest {
+                    channels: &channels,
+                    positioned: false,
+                    since: &HashMap::new(),
+                };
+                match self.node.join(&self.conn, request, |_| ok).await {
+                    Ok(()) => {
+                        let set = self.connected.entry(nsp).or_default();
+                        set.extend(channels);
+                    }
+                    Err(e) => {
+                        self.error(reasons::JOIN_REFUSED);
+                        if let Some(frame) = self.ack(&nsp, id, &failed(&e.to_string())) {
+                            self.node.send(&self.conn, frame);
+                        }
+                    }
+                }
+            }
+            Op::Leave => {
+                if let Some(set) = self.connected.get_mut(&nsp) {
+                    for c in &channels {
+                        set.remove(c);
+                    }
+                }
+                self.node.leave(&self.conn, &channels, || ok).await;
+            }
+        }
+    }
+
+    async fn packet(&mut self, packet: Packet) -> Flow {
+        match packet {
+            Packet::Connect { nsp, data, .. } => self.reconnect_namespace(nsp, data.as_ref()).await,
+            Packet::Disconnect { nsp } => self.disconnect(&nsp).await,
+            Packet::Event {
+                nsp,
+                id,
+                event,
+                args,
+                ..
+            } => {
+                if !self.connected.contains_key(&nsp) {
+                    // The reference server drops packets for namespaces the
+                    // socket is not in.
+                    return Flow::Continue;
+                }
+                match self.config.join_event(&nsp, &event).cloned() {
+                    Some(join) => self.join_event(join, nsp, id, args).await,
+                    None => self.error(reasons::UNHANDLED_EVENT),
+                }
+            }
+            // The server asks for no acks yet; a client's error packet means nothing to it.
+            Packet::Ack { .. } | Packet::ConnectError { .. } => {}
+        }
+        Flow::Continue
+    }
+
+    /// The text of an Engine.IO message: a Socket.IO packet, maybe the start
+    /// of a binary one.
+    async fn sio_text(&mut self, text: &str) -> Flow {
+        if self.pending.is_some() {
+            return self.bad_packet(&"a text packet arrived while attachments were awaited");
+        }
+        let packet = match Packet::decode(text) {
+            Ok(p) => p,
+            Err(e) => return self.bad_packet(&e),
+        };
+        if packet.attachments() > MAX_ATTACHMENTS {
+            return self.bad_packet(&"too many attachments");
+        }
+        match Reassembly::start(packet) {
+            Ok(Start::Complete(p)) => self.packet(p).await,
+            Ok(Start::Pending(r)) => {
+                self.pending = Some((r, 0));
+                Flow::Continue
+            }
+            Err(e) => self.bad_packet(&e),
+        }
+    }
+
+    async fn sio_binary(&mut self, data: Bytes) -> Flow {
+        let Some((mut r, bytes)) = self.pending.take() else {
+            return self.bad_packet(&wire::DecodeError::UnexpectedBinary);
+        };
+        let bytes = bytes + data.len();
+        if bytes > self.config.max_payload {
+            return self.bad_packet(&"attachments over maxPayload");
+        }
+        if !r.push(data) {
+            self.pending = Some((r, bytes));
+            return Flow::Continue;
+        }
+        match r.finish() {
+            Some(done) => self.packet(done.packet).await,
+            None => Flow::Continue,
+        }
+    }
+}
+
+impl Session for SioSession {
+    async fn on_open(&mut self) {
+        if let Some(nsp) = self.first.take() {
+            self.connect(nsp).await;
+        }
+    }
+
+    async fn on_text(&mut self, text: Utf8Bytes) -> Flow {
+        self.received();
+        let packet = match engineio::Packet::decode_text(&text) {
+            Ok(p) => p,
+            Err(e) => return self.bad_packet(&e),
+        };
+        let engineio::Data::Text(data) = packet.data else {
+            return self.bad_packet(&"binary data in a text frame");
+        };
+        match packet.kind {
+            PacketType::Message => self.sio_text(&data).await,
+            PacketType::Pong => {
+                self.pings.pong(Instant::now());
+                Flow::Continue
+            }
+            PacketType::Ping if self.eio == Eio::V3 => {
+                self.send(format!("{}{data}", PacketType::Pong.digit()));
+                Flow::Continue
+            }
+            PacketType::Close => Flow::Close(CloseReason::Disconnected),
+            PacketType::Noop | PacketType::Upgrade => Flow::Continue,
+            // A v4 client never pings, and never opens.
+            PacketType::Ping | PacketType::Open => {
+                self.bad_packet(&format!("unexpected {:?} packet", packet.kind))
+            }
+        }
+    }
+
+    async fn on_binary(&mut self, data: Bytes) -> Flow {
+        self.received();
+        match engineio::Packet::decode_binary(self.eio, &data) {
+            Ok(engineio::Packet {
+                data: engineio::Data::Binary(b),
+                ..
+            }) => self.sio_binary(b).await,
+            Ok(_) => self.bad_packet(&"binary frame is not a message"),
+            Err(e) => self.bad_packet(&e),
+        }
+    }
+
+    async fn on_tick(&mut self) -> Flow {
+        if self.eio == Eio::V3 {
+            // v3 clients ping; the transport's watchdog is not used, so
+            // silence past interval + timeout ends the connection.
+            return Flow::Continue;
+        }
+        match self.pings.due(Instant::now()) {
+            Due::Nothing => Flow::Continue,
+            Due::Ping => {
+                self.send(PacketType::Ping.digit().to_string());
+                Flow::Continue
+            }
+            Due::Dead => {
+                self.error(reasons::PING_TIMEOUT);
+                Flow::Close(CloseReason::PingTimeout)
+            }
+        }
+    }
+
+    async fn on_close(&mut self, closed_by_server: Option<CloseReason>) {
+        self.node
+            .metrics
+            .frontend
+            .connections
+            .with_label_values(&[FRONTEND])
+            .dec();
+        self.connected.clear();
+        self.pending = None;
+        self.node.close(&self.conn, closed_by_server);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_wait_for_their_pong_then_keep_the_interval() {
+        let config = SocketIo {
+            ping_interval: Duration::from_millis(100),
+            ping_timeout: Duration::from_millis(50),
+            ..SocketIo::default()
+        };
+        let mut p = Pings::new(&config);
+        let t0 = Instant::now();
+        assert_eq!(p.due(t0), Due::Nothing);
+        let t1 = t0 + Duration::from_millis(101);
+        assert_eq!(p.due(t1), Due::Ping);
+        assert_eq!(p.due(t1 + Duration::from_millis(10)), Due::Nothing);
+        p.pong(t1 + Duration::from_millis(20));
+        assert_eq!(p.due(t1 + Duration::from_millis(100)), Due::Nothing);
+        let t2 = t1 + Duration::from_millis(121);
+        assert_eq!(p.due(t2), Due::Ping);
+        assert_eq!(p.due(t2 + Duration::from_millis(50)), Due::Dead);
+    }
+
+    #[test]
+    fn the_token_comes_from_the_configured_auth_field() {
+        let data = Json::from_text(r#"{"token":"abc","other":1}"#);
+        assert_eq!(auth_token(data.as_ref(), "token"), Some("abc".into()));
+        assert_eq!(auth_token(data.as_ref(), "other"), None);
+        assert_eq!(auth_token(None, "token"), None);
+        let empty = Json::from_text(r#"{"token":""}"#);
+        assert_eq!(auth_token(empty.as_ref(), "token"), None);
+    }
+}

@@ -1,0 +1,277 @@
+//! The Socket.IO front-end against bad input, with a raw WebSocket: the
+//! Engine.IO handshake errors, malformed packets, unknown namespaces,
+//! frames over `maxPayload`, silence past the ping timeout. Each ends as
+//! the reference server ends it (an Engine.IO error body, a CONNECT_ERROR,
+//! or a closed connection), and no room membership is left behind.
+
+use futures_util::{SinkExt, StreamExt};
+use pubmesh_tests::harness::{config_file, patience, Node};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const CONFIG: &str = r#"
+[socketio]
+ping_interval_ms = 300
+ping_timeout_ms = 300
+max_payload = 1024
+
+[[socketio.namespaces]]
+name = "/"
+rooms = ["lobby"]
+"#;
+
+async fn node() -> Node {
+    let file = config_file(CONFIG);
+    Node::start(&["--config", &file]).await
+}
+
+async fn open(node: &Node) -> (Ws, Value) {
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+        node.port
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    let first = next_text(&mut ws).await.expect("open packet");
+    let handshake = first.strip_prefix('0').expect("an open packet");
+    (ws, serde_json::from_str(handshake).expect("handshake JSON"))
+}
+
+/// The next text frame; `None` once the connection has ended.
+async fn next_text(ws: &mut Ws) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + patience(20);
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a frame or the end within the deadline");
+        match next {
+            Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// The next text frame that is not an Engine.IO ping (answered).
+async fn next_packet(ws: &mut Ws) -> Option<String> {
+    loop {
+        let t = next_text(ws).await?;
+        if t == "2" {
+            let _ = ws.send(Message::Text(Utf8Bytes::from("3"))).await;
+            continue;
+        }
+        return Some(t);
+    }
+}
+
+async fn send(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(Utf8Bytes::from(text.to_string())))
+        .await
+        .expect("send");
+}
+
+/// Read until the connection ends; the close code, if a close frame came.
+async fn closed(ws: &mut Ws) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + patience(20);
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("closed within the deadline");
+        match next {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Err(_)) | None => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn lobby(node: &Node) -> u64 {
+    node.channel_members("lobby").await
+}
+
+async fn wait_lobby(node: &Node, n: u64) {
+    node.wait_members("lobby", n).await
+}
+
+/// Open and join `/`; the socket is then in `lobby`.
+async fn joined(node: &Node) -> Ws {
+    let (mut ws, _) = open(node).await;
+    send(&mut ws, "40").await;
+    let reply = next_packet(&mut ws).await.expect("CONNECT reply");
+    assert!(reply.starts_with("40{\"sid\":"), "{reply}");
+    ws
+}
+
+#[tokio::test]
+async fn engineio_handshake_errors_have_the_reference_codes() {
+    let node = node().await;
+    for (method, query, code, message) in [
+        (
+            "GET",
+            "EIO=4&transport=carrier-pigeon",
+            0,
+            "Transport unknown",
+        ),
+        (
+            "GET",
+            "EIO=9&transport=websocket",
+            5,
+            "Unsupported protocol version",
+        ),
+        (
+            "GET",
+            "transport=websocket",
+            5,
+            "Unsupported protocol version",
+        ),
+        (
+            "PUT",
+            "EIO=4&transport=websocket",
+            2,
+            "Bad handshake method",
+        ),
+        (
+            "GET",
+            "EIO=4&transport=websocket&sid=nope",
+            1,
+            "Session ID unknown",
+        ),
+        // A WebSocket handshake that is not an upgrade.
+        ("GET", "EIO=4&transport=websocket", 3, "Bad request"),
+    ] {
+        let response = reqwest::Client::new()
+            .request(
+                method.parse().unwrap(),
+                format!("http://127.0.0.1:{}/socket.io/?{query}", node.port),
+            )
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 400, "{method} {query}");
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(
+            body,
+            json!({"code": code, "message": message}),
+            "{method} {query}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_handshake_announces_the_configured_timers_and_namespaces_are_checked() {
+    let node = node().await;
+    let (mut ws, handshake) = open(&node).await;
+    assert_eq!(handshake["upgrades"], json!([]));
+    assert_eq!(handshake["pingInterval"], 300);
+    assert_eq!(handshake["pingTimeout"], 300);
+    assert_eq!(handshake["maxPayload"], 1024);
+    assert!(handshake["sid"].as_str().is_some_and(|s| !s.is_empty()));
+    // A namespace not served: the standard CONNECT_ERROR, and the
+    // connection stays open for another CONNECT.
+    send(&mut ws, "40/nope,").await;
+    assert_eq!(
+        next_packet(&mut ws).await.as_deref(),
+        Some(r#"44/nope,{"message":"Invalid namespace"}"#)
+    );
+    send(&mut ws, "40").await;
+    let reply = next_packet(&mut ws).await.expect("CONNECT reply");
+    assert!(reply.starts_with("40{\"sid\":"), "{reply}");
+    wait_lobby(&node, 1).await;
+    // Again once connected.
+    send(&mut ws, "40/nope,").await;
+    assert_eq!(
+        next_packet(&mut ws).await.as_deref(),
+        Some(r#"44/nope,{"message":"Invalid namespace"}"#)
+    );
+    // DISCONNECT leaves the namespace's rooms.
+    send(&mut ws, "41").await;
+    wait_lobby(&node, 0).await;
+}
+
+#[tokio::test]
+async fn malformed_packets_close_the_connection_and_leave_no_membership() {
+    let node = node().await;
+    for bad in [
+        "42[\"unterminated",                             // not JSON
+        "42{\"not\":\"an array\"}",                      // an event that is not an array
+        "42[\"connect\"]",                               // a reserved event name
+        "43[\"no id\"]",                                 // an ACK without id
+        "4",                                             // an empty Socket.IO packet
+        "49[]",                                          // an unknown Socket.IO type
+        "9",                                             // an unknown Engine.IO type
+        "",                                              // an empty Engine.IO packet
+        "2",                                             // a v4 client never pings
+        "451-[\"e\",{\"_placeholder\":true,\"num\":7}]", // a placeholder beyond its attachments
+    ] {
+        let mut ws = joined(&node).await;
+        wait_lobby(&node, 1).await;
+        send(&mut ws, bad).await;
+        let code = closed(&mut ws).await;
+        assert_eq!(code, Some(4400), "{bad:?}");
+        wait_lobby(&node, 0).await;
+    }
+    // A binary frame with no binary packet waiting for it.
+    let mut ws = joined(&node).await;
+    ws.send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(closed(&mut ws).await, Some(4400));
+    wait_lobby(&node, 0).await;
+    // Before any CONNECT, too.
+    let (mut ws, _) = open(&node).await;
+    send(&mut ws, "4zzz").await;
+    assert_eq!(closed(&mut ws).await, Some(4400));
+    let text = node.metrics().await;
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "pubmesh_frontend_errors_total{code=\"bad_packet\",frontend=\"socketio\"}"
+        ) && !l.ends_with(" 0")),
+        "bad_packet counted"
+    );
+}
+
+#[tokio::test]
+async fn a_frame_over_max_payload_closes_with_1009() {
+    let node = node().await;
+    let mut ws = joined(&node).await;
+    wait_lobby(&node, 1).await;
+    let big = format!("42[\"e\",\"{}\"]", "x".repeat(2000));
+    send(&mut ws, &big).await;
+    assert_eq!(closed(&mut ws).await, Some(1009));
+    wait_lobby(&node, 0).await;
+}
+
+#[tokio::test]
+async fn silence_past_the_ping_timeout_ends_the_connection() {
+    let node = node().await;
+    let (mut ws, _) = open(&node).await;
+    send(&mut ws, "40").await;
+    // Read without answering the pings.
+    let mut pings = 0;
+    let ended = loop {
+        match next_text(&mut ws).await {
+            Some(t) if t == "2" => pings += 1,
+            Some(_) => {}
+            None => break true,
+        }
+    };
+    assert!(ended);
+    assert_eq!(pings, 1, "one unanswered ping, then the end");
+    wait_lobby(&node, 0).await;
+
+    // Answering keeps the connection: several pings come and go.
+    let mut ws = joined(&node).await;
+    let mut pings = 0;
+    while pings < 4 {
+        let t = next_text(&mut ws).await.expect("still open");
+        if t == "2" {
+            pings += 1;
+            send(&mut ws, "3").await;
+        }
+    }
+    assert_eq!(lobby(&node).await, 1);
+}

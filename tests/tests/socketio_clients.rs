@@ -1,0 +1,295 @@
+//! The Socket.IO front-end (`/socket.io/`) against real processes: the
+//! official `socket.io-client` 4.x under node on two nodes sharing a Redis,
+//! with rooms as mesh channels, Flamenco's `/subscription` table, namespaces
+//! and JWT auth.
+
+use pubmesh_tests::harness::{config_file, hs256, patience, Node, Redis};
+use pubmesh_tests::js::Script;
+use serde_json::{json, Value};
+
+const SECRET: &str = "socketio-secret";
+
+/// Flamenco's rooms and `/subscription` table (docs/socketio.md), plus an
+/// `/admin` namespace with a default room.
+pub const FLAMENCO: &str = r#"
+[socketio]
+ping_interval_ms = 1000
+ping_timeout_ms = 2000
+
+[[socketio.namespaces]]
+name = "/"
+rooms = ["Chat"]
+
+[[socketio.namespaces]]
+name = "/admin"
+rooms = ["ops"]
+
+[[socketio.join_events]]
+event = "/subscription"
+op_field = "op"
+subscribe = "subscribe"
+unsubscribe = "unsubscribe"
+type_field = "type"
+id_field = "uuid"
+id_format = "uuid"
+ok = "ok"
+invalid_id = "invalid UUID, ignoring request"
+unknown_type = "unknown subscription type, ignoring request"
+invalid_op = "invalid subscription operation, ignoring request"
+failed = "unable to perform subscription operation: "
+
+[socketio.join_events.types]
+allJobs = { rooms = ["Jobs"] }
+allWorkers = { rooms = ["Workers"] }
+allWorkerTags = { rooms = ["WorkerTags"] }
+allLastRendered = { rooms = ["Last-Rendered"] }
+job = { rooms = ["job-{id}"], missing_id = "operation on job requires a UUID" }
+tasklog = { rooms = ["tasklog-{id}"], missing_id = "operation on task requires a UUID" }
+"#;
+
+async fn two_nodes(redis: &Redis, extra: &[&str]) -> (Node, Node) {
+    let url = redis.url();
+    let file = config_file(FLAMENCO);
+    let mut args = vec![
+        "--redis-url",
+        url.as_str(),
+        "--jwt-secret",
+        SECRET,
+        "--config",
+        file.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    pubmesh_tests::harness::two_nodes(&args).await
+}
+
+/// The official 4.x client on `node` (namespace `nsp`), WebSocket only.
+fn client(node: &Node, nsp: &str, options: Value) -> Script {
+    let url = format!("http://127.0.0.1:{}{nsp}", node.port);
+    Script::spawn("socketio_client.js", &[&url, "4", &options.to_string()])
+}
+
+async fn connected(script: &mut Script) -> Value {
+    script.wait_event("connect", patience(60)).await
+}
+
+/// The next event named `name` the client receives.
+async fn event(script: &mut Script, name: &str) -> Value {
+    script
+        .wait_for(name, patience(30), |v| {
+            v["event"] == "event" && v["name"] == name
+        })
+        .await
+}
+
+/// Emit `args` as `name` with an ack callback; the ack's arguments.
+async fn emit_ack(script: &mut Script, name: &str, args: Value) -> Value {
+    let line = json!({"emit": name, "args": args, "ack": true, "timeout": 20000});
+    script.send_line(&line.to_string()).await;
+    let ack = script
+        .wait_for("an ack", patience(30), |v| v["event"] == "ack")
+        .await;
+    assert!(ack.get("error").is_none(), "ack error: {ack}");
+    ack["args"].clone()
+}
+
+async fn notify(node: &Node, channel: &str, event: &str, data: Value) {
+    let (status, body) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": [channel], "event": event, "data": data}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn rooms_are_channels_across_two_nodes_with_flamencos_subscription_table() {
+    let redis = Redis::start().await;
+    let (a, b) = two_nodes(&redis, &[]).await;
+    let token = hs256(SECRET, "bob", 600);
+
+    let mut anon = client(&a, "/", json!({}));
+    let hello = connected(&mut anon).await;
+    assert!(
+        hello["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{hello}"
+    );
+    let mut bob = client(&b, "/", json!({"auth": {"token": token}}));
+    connected(&mut bob).await;
+    // Both joined the default room on connect.
+    a.wait_members("Chat", 2).await;
+
+    // A room event from the server API of either node reaches both.
+    notify(
+        &b,
+        "Chat",
+        "/message",
+        json!({"name": "mgr", "text": "hello"}),
+    )
+    .await;
+    for script in [&mut anon, &mut bob] {
+        let m = event(script, "/message").await;
+        assert_eq!(m["args"], json!([{"name": "mgr", "text": "hello"}]));
+    }
+
+    // Flamenco's /subscription, each answer of its table.
+    let job = "fa48930a-105c-4125-a7f7-0aa1651dcd57";
+    let task = "0b8d5f6b-4b6f-4a57-9a0e-6c1d4b1e8a39";
+    let sub = |op: &str, kind: &str, uuid: Option<&str>| {
+        let mut v = json!({"op": op, "type": kind});
+        if let Some(u) = uuid {
+            v["uuid"] = json!(u);
+        }
+        json!([v])
+    };
+    for (args, answer) in [
+        (sub("subscribe", "job", Some(job)), "ok"),
+        (sub("subscribe", "tasklog", Some(task)), "ok"),
+        (sub("subscribe", "allJobs", None), "ok"),
+        (
+            sub("subscribe", "job", Some("not-a-uuid")),
+            "invalid UUID, ignoring request",
+        ),
+        (
+            sub("subscribe", "job", None),
+            "operation on job requires a UUID",
+        ),
+        (
+            sub("subscribe", "tasklog", None),
+            "operation on task requires a UUID",
+        ),
+        (
+            sub("subscribe", "allTheThings", None),
+            "unknown subscription type, ignoring request",
+        ),
+        (
+            sub("join", "allWorkers", None),
+            "invalid subscription operation, ignoring request",
+        ),
+    ] {
+        assert_eq!(
+            emit_ack(&mut anon, "/subscription", args.clone()).await,
+            json!([answer]),
+            "{args}"
+        );
+    }
+    // The joined rooms are channels the other node publishes to.
+    let job_room = format!("job-{job}");
+    let task_room = format!("tasklog-{task}");
+    b.wait_members(&job_room, 1).await;
+    notify(
+        &b,
+        &job_room,
+        "/task",
+        json!({"id": task, "job_id": job, "status": "active"}),
+    )
+    .await;
+    notify(
+        &b,
+        &task_room,
+        "/tasklog",
+        json!({"task_id": task, "log": "line 1\n"}),
+    )
+    .await;
+    notify(&b, "Jobs", "/jobs", json!({"id": job, "status": "active"})).await;
+    let m = event(&mut anon, "/task").await;
+    assert_eq!(m["args"][0]["job_id"], job);
+    let m = event(&mut anon, "/tasklog").await;
+    assert_eq!(m["args"][0]["log"], "line 1\n");
+    let m = event(&mut anon, "/jobs").await;
+    assert_eq!(m["args"][0]["status"], "active");
+
+    // Bob subscribed to nothing: the next thing he gets is the next Chat
+    // message, not the job events.
+    notify(
+        &a,
+        "Chat",
+        "/message",
+        json!({"name": "mgr", "text": "two"}),
+    )
+    .await;
+    let next = bob
+        .wait_for("an event", patience(30), |v| v["event"] == "event")
+        .await;
+    assert_eq!(next["name"], "/message", "{next}");
+    assert_eq!(next["args"][0]["text"], "two");
+
+    // Unsubscribing leaves the channel.
+    assert_eq!(
+        emit_ack(
+            &mut anon,
+            "/subscription",
+            sub("unsubscribe", "job", Some(job))
+        )
+        .await,
+        json!(["ok"])
+    );
+    a.wait_members(&job_room, 0).await;
+
+    // A client leaving ends all its memberships.
+    anon.send_line(r#"{"disconnect":true}"#).await;
+    anon.wait_event("disconnect", patience(30)).await;
+    b.wait_members("Chat", 1).await;
+    b.wait_members(&task_room, 0).await;
+    b.wait_members("Jobs", 0).await;
+}
+
+#[tokio::test]
+async fn namespaces_tokens_and_connect_errors() {
+    let redis = Redis::start().await;
+    let (a, b) = two_nodes(&redis, &[]).await;
+
+    // A namespace that is not served.
+    let mut nowhere = client(&a, "/nowhere", json!({}));
+    let refused = nowhere.wait_event("connect_error", patience(60)).await;
+    assert_eq!(refused["message"], "Invalid namespace");
+
+    // A token that does not verify.
+    let mut forged = client(
+        &a,
+        "/",
+        json!({"auth": {"token": hs256("wrong", "eve", 600)}}),
+    );
+    let refused = forged.wait_event("connect_error", patience(60)).await;
+    assert_eq!(refused["message"], "the token is not valid");
+
+    // The /admin namespace has rooms of its own, as `/admin:<room>` channels.
+    let mut admin = client(&a, "/admin", json!({}));
+    connected(&mut admin).await;
+    b.wait_members("/admin:ops", 1).await;
+    assert_eq!(b.channel_members("ops").await, 0);
+    notify(&b, "/admin:ops", "alert", json!({"level": 3})).await;
+    let m = event(&mut admin, "alert").await;
+    assert_eq!(m["args"], json!([{"level": 3}]));
+    // Rooms of `/` do not reach it.
+    notify(&b, "Chat", "/message", json!({"text": "not for admin"})).await;
+    notify(&b, "/admin:ops", "alert", json!({"level": 4})).await;
+    let m = admin
+        .wait_for("an event", patience(30), |v| v["event"] == "event")
+        .await;
+    assert_eq!(m["args"], json!([{"level": 4}]), "{m}");
+}
+
+#[tokio::test]
+async fn require_auth_refuses_a_connect_without_a_token_and_admits_one_with() {
+    let redis = Redis::start().await;
+    let (a, _b) = two_nodes(&redis, &["--require-auth"]).await;
+    let mut anon = client(&a, "/", json!({}));
+    let refused = anon.wait_event("connect_error", patience(60)).await;
+    assert_eq!(
+        refused["message"],
+        "this node requires a token (auth.token)"
+    );
+    let token = hs256(SECRET, "alice", 600);
+    let mut alice = client(&a, "/", json!({"auth": {"token": token}}));
+    connected(&mut alice).await;
+    a.wait_members("Chat", 1).await;
+    // Pings keep it connected past several ping intervals (1 s).
+    notify(&a, "Chat", "/message", json!({"n": 1})).await;
+    event(&mut alice, "/message").await;
+    // Time must pass for pings to matter: three and a half intervals.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    notify(&a, "Chat", "/message", json!({"n": 2})).await;
+    let m = event(&mut alice, "/message").await;
+    assert_eq!(m["args"], json!([{"n": 2}]));
+}
