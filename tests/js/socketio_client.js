@@ -5,7 +5,8 @@
 //                                      "transports":["websocket"],"query":{…},"reconnection":false}']
 //
 // URL may name a namespace (http://host:port/admin). Reports: connect {id,
-// recovered}, connect_error {message}, disconnect {reason},
+// recovered, transport}, upgrade {transport}, connect_error {message},
+// disconnect {reason},
 // event {name, args} (Buffers as {"base64":…}; v4 reports every event,
 // v2 those listed in "events"), ack {name, args}. Stdin commands:
 // {"emit":EVENT,"args":[…],"ack":true|false,"timeout":MS}; an arg {"base64":…}
@@ -46,7 +47,16 @@ if (version === '4') {
   report('fatal', { error: 'version must be 4 or 2' });
   process.exit(2);
 }
-socket.on('connect', () => report('connect', { id: socket.id, recovered: socket.recovered === true }));
+socket.on('connect', () =>
+  report('connect', {
+    id: socket.id,
+    recovered: socket.recovered === true,
+    transport: socket.io.engine && socket.io.engine.transport ? socket.io.engine.transport.name : null,
+  }),
+);
+socket.io.on('open', () => {
+  socket.io.engine.on('upgrade', (t) => report('upgrade', { transport: t.name }));
+});
 socket.on('connect_error', (err) => report('connect_error', { message: String((err && err.message) || err) }));
 socket.on('error', (err) => report('error', { message: String((err && err.message) || err) }));
 socket.on('disconnect', (reason) => report('disconnect', { reason }));

@@ -275,3 +275,132 @@ async fn silence_past_the_ping_timeout_ends_the_connection() {
     }
     assert_eq!(lobby(&node).await, 1);
 }
+
+async fn http(node: &Node, method: &str, query: &str, body: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .request(
+            method.parse().unwrap(),
+            format!("http://127.0.0.1:{}/socket.io/?{query}", node.port),
+        )
+        .header("content-type", "text/plain;charset=UTF-8")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+/// A polling handshake: the sid.
+async fn polling_sid(node: &Node) -> String {
+    let (status, body) = http(node, "GET", "EIO=4&transport=polling", "").await;
+    assert_eq!(status, 200, "{body}");
+    let handshake: Value =
+        serde_json::from_str(body.strip_prefix('0').expect("open packet")).expect("JSON");
+    assert_eq!(handshake["upgrades"], json!(["websocket"]));
+    handshake["sid"].as_str().expect("sid").to_string()
+}
+
+#[tokio::test]
+async fn polling_requests_that_are_not_right_get_the_reference_errors() {
+    let node = node().await;
+    let unknown = json!({"code": 1, "message": "Session ID unknown"});
+    // Unknown sids, and a forged one (its signature does not verify, so
+    // it is never forwarded anywhere).
+    let sid = polling_sid(&node).await;
+    let forged = format!("{}x", &sid[..sid.len() - 1]);
+    for sid in ["nope", forged.as_str()] {
+        for method in ["GET", "POST"] {
+            let (status, body) = http(
+                &node,
+                method,
+                &format!("EIO=4&transport=polling&sid={sid}"),
+                "40",
+            )
+            .await;
+            assert_eq!(status, 400, "{method} {sid}");
+            assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), unknown);
+        }
+    }
+    // Join, then a payload that is not Engine.IO: 400, and the session ends.
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(http(&node, "POST", &q, "40").await, (200, "ok".to_string()));
+    let (status, body) = http(&node, "GET", &q, "").await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("40{\"sid\":"), "{body}");
+    wait_lobby(&node, 1).await;
+    let (status, _) = http(&node, "POST", &q, "9nonsense").await;
+    assert_eq!(status, 400);
+    wait_lobby(&node, 0).await;
+    let (status, body) = http(&node, "GET", &q, "").await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (400, unknown.clone())
+    );
+
+    // A body over maxPayload: 413, and the session ends.
+    let sid = polling_sid(&node).await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(http(&node, "POST", &q, "40").await.0, 200);
+    wait_lobby(&node, 1).await;
+    let big = format!("42[\"e\",\"{}\"]", "x".repeat(2000));
+    assert_eq!(http(&node, "POST", &q, &big).await.0, 413);
+    wait_lobby(&node, 0).await;
+
+    // Two polls at once: the second is refused and the session ends.
+    let sid = polling_sid(&node).await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(http(&node, "POST", &q, "40").await.0, 200);
+    let (status, body) = http(&node, "GET", &q, "").await;
+    assert!(status == 200 && body.starts_with("40"), "{body}");
+    wait_lobby(&node, 1).await;
+    // Two polls sent together until they overlap (a poll is held until
+    // there is something to send, so they almost always do at once).
+    let url = format!("http://127.0.0.1:{}/socket.io/?{q}", node.port);
+    let get = |url: String| async move {
+        let r = reqwest::get(url).await.expect("poll");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    };
+    let mut refused = false;
+    for _ in 0..20 {
+        let (one, two) = tokio::join!(get(url.clone()), get(url.clone()));
+        if one.0 == 400 || two.0 == 400 {
+            refused = true;
+            break;
+        }
+        // Both ended with a ping: answer it and try again.
+        http(&node, "POST", &q, "3").await;
+    }
+    assert!(refused, "overlapping polls were both served");
+    wait_lobby(&node, 0).await;
+}
+
+#[tokio::test]
+async fn engineio_3_clients_are_in_the_main_namespace_at_once_and_ping_the_server() {
+    let node = node().await;
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=3&transport=websocket",
+        node.port
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    let open = next_text(&mut ws).await.expect("open packet");
+    let handshake: Value = serde_json::from_str(&open[1..]).expect("handshake JSON");
+    assert_eq!(handshake["pingInterval"], 300);
+    assert!(handshake.get("maxPayload").is_none(), "{handshake}");
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("40"));
+    wait_lobby(&node, 1).await;
+    // The client pings; the server answers (with the probe's data too).
+    send(&mut ws, "2").await;
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("3"));
+    // v4 errors are strings.
+    send(&mut ws, "40/nope,").await;
+    assert_eq!(
+        next_text(&mut ws).await.as_deref(),
+        Some(r#"44/nope,"Invalid namespace""#)
+    );
+    // A client that stops pinging is dropped after interval + timeout.
+    assert_eq!(closed(&mut ws).await, Some(4010));
+    wait_lobby(&node, 0).await;
+}

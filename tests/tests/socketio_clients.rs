@@ -1,7 +1,8 @@
 //! The Socket.IO front-end (`/socket.io/`) against real processes: the
 //! official `socket.io-client` 4.x under node on two nodes sharing a Redis,
 //! with rooms as mesh channels, Flamenco's `/subscription` table, namespaces
-//! and JWT auth.
+//! and JWT auth, over WebSocket and long-polling (alone, with the upgrade,
+//! and through a round-robin balancer: no sticky sessions).
 
 use pubmesh_tests::harness::{config_file, hs256, patience, Node, Redis};
 use pubmesh_tests::js::Script;
@@ -62,10 +63,20 @@ async fn two_nodes(redis: &Redis, extra: &[&str]) -> (Node, Node) {
     pubmesh_tests::harness::two_nodes(&args).await
 }
 
-/// The official 4.x client on `node` (namespace `nsp`), WebSocket only.
+/// The official 4.x client on `node` (namespace `nsp`), WebSocket only
+/// unless `options` say otherwise.
 fn client(node: &Node, nsp: &str, options: Value) -> Script {
-    let url = format!("http://127.0.0.1:{}{nsp}", node.port);
+    client_at_path(node.port, nsp, options)
+}
+
+fn client_at_path(port: u16, nsp: &str, options: Value) -> Script {
+    let url = format!("http://127.0.0.1:{port}{nsp}");
     Script::spawn("socketio_client.js", &[&url, "4", &options.to_string()])
+}
+
+/// The client on `/` at `port` (a node, or a balancer).
+fn client_at(port: u16, options: Value) -> Script {
+    client_at_path(port, "/", options)
 }
 
 async fn connected(script: &mut Script) -> Value {
@@ -292,4 +303,195 @@ async fn require_auth_refuses_a_connect_without_a_token_and_admits_one_with() {
     notify(&a, "Chat", "/message", json!({"n": 2})).await;
     let m = event(&mut alice, "/message").await;
     assert_eq!(m["args"], json!([{"n": 2}]));
+}
+
+async fn subscribe_all_jobs(script: &mut Script) {
+    let line = json!({"emit": "/subscription", "args": [{"op": "subscribe", "type": "allJobs"}], "ack": true, "timeout": 20000});
+    script.send_line(&line.to_string()).await;
+    let ack = script
+        .wait_for("an ack", patience(30), |v| v["event"] == "ack")
+        .await;
+    assert_eq!(ack["args"], json!(["ok"]), "{ack}");
+}
+
+#[tokio::test]
+async fn polling_alone_then_polling_with_the_upgrade() {
+    let redis = Redis::start().await;
+    let (a, b) = two_nodes(&redis, &[]).await;
+    let token = hs256(SECRET, "poller", 600);
+
+    // Polling only: auth, rooms, acks, events from the other node, and
+    // pings (1 s) over several intervals.
+    let mut poller = client_at(
+        a.port,
+        json!({"transports": ["polling"], "auth": {"token": token}}),
+    );
+    let hello = poller.wait_event("connect", patience(60)).await;
+    assert_eq!(hello["transport"], "polling", "{hello}");
+    a.wait_members("Chat", 1).await;
+    subscribe_all_jobs(&mut poller).await;
+    b.wait_members("Jobs", 1).await;
+    notify(&b, "Jobs", "/jobs", json!({"id": 1})).await;
+    assert_eq!(
+        event(&mut poller, "/jobs").await["args"],
+        json!([{"id": 1}])
+    );
+    // Time must pass for pings to matter.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    notify(&b, "Chat", "/message", json!({"text": "still here"})).await;
+    assert_eq!(
+        event(&mut poller, "/message").await["args"],
+        json!([{"text": "still here"}])
+    );
+
+    // The default: polling first, then the upgrade to WebSocket.
+    let mut upgrader = client_at(a.port, json!({"transports": ["polling", "websocket"]}));
+    // It connects, and upgrades (the upgrade may finish before or after the
+    // CONNECT reply).
+    let (mut connect, mut upgrade) = (None, None);
+    while connect.is_none() || upgrade.is_none() {
+        let v = upgrader
+            .wait_for("connect and upgrade", patience(60), |v| {
+                v["event"] == "connect" || v["event"] == "upgrade"
+            })
+            .await;
+        if v["event"] == "connect" {
+            connect = Some(v);
+        } else {
+            upgrade = Some(v);
+        }
+    }
+    assert_eq!(upgrade.unwrap()["transport"], "websocket");
+    a.wait_members("Chat", 2).await;
+    subscribe_all_jobs(&mut upgrader).await;
+    notify(&b, "Jobs", "/jobs", json!({"id": 2})).await;
+    assert_eq!(
+        event(&mut upgrader, "/jobs").await["args"],
+        json!([{"id": 2}])
+    );
+    assert_eq!(
+        event(&mut poller, "/jobs").await["args"],
+        json!([{"id": 2}])
+    );
+
+    // Leaving ends the memberships of both.
+    for script in [&mut poller, &mut upgrader] {
+        script.send_line(r#"{"disconnect":true}"#).await;
+        script.wait_event("disconnect", patience(30)).await;
+    }
+    b.wait_members("Chat", 0).await;
+    b.wait_members("Jobs", 0).await;
+}
+
+#[tokio::test]
+async fn polling_through_a_round_robin_balancer_without_sticky_sessions() {
+    let redis = Redis::start().await;
+    let (a, b) = two_nodes(&redis, &[]).await;
+    let mut balancer = Script::spawn(
+        "socketio_round_robin.js",
+        &[&a.port.to_string(), &b.port.to_string()],
+    );
+    let listening = balancer.wait_event("listening", patience(30)).await;
+    let port = listening["port"].as_u64().expect("port") as u16;
+
+    let mut poller = client_at(port, json!({"transports": ["polling"]}));
+    let hello = poller.wait_event("connect", patience(60)).await;
+    assert_eq!(hello["transport"], "polling");
+    a.wait_members("Chat", 1).await;
+    subscribe_all_jobs(&mut poller).await;
+    for n in 0..5 {
+        let from = if n % 2 == 0 { &a } else { &b };
+        notify(from, "Jobs", "/jobs", json!({"n": n})).await;
+        assert_eq!(event(&mut poller, "/jobs").await["args"], json!([{"n": n}]));
+    }
+    // Both nodes took requests of the one session.
+    balancer.send_line(r#"{"stats":true}"#).await;
+    let stats = balancer.wait_event("stats", patience(30)).await;
+    let counts: Vec<u64> = stats["requests"]
+        .as_array()
+        .expect("counts")
+        .iter()
+        .map(|c| c.as_u64().unwrap_or(0))
+        .collect();
+    assert!(counts.iter().all(|&c| c >= 3), "{stats}");
+    poller.send_line(r#"{"disconnect":true}"#).await;
+    poller.wait_event("disconnect", patience(30)).await;
+    a.wait_members("Chat", 0).await;
+}
+
+/// The official 2.x client (Engine.IO 3, Socket.IO v4) on `node`,
+/// reporting the events named.
+fn client_v2(node: &Node, options: Value) -> Script {
+    let url = format!("http://127.0.0.1:{}/", node.port);
+    Script::spawn("socketio_client.js", &[&url, "2", &options.to_string()])
+}
+
+/// Emit with an ack callback (2.x has no ack timeouts: the test's deadline
+/// is the bound).
+async fn emit_ack_v2(script: &mut Script, name: &str, args: Value) -> Value {
+    let line = json!({"emit": name, "args": args, "ack": true});
+    script.send_line(&line.to_string()).await;
+    let ack = script
+        .wait_for("an ack", patience(30), |v| v["event"] == "ack")
+        .await;
+    ack["args"].clone()
+}
+
+#[tokio::test]
+async fn socketio_client_2_over_websocket_and_polling_with_client_pings() {
+    let redis = Redis::start().await;
+    let (a, b) = two_nodes(&redis, &[]).await;
+    let token = hs256(SECRET, "flamenco-web", 600);
+    let events = json!(["/message", "/jobs"]);
+
+    // WebSocket only, as Flamenco's web app connects; the token in the query.
+    let mut web = client_v2(&a, json!({"events": events, "query": {"token": token}}));
+    web.wait_event("connect", patience(60)).await;
+    a.wait_members("Chat", 1).await;
+    let sub = |kind: &str| json!([{"op": "subscribe", "type": kind}]);
+    assert_eq!(
+        emit_ack_v2(&mut web, "/subscription", sub("allJobs")).await,
+        json!(["ok"])
+    );
+    assert_eq!(
+        emit_ack_v2(&mut web, "/subscription", sub("everything")).await,
+        json!(["unknown subscription type, ignoring request"])
+    );
+    // Long-polling, with the upgrade, on the other node.
+    let mut poller = client_v2(
+        &b,
+        json!({"events": events, "transports": ["polling", "websocket"]}),
+    );
+    poller.wait_event("connect", patience(60)).await;
+    a.wait_members("Chat", 2).await;
+    assert_eq!(
+        emit_ack_v2(&mut poller, "/subscription", sub("allJobs")).await,
+        json!(["ok"])
+    );
+    a.wait_members("Jobs", 2).await;
+    notify(&b, "Jobs", "/jobs", json!({"id": 7})).await;
+    for script in [&mut web, &mut poller] {
+        assert_eq!(event(script, "/jobs").await["args"], json!([{"id": 7}]));
+    }
+    // 2.x clients ping (every second here); a server that did not answer
+    // or heed them would drop them after interval + timeout (3 s).
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    notify(&a, "Chat", "/message", json!({"text": "still here"})).await;
+    for script in [&mut web, &mut poller] {
+        assert_eq!(
+            event(script, "/message").await["args"],
+            json!([{"text": "still here"}])
+        );
+    }
+
+    // A bad token: the ERROR packet for `/`.
+    let mut forged = client_v2(&a, json!({"query": {"token": hs256("wrong", "eve", 600)}}));
+    let refused = forged.wait_event("error", patience(60)).await;
+    assert_eq!(refused["message"], "the token is not valid");
+
+    for script in [&mut web, &mut poller] {
+        script.send_line(r#"{"disconnect":true}"#).await;
+    }
+    a.wait_members("Chat", 0).await;
+    a.wait_members("Jobs", 0).await;
 }

@@ -16,6 +16,7 @@ pub mod env {
     pub const PING_TIMEOUT_MS: &str = "PUBMESH_SOCKETIO_PING_TIMEOUT_MS";
     pub const MAX_PAYLOAD: &str = "PUBMESH_SOCKETIO_MAX_PAYLOAD";
     pub const CONNECT_TIMEOUT_MS: &str = "PUBMESH_SOCKETIO_CONNECT_TIMEOUT_MS";
+    pub const ADVERTISE_URL: &str = "PUBMESH_SOCKETIO_ADVERTISE_URL";
 }
 
 /// The main namespace.
@@ -36,6 +37,9 @@ pub struct SocketIoCli {
     /// Socket.IO: milliseconds a new connection has to join a namespace (CONNECT) before it is closed [default: 45000]
     #[arg(long, env = env::CONNECT_TIMEOUT_MS)]
     pub socketio_connect_timeout_ms: Option<u64>,
+    /// Socket.IO: this node's URL as the other nodes reach it (http://host:port), where they forward long-polling requests for sessions it holds [default: http:// and --listen, 127.0.0.1 for an unspecified address]
+    #[arg(long, env = env::ADVERTISE_URL)]
+    pub socketio_advertise_url: Option<String>,
 }
 
 /// The `[socketio]` table of the TOML file.
@@ -46,6 +50,7 @@ pub struct SocketIoFile {
     pub ping_timeout_ms: Option<u64>,
     pub max_payload: Option<usize>,
     pub connect_timeout_ms: Option<u64>,
+    pub advertise_url: Option<String>,
     /// The key of the CONNECT `auth` object holding the JWT [default: token].
     pub auth_field: Option<String>,
     #[serde(default)]
@@ -154,6 +159,8 @@ pub struct SocketIo {
     pub ping_timeout: Duration,
     pub max_payload: usize,
     pub connect_timeout: Duration,
+    /// Where other nodes reach this one (None: from `--listen`).
+    pub advertise_url: Option<String>,
     pub auth_field: String,
     /// `/` first, then the others in file order.
     pub namespaces: Vec<Namespace>,
@@ -264,6 +271,18 @@ impl SocketIo {
             ping_timeout,
             max_payload,
             connect_timeout,
+            advertise_url: match cli
+                .socketio_advertise_url
+                .clone()
+                .or(file.advertise_url.clone())
+            {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(invalid(format!(
+                        "socketio advertise_url {url:?} must start with http:// or https://"
+                    )))
+                }
+                url => url.map(|u| u.trim_end_matches('/').to_string()),
+            },
             auth_field: file.auth_field.clone().unwrap_or_else(|| "token".into()),
             namespaces,
             join_events,

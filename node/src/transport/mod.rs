@@ -5,14 +5,16 @@
 //! reader (frames from the client, rate limited, handed to the front-end's
 //! [`Session`] hooks, plus server ticks), the writer (drains the outbox:
 //! feed every queued frame, flush once; sends the server's pings) and the
-//! [`liveness`] watchdog. When one ends, all are dropped, the socket closes
-//! and the session's `on_close` runs. [`listener`] accepts connections and
-//! serves HTTP within bounds; [`upgrade`] does the HTTP upgrade; [`sse`]
-//! drains the same outbox into a streaming HTTP response (Server-Sent
-//! Events) or a long-poll reply.
+//! [`liveness`] watchdog, each polled only when its own waker was woken
+//! ([`race`]: a delivery wakes the writer, not the frame reader). When one
+//! ends, all are dropped, the socket closes and the session's `on_close`
+//! runs. [`listener`] accepts connections and serves HTTP within bounds;
+//! [`upgrade`] does the HTTP upgrade; [`sse`] drains the same outbox into a
+//! streaming HTTP response (Server-Sent Events) or a long-poll reply.
 
 pub mod listener;
 pub mod liveness;
+mod race;
 pub mod sse;
 pub mod upgrade;
 
@@ -21,6 +23,7 @@ pub use upgrade::{accept, socket_config, upgraded, Socket, UpgradeError};
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -173,17 +176,22 @@ pub async fn run<S, T>(
             }
         }
     };
-    let writer = write_loop(
-        settings.flush_window,
-        settings.liveness.map(Pings::new),
-        &heard,
-        outbox,
-        &mut sink,
-    );
-    let closed_by_server = tokio::select! {
-        _ = reader => None,
-        reason = writer => reason,
-        reason = liveness::watchdog(settings.liveness, &heard) => Some(reason),
+    let closed_by_server = {
+        // Each future is polled only when it was woken: a delivery wakes the
+        // writer alone, not the reader's frame decoder (see [`race`]).
+        let reader = pin!(async {
+            reader.await;
+            None
+        });
+        let writer = pin!(write_loop(
+            settings.flush_window,
+            settings.liveness.map(Pings::new),
+            &heard,
+            outbox,
+            &mut sink,
+        ));
+        let watchdog = pin!(async { Some(liveness::watchdog(settings.liveness, &heard).await) });
+        race::first([reader as race::Branch<'_, _>, writer, watchdog]).await
     };
     if closed_by_server == Some(CloseReason::PingTimeout) {
         // The peer is gone or not reading: the node forgets it now, then the
@@ -245,6 +253,12 @@ where
     K: Sink<Message, Error = WsError> + Unpin,
 {
     let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
+    // One timer for the ping schedule, moved only when the schedule moves: a
+    // new timer for every idle wait would enter tokio's timer wheel and
+    // leave it again on every delivery.
+    let mut ping_timer = pin!(pings
+        .as_ref()
+        .map(|p| tokio::time::sleep_until(p.next_event())));
     loop {
         // Pings keep their schedule while frames flow, too.
         let ping = match pings.as_mut().map(|p| p.due(heard)) {
@@ -261,14 +275,21 @@ where
             if batch.capacity() > 64 {
                 batch = VecDeque::new();
             }
-            match &pings {
-                Some(p) => {
+            match (&pings, ping_timer.as_mut().as_pin_mut()) {
+                (Some(p), Some(mut timer)) => {
+                    let at = p.next_event();
+                    if timer.deadline() != at {
+                        timer.as_mut().reset(at);
+                    }
+                    // The outbox first: when a delivery woke the writer, the
+                    // timer is not polled (`due` above keeps the schedule).
                     tokio::select! {
+                        biased;
                         _ = outbox.ready() => {}
-                        _ = tokio::time::sleep_until(p.next_event()) => {}
+                        _ = timer => {}
                     }
                 }
-                None => outbox.ready().await,
+                _ => outbox.ready().await,
             }
             continue;
         }

@@ -18,6 +18,7 @@
 pub mod codec;
 pub mod engineio;
 pub mod joins;
+pub mod polling;
 pub mod session;
 pub mod wire;
 
@@ -36,13 +37,16 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use self::codec::SocketIoCodec;
 use self::engineio::{Eio, Handshake, PacketType, ServerError, Transport};
-use self::session::{auth_token, message, reasons, Due, Pings, SioSession, FRONTEND};
-use self::wire::{Json, Packet, Version};
+use self::session::{connect_token, message, Due, Pings, SioSession};
+pub use self::session::{reasons, FRONTEND};
+use self::wire::{Packet, Version};
+use crate::address::AddressBudget;
 use crate::codec::Codec;
-use crate::config::socketio::SocketIo as Config;
+use crate::config::socketio::{SocketIo as Config, MAIN};
+use crate::conn::Conn;
 use crate::conn::Identity;
 use crate::frontend::Frontend;
-use crate::node::Node;
+use crate::node::{Admission, Node};
 use crate::outbox::CloseReason;
 use crate::transport::{self, Socket};
 
@@ -59,11 +63,17 @@ pub struct SocketIo;
 
 /// What every request handler shares.
 #[derive(Clone)]
-struct Shared {
+pub(crate) struct Shared {
     config: Arc<Config>,
     /// The namespaces other than `/`.
     namespaces: Arc<Vec<String>>,
     codec: Arc<dyn Codec>,
+    /// The polling sessions this node owns.
+    polls: Arc<polling::Polls>,
+    /// This node's URL as other nodes reach it (forwarded polls).
+    advertise: String,
+    /// For forwarding polls to their owner.
+    http: reqwest::Client,
 }
 
 fn others(config: &Config) -> Arc<Vec<String>> {
@@ -93,26 +103,42 @@ impl Frontend for SocketIo {
 
     fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
         node.metrics.frontend.init(FRONTEND, reasons::ALL);
+        let advertise = node
+            .config
+            .socketio
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| {
+                let listen = node.config.listen;
+                if listen.ip().is_unspecified() {
+                    format!("http://127.0.0.1:{}", listen.port())
+                } else {
+                    format!("http://{listen}")
+                }
+            });
         let shared = Shared {
             config: Arc::new(node.config.socketio.clone()),
             namespaces: others(&node.config.socketio),
             codec: self.codec(node),
+            polls: Arc::new(polling::Polls::default()),
+            advertise,
+            http: reqwest::Client::new(),
         };
         let s2 = shared.clone();
         Router::new()
             .route(
                 "/socket.io/",
-                any(move |state, query, request| engine(state, query, request, shared.clone())),
+                any(move |state, request| engine(state, request, shared.clone())),
             )
             .route(
                 "/socket.io",
-                any(move |state, query, request| engine(state, query, request, s2.clone())),
+                any(move |state, request| engine(state, request, s2.clone())),
             )
     }
 }
 
 /// An Engine.IO error reply: 400 (403) with `{"code":…,"message":…}`.
-fn refuse(e: ServerError) -> Response {
+pub(crate) fn refuse(e: ServerError) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     (
         status,
@@ -137,83 +163,183 @@ fn request_token(query: &[(String, String)], headers: &HeaderMap) -> Option<Stri
         .filter(|t| !t.is_empty())
 }
 
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
 /// `/socket.io/?EIO=…&transport=…[&sid=…]`.
-async fn engine(
-    State(node): State<Arc<Node>>,
-    Query(query): Query<Vec<(String, String)>>,
-    mut request: Request,
-    shared: Shared,
-) -> Response {
+async fn engine(State(node): State<Arc<Node>>, mut request: Request, shared: Shared) -> Response {
+    let raw = request.uri().query().unwrap_or_default().to_string();
+    let query: Vec<(String, String)> = Query::try_from_uri(request.uri())
+        .map(|Query(q)| q)
+        .unwrap_or_default();
     let classified = engineio::Request::classify(
         request.method().as_str(),
         query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        false,
+        true,
     );
-    let eio = match classified {
-        Err(e) => return refuse(e),
-        // No polling sessions are kept: every sid is unknown.
-        Ok(engineio::Request::Session { .. }) => return refuse(ServerError::UnknownSid),
-        // Only the WebSocket transport is served.
-        Ok(engineio::Request::Handshake {
-            transport: Transport::Polling,
-            ..
-        }) => return refuse(ServerError::UnknownTransport),
-        Ok(engineio::Request::Handshake { eio, .. }) => eio,
-    };
-    if request
-        .headers()
-        .get(header::UPGRADE)
-        .is_none_or(|v| !v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-    {
-        return refuse(ServerError::BadRequest);
-    }
-    let (admission, reply) = match super::admit_upgrade(&node, &request) {
-        Ok(admitted) => admitted,
-        Err(e) => return e.into_response(),
-    };
     let token = request_token(&query, request.headers());
-    let address = transport::Accepted::address_of(&request);
-    let on_upgrade = hyper::upgrade::on(&mut request);
-    let ws_config = transport::socket_config(shared.config.max_payload);
-    let handshake_timeout = node.config.connections.handshake_timeout;
-    tokio::spawn(async move {
-        let upgraded = tokio::time::timeout(
-            handshake_timeout,
-            transport::upgraded(on_upgrade, ws_config),
-        );
-        let Ok(Some(mut socket)) = upgraded.await else {
-            return;
-        };
-        let mut pings = Pings::new(&shared.config);
-        let Some((identity, nsp)) =
-            opening(&node, &shared, eio, token, &mut socket, &mut pings).await
-        else {
-            return;
-        };
-        let conn = node
-            .open(admission, identity, shared.codec.clone(), None, |_| None)
-            .await;
-        let settings = transport::Settings {
-            rate: node.config.client_rate,
-            burst: node.config.client_burst,
-            address,
-            flush_window: node.config.flush_window,
-            tick: Some(Pings::tick(&shared.config)),
-            // Engine.IO pings in its own framing.
-            liveness: None,
-        };
-        let session = SioSession::new(
-            node.clone(),
-            conn.clone(),
-            shared.config.clone(),
-            shared.namespaces.clone(),
+    let (eio, transport, sid) = match classified {
+        Err(e) => return refuse(e),
+        Ok(engineio::Request::Session {
             eio,
-            nsp,
-            pings,
-        );
-        transport::run(socket, &conn.outbox, session, settings).await;
-    });
-    reply.map(|()| axum::body::Body::empty())
+            transport,
+            sid,
+        }) => (eio, transport, Some(sid)),
+        Ok(engineio::Request::Handshake { eio, transport }) => (eio, transport, None),
+    };
+    match (transport, sid) {
+        (Transport::Polling, None) => polling::handshake(node, shared, eio, token).await,
+        (Transport::Polling, Some(sid)) => {
+            let method = request.method().clone();
+            let headers = request.headers().clone();
+            let limit = shared.config.max_payload + 1;
+            let body = match axum::body::to_bytes(request.into_body(), limit).await {
+                Ok(b) => b,
+                Err(_) => {
+                    return (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large").into_response()
+                }
+            };
+            polling::session_request(node, shared, method, headers, raw, sid, body).await
+        }
+        (Transport::WebSocket, sid) => {
+            if let Some(sid) = &sid {
+                // Only the owner can take a polling session's upgrade.
+                if !shared.polls.contains(sid) {
+                    return refuse(ServerError::UnknownSid);
+                }
+            }
+            if !is_upgrade(request.headers()) {
+                return refuse(ServerError::BadRequest);
+            }
+            let (admission, reply) = match super::admit_upgrade(&node, &request) {
+                Ok(admitted) => admitted,
+                Err(e) => return e.into_response(),
+            };
+            let address = transport::Accepted::address_of(&request);
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            let ws_config = transport::socket_config(shared.config.max_payload);
+            let handshake_timeout = node.config.connections.handshake_timeout;
+            tokio::spawn(async move {
+                let upgraded = tokio::time::timeout(
+                    handshake_timeout,
+                    transport::upgraded(on_upgrade, ws_config),
+                );
+                let Ok(Some(mut socket)) = upgraded.await else {
+                    return;
+                };
+                match sid {
+                    Some(sid) => {
+                        // The polling session keeps its own admission.
+                        drop(admission);
+                        polling::upgrade(node, shared, sid, socket, address).await
+                    }
+                    None => {
+                        let pings = Pings::new(&shared.config, eio);
+                        let hs = uuid::Uuid::new_v4().simple().to_string();
+                        let open = handshake_packet(&shared.config, hs, eio, Vec::new());
+                        if !send(&mut socket, open.encode_text().expect("text")).await {
+                            return;
+                        }
+                        let opened = Opened {
+                            eio,
+                            token,
+                            pings,
+                            admission,
+                            address,
+                        };
+                        continue_on_socket(node, shared, socket, opened).await
+                    }
+                }
+            });
+            reply.map(|()| axum::body::Body::empty())
+        }
+    }
+}
+
+/// The open packet.
+pub(crate) fn handshake_packet(
+    config: &Config,
+    sid: String,
+    eio: Eio,
+    upgrades: Vec<String>,
+) -> engineio::Packet {
+    Handshake {
+        sid,
+        upgrades,
+        ping_interval: config.ping_interval.as_millis() as u64,
+        ping_timeout: config.ping_timeout.as_millis() as u64,
+        max_payload: Some(config.max_payload as u64),
+    }
+    .packet(eio)
+}
+
+/// A WebSocket connection between its open packet and its first CONNECT.
+pub(crate) struct Opened {
+    pub eio: Eio,
+    /// The handshake request's token.
+    pub token: Option<String>,
+    pub pings: Pings,
+    pub admission: Admission,
+    /// The frame budget of the client's address.
+    pub address: Option<AddressBudget>,
+}
+
+/// After the open packet: wait on the socket for the first accepted
+/// CONNECT, then open the mesh connection and run the session.
+pub(crate) async fn continue_on_socket(
+    node: Arc<Node>,
+    shared: Shared,
+    mut socket: Socket,
+    opened: Opened,
+) {
+    let Opened {
+        eio,
+        token,
+        mut pings,
+        admission,
+        address,
+    } = opened;
+    let Some((identity, nsp)) = opening(&node, &shared, eio, token, &mut socket, &mut pings).await
+    else {
+        return;
+    };
+    let conn = node
+        .open(admission, identity, shared.codec.clone(), None, |_| None)
+        .await;
+    let session = SioSession::new(
+        node.clone(),
+        conn.clone(),
+        shared.config.clone(),
+        shared.namespaces.clone(),
+        eio,
+        Some(nsp),
+        pings,
+    );
+    run_socket(&node, &shared, socket, conn, session, address).await;
+}
+
+/// Run a session over a WebSocket to its end.
+pub(crate) async fn run_socket(
+    node: &Node,
+    shared: &Shared,
+    socket: Socket,
+    conn: Arc<Conn>,
+    session: SioSession,
+    address: Option<AddressBudget>,
+) {
+    let settings = transport::Settings {
+        rate: node.config.client_rate,
+        burst: node.config.client_burst,
+        address,
+        flush_window: node.config.flush_window,
+        tick: Some(Pings::tick(&shared.config)),
+        // Engine.IO pings in its own framing.
+        liveness: None,
+    };
+    transport::run(socket, &conn.outbox, session, settings).await;
 }
 
 async fn send(socket: &mut Socket, text: String) -> bool {
@@ -235,11 +361,86 @@ async fn close(socket: &mut Socket, reason: CloseReason) {
     .await;
 }
 
-/// From the upgrade to the first accepted CONNECT: send the Engine.IO
-/// handshake, keep the pings, answer CONNECTs to namespaces not served and
-/// with bad tokens with CONNECT_ERROR, and return the identity and the
-/// namespace of the first good one. `None`: the connection ended (closed,
-/// timed out, or a bad packet).
+/// What one packet before the first accepted CONNECT asks for.
+pub(crate) enum Step {
+    Nothing,
+    /// Send this packet.
+    Reply(String),
+    /// The client closed.
+    End,
+    /// A bad packet (counted): close.
+    Bad,
+    /// A CONNECT accepted: open the connection with this identity and
+    /// namespace.
+    Connect(Identity, String),
+}
+
+/// One client packet (Engine.IO text) before the first accepted CONNECT.
+pub(crate) fn opening_step(
+    node: &Node,
+    shared: &Shared,
+    eio: Eio,
+    request_token: Option<&str>,
+    text: &str,
+    pings: &mut Pings,
+    packets: &mut usize,
+) -> Step {
+    let bad = |why: &dyn std::fmt::Display| {
+        node.metrics.frontend.error(FRONTEND, reasons::BAD_PACKET);
+        tracing::info!(error = %why, "socket.io connection sent a bad packet before CONNECT; closing");
+        Step::Bad
+    };
+    *packets += 1;
+    if *packets > OPENING_PACKETS {
+        return bad(&"too many packets before a namespace was joined");
+    }
+    let packet = match engineio::Packet::decode_text(text) {
+        Ok(p) => p,
+        Err(e) => return bad(&e),
+    };
+    let engineio::Data::Text(data) = packet.data else {
+        return bad(&"binary data before CONNECT");
+    };
+    match packet.kind {
+        PacketType::Pong => {
+            pings.pong(Instant::now());
+            return Step::Nothing;
+        }
+        PacketType::Ping if eio == Eio::V3 => {
+            pings.client_ping(Instant::now());
+            return Step::Reply(format!("{}{data}", PacketType::Pong.digit()));
+        }
+        PacketType::Noop | PacketType::Upgrade => return Step::Nothing,
+        PacketType::Close => return Step::End,
+        PacketType::Ping | PacketType::Open => return bad(&"unexpected packet"),
+        PacketType::Message => {}
+    }
+    let (nsp, auth) = match Packet::decode(&data) {
+        Ok(Packet::Connect { nsp, data, query }) => (
+            nsp,
+            connect_token(data.as_ref(), query.as_deref(), &shared.config.auth_field),
+        ),
+        // Other packets before a namespace is joined are dropped.
+        Ok(_) => return Step::Nothing,
+        Err(e) => return bad(&e),
+    };
+    let version = match eio {
+        Eio::V4 => Version::V5,
+        Eio::V3 => Version::V4,
+    };
+    match admit_connect(node, &shared.config, &nsp, auth, request_token) {
+        Ok(identity) => Step::Connect(identity, nsp),
+        Err((code, why)) => {
+            node.metrics.frontend.error(FRONTEND, code);
+            Step::Reply(message(&Packet::connect_error(version, &nsp, why)))
+        }
+    }
+}
+
+/// From the open packet to the first accepted CONNECT over a WebSocket:
+/// keep the pings, answer what [`opening_step`] says, and return the
+/// identity and the namespace. `None`: the connection ended (closed, timed
+/// out, or a bad packet).
 async fn opening(
     node: &Node,
     shared: &Shared,
@@ -248,27 +449,20 @@ async fn opening(
     socket: &mut Socket,
     pings: &mut Pings,
 ) -> Option<(Identity, String)> {
-    let config = &shared.config;
-    let version = match eio {
-        Eio::V4 => Version::V5,
-        Eio::V3 => Version::V4,
-    };
-    let handshake = Handshake {
-        sid: uuid::Uuid::new_v4().simple().to_string(),
-        upgrades: Vec::new(),
-        ping_interval: config.ping_interval.as_millis() as u64,
-        ping_timeout: config.ping_timeout.as_millis() as u64,
-        max_payload: Some(config.max_payload as u64),
-    };
-    let open = handshake.packet(eio).encode_text().expect("text packet");
-    if !send(socket, open).await {
-        return None;
+    if eio == Eio::V3 {
+        // Socket.IO v4 clients are in `/` from the start.
+        return match admit_connect(node, &shared.config, MAIN, None, request_token.as_deref()) {
+            Ok(identity) => Some((identity, MAIN.to_string())),
+            Err((code, why)) => {
+                node.metrics.frontend.error(FRONTEND, code);
+                let refusal = message(&Packet::connect_error(Version::V4, MAIN, why));
+                let _ = send(socket, refusal).await;
+                close(socket, CloseReason::Unauthorized).await;
+                None
+            }
+        };
     }
-    let deadline = tokio::time::Instant::now() + config.connect_timeout;
-    let bad = |why: &dyn std::fmt::Display| {
-        node.metrics.frontend.error(FRONTEND, reasons::BAD_PACKET);
-        tracing::info!(error = %why, "socket.io connection sent a bad packet before CONNECT; closing");
-    };
+    let deadline = tokio::time::Instant::now() + shared.config.connect_timeout;
     let mut packets = 0;
     loop {
         let wake = tokio::time::Instant::from_std(pings.next_event()).min(deadline);
@@ -280,31 +474,35 @@ async fn opening(
                     close(socket, CloseReason::PingTimeout).await;
                     return None;
                 }
-                if eio == Eio::V4 {
-                    match pings.due(Instant::now()) {
-                        Due::Ping => {
-                            if !send(socket, PacketType::Ping.digit().to_string()).await {
-                                return None;
-                            }
-                        }
-                        Due::Dead => {
-                            node.metrics.frontend.error(FRONTEND, reasons::PING_TIMEOUT);
-                            close(socket, CloseReason::PingTimeout).await;
+                match pings.due(Instant::now()) {
+                    Due::Ping => {
+                        if !send(socket, PacketType::Ping.digit().to_string()).await {
                             return None;
                         }
-                        Due::Nothing => {}
                     }
+                    Due::Dead => {
+                        node.metrics.frontend.error(FRONTEND, reasons::PING_TIMEOUT);
+                        close(socket, CloseReason::PingTimeout).await;
+                        return None;
+                    }
+                    Due::Nothing => {}
                 }
                 continue;
             }
         };
-        let text = match frame {
-            Some(Ok(Message::Text(text))) => text,
+        let step = match frame {
+            Some(Ok(Message::Text(text))) => opening_step(
+                node,
+                shared,
+                eio,
+                request_token.as_deref(),
+                &text,
+                pings,
+                &mut packets,
+            ),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
             Some(Ok(Message::Binary(_))) => {
-                bad(&"binary data before CONNECT");
-                close(socket, CloseReason::BadFrame).await;
-                return None;
+                opening_step(node, shared, eio, None, "", pings, &mut packets)
             }
             Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
                 close(socket, CloseReason::TooBig).await;
@@ -312,82 +510,39 @@ async fn opening(
             }
             _ => return None,
         };
-        packets += 1;
-        if packets > OPENING_PACKETS {
-            bad(&"too many packets before a namespace was joined");
-            close(socket, CloseReason::BadFrame).await;
-            return None;
-        }
-        let packet = match engineio::Packet::decode_text(&text) {
-            Ok(p) => p,
-            Err(e) => {
-                bad(&e);
-                close(socket, CloseReason::BadFrame).await;
-                return None;
-            }
-        };
-        let engineio::Data::Text(data) = packet.data else {
-            return None;
-        };
-        match packet.kind {
-            PacketType::Pong => {
-                pings.pong(Instant::now());
-                continue;
-            }
-            PacketType::Ping if eio == Eio::V3 => {
-                if !send(socket, format!("{}{data}", PacketType::Pong.digit())).await {
+        match step {
+            Step::Nothing => {}
+            Step::Reply(text) => {
+                if !send(socket, text).await {
                     return None;
                 }
-                continue;
             }
-            PacketType::Noop | PacketType::Upgrade => continue,
-            PacketType::Close => {
+            Step::End => {
                 close(socket, CloseReason::Disconnected).await;
                 return None;
             }
-            PacketType::Ping | PacketType::Open => {
-                bad(&"unexpected packet");
+            Step::Bad => {
                 close(socket, CloseReason::BadFrame).await;
                 return None;
             }
-            PacketType::Message => {}
-        }
-        let (nsp, auth) = match Packet::decode(&data) {
-            Ok(Packet::Connect { nsp, data, .. }) => (nsp, data),
-            // Other packets before a namespace is joined are dropped.
-            Ok(_) => continue,
-            Err(e) => {
-                bad(&e);
-                close(socket, CloseReason::BadFrame).await;
-                return None;
-            }
-        };
-        match admit_connect(node, config, &nsp, auth.as_ref(), request_token.as_deref()) {
-            Ok(identity) => return Some((identity, nsp)),
-            Err((code, why)) => {
-                node.metrics.frontend.error(FRONTEND, code);
-                let refusal = message(&Packet::connect_error(version, &nsp, why));
-                if !send(socket, refusal).await {
-                    return None;
-                }
-            }
+            Step::Connect(identity, nsp) => return Some((identity, nsp)),
         }
     }
 }
 
 /// The identity of a first CONNECT to `nsp`, or the CONNECT_ERROR's metric
 /// code and message.
-fn admit_connect(
+pub(crate) fn admit_connect(
     node: &Node,
     config: &Config,
     nsp: &str,
-    auth: Option<&Json>,
+    connect_token: Option<String>,
     request_token: Option<&str>,
 ) -> Result<Identity, (&'static str, &'static str)> {
     if config.namespace(nsp).is_none() {
         return Err((reasons::INVALID_NAMESPACE, session::INVALID_NAMESPACE));
     }
-    let token = auth_token(auth, &config.auth_field).or(request_token.map(str::to_string));
+    let token = connect_token.or(request_token.map(str::to_string));
     let identity = node.identify(token.as_deref());
     let authenticated = identity.expires_at.is_some();
     if token.is_some() && !authenticated {

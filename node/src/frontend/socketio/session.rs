@@ -58,13 +58,17 @@ pub mod reasons {
 /// reference server's).
 pub const INVALID_NAMESPACE: &str = "Invalid namespace";
 
-/// The Engine.IO ping schedule of one connection (the server pings).
+/// The Engine.IO ping schedule of one connection: the server pings (v4),
+/// or the client does and the server watches (v3).
+#[derive(Clone, Debug)]
 pub struct Pings {
     interval: Duration,
     timeout: Duration,
     next: Instant,
     /// A ping is out, to be answered by then.
     answer_by: Option<Instant>,
+    /// v3: the client pings; `next` is when its next ping is late.
+    client_pings: bool,
 }
 
 /// What the ping schedule wants now.
@@ -76,12 +80,19 @@ pub enum Due {
 }
 
 impl Pings {
-    pub fn new(config: &SocketIo) -> Pings {
+    pub fn new(config: &SocketIo, eio: Eio) -> Pings {
+        let client_pings = eio == Eio::V3;
+        let first = if client_pings {
+            config.ping_interval + config.ping_timeout
+        } else {
+            config.ping_interval
+        };
         Pings {
             interval: config.ping_interval,
             timeout: config.ping_timeout,
-            next: Instant::now() + config.ping_interval,
+            next: Instant::now() + first,
             answer_by: None,
+            client_pings,
         }
     }
 
@@ -97,6 +108,13 @@ impl Pings {
     }
 
     pub fn due(&mut self, now: Instant) -> Due {
+        if self.client_pings {
+            return if now >= self.next {
+                Due::Dead
+            } else {
+                Due::Nothing
+            };
+        }
         match self.answer_by {
             Some(by) if now >= by => Due::Dead,
             Some(_) => Due::Nothing,
@@ -105,6 +123,14 @@ impl Pings {
                 Due::Ping
             }
             None => Due::Nothing,
+        }
+    }
+
+    /// v3: the client pinged; its next ping is due within an interval (and
+    /// the timeout).
+    pub fn client_ping(&mut self, now: Instant) {
+        if self.client_pings {
+            self.next = now + self.interval + self.timeout;
         }
     }
 
@@ -119,6 +145,22 @@ impl Pings {
 /// `4` + a Socket.IO packet: the text of its Engine.IO message.
 pub fn message(packet: &Packet) -> String {
     format!("{}{}", PacketType::Message.digit(), packet.encode())
+}
+
+/// The token of a CONNECT: its `auth` object's field (v5), or the
+/// `token` parameter of its query (v4: `40/admin?token=…,`).
+pub fn connect_token(data: Option<&Json>, query: Option<&str>, field: &str) -> Option<String> {
+    auth_token(data, field).or_else(|| {
+        let (_, token) = url_pairs(query?).into_iter().find(|(k, _)| k == "token")?;
+        Some(token).filter(|t| !t.is_empty())
+    })
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    let uri: Option<http::Uri> = format!("/?{query}").parse().ok();
+    uri.and_then(|u| axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&u).ok())
+        .map(|axum::extract::Query(q)| q)
+        .unwrap_or_default()
 }
 
 /// The token of a CONNECT's `auth` object, if any.
@@ -156,7 +198,7 @@ impl SioSession {
         config: Arc<SocketIo>,
         namespaces: Arc<Vec<String>>,
         eio: Eio,
-        first: String,
+        first: Option<String>,
         pings: Pings,
     ) -> Self {
         node.metrics
@@ -178,7 +220,7 @@ impl SioSession {
             connected: HashMap::new(),
             pings,
             pending: None,
-            first: Some(first),
+            first,
         }
     }
 
@@ -252,7 +294,7 @@ impl SioSession {
     /// A CONNECT after the first: a new token in `auth` changes the
     /// connection's identity (for every namespace, as it is one mesh
     /// connection).
-    async fn reconnect_namespace(&mut self, nsp: String, data: Option<&Json>) {
+    async fn reconnect_namespace(&mut self, nsp: String, token: Option<String>) {
         if self.connected.contains_key(&nsp) {
             // Already in: answer again.
             return self.send(message(&Packet::connected(
@@ -265,7 +307,7 @@ impl SioSession {
             self.error(reasons::INVALID_NAMESPACE);
             return self.connect_error(&nsp, INVALID_NAMESPACE);
         }
-        if let Some(token) = auth_token(data, &self.config.auth_field) {
+        if let Some(token) = token {
             let current = self.conn.state.lock().token.clone();
             if current.as_deref() != Some(crate::auth::strip_bearer(&token)) {
                 let identity = self.node.identify(Some(&token));
@@ -370,7 +412,10 @@ impl SioSession {
 
     async fn packet(&mut self, packet: Packet) -> Flow {
         match packet {
-            Packet::Connect { nsp, data, .. } => self.reconnect_namespace(nsp, data.as_ref()).await,
+            Packet::Connect { nsp, data, query } => {
+                let token = connect_token(data.as_ref(), query.as_deref(), &self.config.auth_field);
+                self.reconnect_namespace(nsp, token).await
+            }
             Packet::Disconnect { nsp } => self.disconnect(&nsp).await,
             Packet::Event {
                 nsp,
@@ -460,6 +505,7 @@ impl Session for SioSession {
                 Flow::Continue
             }
             PacketType::Ping if self.eio == Eio::V3 => {
+                self.pings.client_ping(Instant::now());
                 self.send(format!("{}{data}", PacketType::Pong.digit()));
                 Flow::Continue
             }
@@ -485,11 +531,6 @@ impl Session for SioSession {
     }
 
     async fn on_tick(&mut self) -> Flow {
-        if self.eio == Eio::V3 {
-            // v3 clients ping; the transport's watchdog is not used, so
-            // silence past interval + timeout ends the connection.
-            return Flow::Continue;
-        }
         match self.pings.due(Instant::now()) {
             Due::Nothing => Flow::Continue,
             Due::Ping => {
@@ -527,7 +568,7 @@ mod tests {
             ping_timeout: Duration::from_millis(50),
             ..SocketIo::default()
         };
-        let mut p = Pings::new(&config);
+        let mut p = Pings::new(&config, Eio::V4);
         let t0 = Instant::now();
         assert_eq!(p.due(t0), Due::Nothing);
         let t1 = t0 + Duration::from_millis(101);
@@ -538,6 +579,13 @@ mod tests {
         let t2 = t1 + Duration::from_millis(121);
         assert_eq!(p.due(t2), Due::Ping);
         assert_eq!(p.due(t2 + Duration::from_millis(50)), Due::Dead);
+
+        // v3: the client pings, and is dead when a ping is late.
+        let mut p = Pings::new(&config, Eio::V3);
+        assert_eq!(p.due(t0 + Duration::from_millis(140)), Due::Nothing);
+        p.client_ping(t0 + Duration::from_millis(100));
+        assert_eq!(p.due(t0 + Duration::from_millis(240)), Due::Nothing);
+        assert_eq!(p.due(t0 + Duration::from_millis(251)), Due::Dead);
     }
 
     #[test]
@@ -548,5 +596,13 @@ mod tests {
         assert_eq!(auth_token(None, "token"), None);
         let empty = Json::from_text(r#"{"token":""}"#);
         assert_eq!(auth_token(empty.as_ref(), "token"), None);
+        assert_eq!(
+            connect_token(None, Some("a=1&token=x%2By"), "token"),
+            Some("x+y".into())
+        );
+        assert_eq!(
+            connect_token(data.as_ref(), Some("token=q"), "token"),
+            Some("abc".into())
+        );
     }
 }
