@@ -193,7 +193,7 @@ pub struct Cli {
     /// Redis channel (un)subscriptions per second this node may issue; the rest wait [default: 20000]
     #[arg(long, env = env::RELAY_INTEREST_RATE)]
     pub relay_interest_rate: Option<u32>,
-    /// Largest batch envelope: envelopes for the same Redis channel queued together share one PUBLISH up to this many bytes; 0 sends each alone (the format of builds without batches) [default: 65536]
+    /// Largest batch envelope: envelopes for the same Redis channel queued together share one PUBLISH up to this many bytes (at most 16777216); 0 sends each alone (the format of builds without batches) [default: 65536]
     #[arg(long, env = env::RELAY_BATCH_BYTES)]
     pub relay_batch_bytes: Option<usize>,
     /// How long a busy publishing lane waits for more envelopes before it sends, in microseconds; 0: it sends what queued during the previous round trip [default: 0]
@@ -658,6 +658,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "relay_batch_us must be at most 100000".into(),
             ));
+        }
+        if self.relay.batch_bytes > pubmesh_cluster_proto::MAX_ENVELOPE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "relay_batch_bytes must be at most {} (the largest envelope a node accepts)",
+                pubmesh_cluster_proto::MAX_ENVELOPE_BYTES
+            )));
         }
         if self.relay.probe < Duration::from_millis(50) || self.relay.interest_rate == 0 {
             return Err(ConfigError::Invalid(

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use pubmesh_tests::harness::{cluster_slot, eventually, patience, redis_cmd, Node, Redis};
+use pubmesh_tests::harness::{cluster_slot, eventually, patience, redis_cmd, two_nodes, Redis};
 use serde_json::{json, Value};
 
 /// `calls` of `cmdstat_publish` in Redis `INFO commandstats`.
@@ -36,17 +36,9 @@ async fn burst(extra: &[&str], count: u64) -> (f64, u64) {
         "100000",
     ];
     args.extend_from_slice(extra);
-    let a = Node::start(&args).await;
-    let b = Node::start(&args).await;
+    let (a, b) = two_nodes(&args).await;
     let mut publisher = a.client("channel_id=burst").await;
     let mut receiver = b.client("channel_id=burst").await;
-    for node in [&a, &b] {
-        eventually("membership", patience(20), || async move {
-            let (_, body) = node.get("/api/nodes").await;
-            (body["nodes"].as_array().map(Vec::len) == Some(2)).then_some(())
-        })
-        .await;
-    }
     eventually("both nodes subscribed", patience(20), || async {
         let reply = redis_cmd(redis.port, &["PUBSUB", "NUMSUB", "pubmesh.ch.{burst}"]).await?;
         reply.ends_with(":2\r\n").then_some(())

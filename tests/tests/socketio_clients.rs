@@ -495,3 +495,128 @@ async fn socketio_client_2_over_websocket_and_polling_with_client_pings() {
     a.wait_members("Chat", 0).await;
     a.wait_members("Jobs", 0).await;
 }
+
+/// A backend for client events: Flamenco's `/chat`, and events that echo,
+/// join a room, time out or fail. Records the Authorization header of each
+/// call.
+async fn event_backend() -> (String, std::sync::Arc<tokio::sync::Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    use axum::{extract::State, http::HeaderMap, Json, Router};
+    type Seen = std::sync::Arc<tokio::sync::Mutex<Vec<Value>>>;
+    async fn handle(
+        State(seen): State<Seen>,
+        headers: HeaderMap,
+        Json(call): Json<Value>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        seen.lock()
+            .await
+            .push(json!({"call": call.clone(), "authorization": auth}));
+        match call["event"].as_str().unwrap_or_default() {
+            "/chat" => Json(json!({
+                "ack": ["message sent successfully."],
+                "broadcast": [{"room": "Chat", "event": "/message", "data": call["args"][0]}],
+            }))
+            .into_response(),
+            "echo" => Json(json!({
+                "ack": [{"rooms": call["rooms"]}],
+                "emit": [{"event": "echoed", "args": call["args"]}],
+            }))
+            .into_response(),
+            "vip" => Json(json!({"join": ["vip"], "ack": ["in"]})).into_response(),
+            "slow" => {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                Json(json!({})).into_response()
+            }
+            _ => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        }
+    }
+    let seen: Seen = Default::default();
+    let app = Router::new()
+        .route("/events", post(handle))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/events", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// Emit with an ack; the ack's and the event `name`'s arguments, which may
+/// come in either order.
+async fn ack_and_event(script: &mut Script, emit: &str, args: Value, name: &str) -> (Value, Value) {
+    let line = json!({"emit": emit, "args": args, "ack": true, "timeout": 20000});
+    script.send_line(&line.to_string()).await;
+    let (mut ack, mut event) = (None, None);
+    while ack.is_none() || event.is_none() {
+        let v = script
+            .wait_for("the ack and the event", patience(30), |v| {
+                v["event"] == "ack" || (v["event"] == "event" && v["name"] == name)
+            })
+            .await;
+        if v["event"] == "ack" {
+            ack = Some(v["args"].clone());
+        } else {
+            event = Some(v["args"].clone());
+        }
+    }
+    (ack.unwrap(), event.unwrap())
+}
+
+#[tokio::test]
+async fn client_events_go_to_the_backend_and_its_answer_is_the_ack() {
+    let redis = Redis::start().await;
+    let (url, seen) = event_backend().await;
+    let (a, b) = two_nodes(
+        &redis,
+        &[
+            "--socketio-backend-url",
+            &url,
+            "--socketio-backend-timeout-ms",
+            "500",
+        ],
+    )
+    .await;
+    let token = hs256(SECRET, "ton", 600);
+    let mut chatter = client(&a, "/", json!({"auth": {"token": token}}));
+    chatter.wait_event("connect", patience(60)).await;
+    let mut other = client(&b, "/", json!({}));
+    other.wait_event("connect", patience(60)).await;
+    a.wait_members("Chat", 2).await;
+
+    // Flamenco's /chat: a /message to Chat on every node, and its ack.
+    // (The sender gets the broadcast and the ack in either order.)
+    let chat = json!([{"name": "ton", "text": "render done?"}]);
+    let (ack, message) = ack_and_event(&mut chatter, "/chat", chat.clone(), "/message").await;
+    assert_eq!(ack, json!(["message sent successfully."]));
+    assert_eq!(message, chat);
+    assert_eq!(event(&mut other, "/message").await["args"], chat);
+    let calls = seen.lock().await.clone();
+    assert_eq!(calls[0]["call"]["event"], "/chat");
+    assert_eq!(calls[0]["call"]["namespace"], "/");
+    assert_eq!(calls[0]["call"]["user_id"], "ton");
+    assert_eq!(calls[0]["call"]["rooms"], json!(["Chat"]));
+    assert_eq!(calls[0]["call"]["ack"], true);
+    assert_eq!(calls[0]["authorization"], format!("Bearer {token}"));
+
+    // Emits to the sender, joins.
+    let (ack, echoed) = ack_and_event(&mut other, "echo", json!([1, "two"]), "echoed").await;
+    assert_eq!(ack, json!([{"rooms": ["Chat"]}]));
+    assert_eq!(echoed, json!([1, "two"]));
+    assert_eq!(emit_ack(&mut other, "vip", json!([])).await, json!(["in"]));
+    a.wait_members("vip", 1).await;
+
+    // Timeouts and errors are error acks, never a hang.
+    let ack = emit_ack(&mut chatter, "slow", json!([])).await;
+    assert_eq!(ack[0]["error"], "backend_timeout", "{ack}");
+    let ack = emit_ack(&mut chatter, "broken", json!([])).await;
+    assert_eq!(ack[0]["error"], "backend_error", "{ack}");
+    // The socket still works.
+    let (ack, _) = ack_and_event(&mut chatter, "echo", json!([]), "echoed").await;
+    assert_eq!(ack, json!([{"rooms": ["Chat"]}]));
+}

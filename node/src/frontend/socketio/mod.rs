@@ -15,6 +15,7 @@
 //! and invalid tokens are answered with CONNECT_ERROR as a Socket.IO server
 //! would, and a socket that never joins a namespace never counts as one.
 
+pub mod backend;
 pub mod codec;
 pub mod engineio;
 pub mod joins;
@@ -74,6 +75,8 @@ pub(crate) struct Shared {
     advertise: String,
     /// For forwarding polls to their owner.
     http: reqwest::Client,
+    /// Where unhandled client events go.
+    backend: Option<Arc<backend::Backend>>,
 }
 
 fn others(config: &Config) -> Arc<Vec<String>> {
@@ -123,6 +126,12 @@ impl Frontend for SocketIo {
             polls: Arc::new(polling::Polls::default()),
             advertise,
             http: reqwest::Client::new(),
+            backend: node.config.socketio.backend_url.clone().map(|url| {
+                Arc::new(backend::Backend::new(
+                    url,
+                    node.config.socketio.backend_timeout,
+                ))
+            }),
         };
         let s2 = shared.clone();
         Router::new()
@@ -317,7 +326,8 @@ pub(crate) async fn continue_on_socket(
         eio,
         Some(nsp),
         pings,
-    );
+    )
+    .with_backend(shared.backend.clone());
     run_socket(&node, &shared, socket, conn, session, address).await;
 }
 

@@ -519,7 +519,8 @@ async fn open_session(
         polling.eio,
         Some(nsp),
         pings,
-    );
+    )
+    .with_backend(shared.backend.clone());
     session.on_open().await;
     polling.wake.notify_one();
     Stage::Open(Box::new(session))

@@ -10,13 +10,15 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::backend::{Backend, EventCall};
 use super::codec;
 use super::engineio::{self, Eio, PacketType};
 use super::joins::{self, Op};
 use super::wire::{self, Json, Packet, Reassembly, Start, Version};
 use crate::config::socketio::{JoinEvent, SocketIo};
 use crate::conn::Conn;
-use crate::node::{JoinRequest, Node};
+use crate::delivery::{Delivery, Target};
+use crate::node::{JoinRequest, Node, Scope};
 use crate::outbox::CloseReason;
 use crate::transport::{Flow, Session};
 
@@ -42,6 +44,11 @@ pub mod reasons {
     pub const JOIN_REFUSED: &str = "join_refused";
     /// A client event no join event or backend handles.
     pub const UNHANDLED_EVENT: &str = "unhandled_event";
+    /// The backend did not answer in time / answered an error or not JSON /
+    /// could not be reached (the client's ack carries the code).
+    pub const BACKEND_TIMEOUT: &str = "backend_timeout";
+    pub const BACKEND_ERROR: &str = "backend_error";
+    pub const BACKEND_UNAVAILABLE: &str = "backend_unavailable";
 
     pub const ALL: &[&str] = &[
         BAD_PACKET,
@@ -51,6 +58,9 @@ pub mod reasons {
         CONNECT_TIMEOUT,
         JOIN_REFUSED,
         UNHANDLED_EVENT,
+        BACKEND_TIMEOUT,
+        BACKEND_ERROR,
+        BACKEND_UNAVAILABLE,
     ];
 }
 
@@ -188,6 +198,8 @@ pub struct SioSession {
     pending: Option<(Reassembly, usize)>,
     /// The namespace the client connected to first (joined in `on_open`).
     first: Option<String>,
+    /// Where unhandled events go.
+    backend: Option<Arc<Backend>>,
 }
 
 impl SioSession {
@@ -221,7 +233,14 @@ impl SioSession {
             pings,
             pending: None,
             first,
+            backend: None,
         }
+    }
+
+    /// Send client events no join event handles to `backend`.
+    pub fn with_backend(mut self, backend: Option<Arc<Backend>>) -> Self {
+        self.backend = backend;
+        self
     }
 
     fn send(&self, text: String) {
@@ -410,6 +429,108 @@ impl SioSession {
         }
     }
 
+    /// An event for the backend: its answer applied (joins, leaves, emits,
+    /// publications), then the ack; a failure is an error ack.
+    async fn backend_event(
+        &mut self,
+        backend: &Backend,
+        nsp: String,
+        id: Option<u64>,
+        event: String,
+        args: Vec<Json>,
+    ) {
+        let (token, user) = {
+            let state = self.conn.state.lock();
+            (state.token.clone(), state.root_id.clone())
+        };
+        let rooms: Vec<&str> = self
+            .connected
+            .get(&nsp)
+            .into_iter()
+            .flatten()
+            .map(|c| codec::split(&self.namespaces, c).1)
+            .collect();
+        let call = EventCall {
+            namespace: &nsp,
+            event: &event,
+            args: args.iter().map(Json::raw).collect(),
+            socket_id: &self.conn.client_id,
+            user_id: &user,
+            rooms,
+            ack: id.is_some(),
+        };
+        let answer = backend.call(&call, token.as_deref()).await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.error(e.code());
+                tracing::info!(error = %e, event, "socket.io backend call failed");
+                if let Some(id) = id {
+                    let error = serde_json::json!({"error": e.code(), "message": e.to_string()});
+                    self.send(message(&Packet::Ack {
+                        nsp,
+                        id,
+                        args: vec![Json::from_value(&error)],
+                        attachments: None,
+                    }));
+                }
+                return;
+            }
+        };
+        let channels = |rooms: &[String]| -> Vec<String> {
+            rooms
+                .iter()
+                .filter_map(|r| codec::channel_of(&self.namespaces, &nsp, r).ok())
+                .collect()
+        };
+        let join = channels(&answer.join);
+        if !join.is_empty() {
+            let request = JoinRequest {
+                channels: &join,
+                positioned: false,
+                since: &HashMap::new(),
+            };
+            match self.node.join(&self.conn, request, |_| None).await {
+                Ok(()) => self.connected.entry(nsp.clone()).or_default().extend(join),
+                Err(e) => tracing::info!(error = %e, "socket.io backend join refused"),
+            }
+        }
+        let leave = channels(&answer.leave);
+        if !leave.is_empty() {
+            if let Some(set) = self.connected.get_mut(&nsp) {
+                for c in &leave {
+                    set.remove(c);
+                }
+            }
+            self.node.leave(&self.conn, &leave, || None).await;
+        }
+        for emit in answer.emit {
+            let args = emit.args.into_iter().map(Json::from_raw).collect();
+            self.send(message(&Packet::event(&nsp, &emit.event, args)));
+        }
+        for b in answer.broadcast {
+            let Ok(channel) = codec::channel_of(&self.namespaces, &nsp, &b.room) else {
+                continue;
+            };
+            let mut delivery = Delivery::new(
+                Target::Channels(vec![channel]),
+                Utf8Bytes::from(b.data.get().to_string()),
+            );
+            delivery.event = Some(Arc::from(b.event.as_str()));
+            if let Err(e) = self.node.publish_channels(delivery, Scope::Cluster).await {
+                tracing::info!(error = %e, "socket.io backend broadcast failed");
+            }
+        }
+        if let Some(id) = id {
+            self.send(message(&Packet::Ack {
+                nsp,
+                id,
+                args: answer.ack.into_iter().map(Json::from_raw).collect(),
+                attachments: None,
+            }));
+        }
+    }
+
     async fn packet(&mut self, packet: Packet) -> Flow {
         match packet {
             Packet::Connect { nsp, data, query } => {
@@ -429,9 +550,15 @@ impl SioSession {
                     // socket is not in.
                     return Flow::Continue;
                 }
-                match self.config.join_event(&nsp, &event).cloned() {
-                    Some(join) => self.join_event(join, nsp, id, args).await,
-                    None => self.error(reasons::UNHANDLED_EVENT),
+                match (
+                    self.config.join_event(&nsp, &event).cloned(),
+                    self.backend.clone(),
+                ) {
+                    (Some(join), _) => self.join_event(join, nsp, id, args).await,
+                    (None, Some(backend)) => {
+                        self.backend_event(&backend, nsp, id, event, args).await
+                    }
+                    (None, None) => self.error(reasons::UNHANDLED_EVENT),
                 }
             }
             // The server asks for no acks yet; a client's error packet means nothing to it.
