@@ -608,6 +608,17 @@ async fn client_events_go_to_the_backend_and_its_answer_is_the_ack() {
     let (ack, echoed) = ack_and_event(&mut other, "echo", json!([1, "two"]), "echoed").await;
     assert_eq!(ack, json!([{"rooms": ["Chat"]}]));
     assert_eq!(echoed, json!([1, "two"]));
+    // A binary event: the backend gets each attachment as {"base64": …}.
+    let (_, echoed) = ack_and_event(
+        &mut other,
+        "echo",
+        json!([{"base64": "aGk="}, {"n": 1}]),
+        "echoed",
+    )
+    .await;
+    assert_eq!(echoed, json!([{"base64": "aGk="}, {"n": 1}]));
+    let calls = seen.lock().await.clone();
+    assert_eq!(calls.last().unwrap()["call"]["args"], echoed);
     assert_eq!(emit_ack(&mut other, "vip", json!([])).await, json!(["in"]));
     a.wait_members("vip", 1).await;
 

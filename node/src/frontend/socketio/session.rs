@@ -157,6 +157,38 @@ pub fn message(packet: &Packet) -> String {
     format!("{}{}", PacketType::Message.digit(), packet.encode())
 }
 
+/// The arguments of a binary event with each placeholder replaced by
+/// `{"base64": …}`, its attachment's bytes (what the backend receives).
+pub fn with_attachments(args: Vec<Json>, attachments: &[Bytes]) -> Vec<Json> {
+    use base64::Engine as _;
+    if attachments.is_empty() {
+        return args;
+    }
+    fn fill(v: &mut Value, attachments: &[Bytes]) {
+        match v {
+            Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => {
+                let n = map.get("num").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                if let Some(bytes) = attachments.get(n as usize) {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                    *v = serde_json::json!({ "base64": b64 });
+                }
+            }
+            Value::Object(map) => map.values_mut().for_each(|c| fill(c, attachments)),
+            Value::Array(items) => items.iter_mut().for_each(|c| fill(c, attachments)),
+            _ => {}
+        }
+    }
+    args.into_iter()
+        .map(|a| match serde_json::from_str::<Value>(a.get()) {
+            Ok(mut v) => {
+                fill(&mut v, attachments);
+                Json::from_value(&v)
+            }
+            Err(_) => a,
+        })
+        .collect()
+}
+
 /// The token of a CONNECT: its `auth` object's field (v5), or the
 /// `token` parameter of its query (v4: `40/admin?token=…,`).
 pub fn connect_token(data: Option<&Json>, query: Option<&str>, field: &str) -> Option<String> {
@@ -531,7 +563,7 @@ impl SioSession {
         }
     }
 
-    async fn packet(&mut self, packet: Packet) -> Flow {
+    async fn packet(&mut self, packet: Packet, attachments: Vec<Bytes>) -> Flow {
         match packet {
             Packet::Connect { nsp, data, query } => {
                 let token = connect_token(data.as_ref(), query.as_deref(), &self.config.auth_field);
@@ -556,6 +588,7 @@ impl SioSession {
                 ) {
                     (Some(join), _) => self.join_event(join, nsp, id, args).await,
                     (None, Some(backend)) => {
+                        let args = with_attachments(args, &attachments);
                         self.backend_event(&backend, nsp, id, event, args).await
                     }
                     (None, None) => self.error(reasons::UNHANDLED_EVENT),
@@ -581,7 +614,7 @@ impl SioSession {
             return self.bad_packet(&"too many attachments");
         }
         match Reassembly::start(packet) {
-            Ok(Start::Complete(p)) => self.packet(p).await,
+            Ok(Start::Complete(p)) => self.packet(p, Vec::new()).await,
             Ok(Start::Pending(r)) => {
                 self.pending = Some((r, 0));
                 Flow::Continue
@@ -603,7 +636,7 @@ impl SioSession {
             return Flow::Continue;
         }
         match r.finish() {
-            Some(done) => self.packet(done.packet).await,
+            Some(done) => self.packet(done.packet, done.attachments).await,
             None => Flow::Continue,
         }
     }
@@ -713,6 +746,20 @@ mod tests {
         p.client_ping(t0 + Duration::from_millis(100));
         assert_eq!(p.due(t0 + Duration::from_millis(240)), Due::Nothing);
         assert_eq!(p.due(t0 + Duration::from_millis(251)), Due::Dead);
+    }
+
+    #[test]
+    fn attachments_replace_their_placeholders_for_the_backend() {
+        let args = vec![
+            Json::from_text(r#"{"file":{"_placeholder":true,"num":1},"n":2}"#).unwrap(),
+            Json::from_text(r#"{"_placeholder":true,"num":0}"#).unwrap(),
+        ];
+        let out = with_attachments(
+            args,
+            &[Bytes::from_static(b"\x00\x01"), Bytes::from_static(b"hi")],
+        );
+        assert_eq!(out[0].get(), r#"{"file":{"base64":"aGk="},"n":2}"#);
+        assert_eq!(out[1].get(), r#"{"base64":"AAE="}"#);
     }
 
     #[test]
