@@ -146,8 +146,50 @@ pub fn encode(envelope: &Envelope) -> Bytes {
             }
             push_position(&mut buf, *offset, epoch);
         }
+        Body::Batch(parts) => {
+            let parts: Vec<Bytes> = parts.iter().map(encode).collect();
+            write_payload(&mut buf, head, parts_ref(&parts));
+        }
     }
     Bytes::from(buf)
+}
+
+/// A [`Body::Batch`] envelope from envelopes already encoded (each one of
+/// `origin`, none a batch): the bytes [`encode`] writes for the batch of
+/// their decoded forms, without decoding them.
+pub fn encode_batch(origin: &str, seq: u64, parts: &[Bytes]) -> Bytes {
+    let inner: usize = parts.iter().map(|p| p.len() + 5).sum();
+    let mut buf = header(Kind::Batch, 32 + origin.len() + inner);
+    write_payload(
+        &mut buf,
+        (origin, seq, crate::now_micros()),
+        parts_ref(parts),
+    );
+    Bytes::from(buf)
+}
+
+/// Bytes [`encode_batch`] adds to each envelope it carries, at most (the
+/// msgpack `bin` header).
+pub const BATCH_ITEM_OVERHEAD: usize = 5;
+
+/// Bytes [`encode_batch`] writes besides its envelopes, at most, for an
+/// origin of `origin_len` bytes.
+pub fn batch_overhead(origin_len: usize) -> usize {
+    HEADER_LEN + 1 + 5 + origin_len + 9 + 9 + 5
+}
+
+/// The fixed header of a current-version envelope of `kind`, in a buffer
+/// with room for `payload` more bytes.
+fn header(kind: Kind, payload: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + payload);
+    buf.extend_from_slice(&MAGIC);
+    buf.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    buf.push(kind.tag());
+    buf
+}
+
+fn parts_ref(parts: &[Bytes]) -> Vec<BinRef<'_>> {
+    parts.iter().map(|p| BinRef(p)).collect()
 }
 
 /// Everything of a [`Body::Publication`] envelope but its position tail:
@@ -160,10 +202,10 @@ pub fn encode_publication_head(
     frame: &[u8],
     extra: &Extra,
 ) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(HEADER_LEN + 64 + origin.len() + channel.len() + frame.len());
-    buf.extend_from_slice(&MAGIC);
-    buf.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    buf.push(Kind::Publication.tag());
+    let mut buf = header(
+        Kind::Publication,
+        64 + origin.len() + channel.len() + frame.len(),
+    );
     write_payload(
         &mut buf,
         (origin, seq, crate::now_micros()),
@@ -324,6 +366,27 @@ pub fn decode(input: &[u8]) -> Result<Envelope, DecodeError> {
             };
             (o, s, t, body)
         }
+        Kind::Batch => {
+            let (o, s, t, parts) = read_payload::<BoundedVec<Bytes>>(kind, rest)?;
+            let mut envelopes = Vec::with_capacity(parts.0.len());
+            for part in parts.0 {
+                let malformed = |reason: &str| DecodeError::Malformed {
+                    kind,
+                    reason: reason.into(),
+                };
+                // Nesting is refused before decoding, so a batch costs one
+                // level of recursion at most.
+                if peek_kind(&part) == Ok(Kind::Batch) {
+                    return Err(malformed("a batch inside a batch"));
+                }
+                let envelope = decode(&part)?;
+                if envelope.origin != o {
+                    return Err(malformed("an envelope of another origin"));
+                }
+                envelopes.push(envelope);
+            }
+            (o, s, t, Body::Batch(envelopes))
+        }
     };
     check_node_id(kind, &origin)?;
     Ok(Envelope {
@@ -429,5 +492,9 @@ fn size_estimate(envelope: &Envelope) -> usize {
                 epoch,
                 ..
             } => channel.len() + frame.len() + epoch.len() + 24,
+            Body::Batch(parts) => parts
+                .iter()
+                .map(|p| size_estimate(p) + HEADER_LEN + BATCH_ITEM_OVERHEAD)
+                .sum(),
         }
 }

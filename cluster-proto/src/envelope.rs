@@ -122,6 +122,11 @@ pub enum Body {
         /// Event name, origin and audience (version 2; default for version 1).
         extra: Extra,
     },
+    /// Several envelopes of one origin that travel in one Redis command on
+    /// one topic, in the order the receiver handles them. Each keeps its own
+    /// sequence number, time and kind; a batch never holds a batch, and
+    /// every envelope in it has the batch's origin.
+    Batch(Vec<Envelope>),
 }
 
 impl Body {
@@ -135,6 +140,7 @@ impl Body {
             Body::ChannelsRequest { .. } => Kind::ChannelsRequest,
             Body::ChannelsReply { .. } => Kind::ChannelsReply,
             Body::Publication { .. } => Kind::Publication,
+            Body::Batch(_) => Kind::Batch,
         }
     }
 }
@@ -160,11 +166,13 @@ pub enum Kind {
     ChannelsReply = 6,
     /// [`Body::Publication`]
     Publication = 7,
+    /// [`Body::Batch`]
+    Batch = 8,
 }
 
 impl Kind {
     /// Every kind, in tag order.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Deliver,
         Kind::Heartbeat,
         Kind::Leaving,
@@ -172,6 +180,7 @@ impl Kind {
         Kind::ChannelsRequest,
         Kind::ChannelsReply,
         Kind::Publication,
+        Kind::Batch,
     ];
 
     /// The tag written on the wire.
@@ -194,6 +203,7 @@ impl Kind {
             Kind::ChannelsRequest => "channels_request",
             Kind::ChannelsReply => "channels_reply",
             Kind::Publication => "publication",
+            Kind::Batch => "batch",
         }
     }
 }

@@ -31,6 +31,7 @@
 //! | 5 | [`Body::ChannelsRequest`] | `[request_id, reply_to]` |
 //! | 6 | [`Body::ChannelsReply`] | `[request_id, [[channel, count]…]]` |
 //! | 7 | [`Body::Publication`] | v1: `[channel, frame: bin]`; v2: `[channel, frame: bin, extra]`; then the ASCII tail `OFFSET\nEPOCH\n` |
+//! | 8 | [`Body::Batch`] | `[envelope: bin…]`: complete envelopes (any version, any kind but 8) of the same origin, handled in order |
 //!
 //!
 //! `extra` ([`Extra`], version 2) is `[channel: str|nil, event: str|nil,
@@ -57,6 +58,9 @@
 //! - Adding a new kind with a new tag does not: older nodes refuse just that
 //!   kind with [`DecodeError::UnknownKind`] and keep understanding the rest,
 //!   which allows rolling upgrades when the new kind is optional.
+//! - [`Body::Batch`] (tag 8) is such a kind: it only wraps envelopes every
+//!   version 2 node reads, so a sender that does not batch speaks exactly the
+//!   format of earlier builds (see the relay's `--relay-batch-us 0`).
 //! - Golden-byte tests pin the encoding of every kind, so an accidental
 //!   change fails the build.
 //!
@@ -105,8 +109,8 @@ mod ids;
 mod topics;
 
 pub use codec::{
-    decode, encode, encode_publication_head, peek_kind, DecodeError, HEADER_LEN, MAGIC,
-    MAX_ENVELOPE_BYTES,
+    batch_overhead, decode, encode, encode_batch, encode_publication_head, peek_kind, DecodeError,
+    BATCH_ITEM_OVERHEAD, HEADER_LEN, MAGIC, MAX_ENVELOPE_BYTES,
 };
 pub use envelope::{
     now_micros, Body, Delivery, Envelope, Extra, Kind, NodeInfo, Targets, MIN_PROTOCOL_VERSION,

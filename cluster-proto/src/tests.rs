@@ -202,6 +202,24 @@ fn golden() -> Vec<(&'static str, Envelope, &'static str)> {
              95c0a2657601a26331c40178\
              350a61620a",
         ),
+        (
+            "batch of a v1 and a v2 delivery",
+            env2(Body::Batch(vec![
+                deliver(Targets::Channels(vec!["a".into()]), None),
+                env2(Body::Deliver(Delivery {
+                    targets: Targets::Users(vec!["u".into()]),
+                    frame: Bytes::from_static(b"{}"),
+                    exclude_client: None,
+                    extra: extra.clone(),
+                })),
+            ])),
+            "504d000208\
+             94a26e3107cf00060a24181e4000\
+             92\
+             c41e504d00010194a26e3107cf00060a24181e400093920191a161c4027b7dc0\
+             c42b504d00020194a26e3107cf00060a24181e400094920291a175c4027b7dc0\
+             95a161a2657601a26331c40178",
+        ),
     ]
 }
 
@@ -312,13 +330,14 @@ fn kind_tags_are_stable() {
             (5, "channels_request"),
             (6, "channels_reply"),
             (7, "publication"),
+            (8, "batch"),
         ]
     );
     for kind in Kind::ALL {
         assert_eq!(Kind::from_tag(kind.tag()), Some(kind));
     }
     assert_eq!(Kind::from_tag(0), None);
-    assert_eq!(Kind::from_tag(8), None);
+    assert_eq!(Kind::from_tag(9), None);
 }
 
 #[test]
@@ -620,4 +639,54 @@ fn mutated_envelopes_never_panic_and_re_encode_stably() {
     }
     // Some single-byte mutations (e.g. of seq or a string byte) stay valid.
     assert!(decoded > 0);
+}
+
+#[test]
+fn a_batch_of_encoded_envelopes_decodes_to_them_in_order() {
+    let parts: Vec<Envelope> = golden()
+        .into_iter()
+        .map(|(_, e, _)| e)
+        .filter(|e| e.body.kind() != Kind::Batch)
+        .collect();
+    let wire: Vec<Bytes> = parts.iter().map(encode).collect();
+    let batch = encode_batch("n1", 9, &wire);
+    let decoded = decode(&batch).expect("a batch decodes");
+    assert_eq!((decoded.origin.as_str(), decoded.seq), ("n1", 9));
+    assert_eq!(decoded.body, Body::Batch(parts.clone()));
+    // The same bytes as encoding the decoded batch.
+    assert_eq!(encode(&decoded), batch);
+    assert!(
+        batch.len()
+            <= batch_overhead(2)
+                + wire
+                    .iter()
+                    .map(|w| w.len() + BATCH_ITEM_OVERHEAD)
+                    .sum::<usize>()
+    );
+    // An empty batch is valid and holds nothing.
+    let empty = decode(&encode_batch("n1", 1, &[])).expect("empty batch");
+    assert_eq!(empty.body, Body::Batch(vec![]));
+}
+
+#[test]
+fn a_batch_inside_a_batch_or_of_another_origin_is_malformed() {
+    let one = encode(&golden()[0].1);
+    let inner = encode_batch("n1", 1, std::slice::from_ref(&one));
+    assert!(matches!(
+        decode(&encode_batch("n1", 2, &[one.clone(), inner])),
+        Err(DecodeError::Malformed { kind: Kind::Batch, ref reason }) if reason.contains("inside")
+    ));
+    assert!(matches!(
+        decode(&encode_batch("n2", 2, &[one])),
+        Err(DecodeError::Malformed { kind: Kind::Batch, ref reason }) if reason.contains("origin")
+    ));
+    // A part that is not an envelope fails with that part's own error.
+    assert_eq!(
+        decode(&encode_batch(
+            "n1",
+            2,
+            &[Bytes::from_static(b"XX\x00\x02\x01")]
+        )),
+        Err(DecodeError::BadMagic { got: *b"XX" })
+    );
 }

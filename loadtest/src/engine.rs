@@ -1236,7 +1236,7 @@ async fn churner(ctx: Arc<Ctx>, session: Duration) {
 
 /// The query for connection `j` of a connection workload.
 fn connection_query(c: &Connections, j: u64) -> String {
-    if c.channels == 0 {
+    if c.channels == 0 || c.subscribe {
         String::new()
     } else {
         format!(
@@ -1257,6 +1257,13 @@ async fn connection_iteration(
     let Some((mut ws, _)) = ctx.open(j, &connection_query(c, j)).await else {
         return false;
     };
+    if c.subscribe && c.channels > 0 {
+        let channel = Scenario::channel_name(&c.channel_prefix, j % c.channels);
+        if !subscribe_and_wait(ctx, &mut ws, &channel, started).await {
+            finish(ctx, ws, started, End::Stopped).await;
+            return true;
+        }
+    }
     let until = c.hold.map(|h| Instant::now() + h);
     let end = read_loop(ctx, &mut ws, stop, None, until, false).await;
     finish(ctx, ws, started, end).await;
@@ -1266,6 +1273,54 @@ async fn connection_iteration(
             .record_micros(started.elapsed().as_micros() as u64);
     });
     true
+}
+
+/// Send a `subscribe` to `channel` and wait for its `subscribed` reply;
+/// records `subscribe_ack` (from the frame to the reply) and
+/// `connect_subscribe` (from the start of the connect), or an error.
+async fn subscribe_and_wait(ctx: &Ctx, ws: &mut Ws, channel: &str, started: Instant) -> bool {
+    let frame = format!(r#"{{"type":"subscribe","channel_ids":["{channel}"],"ref":1}}"#);
+    let sent = Instant::now();
+    if ws.send(Message::Text(frame.into())).await.is_err() {
+        ctx.rec.other(|m| m.error("subscribe_send"));
+        return false;
+    }
+    let wait = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"type\":\"subscribed\"") => {
+                    return Ok(())
+                }
+                Some(Ok(Message::Text(t))) if t.contains("\"type\":\"error\"") => {
+                    return Err("subscribe_refused")
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    return Err("subscribe_closed")
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, wait).await {
+        Ok(Ok(())) => {
+            ctx.rec.other(|m| {
+                m.trend("subscribe_ack")
+                    .record_micros(sent.elapsed().as_micros() as u64);
+                m.trend("connect_subscribe")
+                    .record_micros(started.elapsed().as_micros() as u64);
+                m.add("subscribes", 1);
+            });
+            true
+        }
+        Ok(Err(code)) => {
+            ctx.rec.other(|m| m.error(code));
+            false
+        }
+        Err(_) => {
+            ctx.rec.other(|m| m.error("subscribe_timeout"));
+            false
+        }
+    }
 }
 
 /// Connection VUs: each VU is one connection (held, or cycled with `hold`).

@@ -400,6 +400,11 @@ pub struct Connections {
     pub channels: u64,
     #[serde(default = "default_prefix")]
     pub channel_prefix: String,
+    /// With `channels` > 0: instead of `channel_id` in the URL, connection
+    /// `i` sends a `subscribe` to its channel after the connection frame and
+    /// waits for `subscribed` (`subscribe_ack`, `connect_subscribe`).
+    #[serde(default)]
+    pub subscribe: bool,
     /// Node process id: report its resident memory per connection.
     #[serde(default)]
     pub node_pid: Option<u32>,

@@ -48,6 +48,8 @@ pub mod env {
     pub const RELAY_RETRY_MS: &str = "PUBMESH_RELAY_RETRY_MS";
     pub const RELAY_PROBE_MS: &str = "PUBMESH_RELAY_PROBE_MS";
     pub const RELAY_INTEREST_RATE: &str = "PUBMESH_RELAY_INTEREST_RATE";
+    pub const RELAY_BATCH_BYTES: &str = "PUBMESH_RELAY_BATCH_BYTES";
+    pub const RELAY_BATCH_US: &str = "PUBMESH_RELAY_BATCH_US";
     pub use super::addresses::env::*;
     pub use super::connections::env::*;
 }
@@ -188,9 +190,15 @@ pub struct Cli {
     /// Interval of the readiness probe (PING and canary round trip per Redis server), in ms; a probe gets the same deadline [default: 1000]
     #[arg(long, env = env::RELAY_PROBE_MS)]
     pub relay_probe_ms: Option<u64>,
-    /// Redis channel (un)subscriptions per second this node may issue; the rest wait [default: 2000]
+    /// Redis channel (un)subscriptions per second this node may issue; the rest wait [default: 20000]
     #[arg(long, env = env::RELAY_INTEREST_RATE)]
     pub relay_interest_rate: Option<u32>,
+    /// Largest batch envelope: envelopes for the same Redis channel queued together share one PUBLISH up to this many bytes (at most 16777216); 0 sends each alone (the format of builds without batches) [default: 65536]
+    #[arg(long, env = env::RELAY_BATCH_BYTES)]
+    pub relay_batch_bytes: Option<usize>,
+    /// How long a busy publishing lane waits for more envelopes before it sends, in microseconds; 0: it sends what queued during the previous round trip [default: 0]
+    #[arg(long, env = env::RELAY_BATCH_US)]
+    pub relay_batch_us: Option<u64>,
     #[command(flatten)]
     pub frontends: frontends::FrontendFlags,
     #[command(flatten)]
@@ -244,6 +252,8 @@ pub struct FileConfig {
     pub relay_retry_ms: Option<u64>,
     pub relay_probe_ms: Option<u64>,
     pub relay_interest_rate: Option<u32>,
+    pub relay_batch_bytes: Option<usize>,
+    pub relay_batch_us: Option<u64>,
     pub phoenix_heartbeat_timeout_ms: Option<u64>,
     pub idempotency_window_seconds: Option<u64>,
     pub idempotency_max_bytes: Option<usize>,
@@ -342,6 +352,10 @@ pub struct RelayLimits {
     pub probe: Duration,
     /// Subscribe/unsubscribe topic changes per second.
     pub interest_rate: u32,
+    /// Largest batch envelope in bytes (0: no batches).
+    pub batch_bytes: usize,
+    /// How long a busy lane waits for more envelopes before it sends.
+    pub batch_wait: Duration,
 }
 
 impl Default for RelayLimits {
@@ -351,7 +365,9 @@ impl Default for RelayLimits {
             receive_bytes: 256 * 1024 * 1024,
             retry: Duration::from_secs(5),
             probe: Duration::from_secs(1),
-            interest_rate: 2000,
+            interest_rate: 20_000,
+            batch_bytes: 64 * 1024,
+            batch_wait: Duration::ZERO,
         }
     }
 }
@@ -569,6 +585,14 @@ impl Config {
                         .relay_interest_rate
                         .or(file.relay_interest_rate)
                         .unwrap_or(d.interest_rate),
+                    batch_bytes: cli
+                        .relay_batch_bytes
+                        .or(file.relay_batch_bytes)
+                        .unwrap_or(d.batch_bytes),
+                    batch_wait: cli
+                        .relay_batch_us
+                        .or(file.relay_batch_us)
+                        .map_or(d.batch_wait, Duration::from_micros),
                 }
             },
             idempotency,
@@ -629,6 +653,17 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "relay_queue_bytes must be at least twice, and relay_receive_bytes at least, max_message_size".into(),
             ));
+        }
+        if self.relay.batch_wait > Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "relay_batch_us must be at most 100000".into(),
+            ));
+        }
+        if self.relay.batch_bytes > pubmesh_cluster_proto::MAX_ENVELOPE_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "relay_batch_bytes must be at most {} (the largest envelope a node accepts)",
+                pubmesh_cluster_proto::MAX_ENVELOPE_BYTES
+            )));
         }
         if self.relay.probe < Duration::from_millis(50) || self.relay.interest_rate == 0 {
             return Err(ConfigError::Invalid(

@@ -92,6 +92,7 @@ pub mod labels {
         "channels_request",
         "channels_reply",
         "publication",
+        "batch",
     ];
     /// `pubmesh_relay_dropped_total{reason}`.
     pub const RELAY_DROPPED_REASONS: &[&str] = &[
@@ -151,6 +152,7 @@ pub struct Metrics {
     pub presence_size: IntGauge,
     pub relay_queue_bytes: IntGauge,
     pub relay_retried: IntCounter,
+    pub relay_batched: IntCounter,
     pub relay_server_up: IntGaugeVec,
     pub relay_interest_ops: IntCounter,
     pub relay_interest_pending: IntGauge,
@@ -380,6 +382,11 @@ impl Metrics {
                 &r,
                 "pubmesh_relay_retried_total",
                 "Envelopes sent again after Redis did not confirm them",
+            ),
+            relay_batched: counter(
+                &r,
+                "pubmesh_relay_batched_total",
+                "Envelopes that shared one PUBLISH (a batch envelope) with an earlier envelope for the same Redis channel",
             ),
             relay_server_up: {
                 let g = IntGaugeVec::new(

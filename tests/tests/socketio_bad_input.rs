@@ -374,3 +374,33 @@ async fn polling_requests_that_are_not_right_get_the_reference_errors() {
     assert!(refused, "overlapping polls were both served");
     wait_lobby(&node, 0).await;
 }
+
+#[tokio::test]
+async fn engineio_3_clients_are_in_the_main_namespace_at_once_and_ping_the_server() {
+    let node = node().await;
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=3&transport=websocket",
+        node.port
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    let open = next_text(&mut ws).await.expect("open packet");
+    let handshake: Value = serde_json::from_str(&open[1..]).expect("handshake JSON");
+    assert_eq!(handshake["pingInterval"], 300);
+    assert!(handshake.get("maxPayload").is_none(), "{handshake}");
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("40"));
+    wait_lobby(&node, 1).await;
+    // The client pings; the server answers (with the probe's data too).
+    send(&mut ws, "2").await;
+    assert_eq!(next_text(&mut ws).await.as_deref(), Some("3"));
+    // v4 errors are strings.
+    send(&mut ws, "40/nope,").await;
+    assert_eq!(
+        next_text(&mut ws).await.as_deref(),
+        Some(r#"44/nope,"Invalid namespace""#)
+    );
+    // A client that stops pinging is dropped after interval + timeout.
+    assert_eq!(closed(&mut ws).await, Some(4010));
+    wait_lobby(&node, 0).await;
+}

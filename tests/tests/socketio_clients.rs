@@ -418,3 +418,216 @@ async fn polling_through_a_round_robin_balancer_without_sticky_sessions() {
     poller.wait_event("disconnect", patience(30)).await;
     a.wait_members("Chat", 0).await;
 }
+
+/// The official 2.x client (Engine.IO 3, Socket.IO v4) on `node`,
+/// reporting the events named.
+fn client_v2(node: &Node, options: Value) -> Script {
+    let url = format!("http://127.0.0.1:{}/", node.port);
+    Script::spawn("socketio_client.js", &[&url, "2", &options.to_string()])
+}
+
+/// Emit with an ack callback (2.x has no ack timeouts: the test's deadline
+/// is the bound).
+async fn emit_ack_v2(script: &mut Script, name: &str, args: Value) -> Value {
+    let line = json!({"emit": name, "args": args, "ack": true});
+    script.send_line(&line.to_string()).await;
+    let ack = script
+        .wait_for("an ack", patience(30), |v| v["event"] == "ack")
+        .await;
+    ack["args"].clone()
+}
+
+#[tokio::test]
+async fn socketio_client_2_over_websocket_and_polling_with_client_pings() {
+    let redis = Redis::start().await;
+    let (a, b) = two_nodes(&redis, &[]).await;
+    let token = hs256(SECRET, "flamenco-web", 600);
+    let events = json!(["/message", "/jobs"]);
+
+    // WebSocket only, as Flamenco's web app connects; the token in the query.
+    let mut web = client_v2(&a, json!({"events": events, "query": {"token": token}}));
+    web.wait_event("connect", patience(60)).await;
+    a.wait_members("Chat", 1).await;
+    let sub = |kind: &str| json!([{"op": "subscribe", "type": kind}]);
+    assert_eq!(
+        emit_ack_v2(&mut web, "/subscription", sub("allJobs")).await,
+        json!(["ok"])
+    );
+    assert_eq!(
+        emit_ack_v2(&mut web, "/subscription", sub("everything")).await,
+        json!(["unknown subscription type, ignoring request"])
+    );
+    // Long-polling, with the upgrade, on the other node.
+    let mut poller = client_v2(
+        &b,
+        json!({"events": events, "transports": ["polling", "websocket"]}),
+    );
+    poller.wait_event("connect", patience(60)).await;
+    a.wait_members("Chat", 2).await;
+    assert_eq!(
+        emit_ack_v2(&mut poller, "/subscription", sub("allJobs")).await,
+        json!(["ok"])
+    );
+    a.wait_members("Jobs", 2).await;
+    notify(&b, "Jobs", "/jobs", json!({"id": 7})).await;
+    for script in [&mut web, &mut poller] {
+        assert_eq!(event(script, "/jobs").await["args"], json!([{"id": 7}]));
+    }
+    // 2.x clients ping (every second here); a server that did not answer
+    // or heed them would drop them after interval + timeout (3 s).
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    notify(&a, "Chat", "/message", json!({"text": "still here"})).await;
+    for script in [&mut web, &mut poller] {
+        assert_eq!(
+            event(script, "/message").await["args"],
+            json!([{"text": "still here"}])
+        );
+    }
+
+    // A bad token: the ERROR packet for `/`.
+    let mut forged = client_v2(&a, json!({"query": {"token": hs256("wrong", "eve", 600)}}));
+    let refused = forged.wait_event("error", patience(60)).await;
+    assert_eq!(refused["message"], "the token is not valid");
+
+    for script in [&mut web, &mut poller] {
+        script.send_line(r#"{"disconnect":true}"#).await;
+    }
+    a.wait_members("Chat", 0).await;
+    a.wait_members("Jobs", 0).await;
+}
+
+/// A backend for client events: Flamenco's `/chat`, and events that echo,
+/// join a room, time out or fail. Records the Authorization header of each
+/// call.
+async fn event_backend() -> (String, std::sync::Arc<tokio::sync::Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    use axum::{extract::State, http::HeaderMap, Json, Router};
+    type Seen = std::sync::Arc<tokio::sync::Mutex<Vec<Value>>>;
+    async fn handle(
+        State(seen): State<Seen>,
+        headers: HeaderMap,
+        Json(call): Json<Value>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        seen.lock()
+            .await
+            .push(json!({"call": call.clone(), "authorization": auth}));
+        match call["event"].as_str().unwrap_or_default() {
+            "/chat" => Json(json!({
+                "ack": ["message sent successfully."],
+                "broadcast": [{"room": "Chat", "event": "/message", "data": call["args"][0]}],
+            }))
+            .into_response(),
+            "echo" => Json(json!({
+                "ack": [{"rooms": call["rooms"]}],
+                "emit": [{"event": "echoed", "args": call["args"]}],
+            }))
+            .into_response(),
+            "vip" => Json(json!({"join": ["vip"], "ack": ["in"]})).into_response(),
+            "slow" => {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                Json(json!({})).into_response()
+            }
+            _ => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        }
+    }
+    let seen: Seen = Default::default();
+    let app = Router::new()
+        .route("/events", post(handle))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/events", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// Emit with an ack; the ack's and the event `name`'s arguments, which may
+/// come in either order.
+async fn ack_and_event(script: &mut Script, emit: &str, args: Value, name: &str) -> (Value, Value) {
+    let line = json!({"emit": emit, "args": args, "ack": true, "timeout": 20000});
+    script.send_line(&line.to_string()).await;
+    let (mut ack, mut event) = (None, None);
+    while ack.is_none() || event.is_none() {
+        let v = script
+            .wait_for("the ack and the event", patience(30), |v| {
+                v["event"] == "ack" || (v["event"] == "event" && v["name"] == name)
+            })
+            .await;
+        if v["event"] == "ack" {
+            ack = Some(v["args"].clone());
+        } else {
+            event = Some(v["args"].clone());
+        }
+    }
+    (ack.unwrap(), event.unwrap())
+}
+
+#[tokio::test]
+async fn client_events_go_to_the_backend_and_its_answer_is_the_ack() {
+    let redis = Redis::start().await;
+    let (url, seen) = event_backend().await;
+    let (a, b) = two_nodes(
+        &redis,
+        &[
+            "--socketio-backend-url",
+            &url,
+            "--socketio-backend-timeout-ms",
+            "500",
+        ],
+    )
+    .await;
+    let token = hs256(SECRET, "ton", 600);
+    let mut chatter = client(&a, "/", json!({"auth": {"token": token}}));
+    chatter.wait_event("connect", patience(60)).await;
+    let mut other = client(&b, "/", json!({}));
+    other.wait_event("connect", patience(60)).await;
+    a.wait_members("Chat", 2).await;
+
+    // Flamenco's /chat: a /message to Chat on every node, and its ack.
+    // (The sender gets the broadcast and the ack in either order.)
+    let chat = json!([{"name": "ton", "text": "render done?"}]);
+    let (ack, message) = ack_and_event(&mut chatter, "/chat", chat.clone(), "/message").await;
+    assert_eq!(ack, json!(["message sent successfully."]));
+    assert_eq!(message, chat);
+    assert_eq!(event(&mut other, "/message").await["args"], chat);
+    let calls = seen.lock().await.clone();
+    assert_eq!(calls[0]["call"]["event"], "/chat");
+    assert_eq!(calls[0]["call"]["namespace"], "/");
+    assert_eq!(calls[0]["call"]["user_id"], "ton");
+    assert_eq!(calls[0]["call"]["rooms"], json!(["Chat"]));
+    assert_eq!(calls[0]["call"]["ack"], true);
+    assert_eq!(calls[0]["authorization"], format!("Bearer {token}"));
+
+    // Emits to the sender, joins.
+    let (ack, echoed) = ack_and_event(&mut other, "echo", json!([1, "two"]), "echoed").await;
+    assert_eq!(ack, json!([{"rooms": ["Chat"]}]));
+    assert_eq!(echoed, json!([1, "two"]));
+    // A binary event: the backend gets each attachment as {"base64": …}.
+    let (_, echoed) = ack_and_event(
+        &mut other,
+        "echo",
+        json!([{"base64": "aGk="}, {"n": 1}]),
+        "echoed",
+    )
+    .await;
+    assert_eq!(echoed, json!([{"base64": "aGk="}, {"n": 1}]));
+    let calls = seen.lock().await.clone();
+    assert_eq!(calls.last().unwrap()["call"]["args"], echoed);
+    assert_eq!(emit_ack(&mut other, "vip", json!([])).await, json!(["in"]));
+    a.wait_members("vip", 1).await;
+
+    // Timeouts and errors are error acks, never a hang.
+    let ack = emit_ack(&mut chatter, "slow", json!([])).await;
+    assert_eq!(ack[0]["error"], "backend_timeout", "{ack}");
+    let ack = emit_ack(&mut chatter, "broken", json!([])).await;
+    assert_eq!(ack[0]["error"], "backend_error", "{ack}");
+    // The socket still works.
+    let (ack, _) = ack_and_event(&mut chatter, "echo", json!([]), "echoed").await;
+    assert_eq!(ack, json!([{"rooms": ["Chat"]}]));
+}

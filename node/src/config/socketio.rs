@@ -17,6 +17,8 @@ pub mod env {
     pub const MAX_PAYLOAD: &str = "PUBMESH_SOCKETIO_MAX_PAYLOAD";
     pub const CONNECT_TIMEOUT_MS: &str = "PUBMESH_SOCKETIO_CONNECT_TIMEOUT_MS";
     pub const ADVERTISE_URL: &str = "PUBMESH_SOCKETIO_ADVERTISE_URL";
+    pub const BACKEND_URL: &str = "PUBMESH_SOCKETIO_BACKEND_URL";
+    pub const BACKEND_TIMEOUT_MS: &str = "PUBMESH_SOCKETIO_BACKEND_TIMEOUT_MS";
 }
 
 /// The main namespace.
@@ -40,6 +42,12 @@ pub struct SocketIoCli {
     /// Socket.IO: this node's URL as the other nodes reach it (http://host:port), where they forward long-polling requests for sessions it holds [default: http:// and --listen, 127.0.0.1 for an unspecified address]
     #[arg(long, env = env::ADVERTISE_URL)]
     pub socketio_advertise_url: Option<String>,
+    /// Socket.IO: where client events that no join event handles are POSTed (a full URL); none: they are dropped
+    #[arg(long, env = env::BACKEND_URL)]
+    pub socketio_backend_url: Option<String>,
+    /// Socket.IO: how long the backend has to answer an event; then the ack is an error [default: 5000]
+    #[arg(long, env = env::BACKEND_TIMEOUT_MS)]
+    pub socketio_backend_timeout_ms: Option<u64>,
 }
 
 /// The `[socketio]` table of the TOML file.
@@ -51,6 +59,8 @@ pub struct SocketIoFile {
     pub max_payload: Option<usize>,
     pub connect_timeout_ms: Option<u64>,
     pub advertise_url: Option<String>,
+    pub backend_url: Option<String>,
+    pub backend_timeout_ms: Option<u64>,
     /// The key of the CONNECT `auth` object holding the JWT [default: token].
     pub auth_field: Option<String>,
     #[serde(default)]
@@ -161,6 +171,9 @@ pub struct SocketIo {
     pub connect_timeout: Duration,
     /// Where other nodes reach this one (None: from `--listen`).
     pub advertise_url: Option<String>,
+    /// Where unhandled client events go, and how long it may take.
+    pub backend_url: Option<String>,
+    pub backend_timeout: Duration,
     pub auth_field: String,
     /// `/` first, then the others in file order.
     pub namespaces: Vec<Namespace>,
@@ -283,6 +296,23 @@ impl SocketIo {
                 }
                 url => url.map(|u| u.trim_end_matches('/').to_string()),
             },
+            backend_url: match cli
+                .socketio_backend_url
+                .clone()
+                .or(file.backend_url.clone())
+            {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(invalid(format!(
+                        "socketio backend_url {url:?} must start with http:// or https://"
+                    )))
+                }
+                url => url,
+            },
+            backend_timeout: ms(
+                cli.socketio_backend_timeout_ms,
+                file.backend_timeout_ms,
+                5_000,
+            ),
             auth_field: file.auth_field.clone().unwrap_or_else(|| "token".into()),
             namespaces,
             join_events,

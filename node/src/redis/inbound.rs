@@ -15,9 +15,9 @@ use crate::delivery::{Position, Target};
 impl Inner {
     /// Handle one message from server `server`'s subscriber connection.
     pub(super) fn receive(&self, server: usize, topic: &str, payload: &[u8]) {
-        let Some(node) = self.node.get() else {
+        if self.node.get().is_none() {
             return;
-        };
+        }
         let envelope = match proto::decode(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -28,6 +28,14 @@ impl Inner {
                 tracing::debug!(error = %e, "undecodable relay message");
                 return;
             }
+        };
+        self.handle(server, topic, envelope);
+    }
+
+    /// Handle one decoded envelope received on `topic`.
+    fn handle(&self, server: usize, topic: &str, envelope: proto::Envelope) {
+        let Some(node) = self.node.get() else {
+            return;
         };
         let mine = envelope.origin == self.node_id;
         let kind = envelope.body.kind().as_str();
@@ -182,6 +190,16 @@ impl Inner {
                 });
                 let item = self.outgoing(reply_to, payload, None);
                 self.send(server, item, "channels_reply");
+            }
+            Body::Batch(envelopes) => {
+                // Several envelopes for this topic in one command: each is
+                // handled as if it had come alone, in order.
+                if !mine {
+                    self.metrics.relay_received.with_label_values(&[kind]).inc();
+                }
+                for envelope in envelopes {
+                    self.handle(server, topic, envelope);
+                }
             }
             Body::ChannelsReply {
                 request_id,

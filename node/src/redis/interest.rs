@@ -122,7 +122,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 }
                 continue;
             }
-            let (add, remove) = st.changes(tokens.floor() as usize);
+            let add = st.additions(tokens.floor() as usize);
             for chunk in groups(&add, inner.sharded) {
                 if subscribe(&inner, s, &chunk, true).await {
                     tokens -= chunk.len() as f64;
@@ -132,6 +132,22 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                     break;
                 }
             }
+        }
+        // Every subscription taken above is in place on every reachable
+        // server (a lost server resubscribes everything when it is back):
+        // the joins waiting for them are answered before the removals run.
+        if state.iter().all(|s| s.lost || !s.missing_any()) {
+            inner.applied.send_if_modified(|applied| {
+                let moved = *applied < upto;
+                *applied = (*applied).max(upto);
+                moved
+            });
+        }
+        for (s, st) in state.iter_mut().enumerate() {
+            if st.lost || !inner.servers[s].subscriber.is_connected() {
+                continue;
+            }
+            let remove = st.removals(tokens.floor() as usize);
             for chunk in groups(&remove, inner.sharded) {
                 if subscribe(&inner, s, &chunk, false).await {
                     tokens -= chunk.len() as f64;
@@ -151,15 +167,6 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
         inner.metrics.relay_interest_pending.set(pending as i64);
         let total: usize = state.iter().map(|s| s.confirmed.len()).sum();
         inner.metrics.relay_subscriptions.set(total as i64);
-        // Every change taken above is in place on every reachable server
-        // (a lost server resubscribes everything when it is back).
-        if state.iter().all(|s| s.lost || !s.missing_any()) {
-            inner.applied.send_if_modified(|applied| {
-                let moved = *applied < upto;
-                *applied = (*applied).max(upto);
-                moved
-            });
-        }
     }
 }
 
@@ -192,18 +199,32 @@ impl Server {
         }
     }
 
+    /// Up to `budget` topics wanted but not confirmed.
+    fn additions(&self, budget: usize) -> Vec<String> {
+        self.unsettled_where(true, budget)
+    }
+
+    /// Up to `budget` topics confirmed but no longer wanted.
+    fn removals(&self, budget: usize) -> Vec<String> {
+        self.unsettled_where(false, budget)
+    }
+
+    fn unsettled_where(&self, wanted: bool, budget: usize) -> Vec<String> {
+        self.unsettled
+            .iter()
+            .filter(|t| {
+                self.desired.contains(*t) == wanted && self.confirmed.contains(*t) != wanted
+            })
+            .take(budget)
+            .cloned()
+            .collect()
+    }
+
     /// Up to `budget` topic changes, adds first.
+    #[cfg(test)]
     fn changes(&self, budget: usize) -> (Vec<String>, Vec<String>) {
-        let mut add = Vec::new();
-        let mut remove = Vec::new();
-        for topic in &self.unsettled {
-            let wanted = self.desired.contains(topic);
-            if wanted != self.confirmed.contains(topic) {
-                if wanted { &mut add } else { &mut remove }.push(topic.clone());
-            }
-        }
-        add.truncate(budget);
-        remove.truncate(budget - add.len());
+        let add = self.additions(budget);
+        let remove = self.removals(budget - add.len());
         (add, remove)
     }
 

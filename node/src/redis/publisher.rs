@@ -1,12 +1,14 @@
 //! Publishing of the Redis relay: the lanes that pipeline queued
 //! envelopes to Redis and send again what Redis did not confirm.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::Value as RedisValue;
+use pubmesh_cluster_proto as proto;
 
 use super::queue::{Lane, Outgoing};
 use super::state::{Inner, BATCH, OUTAGE_POLL};
@@ -40,9 +42,14 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
     let mut back: Option<Instant> = None;
     // A pipeline gets this long before it counts as unconfirmed.
     let deadline = inner.limits.probe.max(Duration::from_secs(1)) * 2;
+    // Whether the last pipeline carried more than one envelope.
+    let mut busy = false;
     loop {
         if batch.is_empty() {
             lane.take(BATCH, &mut batch).await;
+            if busy {
+                linger(&lane, &mut batch, inner.limits.batch_wait).await;
+            }
         }
         let now = Instant::now();
         let mut expired = 0;
@@ -90,46 +97,59 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
             timeout: Some(deadline),
             ..Default::default()
         });
-        for item in &batch {
+        let plan = plan(&batch, inner.limits.batch_bytes, &inner.node_id);
+        busy = batch.len() > 1;
+        for command in &plan {
+            let topic = batch[command.items[0]].topic.as_str();
             let queued: Result<(), Error> = if inner.sharded {
-                commands
-                    .spublish(item.topic.as_str(), item.payload.clone())
-                    .await
+                commands.spublish(topic, command.payload.clone()).await
             } else {
-                commands
-                    .publish(item.topic.as_str(), item.payload.clone())
-                    .await
+                commands.publish(topic, command.payload.clone()).await
             };
             if let Err(e) = queued {
                 tracing::debug!(error = %e, "queueing a publish failed");
             }
         }
-        let sent = batch.len();
         let results = tokio::time::timeout(deadline, pipeline.try_all::<RedisValue>())
             .await
             .unwrap_or_default();
+        // What became of each envelope: Some(confirmed) or None (send again).
+        let mut outcome: Vec<Option<bool>> = vec![None; batch.len()];
         let mut confirmed = 0;
         let mut failed = 0;
-        let mut again = results.len() < sent;
-        for result in results {
-            match result {
-                Ok(_) => {
-                    if let Some(item) = batch.pop_front() {
-                        item.settle(&inner.budget, true);
-                    }
-                    confirmed += 1;
-                }
+        let mut again = results.len() < plan.len();
+        for (command, result) in plan.iter().zip(results) {
+            let ok = match result {
+                Ok(_) => true,
                 Err(e) if transient(&e) => {
                     again = true;
                     break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, kind = ?e.kind(), "Redis refused a publish");
-                    if let Some(item) = batch.pop_front() {
-                        item.settle(&inner.budget, false);
-                    }
-                    failed += 1;
+                    false
                 }
+            };
+            for &i in &command.items {
+                outcome[i] = Some(ok);
+            }
+            if ok {
+                confirmed += command.items.len();
+            } else {
+                failed += command.items.len();
+            }
+        }
+        if plan.len() < batch.len() {
+            inner
+                .metrics
+                .relay_batched
+                .inc_by((batch.len() - plan.len()) as u64);
+        }
+        // Settle what Redis answered; keep the rest, in order, to send again.
+        for (item, outcome) in std::mem::take(&mut batch).into_iter().zip(outcome) {
+            match outcome {
+                Some(ok) => item.settle(&inner.budget, ok),
+                None => batch.push_back(item),
             }
         }
         if failed > 0 {
@@ -137,7 +157,7 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
                 .metrics
                 .relay_dropped
                 .with_label_values(&["redis_error"])
-                .inc_by(failed);
+                .inc_by(failed as u64);
         }
         if again && !batch.is_empty() {
             tracing::info!(server = %inner.servers[server].url, unconfirmed = batch.len(), "Redis did not confirm a batch; holding it to send again");
@@ -158,5 +178,143 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
             .metrics
             .relay_pipeline_depth
             .sub((confirmed + failed) as i64);
+    }
+}
+
+/// A busy lane waits up to `wait` for more envelopes to join those it took,
+/// so more of them share commands; an idle lane (its last pipeline carried
+/// one envelope) never waits, so latency at low rates does not grow. Waits
+/// under a millisecond yield to other tasks instead of sleeping (the timer
+/// counts in milliseconds).
+async fn linger(lane: &Lane, batch: &mut VecDeque<Outgoing>, wait: Duration) {
+    if wait.is_zero() {
+        return;
+    }
+    let until = Instant::now() + wait;
+    if wait >= Duration::from_millis(1) {
+        tokio::time::sleep(wait).await;
+    } else {
+        while batch.len() < BATCH && Instant::now() < until {
+            tokio::task::yield_now().await;
+            lane.take_ready(BATCH - batch.len(), batch);
+        }
+    }
+    lane.take_ready(BATCH - batch.len(), batch);
+}
+
+/// One command of a pipeline: the envelopes it carries (indexes into the
+/// lane's batch, in order) and its payload.
+struct Command {
+    items: Vec<usize>,
+    payload: Bytes,
+}
+
+/// Group a lane's batch into commands: envelopes for the same topic share
+/// one batch envelope of at most `max_bytes` (an envelope alone is sent as
+/// it is). Each topic's envelopes stay in order, within and across its
+/// commands, and the commands follow the first envelope of each.
+fn plan(batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) -> Vec<Command> {
+    let overhead = proto::batch_overhead(origin.len());
+    // Per command: its envelopes and their bytes in a batch.
+    let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
+    // Topic → the command its next envelope may join.
+    let mut open: HashMap<&str, usize> = HashMap::new();
+    for (i, item) in batch.iter().enumerate() {
+        let size = item.payload.len() + proto::BATCH_ITEM_OVERHEAD;
+        if let Some(&g) = open.get(item.topic.as_str()) {
+            let (items, bytes) = &mut groups[g];
+            if *bytes + size <= max_bytes {
+                items.push(i);
+                *bytes += size;
+                continue;
+            }
+        }
+        open.insert(item.topic.as_str(), groups.len());
+        groups.push((vec![i], overhead + size));
+    }
+    groups
+        .into_iter()
+        .map(|(items, _)| {
+            let payload = if let [one] = items[..] {
+                batch[one].payload.clone()
+            } else {
+                let parts: Vec<Bytes> = items.iter().map(|&i| batch[i].payload.clone()).collect();
+                proto::encode_batch(origin, 0, &parts)
+            };
+            Command { items, payload }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(seq: u64, topic: &str) -> Outgoing {
+        let body = proto::Body::Deliver(proto::Delivery {
+            targets: proto::Targets::Channels(vec![topic.to_string()]),
+            frame: Bytes::from_static(b"{\"n\":1}"),
+            exclude_client: None,
+            extra: proto::Extra::default(),
+        });
+        let payload = proto::encode(&proto::Envelope::new("n1", seq, body));
+        Outgoing::new(topic.into(), payload, Duration::from_secs(1), None)
+    }
+
+    /// (topic, seqs carried) of each command.
+    fn shape(batch: &VecDeque<Outgoing>, plan: &[Command]) -> Vec<(String, Vec<u64>)> {
+        plan.iter()
+            .map(|c| {
+                let decoded = proto::decode(&c.payload).expect("decodes");
+                let seqs = match decoded.body {
+                    proto::Body::Batch(parts) => parts.iter().map(|e| e.seq).collect(),
+                    _ => vec![decoded.seq],
+                };
+                let topic = batch[c.items[0]].topic.clone();
+                assert!(c.items.iter().all(|&i| batch[i].topic == topic));
+                (topic, seqs)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn envelopes_for_one_topic_share_a_command_in_order_within_the_byte_bound() {
+        let batch: VecDeque<Outgoing> =
+            [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "a"), (6, "b")]
+                .into_iter()
+                .map(|(seq, topic)| envelope(seq, topic))
+                .collect();
+        let plan = plan(&batch, 64 * 1024, "n1");
+        assert_eq!(
+            shape(&batch, &plan),
+            [
+                ("a".to_string(), vec![1, 3, 5]),
+                ("b".to_string(), vec![2, 6]),
+                ("c".to_string(), vec![4]),
+            ]
+        );
+        // An envelope alone is sent as it was encoded, not wrapped.
+        assert_eq!(plan[2].payload, batch[3].payload);
+        // Within the bound: room for two envelopes of "a" per batch.
+        let one = batch[0].payload.len() + proto::BATCH_ITEM_OVERHEAD;
+        let bound = proto::batch_overhead(2) + 2 * one;
+        let plan = super::plan(&batch, bound, "n1");
+        assert_eq!(
+            shape(&batch, &plan),
+            [
+                ("a".to_string(), vec![1, 3]),
+                ("b".to_string(), vec![2, 6]),
+                ("c".to_string(), vec![4]),
+                ("a".to_string(), vec![5]),
+            ]
+        );
+        assert!(plan.iter().all(|c| c.payload.len() <= bound));
+        // 0: every envelope alone, in queue order.
+        let plan = super::plan(&batch, 0, "n1");
+        let seqs: Vec<u64> = shape(&batch, &plan)
+            .into_iter()
+            .flat_map(|(_, s)| s)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     }
 }

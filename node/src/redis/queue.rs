@@ -180,6 +180,13 @@ impl Lane {
         }
     }
 
+    /// Move up to `max` envelopes into `into`, without waiting.
+    pub fn take_ready(&self, max: usize, into: &mut VecDeque<Outgoing>) {
+        let mut queue = self.queue.lock();
+        let n = queue.len().min(max);
+        into.extend(queue.drain(..n));
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.lock().is_empty()
     }

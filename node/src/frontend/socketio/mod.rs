@@ -15,6 +15,7 @@
 //! and invalid tokens are answered with CONNECT_ERROR as a Socket.IO server
 //! would, and a socket that never joins a namespace never counts as one.
 
+pub mod backend;
 pub mod codec;
 pub mod engineio;
 pub mod joins;
@@ -37,12 +38,12 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use self::codec::SocketIoCodec;
 use self::engineio::{Eio, Handshake, PacketType, ServerError, Transport};
-use self::session::{auth_token, message, Due, Pings, SioSession};
+use self::session::{connect_token, message, Due, Pings, SioSession};
 pub use self::session::{reasons, FRONTEND};
-use self::wire::{Json, Packet, Version};
+use self::wire::{Packet, Version};
 use crate::address::AddressBudget;
 use crate::codec::Codec;
-use crate::config::socketio::SocketIo as Config;
+use crate::config::socketio::{SocketIo as Config, MAIN};
 use crate::conn::Conn;
 use crate::conn::Identity;
 use crate::frontend::Frontend;
@@ -74,6 +75,8 @@ pub(crate) struct Shared {
     advertise: String,
     /// For forwarding polls to their owner.
     http: reqwest::Client,
+    /// Where unhandled client events go.
+    backend: Option<Arc<backend::Backend>>,
 }
 
 fn others(config: &Config) -> Arc<Vec<String>> {
@@ -123,6 +126,12 @@ impl Frontend for SocketIo {
             polls: Arc::new(polling::Polls::default()),
             advertise,
             http: reqwest::Client::new(),
+            backend: node.config.socketio.backend_url.clone().map(|url| {
+                Arc::new(backend::Backend::new(
+                    url,
+                    node.config.socketio.backend_timeout,
+                ))
+            }),
         };
         let s2 = shared.clone();
         Router::new()
@@ -178,7 +187,7 @@ async fn engine(State(node): State<Arc<Node>>, mut request: Request, shared: Sha
     let classified = engineio::Request::classify(
         request.method().as_str(),
         query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        false,
+        true,
     );
     let token = request_token(&query, request.headers());
     let (eio, transport, sid) = match classified {
@@ -237,7 +246,7 @@ async fn engine(State(node): State<Arc<Node>>, mut request: Request, shared: Sha
                         polling::upgrade(node, shared, sid, socket, address).await
                     }
                     None => {
-                        let pings = Pings::new(&shared.config);
+                        let pings = Pings::new(&shared.config, eio);
                         let hs = uuid::Uuid::new_v4().simple().to_string();
                         let open = handshake_packet(&shared.config, hs, eio, Vec::new());
                         if !send(&mut socket, open.encode_text().expect("text")).await {
@@ -317,7 +326,8 @@ pub(crate) async fn continue_on_socket(
         eio,
         Some(nsp),
         pings,
-    );
+    )
+    .with_backend(shared.backend.clone());
     run_socket(&node, &shared, socket, conn, session, address).await;
 }
 
@@ -407,7 +417,8 @@ pub(crate) fn opening_step(
             return Step::Nothing;
         }
         PacketType::Ping if eio == Eio::V3 => {
-            return Step::Reply(format!("{}{data}", PacketType::Pong.digit()))
+            pings.client_ping(Instant::now());
+            return Step::Reply(format!("{}{data}", PacketType::Pong.digit()));
         }
         PacketType::Noop | PacketType::Upgrade => return Step::Nothing,
         PacketType::Close => return Step::End,
@@ -415,7 +426,10 @@ pub(crate) fn opening_step(
         PacketType::Message => {}
     }
     let (nsp, auth) = match Packet::decode(&data) {
-        Ok(Packet::Connect { nsp, data, .. }) => (nsp, data),
+        Ok(Packet::Connect { nsp, data, query }) => (
+            nsp,
+            connect_token(data.as_ref(), query.as_deref(), &shared.config.auth_field),
+        ),
         // Other packets before a namespace is joined are dropped.
         Ok(_) => return Step::Nothing,
         Err(e) => return bad(&e),
@@ -424,7 +438,7 @@ pub(crate) fn opening_step(
         Eio::V4 => Version::V5,
         Eio::V3 => Version::V4,
     };
-    match admit_connect(node, &shared.config, &nsp, auth.as_ref(), request_token) {
+    match admit_connect(node, &shared.config, &nsp, auth, request_token) {
         Ok(identity) => Step::Connect(identity, nsp),
         Err((code, why)) => {
             node.metrics.frontend.error(FRONTEND, code);
@@ -445,6 +459,19 @@ async fn opening(
     socket: &mut Socket,
     pings: &mut Pings,
 ) -> Option<(Identity, String)> {
+    if eio == Eio::V3 {
+        // Socket.IO v4 clients are in `/` from the start.
+        return match admit_connect(node, &shared.config, MAIN, None, request_token.as_deref()) {
+            Ok(identity) => Some((identity, MAIN.to_string())),
+            Err((code, why)) => {
+                node.metrics.frontend.error(FRONTEND, code);
+                let refusal = message(&Packet::connect_error(Version::V4, MAIN, why));
+                let _ = send(socket, refusal).await;
+                close(socket, CloseReason::Unauthorized).await;
+                None
+            }
+        };
+    }
     let deadline = tokio::time::Instant::now() + shared.config.connect_timeout;
     let mut packets = 0;
     loop {
@@ -457,20 +484,18 @@ async fn opening(
                     close(socket, CloseReason::PingTimeout).await;
                     return None;
                 }
-                if eio == Eio::V4 {
-                    match pings.due(Instant::now()) {
-                        Due::Ping => {
-                            if !send(socket, PacketType::Ping.digit().to_string()).await {
-                                return None;
-                            }
-                        }
-                        Due::Dead => {
-                            node.metrics.frontend.error(FRONTEND, reasons::PING_TIMEOUT);
-                            close(socket, CloseReason::PingTimeout).await;
+                match pings.due(Instant::now()) {
+                    Due::Ping => {
+                        if !send(socket, PacketType::Ping.digit().to_string()).await {
                             return None;
                         }
-                        Due::Nothing => {}
                     }
+                    Due::Dead => {
+                        node.metrics.frontend.error(FRONTEND, reasons::PING_TIMEOUT);
+                        close(socket, CloseReason::PingTimeout).await;
+                        return None;
+                    }
+                    Due::Nothing => {}
                 }
                 continue;
             }
@@ -517,17 +542,17 @@ async fn opening(
 
 /// The identity of a first CONNECT to `nsp`, or the CONNECT_ERROR's metric
 /// code and message.
-fn admit_connect(
+pub(crate) fn admit_connect(
     node: &Node,
     config: &Config,
     nsp: &str,
-    auth: Option<&Json>,
+    connect_token: Option<String>,
     request_token: Option<&str>,
 ) -> Result<Identity, (&'static str, &'static str)> {
     if config.namespace(nsp).is_none() {
         return Err((reasons::INVALID_NAMESPACE, session::INVALID_NAMESPACE));
     }
-    let token = auth_token(auth, &config.auth_field).or(request_token.map(str::to_string));
+    let token = connect_token.or(request_token.map(str::to_string));
     let identity = node.identify(token.as_deref());
     let authenticated = identity.expires_at.is_some();
     if token.is_some() && !authenticated {

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::engineio::{self, Eio, PacketType, ServerError};
 use super::session::{Due, Pings, SioSession};
 use super::{opening_step, refuse, Shared, Step};
+use crate::config::socketio::MAIN;
 use crate::conn::Conn;
 use crate::node::{Admission, Node};
 use crate::outbox::CloseReason;
@@ -179,7 +180,7 @@ pub(crate) async fn handshake(
             packets: 0,
             token,
         }),
-        pings: parking_lot::Mutex::new(Pings::new(&shared.config)),
+        pings: parking_lot::Mutex::new(Pings::new(&shared.config, eio)),
         conn: OnceLock::new(),
         polling: AtomicBool::new(false),
         upgrading: AtomicBool::new(false),
@@ -187,9 +188,40 @@ pub(crate) async fn handshake(
         opened_at: Instant::now(),
     });
     shared.polls.map.lock().insert(sid.clone(), polling.clone());
-    tokio::spawn(heartbeat(node, shared.clone(), polling));
     let open = super::handshake_packet(&shared.config, sid, eio, vec!["websocket".into()]);
-    text_reply(StatusCode::OK, engineio::encode_payload_v4(&[open]))
+    if eio == Eio::V3 {
+        // Socket.IO v4 clients are in `/` from the start.
+        let mut stage = polling.stage.lock().await;
+        let Stage::Opening {
+            admission, token, ..
+        } = &mut *stage
+        else {
+            unreachable!("a new session is opening")
+        };
+        let admitted = super::admit_connect(&node, &shared.config, MAIN, None, token.as_deref());
+        match admitted {
+            Ok(identity) => {
+                let admission = admission.take().expect("admitted once");
+                let opened =
+                    open_session(&node, &shared, &polling, admission, identity, MAIN.into()).await;
+                *stage = opened;
+            }
+            Err((code, why)) => {
+                node.metrics.frontend.error(super::FRONTEND, code);
+                drop(stage);
+                end(&shared, &polling, None).await;
+                let refusal = super::message(&super::wire::Packet::connect_error(
+                    super::wire::Version::V4,
+                    MAIN,
+                    why,
+                ));
+                let refusal = engineio::Packet::decode_text(&refusal).expect("our own packet");
+                return text_reply(StatusCode::OK, payload(eio, &[open, refusal]));
+            }
+        }
+    }
+    tokio::spawn(heartbeat(node, shared.clone(), polling));
+    text_reply(StatusCode::OK, payload(eio, &[open]))
 }
 
 /// The server's pings for a polling session (until it moves to a
@@ -275,7 +307,10 @@ pub(crate) async fn session_request(
     if method == Method::GET {
         poll(&shared, &polling).await
     } else if method == Method::POST {
-        post(&node, &shared, &polling, body).await
+        let binary = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
+        post(&node, &shared, &polling, binary, body).await
     } else {
         refuse(ServerError::BadRequest)
     }
@@ -314,7 +349,7 @@ async fn poll(shared: &Shared, polling: &Arc<Polling>) -> Response {
         }
         let ended = polling.ended.load(Ordering::Acquire);
         if !out.is_empty() {
-            return text_reply(StatusCode::OK, engineio::encode_payload_v4(&out));
+            return text_reply(StatusCode::OK, payload(polling.eio, &out));
         }
         if closing.is_some() || ended {
             if !ended {
@@ -322,13 +357,13 @@ async fn poll(shared: &Shared, polling: &Arc<Polling>) -> Response {
             }
             return text_reply(
                 StatusCode::OK,
-                engineio::encode_payload_v4(&[engineio::Packet::bare(PacketType::Close)]),
+                payload(polling.eio, &[engineio::Packet::bare(PacketType::Close)]),
             );
         }
         if polling.upgrading.load(Ordering::Acquire) || tokio::time::Instant::now() >= deadline {
             return text_reply(
                 StatusCode::OK,
-                engineio::encode_payload_v4(&[engineio::Packet::bare(PacketType::Noop)]),
+                payload(polling.eio, &[engineio::Packet::bare(PacketType::Noop)]),
             );
         }
         let outbox_ready = async {
@@ -346,14 +381,24 @@ async fn poll(shared: &Shared, polling: &Arc<Polling>) -> Response {
 }
 
 /// A POST: the client's packets, handled in order.
-async fn post(node: &Arc<Node>, shared: &Shared, polling: &Arc<Polling>, body: Bytes) -> Response {
+async fn post(
+    node: &Arc<Node>,
+    shared: &Shared,
+    polling: &Arc<Polling>,
+    binary: bool,
+    body: Bytes,
+) -> Response {
     if body.len() > shared.config.max_payload {
         end(shared, polling, Some(CloseReason::TooBig)).await;
         return (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large").into_response();
     }
-    let packets = std::str::from_utf8(&body)
-        .ok()
-        .and_then(|text| engineio::decode_payload_v4(text).ok());
+    let packets = match (polling.eio, binary) {
+        (Eio::V3, true) => engineio::decode_payload_v3_binary(&body).ok(),
+        (eio, _) => std::str::from_utf8(&body).ok().and_then(|text| match eio {
+            Eio::V4 => engineio::decode_payload_v4(text).ok(),
+            Eio::V3 => engineio::decode_payload_v3(text).ok(),
+        }),
+    };
     let Some(packets) = packets else {
         node.metrics
             .frontend
@@ -418,32 +463,15 @@ async fn handle(
                 Step::Bad => Some(Some(CloseReason::BadFrame)),
                 Step::Connect(identity, nsp) => {
                     let admission = admission.take().expect("admitted once");
-                    let conn = node
-                        .open(admission, identity, shared.codec.clone(), None, |_| None)
-                        .await;
-                    // Packets queued before the connection existed go first.
-                    for t in polling.early.lock().drain(..) {
-                        conn.outbox.push(Utf8Bytes::from(t));
-                    }
-                    let _ = polling.conn.set(conn.clone());
-                    let pings = polling.pings.lock().clone();
-                    let mut session = SioSession::new(
-                        node.clone(),
-                        conn,
-                        shared.config.clone(),
-                        shared.namespaces.clone(),
-                        polling.eio,
-                        Some(nsp),
-                        pings,
-                    );
-                    session.on_open().await;
-                    *stage = Stage::Open(Box::new(session));
-                    polling.wake.notify_one();
+                    *stage = open_session(node, shared, polling, admission, identity, nsp).await;
                     None
                 }
             }
         }
         Stage::Open(session) => {
+            if packet.kind == PacketType::Ping {
+                polling.pings.lock().client_ping(Instant::now());
+            }
             let flow = match (&packet.kind, &packet.data) {
                 (PacketType::Pong, _) => {
                     polling.pings.lock().pong(Instant::now());
@@ -461,6 +489,48 @@ async fn handle(
                 Flow::Close(reason) => Some(Some(reason)),
             }
         }
+    }
+}
+
+/// The first accepted CONNECT: the mesh connection opens and the session
+/// joins the namespace.
+async fn open_session(
+    node: &Arc<Node>,
+    shared: &Shared,
+    polling: &Polling,
+    admission: Admission,
+    identity: crate::conn::Identity,
+    nsp: String,
+) -> Stage {
+    let conn = node
+        .open(admission, identity, shared.codec.clone(), None, |_| None)
+        .await;
+    // Packets queued before the connection existed go first.
+    for t in polling.early.lock().drain(..) {
+        conn.outbox.push(Utf8Bytes::from(t));
+    }
+    let _ = polling.conn.set(conn.clone());
+    let pings = polling.pings.lock().clone();
+    let mut session = SioSession::new(
+        node.clone(),
+        conn,
+        shared.config.clone(),
+        shared.namespaces.clone(),
+        polling.eio,
+        Some(nsp),
+        pings,
+    )
+    .with_backend(shared.backend.clone());
+    session.on_open().await;
+    polling.wake.notify_one();
+    Stage::Open(Box::new(session))
+}
+
+/// A payload in the session's Engine.IO revision.
+fn payload(eio: Eio, packets: &[engineio::Packet]) -> String {
+    match eio {
+        Eio::V4 => engineio::encode_payload_v4(packets),
+        Eio::V3 => engineio::encode_payload_v3(packets),
     }
 }
 

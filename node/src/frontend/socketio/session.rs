@@ -10,13 +10,15 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::backend::{Backend, EventCall};
 use super::codec;
 use super::engineio::{self, Eio, PacketType};
 use super::joins::{self, Op};
 use super::wire::{self, Json, Packet, Reassembly, Start, Version};
 use crate::config::socketio::{JoinEvent, SocketIo};
 use crate::conn::Conn;
-use crate::node::{JoinRequest, Node};
+use crate::delivery::{Delivery, Target};
+use crate::node::{JoinRequest, Node, Scope};
 use crate::outbox::CloseReason;
 use crate::transport::{Flow, Session};
 
@@ -42,6 +44,11 @@ pub mod reasons {
     pub const JOIN_REFUSED: &str = "join_refused";
     /// A client event no join event or backend handles.
     pub const UNHANDLED_EVENT: &str = "unhandled_event";
+    /// The backend did not answer in time / answered an error or not JSON /
+    /// could not be reached (the client's ack carries the code).
+    pub const BACKEND_TIMEOUT: &str = "backend_timeout";
+    pub const BACKEND_ERROR: &str = "backend_error";
+    pub const BACKEND_UNAVAILABLE: &str = "backend_unavailable";
 
     pub const ALL: &[&str] = &[
         BAD_PACKET,
@@ -51,6 +58,9 @@ pub mod reasons {
         CONNECT_TIMEOUT,
         JOIN_REFUSED,
         UNHANDLED_EVENT,
+        BACKEND_TIMEOUT,
+        BACKEND_ERROR,
+        BACKEND_UNAVAILABLE,
     ];
 }
 
@@ -58,7 +68,8 @@ pub mod reasons {
 /// reference server's).
 pub const INVALID_NAMESPACE: &str = "Invalid namespace";
 
-/// The Engine.IO ping schedule of one connection (the server pings).
+/// The Engine.IO ping schedule of one connection: the server pings (v4),
+/// or the client does and the server watches (v3).
 #[derive(Clone, Debug)]
 pub struct Pings {
     interval: Duration,
@@ -66,6 +77,8 @@ pub struct Pings {
     next: Instant,
     /// A ping is out, to be answered by then.
     answer_by: Option<Instant>,
+    /// v3: the client pings; `next` is when its next ping is late.
+    client_pings: bool,
 }
 
 /// What the ping schedule wants now.
@@ -77,12 +90,19 @@ pub enum Due {
 }
 
 impl Pings {
-    pub fn new(config: &SocketIo) -> Pings {
+    pub fn new(config: &SocketIo, eio: Eio) -> Pings {
+        let client_pings = eio == Eio::V3;
+        let first = if client_pings {
+            config.ping_interval + config.ping_timeout
+        } else {
+            config.ping_interval
+        };
         Pings {
             interval: config.ping_interval,
             timeout: config.ping_timeout,
-            next: Instant::now() + config.ping_interval,
+            next: Instant::now() + first,
             answer_by: None,
+            client_pings,
         }
     }
 
@@ -98,6 +118,13 @@ impl Pings {
     }
 
     pub fn due(&mut self, now: Instant) -> Due {
+        if self.client_pings {
+            return if now >= self.next {
+                Due::Dead
+            } else {
+                Due::Nothing
+            };
+        }
         match self.answer_by {
             Some(by) if now >= by => Due::Dead,
             Some(_) => Due::Nothing,
@@ -106,6 +133,14 @@ impl Pings {
                 Due::Ping
             }
             None => Due::Nothing,
+        }
+    }
+
+    /// v3: the client pinged; its next ping is due within an interval (and
+    /// the timeout).
+    pub fn client_ping(&mut self, now: Instant) {
+        if self.client_pings {
+            self.next = now + self.interval + self.timeout;
         }
     }
 
@@ -120,6 +155,54 @@ impl Pings {
 /// `4` + a Socket.IO packet: the text of its Engine.IO message.
 pub fn message(packet: &Packet) -> String {
     format!("{}{}", PacketType::Message.digit(), packet.encode())
+}
+
+/// The arguments of a binary event with each placeholder replaced by
+/// `{"base64": …}`, its attachment's bytes (what the backend receives).
+pub fn with_attachments(args: Vec<Json>, attachments: &[Bytes]) -> Vec<Json> {
+    use base64::Engine as _;
+    if attachments.is_empty() {
+        return args;
+    }
+    fn fill(v: &mut Value, attachments: &[Bytes]) {
+        match v {
+            Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => {
+                let n = map.get("num").and_then(Value::as_u64).unwrap_or(u64::MAX);
+                if let Some(bytes) = attachments.get(n as usize) {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                    *v = serde_json::json!({ "base64": b64 });
+                }
+            }
+            Value::Object(map) => map.values_mut().for_each(|c| fill(c, attachments)),
+            Value::Array(items) => items.iter_mut().for_each(|c| fill(c, attachments)),
+            _ => {}
+        }
+    }
+    args.into_iter()
+        .map(|a| match serde_json::from_str::<Value>(a.get()) {
+            Ok(mut v) => {
+                fill(&mut v, attachments);
+                Json::from_value(&v)
+            }
+            Err(_) => a,
+        })
+        .collect()
+}
+
+/// The token of a CONNECT: its `auth` object's field (v5), or the
+/// `token` parameter of its query (v4: `40/admin?token=…,`).
+pub fn connect_token(data: Option<&Json>, query: Option<&str>, field: &str) -> Option<String> {
+    auth_token(data, field).or_else(|| {
+        let (_, token) = url_pairs(query?).into_iter().find(|(k, _)| k == "token")?;
+        Some(token).filter(|t| !t.is_empty())
+    })
+}
+
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    let uri: Option<http::Uri> = format!("/?{query}").parse().ok();
+    uri.and_then(|u| axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&u).ok())
+        .map(|axum::extract::Query(q)| q)
+        .unwrap_or_default()
 }
 
 /// The token of a CONNECT's `auth` object, if any.
@@ -147,6 +230,8 @@ pub struct SioSession {
     pending: Option<(Reassembly, usize)>,
     /// The namespace the client connected to first (joined in `on_open`).
     first: Option<String>,
+    /// Where unhandled events go.
+    backend: Option<Arc<Backend>>,
 }
 
 impl SioSession {
@@ -180,7 +265,14 @@ impl SioSession {
             pings,
             pending: None,
             first,
+            backend: None,
         }
+    }
+
+    /// Send client events no join event handles to `backend`.
+    pub fn with_backend(mut self, backend: Option<Arc<Backend>>) -> Self {
+        self.backend = backend;
+        self
     }
 
     fn send(&self, text: String) {
@@ -253,7 +345,7 @@ impl SioSession {
     /// A CONNECT after the first: a new token in `auth` changes the
     /// connection's identity (for every namespace, as it is one mesh
     /// connection).
-    async fn reconnect_namespace(&mut self, nsp: String, data: Option<&Json>) {
+    async fn reconnect_namespace(&mut self, nsp: String, token: Option<String>) {
         if self.connected.contains_key(&nsp) {
             // Already in: answer again.
             return self.send(message(&Packet::connected(
@@ -266,7 +358,7 @@ impl SioSession {
             self.error(reasons::INVALID_NAMESPACE);
             return self.connect_error(&nsp, INVALID_NAMESPACE);
         }
-        if let Some(token) = auth_token(data, &self.config.auth_field) {
+        if let Some(token) = token {
             let current = self.conn.state.lock().token.clone();
             if current.as_deref() != Some(crate::auth::strip_bearer(&token)) {
                 let identity = self.node.identify(Some(&token));
@@ -369,9 +461,114 @@ impl SioSession {
         }
     }
 
-    async fn packet(&mut self, packet: Packet) -> Flow {
+    /// An event for the backend: its answer applied (joins, leaves, emits,
+    /// publications), then the ack; a failure is an error ack.
+    async fn backend_event(
+        &mut self,
+        backend: &Backend,
+        nsp: String,
+        id: Option<u64>,
+        event: String,
+        args: Vec<Json>,
+    ) {
+        let (token, user) = {
+            let state = self.conn.state.lock();
+            (state.token.clone(), state.root_id.clone())
+        };
+        let rooms: Vec<&str> = self
+            .connected
+            .get(&nsp)
+            .into_iter()
+            .flatten()
+            .map(|c| codec::split(&self.namespaces, c).1)
+            .collect();
+        let call = EventCall {
+            namespace: &nsp,
+            event: &event,
+            args: args.iter().map(Json::raw).collect(),
+            socket_id: &self.conn.client_id,
+            user_id: &user,
+            rooms,
+            ack: id.is_some(),
+        };
+        let answer = backend.call(&call, token.as_deref()).await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                self.error(e.code());
+                tracing::info!(error = %e, event, "socket.io backend call failed");
+                if let Some(id) = id {
+                    let error = serde_json::json!({"error": e.code(), "message": e.to_string()});
+                    self.send(message(&Packet::Ack {
+                        nsp,
+                        id,
+                        args: vec![Json::from_value(&error)],
+                        attachments: None,
+                    }));
+                }
+                return;
+            }
+        };
+        let channels = |rooms: &[String]| -> Vec<String> {
+            rooms
+                .iter()
+                .filter_map(|r| codec::channel_of(&self.namespaces, &nsp, r).ok())
+                .collect()
+        };
+        let join = channels(&answer.join);
+        if !join.is_empty() {
+            let request = JoinRequest {
+                channels: &join,
+                positioned: false,
+                since: &HashMap::new(),
+            };
+            match self.node.join(&self.conn, request, |_| None).await {
+                Ok(()) => self.connected.entry(nsp.clone()).or_default().extend(join),
+                Err(e) => tracing::info!(error = %e, "socket.io backend join refused"),
+            }
+        }
+        let leave = channels(&answer.leave);
+        if !leave.is_empty() {
+            if let Some(set) = self.connected.get_mut(&nsp) {
+                for c in &leave {
+                    set.remove(c);
+                }
+            }
+            self.node.leave(&self.conn, &leave, || None).await;
+        }
+        for emit in answer.emit {
+            let args = emit.args.into_iter().map(Json::from_raw).collect();
+            self.send(message(&Packet::event(&nsp, &emit.event, args)));
+        }
+        for b in answer.broadcast {
+            let Ok(channel) = codec::channel_of(&self.namespaces, &nsp, &b.room) else {
+                continue;
+            };
+            let mut delivery = Delivery::new(
+                Target::Channels(vec![channel]),
+                Utf8Bytes::from(b.data.get().to_string()),
+            );
+            delivery.event = Some(Arc::from(b.event.as_str()));
+            if let Err(e) = self.node.publish_channels(delivery, Scope::Cluster).await {
+                tracing::info!(error = %e, "socket.io backend broadcast failed");
+            }
+        }
+        if let Some(id) = id {
+            self.send(message(&Packet::Ack {
+                nsp,
+                id,
+                args: answer.ack.into_iter().map(Json::from_raw).collect(),
+                attachments: None,
+            }));
+        }
+    }
+
+    async fn packet(&mut self, packet: Packet, attachments: Vec<Bytes>) -> Flow {
         match packet {
-            Packet::Connect { nsp, data, .. } => self.reconnect_namespace(nsp, data.as_ref()).await,
+            Packet::Connect { nsp, data, query } => {
+                let token = connect_token(data.as_ref(), query.as_deref(), &self.config.auth_field);
+                self.reconnect_namespace(nsp, token).await
+            }
             Packet::Disconnect { nsp } => self.disconnect(&nsp).await,
             Packet::Event {
                 nsp,
@@ -385,9 +582,16 @@ impl SioSession {
                     // socket is not in.
                     return Flow::Continue;
                 }
-                match self.config.join_event(&nsp, &event).cloned() {
-                    Some(join) => self.join_event(join, nsp, id, args).await,
-                    None => self.error(reasons::UNHANDLED_EVENT),
+                match (
+                    self.config.join_event(&nsp, &event).cloned(),
+                    self.backend.clone(),
+                ) {
+                    (Some(join), _) => self.join_event(join, nsp, id, args).await,
+                    (None, Some(backend)) => {
+                        let args = with_attachments(args, &attachments);
+                        self.backend_event(&backend, nsp, id, event, args).await
+                    }
+                    (None, None) => self.error(reasons::UNHANDLED_EVENT),
                 }
             }
             // The server asks for no acks yet; a client's error packet means nothing to it.
@@ -410,7 +614,7 @@ impl SioSession {
             return self.bad_packet(&"too many attachments");
         }
         match Reassembly::start(packet) {
-            Ok(Start::Complete(p)) => self.packet(p).await,
+            Ok(Start::Complete(p)) => self.packet(p, Vec::new()).await,
             Ok(Start::Pending(r)) => {
                 self.pending = Some((r, 0));
                 Flow::Continue
@@ -432,7 +636,7 @@ impl SioSession {
             return Flow::Continue;
         }
         match r.finish() {
-            Some(done) => self.packet(done.packet).await,
+            Some(done) => self.packet(done.packet, done.attachments).await,
             None => Flow::Continue,
         }
     }
@@ -461,6 +665,7 @@ impl Session for SioSession {
                 Flow::Continue
             }
             PacketType::Ping if self.eio == Eio::V3 => {
+                self.pings.client_ping(Instant::now());
                 self.send(format!("{}{data}", PacketType::Pong.digit()));
                 Flow::Continue
             }
@@ -486,11 +691,6 @@ impl Session for SioSession {
     }
 
     async fn on_tick(&mut self) -> Flow {
-        if self.eio == Eio::V3 {
-            // v3 clients ping; the transport's watchdog is not used, so
-            // silence past interval + timeout ends the connection.
-            return Flow::Continue;
-        }
         match self.pings.due(Instant::now()) {
             Due::Nothing => Flow::Continue,
             Due::Ping => {
@@ -528,7 +728,7 @@ mod tests {
             ping_timeout: Duration::from_millis(50),
             ..SocketIo::default()
         };
-        let mut p = Pings::new(&config);
+        let mut p = Pings::new(&config, Eio::V4);
         let t0 = Instant::now();
         assert_eq!(p.due(t0), Due::Nothing);
         let t1 = t0 + Duration::from_millis(101);
@@ -539,6 +739,27 @@ mod tests {
         let t2 = t1 + Duration::from_millis(121);
         assert_eq!(p.due(t2), Due::Ping);
         assert_eq!(p.due(t2 + Duration::from_millis(50)), Due::Dead);
+
+        // v3: the client pings, and is dead when a ping is late.
+        let mut p = Pings::new(&config, Eio::V3);
+        assert_eq!(p.due(t0 + Duration::from_millis(140)), Due::Nothing);
+        p.client_ping(t0 + Duration::from_millis(100));
+        assert_eq!(p.due(t0 + Duration::from_millis(240)), Due::Nothing);
+        assert_eq!(p.due(t0 + Duration::from_millis(251)), Due::Dead);
+    }
+
+    #[test]
+    fn attachments_replace_their_placeholders_for_the_backend() {
+        let args = vec![
+            Json::from_text(r#"{"file":{"_placeholder":true,"num":1},"n":2}"#).unwrap(),
+            Json::from_text(r#"{"_placeholder":true,"num":0}"#).unwrap(),
+        ];
+        let out = with_attachments(
+            args,
+            &[Bytes::from_static(b"\x00\x01"), Bytes::from_static(b"hi")],
+        );
+        assert_eq!(out[0].get(), r#"{"file":{"base64":"aGk="},"n":2}"#);
+        assert_eq!(out[1].get(), r#"{"base64":"AAE="}"#);
     }
 
     #[test]
@@ -549,5 +770,13 @@ mod tests {
         assert_eq!(auth_token(None, "token"), None);
         let empty = Json::from_text(r#"{"token":""}"#);
         assert_eq!(auth_token(empty.as_ref(), "token"), None);
+        assert_eq!(
+            connect_token(None, Some("a=1&token=x%2By"), "token"),
+            Some("x+y".into())
+        );
+        assert_eq!(
+            connect_token(data.as_ref(), Some("token=q"), "token"),
+            Some("abc".into())
+        );
     }
 }

@@ -63,6 +63,11 @@ impl Json {
         RawValue::from_string(text.to_string()).ok().map(Json)
     }
 
+    /// Wrap JSON already parsed as raw text.
+    pub fn from_raw(raw: Box<RawValue>) -> Json {
+        Json(raw)
+    }
+
     /// Serialize a value.
     pub fn from_value<T: serde::Serialize>(value: &T) -> Json {
         Json(serde_json::value::to_raw_value(value).expect("value serializes"))
