@@ -389,23 +389,42 @@ async fn broadcast(
 }
 
 /// `POST /api/events`: a typed event for the Cells gateway's sessions
-/// (docs/cells.md).
-async fn events(State(node): State<Arc<Node>>, body: Bytes) -> Result<Json<Published>, ApiError> {
-    use crate::frontend::cells::events;
+/// (docs/cells.md). An event with a coalescing key is held for its burst
+/// and answered `{"coalesced":true,…}`; others are published at once.
+async fn events(
+    State(node): State<Arc<Node>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::frontend::cells::{self, coalesce::Offer, events};
     let refused = |(code, message): events::Refusal| {
         node.metrics.frontend.error("cells", code);
         HttpError::new(StatusCode::BAD_REQUEST, code, message)
     };
     let request: events::EventRequest =
         parse(&body).map_err(|e| refused(("bad_request", e.message)))?;
-    let (delivery, kind) = events::delivery(&node, request).map_err(refused)?;
+    let event = events::check(&node, request).map_err(refused)?;
     count(&node, "api_events");
     node.metrics
         .frontend
         .events_in
-        .with_label_values(&["cells", &kind])
+        .with_label_values(&["cells", &event.kind])
         .inc();
-    Ok(Json(node.publish_groups(delivery).await))
+    match cells::gateway(&node).coalescer.offer(&node, event) {
+        Offer::Held { key, pending } => Ok(Json(json!({
+            "coalesced": true,
+            "key": key,
+            "pending": pending,
+        }))),
+        Offer::Now { flushed, event } => {
+            if let Some(burst) = flushed {
+                node.publish_groups(burst.delivery()).await;
+            }
+            let published = node.publish_groups(event.delivery()).await;
+            Ok(Json(
+                serde_json::to_value(published).expect("replies serialize"),
+            ))
+        }
+    }
 }
 
 async fn disconnect(

@@ -2,6 +2,8 @@
 //! JWT claims hold a session's user, profile, roles and workspaces, the
 //! event kinds `POST /api/events` accepts, and the largest client frame.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 use super::ConfigError;
@@ -14,7 +16,14 @@ pub mod env {
     pub const WORKSPACES_CLAIM: &str = "PUBMESH_CELLS_WORKSPACES_CLAIM";
     pub const EVENT_KINDS: &str = "PUBMESH_CELLS_EVENT_KINDS";
     pub const MAX_MESSAGE_SIZE: &str = "PUBMESH_CELLS_MAX_MESSAGE_SIZE";
+    pub const COALESCE_KEYS: &str = "PUBMESH_CELLS_COALESCE_KEYS";
+    pub const COALESCE_IDLE_MS: &str = "PUBMESH_CELLS_COALESCE_IDLE_MS";
+    pub const COALESCE_MAX_WAIT_MS: &str = "PUBMESH_CELLS_COALESCE_MAX_WAIT_MS";
 }
+
+/// The coalescing keys of the built-in kinds: the node uuid of node events.
+pub const DEFAULT_COALESCE_KEYS: &[(&str, &str)] =
+    &[("tree", "Target.Uuid"), ("meta", "Target.Uuid")];
 
 /// The event kinds every node accepts.
 pub const BUILTIN_KINDS: &[&str] = &["tree", "meta", "task", "idm", "activity"];
@@ -40,6 +49,15 @@ pub struct CellsCli {
     /// Cells gateway: the largest client frame on /ws/event, in bytes; larger ones close the socket with 1009 [default: 2048]
     #[arg(long, env = env::MAX_MESSAGE_SIZE)]
     pub cells_max_message_size: Option<usize>,
+    /// Cells gateway: which field of an event's body is its coalescing key, per kind, as kind=Dotted.Path pairs (comma separated; `none` for no coalescing) [default: tree=Target.Uuid,meta=Target.Uuid]
+    #[arg(long, env = env::COALESCE_KEYS, value_delimiter = ',')]
+    pub cells_coalesce_keys: Option<Vec<String>>,
+    /// Cells gateway: a key's burst is merged and sent this long after its last event, in milliseconds [default: 1000]
+    #[arg(long, env = env::COALESCE_IDLE_MS)]
+    pub cells_coalesce_idle_ms: Option<u64>,
+    /// Cells gateway: a key's burst is sent at the latest this long after its first event, in milliseconds [default: 5000]
+    #[arg(long, env = env::COALESCE_MAX_WAIT_MS)]
+    pub cells_coalesce_max_wait_ms: Option<u64>,
 }
 
 /// The `[cells]` table of the TOML file.
@@ -52,6 +70,9 @@ pub struct CellsFile {
     pub workspaces_claim: Option<String>,
     pub event_kinds: Option<Vec<String>>,
     pub max_message_size: Option<usize>,
+    pub coalesce_keys: Option<Vec<String>>,
+    pub coalesce_idle_ms: Option<u64>,
+    pub coalesce_max_wait_ms: Option<u64>,
 }
 
 /// The resolved settings.
@@ -64,6 +85,13 @@ pub struct Cells {
     /// Every accepted kind: the built-in ones, then the configured ones.
     pub kinds: Vec<String>,
     pub max_message_size: usize,
+    /// (kind, dotted path of the key in the body): events of these kinds
+    /// with a key are coalesced; others pass through at once.
+    pub coalesce_keys: Vec<(String, String)>,
+    /// A burst is sent this long after its last event...
+    pub coalesce_idle: Duration,
+    /// ...or this long after its first, whichever comes first.
+    pub coalesce_max_wait: Duration,
 }
 
 impl Default for Cells {
@@ -98,6 +126,25 @@ impl Cells {
                 kinds.push(kind);
             }
         }
+        let coalesce_keys = coalesce_keys(
+            cli.cells_coalesce_keys
+                .clone()
+                .or(file.coalesce_keys.clone()),
+            &kinds,
+        )?;
+        let idle = cli
+            .cells_coalesce_idle_ms
+            .or(file.coalesce_idle_ms)
+            .unwrap_or(1000);
+        let max_wait = cli
+            .cells_coalesce_max_wait_ms
+            .or(file.coalesce_max_wait_ms)
+            .unwrap_or(5000);
+        if idle == 0 || max_wait < idle || max_wait > 600_000 {
+            return Err(ConfigError::Invalid(
+                "cells coalesce_idle_ms must be at least 1 and coalesce_max_wait_ms between it and 600000".into(),
+            ));
+        }
         let cells = Cells {
             user_claim: pick(&cli.cells_user_claim, &file.user_claim, "name"),
             profile_claim: pick(&cli.cells_profile_claim, &file.profile_claim, "profile"),
@@ -112,6 +159,9 @@ impl Cells {
                 .cells_max_message_size
                 .or(file.max_message_size)
                 .unwrap_or(2048),
+            coalesce_keys,
+            coalesce_idle: Duration::from_millis(idle),
+            coalesce_max_wait: Duration::from_millis(max_wait),
         };
         if cells.max_message_size < 256 {
             return Err(ConfigError::Invalid(
@@ -132,4 +182,38 @@ impl Cells {
         }
         Ok(cells)
     }
+}
+
+/// Parse `kind=Dotted.Path` pairs; `None` gives the defaults, `["none"]`
+/// nothing. Each kind must be accepted and named once.
+fn coalesce_keys(
+    pairs: Option<Vec<String>>,
+    kinds: &[String],
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(pairs) = pairs else {
+        return Ok(DEFAULT_COALESCE_KEYS
+            .iter()
+            .map(|(k, p)| (k.to_string(), p.to_string()))
+            .collect());
+    };
+    let mut out: Vec<(String, String)> = Vec::new();
+    for pair in pairs {
+        let pair = pair.trim();
+        if pair.is_empty() || pair == "none" {
+            continue;
+        }
+        let invalid = || {
+            ConfigError::Invalid(format!(
+                "cells coalesce key {pair:?} must be kind=Dotted.Path with an accepted kind, each kind once"
+            ))
+        };
+        let (kind, path) = pair.split_once('=').ok_or_else(invalid)?;
+        let (kind, path) = (kind.trim(), path.trim());
+        let path_ok = !path.is_empty() && path.split('.').all(|part| !part.is_empty());
+        if !path_ok || !kinds.iter().any(|k| k == kind) || out.iter().any(|(k, _)| k == kind) {
+            return Err(invalid());
+        }
+        out.push((kind.to_string(), path.to_string()));
+    }
+    Ok(out)
 }

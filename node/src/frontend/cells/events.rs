@@ -62,9 +62,33 @@ fn checked(ids: Vec<String>, field: &str) -> Result<Vec<String>, Refusal> {
     Ok(out)
 }
 
-/// The delivery for a request: addressed to the internal groups its
-/// audience names, with the body as data and the audience attached.
-pub fn delivery(node: &Node, request: EventRequest) -> Result<(Delivery, String), Refusal> {
+/// A checked event: what [`Checked::delivery`] sends, or what the
+/// coalescer holds until its burst is merged.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub kind: String,
+    /// The body, a JSON object.
+    pub body: String,
+    pub audience: Audience,
+    /// The internal groups the audience names.
+    pub groups: Vec<String>,
+}
+
+impl Checked {
+    /// The delivery: addressed to the audience's groups, with the body as
+    /// data and the audience attached.
+    pub fn delivery(&self) -> Delivery {
+        let mut d = Delivery::new(
+            Target::Channels(self.groups.clone()),
+            Utf8Bytes::from(self.body.clone()),
+        );
+        d.audience = Some(self.audience.encode());
+        d
+    }
+}
+
+/// Check a request: its kind, body and audience.
+pub fn check(node: &Node, request: EventRequest) -> Result<Checked, Refusal> {
     let EventRequest {
         kind,
         body,
@@ -119,10 +143,10 @@ pub fn delivery(node: &Node, request: EventRequest) -> Result<(Delivery, String)
         profile: audience.profile,
         exclude_user: audience.exclude_user,
     };
-    let mut d = Delivery::new(
-        Target::Channels(groups),
-        Utf8Bytes::from(body.get().to_string()),
-    );
-    d.audience = Some(audience.encode());
-    Ok((d, kind))
+    Ok(Checked {
+        kind,
+        body: body.get().to_string(),
+        audience,
+        groups,
+    })
 }

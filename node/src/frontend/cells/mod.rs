@@ -6,7 +6,8 @@
 //! - [`wire`]: the Cells frames (control messages, node events, chat);
 //! - [`codec`]: the audience check and the frames of one event;
 //! - [`session`]: one socket: subscribe, refresh, unsubscribe, errors;
-//! - [`events`]: the server API's event requests.
+//! - [`events`]: the server API's event requests;
+//! - [`coalesce`]: bursts for one key merged before they are published.
 //!
 //! A subscribed session joins one internal group per workspace, role,
 //! profile and user of its claims (`Node::set_groups`), so an event's
@@ -14,18 +15,20 @@
 //! is offered only to those members; the codec then checks the session's
 //! claims and encodes once per set of matching workspaces.
 
+pub mod coalesce;
 pub mod codec;
 pub mod events;
 pub mod session;
 pub mod wire;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+use self::coalesce::Coalescer;
 use self::codec::CellsCodec;
 use self::session::CellsSession;
 use crate::codec::Codec;
@@ -55,6 +58,48 @@ pub fn group(kind: &str, id: &str) -> String {
     crate::node::group_name(FAMILY, &format!("{kind}/{id}"))
 }
 
+/// The gateway's state on one node: the coalescer, and the counters of
+/// `pubmesh_cells_events_total`.
+pub struct Gateway {
+    pub coalescer: Arc<Coalescer>,
+}
+
+/// The gateways of the nodes of this process (one in production; tests may
+/// run several nodes in one process). The node does not own its
+/// front-ends' state, so it is found here by node.
+static GATEWAYS: parking_lot::Mutex<Vec<(Weak<Node>, Arc<Gateway>)>> =
+    parking_lot::Mutex::new(Vec::new());
+
+/// The gateway of `node`, made (and its metrics registered, at zero) on
+/// first use.
+pub fn gateway(node: &Arc<Node>) -> Arc<Gateway> {
+    let mut all = GATEWAYS.lock();
+    all.retain(|(n, _)| n.strong_count() > 0);
+    if let Some((_, g)) = all
+        .iter()
+        .find(|(n, _)| std::ptr::eq(n.as_ptr(), Arc::as_ptr(node)))
+    {
+        return g.clone();
+    }
+    let counter = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "pubmesh_cells_events_total",
+            "Cells gateway events by outcome: coalesced (held for a burst), merged (bursts sent), passed (sent at once)",
+        ),
+        &["outcome"],
+    )
+    .expect("valid metric");
+    node.metrics
+        .registry
+        .register(Box::new(counter.clone()))
+        .expect("unique metric");
+    let g = Arc::new(Gateway {
+        coalescer: Arc::new(Coalescer::new(&node.config.cells, counter)),
+    });
+    all.push((Arc::downgrade(node), g.clone()));
+    g
+}
+
 /// The Cells gateway.
 pub struct Cells;
 
@@ -74,6 +119,7 @@ impl Frontend for Cells {
 
     fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
         node.metrics.frontend.init(FAMILY, ERROR_CODES);
+        gateway(node);
         for kind in &node.config.cells.kinds {
             node.metrics
                 .frontend
