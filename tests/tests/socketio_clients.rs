@@ -237,6 +237,19 @@ async fn rooms_are_channels_across_two_nodes_with_flamencos_subscription_table()
     );
     a.wait_members(&job_room, 0).await;
 
+    // To one socket, by its id, from the other node: an event in `/`.
+    let (status, body) = b
+        .post(
+            "/api/notify/clients",
+            json!({"client_ids": [hello["id"]], "data": {"just": "you"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        event(&mut anon, "message").await["args"],
+        json!([{"just": "you"}])
+    );
+
     // A client leaving ends all its memberships.
     anon.send_line(r#"{"disconnect":true}"#).await;
     anon.wait_event("disconnect", patience(30)).await;
