@@ -11,53 +11,13 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-/// Environment variable names, one per flag (linkerd-style: named next to the flag).
-pub mod env {
-    pub const LISTEN: &str = "PUBMESH_LISTEN";
-    pub const ADMIN_LISTEN: &str = "PUBMESH_ADMIN_LISTEN";
-    pub const LISTEN_BACKLOG: &str = "PUBMESH_LISTEN_BACKLOG";
-    pub const NODE_ID: &str = "PUBMESH_NODE_ID";
-    pub const API_KEY: &str = "PUBMESH_API_KEY";
-    pub const JWT_SECRET: &str = "PUBMESH_JWT_SECRET";
-    pub const JWT_PUBLIC_KEY: &str = "PUBMESH_JWT_PUBLIC_KEY";
-    pub const REQUIRE_AUTH: &str = "PUBMESH_REQUIRE_AUTH";
-    pub const ANONYMOUS_ID: &str = "PUBMESH_ANONYMOUS_ID";
-    pub const REDIS_URL: &str = "PUBMESH_REDIS_URL";
-    pub const REDIS_PREFIX: &str = "PUBMESH_REDIS_PREFIX";
-    pub const REDIS_CLUSTER: &str = "PUBMESH_REDIS_CLUSTER";
-    pub const REDIS_TLS_CA: &str = "PUBMESH_REDIS_TLS_CA";
-    pub const BACKEND_URL: &str = "PUBMESH_BACKEND_URL";
-    pub const WALKER_TIMEOUT_MS: &str = "PUBMESH_WALKER_TIMEOUT_MS";
-    pub const DRAIN_SECONDS: &str = "PUBMESH_DRAIN_SECONDS";
-    pub const CONFIG: &str = "PUBMESH_CONFIG";
-    pub const LOG_FORMAT: &str = "PUBMESH_LOG_FORMAT";
-    pub const MAX_MESSAGE_SIZE: &str = "PUBMESH_MAX_MESSAGE_SIZE";
-    pub const OUTBOX_BYTES: &str = "PUBMESH_OUTBOX_BYTES";
-    pub const CLIENT_RATE: &str = "PUBMESH_CLIENT_RATE";
-    pub const CLIENT_BURST: &str = "PUBMESH_CLIENT_BURST";
-    pub const MAX_CHANNELS_PER_CONNECTION: &str = "PUBMESH_MAX_CHANNELS_PER_CONNECTION";
-    pub const MAX_CONNECTIONS: &str = "PUBMESH_MAX_CONNECTIONS";
-    pub const MAX_IDS_PER_MESSAGE: &str = "PUBMESH_MAX_IDS_PER_MESSAGE";
-    pub const CLIENT_CHANNEL_PUBLISH: &str = "PUBMESH_CLIENT_CHANNEL_PUBLISH";
-    pub const CLIENT_USER_PUBLISH: &str = "PUBMESH_CLIENT_USER_PUBLISH";
-    pub const CLIENT_CLIENT_PUBLISH: &str = "PUBMESH_CLIENT_CLIENT_PUBLISH";
-    pub const FLUSH_WINDOW_US: &str = "PUBMESH_FLUSH_WINDOW_US";
-    pub const PRESENCE_TTL_SECONDS: &str = "PUBMESH_PRESENCE_TTL_SECONDS";
-    pub const RELAY_QUEUE_BYTES: &str = "PUBMESH_RELAY_QUEUE_BYTES";
-    pub const RELAY_RECEIVE_BYTES: &str = "PUBMESH_RELAY_RECEIVE_BYTES";
-    pub const RELAY_RETRY_MS: &str = "PUBMESH_RELAY_RETRY_MS";
-    pub const RELAY_PROBE_MS: &str = "PUBMESH_RELAY_PROBE_MS";
-    pub const RELAY_INTEREST_RATE: &str = "PUBMESH_RELAY_INTEREST_RATE";
-    pub const RELAY_BATCH_BYTES: &str = "PUBMESH_RELAY_BATCH_BYTES";
-    pub const RELAY_BATCH_US: &str = "PUBMESH_RELAY_BATCH_US";
-    pub use super::addresses::env::*;
-    pub use super::connections::env::*;
-}
-
+pub mod env;
 pub mod addresses;
 pub mod connections;
+mod relay;
 pub use addresses::AddressLimits;
 pub use connections::{Connections, Liveness};
+pub use relay::RelayLimits;
 
 pub use crate::policy::{ChannelPublish, DirectPublish};
 pub use bounds::{ChurnLimit, IdempotencyLimits};
@@ -337,39 +297,6 @@ pub struct Config {
     pub addresses: AddressLimits,
     /// The Socket.IO front-end (docs/socketio.md).
     pub socketio: socketio::SocketIo,
-}
-
-/// What the cluster relay may hold and how it probes Redis.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelayLimits {
-    /// Bytes of outgoing envelopes held (queues and retry buffer together).
-    pub queue_bytes: usize,
-    /// Bytes of received envelopes held per subscriber connection.
-    pub receive_bytes: usize,
-    /// How long a publish may wait for Redis.
-    pub retry: Duration,
-    /// Readiness probe interval (and deadline).
-    pub probe: Duration,
-    /// Subscribe/unsubscribe topic changes per second.
-    pub interest_rate: u32,
-    /// Largest batch envelope in bytes (0: no batches).
-    pub batch_bytes: usize,
-    /// How long a busy lane waits for more envelopes before it sends.
-    pub batch_wait: Duration,
-}
-
-impl Default for RelayLimits {
-    fn default() -> Self {
-        RelayLimits {
-            queue_bytes: 32 * 1024 * 1024,
-            receive_bytes: 256 * 1024 * 1024,
-            retry: Duration::from_secs(5),
-            probe: Duration::from_secs(1),
-            interest_rate: 20_000,
-            batch_bytes: 64 * 1024,
-            batch_wait: Duration::ZERO,
-        }
-    }
 }
 
 /// A configuration that cannot be used, with a message fit for the operator.

@@ -332,6 +332,17 @@ impl SocketIo {
     }
 }
 
+/// Event names a client may not emit (the reference parser refuses them),
+/// so none can be a join event.
+pub const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
 fn resolve_join_event(
     e: &JoinEventFile,
     namespaces: &[Namespace],
@@ -344,7 +355,7 @@ fn resolve_join_event(
         )));
     }
     if e.event.is_empty()
-        || crate::frontend::socketio::wire::RESERVED_EVENTS.contains(&e.event.as_str())
+        || RESERVED_EVENTS.contains(&e.event.as_str())
     {
         return Err(invalid(format!(
             "socketio join event {:?} is empty or reserved",

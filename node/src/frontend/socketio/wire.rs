@@ -35,14 +35,7 @@ pub enum Version {
 }
 
 /// Event names a client may not emit (the reference parser refuses them).
-pub const RESERVED_EVENTS: [&str; 6] = [
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
+pub use crate::config::socketio::RESERVED_EVENTS;
 
 /// Packet type digits.
 const CONNECT: u8 = 0;

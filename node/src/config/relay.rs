@@ -1,0 +1,36 @@
+//! What the cluster relay may hold, how it batches and how it probes Redis.
+
+use std::time::Duration;
+
+/// What the cluster relay may hold and how it probes Redis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Bytes of outgoing envelopes held (queues and retry buffer together).
+    pub queue_bytes: usize,
+    /// Bytes of received envelopes held per subscriber connection.
+    pub receive_bytes: usize,
+    /// How long a publish may wait for Redis.
+    pub retry: Duration,
+    /// Readiness probe interval (and deadline).
+    pub probe: Duration,
+    /// Subscribe/unsubscribe topic changes per second.
+    pub interest_rate: u32,
+    /// Largest batch envelope in bytes (0: no batches).
+    pub batch_bytes: usize,
+    /// How long a busy lane waits for more envelopes before it sends.
+    pub batch_wait: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            queue_bytes: 32 * 1024 * 1024,
+            receive_bytes: 256 * 1024 * 1024,
+            retry: Duration::from_secs(5),
+            probe: Duration::from_secs(1),
+            interest_rate: 20_000,
+            batch_bytes: 64 * 1024,
+            batch_wait: Duration::ZERO,
+        }
+    }
+}
