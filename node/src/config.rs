@@ -11,9 +11,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-pub mod env;
 pub mod addresses;
 pub mod connections;
+pub mod env;
 mod relay;
 pub use addresses::AddressLimits;
 pub use connections::{Connections, Liveness};

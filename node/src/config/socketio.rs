@@ -354,9 +354,7 @@ fn resolve_join_event(
             e.event
         )));
     }
-    if e.event.is_empty()
-        || RESERVED_EVENTS.contains(&e.event.as_str())
-    {
+    if e.event.is_empty() || RESERVED_EVENTS.contains(&e.event.as_str()) {
         return Err(invalid(format!(
             "socketio join event {:?} is empty or reserved",
             e.event
