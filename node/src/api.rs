@@ -416,13 +416,14 @@ async fn events(
             "pending": pending,
         }))),
         Offer::Now { flushed, event } => {
+            let coalescer = &cells::gateway(&node).coalescer;
             if let Some(burst) = flushed {
-                node.publish_groups(burst.delivery()).await;
+                coalescer.publish(&node, &burst).await;
             }
-            let published = node.publish_groups(event.delivery()).await;
-            Ok(Json(
-                serde_json::to_value(published).expect("replies serialize"),
-            ))
+            Ok(Json(match coalescer.publish(&node, &event).await {
+                Some(published) => serde_json::to_value(published).expect("replies serialize"),
+                None => json!({"dropped": "silent_rate"}),
+            }))
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::addresses::Rate;
 use super::ConfigError;
 
 /// Environment variable names of these flags.
@@ -19,6 +20,10 @@ pub mod env {
     pub const COALESCE_KEYS: &str = "PUBMESH_CELLS_COALESCE_KEYS";
     pub const COALESCE_IDLE_MS: &str = "PUBMESH_CELLS_COALESCE_IDLE_MS";
     pub const COALESCE_MAX_WAIT_MS: &str = "PUBMESH_CELLS_COALESCE_MAX_WAIT_MS";
+    pub const SESSION_RATE: &str = "PUBMESH_CELLS_SESSION_RATE";
+    pub const SESSION_BURST: &str = "PUBMESH_CELLS_SESSION_BURST";
+    pub const SILENT_RATE: &str = "PUBMESH_CELLS_SILENT_RATE";
+    pub const SILENT_BURST: &str = "PUBMESH_CELLS_SILENT_BURST";
 }
 
 /// The coalescing keys of the built-in kinds: the node uuid of node events.
@@ -58,6 +63,18 @@ pub struct CellsCli {
     /// Cells gateway: a key's burst is sent at the latest this long after its first event, in milliseconds [default: 5000]
     #[arg(long, env = env::COALESCE_MAX_WAIT_MS)]
     pub cells_coalesce_max_wait_ms: Option<u64>,
+    /// Cells gateway: events per second one session receives; beyond, events are dropped for it (0: no limit) [default: 30]
+    #[arg(long, env = env::SESSION_RATE)]
+    pub cells_session_rate: Option<u32>,
+    /// Cells gateway: the per-session bucket size [default: 20]
+    #[arg(long, env = env::SESSION_BURST)]
+    pub cells_session_burst: Option<u32>,
+    /// Cells gateway: events marked "Silent" a node publishes per second; beyond, they are dropped (0: no limit) [default: 20]
+    #[arg(long, env = env::SILENT_RATE)]
+    pub cells_silent_rate: Option<u32>,
+    /// Cells gateway: the silent events' bucket size [default: 10]
+    #[arg(long, env = env::SILENT_BURST)]
+    pub cells_silent_burst: Option<u32>,
 }
 
 /// The `[cells]` table of the TOML file.
@@ -73,6 +90,10 @@ pub struct CellsFile {
     pub coalesce_keys: Option<Vec<String>>,
     pub coalesce_idle_ms: Option<u64>,
     pub coalesce_max_wait_ms: Option<u64>,
+    pub session_rate: Option<u32>,
+    pub session_burst: Option<u32>,
+    pub silent_rate: Option<u32>,
+    pub silent_burst: Option<u32>,
 }
 
 /// The resolved settings.
@@ -92,6 +113,10 @@ pub struct Cells {
     pub coalesce_idle: Duration,
     /// ...or this long after its first, whichever comes first.
     pub coalesce_max_wait: Duration,
+    /// Events one session receives (`None`: no limit).
+    pub session_rate: Option<Rate>,
+    /// Events marked silent one node publishes (`None`: no limit).
+    pub silent_rate: Option<Rate>,
 }
 
 impl Default for Cells {
@@ -145,6 +170,29 @@ impl Cells {
                 "cells coalesce_idle_ms must be at least 1 and coalesce_max_wait_ms between it and 600000".into(),
             ));
         }
+        let bucket = |rate: Option<u32>, burst: Option<u32>, default: (u32, u32), name: &str| {
+            let rate = rate.unwrap_or(default.0);
+            let burst = burst.unwrap_or(default.1);
+            match (rate, burst) {
+                (0, _) => Ok(None),
+                (_, 0) => Err(ConfigError::Invalid(format!(
+                    "cells {name}_burst must be at least 1"
+                ))),
+                (rate, burst) => Ok(Some(Rate { rate, burst })),
+            }
+        };
+        let session_rate = bucket(
+            cli.cells_session_rate.or(file.session_rate),
+            cli.cells_session_burst.or(file.session_burst),
+            (30, 20),
+            "session",
+        )?;
+        let silent_rate = bucket(
+            cli.cells_silent_rate.or(file.silent_rate),
+            cli.cells_silent_burst.or(file.silent_burst),
+            (20, 10),
+            "silent",
+        )?;
         let cells = Cells {
             user_claim: pick(&cli.cells_user_claim, &file.user_claim, "name"),
             profile_claim: pick(&cli.cells_profile_claim, &file.profile_claim, "profile"),
@@ -162,6 +210,8 @@ impl Cells {
             coalesce_keys,
             coalesce_idle: Duration::from_millis(idle),
             coalesce_max_wait: Duration::from_millis(max_wait),
+            session_rate,
+            silent_rate,
         };
         if cells.max_message_size < 256 {
             return Err(ConfigError::Invalid(

@@ -102,86 +102,83 @@ pub async fn run<S, T>(
     let (mut sink, mut stream) = socket.split();
     session.on_open().await;
     let heard = Heard::new();
-    let reader = async {
-        let mut limit = FrameLimit::new(settings.rate, settings.burst, settings.address.clone());
-        let mut tick = settings.tick.map(|every| {
-            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            t
-        });
-        loop {
-            let next = async {
-                match tick.as_mut() {
-                    Some(t) => {
-                        tokio::select! {
-                            message = stream.next() => Some(message),
-                            _ = t.tick() => None,
-                        }
-                    }
-                    None => Some(stream.next().await),
-                }
-            };
-            let next = next.await;
-            if matches!(next, Some(Some(_))) {
-                // Any frame (or error) from the client shows it is there.
-                heard.now();
-            }
-            let flow = match next {
-                None => session.on_tick().await,
-                Some(None | Some(Ok(Message::Close(_)))) => return,
-                Some(Some(Ok(Message::Text(text)))) => {
-                    if !limit.allow() {
-                        Flow::Close(CloseReason::RateLimited)
-                    } else {
-                        session.on_text(text).await
-                    }
-                }
-                Some(Some(Ok(Message::Binary(data)))) => {
-                    if !limit.allow() {
-                        Flow::Close(CloseReason::RateLimited)
-                    } else {
-                        session.on_binary(data).await
-                    }
-                }
-                // Pings and pongs cost a token like any other frame, so a
-                // ping flood closes with 4029 too.
-                Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {
-                    if !limit.allow() {
-                        Flow::Close(CloseReason::RateLimited)
-                    } else {
-                        Flow::Continue
-                    }
-                }
-                Some(Some(Ok(Message::Frame(_)))) => Flow::Continue,
-                Some(Some(Err(WsError::Capacity(
-                    CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders,
-                )))) => Flow::Close(CloseReason::TooBig),
-                Some(Some(Err(WsError::Utf8(_)))) => Flow::Close(CloseReason::InvalidUtf8),
-                Some(Some(Err(WsError::Protocol(e))))
-                    if !matches!(e, ProtocolError::ResetWithoutClosingHandshake) =>
-                {
-                    tracing::debug!(error = %e, "protocol violation");
-                    Flow::Close(CloseReason::ProtocolError)
-                }
-                Some(Some(Err(e))) => {
-                    tracing::debug!(error = %e, "read error");
-                    return;
-                }
-            };
-            if let Flow::Close(reason) = flow {
-                outbox.close(reason);
-                // The writer sends the close frame; stop reading, but stay
-                // pending so the writer can finish.
-                std::future::pending::<()>().await;
-            }
-        }
-    };
     let closed_by_server = {
         // Each future is polled only when it was woken: a delivery wakes the
         // writer alone, not the reader's frame decoder (see [`race`]).
         let reader = pin!(async {
-            reader.await;
-            None
+            let mut limit =
+                FrameLimit::new(settings.rate, settings.burst, settings.address.clone());
+            let mut tick = settings.tick.map(|every| {
+                let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
+            loop {
+                let next = async {
+                    match tick.as_mut() {
+                        Some(t) => {
+                            tokio::select! {
+                                message = stream.next() => Some(message),
+                                _ = t.tick() => None,
+                            }
+                        }
+                        None => Some(stream.next().await),
+                    }
+                };
+                let next = next.await;
+                if matches!(next, Some(Some(_))) {
+                    // Any frame (or error) from the client shows it is there.
+                    heard.now();
+                }
+                let flow = match next {
+                    None => session.on_tick().await,
+                    Some(None | Some(Ok(Message::Close(_)))) => return None,
+                    Some(Some(Ok(Message::Text(text)))) => {
+                        if !limit.allow() {
+                            Flow::Close(CloseReason::RateLimited)
+                        } else {
+                            session.on_text(text).await
+                        }
+                    }
+                    Some(Some(Ok(Message::Binary(data)))) => {
+                        if !limit.allow() {
+                            Flow::Close(CloseReason::RateLimited)
+                        } else {
+                            session.on_binary(data).await
+                        }
+                    }
+                    // Pings and pongs cost a token like any other frame, so a
+                    // ping flood closes with 4029 too.
+                    Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {
+                        if !limit.allow() {
+                            Flow::Close(CloseReason::RateLimited)
+                        } else {
+                            Flow::Continue
+                        }
+                    }
+                    Some(Some(Ok(Message::Frame(_)))) => Flow::Continue,
+                    Some(Some(Err(WsError::Capacity(
+                        CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders,
+                    )))) => Flow::Close(CloseReason::TooBig),
+                    Some(Some(Err(WsError::Utf8(_)))) => Flow::Close(CloseReason::InvalidUtf8),
+                    Some(Some(Err(WsError::Protocol(e))))
+                        if !matches!(e, ProtocolError::ResetWithoutClosingHandshake) =>
+                    {
+                        tracing::debug!(error = %e, "protocol violation");
+                        Flow::Close(CloseReason::ProtocolError)
+                    }
+                    Some(Some(Err(e))) => {
+                        tracing::debug!(error = %e, "read error");
+                        return None;
+                    }
+                };
+                if let Flow::Close(reason) = flow {
+                    outbox.close(reason);
+                    // The writer sends the close frame; stop reading, but stay
+                    // pending so the writer can finish.
+                    std::future::pending::<()>().await;
+                }
+            }
         });
         let writer = pin!(write_loop(
             settings.flush_window,

@@ -18,11 +18,19 @@ use serde_json::Value;
 
 use super::events::Checked;
 use super::wire::{self, EventType, NodeChangeEvent};
+use crate::address::Bucket;
+use crate::config::addresses::Rate;
 use crate::config::cells::Cells as CellsConfig;
 use crate::node::{Node, Published};
 
 /// The outcomes of `pubmesh_cells_events_total`.
-pub const OUTCOMES: &[&str] = &["coalesced", "merged", "passed"];
+pub const OUTCOMES: &[&str] = &[
+    "coalesced",
+    "merged",
+    "passed",
+    "dropped_silent_rate",
+    "dropped_session_rate",
+];
 
 /// One key's burst.
 struct Pending {
@@ -49,6 +57,8 @@ pub struct Coalescer {
     /// (`coalesced`), merged events sent (`merged`), events sent at once
     /// (`passed`).
     counter: IntCounterVec,
+    /// Events marked `Silent` this node publishes (`--cells-silent-rate`).
+    silent: Option<(Rate, Mutex<Bucket>)>,
 }
 
 /// What became of an offered event.
@@ -116,7 +126,28 @@ impl Coalescer {
             idle: config.coalesce_idle,
             max_wait: config.coalesce_max_wait,
             counter,
+            silent: config
+                .silent_rate
+                .map(|rate| (rate, Mutex::new(Bucket::full(rate, Instant::now())))),
         }
+    }
+
+    /// Publish `event`, unless it is marked `"Silent":true` and the node's
+    /// silent bucket is empty (dropped and counted, as Cells' silent
+    /// dropper does). `None`: dropped.
+    pub async fn publish(&self, node: &Node, event: &Checked) -> Option<Published> {
+        if let Some((rate, bucket)) = &self.silent {
+            let silent = serde_json::from_str::<Value>(&event.body)
+                .ok()
+                .is_some_and(|b| b.get("Silent") == Some(&Value::Bool(true)));
+            if silent && bucket.lock().take(*rate, Instant::now()).is_err() {
+                self.counter
+                    .with_label_values(&["dropped_silent_rate"])
+                    .inc();
+                return None;
+            }
+        }
+        Some(node.publish_groups(event.delivery()).await)
     }
 
     /// Hold `event` in its key's burst, or hand it back to publish now.
@@ -208,7 +239,7 @@ async fn flush_when_due(node: Weak<Node>, coalescer: Arc<Coalescer>, bucket: Str
     let (Some(node), Some(event)) = (node.upgrade(), coalescer.merged(ready)) else {
         return;
     };
-    let _: Published = node.publish_groups(event.delivery()).await;
+    coalescer.publish(&node, &event).await;
 }
 
 #[cfg(test)]

@@ -14,12 +14,15 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::address::Bucket;
 use crate::codec::{Codec, Frames, Recipient, Slot};
+use crate::config::addresses::Rate;
 use crate::delivery::Delivery;
 
 /// What a subscribed session is entitled to, from its JWT claims.
@@ -141,8 +144,19 @@ pub fn event_frame(kind: &str, body: &str, workspace: Option<&str>) -> Utf8Bytes
     Utf8Bytes::from(serde_json::to_string(&object).expect("JSON serializes"))
 }
 
+/// A session's tag: its claims, and its event bucket (made full at the
+/// first event; a refreshed JWT starts a new one).
+pub struct Entitled {
+    pub claims: Claims,
+    bucket: parking_lot::Mutex<Option<Bucket>>,
+}
+
 /// The Cells codec; one instance for every `/ws/event` session.
 pub struct CellsCodec {
+    /// Events per session (`--cells-session-rate`), `None`: no limit.
+    session_rate: Option<Rate>,
+    /// `pubmesh_cells_events_total{outcome="dropped_session_rate"}`.
+    dropped: prometheus::IntCounter,
     /// Frames handed out (`pubmesh_frontend_messages_out_total{frontend="cells"}`).
     out: prometheus::IntCounter,
     /// Sessions refused by the audience check after their group matched
@@ -151,8 +165,14 @@ pub struct CellsCodec {
 }
 
 impl CellsCodec {
-    pub fn new(out: prometheus::IntCounter) -> CellsCodec {
+    pub fn new(
+        out: prometheus::IntCounter,
+        session_rate: Option<Rate>,
+        dropped: prometheus::IntCounter,
+    ) -> CellsCodec {
         CellsCodec {
+            session_rate,
+            dropped,
             out,
             refused: AtomicU64::new(0),
         }
@@ -169,8 +189,29 @@ impl CellsCodec {
     }
 }
 
-fn claims<'a>(to: &'a Recipient<'_>) -> Option<&'a Claims> {
-    to.tag.and_then(|t| t.downcast_ref::<Claims>())
+fn entitled<'a>(to: &'a Recipient<'_>) -> Option<&'a Entitled> {
+    to.tag.and_then(|t| t.downcast_ref::<Entitled>())
+}
+
+impl CellsCodec {
+    /// Take one event from the session's bucket; false (and counted) when
+    /// it is empty: the event is dropped for this session, as Cells' rate
+    /// limiter refuses it.
+    fn admit(&self, session: &Entitled) -> bool {
+        let Some(rate) = self.session_rate else {
+            return true;
+        };
+        let now = Instant::now();
+        let mut bucket = session.bucket.lock();
+        let ok = bucket
+            .get_or_insert_with(|| Bucket::full(rate, now))
+            .take(rate, now)
+            .is_ok();
+        if !ok {
+            self.dropped.inc();
+        }
+        ok
+    }
 }
 
 impl Codec for CellsCodec {
@@ -187,32 +228,40 @@ impl Codec for CellsCodec {
         let Some(audience) = &delivery.audience else {
             return Slot::Skip;
         };
-        let (Some(view), Some(claims)) = (View::read(audience), claims(to)) else {
+        let (Some(view), Some(session)) = (View::read(audience), entitled(to)) else {
             return Slot::Skip;
         };
+        let claims = &session.claims;
         if !view.exclude.is_empty() && view.exclude == claims.user {
             return self.skip();
         }
         let mut mask = 0u32;
         let mut frames = 0u64;
+        let mut own = false;
         for (i, _) in view.matching(claims) {
             if i >= 32 {
-                let n = view.matching(claims).count() as u64;
-                self.out.inc_by(n);
-                return Slot::Own;
+                own = true;
+                frames = view.matching(claims).count() as u64;
+                break;
             }
             mask |= 1 << i;
             frames += 1;
         }
-        if mask != 0 {
-            self.out.inc_by(frames);
-            return Slot::Shared(mask);
+        if frames == 0 && view.other_match(claims) {
+            frames = 1;
         }
-        if view.other_match(claims) {
-            self.out.inc();
-            return Slot::Shared(0);
+        if frames == 0 {
+            return self.skip();
         }
-        self.skip()
+        if !self.admit(session) {
+            return Slot::Skip;
+        }
+        self.out.inc_by(frames);
+        if own {
+            Slot::Own
+        } else {
+            Slot::Shared(mask)
+        }
     }
 
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames {
@@ -227,8 +276,8 @@ impl Codec for CellsCodec {
                 .filter(|(i, _)| *i < 32 && mask & (1 << i) != 0)
                 .map(|(_, w)| w)
                 .collect(),
-            Slot::Own => match claims(to) {
-                Some(c) => view.matching(c).map(|(_, w)| w).collect(),
+            Slot::Own => match entitled(to) {
+                Some(e) => view.matching(&e.claims).map(|(_, w)| w).collect(),
                 None => return Frames::None,
             },
             Slot::Skip => return Frames::None,
@@ -247,7 +296,10 @@ impl Codec for CellsCodec {
 
 /// A tag for a session with these claims.
 pub fn tag(claims: Claims) -> crate::codec::Tag {
-    Arc::new(claims)
+    Arc::new(Entitled {
+        claims,
+        bucket: parking_lot::Mutex::new(None),
+    })
 }
 
 #[cfg(test)]
@@ -289,6 +341,8 @@ mod tests {
     fn one_frame_per_matching_workspace_and_none_for_the_owner() {
         let codec: Arc<dyn Codec> = Arc::new(CellsCodec::new(
             prometheus::IntCounter::new("x", "x").unwrap(),
+            None,
+            prometheus::IntCounter::new("y", "y").unwrap(),
         ));
         let d = event(
             Audience {
@@ -320,6 +374,8 @@ mod tests {
     fn users_roles_and_profile_get_one_untargeted_frame() {
         let codec: Arc<dyn Codec> = Arc::new(CellsCodec::new(
             prometheus::IntCounter::new("x", "x").unwrap(),
+            None,
+            prometheus::IntCounter::new("y", "y").unwrap(),
         ));
         let d = event(
             Audience {

@@ -62,6 +62,8 @@ pub fn group(kind: &str, id: &str) -> String {
 /// `pubmesh_cells_events_total`.
 pub struct Gateway {
     pub coalescer: Arc<Coalescer>,
+    /// `pubmesh_cells_events_total{outcome}`.
+    pub counter: prometheus::IntCounterVec,
 }
 
 /// The gateways of the nodes of this process (one in production; tests may
@@ -75,16 +77,13 @@ static GATEWAYS: parking_lot::Mutex<Vec<(Weak<Node>, Arc<Gateway>)>> =
 pub fn gateway(node: &Arc<Node>) -> Arc<Gateway> {
     let mut all = GATEWAYS.lock();
     all.retain(|(n, _)| n.strong_count() > 0);
-    if let Some((_, g)) = all
-        .iter()
-        .find(|(n, _)| std::ptr::eq(n.as_ptr(), Arc::as_ptr(node)))
-    {
-        return g.clone();
+    if let Some(g) = find(&all, node) {
+        return g;
     }
     let counter = prometheus::IntCounterVec::new(
         prometheus::Opts::new(
             "pubmesh_cells_events_total",
-            "Cells gateway events by outcome: coalesced (held for a burst), merged (bursts sent), passed (sent at once)",
+            "Cells gateway events by outcome: coalesced (held for a burst), merged (bursts sent), passed (sent at once), dropped_silent_rate (silent events over the node's limit), dropped_session_rate (events not sent to a session over its limit)",
         ),
         &["outcome"],
     )
@@ -94,10 +93,17 @@ pub fn gateway(node: &Arc<Node>) -> Arc<Gateway> {
         .register(Box::new(counter.clone()))
         .expect("unique metric");
     let g = Arc::new(Gateway {
-        coalescer: Arc::new(Coalescer::new(&node.config.cells, counter)),
+        coalescer: Arc::new(Coalescer::new(&node.config.cells, counter.clone())),
+        counter,
     });
     all.push((Arc::downgrade(node), g.clone()));
     g
+}
+
+fn find(all: &[(Weak<Node>, Arc<Gateway>)], node: &Node) -> Option<Arc<Gateway>> {
+    all.iter()
+        .find(|(n, _)| std::ptr::eq(n.as_ptr(), node))
+        .map(|(_, g)| g.clone())
 }
 
 /// The Cells gateway.
@@ -114,7 +120,16 @@ impl Frontend for Cells {
             .frontend
             .messages_out
             .with_label_values(&[FAMILY]);
-        Arc::new(CellsCodec::new(out))
+        // The gateway is made by `routes`, before the codec.
+        let dropped = match find(&GATEWAYS.lock(), node) {
+            Some(g) => g.counter.with_label_values(&["dropped_session_rate"]),
+            None => prometheus::IntCounter::new("unregistered", "unregistered").expect("valid"),
+        };
+        Arc::new(CellsCodec::new(
+            out,
+            node.config.cells.session_rate,
+            dropped,
+        ))
     }
 
     fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
