@@ -1,7 +1,8 @@
 //! Coalescing on the Cells gateway, two nodes and Redis, real WebSocket
 //! sessions: a burst of events for one key arrives once, merged as Cells'
 //! batcher merges, on both nodes; keys do not mix; a hot key still flushes
-//! within the maximum wait; an unbatched type sends the held burst first.
+//! within the maximum wait; an unbatched type sends the held burst first;
+//! a burst split across two API nodes becomes one event per node.
 
 use std::time::Duration;
 
@@ -137,6 +138,36 @@ async fn a_burst_for_one_key_arrives_once_merged_on_both_nodes_and_keys_do_not_m
         .metrics()
         .await
         .contains("pubmesh_cells_events_total{outcome=\"merged\"} 0"));
+
+    // A burst split across the two API nodes: one merged event per node.
+    for i in 0..10 {
+        let via = if i % 2 == 0 { &n0 } else { &n1 };
+        let reply = tree(
+            via,
+            json!({"Type": "UPDATE_META", "Target": {"Uuid": "u3",
+                   "MetaStore": {format!("k{i}"): "\"v\""}}}),
+        )
+        .await;
+        assert_eq!(reply["coalesced"], true, "{reply}");
+    }
+    let got = node_events(&mut a, &n0, 2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let mut keys: Vec<usize> = Vec::new();
+    for frame in &got {
+        assert_eq!(uuid(frame), "u3");
+        let meta = frame["Target"]["MetaStore"].as_object().expect("meta");
+        let mine: Vec<usize> = (0..10)
+            .filter(|i| meta.contains_key(&format!("k{i}")))
+            .collect();
+        // Each node merged exactly the events posted to it.
+        assert!(
+            mine == [0, 2, 4, 6, 8] || mine == [1, 3, 5, 7, 9],
+            "{frame}"
+        );
+        keys.extend(mine);
+    }
+    keys.sort();
+    assert_eq!(keys, (0..10).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Rate limits of the Cells gateway, with real sessions: a session over its
 //! event rate gets at most burst + rate × elapsed events and the rest are
 //! dropped and counted; events marked silent beyond the node's silent rate
-//! are dropped and counted.
+//! are dropped and counted; a session whose token expired receives
+//! nothing until it subscribes again with a fresh one.
 
 use std::time::Instant;
 
@@ -140,4 +141,35 @@ async fn silent_events_over_the_node_rate_are_dropped_and_counted() {
         assert_eq!(status, 200);
         assert!(reply.get("dropped").is_none(), "{reply}");
     }
+}
+
+#[tokio::test]
+async fn an_expired_token_stops_events_until_a_fresh_subscribe() {
+    let node = Node::start(&["--jwt-secret", SECRET]).await;
+    let claims = json!({"sub": "id-erin", "name": "erin", "workspaces": ["w1"]});
+    let short = pubmesh_tests::harness::hs256_with(SECRET, claims, 3);
+    let mut s = Session::open(&node, &short, "erin").await;
+    let expired = r#"pubmesh_cells_events_total{outcome="dropped_expired"}"#;
+    // Post events to erin until one is withheld because the token expired
+    // (only a subscribed session whose claims match is counted so).
+    let node_ref = &node;
+    eventually("an event withheld at expiry", patience(30), || async move {
+        let (status, _) = node_ref
+            .post(
+                "/api/events",
+                json!({"kind": "idm", "audience": {"users": ["erin"]}, "body": {"late": true}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+        (node_ref.metric(expired).await > 0.0).then_some(())
+    })
+    .await;
+    // A fresh token: events flow again, on the same socket.
+    s.client
+        .send(json!({"@type": "subscribe", "jwt": token("erin", "standard", &[], &["w1"])}))
+        .await;
+    s.ready(&node, &["w1"]).await;
+    let before = node.metric(expired).await;
+    s.ready(&node, &[]).await;
+    assert_eq!(node.metric(expired).await, before, "nothing withheld now");
 }

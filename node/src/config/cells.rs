@@ -267,3 +267,83 @@ fn coalesce_keys(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(cli: CellsCli) -> Result<Cells, ConfigError> {
+        Cells::resolve(&cli, &CellsFile::default())
+    }
+
+    #[test]
+    fn coalescing_and_rate_settings_resolve_and_bad_ones_are_refused() {
+        let d = Cells::default();
+        assert_eq!(d.coalesce_idle, Duration::from_secs(1));
+        assert_eq!(d.coalesce_max_wait, Duration::from_secs(5));
+        assert_eq!(
+            d.session_rate,
+            Some(Rate {
+                rate: 30,
+                burst: 20
+            })
+        );
+        assert_eq!(
+            d.silent_rate,
+            Some(Rate {
+                rate: 20,
+                burst: 10
+            })
+        );
+        let c = with(CellsCli {
+            cells_coalesce_keys: Some(vec!["task=Job.ID".into(), " tree = Target.Uuid ".into()]),
+            cells_session_rate: Some(0),
+            ..CellsCli::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.coalesce_keys,
+            [
+                ("task".to_string(), "Job.ID".to_string()),
+                ("tree".into(), "Target.Uuid".into())
+            ]
+        );
+        assert_eq!(c.session_rate, None);
+        let off = with(CellsCli {
+            cells_coalesce_keys: Some(vec!["none".into()]),
+            ..CellsCli::default()
+        })
+        .unwrap();
+        assert!(off.coalesce_keys.is_empty());
+        for keys in [
+            "nokind",
+            "chat=Target.Uuid",
+            "tree=",
+            "tree=a..b",
+            "tree=a,tree=b",
+        ] {
+            let cli = CellsCli {
+                cells_coalesce_keys: Some(keys.split(',').map(String::from).collect()),
+                ..CellsCli::default()
+            };
+            assert!(with(cli).is_err(), "{keys}");
+        }
+        for cli in [
+            CellsCli {
+                cells_coalesce_idle_ms: Some(0),
+                ..CellsCli::default()
+            },
+            CellsCli {
+                cells_coalesce_idle_ms: Some(2000),
+                cells_coalesce_max_wait_ms: Some(1000),
+                ..CellsCli::default()
+            },
+            CellsCli {
+                cells_silent_burst: Some(0),
+                ..CellsCli::default()
+            },
+        ] {
+            assert!(with(cli).is_err());
+        }
+    }
+}

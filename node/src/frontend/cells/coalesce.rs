@@ -30,6 +30,7 @@ pub const OUTCOMES: &[&str] = &[
     "passed",
     "dropped_silent_rate",
     "dropped_session_rate",
+    "dropped_expired",
 ];
 
 /// One key's burst.

@@ -148,6 +148,9 @@ pub fn event_frame(kind: &str, body: &str, workspace: Option<&str>) -> Utf8Bytes
 /// first event; a refreshed JWT starts a new one).
 pub struct Entitled {
     pub claims: Claims,
+    /// The token's `exp` (seconds since the epoch): from then on the
+    /// session receives nothing until it subscribes with a fresh token.
+    pub expires_at: u64,
     bucket: parking_lot::Mutex<Option<Bucket>>,
 }
 
@@ -157,6 +160,8 @@ pub struct CellsCodec {
     session_rate: Option<Rate>,
     /// `pubmesh_cells_events_total{outcome="dropped_session_rate"}`.
     dropped: prometheus::IntCounter,
+    /// `pubmesh_cells_events_total{outcome="dropped_expired"}`.
+    expired: prometheus::IntCounter,
     /// Frames handed out (`pubmesh_frontend_messages_out_total{frontend="cells"}`).
     out: prometheus::IntCounter,
     /// Sessions refused by the audience check after their group matched
@@ -169,10 +174,12 @@ impl CellsCodec {
         out: prometheus::IntCounter,
         session_rate: Option<Rate>,
         dropped: prometheus::IntCounter,
+        expired: prometheus::IntCounter,
     ) -> CellsCodec {
         CellsCodec {
             session_rate,
             dropped,
+            expired,
             out,
             refused: AtomicU64::new(0),
         }
@@ -253,6 +260,10 @@ impl Codec for CellsCodec {
         if frames == 0 {
             return self.skip();
         }
+        if session.expires_at <= unix_now() {
+            self.expired.inc();
+            return Slot::Skip;
+        }
         if !self.admit(session) {
             return Slot::Skip;
         }
@@ -295,9 +306,18 @@ impl Codec for CellsCodec {
 }
 
 /// A tag for a session with these claims.
-pub fn tag(claims: Claims) -> crate::codec::Tag {
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A session's tag, for claims from a token that expires at `expires_at`.
+pub fn tag(claims: Claims, expires_at: u64) -> crate::codec::Tag {
     Arc::new(Entitled {
         claims,
+        expires_at,
         bucket: parking_lot::Mutex::new(None),
     })
 }
@@ -309,12 +329,15 @@ mod tests {
     use crate::delivery::Target;
 
     fn claims(user: &str, profile: &str, roles: &[&str], ws: &[&str]) -> crate::codec::Tag {
-        tag(Claims {
-            user: user.into(),
-            profile: profile.into(),
-            roles: roles.iter().map(|s| s.to_string()).collect(),
-            workspaces: ws.iter().map(|s| s.to_string()).collect(),
-        })
+        tag(
+            Claims {
+                user: user.into(),
+                profile: profile.into(),
+                roles: roles.iter().map(|s| s.to_string()).collect(),
+                workspaces: ws.iter().map(|s| s.to_string()).collect(),
+            },
+            u64::MAX,
+        )
     }
 
     fn event(audience: Audience, body: &str) -> Delivery {
@@ -343,6 +366,7 @@ mod tests {
             prometheus::IntCounter::new("x", "x").unwrap(),
             None,
             prometheus::IntCounter::new("y", "y").unwrap(),
+            prometheus::IntCounter::new("z", "z").unwrap(),
         ));
         let d = event(
             Audience {
@@ -376,6 +400,7 @@ mod tests {
             prometheus::IntCounter::new("x", "x").unwrap(),
             None,
             prometheus::IntCounter::new("y", "y").unwrap(),
+            prometheus::IntCounter::new("z", "z").unwrap(),
         ));
         let d = event(
             Audience {

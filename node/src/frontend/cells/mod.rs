@@ -83,7 +83,7 @@ pub fn gateway(node: &Arc<Node>) -> Arc<Gateway> {
     let counter = prometheus::IntCounterVec::new(
         prometheus::Opts::new(
             "pubmesh_cells_events_total",
-            "Cells gateway events by outcome: coalesced (held for a burst), merged (bursts sent), passed (sent at once), dropped_silent_rate (silent events over the node's limit), dropped_session_rate (events not sent to a session over its limit)",
+            "Cells gateway events by outcome: coalesced (held for a burst), merged (bursts sent), passed (sent at once), dropped_silent_rate (silent events over the node's limit), dropped_session_rate (events not sent to a session over its limit), dropped_expired (events not sent to a session whose token expired)",
         ),
         &["outcome"],
     )
@@ -121,14 +121,16 @@ impl Frontend for Cells {
             .messages_out
             .with_label_values(&[FAMILY]);
         // The gateway is made by `routes`, before the codec.
-        let dropped = match find(&GATEWAYS.lock(), node) {
-            Some(g) => g.counter.with_label_values(&["dropped_session_rate"]),
+        let gateway = find(&GATEWAYS.lock(), node);
+        let counter = |outcome: &str| match &gateway {
+            Some(g) => g.counter.with_label_values(&[outcome]),
             None => prometheus::IntCounter::new("unregistered", "unregistered").expect("valid"),
         };
         Arc::new(CellsCodec::new(
             out,
             node.config.cells.session_rate,
-            dropped,
+            counter("dropped_session_rate"),
+            counter("dropped_expired"),
         ))
     }
 

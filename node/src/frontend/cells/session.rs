@@ -133,6 +133,7 @@ impl CellsSession {
         let claims = read_claims(&self.node.config.cells, &all, &id.user_id)
             .map_err(|e| Refusal("bad_claims", e, CloseReason::BadFrame))?;
         let groups = groups(&claims);
+        let expires_at = id.expires_at;
         let identity = Identity {
             root_id: id.user_id,
             token: Some(crate::auth::strip_bearer(jwt).to_string()),
@@ -144,7 +145,7 @@ impl CellsSession {
             return Err(Refusal("bad_jwt", e.to_string(), CloseReason::Unauthorized));
         }
         self.node
-            .set_groups(&self.conn, FAMILY, &groups, Some(tag(claims)))
+            .set_groups(&self.conn, FAMILY, &groups, Some(tag(claims, expires_at)))
             .await
             .map_err(|e| match e {
                 MeshError::TooManyChannels(n) => Refusal(
