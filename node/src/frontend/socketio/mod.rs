@@ -15,12 +15,15 @@
 //! and invalid tokens are answered with CONNECT_ERROR as a Socket.IO server
 //! would, and a socket that never joins a namespace never counts as one.
 
+pub mod args;
 pub mod backend;
 pub mod codec;
 pub mod engineio;
 pub mod joins;
+pub mod pings;
 pub mod polling;
 pub mod session;
+pub mod sid;
 pub mod wire;
 
 use std::sync::Arc;

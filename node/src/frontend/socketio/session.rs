@@ -4,16 +4,19 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+pub use super::args::{auth_token, connect_token, message, with_attachments};
 use super::backend::{Backend, EventCall};
+
 use super::codec;
 use super::engineio::{self, Eio, PacketType};
 use super::joins::{self, Op};
+pub use super::pings::{Due, Pings};
 use super::wire::{self, Json, Packet, Reassembly, Start, Version};
 use crate::config::socketio::{JoinEvent, SocketIo};
 use crate::conn::Conn;
@@ -67,152 +70,6 @@ pub mod reasons {
 /// The message of the CONNECT_ERROR for a namespace not served (the
 /// reference server's).
 pub const INVALID_NAMESPACE: &str = "Invalid namespace";
-
-/// The Engine.IO ping schedule of one connection: the server pings (v4),
-/// or the client does and the server watches (v3).
-#[derive(Clone, Debug)]
-pub struct Pings {
-    interval: Duration,
-    timeout: Duration,
-    next: Instant,
-    /// A ping is out, to be answered by then.
-    answer_by: Option<Instant>,
-    /// v3: the client pings; `next` is when its next ping is late.
-    client_pings: bool,
-}
-
-/// What the ping schedule wants now.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Due {
-    Nothing,
-    Ping,
-    Dead,
-}
-
-impl Pings {
-    pub fn new(config: &SocketIo, eio: Eio) -> Pings {
-        let client_pings = eio == Eio::V3;
-        let first = if client_pings {
-            config.ping_interval + config.ping_timeout
-        } else {
-            config.ping_interval
-        };
-        Pings {
-            interval: config.ping_interval,
-            timeout: config.ping_timeout,
-            next: Instant::now() + first,
-            answer_by: None,
-            client_pings,
-        }
-    }
-
-    /// How often to look at the schedule.
-    pub fn tick(config: &SocketIo) -> Duration {
-        (config.ping_interval.min(config.ping_timeout) / 4)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1))
-    }
-
-    /// When something is next due.
-    pub fn next_event(&self) -> Instant {
-        self.answer_by.unwrap_or(self.next)
-    }
-
-    pub fn due(&mut self, now: Instant) -> Due {
-        if self.client_pings {
-            return if now >= self.next {
-                Due::Dead
-            } else {
-                Due::Nothing
-            };
-        }
-        match self.answer_by {
-            Some(by) if now >= by => Due::Dead,
-            Some(_) => Due::Nothing,
-            None if now >= self.next => {
-                self.answer_by = Some(now + self.timeout);
-                Due::Ping
-            }
-            None => Due::Nothing,
-        }
-    }
-
-    /// v3: the client pinged; its next ping is due within an interval (and
-    /// the timeout).
-    pub fn client_ping(&mut self, now: Instant) {
-        if self.client_pings {
-            self.next = now + self.interval + self.timeout;
-        }
-    }
-
-    /// A pong arrived: the next ping is an interval away.
-    pub fn pong(&mut self, now: Instant) {
-        if self.answer_by.take().is_some() {
-            self.next = now + self.interval;
-        }
-    }
-}
-
-/// `4` + a Socket.IO packet: the text of its Engine.IO message.
-pub fn message(packet: &Packet) -> String {
-    format!("{}{}", PacketType::Message.digit(), packet.encode())
-}
-
-/// The arguments of a binary event with each placeholder replaced by
-/// `{"base64": …}`, its attachment's bytes (what the backend receives).
-pub fn with_attachments(args: Vec<Json>, attachments: &[Bytes]) -> Vec<Json> {
-    use base64::Engine as _;
-    if attachments.is_empty() {
-        return args;
-    }
-    fn fill(v: &mut Value, attachments: &[Bytes]) {
-        match v {
-            Value::Object(map) if map.get("_placeholder") == Some(&Value::Bool(true)) => {
-                let n = map.get("num").and_then(Value::as_u64).unwrap_or(u64::MAX);
-                if let Some(bytes) = attachments.get(n as usize) {
-                    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-                    *v = serde_json::json!({ "base64": b64 });
-                }
-            }
-            Value::Object(map) => map.values_mut().for_each(|c| fill(c, attachments)),
-            Value::Array(items) => items.iter_mut().for_each(|c| fill(c, attachments)),
-            _ => {}
-        }
-    }
-    args.into_iter()
-        .map(|a| match serde_json::from_str::<Value>(a.get()) {
-            Ok(mut v) => {
-                fill(&mut v, attachments);
-                Json::from_value(&v)
-            }
-            Err(_) => a,
-        })
-        .collect()
-}
-
-/// The token of a CONNECT: its `auth` object's field (v5), or the
-/// `token` parameter of its query (v4: `40/admin?token=…,`).
-pub fn connect_token(data: Option<&Json>, query: Option<&str>, field: &str) -> Option<String> {
-    auth_token(data, field).or_else(|| {
-        let (_, token) = url_pairs(query?).into_iter().find(|(k, _)| k == "token")?;
-        Some(token).filter(|t| !t.is_empty())
-    })
-}
-
-fn url_pairs(query: &str) -> Vec<(String, String)> {
-    let uri: Option<http::Uri> = format!("/?{query}").parse().ok();
-    uri.and_then(|u| axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&u).ok())
-        .map(|axum::extract::Query(q)| q)
-        .unwrap_or_default()
-}
-
-/// The token of a CONNECT's `auth` object, if any.
-pub fn auth_token(data: Option<&Json>, field: &str) -> Option<String> {
-    let v: Value = serde_json::from_str(data?.get()).ok()?;
-    v.get(field)?
-        .as_str()
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-}
 
 /// The Socket.IO state of one connection.
 pub struct SioSession {
@@ -714,69 +571,5 @@ impl Session for SioSession {
         self.connected.clear();
         self.pending = None;
         self.node.close(&self.conn, closed_by_server);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pings_wait_for_their_pong_then_keep_the_interval() {
-        let config = SocketIo {
-            ping_interval: Duration::from_millis(100),
-            ping_timeout: Duration::from_millis(50),
-            ..SocketIo::default()
-        };
-        let mut p = Pings::new(&config, Eio::V4);
-        let t0 = Instant::now();
-        assert_eq!(p.due(t0), Due::Nothing);
-        let t1 = t0 + Duration::from_millis(101);
-        assert_eq!(p.due(t1), Due::Ping);
-        assert_eq!(p.due(t1 + Duration::from_millis(10)), Due::Nothing);
-        p.pong(t1 + Duration::from_millis(20));
-        assert_eq!(p.due(t1 + Duration::from_millis(100)), Due::Nothing);
-        let t2 = t1 + Duration::from_millis(121);
-        assert_eq!(p.due(t2), Due::Ping);
-        assert_eq!(p.due(t2 + Duration::from_millis(50)), Due::Dead);
-
-        // v3: the client pings, and is dead when a ping is late.
-        let mut p = Pings::new(&config, Eio::V3);
-        assert_eq!(p.due(t0 + Duration::from_millis(140)), Due::Nothing);
-        p.client_ping(t0 + Duration::from_millis(100));
-        assert_eq!(p.due(t0 + Duration::from_millis(240)), Due::Nothing);
-        assert_eq!(p.due(t0 + Duration::from_millis(251)), Due::Dead);
-    }
-
-    #[test]
-    fn attachments_replace_their_placeholders_for_the_backend() {
-        let args = vec![
-            Json::from_text(r#"{"file":{"_placeholder":true,"num":1},"n":2}"#).unwrap(),
-            Json::from_text(r#"{"_placeholder":true,"num":0}"#).unwrap(),
-        ];
-        let out = with_attachments(
-            args,
-            &[Bytes::from_static(b"\x00\x01"), Bytes::from_static(b"hi")],
-        );
-        assert_eq!(out[0].get(), r#"{"file":{"base64":"aGk="},"n":2}"#);
-        assert_eq!(out[1].get(), r#"{"base64":"AAE="}"#);
-    }
-
-    #[test]
-    fn the_token_comes_from_the_configured_auth_field() {
-        let data = Json::from_text(r#"{"token":"abc","other":1}"#);
-        assert_eq!(auth_token(data.as_ref(), "token"), Some("abc".into()));
-        assert_eq!(auth_token(data.as_ref(), "other"), None);
-        assert_eq!(auth_token(None, "token"), None);
-        let empty = Json::from_text(r#"{"token":""}"#);
-        assert_eq!(auth_token(empty.as_ref(), "token"), None);
-        assert_eq!(
-            connect_token(None, Some("a=1&token=x%2By"), "token"),
-            Some("x+y".into())
-        );
-        assert_eq!(
-            connect_token(data.as_ref(), Some("token=q"), "token"),
-            Some("abc".into())
-        );
     }
 }
