@@ -376,6 +376,42 @@ async fn polling_requests_that_are_not_right_get_the_reference_errors() {
 }
 
 #[tokio::test]
+async fn polling_packets_take_the_frame_budget_of_a_websocket() {
+    // Each POSTed packet costs a token like a WebSocket frame: a burst of 10.
+    let file = config_file(CONFIG);
+    let node = Node::start(&[
+        "--config",
+        &file,
+        "--client-rate",
+        "1",
+        "--client-burst",
+        "10",
+    ])
+    .await;
+    let sid = polling_sid(&node).await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(http(&node, "POST", &q, "40").await, (200, "ok".to_string()));
+    let (status, body) = http(&node, "GET", &q, "").await;
+    assert!(status == 200 && body.starts_with("40"), "{body}");
+    wait_lobby(&node, 1).await;
+    // 40 events in one payload: far over what is left of the burst.
+    let flood = vec![r#"42["e",1]"#; 40].join("\u{1e}");
+    let (status, body) = http(&node, "POST", &q, &flood).await;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body).unwrap()),
+        (400, json!({"code": 3, "message": "Bad request"}))
+    );
+    wait_lobby(&node, 0).await;
+    let (status, _) = http(&node, "GET", &q, "").await;
+    assert_eq!(status, 400, "the session ended");
+    assert_eq!(
+        node.metric(r#"pubmesh_connections_closed_total{reason="rate_limited"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn engineio_3_clients_are_in_the_main_namespace_at_once_and_ping_the_server() {
     let node = node().await;
     let url = format!(

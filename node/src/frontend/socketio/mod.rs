@@ -203,7 +203,10 @@ async fn engine(State(node): State<Arc<Node>>, mut request: Request, shared: Sha
         Ok(engineio::Request::Handshake { eio, transport }) => (eio, transport, None),
     };
     match (transport, sid) {
-        (Transport::Polling, None) => polling::handshake(node, shared, eio, token).await,
+        (Transport::Polling, None) => {
+            let address = transport::Accepted::address_of(&request);
+            polling::handshake(node, shared, eio, token, address).await
+        }
         (Transport::Polling, Some(sid)) => {
             let method = request.method().clone();
             let headers = request.headers().clone();

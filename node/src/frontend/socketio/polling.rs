@@ -28,6 +28,7 @@ use super::engineio::{self, Eio, PacketType, ServerError};
 use super::session::{Due, Pings, SioSession};
 use super::sid::{new_sid, owner};
 use super::{opening_step, refuse, Shared, Step};
+use crate::address::{AddressBudget, FrameLimit};
 use crate::config::socketio::MAIN;
 use crate::conn::Conn;
 use crate::node::{Admission, Node};
@@ -69,6 +70,9 @@ pub struct Polling {
     /// When the handshake was answered (a session must CONNECT within the
     /// connect timeout).
     opened_at: Instant,
+    /// Packets the client may send, as for a WebSocket's frames: the
+    /// session's own budget (`--client-rate`), then the handshake address's.
+    frames: parking_lot::Mutex<FrameLimit>,
 }
 
 /// The polling sessions this node owns.
@@ -115,6 +119,7 @@ pub(crate) async fn handshake(
     shared: Shared,
     eio: Eio,
     token: Option<String>,
+    address: Option<AddressBudget>,
 ) -> Response {
     let admission = match node.admit() {
         Ok(a) => a,
@@ -144,6 +149,11 @@ pub(crate) async fn handshake(
         upgrading: AtomicBool::new(false),
         ended: AtomicBool::new(false),
         opened_at: Instant::now(),
+        frames: parking_lot::Mutex::new(FrameLimit::new(
+            node.config.client_rate,
+            node.config.client_burst,
+            address,
+        )),
     });
     shared.polls.map.lock().insert(sid.clone(), polling.clone());
     let open = super::handshake_packet(&shared.config, sid, eio, vec!["websocket".into()]);
@@ -365,6 +375,12 @@ async fn post(
         return refuse(ServerError::BadRequest);
     };
     for packet in packets {
+        if !polling.frames.lock().allow() {
+            // Over its budget: the session ends as a WebSocket's would
+            // (4029, `rate_limited`), and the POST is refused.
+            end(shared, polling, Some(CloseReason::RateLimited)).await;
+            return refuse(ServerError::BadRequest);
+        }
         let flow = handle(node, shared, polling, packet).await;
         if let Some(reason) = flow {
             end(shared, polling, reason).await;
@@ -548,7 +564,7 @@ pub(crate) async fn upgrade(
     shared: Shared,
     sid: String,
     mut socket: crate::transport::Socket,
-    address: Option<crate::address::AddressBudget>,
+    address: Option<AddressBudget>,
 ) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
