@@ -488,6 +488,7 @@ impl Config {
                 file.phoenix_heartbeat_timeout_ms,
             )?,
             namespaces: crate::policy::Namespaces::new(&file.namespaces)
+                .and_then(|n| n.with_internal(&cells.chat_namespace()))
                 .map_err(ConfigError::Invalid)?,
             relay: {
                 let d = RelayLimits::default();
