@@ -8,7 +8,8 @@
 //!
 //! - [`native`]: `/websocket`, the jac-cloud compatible protocol;
 //! - [`phoenix`]: `/socket/websocket`, Phoenix Channels (v1 and v2 JSON);
-//! - [`socketio`]: `/socket.io/`, Socket.IO over Engine.IO.
+//! - [`socketio`]: `/socket.io/`, Socket.IO over Engine.IO;
+//! - [`chain`]: `/socket/sse`, chain's protocol over Server-Sent Events.
 
 pub mod cells;
 pub mod chain;
