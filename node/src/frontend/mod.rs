@@ -24,6 +24,7 @@ use axum::extract::Request;
 use axum::Router;
 use http::StatusCode;
 
+use crate::address::AddressBudget;
 use crate::codec::Codec;
 use crate::http_error::HttpError;
 use crate::node::{Admission, Node};
@@ -60,4 +61,43 @@ pub(crate) fn admit_upgrade(
     let reply =
         transport::accept(request.headers()).map_err(|e| HttpError::bad_request(e.to_string()))?;
     Ok((admission, reply))
+}
+
+/// Finish a WebSocket upgrade admitted by [`admit_upgrade`] within the
+/// node's handshake deadline (`--handshake-timeout`): a client that never
+/// completes it is dropped and counted in
+/// `pubmesh_http_timeouts_total{phase="handshake"}`. `None`: the upgrade
+/// failed or timed out.
+pub(crate) async fn upgraded(
+    node: &Node,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    max_message_size: usize,
+) -> Option<transport::Socket> {
+    let config = transport::socket_config(max_message_size);
+    let deadline = node.config.connections.handshake_timeout;
+    match tokio::time::timeout(deadline, transport::upgraded(on_upgrade, config)).await {
+        Ok(socket) => socket,
+        Err(_) => {
+            node.metrics
+                .http_timeouts
+                .with_label_values(&["handshake"])
+                .inc();
+            None
+        }
+    }
+}
+
+/// The socket settings a front-end starts from: the node's per-socket frame
+/// budget and flush window, `address`'s shared budget, the node's server
+/// pings, no tick. A protocol with its own keep-alive (Phoenix heartbeats,
+/// Engine.IO pings) sets `tick` and turns `liveness` off.
+pub(crate) fn socket_settings(node: &Node, address: Option<AddressBudget>) -> transport::Settings {
+    transport::Settings {
+        rate: node.config.client_rate,
+        burst: node.config.client_burst,
+        address,
+        flush_window: node.config.flush_window,
+        tick: None,
+        liveness: node.config.connections.liveness,
+    }
 }

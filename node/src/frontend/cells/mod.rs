@@ -164,31 +164,14 @@ async fn websocket(
     };
     let address = transport::Accepted::address_of(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let config = transport::socket_config(node.config.cells.max_message_size);
-    let deadline = node.config.connections.handshake_timeout;
     tokio::spawn(async move {
-        let socket =
-            match tokio::time::timeout(deadline, transport::upgraded(on_upgrade, config)).await {
-                Ok(Some(socket)) => socket,
-                Ok(None) => return,
-                Err(_) => {
-                    node.metrics
-                        .http_timeouts
-                        .with_label_values(&["handshake"])
-                        .inc();
-                    return;
-                }
-            };
+        let max = node.config.cells.max_message_size;
+        let Some(socket) = super::upgraded(&node, on_upgrade, max).await else {
+            return;
+        };
         let identity = node.identify(None);
         let conn = node.open(admission, identity, codec, None, |_| None).await;
-        let settings = transport::Settings {
-            rate: node.config.client_rate,
-            burst: node.config.client_burst,
-            address,
-            flush_window: node.config.flush_window,
-            tick: None,
-            liveness: node.config.connections.liveness,
-        };
+        let settings = super::socket_settings(&node, address);
         let session = CellsSession::new(node.clone(), conn.clone());
         transport::run(socket, &conn.outbox, session, settings).await;
     });

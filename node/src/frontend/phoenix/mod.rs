@@ -117,20 +117,17 @@ async fn websocket(
     };
     let address = transport::Accepted::address_of(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let config = transport::socket_config(node.config.max_message_size);
     tokio::spawn(async move {
-        let Some(socket) = transport::upgraded(on_upgrade, config).await else {
+        let max = node.config.max_message_size;
+        let Some(socket) = super::upgraded(&node, on_upgrade, max).await else {
             return;
         };
         let conn = node.open(admission, identity, codec, None, |_| None).await;
         let settings = transport::Settings {
-            rate: node.config.client_rate,
-            burst: node.config.client_burst,
-            address,
-            flush_window: node.config.flush_window,
             tick: Some(PhoenixSession::tick(node.config.phoenix.heartbeat_timeout)),
             // Phoenix clients prove they are alive with heartbeats.
             liveness: None,
+            ..super::socket_settings(&node, address)
         };
         let session = PhoenixSession::new(node.clone(), conn.clone(), vsn);
         transport::run(socket, &conn.outbox, session, settings).await;
