@@ -244,24 +244,16 @@ async fn start(
     let admission = node.admit().map_err(|e| {
         HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string()).into_response()
     })?;
-    let token = query.get("token").cloned().or_else(|| {
-        request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    });
-    let token = token.filter(|t| !t.is_empty());
-    let identity = node.identify(token.as_deref());
-    let authenticated = identity.expires_at.is_some();
-    if (token.is_some() || node.config.require_auth) && !authenticated {
-        return Err(refuse(
-            node,
-            StatusCode::FORBIDDEN,
-            reasons::CONNECT_REFUSED,
-            "Could not initialize connection: the token is missing or not valid",
-        ));
-    }
+    let identity =
+        super::connect_identity(node, query.get("token"), request.headers()).map_err(|why| {
+            let message = format!("Could not initialize connection: {why}");
+            refuse(
+                node,
+                StatusCode::FORBIDDEN,
+                reasons::CONNECT_REFUSED,
+                &message,
+            )
+        })?;
     let conn = node
         .open(admission, identity, shared.codec.clone(), None, |_| None)
         .await;
