@@ -8,7 +8,8 @@
 //!
 //! - [`native`]: `/websocket`, the jac-cloud compatible protocol;
 //! - [`phoenix`]: `/socket/websocket`, Phoenix Channels (v1 and v2 JSON);
-//! - [`socketio`]: `/socket.io/`, Socket.IO over Engine.IO.
+//! - [`socketio`]: `/socket.io/`, Socket.IO over Engine.IO;
+//! - [`chain`]: `/socket/sse`, chain's protocol over Server-Sent Events.
 
 pub mod cells;
 pub mod chain;
@@ -98,5 +99,31 @@ pub(crate) fn socket_settings(node: &Node, address: Option<AddressBudget>) -> tr
         flush_window: node.config.flush_window,
         tick: None,
         liveness: node.config.connections.liveness,
+    }
+}
+
+/// The identity of an HTTP connect (a Phoenix socket, a chain session):
+/// the `token` param, else the `Authorization` header. `Err` is why it is
+/// refused: a token that does not verify, or none under `--require-auth`.
+pub(crate) fn connect_identity(
+    node: &Node,
+    param: Option<&String>,
+    headers: &http::HeaderMap,
+) -> Result<crate::conn::Identity, &'static str> {
+    let token = param.cloned().or_else(|| {
+        headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    });
+    let token = token.filter(|t| !t.is_empty());
+    let identity = node.identify(token.as_deref());
+    let authenticated = identity.expires_at.is_some();
+    if token.is_some() && !authenticated {
+        Err("the token is not valid")
+    } else if node.config.require_auth && !authenticated {
+        Err("this node requires a token (connect param `token`)")
+    } else {
+        Ok(identity)
     }
 }

@@ -18,7 +18,7 @@ use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use http::{header, StatusCode};
+use http::StatusCode;
 
 use self::codec::PhoenixCodec;
 use self::session::{reasons, PhoenixSession, FRONTEND};
@@ -88,29 +88,15 @@ async fn websocket(
         Ok(vsn) => vsn,
         Err(e) => return HttpError::bad_request(e.to_string()).into_response(),
     };
-    let token = params.get("token").cloned().or_else(|| {
-        request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    });
-    let token = token.filter(|t| !t.is_empty());
-    let identity = node.identify(token.as_deref());
-    let authenticated = identity.expires_at.is_some();
-    let refusal = if token.is_some() && !authenticated {
-        Some("the token is not valid")
-    } else if node.config.require_auth && !authenticated {
-        Some("this node requires a token (connect param `token`)")
-    } else {
-        None
+    let identity = match super::connect_identity(&node, params.get("token"), request.headers()) {
+        Ok(identity) => identity,
+        Err(message) => {
+            node.metrics
+                .frontend
+                .error(FRONTEND, reasons::CONNECT_REFUSED);
+            return HttpError::new(StatusCode::FORBIDDEN, "unauthorized", message).into_response();
+        }
     };
-    if let Some(message) = refusal {
-        node.metrics
-            .frontend
-            .error(FRONTEND, reasons::CONNECT_REFUSED);
-        return HttpError::new(StatusCode::FORBIDDEN, "unauthorized", message).into_response();
-    }
     let codec = match vsn {
         Vsn::V1 => codecs.v1,
         Vsn::V2 => codecs.v2,
