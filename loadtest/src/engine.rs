@@ -541,7 +541,11 @@ pub async fn run_segment(
     {
         tasks.abort_all();
     }
+    // The sampler may be mid-tick on another worker thread, holding metrics
+    // it took but has not sent yet: wait for it to end, so its last sample
+    // is sent before `Done` (the coordinator stops reading at `Done`).
     sampler.abort();
+    let _ = sampler.await;
     let mut metrics = ctx.rec.take();
     metrics.seconds = ctx
         .elapsed()

@@ -24,6 +24,7 @@ pub use bounds::{ChurnLimit, IdempotencyLimits};
 
 mod bounds;
 pub mod cells;
+pub mod chain;
 pub mod socketio;
 
 /// Log output format.
@@ -168,6 +169,8 @@ pub struct Cli {
     #[command(flatten)]
     pub cells: cells::CellsCli,
     #[command(flatten)]
+    pub chain: chain::ChainCli,
+    #[command(flatten)]
     pub addresses: addresses::AddressCli,
     #[command(flatten)]
     pub socketio: socketio::SocketIoCli,
@@ -239,6 +242,8 @@ pub struct FileConfig {
     /// The Cells gateway's `[cells]` table.
     #[serde(default)]
     pub cells: cells::CellsFile,
+    #[serde(default)]
+    pub chain: chain::ChainFile,
     /// The Socket.IO front-end's `[socketio]` table.
     #[serde(default)]
     pub socketio: socketio::SocketIoFile,
@@ -297,6 +302,8 @@ pub struct Config {
     pub addresses: AddressLimits,
     /// The Socket.IO front-end (docs/socketio.md).
     pub socketio: socketio::SocketIo,
+    /// chain's protocol at `/socket/sse` (docs/chain.md).
+    pub chain: chain::Chain,
 }
 
 /// A configuration that cannot be used, with a message fit for the operator.
@@ -346,6 +353,7 @@ impl Config {
         let cells = cells::Cells::resolve(&cli.cells, &file.cells)?;
         let addresses = AddressLimits::resolve(&cli.addresses, &file)?;
         let socketio = socketio::SocketIo::resolve(&cli.socketio, &file.socketio)?;
+        let chain = chain::Chain::resolve(&cli.chain, &file.chain)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("n{}", &id[..12])
@@ -488,6 +496,7 @@ impl Config {
                 file.phoenix_heartbeat_timeout_ms,
             )?,
             namespaces: crate::policy::Namespaces::new(&file.namespaces)
+                .and_then(|n| n.with_internal(&cells.chat_namespace()))
                 .map_err(ConfigError::Invalid)?,
             relay: {
                 let d = RelayLimits::default();
@@ -528,6 +537,7 @@ impl Config {
             cells,
             addresses,
             socketio,
+            chain,
         };
         config.check()?;
         config.check_auth(&auth_patterns)?;

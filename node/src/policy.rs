@@ -163,11 +163,20 @@ impl ChannelOptions {
 /// Largest history a channel may keep.
 pub const MAX_HISTORY_SIZE: usize = 100_000;
 
-/// The configured namespaces, checked at start-up.
+/// The configured namespaces, checked at start-up, and the internal ones
+/// front-ends add for channels of their own (names starting with U+0001,
+/// such as Cells chat rooms), which take precedence.
 #[derive(Clone, Debug, Default)]
 pub struct Namespaces {
     rules: Vec<(Pattern, ChannelOptions)>,
+    /// Rules of internal channels (checked only for names starting with
+    /// [`INTERNAL_PREFIX`], so they never slow down other channels).
+    internal: Vec<(Pattern, ChannelOptions)>,
 }
+
+/// The first character of internal channel names, which client channel
+/// names cannot contain.
+pub const INTERNAL_PREFIX: char = '\u{1}';
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Pattern {
@@ -235,21 +244,57 @@ impl Namespaces {
                 },
             ));
         }
-        Ok(Namespaces { rules })
+        Ok(Namespaces {
+            rules,
+            internal: Vec::new(),
+        })
+    }
+
+    /// Add the namespace of internal channels `config.pattern` (which must
+    /// start with [`INTERNAL_PREFIX`]).
+    pub fn with_internal(mut self, config: &NamespaceConfig) -> Result<Namespaces, String> {
+        if !config.pattern.starts_with(INTERNAL_PREFIX) {
+            return Err(format!("{:?} is not an internal pattern", config.pattern));
+        }
+        let mut one = Namespaces::new(std::slice::from_ref(config))?;
+        self.internal.append(&mut one.rules);
+        Ok(self)
     }
 
     /// The options of a channel.
     pub fn options(&self, channel: &str) -> ChannelOptions {
-        self.rules
+        let rules = if channel.starts_with(INTERNAL_PREFIX) && !self.internal.is_empty() {
+            &self.internal
+        } else {
+            &self.rules
+        };
+        rules
             .iter()
             .find(|(p, _)| p.matches(channel))
             .map(|(_, o)| o.clone())
             .unwrap_or_default()
     }
 
-    /// True when no namespace turns on history or presence (the fast path).
+    /// True when no configured namespace turns on history or presence (the
+    /// fast path; internal channels may still have them, see
+    /// [`Namespaces::is_plain_for`]).
     pub fn is_plain(&self) -> bool {
         self.rules.iter().all(|(_, o)| !o.history() && !o.presence)
+    }
+
+    /// True when none of `channels` can have history or presence.
+    pub fn is_plain_for(&self, channels: &[String]) -> bool {
+        self.is_plain()
+            && (self.internal.is_empty()
+                || !channels.iter().any(|c| c.starts_with(INTERNAL_PREFIX)))
+    }
+
+    /// True when some channels (configured or internal) keep presence.
+    pub fn keeps_presence(&self) -> bool {
+        self.rules
+            .iter()
+            .chain(&self.internal)
+            .any(|(_, o)| o.presence)
     }
 }
 

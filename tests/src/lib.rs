@@ -2,3 +2,4 @@
 pub mod harness;
 pub mod js;
 pub mod proxy;
+pub mod sse;

@@ -9,5 +9,6 @@ pub fn frontends() -> Vec<Box<dyn Frontend>> {
         Box::new(super::cells::Cells),
         Box::new(super::phoenix::Phoenix),
         Box::new(super::socketio::SocketIo),
+        Box::new(super::chain::Chain),
     ]
 }

@@ -103,35 +103,18 @@ async fn websocket(
     }
     let address = transport::Accepted::address_of(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let config = transport::socket_config(node.config.max_message_size);
-    let deadline = node.config.connections.handshake_timeout;
     tokio::spawn(async move {
-        let socket =
-            match tokio::time::timeout(deadline, transport::upgraded(on_upgrade, config)).await {
-                Ok(Some(socket)) => socket,
-                Ok(None) => return,
-                Err(_) => {
-                    node.metrics
-                        .http_timeouts
-                        .with_label_values(&["handshake"])
-                        .inc();
-                    return;
-                }
-            };
+        let max = node.config.max_message_size;
+        let Some(socket) = super::upgraded(&node, on_upgrade, max).await else {
+            return;
+        };
         let node_id = node.node_id().to_string();
         let conn = node
             .open(admission, identity, codec, Some(home), |conn| {
                 Some(conn.with_info(|info| connection_frame(&node_id, info, None)))
             })
             .await;
-        let settings = transport::Settings {
-            rate: node.config.client_rate,
-            burst: node.config.client_burst,
-            address,
-            flush_window: node.config.flush_window,
-            tick: None,
-            liveness: node.config.connections.liveness,
-        };
+        let settings = super::socket_settings(&node, address);
         let session = NativeSession::new(node.clone(), conn.clone());
         transport::run(socket, &conn.outbox, session, settings).await;
     });

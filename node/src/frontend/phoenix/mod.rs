@@ -18,7 +18,7 @@ use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use http::{header, StatusCode};
+use http::StatusCode;
 
 use self::codec::PhoenixCodec;
 use self::session::{reasons, PhoenixSession, FRONTEND};
@@ -88,49 +88,32 @@ async fn websocket(
         Ok(vsn) => vsn,
         Err(e) => return HttpError::bad_request(e.to_string()).into_response(),
     };
-    let token = params.get("token").cloned().or_else(|| {
-        request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    });
-    let token = token.filter(|t| !t.is_empty());
-    let identity = node.identify(token.as_deref());
-    let authenticated = identity.expires_at.is_some();
-    let refusal = if token.is_some() && !authenticated {
-        Some("the token is not valid")
-    } else if node.config.require_auth && !authenticated {
-        Some("this node requires a token (connect param `token`)")
-    } else {
-        None
+    let identity = match super::connect_identity(&node, params.get("token"), request.headers()) {
+        Ok(identity) => identity,
+        Err(message) => {
+            node.metrics
+                .frontend
+                .error(FRONTEND, reasons::CONNECT_REFUSED);
+            return HttpError::new(StatusCode::FORBIDDEN, "unauthorized", message).into_response();
+        }
     };
-    if let Some(message) = refusal {
-        node.metrics
-            .frontend
-            .error(FRONTEND, reasons::CONNECT_REFUSED);
-        return HttpError::new(StatusCode::FORBIDDEN, "unauthorized", message).into_response();
-    }
     let codec = match vsn {
         Vsn::V1 => codecs.v1,
         Vsn::V2 => codecs.v2,
     };
     let address = transport::Accepted::address_of(&request);
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let config = transport::socket_config(node.config.max_message_size);
     tokio::spawn(async move {
-        let Some(socket) = transport::upgraded(on_upgrade, config).await else {
+        let max = node.config.max_message_size;
+        let Some(socket) = super::upgraded(&node, on_upgrade, max).await else {
             return;
         };
         let conn = node.open(admission, identity, codec, None, |_| None).await;
         let settings = transport::Settings {
-            rate: node.config.client_rate,
-            burst: node.config.client_burst,
-            address,
-            flush_window: node.config.flush_window,
             tick: Some(PhoenixSession::tick(node.config.phoenix.heartbeat_timeout)),
             // Phoenix clients prove they are alive with heartbeats.
             liveness: None,
+            ..super::socket_settings(&node, address)
         };
         let session = PhoenixSession::new(node.clone(), conn.clone(), vsn);
         transport::run(socket, &conn.outbox, session, settings).await;

@@ -249,14 +249,9 @@ async fn engine(State(node): State<Arc<Node>>, mut request: Request, shared: Sha
             };
             let address = transport::Accepted::address_of(&request);
             let on_upgrade = hyper::upgrade::on(&mut request);
-            let ws_config = transport::socket_config(shared.config.max_payload);
-            let handshake_timeout = node.config.connections.handshake_timeout;
             tokio::spawn(async move {
-                let upgraded = tokio::time::timeout(
-                    handshake_timeout,
-                    transport::upgraded(on_upgrade, ws_config),
-                );
-                let Ok(Some(mut socket)) = upgraded.await else {
+                let max = shared.config.max_payload;
+                let Some(mut socket) = super::upgraded(&node, on_upgrade, max).await else {
                     return;
                 };
                 match sid {
@@ -361,13 +356,10 @@ pub(crate) async fn run_socket(
     address: Option<AddressBudget>,
 ) {
     let settings = transport::Settings {
-        rate: node.config.client_rate,
-        burst: node.config.client_burst,
-        address,
-        flush_window: node.config.flush_window,
         tick: Some(Pings::tick(&shared.config)),
         // Engine.IO pings in its own framing.
         liveness: None,
+        ..super::socket_settings(node, address)
     };
     transport::run(socket, &conn.outbox, session, settings).await;
 }

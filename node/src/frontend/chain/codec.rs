@@ -1,0 +1,122 @@
+//! The chain codec: a publication to a topic is the broadcast
+//! `[2,topic,event,payload]`, encoded once for every chain session in the
+//! topic. chain has no presence: presence events are not sent.
+
+use prometheus::IntCounter;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::wire::{Message, Payload};
+use crate::codec::{Codec, Frames, Recipient, Slot};
+use crate::delivery::{Delivery, DeliveryKind, Target};
+use crate::frontend::phoenix::codec::DEFAULT_EVENT;
+
+/// The chain codec.
+pub struct ChainCodec {
+    sent: IntCounter,
+}
+
+impl ChainCodec {
+    pub fn new(sent: IntCounter) -> Self {
+        ChainCodec { sent }
+    }
+
+    /// The broadcast of `delivery` on `topic`, if it has one (its data must
+    /// be JSON, which every publication's is).
+    fn frame(delivery: &Delivery, topic: &str) -> Option<Utf8Bytes> {
+        let payload = Payload::from_json(delivery.data.as_str())?;
+        let message = Message::Broadcast {
+            topic: topic.to_string(),
+            event: delivery
+                .event
+                .as_deref()
+                .unwrap_or(DEFAULT_EVENT)
+                .to_string(),
+            payload: Some(payload),
+        };
+        Some(Utf8Bytes::from(message.encode()))
+    }
+}
+
+impl Codec for ChainCodec {
+    fn protocol(&self) -> &'static str {
+        "chain"
+    }
+
+    fn slot(&self, delivery: &Delivery, _to: &Recipient<'_>) -> Slot {
+        if delivery.kind != DeliveryKind::Message {
+            return Slot::Skip;
+        }
+        match (&delivery.target, &delivery.channel) {
+            (Target::Channels(_), Some(_)) => Slot::Shared(0),
+            // One broadcast per topic the session joined.
+            (Target::Channels(_), None) => Slot::Own,
+            // chain frames topics only.
+            _ => Slot::Skip,
+        }
+    }
+
+    fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames {
+        match (slot, &delivery.channel, &delivery.target) {
+            (Slot::Shared(_), Some(topic), _) => match Self::frame(delivery, topic) {
+                Some(frame) => Frames::One(frame),
+                None => Frames::None,
+            },
+            (Slot::Own, None, Target::Channels(topics)) => {
+                let Some(member_of) = to.member_of else {
+                    return Frames::None;
+                };
+                Frames::Many(
+                    topics
+                        .iter()
+                        .filter(|t| member_of(t))
+                        .filter_map(|t| Self::frame(delivery, t))
+                        .collect(),
+                )
+            }
+            _ => Frames::None,
+        }
+    }
+
+    fn sent(&self) -> Option<&IntCounter> {
+        Some(&self.sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn to() -> Recipient<'static> {
+        Recipient {
+            client_id: "c",
+            positioned: false,
+            tag: None,
+            member_of: None,
+        }
+    }
+
+    #[test]
+    fn publications_are_positional_broadcasts_and_presence_is_skipped() {
+        let codec = ChainCodec::new(IntCounter::new("t", "t").expect("counter"));
+        let mut d = Delivery::new(
+            Target::Channels(vec!["room:1".into()]),
+            Utf8Bytes::from(r#"{"text":"hi"}"#),
+        );
+        d.channel = Some(Arc::from("room:1"));
+        assert_eq!(codec.slot(&d, &to()), Slot::Shared(0));
+        assert_eq!(
+            codec.encode(&d, Slot::Shared(0), &to()),
+            Frames::One(Utf8Bytes::from(r#"[2,"room:1","message",{"text":"hi"}]"#))
+        );
+        d.event = Some(Arc::from("shout"));
+        assert_eq!(
+            codec.encode(&d, Slot::Shared(0), &to()),
+            Frames::One(Utf8Bytes::from(r#"[2,"room:1","shout",{"text":"hi"}]"#))
+        );
+        d.kind = DeliveryKind::Join;
+        assert_eq!(codec.slot(&d, &to()), Slot::Skip);
+        let users = Delivery::new(Target::Users(vec!["u".into()]), Utf8Bytes::from("{}"));
+        assert_eq!(codec.slot(&users, &to()), Slot::Skip);
+    }
+}
