@@ -346,6 +346,36 @@ mod tests {
     }
 
     #[test]
+    fn internal_namespaces_apply_to_internal_names_only() {
+        let configured = ns("[[namespaces]]\npattern = \"*\"\npresence = true").expect("valid");
+        let room = NamespaceConfig {
+            pattern: "\u{1}room:*".into(),
+            history_size: 5,
+            history_ttl_seconds: 60,
+            presence: true,
+            join_leave: false,
+            subscribe: SubscribePolicy::Authenticated,
+            publish: None,
+        };
+        let n = configured.with_internal(&room).expect("internal");
+        assert_eq!(n.options("\u{1}room:1").history_size, 5);
+        assert_eq!(n.options("\u{1}other:1"), ChannelOptions::default());
+        assert_eq!(n.options("room:1").history_size, 0);
+        assert!(n.options("room:1").presence);
+        let plain = Namespaces::default()
+            .with_internal(&room)
+            .expect("internal");
+        assert!(plain.is_plain() && plain.keeps_presence());
+        assert!(plain.is_plain_for(&["a".into()]));
+        assert!(!plain.is_plain_for(&["\u{1}room:1".into()]));
+        let outside = NamespaceConfig {
+            pattern: "room:*".into(),
+            ..room
+        };
+        assert!(Namespaces::default().with_internal(&outside).is_err());
+    }
+
+    #[test]
     fn claim_patterns_match_prefixes_and_names() {
         assert!(pattern_matches("chat:*", "chat:1"));
         assert!(pattern_matches("*", "x"));

@@ -427,4 +427,42 @@ mod tests {
             assert!(with(cli).is_err());
         }
     }
+
+    #[test]
+    fn chat_settings_resolve_and_bad_ones_are_refused() {
+        let d = Cells::default();
+        assert_eq!(d.chat_ping_timeout, Duration::from_secs(20));
+        assert_eq!(d.chat_readonly_claim, "chat_readonly");
+        let ns = d.chat_namespace();
+        assert!(ns.pattern.starts_with('\u{1}') && ns.pattern.ends_with('*'));
+        assert_eq!((ns.history_size, ns.presence), (1000, true));
+        let c = with(CellsCli {
+            cells_chat_ping_timeout_ms: Some(1500),
+            cells_chat_history_size: Some(10),
+            ..CellsCli::default()
+        })
+        .unwrap();
+        assert_eq!(c.chat_ping_timeout, Duration::from_millis(1500));
+        assert_eq!(c.chat_namespace().history_size, 10);
+        for cli in [
+            CellsCli {
+                cells_chat_ping_timeout_ms: Some(10),
+                ..CellsCli::default()
+            },
+            CellsCli {
+                cells_chat_history_size: Some(0),
+                ..CellsCli::default()
+            },
+            CellsCli {
+                cells_chat_history_ttl_seconds: Some(0),
+                ..CellsCli::default()
+            },
+            CellsCli {
+                cells_chat_readonly_claim: Some(String::new()),
+                ..CellsCli::default()
+            },
+        ] {
+            assert!(with(cli).is_err());
+        }
+    }
 }
