@@ -13,6 +13,7 @@ mod identity;
 mod join;
 mod keyed;
 mod ops;
+mod records;
 mod tasks;
 
 use std::collections::BTreeMap;
