@@ -495,6 +495,7 @@ impl Config {
             ),
             phoenix,
             namespaces: crate::policy::Namespaces::new(&file.namespaces)
+                .and_then(|n| n.with_internal(&cells.chat_namespace()))
                 .map_err(ConfigError::Invalid)?,
             relay: {
                 let d = RelayLimits::default();

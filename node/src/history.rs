@@ -18,11 +18,14 @@ pub use crate::delivery::Position;
 use crate::idempotency::KeyWindow;
 use crate::policy::ChannelOptions;
 
-/// One stored publication: its offset and the `data` object's JSON text.
+/// One stored publication: its offset, the `data` object's JSON text, and
+/// its event name when it was published with one (replayed to protocols
+/// that name events, such as Socket.IO).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Publication {
     pub offset: u64,
     pub data: Utf8Bytes,
+    pub event: Option<std::sync::Arc<str>>,
 }
 
 /// The answer to a history read.
@@ -196,26 +199,34 @@ impl MemoryHistory {
         data: &Utf8Bytes,
         options: &ChannelOptions,
         key: Option<&str>,
+        event: Option<&std::sync::Arc<str>>,
     ) -> (Position, bool) {
         let Some(key) = key else {
-            return (self.append_now(channel, data, options), false);
+            return (self.append_now(channel, data, options, event), false);
         };
         let mut keys = self.keys.lock();
         let h = keys.hash(&[channel, key]);
         if let Some(position) = keys.get(h) {
             return (position.clone(), true);
         }
-        let position = self.append_now(channel, data, options);
+        let position = self.append_now(channel, data, options, event);
         keys.insert(h, position.clone(), position.epoch.len());
         (position, false)
     }
 
-    fn append_now(&self, channel: &str, data: &Utf8Bytes, options: &ChannelOptions) -> Position {
+    fn append_now(
+        &self,
+        channel: &str,
+        data: &Utf8Bytes,
+        options: &ChannelOptions,
+        event: Option<&std::sync::Arc<str>>,
+    ) -> Position {
         self.with_stream(channel, options, true, |s| {
             s.top += 1;
             s.entries.push_back(Publication {
                 offset: s.top,
                 data: data.clone(),
+                event: event.cloned(),
             });
             while s.entries.len() > options.history_size {
                 s.entries.pop_front();
@@ -270,7 +281,7 @@ impl History for MemoryHistory {
         data: &'a Utf8Bytes,
         options: &'a ChannelOptions,
     ) -> BoxFuture<'a, Result<Position, HistoryError>> {
-        let position = self.append_now(channel, data, options);
+        let position = self.append_now(channel, data, options, None);
         Box::pin(async move { Ok(position) })
     }
 
@@ -402,17 +413,29 @@ mod tests {
     fn a_keyed_append_happens_once_per_channel_and_key() {
         let h = MemoryHistory::new();
         let o = opts(10);
-        let (first, dup) = h.append_once("c", &data(1), &o, Some("api\nk"));
+        let (first, dup) = h.append_once("c", &data(1), &o, Some("api\nk"), None);
         assert!(!dup);
-        let (again, dup) = h.append_once("c", &data(1), &o, Some("api\nk"));
+        let (again, dup) = h.append_once("c", &data(1), &o, Some("api\nk"), None);
         assert!(dup);
         assert_eq!(again, first);
         // Other channels and other keys are independent.
-        assert!(!h.append_once("d", &data(1), &o, Some("api\nk")).1);
-        let (other, dup) = h.append_once("c", &data(2), &o, Some("api\nk2"));
+        assert!(!h.append_once("d", &data(1), &o, Some("api\nk"), None).1);
+        let (other, dup) = h.append_once("c", &data(2), &o, Some("api\nk2"), None);
         assert!(!dup);
         assert_eq!(other.offset, 2);
-        assert_eq!(h.append_once("c", &data(3), &o, None).0.offset, 3);
+        assert_eq!(h.append_once("c", &data(3), &o, None, None).0.offset, 3);
+    }
+
+    #[tokio::test]
+    async fn a_publications_event_name_is_kept_with_it() {
+        let h = MemoryHistory::new();
+        let o = opts(10);
+        let event: std::sync::Arc<str> = std::sync::Arc::from("update");
+        h.append_once("c", &data(1), &o, None, Some(&event));
+        h.append_once("c", &data(2), &o, None, None);
+        let page = h.read("c", None, 10, &o).await.expect("read");
+        let events: Vec<_> = page.publications.iter().map(|p| p.event.clone()).collect();
+        assert_eq!(events, [Some(event), None]);
     }
 
     #[tokio::test]

@@ -179,7 +179,7 @@ pub async fn run_with_admin(
         .start(node.clone() as Arc<dyn relay::NodeView>)
         .await?;
     tokio::spawn(watch_health(node.clone()));
-    if !node.config.namespaces.is_plain() && !node.config.redis_urls.is_empty() {
+    if node.config.namespaces.keeps_presence() && !node.config.redis_urls.is_empty() {
         tokio::spawn(node::refresh_presence(node.clone()));
     }
     if node.auth.enabled() {

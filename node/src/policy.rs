@@ -163,11 +163,20 @@ impl ChannelOptions {
 /// Largest history a channel may keep.
 pub const MAX_HISTORY_SIZE: usize = 100_000;
 
-/// The configured namespaces, checked at start-up.
+/// The configured namespaces, checked at start-up, and the internal ones
+/// front-ends add for channels of their own (names starting with U+0001,
+/// such as Cells chat rooms), which take precedence.
 #[derive(Clone, Debug, Default)]
 pub struct Namespaces {
     rules: Vec<(Pattern, ChannelOptions)>,
+    /// Rules of internal channels (checked only for names starting with
+    /// [`INTERNAL_PREFIX`], so they never slow down other channels).
+    internal: Vec<(Pattern, ChannelOptions)>,
 }
+
+/// The first character of internal channel names, which client channel
+/// names cannot contain.
+pub const INTERNAL_PREFIX: char = '\u{1}';
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Pattern {
@@ -235,21 +244,57 @@ impl Namespaces {
                 },
             ));
         }
-        Ok(Namespaces { rules })
+        Ok(Namespaces {
+            rules,
+            internal: Vec::new(),
+        })
+    }
+
+    /// Add the namespace of internal channels `config.pattern` (which must
+    /// start with [`INTERNAL_PREFIX`]).
+    pub fn with_internal(mut self, config: &NamespaceConfig) -> Result<Namespaces, String> {
+        if !config.pattern.starts_with(INTERNAL_PREFIX) {
+            return Err(format!("{:?} is not an internal pattern", config.pattern));
+        }
+        let mut one = Namespaces::new(std::slice::from_ref(config))?;
+        self.internal.append(&mut one.rules);
+        Ok(self)
     }
 
     /// The options of a channel.
     pub fn options(&self, channel: &str) -> ChannelOptions {
-        self.rules
+        let rules = if channel.starts_with(INTERNAL_PREFIX) && !self.internal.is_empty() {
+            &self.internal
+        } else {
+            &self.rules
+        };
+        rules
             .iter()
             .find(|(p, _)| p.matches(channel))
             .map(|(_, o)| o.clone())
             .unwrap_or_default()
     }
 
-    /// True when no namespace turns on history or presence (the fast path).
+    /// True when no configured namespace turns on history or presence (the
+    /// fast path; internal channels may still have them, see
+    /// [`Namespaces::is_plain_for`]).
     pub fn is_plain(&self) -> bool {
         self.rules.iter().all(|(_, o)| !o.history() && !o.presence)
+    }
+
+    /// True when none of `channels` can have history or presence.
+    pub fn is_plain_for(&self, channels: &[String]) -> bool {
+        self.is_plain()
+            && (self.internal.is_empty()
+                || !channels.iter().any(|c| c.starts_with(INTERNAL_PREFIX)))
+    }
+
+    /// True when some channels (configured or internal) keep presence.
+    pub fn keeps_presence(&self) -> bool {
+        self.rules
+            .iter()
+            .chain(&self.internal)
+            .any(|(_, o)| o.presence)
     }
 }
 
@@ -298,6 +343,36 @@ mod tests {
         assert!(e.contains("presence"), "{e}");
         let e = ns("[[namespaces]]\npattern = \"a\"\nhistroy_size = 5").unwrap_err();
         assert!(e.contains("histroy_size"), "{e}");
+    }
+
+    #[test]
+    fn internal_namespaces_apply_to_internal_names_only() {
+        let configured = ns("[[namespaces]]\npattern = \"*\"\npresence = true").expect("valid");
+        let room = NamespaceConfig {
+            pattern: "\u{1}room:*".into(),
+            history_size: 5,
+            history_ttl_seconds: 60,
+            presence: true,
+            join_leave: false,
+            subscribe: SubscribePolicy::Authenticated,
+            publish: None,
+        };
+        let n = configured.with_internal(&room).expect("internal");
+        assert_eq!(n.options("\u{1}room:1").history_size, 5);
+        assert_eq!(n.options("\u{1}other:1"), ChannelOptions::default());
+        assert_eq!(n.options("room:1").history_size, 0);
+        assert!(n.options("room:1").presence);
+        let plain = Namespaces::default()
+            .with_internal(&room)
+            .expect("internal");
+        assert!(plain.is_plain() && plain.keeps_presence());
+        assert!(plain.is_plain_for(&["a".into()]));
+        assert!(!plain.is_plain_for(&["\u{1}room:1".into()]));
+        let outside = NamespaceConfig {
+            pattern: "room:*".into(),
+            ..room
+        };
+        assert!(Namespaces::default().with_internal(&outside).is_err());
     }
 
     #[test]

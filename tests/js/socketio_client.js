@@ -10,7 +10,9 @@
 // event {name, args} (Buffers as {"base64":…}; v4 reports every event,
 // v2 those listed in "events"), ack {name, args}. Stdin commands:
 // {"emit":EVENT,"args":[…],"ack":true|false,"timeout":MS}; an arg {"base64":…}
-// is sent as binary; {"disconnect":true} and {"connect":true}. With a
+// is sent as binary; {"disconnect":true} and {"connect":true};
+// {"uri":URL}: reconnect (when "reconnection" is on) to URL rather than the
+// first node, as a load balancer would after that node died. With a
 // timeout, an ack that does not come is reported as ack {name, error}.
 'use strict';
 
@@ -29,6 +31,8 @@ const into = (arg) => (arg && typeof arg === 'object' && arg.base64 !== undefine
 const common = {
   transports: options.transports || ['websocket'],
   reconnection: options.reconnection || false,
+  reconnectionDelay: options.reconnectionDelay,
+  reconnectionDelayMax: options.reconnectionDelayMax,
   path: options.path || '/socket.io',
   query: options.query,
 };
@@ -65,6 +69,10 @@ onStdinLines((line) => {
   const cmd = JSON.parse(line);
   if (cmd.disconnect) return socket.disconnect();
   if (cmd.connect) return socket.connect();
+  if (cmd.uri) {
+    socket.io.uri = cmd.uri;
+    return report('uri', { uri: cmd.uri });
+  }
   const args = (cmd.args || []).map(into);
   if (cmd.ack && cmd.timeout) {
     socket.timeout(cmd.timeout).emit(cmd.emit, ...args, (err, ...ack) =>

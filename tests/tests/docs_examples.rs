@@ -13,7 +13,8 @@
 //! Each line of the block is one step:
 //!
 //! - `[name] → {…}`: socket `name` (default `a`) sends this text frame;
-//! - `[name] → GET /websocket?…`: socket `name` connects;
+//! - `[name] → GET /websocket?…`: socket `name` connects (also
+//!   `GET /ws/chat`, a Cells chat socket);
 //! - `→ METHOD /path [body]`: an HTTP request (with the API key, unless
 //!   indented `Header: value` lines follow and name `X-API-Key`; a
 //!   `GET /websocket` with header lines is such a plain request);
@@ -32,7 +33,8 @@
 //!
 //! After the last step every socket still open must have nothing more
 //! queued: it sends `{"type":"connection","ref":"end-of-example"}` and the
-//! next frame must answer it.
+//! next frame must answer it. A Cells socket (`/ws/…`), whose protocol
+//! answers nothing, must instead stay silent for half a second.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -201,7 +203,9 @@ fn parse_steps(file: &str, body: &[(usize, &str)]) -> Vec<Step> {
                     Some((t, b)) => (t.to_string(), Some(b.trim().to_string())),
                     None => (rest.to_string(), None),
                 };
-                if method == "GET" && target.starts_with("/websocket") {
+                if method == "GET"
+                    && (target.starts_with("/websocket") || target.starts_with("/ws/"))
+                {
                     StepKind::Connect {
                         target,
                         refused: false,
@@ -329,6 +333,8 @@ struct Run<'a> {
     node: Node,
     clients: HashMap<String, Client>,
     closed: Vec<String>,
+    /// Sockets of protocols with no reply to end an example on.
+    silent: Vec<String>,
     bound: HashMap<String, String>,
     answer: Option<(u16, String, String)>,
     secret: Option<String>,
@@ -470,6 +476,9 @@ impl Run<'_> {
                     let client = Client::connect_raw(&url, None)
                         .await
                         .unwrap_or_else(|e| panic!("{}: connect: {e}", self.at(step)));
+                    if target.starts_with("/ws/") {
+                        self.silent.push(step.who.clone());
+                    }
                     self.clients.insert(step.who.clone(), client);
                 }
             }
@@ -538,6 +547,12 @@ impl Run<'_> {
                 continue;
             }
             let client = self.clients.get_mut(&name).expect("client");
+            if self.silent.contains(&name) {
+                client
+                    .expect_silence(std::time::Duration::from_millis(500))
+                    .await;
+                continue;
+            }
             client
                 .send_text(r#"{"type":"connection","ref":"end-of-example"}"#)
                 .await;
@@ -598,6 +613,7 @@ async fn run_example(doc: &Doc, example: &Example, redis: &mut Option<Redis>) {
         node,
         clients: HashMap::new(),
         closed: Vec::new(),
+        silent: Vec::new(),
         bound: HashMap::new(),
         answer: None,
         secret,

@@ -1,6 +1,8 @@
 //! Settings of the Cells event gateway (`/ws/event`, docs/cells.md): which
 //! JWT claims hold a session's user, profile, roles and workspaces, the
-//! event kinds `POST /api/events` accepts, and the largest client frame.
+//! event kinds `POST /api/events` accepts, and the largest client frame;
+//! and of `/ws/chat`: the ping timeout, the read-only claim and how much
+//! history a room keeps.
 
 use std::time::Duration;
 
@@ -24,7 +26,16 @@ pub mod env {
     pub const SESSION_BURST: &str = "PUBMESH_CELLS_SESSION_BURST";
     pub const SILENT_RATE: &str = "PUBMESH_CELLS_SILENT_RATE";
     pub const SILENT_BURST: &str = "PUBMESH_CELLS_SILENT_BURST";
+    pub const CHAT_PING_TIMEOUT_MS: &str = "PUBMESH_CELLS_CHAT_PING_TIMEOUT_MS";
+    pub const CHAT_READONLY_CLAIM: &str = "PUBMESH_CELLS_CHAT_READONLY_CLAIM";
+    pub const CHAT_HISTORY_SIZE: &str = "PUBMESH_CELLS_CHAT_HISTORY_SIZE";
+    pub const CHAT_HISTORY_TTL_SECONDS: &str = "PUBMESH_CELLS_CHAT_HISTORY_TTL_SECONDS";
 }
+
+/// The first characters of a chat room's channel name: an internal name
+/// (U+0001 first, which client channel names cannot contain), so only
+/// `/ws/chat` joins and publishes there.
+pub const CHAT_ROOM_PREFIX: &str = "\u{1}chat:";
 
 /// The coalescing keys of the built-in kinds: the node uuid of node events.
 pub const DEFAULT_COALESCE_KEYS: &[(&str, &str)] =
@@ -75,6 +86,18 @@ pub struct CellsCli {
     /// Cells gateway: the silent events' bucket size [default: 10]
     #[arg(long, env = env::SILENT_BURST)]
     pub cells_silent_burst: Option<u32>,
+    /// Cells chat: a session that sends no JOIN ping for a room this long leaves it, in milliseconds [default: 20000]
+    #[arg(long, env = env::CHAT_PING_TIMEOUT_MS)]
+    pub cells_chat_ping_timeout_ms: Option<u64>,
+    /// Cells chat: the JWT claim listing the rooms a session may read but not post to ("*", room uuids or TYPE:object) [default: chat_readonly]
+    #[arg(long, env = env::CHAT_READONLY_CLAIM)]
+    pub cells_chat_readonly_claim: Option<String>,
+    /// Cells chat: messages (and deletions) a room's history keeps [default: 1000]
+    #[arg(long, env = env::CHAT_HISTORY_SIZE)]
+    pub cells_chat_history_size: Option<usize>,
+    /// Cells chat: seconds a room's history is kept after its last message [default: 2592000, 30 days]
+    #[arg(long, env = env::CHAT_HISTORY_TTL_SECONDS)]
+    pub cells_chat_history_ttl_seconds: Option<u64>,
 }
 
 /// The `[cells]` table of the TOML file.
@@ -94,6 +117,10 @@ pub struct CellsFile {
     pub session_burst: Option<u32>,
     pub silent_rate: Option<u32>,
     pub silent_burst: Option<u32>,
+    pub chat_ping_timeout_ms: Option<u64>,
+    pub chat_readonly_claim: Option<String>,
+    pub chat_history_size: Option<usize>,
+    pub chat_history_ttl_seconds: Option<u64>,
 }
 
 /// The resolved settings.
@@ -117,6 +144,13 @@ pub struct Cells {
     pub session_rate: Option<Rate>,
     /// Events marked silent one node publishes (`None`: no limit).
     pub silent_rate: Option<Rate>,
+    /// A chat session leaves a room it sent no JOIN ping for this long.
+    pub chat_ping_timeout: Duration,
+    /// The claim listing a session's read-only rooms.
+    pub chat_readonly_claim: String,
+    /// Messages and deletions kept per room.
+    pub chat_history_size: usize,
+    pub chat_history_ttl_seconds: u64,
 }
 
 impl Default for Cells {
@@ -212,7 +246,36 @@ impl Cells {
             coalesce_max_wait: Duration::from_millis(max_wait),
             session_rate,
             silent_rate,
+            chat_ping_timeout: Duration::from_millis(
+                cli.cells_chat_ping_timeout_ms
+                    .or(file.chat_ping_timeout_ms)
+                    .unwrap_or(20_000),
+            ),
+            chat_readonly_claim: pick(
+                &cli.cells_chat_readonly_claim,
+                &file.chat_readonly_claim,
+                "chat_readonly",
+            ),
+            chat_history_size: cli
+                .cells_chat_history_size
+                .or(file.chat_history_size)
+                .unwrap_or(1000),
+            chat_history_ttl_seconds: cli
+                .cells_chat_history_ttl_seconds
+                .or(file.chat_history_ttl_seconds)
+                .unwrap_or(30 * 24 * 3600),
         };
+        let ping_ms = cells.chat_ping_timeout.as_millis();
+        if !(200..=3_600_000).contains(&ping_ms)
+            || !(1..=crate::policy::MAX_HISTORY_SIZE).contains(&cells.chat_history_size)
+            || cells.chat_history_ttl_seconds == 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cells chat_ping_timeout_ms must be between 200 and 3600000, chat_history_size \
+                 between 1 and {}, chat_history_ttl_seconds at least 1",
+                crate::policy::MAX_HISTORY_SIZE
+            )));
+        }
         if cells.max_message_size < 256 {
             return Err(ConfigError::Invalid(
                 "cells max_message_size must be at least 256".into(),
@@ -223,6 +286,7 @@ impl Cells {
             ("profile_claim", &cells.profile_claim),
             ("roles_claim", &cells.roles_claim),
             ("workspaces_claim", &cells.workspaces_claim),
+            ("chat_readonly_claim", &cells.chat_readonly_claim),
         ] {
             if claim.is_empty() {
                 return Err(ConfigError::Invalid(format!(
@@ -231,6 +295,23 @@ impl Cells {
             }
         }
         Ok(cells)
+    }
+}
+
+impl Cells {
+    /// The namespace of chat rooms: history (so messages are stored where
+    /// history is: Redis in a cluster, memory on one node) and presence
+    /// (a room's members), for authenticated sessions.
+    pub fn chat_namespace(&self) -> crate::policy::NamespaceConfig {
+        crate::policy::NamespaceConfig {
+            pattern: format!("{CHAT_ROOM_PREFIX}*"),
+            history_size: self.chat_history_size,
+            history_ttl_seconds: self.chat_history_ttl_seconds,
+            presence: true,
+            join_leave: false,
+            subscribe: crate::policy::SubscribePolicy::Authenticated,
+            publish: Some(crate::policy::ChannelPublish::None),
+        }
     }
 }
 
@@ -340,6 +421,44 @@ mod tests {
             },
             CellsCli {
                 cells_silent_burst: Some(0),
+                ..CellsCli::default()
+            },
+        ] {
+            assert!(with(cli).is_err());
+        }
+    }
+
+    #[test]
+    fn chat_settings_resolve_and_bad_ones_are_refused() {
+        let d = Cells::default();
+        assert_eq!(d.chat_ping_timeout, Duration::from_secs(20));
+        assert_eq!(d.chat_readonly_claim, "chat_readonly");
+        let ns = d.chat_namespace();
+        assert!(ns.pattern.starts_with('\u{1}') && ns.pattern.ends_with('*'));
+        assert_eq!((ns.history_size, ns.presence), (1000, true));
+        let c = with(CellsCli {
+            cells_chat_ping_timeout_ms: Some(1500),
+            cells_chat_history_size: Some(10),
+            ..CellsCli::default()
+        })
+        .unwrap();
+        assert_eq!(c.chat_ping_timeout, Duration::from_millis(1500));
+        assert_eq!(c.chat_namespace().history_size, 10);
+        for cli in [
+            CellsCli {
+                cells_chat_ping_timeout_ms: Some(10),
+                ..CellsCli::default()
+            },
+            CellsCli {
+                cells_chat_history_size: Some(0),
+                ..CellsCli::default()
+            },
+            CellsCli {
+                cells_chat_history_ttl_seconds: Some(0),
+                ..CellsCli::default()
+            },
+            CellsCli {
+                cells_chat_readonly_claim: Some(String::new()),
                 ..CellsCli::default()
             },
         ] {

@@ -78,6 +78,9 @@ pub struct NamespaceFile {
     /// Rooms every socket joins when it connects to the namespace.
     #[serde(default)]
     pub rooms: Vec<String>,
+    /// Connection-state recovery: how long after a disconnection a client
+    /// may come back (to any node) and get what its rooms missed.
+    pub recovery_seconds: Option<u64>,
 }
 
 /// `[[socketio.join_events]]`: a client event whose payload picks rooms to
@@ -127,6 +130,8 @@ pub enum IdFormat {
 pub struct Namespace {
     pub name: String,
     pub rooms: Vec<String>,
+    /// Connection-state recovery's window (`None`: off).
+    pub recovery: Option<Duration>,
 }
 
 /// A join event, resolved.
@@ -250,6 +255,7 @@ impl SocketIo {
         let mut namespaces = vec![Namespace {
             name: MAIN.to_string(),
             rooms: Vec::new(),
+            recovery: None,
         }];
         for n in &file.namespaces {
             namespace_name(&n.name)?;
@@ -261,8 +267,19 @@ impl SocketIo {
                 }
                 room_name(r)?;
             }
+            let recovery = match n.recovery_seconds {
+                None => None,
+                Some(s @ 1..=86_400) => Some(Duration::from_secs(s)),
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "socketio namespace {:?}: recovery_seconds must be 1 to 86400",
+                        n.name
+                    )))
+                }
+            };
             if n.name == MAIN {
                 namespaces[0].rooms = n.rooms.clone();
+                namespaces[0].recovery = recovery;
             } else if namespaces.iter().any(|m| m.name == n.name) {
                 return Err(invalid(format!(
                     "socketio namespace {:?} is configured twice",
@@ -272,6 +289,7 @@ impl SocketIo {
                 namespaces.push(Namespace {
                     name: n.name.clone(),
                     rooms: n.rooms.clone(),
+                    recovery,
                 });
             }
         }

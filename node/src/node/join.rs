@@ -179,6 +179,7 @@ impl Node {
                     if pos.advance(&m.top.epoch, p.offset) {
                         let mut d =
                             Delivery::new(Target::Channels(vec![m.channel.clone()]), p.data);
+                        d.event = p.event;
                         d.position = Some(Position {
                             offset: p.offset,
                             epoch: m.top.epoch.clone(),

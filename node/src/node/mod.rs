@@ -13,6 +13,7 @@ mod identity;
 mod join;
 mod keyed;
 mod ops;
+mod records;
 mod tasks;
 
 use std::collections::BTreeMap;
@@ -292,7 +293,7 @@ impl Node {
         let Target::Channels(channels) = &delivery.target else {
             return whole();
         };
-        if self.config.namespaces.is_plain() {
+        if self.config.namespaces.is_plain_for(channels) {
             return whole();
         }
         let (with_history, plain_channels): (Vec<String>, Vec<String>) = channels

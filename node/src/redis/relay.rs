@@ -239,7 +239,14 @@ impl Relay for RedisRelay {
             let (position, duplicate) = self
                 .inner
                 .store
-                .append_publish(channel, &delivery.data, options, Some(spec), key)
+                .append_publish(
+                    channel,
+                    &delivery.data,
+                    options,
+                    Some(spec),
+                    key,
+                    delivery.event.as_deref(),
+                )
                 .await?;
             Ok(Appended {
                 position,

@@ -1,7 +1,7 @@
 //! History and presence kept in Redis, for a cluster.
 //!
 //! Keys are `{prefix}.h.{CHANNEL}` (a stream: one entry per publication,
-//! entry id `OFFSET-0`) and `{prefix}.hm.{CHANNEL}` (a hash: `e` epoch, `o`
+//! entry id `OFFSET-0`, fields `d` data and, when it has one, `e` event) and `{prefix}.hm.{CHANNEL}` (a hash: `e` epoch, `o`
 //! last offset) for history, and `{prefix}.pr.{CHANNEL}` (a hash: client id →
 //! entry JSON) with `{prefix}.pe.{CHANNEL}` (a sorted set: client id → expiry)
 //! for presence, plus `{prefix}.pn.{NODE}` (a set of `CHANNEL\nCLIENT_ID`:
@@ -34,7 +34,8 @@ use crate::presence::{Presence, PresenceEntry, PresenceError};
 /// Appends one publication. KEYS: stream, meta, and for a keyed publish the
 /// idempotency key. ARGV: data, max length, ttl seconds, fresh epoch, topic
 /// ("" for none), publish command, envelope head, the key's lifetime in
-/// seconds. Returns {offset, epoch, duplicate}: a key seen before returns
+/// seconds, the event name ("" for none; kept as the entry's `e` field).
+/// Returns {offset, epoch, duplicate}: a key seen before returns
 /// the position it got then (duplicate 1) and changes nothing; else the
 /// key is set to this position in the same step. The published payload is
 /// the envelope head followed by `OFFSET\nEPOCH\n`: a `Publication`
@@ -54,7 +55,11 @@ if not epoch then
   redis.call('hset', KEYS[2], 'e', epoch, 'o', 0)
 end
 local offset = redis.call('hincrby', KEYS[2], 'o', 1)
-redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+if ARGV[9] ~= '' then
+  redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1], 'e', ARGV[9])
+else
+  redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+end
 redis.call('expire', KEYS[1], ARGV[3])
 redis.call('expire', KEYS[2], ARGV[3])
 if KEYS[3] then
@@ -240,9 +245,11 @@ fn parse_entries(value: RedisValue) -> Result<Vec<Publication>, HistoryError> {
             return Err(bad());
         };
         let data = fields.get(1).and_then(|v| v.as_string()).ok_or_else(bad)?;
+        let event = fields.get(3).and_then(|v| v.as_string());
         out.push(Publication {
             offset,
             data: Utf8Bytes::from(data),
+            event: event.map(|e| std::sync::Arc::from(e.as_str())),
         });
     }
     Ok(out)
@@ -261,6 +268,7 @@ impl RedisStore {
         options: &ChannelOptions,
         spec: Option<PublishSpec>,
         key: Option<&str>,
+        event: Option<&str>,
     ) -> Result<(Position, bool), HistoryError> {
         let (topic, command, head) = match spec {
             Some(s) => (s.topic, s.command, s.head),
@@ -280,6 +288,7 @@ impl RedisStore {
             command.into(),
             RedisValue::Bytes(head.into()),
             (self.idempotency_window.as_secs().max(1) as i64).into(),
+            event.unwrap_or_default().into(),
         ];
         let reply: RedisValue = Self::script(self.client(channel), APPEND, keys, args)
             .await
@@ -306,7 +315,7 @@ impl History for RedisStore {
     ) -> BoxFuture<'a, Result<Position, HistoryError>> {
         Box::pin(async move {
             let (position, _) = self
-                .append_publish(channel, data, options, None, None)
+                .append_publish(channel, data, options, None, None, None)
                 .await?;
             Ok(position)
         })

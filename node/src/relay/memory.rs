@@ -114,9 +114,13 @@ impl Relay for MemoryRelay {
         Box::pin(async move {
             let channel = delivery.channel.as_deref().unwrap_or_default();
             let key = delivery.idempotency.as_deref();
-            let (position, duplicate) =
-                self.history
-                    .append_once(channel, &delivery.data, options, key);
+            let (position, duplicate) = self.history.append_once(
+                channel,
+                &delivery.data,
+                options,
+                key,
+                delivery.event.as_ref(),
+            );
             if duplicate {
                 return Ok(Appended {
                     position,

@@ -7,7 +7,8 @@
 //! - [`codec`]: the audience check and the frames of one event;
 //! - [`session`]: one socket: subscribe, refresh, unsubscribe, errors;
 //! - [`events`]: the server API's event requests;
-//! - [`coalesce`]: bursts for one key merged before they are published.
+//! - [`coalesce`]: bursts for one key merged before they are published;
+//! - [`chat`]: `/ws/chat`, rooms on mesh channels.
 //!
 //! A subscribed session joins one internal group per workspace, role,
 //! profile and user of its claims (`Node::set_groups`), so an event's
@@ -15,6 +16,7 @@
 //! is offered only to those members; the codec then checks the session's
 //! claims and encodes once per set of matching workspaces.
 
+pub mod chat;
 pub mod coalesce;
 pub mod codec;
 pub mod events;
@@ -34,7 +36,7 @@ use self::session::CellsSession;
 use crate::codec::Codec;
 use crate::frontend::Frontend;
 use crate::node::Node;
-use crate::transport;
+use crate::transport::{self, Session};
 
 /// The internal group family of Cells sessions, and the `frontend` label
 /// of its metrics.
@@ -64,6 +66,8 @@ pub struct Gateway {
     pub coalescer: Arc<Coalescer>,
     /// `pubmesh_cells_events_total{outcome}`.
     pub counter: prometheus::IntCounterVec,
+    /// The chat's metrics and rooms.
+    pub chat: Arc<chat::Chat>,
 }
 
 /// The gateways of the nodes of this process (one in production; tests may
@@ -95,6 +99,7 @@ pub fn gateway(node: &Arc<Node>) -> Arc<Gateway> {
     let g = Arc::new(Gateway {
         coalescer: Arc::new(Coalescer::new(&node.config.cells, counter.clone())),
         counter,
+        chat: Arc::new(chat::Chat::new(&node.metrics.registry)),
     });
     all.push((Arc::downgrade(node), g.clone()));
     g
@@ -136,7 +141,8 @@ impl Frontend for Cells {
 
     fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
         node.metrics.frontend.init(FAMILY, ERROR_CODES);
-        gateway(node);
+        node.metrics.frontend.init(chat::FAMILY, chat::ERROR_CODES);
+        let chat = gateway(node).chat.clone();
         for kind in &node.config.cells.kinds {
             node.metrics
                 .frontend
@@ -144,19 +150,45 @@ impl Frontend for Cells {
                 .with_label_values(&[FAMILY, kind]);
         }
         let codec = self.codec(node);
-        Router::new().route(
-            "/ws/event",
-            get(move |state, request| websocket(state, request, codec.clone())),
-        )
+        let chat_codec: Arc<dyn Codec> = Arc::new(chat::ChatCodec::new(
+            node.metrics
+                .frontend
+                .messages_out
+                .with_label_values(&[chat::FAMILY]),
+        ));
+        let tick = chat::session::ChatSession::tick(node.config.cells.chat_ping_timeout);
+        Router::new()
+            .route(
+                "/ws/event",
+                get(move |state, request| {
+                    websocket(state, request, codec.clone(), None, CellsSession::new)
+                }),
+            )
+            .route(
+                "/ws/chat",
+                get(move |state, request| {
+                    let chat = chat.clone();
+                    websocket(
+                        state,
+                        request,
+                        chat_codec.clone(),
+                        Some(tick),
+                        move |n, c| chat::session::ChatSession::new(n, c, chat),
+                    )
+                }),
+            )
     }
 }
 
-/// `GET /ws/event`: admit, upgrade and run a Cells session. The socket is
-/// anonymous until its first `subscribe`.
-async fn websocket(
+/// `GET /ws/event` and `GET /ws/chat`: admit, upgrade and run a Cells
+/// session (`tick`: how often its `on_tick` runs). The socket is anonymous
+/// until its first `subscribe`.
+async fn websocket<S: Session + 'static>(
     State(node): State<Arc<Node>>,
     mut request: Request,
     codec: Arc<dyn Codec>,
+    tick: Option<std::time::Duration>,
+    session: impl FnOnce(Arc<Node>, Arc<crate::conn::Conn>) -> S + Send + 'static,
 ) -> Response {
     let (admission, reply) = match super::admit_upgrade(&node, &request) {
         Ok(admitted) => admitted,
@@ -171,8 +203,11 @@ async fn websocket(
         };
         let identity = node.identify(None);
         let conn = node.open(admission, identity, codec, None, |_| None).await;
-        let settings = super::socket_settings(&node, address);
-        let session = CellsSession::new(node.clone(), conn.clone());
+        let settings = transport::Settings {
+            tick,
+            ..super::socket_settings(&node, address)
+        };
+        let session = session(node.clone(), conn.clone());
         transport::run(socket, &conn.outbox, session, settings).await;
     });
     reply.map(|()| axum::body::Body::empty())

@@ -25,7 +25,93 @@ pub struct CellsSession {
 }
 
 /// A refusal: the metric code, the error text and the close reason.
-struct Refusal(&'static str, String, CloseReason);
+pub(super) struct Refusal(pub &'static str, pub String, pub CloseReason);
+
+/// A session's verified token: its claims, every claim as sent, and its
+/// expiry (seconds since the epoch).
+pub(super) struct Verified {
+    pub claims: Claims,
+    pub all: Map<String, Value>,
+    pub expires_at: u64,
+}
+
+/// Verify `jwt`, read the session's claims as configured, and make it the
+/// connection's identity, with the Cells user as its user id when
+/// `user_is_root` (`/ws/chat`, whose room members are Cells users), else
+/// the token's subject (`/ws/event`). Shared by `/ws/event` and `/ws/chat`.
+pub(super) async fn authenticate(
+    node: &Node,
+    conn: &Arc<Conn>,
+    jwt: &str,
+    user_is_root: bool,
+) -> Result<Verified, Refusal> {
+    let (id, all) = node
+        .auth
+        .verify_claims(jwt)
+        .map_err(|e| Refusal("bad_jwt", e.to_string(), CloseReason::Unauthorized))?;
+    let claims = read_claims(&node.config.cells, &all, &id.user_id)
+        .map_err(|e| Refusal("bad_claims", e, CloseReason::BadFrame))?;
+    let expires_at = id.expires_at;
+    let identity = Identity {
+        root_id: if user_is_root {
+            claims.user.clone()
+        } else {
+            id.user_id
+        },
+        token: Some(crate::auth::strip_bearer(jwt).to_string()),
+        expires_at: Some(id.expires_at),
+        channels: id.channels,
+        info: id.info,
+    };
+    if let Err(e) = node.reauthenticate(conn, identity).await {
+        return Err(Refusal("bad_jwt", e.to_string(), CloseReason::Unauthorized));
+    }
+    Ok(Verified {
+        claims,
+        all,
+        expires_at,
+    })
+}
+
+/// A list claim: an array of strings, or one comma separated string (as
+/// Cells' own tokens carry roles); absent is empty.
+pub(super) fn claim_list(all: &Map<String, Value>, name: &str) -> Result<Vec<String>, String> {
+    Ok(match all.get(name) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(format!("claim {name:?} must list strings")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => Err(format!(
+            "claim {name:?} must be an array of strings or a comma separated string"
+        ))?,
+    })
+}
+
+/// Count a close the server made for a frame too big or over the rate
+/// (`family`: the front-end's metric label), and end the connection.
+pub(super) fn closed(node: &Arc<Node>, conn: &Arc<Conn>, family: &str, by: Option<CloseReason>) {
+    match by {
+        Some(CloseReason::TooBig) => node.metrics.frontend.error(family, "too_big"),
+        Some(CloseReason::RateLimited) => node.metrics.frontend.error(family, "rate_limited"),
+        _ => {}
+    }
+    node.metrics
+        .frontend
+        .connections
+        .with_label_values(&[family])
+        .dec();
+    node.close(conn, by);
+}
 
 /// The session's claims, read from the token's claims as configured.
 fn read_claims(settings: &Settings, all: &Map<String, Value>, sub: &str) -> Result<Claims, String> {
@@ -36,28 +122,8 @@ fn read_claims(settings: &Settings, all: &Map<String, Value>, sub: &str) -> Resu
             Some(_) => Err(format!("claim {name:?} must be a string")),
         }
     };
-    // An array of strings, or one comma separated string (as Cells' own
-    // tokens carry roles).
     let list = |name: &str| -> Result<HashSet<String>, String> {
-        let items: Vec<String> = match all.get(name) {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::String(s)) => s
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => Ok(s.clone()),
-                    _ => Err(format!("claim {name:?} must list strings")),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => Err(format!(
-                "claim {name:?} must be an array of strings or a comma separated string"
-            ))?,
-        };
+        let items = claim_list(all, name)?;
         for item in &items {
             check_id(&format!("claim {name:?}"), item)?;
         }
@@ -125,25 +191,10 @@ impl CellsSession {
     }
 
     async fn subscribe(&mut self, jwt: &str) -> Result<(), Refusal> {
-        let (id, all) = self
-            .node
-            .auth
-            .verify_claims(jwt)
-            .map_err(|e| Refusal("bad_jwt", e.to_string(), CloseReason::Unauthorized))?;
-        let claims = read_claims(&self.node.config.cells, &all, &id.user_id)
-            .map_err(|e| Refusal("bad_claims", e, CloseReason::BadFrame))?;
+        let Verified {
+            claims, expires_at, ..
+        } = authenticate(&self.node, &self.conn, jwt, false).await?;
         let groups = groups(&claims);
-        let expires_at = id.expires_at;
-        let identity = Identity {
-            root_id: id.user_id,
-            token: Some(crate::auth::strip_bearer(jwt).to_string()),
-            expires_at: Some(id.expires_at),
-            channels: id.channels,
-            info: id.info,
-        };
-        if let Err(e) = self.node.reauthenticate(&self.conn, identity).await {
-            return Err(Refusal("bad_jwt", e.to_string(), CloseReason::Unauthorized));
-        }
         self.node
             .set_groups(&self.conn, FAMILY, &groups, Some(tag(claims, expires_at)))
             .await
@@ -208,17 +259,6 @@ impl Session for CellsSession {
     }
 
     async fn on_close(&mut self, closed_by_server: Option<CloseReason>) {
-        match closed_by_server {
-            Some(CloseReason::TooBig) => self.error("too_big"),
-            Some(CloseReason::RateLimited) => self.error("rate_limited"),
-            _ => {}
-        }
-        self.node
-            .metrics
-            .frontend
-            .connections
-            .with_label_values(&[FAMILY])
-            .dec();
-        self.node.close(&self.conn, closed_by_server);
+        closed(&self.node, &self.conn, FAMILY, closed_by_server);
     }
 }

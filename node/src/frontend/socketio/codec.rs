@@ -10,6 +10,7 @@ use std::sync::Arc;
 use prometheus::IntCounter;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::recovery::Offsets;
 use super::wire::{self, Json};
 use crate::codec::{Codec, Frames, Recipient, Slot};
 use crate::config::socketio::MAIN;
@@ -62,24 +63,51 @@ pub struct SocketIoCodec {
     /// The namespaces served other than `/`.
     namespaces: Arc<Vec<String>>,
     sent: IntCounter,
+    /// Positions of the sockets in recovery namespaces, whose events carry
+    /// them as a last argument (encoded per socket).
+    offsets: Arc<Offsets>,
 }
 
 impl SocketIoCodec {
-    pub fn new(namespaces: Arc<Vec<String>>, sent: IntCounter) -> Self {
-        SocketIoCodec { namespaces, sent }
+    pub fn new(namespaces: Arc<Vec<String>>, sent: IntCounter, offsets: Arc<Offsets>) -> Self {
+        SocketIoCodec {
+            namespaces,
+            sent,
+            offsets,
+        }
     }
 
-    /// `4` + the EVENT packet of `delivery` in `nsp`.
-    fn frame(&self, delivery: &Delivery, nsp: &str) -> Option<Utf8Bytes> {
+    /// `4` + the EVENT packet of `delivery` in `nsp`, with the recovery
+    /// offset as last argument when there is one.
+    fn frame(&self, delivery: &Delivery, nsp: &str, offset: Option<String>) -> Option<Utf8Bytes> {
         let payload = Json::from_text(delivery.data.as_str())?;
         let event = delivery.event.as_deref().unwrap_or(DEFAULT_EVENT);
-        let packet = wire::Packet::event(nsp, event, vec![payload]);
+        let mut args = vec![payload];
+        args.extend(offset.map(|o| Json::from_value(&o)));
+        let packet = wire::Packet::event(nsp, event, args);
         Some(Utf8Bytes::from(format!("4{}", packet.encode())))
     }
 
     fn room_frame(&self, delivery: &Delivery, channel: &str) -> Option<Utf8Bytes> {
         let (nsp, _) = split(&self.namespaces, channel);
-        self.frame(delivery, &nsp)
+        self.frame(delivery, &nsp, None)
+    }
+
+    /// A frame of `delivery` in `nsp` for one socket: with its offset when
+    /// it is tracked there, after moving its position in `channel`.
+    fn own_frame(
+        &self,
+        delivery: &Delivery,
+        nsp: &str,
+        channel: Option<&str>,
+        to: &Recipient<'_>,
+    ) -> Option<Utf8Bytes> {
+        let moved = match (channel, &delivery.position) {
+            (Some(c), Some(p)) if to.positioned => Some((c, p)),
+            _ => None,
+        };
+        let offset = self.offsets.advance(to.client_id, nsp, moved);
+        self.frame(delivery, nsp, offset)
     }
 }
 
@@ -88,10 +116,14 @@ impl Codec for SocketIoCodec {
         "socketio"
     }
 
-    fn slot(&self, delivery: &Delivery, _to: &Recipient<'_>) -> Slot {
+    fn slot(&self, delivery: &Delivery, to: &Recipient<'_>) -> Slot {
         if delivery.kind != DeliveryKind::Message {
             // Socket.IO has no presence frames.
             return Slot::Skip;
+        }
+        if self.offsets.tracks(to.client_id) {
+            // Its events carry its own offsets.
+            return Slot::Own;
         }
         match (&delivery.target, &delivery.channel) {
             (Target::Channels(_), Some(_)) => Slot::Shared(0),
@@ -106,8 +138,12 @@ impl Codec for SocketIoCodec {
         let one = |f: Option<Utf8Bytes>| f.map_or(Frames::None, Frames::One);
         match (slot, &delivery.channel, &delivery.target) {
             (Slot::Shared(0), Some(channel), _) => one(self.room_frame(delivery, channel)),
-            (Slot::Shared(1), _, _) => one(self.frame(delivery, MAIN)),
-            (Slot::Own, None, Target::Channels(channels)) => {
+            (Slot::Shared(1), _, _) => one(self.frame(delivery, MAIN, None)),
+            (Slot::Own, Some(channel), Target::Channels(_)) => {
+                let (nsp, _) = split(&self.namespaces, channel);
+                one(self.own_frame(delivery, &nsp, Some(channel), to))
+            }
+            (Slot::Own, _, Target::Channels(channels)) => {
                 let Some(member_of) = to.member_of else {
                     return Frames::None;
                 };
@@ -115,10 +151,14 @@ impl Codec for SocketIoCodec {
                     channels
                         .iter()
                         .filter(|c| member_of(c))
-                        .filter_map(|c| self.room_frame(delivery, c))
+                        .filter_map(|c| {
+                            let (nsp, _) = split(&self.namespaces, c);
+                            self.own_frame(delivery, &nsp, None, to)
+                        })
                         .collect(),
                 )
             }
+            (Slot::Own, _, _) => one(self.own_frame(delivery, MAIN, None, to)),
             _ => Frames::None,
         }
     }
@@ -136,6 +176,7 @@ mod tests {
         SocketIoCodec::new(
             Arc::new(vec!["/admin".to_string()]),
             IntCounter::new("t", "t").unwrap(),
+            Arc::new(Offsets::default()),
         )
     }
 

@@ -22,6 +22,7 @@ pub mod engineio;
 pub mod joins;
 pub mod pings;
 pub mod polling;
+pub mod recovery;
 pub mod session;
 pub mod sid;
 pub mod wire;
@@ -41,6 +42,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use self::codec::SocketIoCodec;
 use self::engineio::{Eio, Handshake, PacketType, ServerError, Transport};
+use self::recovery::{Claim, Connecting};
 use self::session::{connect_token, message, Due, Pings, SioSession};
 pub use self::session::{reasons, FRONTEND};
 use self::wire::{Packet, Version};
@@ -80,6 +82,8 @@ pub(crate) struct Shared {
     http: reqwest::Client,
     /// Where unhandled client events go.
     backend: Option<Arc<backend::Backend>>,
+    /// Recovery positions, shared with the codec.
+    offsets: Arc<recovery::Offsets>,
 }
 
 fn others(config: &Config) -> Arc<Vec<String>> {
@@ -99,12 +103,7 @@ impl Frontend for SocketIo {
     }
 
     fn codec(&self, node: &Node) -> Arc<dyn Codec> {
-        let sent = node
-            .metrics
-            .frontend
-            .messages_out
-            .with_label_values(&[FRONTEND]);
-        Arc::new(SocketIoCodec::new(others(&node.config.socketio), sent))
+        codec_with(node, Arc::default())
     }
 
     fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
@@ -122,10 +121,12 @@ impl Frontend for SocketIo {
                     format!("http://{listen}")
                 }
             });
+        let offsets: Arc<recovery::Offsets> = Arc::default();
         let shared = Shared {
             config: Arc::new(node.config.socketio.clone()),
             namespaces: others(&node.config.socketio),
-            codec: self.codec(node),
+            codec: codec_with(node, offsets.clone()),
+            offsets,
             polls: Arc::new(polling::Polls::default()),
             advertise,
             http: reqwest::Client::new(),
@@ -147,6 +148,19 @@ impl Frontend for SocketIo {
                 any(move |state, request| engine(state, request, s2.clone())),
             )
     }
+}
+
+fn codec_with(node: &Node, offsets: Arc<recovery::Offsets>) -> Arc<dyn Codec> {
+    let sent = node
+        .metrics
+        .frontend
+        .messages_out
+        .with_label_values(&[FRONTEND]);
+    Arc::new(SocketIoCodec::new(
+        others(&node.config.socketio),
+        sent,
+        offsets,
+    ))
 }
 
 /// An Engine.IO error reply: 400 (403) with `{"code":…,"message":…}`.
@@ -328,7 +342,7 @@ pub(crate) async fn continue_on_socket(
         Some(nsp),
         pings,
     )
-    .with_backend(shared.backend.clone());
+    .with_backend(shared.backend.clone(), shared.offsets.clone());
     run_socket(&node, &shared, socket, conn, session, address).await;
 }
 
@@ -380,7 +394,7 @@ pub(crate) enum Step {
     Bad,
     /// A CONNECT accepted: open the connection with this identity and
     /// namespace.
-    Connect(Identity, String),
+    Connect(Identity, Connecting),
 }
 
 /// One client packet (Engine.IO text) before the first accepted CONNECT.
@@ -423,10 +437,11 @@ pub(crate) fn opening_step(
         PacketType::Ping | PacketType::Open => return bad(&"unexpected packet"),
         PacketType::Message => {}
     }
-    let (nsp, auth) = match Packet::decode(&data) {
+    let (nsp, auth, claim) = match Packet::decode(&data) {
         Ok(Packet::Connect { nsp, data, query }) => (
             nsp,
             connect_token(data.as_ref(), query.as_deref(), &shared.config.auth_field),
+            Claim::of(data.as_ref()),
         ),
         // Other packets before a namespace is joined are dropped.
         Ok(_) => return Step::Nothing,
@@ -437,7 +452,7 @@ pub(crate) fn opening_step(
         Eio::V3 => Version::V4,
     };
     match admit_connect(node, &shared.config, &nsp, auth, request_token) {
-        Ok(identity) => Step::Connect(identity, nsp),
+        Ok(identity) => Step::Connect(identity, Connecting { nsp, claim }),
         Err((code, why)) => {
             node.metrics.frontend.error(FRONTEND, code);
             Step::Reply(message(&Packet::connect_error(version, &nsp, why)))
@@ -456,11 +471,11 @@ async fn opening(
     request_token: Option<String>,
     socket: &mut Socket,
     pings: &mut Pings,
-) -> Option<(Identity, String)> {
+) -> Option<(Identity, Connecting)> {
     if eio == Eio::V3 {
         // Socket.IO v4 clients are in `/` from the start.
         return match admit_connect(node, &shared.config, MAIN, None, request_token.as_deref()) {
-            Ok(identity) => Some((identity, MAIN.to_string())),
+            Ok(identity) => Some((identity, Connecting::to(MAIN))),
             Err((code, why)) => {
                 node.metrics.frontend.error(FRONTEND, code);
                 let refusal = message(&Packet::connect_error(Version::V4, MAIN, why));

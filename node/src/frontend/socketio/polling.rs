@@ -474,7 +474,7 @@ async fn open_session(
     polling: &Polling,
     admission: Admission,
     identity: crate::conn::Identity,
-    nsp: String,
+    nsp: super::recovery::Connecting,
 ) -> Stage {
     let conn = node
         .open(admission, identity, shared.codec.clone(), None, |_| None)
@@ -494,7 +494,7 @@ async fn open_session(
         Some(nsp),
         pings,
     )
-    .with_backend(shared.backend.clone());
+    .with_backend(shared.backend.clone(), shared.offsets.clone());
     session.on_open().await;
     polling.wake.notify_one();
     Stage::Open(Box::new(session))

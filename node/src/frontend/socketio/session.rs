@@ -17,6 +17,7 @@ use super::codec;
 use super::engineio::{self, Eio, PacketType};
 use super::joins::{self, Op};
 pub use super::pings::{Due, Pings};
+use super::recovery::{Claim, Connecting, Offsets};
 use super::wire::{self, Json, Packet, Reassembly, Start, Version};
 use crate::config::socketio::{JoinEvent, SocketIo};
 use crate::conn::Conn;
@@ -24,6 +25,9 @@ use crate::delivery::{Delivery, Target};
 use crate::node::{JoinRequest, Node, Scope};
 use crate::outbox::CloseReason;
 use crate::transport::{Flow, Session};
+
+mod resume;
+use resume::Resumable;
 
 /// The front-end's name in metrics.
 pub const FRONTEND: &str = "socketio";
@@ -86,9 +90,15 @@ pub struct SioSession {
     /// A binary packet waiting for its attachments, and their bytes so far.
     pending: Option<(Reassembly, usize)>,
     /// The namespace the client connected to first (joined in `on_open`).
-    first: Option<String>,
+    first: Option<Connecting>,
     /// Where unhandled events go.
     backend: Option<Arc<Backend>>,
+    /// Recovery positions (shared with the codec), and the namespaces it is
+    /// on for, with their recovery ids.
+    offsets: Arc<Offsets>,
+    resumable: HashMap<String, Resumable>,
+    /// The client closed the connection on purpose (`1`).
+    closed_by_client: bool,
 }
 
 impl SioSession {
@@ -99,7 +109,7 @@ impl SioSession {
         config: Arc<SocketIo>,
         namespaces: Arc<Vec<String>>,
         eio: Eio,
-        first: Option<String>,
+        first: Option<Connecting>,
         pings: Pings,
     ) -> Self {
         node.metrics
@@ -123,12 +133,17 @@ impl SioSession {
             pending: None,
             first,
             backend: None,
+            offsets: Arc::default(),
+            resumable: HashMap::new(),
+            closed_by_client: false,
         }
     }
 
-    /// Send client events no join event handles to `backend`.
-    pub fn with_backend(mut self, backend: Option<Arc<Backend>>) -> Self {
+    /// Send client events no join event handles to `backend`; track
+    /// recovery positions in `offsets` (the codec's).
+    pub fn with_backend(mut self, backend: Option<Arc<Backend>>, offsets: Arc<Offsets>) -> Self {
         self.backend = backend;
+        self.offsets = offsets;
         self
     }
 
@@ -163,7 +178,8 @@ impl SioSession {
 
     /// Join namespace `nsp` (served, identity checked): its default rooms,
     /// answered by the CONNECT reply once the rooms are joined.
-    async fn connect(&mut self, nsp: String) {
+    async fn connect(&mut self, connecting: Connecting) {
+        let Connecting { nsp, claim } = connecting;
         let Some(namespace) = self.config.namespace(&nsp) else {
             self.error(reasons::INVALID_NAMESPACE);
             return self.connect_error(&nsp, INVALID_NAMESPACE);
@@ -173,6 +189,9 @@ impl SioSession {
             .iter()
             .map(|r| codec::channel(&nsp, r))
             .collect();
+        if let Some(window) = namespace.recovery {
+            return self.connect_resumable(nsp, window, claim, channels).await;
+        }
         let reply = message(&Packet::connected(self.version, &nsp, &self.conn.client_id));
         if channels.is_empty() {
             self.send(reply);
@@ -202,7 +221,12 @@ impl SioSession {
     /// A CONNECT after the first: a new token in `auth` changes the
     /// connection's identity (for every namespace, as it is one mesh
     /// connection).
-    async fn reconnect_namespace(&mut self, nsp: String, token: Option<String>) {
+    async fn reconnect_namespace(
+        &mut self,
+        nsp: String,
+        token: Option<String>,
+        claim: Option<Claim>,
+    ) {
         if self.connected.contains_key(&nsp) {
             // Already in: answer again.
             return self.send(message(&Packet::connected(
@@ -229,7 +253,7 @@ impl SioSession {
                 }
             }
         }
-        self.connect(nsp).await
+        self.connect(Connecting { nsp, claim }).await
     }
 
     async fn disconnect(&mut self, nsp: &str) {
@@ -237,6 +261,7 @@ impl SioSession {
             let channels: Vec<String> = channels.into_iter().collect();
             self.node.leave(&self.conn, &channels, || None).await;
         }
+        self.end_resumable(nsp, true).await;
     }
 
     fn ack(&self, nsp: &str, id: Option<u64>, answer: &str) -> Option<Utf8Bytes> {
@@ -288,25 +313,19 @@ impl SioSession {
         };
         let ok = self.ack(&nsp, id, &event.ok);
         match op {
-            Op::Join => {
-                let request = JoinRequest {
-                    channels: &channels,
-                    positioned: false,
-                    since: &HashMap::new(),
-                };
-                match self.node.join(&self.conn, request, |_| ok).await {
-                    Ok(()) => {
-                        let set = self.connected.entry(nsp).or_default();
-                        set.extend(channels);
-                    }
-                    Err(e) => {
-                        self.error(reasons::JOIN_REFUSED);
-                        if let Some(frame) = self.ack(&nsp, id, &failed(&e.to_string())) {
-                            self.node.send(&self.conn, frame);
-                        }
+            Op::Join => match self.join_rooms(&nsp, &channels, None, |_| ok).await {
+                Ok(()) => {
+                    let set = self.connected.entry(nsp.clone()).or_default();
+                    set.extend(channels);
+                    self.save(&nsp).await;
+                }
+                Err(e) => {
+                    self.error(reasons::JOIN_REFUSED);
+                    if let Some(frame) = self.ack(&nsp, id, &failed(&e.to_string())) {
+                        self.node.send(&self.conn, frame);
                     }
                 }
-            }
+            },
             Op::Leave => {
                 if let Some(set) = self.connected.get_mut(&nsp) {
                     for c in &channels {
@@ -314,6 +333,7 @@ impl SioSession {
                     }
                 }
                 self.node.leave(&self.conn, &channels, || ok).await;
+                self.left(&nsp, &channels).await;
             }
         }
     }
@@ -366,21 +386,20 @@ impl SioSession {
                 return;
             }
         };
+        let namespaces = self.namespaces.clone();
         let channels = |rooms: &[String]| -> Vec<String> {
             rooms
                 .iter()
-                .filter_map(|r| codec::channel_of(&self.namespaces, &nsp, r).ok())
+                .filter_map(|r| codec::channel_of(&namespaces, &nsp, r).ok())
                 .collect()
         };
         let join = channels(&answer.join);
         if !join.is_empty() {
-            let request = JoinRequest {
-                channels: &join,
-                positioned: false,
-                since: &HashMap::new(),
-            };
-            match self.node.join(&self.conn, request, |_| None).await {
-                Ok(()) => self.connected.entry(nsp.clone()).or_default().extend(join),
+            match self.join_rooms(&nsp, &join, None, |_| None).await {
+                Ok(()) => {
+                    self.connected.entry(nsp.clone()).or_default().extend(join);
+                    self.save(&nsp).await;
+                }
                 Err(e) => tracing::info!(error = %e, "socket.io backend join refused"),
             }
         }
@@ -392,6 +411,7 @@ impl SioSession {
                 }
             }
             self.node.leave(&self.conn, &leave, || None).await;
+            self.left(&nsp, &leave).await;
         }
         for emit in answer.emit {
             let args = emit.args.into_iter().map(Json::from_raw).collect();
@@ -424,7 +444,8 @@ impl SioSession {
         match packet {
             Packet::Connect { nsp, data, query } => {
                 let token = connect_token(data.as_ref(), query.as_deref(), &self.config.auth_field);
-                self.reconnect_namespace(nsp, token).await
+                let claim = Claim::of(data.as_ref());
+                self.reconnect_namespace(nsp, token, claim).await
             }
             Packet::Disconnect { nsp } => self.disconnect(&nsp).await,
             Packet::Event {
@@ -526,7 +547,10 @@ impl Session for SioSession {
                 self.send(format!("{}{data}", PacketType::Pong.digit()));
                 Flow::Continue
             }
-            PacketType::Close => Flow::Close(CloseReason::Disconnected),
+            PacketType::Close => {
+                self.closed_by_client = true;
+                Flow::Close(CloseReason::Disconnected)
+            }
             PacketType::Noop | PacketType::Upgrade => Flow::Continue,
             // A v4 client never pings, and never opens.
             PacketType::Ping | PacketType::Open => {
@@ -548,6 +572,7 @@ impl Session for SioSession {
     }
 
     async fn on_tick(&mut self) -> Flow {
+        self.refresh().await;
         match self.pings.due(Instant::now()) {
             Due::Nothing => Flow::Continue,
             Due::Ping => {
@@ -568,6 +593,7 @@ impl Session for SioSession {
             .connections
             .with_label_values(&[FRONTEND])
             .dec();
+        self.close_resumable().await;
         self.connected.clear();
         self.pending = None;
         self.node.close(&self.conn, closed_by_server);

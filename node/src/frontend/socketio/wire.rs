@@ -182,6 +182,21 @@ impl Packet {
         }
     }
 
+    /// The CONNECT reply of a namespace with connection-state recovery:
+    /// v5 `0{"sid":…,"pid":…}` (v4 has no recovery: as [`Packet::connected`]).
+    pub fn connected_with_pid(version: Version, nsp: &str, sid: &str, pid: &str) -> Packet {
+        #[derive(serde::Serialize)]
+        struct Sid<'a> {
+            sid: &'a str,
+            pid: &'a str,
+        }
+        Packet::Connect {
+            nsp: nsp.to_string(),
+            query: None,
+            data: (version == Version::V5).then(|| Json::from_value(&Sid { sid, pid })),
+        }
+    }
+
     /// A refused CONNECT: v5 `4{"message":…}`, v4 `4"…"`.
     pub fn connect_error(version: Version, nsp: &str, message: &str) -> Packet {
         #[derive(serde::Serialize)]
