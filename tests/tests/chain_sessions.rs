@@ -250,3 +250,21 @@ async fn bad_input_is_refused_and_leaves_nothing_behind() {
     assert_eq!(status, 200, "the node is still up");
     tab.expect_silence(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn a_drain_ends_sessions_with_a_close_event() {
+    let mut node = node(&["--drain-seconds", "2"]).await;
+    let mut tab = Sse::open(&node.http(), "d").await;
+    assert_eq!(
+        tab.call(json!([0, 1, 1, "pres:1", "_join", {}])).await,
+        json!([1, 1, 1, 0])
+    );
+    node.sigterm();
+    // `event: close` with the WebSocket close code and reason, then the end.
+    assert_eq!(
+        tab.next_raw(patience(10)).await.as_deref(),
+        Some("1012 reconnect")
+    );
+    assert_eq!(tab.next_raw(patience(10)).await, None);
+    assert!(node.wait_exit(patience(20)).await.success());
+}
