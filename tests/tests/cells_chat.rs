@@ -4,6 +4,7 @@
 
 mod chat_support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_support::{names, texts, Chat, SECRET};
@@ -298,4 +299,104 @@ async fn a_session_that_stops_pinging_leaves_its_rooms() {
         (node.metric(&refused("not_joined")).await == 1.0).then_some(())
     })
     .await;
+}
+
+/// An access backend: `write` for rooms whose object starts with `w` (or
+/// `m`, the marker rooms of history reads), `read` for `r`, `none`
+/// otherwise; it records the users and tokens asked.
+async fn access_backend() -> (String, Arc<Mutex<Vec<(String, bool)>>>) {
+    use axum::routing::post;
+    let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/access",
+        post(
+            move |headers: axum::http::HeaderMap, body: axum::Json<serde_json::Value>| {
+                let record = record.clone();
+                async move {
+                    let bearer = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.starts_with("Bearer ey"));
+                    let user = body["user"].as_str().unwrap_or_default().to_string();
+                    record.lock().unwrap().push((user, bearer));
+                    let object = body["room"]["RoomTypeObject"].as_str().unwrap_or_default();
+                    let access = match object.chars().next() {
+                        Some('w' | 'm') => "write",
+                        Some('r') => "read",
+                        _ => "none",
+                    };
+                    axum::Json(json!({"access": access}))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/access", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn an_access_backend_decides_who_may_write_read_or_enter() {
+    let (url, seen) = access_backend().await;
+    let node = Node::start(&["--jwt-secret", SECRET, "--cells-chat-access-url", &url]).await;
+    let mut alice = Chat::open(&node, "alice").await;
+    let writable = alice.join("NODE", "w-1", &["alice"]).await;
+    let readable = alice.join("NODE", "r-1", &["alice"]).await;
+    alice
+        .client
+        .send(json!({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": "x-1"}}))
+        .await;
+    eventually("forbidden", patience(20), || async {
+        (node.metric(&refused("forbidden")).await == 1.0).then_some(())
+    })
+    .await;
+    alice.post(readable["Uuid"].as_str().unwrap(), "no").await;
+    eventually("read_only", patience(20), || async {
+        (node.metric(&refused("read_only")).await == 1.0).then_some(())
+    })
+    .await;
+    alice.post(writable["Uuid"].as_str().unwrap(), "yes").await;
+    assert_eq!(alice.message().await["Message"], "yes");
+    assert_eq!(
+        texts(&alice.history("NODE", "r-1", None).await),
+        Vec::<String>::new()
+    );
+    // Asked once per JOIN (a ping of a joined room does not ask), with the
+    // session's token; the forbidden room was not joined.
+    alice.ping("NODE", "w-1").await;
+    alice
+        .client
+        .send(json!({"@type": "HISTORY", "Room": {"Type": "NODE", "RoomTypeObject": "x-1"}}))
+        .await;
+    eventually("not joined", patience(20), || async {
+        (node.metric(&refused("not_joined")).await == 1.0).then_some(())
+    })
+    .await;
+    // w-1, r-1, x-1 and the marker room of the history read.
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(asked.len(), 4, "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|(user, bearer)| user == "alice" && *bearer),
+        "{asked:?}"
+    );
+
+    // A backend that does not answer refuses the JOIN.
+    let down = format!(
+        "http://127.0.0.1:{}/access",
+        pubmesh_tests::harness::free_port()
+    );
+    let closed = Node::start(&["--jwt-secret", SECRET, "--cells-chat-access-url", &down]).await;
+    let mut bob = Chat::open(&closed, "bob").await;
+    bob.client
+        .send(json!({"@type": "JOIN", "Room": {"Type": "NODE", "RoomTypeObject": "w-2"}}))
+        .await;
+    eventually("access_unavailable", patience(20), || async {
+        (closed.metric(&refused("access_unavailable")).await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(closed.metric("pubmesh_cells_chat_members").await, 0.0);
 }

@@ -30,6 +30,8 @@ pub mod env {
     pub const CHAT_READONLY_CLAIM: &str = "PUBMESH_CELLS_CHAT_READONLY_CLAIM";
     pub const CHAT_HISTORY_SIZE: &str = "PUBMESH_CELLS_CHAT_HISTORY_SIZE";
     pub const CHAT_HISTORY_TTL_SECONDS: &str = "PUBMESH_CELLS_CHAT_HISTORY_TTL_SECONDS";
+    pub const CHAT_ACCESS_URL: &str = "PUBMESH_CELLS_CHAT_ACCESS_URL";
+    pub const CHAT_ACCESS_TIMEOUT_MS: &str = "PUBMESH_CELLS_CHAT_ACCESS_TIMEOUT_MS";
 }
 
 /// The first characters of a chat room's channel name: an internal name
@@ -98,6 +100,12 @@ pub struct CellsCli {
     /// Cells chat: seconds a room's history is kept after its last message [default: 2592000, 30 days]
     #[arg(long, env = env::CHAT_HISTORY_TTL_SECONDS)]
     pub cells_chat_history_ttl_seconds: Option<u64>,
+    /// Cells chat: a backend asked at each JOIN whether the user may write, only read, or not enter the room (POST, JSON; docs/cells.md) [default: none]
+    #[arg(long, env = env::CHAT_ACCESS_URL)]
+    pub cells_chat_access_url: Option<String>,
+    /// Cells chat: how long the access backend may take; a JOIN it does not answer in time is refused [default: 2000]
+    #[arg(long, env = env::CHAT_ACCESS_TIMEOUT_MS)]
+    pub cells_chat_access_timeout_ms: Option<u64>,
 }
 
 /// The `[cells]` table of the TOML file.
@@ -121,6 +129,8 @@ pub struct CellsFile {
     pub chat_readonly_claim: Option<String>,
     pub chat_history_size: Option<usize>,
     pub chat_history_ttl_seconds: Option<u64>,
+    pub chat_access_url: Option<String>,
+    pub chat_access_timeout_ms: Option<u64>,
 }
 
 /// The resolved settings.
@@ -151,6 +161,9 @@ pub struct Cells {
     /// Messages and deletions kept per room.
     pub chat_history_size: usize,
     pub chat_history_ttl_seconds: u64,
+    /// The backend asked at each JOIN, if any.
+    pub chat_access_url: Option<String>,
+    pub chat_access_timeout: Duration,
 }
 
 impl Default for Cells {
@@ -264,7 +277,26 @@ impl Cells {
                 .cells_chat_history_ttl_seconds
                 .or(file.chat_history_ttl_seconds)
                 .unwrap_or(30 * 24 * 3600),
+            chat_access_url: cli
+                .cells_chat_access_url
+                .clone()
+                .or(file.chat_access_url.clone()),
+            chat_access_timeout: Duration::from_millis(
+                cli.cells_chat_access_timeout_ms
+                    .or(file.chat_access_timeout_ms)
+                    .unwrap_or(2000),
+            ),
         };
+        let web = |u: &String| u.starts_with("http://") || u.starts_with("https://");
+        if cells.chat_access_url.as_ref().is_some_and(|u| !web(u))
+            || !(1..=60_000).contains(&cells.chat_access_timeout.as_millis())
+        {
+            return Err(ConfigError::Invalid(
+                "cells chat_access_url must be an http:// or https:// URL, and \
+                 chat_access_timeout_ms between 1 and 60000"
+                    .into(),
+            ));
+        }
         let ping_ms = cells.chat_ping_timeout.as_millis();
         if !(200..=3_600_000).contains(&ping_ms)
             || !(1..=crate::policy::MAX_HISTORY_SIZE).contains(&cells.chat_history_size)
@@ -459,6 +491,10 @@ mod tests {
             },
             CellsCli {
                 cells_chat_readonly_claim: Some(String::new()),
+                ..CellsCli::default()
+            },
+            CellsCli {
+                cells_chat_access_url: Some("ftp://x".into()),
                 ..CellsCli::default()
             },
         ] {

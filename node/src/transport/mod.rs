@@ -100,7 +100,10 @@ pub async fn run<S, T>(
     T: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut sink, mut stream) = socket.split();
-    session.on_open().await;
+    // The session's handlers run boxed: their futures live only while a
+    // frame is handled, and inline they would size every idle connection's
+    // task for the largest of them (see BENCHMARKS.md, W3).
+    Box::pin(session.on_open()).await;
     let heard = Heard::new();
     let closed_by_server = {
         // Each future is polled only when it was woken: a delivery wakes the
@@ -131,20 +134,20 @@ pub async fn run<S, T>(
                     heard.now();
                 }
                 let flow = match next {
-                    None => session.on_tick().await,
+                    None => Box::pin(session.on_tick()).await,
                     Some(None | Some(Ok(Message::Close(_)))) => return None,
                     Some(Some(Ok(Message::Text(text)))) => {
                         if !limit.allow() {
                             Flow::Close(CloseReason::RateLimited)
                         } else {
-                            session.on_text(text).await
+                            Box::pin(session.on_text(text)).await
                         }
                     }
                     Some(Some(Ok(Message::Binary(data)))) => {
                         if !limit.allow() {
                             Flow::Close(CloseReason::RateLimited)
                         } else {
-                            session.on_binary(data).await
+                            Box::pin(session.on_binary(data)).await
                         }
                     }
                     // Pings and pongs cost a token like any other frame, so a
@@ -194,7 +197,7 @@ pub async fn run<S, T>(
         // The peer is gone or not reading: the node forgets it now, then the
         // close frame goes out for a peer that may still read it.
         outbox.close(CloseReason::Disconnected);
-        session.on_close(closed_by_server).await;
+        Box::pin(session.on_close(closed_by_server)).await;
         send_close(&mut sink, CloseReason::PingTimeout).await;
         // A peer that was only stalled gets to read it (and its pongs do
         // not meet a closed socket, which would reset the connection).
@@ -215,7 +218,7 @@ pub async fn run<S, T>(
     }
     // Whatever is left in the outbox is dropped with the connection.
     outbox.close(CloseReason::Disconnected);
-    session.on_close(closed_by_server).await;
+    Box::pin(session.on_close(closed_by_server)).await;
 }
 
 /// After our close frame: read (and drop) what the client still sends until

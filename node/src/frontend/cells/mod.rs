@@ -99,7 +99,12 @@ pub fn gateway(node: &Arc<Node>) -> Arc<Gateway> {
     let g = Arc::new(Gateway {
         coalescer: Arc::new(Coalescer::new(&node.config.cells, counter.clone())),
         counter,
-        chat: Arc::new(chat::Chat::new(&node.metrics.registry)),
+        chat: Arc::new(chat::Chat::new(
+            &node.metrics.registry,
+            node.config.cells.chat_access_url.clone().map(|url| {
+                chat::access::AccessHook::new(url, node.config.cells.chat_access_timeout)
+            }),
+        )),
     });
     all.push((Arc::downgrade(node), g.clone()));
     g

@@ -9,8 +9,10 @@
 //! room's members are its presence; HISTORY reads the channel's history.
 //!
 //! - [`rooms`]: room uuids, the read-only claim, sanitising, pages;
+//! - [`access`]: the backend asked at each JOIN, when configured;
 //! - [`session`]: one socket's requests, rooms and JOIN pings.
 
+pub mod access;
 pub mod rooms;
 pub mod session;
 
@@ -49,6 +51,8 @@ pub const REFUSALS: &[&str] = &[
     "not_found",
     "empty_message",
     "join_refused",
+    "forbidden",
+    "access_unavailable",
     "unavailable",
 ];
 
@@ -63,12 +67,14 @@ pub struct Chat {
     pub messages: prometheus::IntCounterVec,
     /// `pubmesh_cells_chat_refused_total{reason}`.
     pub refused: prometheus::IntCounterVec,
+    /// The access backend, when configured.
+    pub access: Option<access::AccessHook>,
     local: parking_lot::Mutex<HashMap<String, u64>>,
 }
 
 impl Chat {
     /// The chat's metrics, registered in `registry` at zero.
-    pub fn new(registry: &prometheus::Registry) -> Chat {
+    pub fn new(registry: &prometheus::Registry, access: Option<access::AccessHook>) -> Chat {
         let rooms = prometheus::IntGauge::new(
             "pubmesh_cells_chat_rooms",
             "Cells chat rooms with members on this node",
@@ -114,6 +120,7 @@ impl Chat {
             members,
             messages,
             refused,
+            access,
             local: parking_lot::Mutex::new(HashMap::new()),
         }
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::access::Access;
 use super::rooms;
 use super::{Chat, FAMILY};
 use crate::conn::Conn;
@@ -30,6 +31,8 @@ struct User {
     read_only: Vec<String>,
     /// Token expiry, seconds since the epoch: the claims stop counting then.
     expires_at: u64,
+    /// The token, for the access backend.
+    token: String,
 }
 
 /// A room the session joined.
@@ -109,6 +112,7 @@ impl ChatSession {
             name: claims.user,
             read_only,
             expires_at,
+            token: crate::auth::strip_bearer(jwt).to_string(),
         });
         Ok(())
     }
@@ -159,9 +163,9 @@ impl ChatSession {
 
     async fn join(&mut self, room: &ChatRoom, ping: bool) -> Result<(), Ignored> {
         let user = self.user()?;
-        let name = user.name.clone();
+        let (name, token) = (user.name.clone(), user.token.clone());
         let room = rooms::named(room).map_err(|_| "bad_room")?;
-        let read_only = rooms::is_read_only(&user.read_only, &room);
+        let mut read_only = rooms::is_read_only(&user.read_only, &room);
         if let Some(m) = self.rooms.get_mut(&room.uuid) {
             m.pinged = Instant::now();
             return Ok(());
@@ -171,6 +175,13 @@ impl ChatSession {
         // or messages (a session back after its pings stopped).
         if ping && !self.exists(&channel).await? {
             return Ok(());
+        }
+        if let Some(hook) = &self.chat.access {
+            match hook.check(&name, &room, &token).await? {
+                Access::Write => {}
+                Access::Read => read_only = true,
+                Access::None => return Err("forbidden"),
+            }
         }
         let request = JoinRequest {
             channels: std::slice::from_ref(&channel),
