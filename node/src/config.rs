@@ -218,6 +218,7 @@ pub struct FileConfig {
     pub relay_batch_bytes: Option<usize>,
     pub relay_batch_us: Option<u64>,
     pub phoenix_heartbeat_timeout_ms: Option<u64>,
+    pub phoenix_longpoll_grace_ms: Option<u64>,
     pub idempotency_window_seconds: Option<u64>,
     pub idempotency_max_bytes: Option<usize>,
     pub client_channel_churn: Option<usize>,
@@ -354,6 +355,7 @@ impl Config {
         let addresses = AddressLimits::resolve(&cli.addresses, &file)?;
         let socketio = socketio::SocketIo::resolve(&cli.socketio, &file.socketio)?;
         let chain = chain::Chain::resolve(&cli.chain, &file.chain)?;
+        let phoenix = frontends::PhoenixConfig::resolve(&cli.frontends, &file)?;
         let node_id = cli.node_id.or(file.node_id).unwrap_or_else(|| {
             let id = uuid::Uuid::new_v4().simple().to_string();
             format!("n{}", &id[..12])
@@ -491,10 +493,7 @@ impl Config {
                     .or(file.presence_ttl_seconds)
                     .unwrap_or(30),
             ),
-            phoenix: frontends::PhoenixConfig::resolve(
-                &cli.frontends,
-                file.phoenix_heartbeat_timeout_ms,
-            )?,
+            phoenix,
             namespaces: crate::policy::Namespaces::new(&file.namespaces)
                 .and_then(|n| n.with_internal(&cells.chat_namespace()))
                 .map_err(ConfigError::Invalid)?,

@@ -8,13 +8,15 @@
 // payload} (binary payloads as {"base64":…}), reply {name, status,
 // response}, channel_error, channel_close, close, and with
 // {"presence":true} sync {list:[{id, refs}]} (the official Presence
-// helper's onSync list, sorted by id). Stdin commands (one JSON
+// helper's onSync list, sorted by id). With {"longpoll":true} the socket
+// uses the client's LongPoll transport (over node's fetch) instead of `ws`.
+// Stdin commands (one JSON
 // per line): {"push":EVENT,"payload":…} or {"push":EVENT,"base64":…} (an
 // ArrayBuffer payload), {"leave":true}.
 'use strict';
 
 const WebSocket = require('ws');
-const { Socket, Presence } = require('phoenix');
+const { Socket, Presence, LongPoll } = require('phoenix');
 const { report, reportFailures, onStdinLines } = require('./report');
 
 reportFailures();
@@ -25,7 +27,7 @@ const binary = (payload) =>
   payload instanceof ArrayBuffer ? { base64: Buffer.from(payload).toString('base64') } : payload;
 
 const socket = new Socket(endpoint, {
-  transport: WebSocket,
+  transport: options.longpoll ? LongPoll : WebSocket,
   params: options.params || {},
   heartbeatIntervalMs: options.heartbeatIntervalMs || 30000,
   reconnectAfterMs: () => 60000,

@@ -21,6 +21,9 @@ pub struct Sse {
     stream: Option<reqwest::Response>,
     decoder: SseDecoder,
     events: VecDeque<String>,
+    /// The last event id received (sent as `Last-Event-ID` on reconnect,
+    /// as `EventSource` does).
+    pub last_id: Option<String>,
     /// Set-Cookie, status and headers of the last `GET`.
     pub last_status: u16,
     pub last_headers: reqwest::header::HeaderMap,
@@ -37,6 +40,7 @@ impl Sse {
             stream: None,
             decoder: SseDecoder::new(),
             events: VecDeque::new(),
+            last_id: None,
             last_status: 0,
             last_headers: Default::default(),
         }
@@ -63,6 +67,9 @@ impl Sse {
         let mut request = self.http.get(self.url(extra));
         if let Some(cookie) = &self.cookie {
             request = request.header("cookie", cookie);
+        }
+        if let Some(id) = &self.last_id {
+            request = request.header("last-event-id", id);
         }
         let response = request.send().await.expect("GET /socket/sse");
         self.last_status = response.status().as_u16();
@@ -120,6 +127,9 @@ impl Sse {
                 Ok(Ok(Some(chunk))) => {
                     let events = self.decoder.feed(&chunk);
                     self.events.extend(events);
+                    if let Some(id) = self.decoder.last_id() {
+                        self.last_id = Some(id.to_string());
+                    }
                 }
                 Ok(_) => {
                     self.stream = None;

@@ -400,3 +400,42 @@ async fn an_access_backend_decides_who_may_write_read_or_enter() {
     .await;
     assert_eq!(closed.metric("pubmesh_cells_chat_members").await, 0.0);
 }
+
+#[tokio::test]
+async fn a_session_whose_token_expires_leaves_its_rooms() {
+    let node = Node::start(&["--jwt-secret", SECRET]).await;
+    let mut bob = Chat::open(&node, "bob").await;
+    let room = bob.join("WORKSPACE", "ws-9", &["bob"]).await;
+    let uuid = room["Uuid"].as_str().unwrap().to_string();
+    let mut alice =
+        pubmesh_tests::harness::Client::connect_raw(&chat_support::chat_url(&node), None)
+            .await
+            .unwrap();
+    let short =
+        pubmesh_tests::harness::hs256_with(SECRET, json!({"sub": "id-alice", "name": "alice"}), 3);
+    alice
+        .send(json!({"@type": "subscribe", "jwt": short}))
+        .await;
+    alice
+        .send(json!({"@type": "JOIN", "Room": chat_support::room("WORKSPACE", "ws-9")}))
+        .await;
+    bob.room_update(&uuid, &["alice", "bob"]).await;
+    // At expiry alice leaves (bob sees it) and her requests are ignored
+    // until she subscribes again.
+    bob.room_update(&uuid, &["bob"]).await;
+    alice
+        .send(json!({"@type": "POST", "Message": {"RoomUuid": uuid, "Message": "late"}}))
+        .await;
+    eventually("not_subscribed", patience(20), || async {
+        (node.metric(&refused("not_subscribed")).await == 1.0).then_some(())
+    })
+    .await;
+    let fresh = chat_support::token_with("alice", json!({}));
+    alice
+        .send(json!({"@type": "subscribe", "jwt": fresh}))
+        .await;
+    alice
+        .send(json!({"@type": "JOIN", "Room": chat_support::room("WORKSPACE", "ws-9")}))
+        .await;
+    bob.room_update(&uuid, &["alice", "bob"]).await;
+}

@@ -72,7 +72,8 @@ impl Chat {
             .client
             .recv_until(|f| {
                 f["@type"] == "ROOM_UPDATE"
-                    && f["Room"]["RoomTypeObject"] == object
+                    // protojson leaves out an empty object (GLOBAL rooms).
+                    && f["Room"]["RoomTypeObject"].as_str().unwrap_or("") == object
                     && names(&f["Room"]["Users"]) == members
             })
             .await;

@@ -1,16 +1,24 @@
-//! A chain session's link to its client: the frames waiting for an event
-//! stream, which stream (if any) is attached, and when the session was last
-//! heard from.
+//! A chain session's link to its client: the frames for its event streams,
+//! which stream (if any) is attached, and when the session was last heard
+//! from.
 //!
 //! Every frame for the session goes through here, attached or not, so their
-//! order is the order the node queued them in. With a stream attached the
-//! buffer is drained as fast as the client reads, and only the outbox's byte
-//! bound applies (beyond it the session ends as a slow consumer, as a
-//! WebSocket would). Without one, at most `--chain-buffer-frames`
-//! broadcasts wait; later broadcasts are dropped and counted per topic, and
-//! the next stream gets, right after the frames that were kept, one
-//! `[2,topic,"_overflow",{"dropped":n}]` per topic that lost some. Replies
-//! are never dropped (the client's own POST rate bounds them).
+//! order is the order the node queued them in. Each gets an event id
+//! (`id: N`, counting from 1), and the last `--chain-buffer-frames` frames
+//! a stream was given stay here: a stream can die without the server
+//! noticing at once (no FIN from a vanished network), so what was written
+//! into it may never have arrived. A `GET` carrying `Last-Event-ID` (which
+//! `EventSource` sends by itself when it reconnects) gets again everything
+//! after that id.
+//!
+//! Without a stream, at most `--chain-buffer-frames` broadcasts wait (the
+//! same bound applies to what a resumed stream is owed); later broadcasts
+//! are dropped and counted per topic, and the resumed stream gets, right
+//! after the broadcasts that were kept, one `[2,topic,"_overflow",{"dropped":n}]`
+//! per topic that lost some. Replies are never dropped (the client's own
+//! POST rate bounds them). With a stream attached, the only bound is the
+//! outbox's bytes: beyond it the session ends as a slow consumer, as a
+//! WebSocket would.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -23,7 +31,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::wire::{self, Message};
 use crate::outbox::CloseReason;
 
-/// The event a client gets for broadcasts it lost while detached.
+/// The event a client gets for broadcasts it lost.
 pub const OVERFLOW: &str = "_overflow";
 
 /// What a stream finds when it looks.
@@ -47,10 +55,30 @@ pub enum Ended {
     Closed(CloseReason),
 }
 
+fn is_broadcast(frame: &Utf8Bytes) -> bool {
+    frame.as_str().starts_with("[2,")
+}
+
+fn topic_of(frame: &Utf8Bytes) -> Option<String> {
+    match Message::decode(frame.as_str()) {
+        Ok(Message::Broadcast { topic, .. }) => Some(topic),
+        _ => None,
+    }
+}
+
 struct State {
-    buffer: VecDeque<Utf8Bytes>,
-    bytes: usize,
-    /// Broadcasts dropped per topic since the last stream read.
+    /// Frames by id: those given to a stream (at most `max_frames` of them
+    /// are kept), then those not given yet.
+    log: VecDeque<(u64, Utf8Bytes)>,
+    next_id: u64,
+    /// The last id given to a stream.
+    given: u64,
+    /// Bytes of the frames not given yet.
+    owed_bytes: usize,
+    /// Topics of broadcasts that left the log, by id (for a `Last-Event-ID`
+    /// older than the log).
+    trimmed: VecDeque<(u64, String)>,
+    /// Broadcasts dropped per topic, not reported yet.
     dropped: BTreeMap<String, u64>,
     /// Generation of the attached stream (each GET takes the next one).
     generation: u64,
@@ -58,6 +86,39 @@ struct State {
     /// When the last stream went away or the last POST came in.
     last_heard: Instant,
     ended: Option<Ended>,
+}
+
+impl State {
+    fn owed(&self) -> impl DoubleEndedIterator<Item = &(u64, Utf8Bytes)> {
+        let given = self.given;
+        self.log.iter().filter(move |(id, _)| *id > given)
+    }
+
+    fn push(&mut self, frame: Utf8Bytes) {
+        self.owed_bytes += frame.len();
+        self.log.push_back((self.next_id, frame));
+        self.next_id += 1;
+    }
+
+    /// Keep at most `max` frames that were given.
+    fn trim(&mut self, max: usize) {
+        let given = self
+            .log
+            .iter()
+            .take_while(|(id, _)| *id <= self.given)
+            .count();
+        for _ in max..given {
+            let Some((id, frame)) = self.log.pop_front() else {
+                break;
+            };
+            if let Some(topic) = is_broadcast(&frame).then(|| topic_of(&frame)).flatten() {
+                self.trimmed.push_back((id, topic));
+                if self.trimmed.len() > 4 * max {
+                    self.trimmed.pop_front();
+                }
+            }
+        }
+    }
 }
 
 /// One session's link.
@@ -75,8 +136,11 @@ impl Link {
     pub fn new(max_frames: usize, max_bytes: usize) -> Link {
         Link {
             state: Mutex::new(State {
-                buffer: VecDeque::new(),
-                bytes: 0,
+                log: VecDeque::new(),
+                next_id: 1,
+                given: 0,
+                owed_bytes: 0,
+                trimmed: VecDeque::new(),
                 dropped: BTreeMap::new(),
                 generation: 0,
                 attached: false,
@@ -97,38 +161,77 @@ impl Link {
         if state.ended.is_some() {
             return true;
         }
-        let broadcast = frame.as_str().starts_with("[2,");
-        if broadcast && !state.attached && state.buffer.len() >= self.max_frames {
-            if let Ok(Message::Broadcast { topic, .. }) = Message::decode(frame.as_str()) {
-                *state.dropped.entry(topic).or_default() += 1;
+        if is_broadcast(&frame) && !state.attached {
+            let owed = state.owed().filter(|(_, f)| is_broadcast(f)).count();
+            if owed >= self.max_frames {
+                if let Some(topic) = topic_of(&frame) {
+                    *state.dropped.entry(topic).or_default() += 1;
+                }
+                return true;
             }
-            return true;
         }
-        if state.bytes + frame.len() > self.max_bytes {
+        if state.owed_bytes + frame.len() > self.max_bytes {
             return false;
         }
-        state.bytes += frame.len();
-        state.buffer.push_back(frame);
+        state.push(frame);
         drop(state);
         self.wake.notify_waiters();
         true
     }
 
-    /// A new stream: it replaces any other. Returns its generation, or
-    /// `None` if the session has ended.
-    pub fn attach(&self) -> Option<u64> {
+    /// A new stream, which replaces any other; `last_event_id` is the
+    /// last event its client got (`Last-Event-ID`). Returns its
+    /// generation, or `None` if the session has ended.
+    pub fn attach(&self, last_event_id: Option<u64>) -> Option<u64> {
         let mut state = self.state.lock();
         if state.ended.is_some() {
             return None;
         }
         state.generation += 1;
         state.attached = true;
+        let first = state.log.front().map_or(state.next_id, |(id, _)| *id);
+        if let Some(last) = last_event_id.filter(|l| *l < state.given) {
+            // Given but maybe never received: owed again. What left the
+            // log meanwhile is lost, and reported.
+            let lost: Vec<String> = state
+                .trimmed
+                .iter()
+                .filter(|(id, _)| *id > last)
+                .map(|(_, topic)| topic.clone())
+                .collect();
+            state.trimmed.retain(|(id, _)| *id <= last);
+            for topic in lost {
+                *state.dropped.entry(topic).or_default() += 1;
+            }
+            state.given = last.max(first.saturating_sub(1));
+            state.owed_bytes = state.owed().map(|(_, f)| f.len()).sum();
+        }
+        // What a resumed stream is owed has the same bound as a buffer:
+        // the newest broadcasts beyond it are dropped, and reported.
+        let owed: Vec<u64> = state
+            .owed()
+            .filter(|(_, f)| is_broadcast(f))
+            .map(|(id, _)| *id)
+            .collect();
+        if owed.len() > self.max_frames {
+            let excess = &owed[self.max_frames..];
+            let mut kept = VecDeque::with_capacity(state.log.len());
+            for (id, frame) in std::mem::take(&mut state.log) {
+                if excess.binary_search(&id).is_ok() {
+                    state.owed_bytes -= frame.len();
+                    if let Some(topic) = topic_of(&frame) {
+                        *state.dropped.entry(topic).or_default() += 1;
+                    }
+                } else {
+                    kept.push_back((id, frame));
+                }
+            }
+            state.log = kept;
+        }
         // The reports go where the loss is: after what was kept, before
         // anything queued from now on.
         for (topic, dropped) in std::mem::take(&mut state.dropped) {
-            let report = Utf8Bytes::from(overflow(&topic, dropped).encode());
-            state.bytes += report.len();
-            state.buffer.push_back(report);
+            state.push(Utf8Bytes::from(overflow(&topic, dropped).encode()));
         }
         let generation = state.generation;
         drop(state);
@@ -169,8 +272,8 @@ impl Link {
             return false;
         }
         state.ended = Some(how);
-        state.buffer.clear();
-        state.bytes = 0;
+        state.log.clear();
+        state.owed_bytes = 0;
         drop(state);
         self.wake.notify_waiters();
         true
@@ -187,7 +290,7 @@ impl Link {
         (!state.attached).then(|| state.last_heard + grace)
     }
 
-    /// Everything waiting for stream `generation`, as SSE events.
+    /// Everything owed to stream `generation`, as SSE events with ids.
     pub fn take(&self, generation: u64) -> Take {
         let mut state = self.state.lock();
         if let Some(how) = state.ended {
@@ -199,14 +302,21 @@ impl Link {
         if state.generation != generation {
             return Take::End(None);
         }
-        if state.buffer.is_empty() {
-            return Take::Empty;
-        }
-        let mut out = String::with_capacity(state.bytes + 16 * state.buffer.len());
-        for frame in state.buffer.drain(..) {
+        let mut out = String::new();
+        let mut last = None;
+        for (id, frame) in state.owed() {
+            out.push_str("id: ");
+            out.push_str(&id.to_string());
+            out.push('\n');
             out.push_str(&wire::sse_event(frame.as_str()));
+            last = Some(*id);
         }
-        state.bytes = 0;
+        let Some(last) = last else {
+            return Take::Empty;
+        };
+        state.given = last;
+        state.owed_bytes = 0;
+        state.trim(self.max_frames);
         Take::Events(Bytes::from(out))
     }
 
@@ -233,68 +343,4 @@ pub fn overflow(topic: &str, dropped: u64) -> Message {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn b(topic: &str, n: u32) -> Utf8Bytes {
-        Utf8Bytes::from(format!(r#"[2,"{topic}","message",{{"n":{n}}}]"#))
-    }
-
-    fn events(take: Take) -> String {
-        match take {
-            Take::Events(bytes) => String::from_utf8(bytes.to_vec()).expect("utf-8"),
-            other => panic!("no events: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_detached_link_keeps_the_first_broadcasts_and_reports_the_rest_per_topic() {
-        let link = Link::new(2, 1 << 20);
-        for (i, topic) in ["a", "a", "a", "b", "a"].iter().enumerate() {
-            assert!(link.queue(b(topic, i as u32)));
-        }
-        // Replies are kept whatever the bound.
-        assert!(link.queue(Utf8Bytes::from("[1,1,2,0]")));
-        let generation = link.attach().expect("open");
-        assert_eq!(
-            events(link.take(generation)),
-            "data: [2,\"a\",\"message\",{\"n\":0}]\n\n\
-             data: [2,\"a\",\"message\",{\"n\":1}]\n\n\
-             data: [1,1,2,0]\n\n\
-             data: [2,\"a\",\"_overflow\",{\"dropped\":2}]\n\n\
-             data: [2,\"b\",\"_overflow\",{\"dropped\":1}]\n\n"
-        );
-        assert_eq!(link.take(generation), Take::Empty);
-        // Attached, the frame bound does not apply.
-        for i in 0..5 {
-            assert!(link.queue(b("a", i)));
-        }
-        assert_eq!(events(link.take(generation)).matches("data: ").count(), 5);
-    }
-
-    #[test]
-    fn a_new_stream_replaces_the_old_and_the_byte_bound_ends_the_session() {
-        let link = Link::new(8, 30);
-        let first = link.attach().expect("open");
-        let second = link.attach().expect("open");
-        assert_eq!(link.take(first), Take::End(None));
-        link.detach(first);
-        assert_eq!(
-            link.deadline(Duration::from_secs(1)),
-            None,
-            "still attached"
-        );
-        link.detach(second);
-        assert!(link.deadline(Duration::from_secs(1)).is_some());
-        assert!(link.queue(b("a", 1)));
-        assert!(!link.queue(b("a", 2)), "over 30 bytes");
-        assert!(link.end(Ended::Closed(CloseReason::SlowConsumer)));
-        assert!(!link.end(Ended::Expired));
-        assert_eq!(link.attach(), None);
-        assert!(!link.heard());
-        assert_eq!(
-            link.take(second),
-            Take::End(Some(CloseReason::SlowConsumer))
-        );
-    }
-}
+mod tests;

@@ -205,7 +205,13 @@ async fn stream(
             Err(response) => return response,
         },
     };
-    let Some(generation) = session.link.attach() else {
+    // What the client got last (EventSource sends it when it reconnects).
+    let last_event_id = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let Some(generation) = session.attach(last_event_id) else {
         return refuse(
             &node,
             StatusCode::GONE,

@@ -126,6 +126,9 @@ pub struct ChainSession {
     pub conn: Arc<Conn>,
     pub link: Link,
     protocol: tokio::sync::Mutex<Protocol>,
+    /// Held while frames move from the outbox into the link, so they keep
+    /// their order whoever moves them.
+    pump: parking_lot::Mutex<VecDeque<Utf8Bytes>>,
 }
 
 impl ChainSession {
@@ -145,6 +148,7 @@ impl ChainSession {
                 joined: HashMap::new(),
                 frames,
             }),
+            pump: parking_lot::Mutex::new(VecDeque::new()),
         }
     }
 
@@ -320,25 +324,39 @@ impl ChainSession {
         }
     }
 
+    /// Move what the outbox holds into the link. `Some`: the session must
+    /// end (the node closed it, or it overflowed its byte bound).
+    fn pump(&self) -> Option<Ended> {
+        let mut batch = self.pump.lock();
+        let closing = self.conn.outbox.take(&mut batch);
+        let mut overflowed = false;
+        for frame in batch.drain(..) {
+            overflowed |= !self.link.queue(frame);
+        }
+        if overflowed {
+            return Some(Ended::Closed(crate::outbox::CloseReason::SlowConsumer));
+        }
+        closing.map(Ended::Closed)
+    }
+
+    /// A new event stream (see [`Link::attach`]), after everything the node
+    /// queued so far is in the link, so the buffer's bound applies to it.
+    pub fn attach(&self, last_event_id: Option<u64>) -> Option<u64> {
+        // An end found here is the supervisor's to act on; it is woken.
+        let _ = self.pump();
+        self.link.attach(last_event_id)
+    }
+
     /// Until the session ends: move the node's frames into the link, and
     /// end the session when it has had no stream and no POST for the grace
     /// period, or when the node closes its connection.
     pub async fn supervise(self: Arc<Self>, grace: Duration, on_end: impl FnOnce(&str)) {
-        let mut batch = VecDeque::new();
         let ended = loop {
             let changed = self.link.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let closing = self.conn.outbox.take(&mut batch);
-            let mut overflowed = false;
-            for frame in batch.drain(..) {
-                overflowed |= !self.link.queue(frame);
-            }
-            if overflowed {
-                break Ended::Closed(crate::outbox::CloseReason::SlowConsumer);
-            }
-            if let Some(reason) = closing {
-                break Ended::Closed(reason);
+            if let Some(ended) = self.pump() {
+                break ended;
             }
             let deadline = self.link.deadline(grace);
             if deadline.is_some_and(|d| d <= std::time::Instant::now()) {

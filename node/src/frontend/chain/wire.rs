@@ -496,11 +496,18 @@ pub fn sse_event(json: &str) -> String {
 pub struct SseDecoder {
     pending: Vec<u8>,
     data: Option<String>,
+    last_id: Option<String>,
 }
 
 impl SseDecoder {
     pub fn new() -> SseDecoder {
         SseDecoder::default()
+    }
+
+    /// The last `id` field seen (what a client sends as `Last-Event-ID`
+    /// when it reconnects).
+    pub fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
     }
 
     /// Feed bytes; returns the events they completed.
@@ -533,6 +540,9 @@ impl SseDecoder {
                 }
                 None => (&line[..], ""),
             };
+            if field == "id" && !value.contains('\0') {
+                self.last_id = Some(value.to_string());
+            }
             if field == "data" {
                 match &mut self.data {
                     Some(d) => {

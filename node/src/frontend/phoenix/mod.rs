@@ -8,6 +8,7 @@
 //! - [`session`]: one socket's protocol state, over the node's operations.
 
 pub mod codec;
+pub mod longpoll;
 pub mod session;
 pub mod wire;
 
@@ -65,10 +66,49 @@ impl Frontend for Phoenix {
             v1: Phoenix::codec_for(node, Vsn::V1),
             v2: self.codec(node),
         };
-        Router::new().route(
-            "/socket/websocket",
-            get(move |state, query, request| websocket(state, query, request, codecs.clone())),
-        )
+        let pollers = Arc::new(longpoll::Pollers::default());
+        let (poll_codecs, post_pollers) = (codecs.clone(), pollers.clone());
+        Router::new()
+            .route(
+                "/socket/websocket",
+                get(move |state, query, request| websocket(state, query, request, codecs.clone())),
+            )
+            .route(
+                "/socket/longpoll",
+                get(
+                    move |State(node): State<Arc<Node>>,
+                          Query(query): Query<Vec<(String, String)>>,
+                          request: Request| {
+                        let (codecs, pollers) = (poll_codecs.clone(), pollers.clone());
+                        async move {
+                            let vsn = query
+                                .iter()
+                                .find(|(k, _)| k == "vsn")
+                                .map(|(_, v)| v.as_str());
+                            let vsn = match Vsn::from_param(vsn) {
+                                Ok(vsn) => vsn,
+                                Err(e) => {
+                                    return HttpError::bad_request(e.to_string()).into_response()
+                                }
+                            };
+                            let codec = match vsn {
+                                Vsn::V1 => codecs.v1,
+                                Vsn::V2 => codecs.v2,
+                            };
+                            let address = transport::Accepted::address_of(&request);
+                            let headers = request.headers().clone();
+                            longpoll::get(node, pollers, query, headers, codec, vsn, address).await
+                        }
+                    },
+                )
+                .post(
+                    move |State(node): State<Arc<Node>>,
+                          Query(query): Query<Vec<(String, String)>>,
+                          body: axum::body::Body| {
+                        longpoll::post(node, post_pollers.clone(), query, body)
+                    },
+                ),
+            )
     }
 }
 

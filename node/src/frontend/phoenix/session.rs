@@ -51,6 +51,8 @@ pub mod reasons {
     pub const HEARTBEAT_TIMEOUT: &str = "heartbeat_timeout";
     /// A connect refused (403) for an invalid token or `--require-auth`.
     pub const CONNECT_REFUSED: &str = "connect_refused";
+    /// A long poll or POST for a session this node does not hold (410).
+    pub const SESSION_GONE: &str = "session_gone";
 
     pub const ALL: &[&str] = &[
         BAD_FRAME,
@@ -67,6 +69,7 @@ pub mod reasons {
         BAD_REQUEST,
         HEARTBEAT_TIMEOUT,
         CONNECT_REFUSED,
+        SESSION_GONE,
     ];
 }
 

@@ -237,5 +237,6 @@ fn sse_frames_and_decoder_agree() {
         d.feed(b"event: x\r\ndata:a\r\ndata: b\r\nid: 3\r\n\r\ndata"),
         vec!["a\nb".to_string()]
     );
+    assert_eq!(d.last_id(), Some("3"));
     assert_eq!(d.feed(b"\n\n"), vec![String::new()]);
 }

@@ -1,0 +1,162 @@
+//! Phoenix long-polling at `/socket/longpoll`: the official `phoenix`
+//! client's LongPoll transport (under node, over fetch) against two nodes
+//! and Redis beside a native client, the protocol's statuses from a raw
+//! HTTP client, and the session's end after the grace period.
+
+use pubmesh_tests::harness::{eventually, patience, two_nodes, Node, Redis};
+use pubmesh_tests::js::Script;
+use serde_json::{json, Value};
+
+async fn get(url: &str) -> Value {
+    let response = reqwest::get(url).await.expect("GET");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("JSON")
+}
+
+async fn post(url: &str, body: &str) -> Value {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/x-ndjson")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("JSON")
+}
+
+/// Poll until the session sends frames; returns them, decoded.
+async fn frames(base: &str, token: &str, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = get(&format!("{base}/socket/longpoll?vsn=2.0.0&token={token}")).await;
+        match v["status"].as_u64() {
+            Some(200) => {
+                assert_eq!(v["token"], token);
+                for m in v["messages"].as_array().expect("messages") {
+                    out.push(serde_json::from_str(m.as_str().expect("a string")).expect("frame"));
+                }
+            }
+            Some(204) => {}
+            _ => panic!("poll: {v}"),
+        }
+    }
+    out
+}
+
+async fn phoenix_connections(node: &Node) -> f64 {
+    node.metric("pubmesh_frontend_connections{frontend=\"phoenix\"}")
+        .await
+}
+
+#[tokio::test]
+async fn the_official_long_poll_transport_joins_pushes_and_receives_across_nodes() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let (a, b) = two_nodes(&["--redis-url", &url, "--phoenix-longpoll-grace-ms", "1500"]).await;
+    let endpoint = format!("ws://127.0.0.1:{}/socket", a.port);
+    let mut script = Script::spawn(
+        "phoenix_client.js",
+        &[&endpoint, "room:1", &json!({"longpoll": true}).to_string()],
+    );
+    script.wait_event("open", patience(30)).await;
+    let joined = script.wait_event("joined", patience(30)).await;
+    assert_eq!(joined["response"], json!({}));
+    let mut native = pubmesh_tests::harness::Client::connect(&b.ws("")).await;
+    native
+        .send(json!({"type": "subscribe", "channel_ids": ["room:1"], "ref": 1}))
+        .await;
+    native.recv_until(|v| v["ref"] == 1).await;
+    b.wait_members("room:1", 2).await;
+
+    // A publication on the other node, with an event name.
+    let (status, body) = b
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": ["room:1"], "event": "news", "data": {"n": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let m = script
+        .wait_for("news", patience(30), |v| v["event"] == "message")
+        .await;
+    assert_eq!(
+        (&m["name"], &m["payload"]),
+        (&json!("news"), &json!({"n": 1}))
+    );
+
+    // A push: replied to, broadcast to the channel (the pusher too).
+    script
+        .send_line(&json!({"push": "said", "payload": {"from": "lp"}}).to_string())
+        .await;
+    let reply = script
+        .wait_for("the reply", patience(30), |v| v["event"] == "reply")
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(
+        native.recv_until(|v| v.get("from").is_some()).await,
+        json!({"from": "lp"})
+    );
+
+    // The client goes away: after the grace period its session ends and
+    // leaves the channel.
+    drop(script);
+    b.wait_members("room:1", 1).await;
+    eventually("no Phoenix session on a", patience(30), || async {
+        (phoenix_connections(&a).await == 0.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn long_poll_statuses_from_a_raw_client() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let (a, b) = two_nodes(&["--redis-url", &url, "--jwt-secret", "s3cret"]).await;
+    let (base, other) = (a.http(), b.http());
+
+    // A connect: 410 with the session's token.
+    let opened = get(&format!("{base}/socket/longpoll?vsn=2.0.0")).await;
+    assert_eq!(opened["status"], 410, "{opened}");
+    let token = opened["token"].as_str().expect("token").to_string();
+    assert!(token.starts_with("lp."), "{token}");
+    // Frames in one POST, one per line; the answers come with the polls.
+    let posted = post(
+        &format!("{base}/socket/longpoll?vsn=2.0.0&token={token}"),
+        "[\"1\",\"1\",\"room:2\",\"phx_join\",{}]\n[null,\"2\",\"phoenix\",\"heartbeat\",{}]",
+    )
+    .await;
+    assert_eq!(posted, json!({"status": 200}));
+    let got = frames(&base, &token, 2).await;
+    assert_eq!(
+        got,
+        vec![
+            json!(["1", "1", "room:2", "phx_reply", {"status": "ok", "response": {}}]),
+            json!([null, "2", "phoenix", "phx_reply", {"status": "ok", "response": {}}]),
+        ]
+    );
+    a.wait_members("room:2", 1).await;
+    // Nothing queued: the poll waits, then 204.
+    let idle = get(&format!("{base}/socket/longpoll?vsn=2.0.0&token={token}")).await;
+    assert_eq!(idle, json!({"status": 204, "token": token}));
+
+    // The other node does not hold the session: 410, for polls and POSTs.
+    let elsewhere = format!("{other}/socket/longpoll?vsn=2.0.0&token={token}");
+    assert_eq!(get(&elsewhere).await, json!({"status": 410}));
+    assert_eq!(post(&elsewhere, "[]").await, json!({"status": 410}));
+    // An invalid JWT is refused at connect.
+    let refused = get(&format!("{base}/socket/longpoll?vsn=2.0.0&token=not.a.jwt")).await;
+    assert_eq!(refused, json!({"status": 403}));
+
+    // A frame that is no Phoenix frame ends the session (4400): 410 after.
+    let bad = post(
+        &format!("{base}/socket/longpoll?vsn=2.0.0&token={token}"),
+        "[1,2]",
+    )
+    .await;
+    assert_eq!(bad, json!({"status": 410}));
+    let gone = get(&format!("{base}/socket/longpoll?vsn=2.0.0&token={token}")).await;
+    assert_eq!(gone, json!({"status": 410}));
+    a.wait_members("room:2", 0).await;
+    assert_eq!(phoenix_connections(&a).await, 0.0);
+}
