@@ -374,6 +374,19 @@ async fn an_access_backend_decides_who_may_write_read_or_enter() {
         (node.metric(&refused("not_joined")).await == 1.0).then_some(())
     })
     .await;
+    // A new token keeps the backend's answer: r-1 stays read-only.
+    let fresh = chat_support::token_with("alice", json!({}));
+    alice
+        .client
+        .send(json!({"@type": "subscribe", "jwt": fresh}))
+        .await;
+    alice
+        .post(readable["Uuid"].as_str().unwrap(), "still no")
+        .await;
+    eventually("still read_only", patience(20), || async {
+        (node.metric(&refused("read_only")).await == 2.0).then_some(())
+    })
+    .await;
     // w-1, r-1, x-1 and the marker room of the history read.
     let asked = seen.lock().unwrap().clone();
     assert_eq!(asked.len(), 4, "{asked:?}");

@@ -250,3 +250,47 @@ async fn bad_input_is_refused_and_leaves_nothing_behind() {
     assert_eq!(status, 200, "the node is still up");
     tab.expect_silence(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn a_drain_ends_sessions_with_a_close_event() {
+    let mut node = node(&["--drain-seconds", "2"]).await;
+    let mut tab = Sse::open(&node.http(), "d").await;
+    assert_eq!(
+        tab.call(json!([0, 1, 1, "pres:1", "_join", {}])).await,
+        json!([1, 1, 1, 0])
+    );
+    node.sigterm();
+    // `event: close` with the WebSocket close code and reason, then the end.
+    assert_eq!(
+        tab.next_raw(patience(10)).await.as_deref(),
+        Some("1012 reconnect")
+    );
+    assert_eq!(tab.next_raw(patience(10)).await, None);
+    assert!(node.wait_exit(patience(20)).await.success());
+}
+
+#[tokio::test]
+async fn posts_over_the_client_rate_get_429_and_are_not_dispatched() {
+    let node = node(&["--client-rate", "1", "--client-burst", "2"]).await;
+    let mut tab = Sse::open(&node.http(), "r").await;
+    // Three POSTs in a row (well within a second): the bucket holds two.
+    assert_eq!(tab.post(r#"[0,1,1,"pres:1","_join",{}]"#).await.0, 200);
+    assert_eq!(tab.post(r#"[0,1,2,"pres:1","said",{}]"#).await.0, 200);
+    let (status, body) = tab.post(r#"[0,1,3,"pres:1","said",{}]"#).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("rate_limited"), "{body}");
+    // The join and the first push were dispatched, the last was not.
+    assert_eq!(tab.recv().await, json!([1, 1, 1, 0]));
+    let mut got = vec![tab.recv().await, tab.recv().await];
+    got.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        got,
+        vec![json!([1, 1, 2, 0]), json!([2, "pres:1", "said", {}])]
+    );
+    tab.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(
+        node.metric("pubmesh_frontend_errors_total{code=\"rate_limited\",frontend=\"chain\"}")
+            .await,
+        1.0
+    );
+}

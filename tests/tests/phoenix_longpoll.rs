@@ -4,6 +4,13 @@
 //! HTTP client, and the session's end after the grace period.
 
 use pubmesh_tests::harness::{eventually, patience, two_nodes, Node, Redis};
+
+/// The session token of a new long-polling session on `base`.
+async fn open(base: &str) -> String {
+    let opened = get(&format!("{base}/socket/longpoll?vsn=2.0.0")).await;
+    assert_eq!(opened["status"], 410, "{opened}");
+    opened["token"].as_str().expect("token").to_string()
+}
 use pubmesh_tests::js::Script;
 use serde_json::{json, Value};
 
@@ -159,4 +166,56 @@ async fn long_poll_statuses_from_a_raw_client() {
     assert_eq!(gone, json!({"status": 410}));
     a.wait_members("room:2", 0).await;
     assert_eq!(phoenix_connections(&a).await, 0.0);
+}
+
+#[tokio::test]
+async fn long_poll_bad_input_ends_or_refuses_and_leaves_nothing() {
+    let node = Node::start(&[
+        "--max-message-size",
+        "4096",
+        "--phoenix-longpoll-grace-ms",
+        "1500",
+    ])
+    .await;
+    let base = node.http();
+    let join = r#"["1","1","room:3","phx_join",{}]"#;
+
+    // A frame over --max-message-size ends the session (as 1009 would).
+    let token = open(&base).await;
+    let url = format!("{base}/socket/longpoll?vsn=2.0.0&token={token}");
+    assert_eq!(post(&url, join).await, json!({"status": 200}));
+    node.wait_members("room:3", 1).await;
+    let big = format!(
+        r#"["1","2","room:3","said",{{"pad":"{}"}}]"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(post(&url, &big).await, json!({"status": 410}));
+    node.wait_members("room:3", 0).await;
+
+    // A body that is not UTF-8 is refused; the session goes on. An unknown
+    // serializer is refused at connect.
+    let token = open(&base).await;
+    let url = format!("{base}/socket/longpoll?vsn=2.0.0&token={token}");
+    let response = reqwest::Client::new()
+        .post(&url)
+        .body(vec![0xff, 0xfe, b'\n'])
+        .send()
+        .await
+        .expect("POST");
+    let refused: Value = response.json().await.expect("JSON");
+    assert_eq!(refused, json!({"status": 400}));
+    assert_eq!(post(&url, join).await, json!({"status": 200}));
+    node.wait_members("room:3", 1).await;
+    let vsn = reqwest::get(format!("{base}/socket/longpoll?vsn=9.9"))
+        .await
+        .expect("GET");
+    assert_eq!(vsn.status(), 400);
+
+    // No more polls: after the grace period the session is gone.
+    node.wait_members("room:3", 0).await;
+    eventually("no Phoenix session", patience(30), || async {
+        (phoenix_connections(&node).await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(post(&url, join).await, json!({"status": 410}));
 }

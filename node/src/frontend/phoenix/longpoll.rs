@@ -12,7 +12,7 @@
 //!
 //! A session is the Phoenix state of a WebSocket ([`PhoenixSession`]) over
 //! a connection whose outbox the polls drain. Between polls it keeps its
-//! channels; it ends when none has been in progress for
+//! channels; it ends when no poll or POST has been in progress for
 //! `--phoenix-longpoll-grace-ms`. Sessions live on the node that opened
 //! them: a poll on another node gets 410 (its token is unknown there).
 
@@ -200,6 +200,8 @@ pub(super) async fn post(
         node.metrics.frontend.error(FRONTEND, reasons::SESSION_GONE);
         return status(410);
     };
+    // A POST keeps the session as a poll does.
+    let _active = poller.clock.polling();
     let limit = node.config.max_message_size.saturating_mul(MAX_BATCH);
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         node.metrics.frontend.error(FRONTEND, reasons::BAD_FRAME);

@@ -39,7 +39,11 @@ struct User {
 struct Member {
     room: ChatRoom,
     channel: String,
+    /// Read-only by the claim or the access backend.
     read_only: bool,
+    /// The access backend's answer was `read` (kept when a new token
+    /// changes the claim).
+    backend_read_only: bool,
     /// The last JOIN (or JOIN ping) for it.
     pinged: Instant,
 }
@@ -106,7 +110,7 @@ impl ChatSession {
             self.leave_all().await;
         }
         for m in self.rooms.values_mut() {
-            m.read_only = rooms::is_read_only(&read_only, &m.room);
+            m.read_only = m.backend_read_only || rooms::is_read_only(&read_only, &m.room);
         }
         self.user = Some(User {
             name: claims.user,
@@ -165,7 +169,7 @@ impl ChatSession {
         let user = self.user()?;
         let (name, token) = (user.name.clone(), user.token.clone());
         let room = rooms::named(room).map_err(|_| "bad_room")?;
-        let mut read_only = rooms::is_read_only(&user.read_only, &room);
+        let read_only = rooms::is_read_only(&user.read_only, &room);
         if let Some(m) = self.rooms.get_mut(&room.uuid) {
             m.pinged = Instant::now();
             return Ok(());
@@ -176,13 +180,14 @@ impl ChatSession {
         if ping && !self.exists(&channel).await? {
             return Ok(());
         }
-        if let Some(hook) = &self.chat.access {
-            match hook.check(&name, &room, &token).await? {
-                Access::Write => {}
-                Access::Read => read_only = true,
+        let backend_read_only = match &self.chat.access {
+            None => false,
+            Some(hook) => match hook.check(&name, &room, &token).await? {
+                Access::Write => false,
+                Access::Read => true,
                 Access::None => return Err("forbidden"),
-            }
-        }
+            },
+        };
         let request = JoinRequest {
             channels: std::slice::from_ref(&channel),
             positioned: false,
@@ -196,7 +201,8 @@ impl ChatSession {
         let member = Member {
             room,
             channel,
-            read_only,
+            read_only: read_only || backend_read_only,
+            backend_read_only,
             pinged: Instant::now(),
         };
         self.announce(&member, &name, true).await;
