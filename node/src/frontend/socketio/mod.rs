@@ -17,6 +17,7 @@
 
 pub mod args;
 pub mod backend;
+pub mod binary;
 pub mod codec;
 pub mod engineio;
 pub mod joins;
@@ -74,6 +75,8 @@ pub(crate) struct Shared {
     /// The namespaces other than `/`.
     namespaces: Arc<Vec<String>>,
     codec: Arc<dyn Codec>,
+    /// The codec of Engine.IO 3 connections.
+    codec_v3: Arc<dyn Codec>,
     /// The polling sessions this node owns.
     polls: Arc<polling::Polls>,
     /// This node's URL as other nodes reach it (forwarded polls).
@@ -103,7 +106,7 @@ impl Frontend for SocketIo {
     }
 
     fn codec(&self, node: &Node) -> Arc<dyn Codec> {
-        codec_with(node, Arc::default())
+        codec_with(node, Arc::default(), Eio::V4)
     }
 
     fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
@@ -125,7 +128,8 @@ impl Frontend for SocketIo {
         let shared = Shared {
             config: Arc::new(node.config.socketio.clone()),
             namespaces: others(&node.config.socketio),
-            codec: codec_with(node, offsets.clone()),
+            codec: codec_with(node, offsets.clone(), Eio::V4),
+            codec_v3: codec_with(node, offsets.clone(), Eio::V3),
             offsets,
             polls: Arc::new(polling::Polls::default()),
             advertise,
@@ -150,7 +154,7 @@ impl Frontend for SocketIo {
     }
 }
 
-fn codec_with(node: &Node, offsets: Arc<recovery::Offsets>) -> Arc<dyn Codec> {
+fn codec_with(node: &Node, offsets: Arc<recovery::Offsets>, eio: Eio) -> Arc<dyn Codec> {
     let sent = node
         .metrics
         .frontend
@@ -160,7 +164,18 @@ fn codec_with(node: &Node, offsets: Arc<recovery::Offsets>) -> Arc<dyn Codec> {
         others(&node.config.socketio),
         sent,
         offsets,
+        eio,
     ))
+}
+
+impl Shared {
+    /// The codec of connections in Engine.IO revision `eio`.
+    pub(crate) fn codec(&self, eio: Eio) -> Arc<dyn Codec> {
+        match eio {
+            Eio::V4 => self.codec.clone(),
+            Eio::V3 => self.codec_v3.clone(),
+        }
+    }
 }
 
 /// An Engine.IO error reply: 400 (403) with `{"code":…,"message":…}`.
@@ -331,7 +346,7 @@ pub(crate) async fn continue_on_socket(
         return;
     };
     let conn = node
-        .open(admission, identity, shared.codec.clone(), None, |_| None)
+        .open(admission, identity, shared.codec(eio), None, |_| None)
         .await;
     let session = SioSession::new(
         node.clone(),

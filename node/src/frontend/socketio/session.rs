@@ -415,7 +415,9 @@ impl SioSession {
         }
         for emit in answer.emit {
             let args = emit.args.into_iter().map(Json::from_raw).collect();
-            self.send(message(&Packet::event(&nsp, &emit.event, args)));
+            for m in super::binary::event_messages(self.eio, &nsp, &emit.event, args) {
+                self.send(m.to_string());
+            }
         }
         for b in answer.broadcast {
             let Ok(channel) = codec::channel_of(&self.namespaces, &nsp, &b.room) else {
