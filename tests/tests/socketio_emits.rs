@@ -69,6 +69,9 @@ async fn the_api_emits_binary_and_named_events_and_lists_a_rooms_sockets() {
     let mut old = client(&b, "2", json!({"events": ["file", "hello", "all"]}));
     old.wait_event("connect", patience(60)).await;
     a.wait_members("Lobby", 2).await;
+    let sockets = r#"pubmesh_socketio_sockets{namespace="/"}"#;
+    assert_eq!(a.metric(sockets).await, 1.0);
+    assert_eq!(b.metric(sockets).await, 1.0);
 
     // Bytes in the payload reach both clients as binary attachments.
     post(
@@ -142,6 +145,10 @@ async fn the_api_emits_binary_and_named_events_and_lists_a_rooms_sockets() {
     eventually("bob leaves the list", patience(30), || async {
         let (_, listed) = b.get("/api/presence?channel=Lobby").await;
         (!listed.to_string().contains(&bob_id)).then_some(())
+    })
+    .await;
+    eventually("bob's socket is counted out", patience(30), || async {
+        (a.metric(sockets).await == 0.0).then_some(())
     })
     .await;
 }

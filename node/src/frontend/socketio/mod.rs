@@ -21,6 +21,7 @@ pub mod binary;
 pub mod codec;
 pub mod engineio;
 pub mod joins;
+pub mod metrics;
 pub mod pings;
 pub mod polling;
 pub mod recovery;
@@ -87,6 +88,8 @@ pub(crate) struct Shared {
     backend: Option<Arc<backend::Backend>>,
     /// Recovery positions, shared with the codec.
     offsets: Arc<recovery::Offsets>,
+    /// Per-namespace series.
+    metrics: Option<Arc<metrics::NamespaceMetrics>>,
 }
 
 fn others(config: &Config) -> Arc<Vec<String>> {
@@ -125,7 +128,12 @@ impl Frontend for SocketIo {
                 }
             });
         let offsets: Arc<recovery::Offsets> = Arc::default();
+        let served: Vec<&str> = (node.config.socketio.namespaces.iter())
+            .map(|n| n.name.as_str())
+            .collect();
+        let metrics = metrics::NamespaceMetrics::register(&node.metrics.registry, &served);
         let shared = Shared {
+            metrics: metrics.map(Arc::new),
             config: Arc::new(node.config.socketio.clone()),
             namespaces: others(&node.config.socketio),
             codec: codec_with(node, offsets.clone(), Eio::V4),
@@ -357,7 +365,7 @@ pub(crate) async fn continue_on_socket(
         Some(nsp),
         pings,
     )
-    .with_backend(shared.backend.clone(), shared.offsets.clone());
+    .with_shared(&shared);
     run_socket(&node, &shared, socket, conn, session, address).await;
 }
 

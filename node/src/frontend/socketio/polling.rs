@@ -496,7 +496,7 @@ async fn open_session(
         Some(nsp),
         pings,
     )
-    .with_backend(shared.backend.clone(), shared.offsets.clone());
+    .with_shared(shared);
     session.on_open().await;
     polling.wake.notify_one();
     Stage::Open(Box::new(session))
