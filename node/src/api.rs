@@ -257,6 +257,9 @@ struct NotifyUsers {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    /// As for channels: the event name where protocols name events.
+    #[serde(default)]
+    event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
 }
@@ -268,6 +271,9 @@ struct NotifyClients {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    /// As for channels: the event name where protocols name events.
+    #[serde(default)]
+    event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
 }
@@ -278,6 +284,9 @@ struct Broadcast {
     data: Box<RawValue>,
     #[serde(default)]
     local: bool,
+    /// As for channels: the event name where protocols name events.
+    #[serde(default)]
+    event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
 }
@@ -312,9 +321,14 @@ async fn publish(
     frame: Utf8Bytes,
     local: bool,
     key: Option<Arc<str>>,
+    event: Option<&str>,
 ) -> Result<Json<Published>, ApiError> {
     let mut delivery = Delivery::new(target, frame);
     delivery.idempotency = key;
+    if let Some(event) = event {
+        crate::limits::event_name(event).map_err(|m| bad(format!("event: {m}")))?;
+        delivery.event = Some(Arc::from(event));
+    }
     node.publish_channels_confirmed(delivery, scope(local))
         .await
         .map(Json)
@@ -355,7 +369,16 @@ async fn notify_users(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_users");
     let frame = frame(&req.data)?;
-    publish(&node, Target::Users(req.root_ids), frame, req.local, key).await
+    let event = req.event.as_deref();
+    publish(
+        &node,
+        Target::Users(req.root_ids),
+        frame,
+        req.local,
+        key,
+        event,
+    )
+    .await
 }
 
 async fn notify_clients(
@@ -373,6 +396,7 @@ async fn notify_clients(
         frame,
         req.local,
         key,
+        req.event.as_deref(),
     )
     .await
 }
@@ -385,7 +409,15 @@ async fn broadcast(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
-    publish(&node, Target::All, frame, req.local, key).await
+    publish(
+        &node,
+        Target::All,
+        frame,
+        req.local,
+        key,
+        req.event.as_deref(),
+    )
+    .await
 }
 
 /// `POST /api/events`: a typed event for the Cells gateway's sessions

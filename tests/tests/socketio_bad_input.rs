@@ -440,3 +440,72 @@ async fn engineio_3_clients_are_in_the_main_namespace_at_once_and_ping_the_serve
     assert_eq!(closed(&mut ws).await, Some(4010));
     wait_lobby(&node, 0).await;
 }
+
+#[tokio::test]
+async fn attachments_that_never_arrive_leave_nothing_behind() {
+    let node = node().await;
+    // A text packet while attachments are awaited: the reference parser
+    // refuses it, and the connection closes.
+    let mut ws = joined(&node).await;
+    wait_lobby(&node, 1).await;
+    send(&mut ws, r#"451-["e",{"_placeholder":true,"num":0}]"#).await;
+    send(&mut ws, r#"42["e",1]"#).await;
+    assert_eq!(closed(&mut ws).await, Some(4400));
+    wait_lobby(&node, 0).await;
+    // Announced attachments, then silence: the ping timeout ends it (the
+    // half-read packet is not kept alive by anything).
+    let mut ws = joined(&node).await;
+    wait_lobby(&node, 1).await;
+    send(
+        &mut ws,
+        r#"452-["e",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#,
+    )
+    .await;
+    ws.send(Message::Binary(vec![1u8, 2].into()))
+        .await
+        .expect("send");
+    assert_eq!(closed(&mut ws).await, Some(4010));
+    wait_lobby(&node, 0).await;
+}
+
+#[tokio::test]
+async fn a_poll_flood_on_one_sid_ends_that_session_only() {
+    let node = node().await;
+    let sid = polling_sid(&node).await;
+    let q = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(http(&node, "POST", &q, "40").await.0, 200);
+    let (status, body) = http(&node, "GET", &q, "").await;
+    assert!(status == 200 && body.starts_with("40"), "{body}");
+    wait_lobby(&node, 1).await;
+    // 30 polls at once: one is held, the others are refused (400) and end
+    // the session; what was held is answered with the session's end (a
+    // close packet), as is a poll that slipped in before the end.
+    let url = format!("http://127.0.0.1:{}/socket.io/?{q}", node.port);
+    let polls = (0..30).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let r = reqwest::get(url).await.expect("poll");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        })
+    });
+    let mut replies = Vec::new();
+    for p in polls {
+        replies.push(p.await.expect("poll task"));
+    }
+    let refused = replies.iter().filter(|(s, _)| *s == 400).count();
+    assert!(refused >= 28, "{replies:?}");
+    for (status, body) in &replies {
+        assert!(
+            *status == 400 || (*status == 200 && body.split('\x1e').all(|p| p == "1" || p == "2")),
+            "{replies:?}"
+        );
+    }
+    // The session is over, its membership gone; the node serves others.
+    wait_lobby(&node, 0).await;
+    let (status, body) = http(&node, "GET", &q, "").await;
+    assert_eq!(status, 400, "{body}");
+    let other = polling_sid(&node).await;
+    let q = format!("EIO=4&transport=polling&sid={other}");
+    assert_eq!(http(&node, "POST", &q, "40").await.0, 200);
+    wait_lobby(&node, 1).await;
+}

@@ -148,6 +148,8 @@ async fn a_client_recovers_what_its_rooms_missed_on_another_node_after_its_node_
     assert_eq!(chat, [2, 3, 4]);
     // (job-7's live event proves it is in its rooms on B, as it was on A.)
     assert_eq!(job, [2, 3]);
+    let recovered = r#"pubmesh_socketio_recoveries_total{namespace="/",result="recovered"}"#;
+    assert_eq!(b.metric(recovered).await, 1.0);
 }
 
 #[tokio::test]
@@ -176,4 +178,6 @@ async fn a_gap_history_cannot_cover_is_a_fresh_start_with_recovered_false() {
     notify(&b, "Chat", 1).await;
     let (room, n, _) = update(&mut c).await;
     assert_eq!((room.as_str(), n), ("Chat", 1));
+    let fresh = r#"pubmesh_socketio_recoveries_total{namespace="/",result="fresh"}"#;
+    assert_eq!(b.metric(fresh).await, 1.0);
 }

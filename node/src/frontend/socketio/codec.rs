@@ -10,8 +10,10 @@ use std::sync::Arc;
 use prometheus::IntCounter;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::binary;
+use super::engineio::Eio;
 use super::recovery::Offsets;
-use super::wire::{self, Json};
+use super::wire::Json;
 use crate::codec::{Codec, Frames, Recipient, Slot};
 use crate::config::socketio::MAIN;
 use crate::delivery::{Delivery, DeliveryKind, Target};
@@ -66,29 +68,49 @@ pub struct SocketIoCodec {
     /// Positions of the sockets in recovery namespaces, whose events carry
     /// them as a last argument (encoded per socket).
     offsets: Arc<Offsets>,
+    /// The Engine.IO revision of its connections (binary attachments are
+    /// framed per revision).
+    eio: Eio,
+}
+
+/// One frame, several, or none.
+fn frames(list: Vec<Utf8Bytes>) -> Frames {
+    match list.len() {
+        0 => Frames::None,
+        1 => Frames::One(list.into_iter().next().expect("one")),
+        _ => Frames::Many(list),
+    }
 }
 
 impl SocketIoCodec {
-    pub fn new(namespaces: Arc<Vec<String>>, sent: IntCounter, offsets: Arc<Offsets>) -> Self {
+    pub fn new(
+        namespaces: Arc<Vec<String>>,
+        sent: IntCounter,
+        offsets: Arc<Offsets>,
+        eio: Eio,
+    ) -> Self {
         SocketIoCodec {
             namespaces,
             sent,
             offsets,
+            eio,
         }
     }
 
-    /// `4` + the EVENT packet of `delivery` in `nsp`, with the recovery
-    /// offset as last argument when there is one.
-    fn frame(&self, delivery: &Delivery, nsp: &str, offset: Option<String>) -> Option<Utf8Bytes> {
-        let payload = Json::from_text(delivery.data.as_str())?;
+    /// The Engine.IO messages of `delivery` as an event in `nsp` (a
+    /// BINARY_EVENT and its attachments when its payload marks bytes), with
+    /// the recovery offset as last argument when there is one.
+    fn frame(&self, delivery: &Delivery, nsp: &str, offset: Option<String>) -> Vec<Utf8Bytes> {
+        let Some(payload) = Json::from_text(delivery.data.as_str()) else {
+            return Vec::new();
+        };
         let event = delivery.event.as_deref().unwrap_or(DEFAULT_EVENT);
         let mut args = vec![payload];
         args.extend(offset.map(|o| Json::from_value(&o)));
-        let packet = wire::Packet::event(nsp, event, args);
-        Some(Utf8Bytes::from(format!("4{}", packet.encode())))
+        binary::event_messages(self.eio, nsp, event, args)
     }
 
-    fn room_frame(&self, delivery: &Delivery, channel: &str) -> Option<Utf8Bytes> {
+    fn room_frame(&self, delivery: &Delivery, channel: &str) -> Vec<Utf8Bytes> {
         let (nsp, _) = split(&self.namespaces, channel);
         self.frame(delivery, &nsp, None)
     }
@@ -101,7 +123,7 @@ impl SocketIoCodec {
         nsp: &str,
         channel: Option<&str>,
         to: &Recipient<'_>,
-    ) -> Option<Utf8Bytes> {
+    ) -> Vec<Utf8Bytes> {
         let moved = match (channel, &delivery.position) {
             (Some(c), Some(p)) if to.positioned => Some((c, p)),
             _ => None,
@@ -135,7 +157,7 @@ impl Codec for SocketIoCodec {
     }
 
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames {
-        let one = |f: Option<Utf8Bytes>| f.map_or(Frames::None, Frames::One);
+        let one = frames;
         match (slot, &delivery.channel, &delivery.target) {
             (Slot::Shared(0), Some(channel), _) => one(self.room_frame(delivery, channel)),
             (Slot::Shared(1), _, _) => one(self.frame(delivery, MAIN, None)),
@@ -147,11 +169,11 @@ impl Codec for SocketIoCodec {
                 let Some(member_of) = to.member_of else {
                     return Frames::None;
                 };
-                Frames::Many(
+                frames(
                     channels
                         .iter()
                         .filter(|c| member_of(c))
-                        .filter_map(|c| {
+                        .flat_map(|c| {
                             let (nsp, _) = split(&self.namespaces, c);
                             self.own_frame(delivery, &nsp, None, to)
                         })
@@ -177,6 +199,7 @@ mod tests {
             Arc::new(vec!["/admin".to_string()]),
             IntCounter::new("t", "t").unwrap(),
             Arc::new(Offsets::default()),
+            Eio::V4,
         )
     }
 

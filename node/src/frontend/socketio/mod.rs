@@ -17,9 +17,11 @@
 
 pub mod args;
 pub mod backend;
+pub mod binary;
 pub mod codec;
 pub mod engineio;
 pub mod joins;
+pub mod metrics;
 pub mod pings;
 pub mod polling;
 pub mod recovery;
@@ -74,6 +76,8 @@ pub(crate) struct Shared {
     /// The namespaces other than `/`.
     namespaces: Arc<Vec<String>>,
     codec: Arc<dyn Codec>,
+    /// The codec of Engine.IO 3 connections.
+    codec_v3: Arc<dyn Codec>,
     /// The polling sessions this node owns.
     polls: Arc<polling::Polls>,
     /// This node's URL as other nodes reach it (forwarded polls).
@@ -84,6 +88,8 @@ pub(crate) struct Shared {
     backend: Option<Arc<backend::Backend>>,
     /// Recovery positions, shared with the codec.
     offsets: Arc<recovery::Offsets>,
+    /// Per-namespace series.
+    metrics: Option<Arc<metrics::NamespaceMetrics>>,
 }
 
 fn others(config: &Config) -> Arc<Vec<String>> {
@@ -103,7 +109,7 @@ impl Frontend for SocketIo {
     }
 
     fn codec(&self, node: &Node) -> Arc<dyn Codec> {
-        codec_with(node, Arc::default())
+        codec_with(node, Arc::default(), Eio::V4)
     }
 
     fn routes(&self, node: &Arc<Node>) -> Router<Arc<Node>> {
@@ -122,10 +128,16 @@ impl Frontend for SocketIo {
                 }
             });
         let offsets: Arc<recovery::Offsets> = Arc::default();
+        let served: Vec<&str> = (node.config.socketio.namespaces.iter())
+            .map(|n| n.name.as_str())
+            .collect();
+        let metrics = metrics::NamespaceMetrics::register(&node.metrics.registry, &served);
         let shared = Shared {
+            metrics: metrics.map(Arc::new),
             config: Arc::new(node.config.socketio.clone()),
             namespaces: others(&node.config.socketio),
-            codec: codec_with(node, offsets.clone()),
+            codec: codec_with(node, offsets.clone(), Eio::V4),
+            codec_v3: codec_with(node, offsets.clone(), Eio::V3),
             offsets,
             polls: Arc::new(polling::Polls::default()),
             advertise,
@@ -150,7 +162,7 @@ impl Frontend for SocketIo {
     }
 }
 
-fn codec_with(node: &Node, offsets: Arc<recovery::Offsets>) -> Arc<dyn Codec> {
+fn codec_with(node: &Node, offsets: Arc<recovery::Offsets>, eio: Eio) -> Arc<dyn Codec> {
     let sent = node
         .metrics
         .frontend
@@ -160,7 +172,18 @@ fn codec_with(node: &Node, offsets: Arc<recovery::Offsets>) -> Arc<dyn Codec> {
         others(&node.config.socketio),
         sent,
         offsets,
+        eio,
     ))
+}
+
+impl Shared {
+    /// The codec of connections in Engine.IO revision `eio`.
+    pub(crate) fn codec(&self, eio: Eio) -> Arc<dyn Codec> {
+        match eio {
+            Eio::V4 => self.codec.clone(),
+            Eio::V3 => self.codec_v3.clone(),
+        }
+    }
 }
 
 /// An Engine.IO error reply: 400 (403) with `{"code":…,"message":…}`.
@@ -331,7 +354,7 @@ pub(crate) async fn continue_on_socket(
         return;
     };
     let conn = node
-        .open(admission, identity, shared.codec.clone(), None, |_| None)
+        .open(admission, identity, shared.codec(eio), None, |_| None)
         .await;
     let session = SioSession::new(
         node.clone(),
@@ -342,7 +365,7 @@ pub(crate) async fn continue_on_socket(
         Some(nsp),
         pings,
     )
-    .with_backend(shared.backend.clone(), shared.offsets.clone());
+    .with_shared(&shared);
     run_socket(&node, &shared, socket, conn, session, address).await;
 }
 

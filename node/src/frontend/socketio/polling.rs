@@ -312,7 +312,7 @@ async fn poll(shared: &Shared, polling: &Arc<Polling>) -> Response {
         if let Some(conn) = polling.conn.get() {
             closing = conn.outbox.take(&mut batch);
             for frame in batch.drain(..) {
-                out.push(engineio::Packet::decode_text(frame.as_str()).expect("our own packets"));
+                out.push(super::binary::outbox_packet(polling.eio, &frame).expect("our own"));
             }
         }
         let ended = polling.ended.load(Ordering::Acquire);
@@ -477,7 +477,9 @@ async fn open_session(
     nsp: super::recovery::Connecting,
 ) -> Stage {
     let conn = node
-        .open(admission, identity, shared.codec.clone(), None, |_| None)
+        .open(admission, identity, shared.codec(polling.eio), None, |_| {
+            None
+        })
         .await;
     // Packets queued before the connection existed go first.
     for t in polling.early.lock().drain(..) {
@@ -494,7 +496,7 @@ async fn open_session(
         Some(nsp),
         pings,
     )
-    .with_backend(shared.backend.clone(), shared.offsets.clone());
+    .with_shared(shared);
     session.on_open().await;
     polling.wake.notify_one();
     Stage::Open(Box::new(session))

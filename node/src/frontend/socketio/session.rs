@@ -99,6 +99,7 @@ pub struct SioSession {
     resumable: HashMap<String, Resumable>,
     /// The client closed the connection on purpose (`1`).
     closed_by_client: bool,
+    metrics: Option<Arc<super::metrics::NamespaceMetrics>>,
 }
 
 impl SioSession {
@@ -136,15 +137,33 @@ impl SioSession {
             offsets: Arc::default(),
             resumable: HashMap::new(),
             closed_by_client: false,
+            metrics: None,
         }
     }
 
-    /// Send client events no join event handles to `backend`; track
-    /// recovery positions in `offsets` (the codec's).
-    pub fn with_backend(mut self, backend: Option<Arc<Backend>>, offsets: Arc<Offsets>) -> Self {
-        self.backend = backend;
-        self.offsets = offsets;
+    /// Send client events no join event handles to the front-end's
+    /// backend, track recovery positions in its codec's offsets, count in
+    /// its namespace metrics.
+    pub(crate) fn with_shared(mut self, shared: &super::Shared) -> Self {
+        self.backend = shared.backend.clone();
+        self.offsets = shared.offsets.clone();
+        self.metrics = shared.metrics.clone();
         self
+    }
+
+    /// The socket is in namespace `nsp` now, in these rooms' channels.
+    fn entered(&mut self, nsp: String, channels: BTreeSet<String>) {
+        if let Some(m) = &self.metrics {
+            m.sockets.with_label_values(&[&nsp]).inc();
+        }
+        self.connected.insert(nsp, channels);
+    }
+
+    /// The socket left namespace `nsp` (or the connection ended).
+    fn exited(&self, nsp: &str) {
+        if let Some(m) = &self.metrics {
+            m.sockets.with_label_values(&[nsp]).dec();
+        }
     }
 
     fn send(&self, text: String) {
@@ -195,7 +214,7 @@ impl SioSession {
         let reply = message(&Packet::connected(self.version, &nsp, &self.conn.client_id));
         if channels.is_empty() {
             self.send(reply);
-            self.connected.insert(nsp, BTreeSet::new());
+            self.entered(nsp, BTreeSet::new());
             return;
         }
         let request = JoinRequest {
@@ -209,7 +228,7 @@ impl SioSession {
             .await
         {
             Ok(()) => {
-                self.connected.insert(nsp, channels.into_iter().collect());
+                self.entered(nsp, channels.into_iter().collect());
             }
             Err(e) => {
                 self.error(reasons::CONNECT_REFUSED);
@@ -258,6 +277,7 @@ impl SioSession {
 
     async fn disconnect(&mut self, nsp: &str) {
         if let Some(channels) = self.connected.remove(nsp) {
+            self.exited(nsp);
             let channels: Vec<String> = channels.into_iter().collect();
             self.node.leave(&self.conn, &channels, || None).await;
         }
@@ -415,7 +435,9 @@ impl SioSession {
         }
         for emit in answer.emit {
             let args = emit.args.into_iter().map(Json::from_raw).collect();
-            self.send(message(&Packet::event(&nsp, &emit.event, args)));
+            for m in super::binary::event_messages(self.eio, &nsp, &emit.event, args) {
+                self.send(m.to_string());
+            }
         }
         for b in answer.broadcast {
             let Ok(channel) = codec::channel_of(&self.namespaces, &nsp, &b.room) else {
@@ -459,6 +481,9 @@ impl SioSession {
                     // The reference server drops packets for namespaces the
                     // socket is not in.
                     return Flow::Continue;
+                }
+                if let Some(m) = &self.metrics {
+                    m.events_in.with_label_values(&[&nsp]).inc();
                 }
                 match (
                     self.config.join_event(&nsp, &event).cloned(),
@@ -594,6 +619,9 @@ impl Session for SioSession {
             .with_label_values(&[FRONTEND])
             .dec();
         self.close_resumable().await;
+        for nsp in self.connected.keys() {
+            self.exited(nsp);
+        }
         self.connected.clear();
         self.pending = None;
         self.node.close(&self.conn, closed_by_server);

@@ -123,11 +123,19 @@ impl SioSession {
             let since = claimed.then_some(&since);
             match self.join_rooms(&nsp, &channels, since, reply).await {
                 Ok(()) => {
+                    if let (Some(m), true) = (&self.metrics, claim.is_some()) {
+                        let old = claim.as_ref().map(|c| c.pid.as_str());
+                        let result = if chosen.as_deref() == old {
+                            "recovered"
+                        } else {
+                            "fresh"
+                        };
+                        m.recoveries.with_label_values(&[&nsp, result]).inc();
+                    }
                     if let (Some(pid), Some(r)) = (chosen, self.resumable.get_mut(&nsp)) {
                         r.pid = pid;
                     }
-                    self.connected
-                        .insert(nsp.clone(), channels.into_iter().collect::<BTreeSet<_>>());
+                    self.entered(nsp.clone(), channels.into_iter().collect::<BTreeSet<_>>());
                     self.save(&nsp).await;
                     return;
                 }

@@ -1,0 +1,154 @@
+//! Server-side emits to Socket.IO clients through the server API, with the
+//! official socket.io-client 4.x and 2.x on two nodes sharing a Redis:
+//! binary attachments (bytes marked `{"$binary": …}` in the API payload),
+//! named events to users, to one socket and to everyone, and the sockets
+//! of a room listed across the cluster (presence, the `fetchSockets` of
+//! pubmesh).
+
+use pubmesh_tests::harness::{config_file, eventually, hs256, patience, Node, Redis};
+use pubmesh_tests::js::Script;
+use serde_json::{json, Value};
+
+const SECRET: &str = "socketio-emits-secret";
+
+const CONFIG: &str = r#"
+[[namespaces]]
+pattern = "Lobby"
+presence = true
+
+[socketio]
+ping_interval_ms = 1000
+ping_timeout_ms = 2000
+
+[[socketio.namespaces]]
+name = "/"
+rooms = ["Lobby"]
+"#;
+
+async fn two_nodes(redis: &Redis) -> (Node, Node) {
+    let url = redis.url();
+    let file = config_file(CONFIG);
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--jwt-secret",
+        SECRET,
+        "--config",
+        file.as_str(),
+    ];
+    pubmesh_tests::harness::two_nodes(&args).await
+}
+
+fn client(node: &Node, version: &str, options: Value) -> Script {
+    let url = format!("http://127.0.0.1:{}/", node.port);
+    Script::spawn("socketio_client.js", &[&url, version, &options.to_string()])
+}
+
+async fn event(script: &mut Script, name: &str) -> Value {
+    let e = script
+        .wait_for(name, patience(30), |v| {
+            v["event"] == "event" && v["name"] == name
+        })
+        .await;
+    e["args"].clone()
+}
+
+async fn post(node: &Node, path: &str, body: Value) {
+    let (status, reply) = node.post(path, body).await;
+    assert_eq!(status, 200, "{path}: {reply}");
+}
+
+#[tokio::test]
+async fn the_api_emits_binary_and_named_events_and_lists_a_rooms_sockets() {
+    let redis = Redis::start().await;
+    let (a, b) = two_nodes(&redis).await;
+    let token = hs256(SECRET, "bob", 600);
+    let mut bob = client(&a, "4", json!({"auth": {"token": token}}));
+    let hello = bob.wait_event("connect", patience(60)).await;
+    let bob_id = hello["id"].as_str().expect("id").to_string();
+    let mut old = client(&b, "2", json!({"events": ["file", "hello", "all"]}));
+    old.wait_event("connect", patience(60)).await;
+    a.wait_members("Lobby", 2).await;
+    let sockets = r#"pubmesh_socketio_sockets{namespace="/"}"#;
+    assert_eq!(a.metric(sockets).await, 1.0);
+    assert_eq!(b.metric(sockets).await, 1.0);
+
+    // Bytes in the payload reach both clients as binary attachments.
+    post(
+        &b,
+        "/api/notify/channels",
+        json!({"channel_ids": ["Lobby"], "event": "file", "data": {"$binary": "AAH/"}}),
+    )
+    .await;
+    assert_eq!(event(&mut bob, "file").await, json!([{"base64": "AAH/"}]));
+    assert_eq!(event(&mut old, "file").await, json!([{"base64": "AAH/"}]));
+    // Nested, among other fields: a Buffer where the marker was.
+    post(
+        &a,
+        "/api/notify/channels",
+        json!({"channel_ids": ["Lobby"], "event": "file",
+               "data": {"name": "hi.txt", "bytes": {"$binary": "aGk="}, "n": {"$binary": 1}}}),
+    )
+    .await;
+    assert_eq!(
+        event(&mut bob, "file").await,
+        json!([{"name": "hi.txt", "bytes": {"type": "Buffer", "data": [104, 105]}, "n": {"$binary": 1}}])
+    );
+
+    // Named events to a user, to one socket, to everyone.
+    post(
+        &b,
+        "/api/notify/users",
+        json!({"root_ids": ["bob"], "event": "hello", "data": {"to": "bob"}}),
+    )
+    .await;
+    assert_eq!(event(&mut bob, "hello").await, json!([{"to": "bob"}]));
+    post(
+        &b,
+        "/api/notify/clients",
+        json!({"client_ids": [bob_id], "event": "direct", "data": {"n": [1, 2]}}),
+    )
+    .await;
+    assert_eq!(event(&mut bob, "direct").await, json!([{"n": [1, 2]}]));
+    post(
+        &a,
+        "/api/broadcast",
+        json!({"event": "all", "data": {"every": "one"}}),
+    )
+    .await;
+    assert_eq!(event(&mut bob, "all").await, json!([{"every": "one"}]));
+    assert_eq!(event(&mut old, "all").await, json!([{"every": "one"}]));
+    let (status, refused) = a
+        .post(
+            "/api/notify/users",
+            json!({"root_ids": ["bob"], "event": "a,b", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+
+    // The room's sockets across the cluster, from either node: bob's
+    // socket id on A, and the 2.x client's connection on B.
+    for node in [&a, &b] {
+        let (status, listed) = node.get("/api/presence?channel=Lobby").await;
+        assert_eq!(status, 200, "{listed}");
+        let entries = listed["clients"].as_array().cloned().unwrap_or_default();
+        let text = listed.to_string();
+        assert_eq!(entries.len(), 2, "{text}");
+        assert!(text.contains(&bob_id), "{text}");
+        assert!(
+            text.contains(&a.node_id) && text.contains(&b.node_id),
+            "{text}"
+        );
+    }
+    // Gone sockets leave the list.
+    bob.send_line(r#"{"disconnect":true}"#).await;
+    eventually("bob leaves the list", patience(30), || async {
+        let (_, listed) = b.get("/api/presence?channel=Lobby").await;
+        (!listed.to_string().contains(&bob_id)).then_some(())
+    })
+    .await;
+    eventually("bob's socket is counted out", patience(30), || async {
+        (a.metric(sockets).await == 0.0).then_some(())
+    })
+    .await;
+}
