@@ -1,5 +1,6 @@
 //! Support for pubmesh end-to-end tests.
 pub mod harness;
 pub mod js;
+pub mod phoenix;
 pub mod proxy;
 pub mod sse;

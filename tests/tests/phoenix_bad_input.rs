@@ -5,6 +5,7 @@
 use std::io::Write;
 
 use pubmesh_tests::harness::{eventually, patience, temp_dir, Client, Node};
+use pubmesh_tests::phoenix::{call, socket};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -21,19 +22,6 @@ async fn node(extra: &[&str]) -> Node {
     let mut args = vec!["--config", file.as_str(), "--max-message-size", "4096"];
     args.extend_from_slice(extra);
     Node::start(&args).await
-}
-
-async fn socket(node: &Node, vsn: &str) -> Client {
-    let url = format!("ws://127.0.0.1:{}/socket/websocket?vsn={vsn}", node.port);
-    Client::connect_raw(&url, None).await.expect("connect")
-}
-
-/// Send a v2 frame and read the reply to `reference`.
-async fn call(ws: &mut Client, frame: Value) -> Value {
-    let reference = frame[1].clone();
-    ws.send(frame).await;
-    ws.recv_until(|v| v[1] == reference && v[3] == "phx_reply")
-        .await
 }
 
 fn error(reason: &str) -> Value {

@@ -1,14 +1,17 @@
 //! The Phoenix codec: a publication to a topic is the broadcast
 //! `[null, null, topic, event, payload]` (v2; an object in v1), encoded
 //! once per serializer for every Phoenix socket in the topic. Presence join
-//! and leave events become `presence_diff` pushes.
+//! and leave events become `presence_diff` pushes. On history channels,
+//! sockets that joined positioned get the publication's position as the
+//! broadcast's `ref` (`"<epoch>:<offset>"`, see [`super::recover`]): a
+//! second shared encoding.
 
 use prometheus::IntCounter;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::wire::{self, Vsn};
+use super::wire::{self, Ref, Vsn};
 use crate::codec::{Codec, Frames, Recipient, Slot};
 use crate::delivery::{Delivery, DeliveryKind, Target};
 use crate::presence::PresenceEntry;
@@ -28,13 +31,20 @@ impl PhoenixCodec {
         PhoenixCodec { vsn, sent }
     }
 
-    /// The frame of `delivery` on `topic`, if it has one.
-    fn frame(&self, delivery: &Delivery, topic: &str) -> Option<Utf8Bytes> {
+    /// The frame of `delivery` on `topic`, if it has one (with its position
+    /// as the ref when `positioned`).
+    fn frame(&self, delivery: &Delivery, topic: &str, positioned: bool) -> Option<Utf8Bytes> {
         let text = match delivery.kind {
             DeliveryKind::Message => {
                 let payload: &RawValue = serde_json::from_str(delivery.data.as_str()).ok()?;
                 let event = delivery.event.as_deref().unwrap_or(DEFAULT_EVENT);
-                wire::encode_broadcast(self.vsn, topic, event, payload)
+                match delivery.position.as_ref().filter(|_| positioned) {
+                    Some(p) => {
+                        let at = Ref::Str(super::recover::format(p));
+                        wire::encode(self.vsn, None, Some(&at), topic, event, payload)
+                    }
+                    None => wire::encode_broadcast(self.vsn, topic, event, payload),
+                }
             }
             DeliveryKind::Join | DeliveryKind::Leave => {
                 let entry: PresenceEntry = serde_json::from_str(delivery.data.as_str()).ok()?;
@@ -57,8 +67,11 @@ impl Codec for PhoenixCodec {
         "phoenix"
     }
 
-    fn slot(&self, delivery: &Delivery, _to: &Recipient<'_>) -> Slot {
+    fn slot(&self, delivery: &Delivery, to: &Recipient<'_>) -> Slot {
         match (&delivery.target, &delivery.channel) {
+            (Target::Channels(_), Some(_)) if to.positioned && delivery.position.is_some() => {
+                Slot::Shared(1)
+            }
             (Target::Channels(_), Some(_)) => Slot::Shared(0),
             // One frame per topic the socket joined.
             (Target::Channels(_), None) => Slot::Own,
@@ -70,7 +83,7 @@ impl Codec for PhoenixCodec {
 
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames {
         match (slot, &delivery.channel, &delivery.target) {
-            (Slot::Shared(_), Some(topic), _) => match self.frame(delivery, topic) {
+            (Slot::Shared(n), Some(topic), _) => match self.frame(delivery, topic, n == 1) {
                 Some(frame) => Frames::One(frame),
                 None => Frames::None,
             },
@@ -81,7 +94,7 @@ impl Codec for PhoenixCodec {
                 let frames: Vec<Utf8Bytes> = topics
                     .iter()
                     .filter(|t| member_of(t))
-                    .filter_map(|t| self.frame(delivery, t))
+                    .filter_map(|t| self.frame(delivery, t, false))
                     .collect();
                 Frames::Many(frames)
             }
@@ -156,6 +169,33 @@ mod tests {
             Frames::One(Utf8Bytes::from(
                 r#"{"topic":"room:1","event":"shout","payload":{"a":1},"ref":null}"#
             ))
+        );
+    }
+
+    #[test]
+    fn positioned_members_get_the_position_as_the_ref() {
+        let mut d = Delivery::new(
+            Target::Channels(vec!["room:1".into()]),
+            Utf8Bytes::from(r#"{"a":1}"#),
+        );
+        d.position = Some(crate::delivery::Position {
+            offset: 5,
+            epoch: "e1".into(),
+        });
+        let c = codec(Vsn::V2);
+        let mut positioned = to(None);
+        positioned.positioned = true;
+        assert_eq!(c.slot(&d, &to(None)), Slot::Shared(0));
+        assert_eq!(c.slot(&d, &positioned), Slot::Shared(1));
+        assert_eq!(
+            c.encode(&d, Slot::Shared(1), &positioned),
+            Frames::One(Utf8Bytes::from(
+                r#"[null,"e1:5","room:1","message",{"a":1}]"#
+            ))
+        );
+        assert_eq!(
+            c.encode(&d, Slot::Shared(0), &to(None)),
+            Frames::One(Utf8Bytes::from(r#"[null,null,"room:1","message",{"a":1}]"#))
         );
     }
 

@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod longpoll;
+pub mod recover;
 pub mod session;
 pub mod wire;
 

@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::codec::presence_map;
-use super::wire::{self, DecodeError, Inbound, Message, Payload, Ref, Status, Vsn};
+use super::recover;
+use super::wire::{self, DecodeError, Inbound, Message, Params, Payload, Ref, Status, Vsn};
 use crate::conn::Conn;
 use crate::delivery::{Delivery, Target};
 use crate::node::{JoinRequest, MeshError, Node, Read};
@@ -53,6 +54,10 @@ pub mod reasons {
     pub const CONNECT_REFUSED: &str = "connect_refused";
     /// A long poll or POST for a session this node does not hold (410).
     pub const SESSION_GONE: &str = "session_gone";
+    /// A join's `since` that is not a position.
+    pub const BAD_SINCE: &str = "bad_since";
+    /// A join with `since` to a topic that keeps no history.
+    pub const NO_HISTORY: &str = "no_history";
 
     pub const ALL: &[&str] = &[
         BAD_FRAME,
@@ -70,6 +75,8 @@ pub mod reasons {
         HEARTBEAT_TIMEOUT,
         CONNECT_REFUSED,
         SESSION_GONE,
+        BAD_SINCE,
+        NO_HISTORY,
     ];
 }
 
@@ -80,6 +87,7 @@ fn mesh_reason(e: &MeshError) -> &'static str {
         MeshError::TooManyChannels(_) => reasons::TOO_MANY_CHANNELS,
         MeshError::RateLimited(_) => reasons::RATE_LIMITED,
         MeshError::BadRequest(_) => reasons::BAD_REQUEST,
+        MeshError::NoHistory(_) => reasons::NO_HISTORY,
         _ => reasons::UNAVAILABLE,
     }
 }
@@ -199,8 +207,8 @@ impl PhoenixSession {
                 join_ref,
                 reference,
                 topic,
-                params: _,
-            } => self.join(join_ref, reference, topic).await,
+                params,
+            } => self.join(join_ref, reference, topic, params).await,
             Inbound::Leave {
                 join_ref,
                 reference,
@@ -240,7 +248,13 @@ impl PhoenixSession {
         Flow::Continue
     }
 
-    async fn join(&mut self, join_ref: Option<Ref>, reference: Option<Ref>, topic: String) {
+    async fn join(
+        &mut self,
+        join_ref: Option<Ref>,
+        reference: Option<Ref>,
+        topic: String,
+        params: Params,
+    ) {
         let (jr, r) = (join_ref.as_ref(), reference.as_ref());
         if topic == wire::HEARTBEAT_TOPIC || crate::limits::channel_name(&topic).is_err() {
             return self.refuse(jr, r, &topic, reasons::BAD_TOPIC);
@@ -248,21 +262,32 @@ impl PhoenixSession {
         if topic.contains('*') {
             return self.refuse(jr, r, &topic, reasons::WILDCARD_TOPIC);
         }
+        // History channels deliver positions; `since` recovers from one.
+        let history = self.node.config.namespaces.options(&topic).history();
+        let mut since = HashMap::new();
+        match recover::since(params.raw()) {
+            Ok(None) => {}
+            Ok(Some(_)) if !history => return self.refuse(jr, r, &topic, reasons::NO_HISTORY),
+            Ok(Some(p)) => {
+                since.insert(topic.clone(), p);
+            }
+            Err(_) => return self.refuse(jr, r, &topic, reasons::BAD_SINCE),
+        }
         let channels = [topic.clone()];
         let request = JoinRequest {
             channels: &channels,
-            positioned: false,
-            since: &HashMap::new(),
+            positioned: history,
+            since: &since,
         };
         let vsn = self.vsn;
-        let ok = |_: &crate::node::Joined| {
+        let ok = |joined: &crate::node::Joined| {
             Some(Utf8Bytes::from(wire::encode_reply(
                 vsn,
                 jr,
                 r,
                 &topic,
                 Status::Ok,
-                &empty(),
+                &recover::join_response(joined, &topic),
             )))
         };
         if let Err(e) = self.node.join(&self.conn, request, ok).await {
