@@ -248,6 +248,10 @@ struct NotifyChannels {
     event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
+    /// Socket.IO sockets in any of these channels do not receive it (the
+    /// `except` of a Socket.IO emit; other protocols ignore it).
+    #[serde(default)]
+    except: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -348,8 +352,12 @@ async fn notify_channels(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
+    if !req.except.is_empty() {
+        check_ids(&node, &mut req.except, "except")?;
+    }
     let mut delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
     delivery.idempotency = key;
+    delivery.audience = crate::frontend::socketio::codec::except_audience(&req.except);
     if let Some(event) = &req.event {
         crate::limits::event_name(event).map_err(|m| bad(format!("event: {m}")))?;
         delivery.event = Some(Arc::from(event.as_str()));

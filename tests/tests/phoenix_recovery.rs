@@ -3,10 +3,13 @@
 //! broadcast's `ref`) of what it received, A is SIGKILLed, publications go
 //! out through the API on node B, and a socket on B that rejoins with
 //! `since` gets exactly the missed ones, once, in order, before live ones;
-//! a gap history cannot cover is answered `recovered: false`.
+//! a gap history cannot cover is answered `recovered: false`. The same
+//! for chain sessions (`_join` with `since`, positions as the broadcast's
+//! fifth element).
 
 use pubmesh_tests::harness::{config_file, Client, Node, Redis};
 use pubmesh_tests::phoenix::{call, socket};
+use pubmesh_tests::sse::Sse;
 use serde_json::json;
 
 const CONFIG: &str = r#"
@@ -41,6 +44,27 @@ async fn update(ws: &mut Client, topic: &str) -> (u64, String) {
     (n, at.to_string())
 }
 
+/// The next broadcast on `topic`: its number and its position.
+async fn chain_update(tab: &mut Sse, topic: &str) -> (u64, String) {
+    let v = tab.recv_until(|v| v[0] == 2 && v[1] == topic).await;
+    assert_eq!(v[2], "update", "{v}");
+    let n = v[3]["n"].as_u64().expect("n");
+    let at = v[4].as_str().unwrap_or_else(|| panic!("no position: {v}"));
+    (n, at.to_string())
+}
+
+/// SIGKILL `a`, then publish on `b`: 3 to 5 in `room:1` (history covers
+/// them), 1 to 4 in `tiny:1` (history keeps 2).
+async fn kill_and_publish(a: &mut Node, b: &Node) {
+    a.kill();
+    for n in 3..=5 {
+        notify(b, "room:1", n).await;
+    }
+    for n in 1..=4 {
+        notify(b, "tiny:1", n).await;
+    }
+}
+
 fn offset(position: &str) -> u64 {
     let (_, offset) = position.rsplit_once(':').expect("epoch:offset");
     offset.parse().expect("offset")
@@ -73,13 +97,7 @@ async fn a_rejoin_with_since_on_another_node_gets_exactly_what_was_missed() {
     assert_eq!((n1, n2), (1, 2));
     assert_eq!(offset(&last), offset(&p1) + 1);
 
-    a.kill();
-    for n in 3..=5 {
-        notify(&b, "room:1", n).await;
-    }
-    for n in 1..=4 {
-        notify(&b, "tiny:1", n).await;
-    }
+    kill_and_publish(&mut a, &b).await;
 
     let mut ws = socket(&b, "2.0.0").await;
     let rejoined = call(
@@ -162,4 +180,70 @@ async fn since_on_a_topic_without_history_or_malformed_is_refused() {
     let ok = call(&mut ws, json!(["9", "9", "plain", "phx_join", {}])).await;
     assert_eq!(ok[4], json!({"status": "ok", "response": {}}));
     assert_eq!(node.channel_members("room:9").await, 0);
+}
+
+#[tokio::test]
+async fn a_join_with_since_on_another_node_gets_exactly_what_was_missed() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let file = config_file(CONFIG);
+    let args = ["--redis-url", url.as_str(), "--config", file.as_str()];
+    let (mut a, b) = pubmesh_tests::harness::two_nodes(&args).await;
+
+    let mut tab = Sse::open(&a.http(), "tab1").await;
+    let joined = tab.call(json!([0, 1, 1, "room:1", "_join", {}])).await;
+    assert_eq!(joined[3], 0, "{joined}");
+    assert!(joined[4]["position"].is_string(), "{joined}");
+    let joined = tab.call(json!([0, 2, 2, "tiny:1", "_join", {}])).await;
+    let tiny_at = joined[4]["position"].as_str().expect("tiny").to_string();
+    b.wait_members("room:1", 1).await;
+
+    notify(&b, "room:1", 1).await;
+    notify(&b, "room:1", 2).await;
+    let (n1, p1) = chain_update(&mut tab, "room:1").await;
+    let (n2, last) = chain_update(&mut tab, "room:1").await;
+    assert_eq!((n1, n2), (1, 2));
+    assert_eq!(offset(&last), offset(&p1) + 1);
+
+    kill_and_publish(&mut a, &b).await;
+
+    let mut tab = Sse::open(&b.http(), "tab1").await;
+    let rejoined = tab
+        .call(json!([0, 3, 3, "room:1", "_join", {"since": last}]))
+        .await;
+    assert_eq!(rejoined[3], 0, "{rejoined}");
+    assert_eq!(rejoined[4]["recovered"], true, "{rejoined}");
+    notify(&b, "room:1", 6).await;
+    notify(&b, "room:1", 7).await;
+    let from = offset(&last);
+    for (want, at) in (3..=7).zip(from + 1..) {
+        let (n, position) = chain_update(&mut tab, "room:1").await;
+        assert_eq!(n, want);
+        assert_eq!(offset(&position), at, "{position}");
+    }
+
+    let rejoined = tab
+        .call(json!([0, 4, 4, "tiny:1", "_join", {"since": tiny_at}]))
+        .await;
+    assert_eq!(rejoined[4]["recovered"], false, "{rejoined}");
+    notify(&b, "tiny:1", 5).await;
+    let (n, position) = chain_update(&mut tab, "tiny:1").await;
+    assert_eq!(n, 5);
+    assert_eq!(offset(&position), offset(&tiny_at) + 5);
+
+    // Refusals: `since` without history, or not a position.
+    let plain = tab
+        .call(json!([0, 5, 5, "plain", "_join", {"since": last}]))
+        .await;
+    assert_eq!(plain, json!([1, 5, 5, 1, {"reason": "no_history"}]));
+    let bad = tab
+        .call(json!([0, 6, 6, "room:2", "_join", {"since": 7}]))
+        .await;
+    assert_eq!(bad, json!([1, 6, 6, 1, {"reason": "bad_since"}]));
+    // A topic without history: chain's plain reply, plain broadcasts.
+    let ok = tab.call(json!([0, 7, 7, "plain", "_join", {}])).await;
+    assert_eq!(ok, json!([1, 7, 7, 0]));
+    notify(&b, "plain", 1).await;
+    let v = tab.recv_until(|v| v[0] == 2 && v[1] == "plain").await;
+    assert_eq!(v, json!([2, "plain", "update", {"n": 1}]));
 }

@@ -23,6 +23,13 @@ ping_timeout_ms = 2000
 [[socketio.namespaces]]
 name = "/"
 rooms = ["Lobby"]
+
+[[socketio.join_events]]
+event = "join"
+id_format = "any"
+
+[socketio.join_events.types]
+room = { rooms = ["{id}"] }
 "#;
 
 async fn two_nodes(redis: &Redis) -> (Node, Node) {
@@ -66,7 +73,11 @@ async fn the_api_emits_binary_and_named_events_and_lists_a_rooms_sockets() {
     let mut bob = client(&a, "4", json!({"auth": {"token": token}}));
     let hello = bob.wait_event("connect", patience(60)).await;
     let bob_id = hello["id"].as_str().expect("id").to_string();
-    let mut old = client(&b, "2", json!({"events": ["file", "hello", "all"]}));
+    let mut old = client(
+        &b,
+        "2",
+        json!({"events": ["file", "hello", "all", "notvip"]}),
+    );
     old.wait_event("connect", patience(60)).await;
     a.wait_members("Lobby", 2).await;
     let sockets = r#"pubmesh_socketio_sockets{namespace="/"}"#;
@@ -125,6 +136,29 @@ async fn the_api_emits_binary_and_named_events_and_lists_a_rooms_sockets() {
         )
         .await;
     assert_eq!(status, 400, "{refused}");
+
+    // Except the sockets of a room: bob joins "vip" and does not get it.
+    let join = json!({"emit": "join", "args": [{"op": "subscribe", "type": "room", "id": "vip"}], "ack": true, "timeout": 20000});
+    bob.send_line(&join.to_string()).await;
+    let ack = bob.wait_event("ack", patience(30)).await;
+    assert_eq!(ack["args"], json!(["ok"]), "{ack}");
+    post(
+        &b,
+        "/api/notify/channels",
+        json!({"channel_ids": ["Lobby"], "except": ["vip"], "event": "notvip", "data": {"x": 1}}),
+    )
+    .await;
+    assert_eq!(event(&mut old, "notvip").await, json!([{"x": 1}]));
+    post(
+        &b,
+        "/api/notify/channels",
+        json!({"channel_ids": ["Lobby"], "event": "after", "data": {"x": 2}}),
+    )
+    .await;
+    let next = bob
+        .wait_for("an event", patience(30), |v| v["event"] == "event")
+        .await;
+    assert_eq!(next["name"], "after", "{next}");
 
     // The room's sockets across the cluster, from either node: bob's
     // socket id on A, and the 2.x client's connection on B.

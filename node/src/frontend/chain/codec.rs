@@ -21,9 +21,19 @@ impl ChainCodec {
     }
 
     /// The broadcast of `delivery` on `topic`, if it has one (its data must
-    /// be JSON, which every publication's is).
-    fn frame(delivery: &Delivery, topic: &str) -> Option<Utf8Bytes> {
+    /// be JSON, which every publication's is). `positioned`: with the
+    /// publication's position as a fifth element,
+    /// `[2,topic,event,payload,"<epoch>:<offset>"]` (chain's decoders read
+    /// the first four and ignore the rest).
+    fn frame(delivery: &Delivery, topic: &str, positioned: bool) -> Option<Utf8Bytes> {
         let payload = Payload::from_json(delivery.data.as_str())?;
+        if let Some(p) = delivery.position.as_ref().filter(|_| positioned) {
+            let event = delivery.event.as_deref().unwrap_or(DEFAULT_EVENT);
+            let raw: &serde_json::value::RawValue = serde_json::from_str(payload.get()).ok()?;
+            let at = crate::frontend::phoenix::recover::format(p);
+            let text = serde_json::to_string(&(2, topic, event, raw, at)).ok()?;
+            return Some(Utf8Bytes::from(text));
+        }
         let message = Message::Broadcast {
             topic: topic.to_string(),
             event: delivery
@@ -42,11 +52,14 @@ impl Codec for ChainCodec {
         "chain"
     }
 
-    fn slot(&self, delivery: &Delivery, _to: &Recipient<'_>) -> Slot {
+    fn slot(&self, delivery: &Delivery, to: &Recipient<'_>) -> Slot {
         if delivery.kind != DeliveryKind::Message {
             return Slot::Skip;
         }
         match (&delivery.target, &delivery.channel) {
+            (Target::Channels(_), Some(_)) if to.positioned && delivery.position.is_some() => {
+                Slot::Shared(1)
+            }
             (Target::Channels(_), Some(_)) => Slot::Shared(0),
             // One broadcast per topic the session joined.
             (Target::Channels(_), None) => Slot::Own,
@@ -57,7 +70,7 @@ impl Codec for ChainCodec {
 
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames {
         match (slot, &delivery.channel, &delivery.target) {
-            (Slot::Shared(_), Some(topic), _) => match Self::frame(delivery, topic) {
+            (Slot::Shared(n), Some(topic), _) => match Self::frame(delivery, topic, n == 1) {
                 Some(frame) => Frames::One(frame),
                 None => Frames::None,
             },
@@ -69,7 +82,7 @@ impl Codec for ChainCodec {
                     topics
                         .iter()
                         .filter(|t| member_of(t))
-                        .filter_map(|t| Self::frame(delivery, t))
+                        .filter_map(|t| Self::frame(delivery, t, false))
                         .collect(),
                 )
             }

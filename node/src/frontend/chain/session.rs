@@ -14,6 +14,7 @@ use super::wire::{DecodeError, Inbound, Message, Payload, Reason};
 use crate::address::FrameLimit;
 use crate::conn::Conn;
 use crate::delivery::{Delivery, Target};
+use crate::frontend::phoenix::recover;
 use crate::node::{JoinRequest, MeshError, Node};
 
 /// The front-end's name in metrics.
@@ -48,6 +49,10 @@ pub mod reasons {
     pub const GONE: &str = "gone";
     /// A connect refused (403) for an invalid token or `--require-auth`.
     pub const CONNECT_REFUSED: &str = "connect_refused";
+    /// A `_join` whose `since` is not a position.
+    pub const BAD_SINCE: &str = "bad_since";
+    /// A `_join` with `since` to a topic that keeps no history.
+    pub const NO_HISTORY: &str = "no_history";
 
     pub const ALL: &[&str] = &[
         BAD_MESSAGE,
@@ -64,6 +69,8 @@ pub mod reasons {
         TOO_LARGE,
         GONE,
         CONNECT_REFUSED,
+        BAD_SINCE,
+        NO_HISTORY,
     ];
 }
 
@@ -97,6 +104,7 @@ fn mesh_refusal(e: &MeshError) -> Refusal {
         MeshError::TooManyChannels(_) => reasons::TOO_MANY_CHANNELS,
         MeshError::RateLimited(_) => reasons::RATE_LIMITED,
         MeshError::BadRequest(_) => reasons::BAD_REQUEST,
+        MeshError::NoHistory(_) => reasons::NO_HISTORY,
         _ => reasons::UNAVAILABLE,
     })
 }
@@ -211,8 +219,11 @@ impl ChainSession {
                 join_ref,
                 reference,
                 topic,
-                params: _,
-            } => self.join(&mut protocol, join_ref, reference, topic).await,
+                params,
+            } => {
+                self.join(&mut protocol, (join_ref, reference), topic, params)
+                    .await
+            }
             Inbound::Leave {
                 join_ref,
                 reference,
@@ -266,15 +277,41 @@ impl ChainSession {
         PostError::BadMessage(e.to_string())
     }
 
-    async fn join(&self, protocol: &mut Protocol, join_ref: i64, reference: i64, topic: String) {
+    async fn join(
+        &self,
+        protocol: &mut Protocol,
+        (join_ref, reference): (i64, i64),
+        topic: String,
+        params: Option<Payload>,
+    ) {
         if crate::limits::channel_name(&topic).is_err() {
             return self.refuse(join_ref, reference, Reason::UnmatchedTopic.into());
+        }
+        // History channels deliver positions; `since` recovers from one.
+        let history = self.node.config.namespaces.options(&topic).history();
+        let mut since = HashMap::new();
+        // chain accepts any params; only an object's `since` counts.
+        let params = params.as_ref().map_or("{}", Payload::get);
+        let params = if params.starts_with('{') {
+            params
+        } else {
+            "{}"
+        };
+        match recover::since(params) {
+            Ok(None) => {}
+            Ok(Some(_)) if !history => {
+                return self.refuse(join_ref, reference, plain(reasons::NO_HISTORY))
+            }
+            Ok(Some(p)) => {
+                since.insert(topic.clone(), p);
+            }
+            Err(_) => return self.refuse(join_ref, reference, plain(reasons::BAD_SINCE)),
         }
         let channels = [topic.clone()];
         let request = JoinRequest {
             channels: &channels,
-            positioned: false,
-            since: &HashMap::new(),
+            positioned: history,
+            since: &since,
         };
         // A rejoin under another join ref closes the old membership for the
         // client (chain's `_close` for the old join ref).
@@ -283,9 +320,13 @@ impl ChainSession {
                 self.send(Message::close(old_join, old_ref, &topic));
             }
         }
-        let reply = |_: &crate::node::Joined| {
+        let reply = |joined: &crate::node::Joined| {
+            // `{"position", "recovered"}` on history channels, as Phoenix.
+            let response = history
+                .then(|| Payload::from_json(recover::join_response(joined, &topic).get()))
+                .flatten();
             Some(Utf8Bytes::from(
-                Message::ok(join_ref, reference, None).encode(),
+                Message::ok(join_ref, reference, response).encode(),
             ))
         };
         match self.node.join(&self.conn, request, reply).await {

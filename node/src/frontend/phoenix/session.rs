@@ -265,7 +265,7 @@ impl PhoenixSession {
         // History channels deliver positions; `since` recovers from one.
         let history = self.node.config.namespaces.options(&topic).history();
         let mut since = HashMap::new();
-        match recover::since(params.raw()) {
+        match recover::since(params.get()) {
             Ok(None) => {}
             Ok(Some(_)) if !history => return self.refuse(jr, r, &topic, reasons::NO_HISTORY),
             Ok(Some(p)) => {

@@ -22,6 +22,32 @@ use crate::delivery::{Delivery, DeliveryKind, Target};
 /// and `POST /api/notify/channels` without `event`).
 pub const DEFAULT_EVENT: &str = "message";
 
+/// What marks a delivery's audience as a list of channels whose Socket.IO
+/// members do not receive it.
+const EXCEPT: &[u8] = b"socketio-except\n";
+
+/// The audience of a publication that skips the Socket.IO members of
+/// `channels` (`None` for none).
+pub fn except_audience(channels: &[String]) -> Option<bytes::Bytes> {
+    if channels.is_empty() {
+        return None;
+    }
+    let mut out = EXCEPT.to_vec();
+    out.extend_from_slice(channels.join("\n").as_bytes());
+    Some(out.into())
+}
+
+/// Is `to` in a channel `delivery` is not for?
+fn excepted(delivery: &Delivery, to: &Recipient<'_>) -> bool {
+    let (Some(audience), Some(member_of)) = (&delivery.audience, to.member_of) else {
+        return false;
+    };
+    let Some(list) = audience.strip_prefix(EXCEPT) else {
+        return false;
+    };
+    std::str::from_utf8(list).is_ok_and(|list| list.split('\n').any(member_of))
+}
+
 /// The mesh channel of `room` in namespace `nsp`.
 pub fn channel(nsp: &str, room: &str) -> String {
     if nsp == MAIN {
@@ -143,6 +169,9 @@ impl Codec for SocketIoCodec {
             // Socket.IO has no presence frames.
             return Slot::Skip;
         }
+        if excepted(delivery, to) {
+            return Slot::Skip;
+        }
         if self.offsets.tracks(to.client_id) {
             // Its events carry its own offsets.
             return Slot::Own;
@@ -210,6 +239,18 @@ mod tests {
             tag: None,
             member_of,
         }
+    }
+
+    #[test]
+    fn except_skips_the_members_of_its_channels() {
+        let mut d = Delivery::new(Target::Channels(vec!["Chat".into()]), Utf8Bytes::from("{}"));
+        d.audience = except_audience(&["vip".into(), "ops".into()]);
+        let in_vip = |c: &str| c == "Chat" || c == "vip";
+        let not = |c: &str| c == "Chat";
+        let c = codec();
+        assert_eq!(c.slot(&d, &to(Some(&in_vip))), Slot::Skip);
+        assert_eq!(c.slot(&d, &to(Some(&not))), Slot::Shared(0));
+        assert_eq!(except_audience(&[]), None);
     }
 
     #[test]
