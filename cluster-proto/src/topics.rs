@@ -57,9 +57,7 @@ impl Topics {
     /// `{p}.ch.{{channel}}` (literal braces: a Redis Cluster hash tag shared
     /// with the channel's history and presence keys): messages for a channel.
     pub fn channel(&self, channel: &str) -> String {
-        let mut out = self.join("ch.{", channel);
-        out.push('}');
-        out
+        self.join3("ch.{", channel, "}")
     }
 
     /// `{p}.u.{user}`: messages for every connection of a user (root id).
@@ -104,10 +102,18 @@ impl Topics {
     }
 
     fn join(&self, kind: &str, name: &str) -> String {
-        let mut out = String::with_capacity(self.base.len() + kind.len() + name.len());
+        self.join3(kind, name, "")
+    }
+
+    /// `{base}{kind}{name}{end}` in one allocation of the exact size (a
+    /// topic is built for every relayed publish).
+    fn join3(&self, kind: &str, name: &str, end: &str) -> String {
+        let len = self.base.len() + kind.len() + name.len() + end.len();
+        let mut out = String::with_capacity(len);
         out.push_str(&self.base);
         out.push_str(kind);
         out.push_str(name);
+        out.push_str(end);
         out
     }
 }

@@ -190,9 +190,14 @@ impl Inner {
         match target {
             Target::Channels(names) | Target::Users(names) => {
                 let channels = matches!(target, Target::Channels(_));
-                let mut seen = HashSet::with_capacity(names.len());
+                // Most publishes name one channel: no set to build for it
+                // (an empty set does not allocate).
+                let mut seen = match names.len() {
+                    1 => HashSet::new(),
+                    n => HashSet::with_capacity(n),
+                };
                 for name in names {
-                    if !seen.insert(name.as_str()) {
+                    if names.len() > 1 && !seen.insert(name.as_str()) {
                         continue;
                     }
                     let (topic, targets) = if channels {
