@@ -25,6 +25,7 @@ pub use bounds::{ChurnLimit, IdempotencyLimits};
 mod bounds;
 pub mod cells;
 pub mod chain;
+pub mod join_hooks;
 pub mod socketio;
 
 /// Log output format.
@@ -245,6 +246,7 @@ pub struct FileConfig {
     pub cells: cells::CellsFile,
     #[serde(default)]
     pub chain: chain::ChainFile,
+    pub phoenix_join_hooks: Option<Vec<join_hooks::JoinHookFile>>,
     /// The Socket.IO front-end's `[socketio]` table.
     #[serde(default)]
     pub socketio: socketio::SocketIoFile,

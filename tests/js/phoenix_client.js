@@ -12,7 +12,10 @@
 // uses the client's LongPoll transport (over node's fetch) instead of `ws`.
 // Stdin commands (one JSON
 // per line): {"push":EVENT,"payload":…} or {"push":EVENT,"base64":…} (an
-// ArrayBuffer payload), {"leave":true}.
+// ArrayBuffer payload), {"leave":true}, {"endpoint":URL} (reconnect to
+// another node's socket URL; channels rejoin). With {"recover":true} the
+// channel's params are a function that adds {"since": <the last message's
+// ref>} (docs/phoenix.md, "Recovery on rejoin"), and messages report `ref`.
 'use strict';
 
 const WebSocket = require('ws');
@@ -36,10 +39,14 @@ socket.onOpen(() => report('open'));
 socket.onClose((e) => report('close', { code: e && e.code }));
 socket.connect();
 
-const channel = socket.channel(topic, options.joinParams || {});
-channel.onMessage = (event, payload) => {
+const joinParams = options.joinParams || {};
+let last = null;
+const params = options.recover ? () => (last ? { ...joinParams, since: last } : joinParams) : joinParams;
+const channel = socket.channel(topic, params);
+channel.onMessage = (event, payload, ref) => {
   if (typeof event === 'string' && !event.startsWith('phx_') && !event.startsWith('chan_reply_')) {
-    report('message', { name: event, payload: binary(payload) });
+    if (options.recover && typeof ref === 'string') last = ref;
+    report('message', { name: event, payload: binary(payload), ...(options.recover ? { ref } : {}) });
   }
   return payload;
 };
@@ -60,6 +67,13 @@ channel
 
 onStdinLines((line) => {
   const cmd = JSON.parse(line);
+  if (cmd.endpoint) {
+    socket.disconnect(() => {
+      socket.endPoint = `${cmd.endpoint}/websocket`;
+      socket.connect();
+    });
+    return;
+  }
   if (cmd.leave) {
     channel.leave().receive('ok', () => report('left'));
     return;

@@ -1,4 +1,5 @@
 //! Support for pubmesh end-to-end tests.
+pub mod backend;
 pub mod harness;
 pub mod js;
 pub mod phoenix;

@@ -7,10 +7,11 @@
 //! for chain sessions (`_join` with `since`, positions as the broadcast's
 //! fifth element).
 
-use pubmesh_tests::harness::{config_file, Client, Node, Redis};
+use pubmesh_tests::harness::{config_file, patience, Client, Node, Redis};
+use pubmesh_tests::js::Script;
 use pubmesh_tests::phoenix::{call, socket};
 use pubmesh_tests::sse::Sse;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const CONFIG: &str = r#"
 [[namespaces]]
@@ -246,4 +247,48 @@ async fn a_join_with_since_on_another_node_gets_exactly_what_was_missed() {
     notify(&b, "plain", 1).await;
     let v = tab.recv_until(|v| v[0] == 2 && v[1] == "plain").await;
     assert_eq!(v, json!([2, "plain", "update", {"n": 1}]));
+}
+
+/// The official client's next message: its number and its ref.
+async fn js_message(c: &mut Script) -> (u64, Value) {
+    let v = c
+        .wait_for("a message", patience(30), |v| v["event"] == "message")
+        .await;
+    (v["payload"]["n"].as_u64().expect("n"), v["ref"].clone())
+}
+
+/// The official `phoenix` client with its params as a function of the last
+/// ref it saw: killed node, reconnect to the other, automatic rejoin with
+/// `since`, exactly the missed messages.
+#[tokio::test]
+async fn the_official_client_rejoins_with_since_after_its_node_is_killed() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let file = config_file(CONFIG);
+    let args = ["--redis-url", url.as_str(), "--config", file.as_str()];
+    let (mut a, b) = pubmesh_tests::harness::two_nodes(&args).await;
+    let endpoint = |n: &Node| format!("ws://127.0.0.1:{}/socket", n.port);
+    let options = json!({"recover": true}).to_string();
+    let mut c = Script::spawn("phoenix_client.js", &[&endpoint(&a), "room:1", &options]);
+    let joined = c.wait_event("joined", patience(30)).await;
+    assert!(joined["response"]["position"].is_string(), "{joined}");
+    b.wait_members("room:1", 1).await;
+    notify(&b, "room:1", 1).await;
+    notify(&b, "room:1", 2).await;
+    assert_eq!(js_message(&mut c).await.0, 1);
+    let (n, last) = js_message(&mut c).await;
+    assert_eq!(n, 2);
+    assert!(last.is_string(), "{last}");
+
+    kill_and_publish(&mut a, &b).await;
+    c.send_line(&json!({"endpoint": endpoint(&b)}).to_string())
+        .await;
+    let rejoined = c.wait_event("joined", patience(60)).await;
+    assert_eq!(rejoined["response"]["recovered"], true, "{rejoined}");
+    notify(&b, "room:1", 6).await;
+    let mut got = Vec::new();
+    while got.last() != Some(&6) {
+        got.push(js_message(&mut c).await.0);
+    }
+    assert_eq!(got, [3, 4, 5, 6]);
 }

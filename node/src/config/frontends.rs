@@ -27,6 +27,8 @@ pub struct PhoenixConfig {
     pub heartbeat_timeout: Duration,
     /// How long a long-polling session outlives its last poll.
     pub longpoll_grace: Duration,
+    /// Backend join hooks by topic pattern (`[[phoenix_join_hooks]]`).
+    pub join_hooks: Vec<super::join_hooks::JoinHook>,
 }
 
 impl PhoenixConfig {
@@ -54,6 +56,9 @@ impl PhoenixConfig {
         Ok(PhoenixConfig {
             heartbeat_timeout: Duration::from_millis(ms),
             longpoll_grace: Duration::from_millis(grace_ms),
+            join_hooks: super::join_hooks::resolve(
+                file.phoenix_join_hooks.as_deref().unwrap_or_default(),
+            )?,
         })
     }
 }
@@ -63,6 +68,7 @@ impl Default for PhoenixConfig {
         PhoenixConfig {
             heartbeat_timeout: Duration::from_secs(60),
             longpoll_grace: Duration::from_secs(15),
+            join_hooks: Vec::new(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`session`]: one socket's protocol state, over the node's operations.
 
 pub mod codec;
+pub mod hook;
 pub mod longpoll;
 pub mod recover;
 pub mod session;

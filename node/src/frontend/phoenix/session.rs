@@ -10,8 +10,9 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::codec::presence_map;
-use super::recover;
 use super::wire::{self, DecodeError, Inbound, Message, Params, Payload, Ref, Status, Vsn};
+use super::{hook, recover};
+use crate::config::join_hooks::JoinHook;
 use crate::conn::Conn;
 use crate::delivery::{Delivery, Target};
 use crate::node::{JoinRequest, MeshError, Node, Read};
@@ -58,6 +59,9 @@ pub mod reasons {
     pub const BAD_SINCE: &str = "bad_since";
     /// A join with `since` to a topic that keeps no history.
     pub const NO_HISTORY: &str = "no_history";
+    /// A join hook's backend refused the join (the reply carries its reason).
+    pub const BACKEND_REFUSED: &str = "backend_refused";
+    pub use super::super::hook::reasons::*;
 
     pub const ALL: &[&str] = &[
         BAD_FRAME,
@@ -77,6 +81,10 @@ pub mod reasons {
         SESSION_GONE,
         BAD_SINCE,
         NO_HISTORY,
+        BACKEND_REFUSED,
+        BACKEND_TIMEOUT,
+        BACKEND_UNAVAILABLE,
+        BACKEND_BAD_ANSWER,
     ];
 }
 
@@ -148,7 +156,22 @@ impl PhoenixSession {
     }
 
     fn refuse(&self, join_ref: Option<&Ref>, reference: Option<&Ref>, topic: &str, why: &str) {
-        self.node.metrics.frontend.error(FRONTEND, why);
+        self.refuse_as(join_ref, reference, topic, why, None);
+    }
+
+    /// An error reply with reason `why`, counted as `code` (else `why`).
+    fn refuse_as(
+        &self,
+        join_ref: Option<&Ref>,
+        reference: Option<&Ref>,
+        topic: &str,
+        why: &str,
+        code: Option<&str>,
+    ) {
+        self.node
+            .metrics
+            .frontend
+            .error(FRONTEND, code.unwrap_or(why));
         tracing::debug!(topic, reason = why, client_id = %self.conn.client_id, "phoenix error reply");
         self.send(wire::encode_reply(
             self.vsn,
@@ -273,6 +296,23 @@ impl PhoenixSession {
             }
             Err(_) => return self.refuse(jr, r, &topic, reasons::BAD_SINCE),
         }
+        // A backend join hook decides, and gives the reply's response.
+        let mut hooked = None;
+        let hooks = &self.node.config.phoenix.join_hooks;
+        if let Some(h) = crate::config::join_hooks::hook_for(hooks, &topic) {
+            match self.ask_hook(h, &topic, &params).await {
+                hook::Verdict::Ok(response) => hooked = Some(response),
+                hook::Verdict::Refused(why) => {
+                    let code = match why.as_str() {
+                        hook::reasons::BACKEND_TIMEOUT
+                        | hook::reasons::BACKEND_UNAVAILABLE
+                        | hook::reasons::BACKEND_BAD_ANSWER => None,
+                        _ => Some(reasons::BACKEND_REFUSED),
+                    };
+                    return self.refuse_as(jr, r, &topic, &why, code);
+                }
+            }
+        }
         let channels = [topic.clone()];
         let request = JoinRequest {
             channels: &channels,
@@ -287,7 +327,7 @@ impl PhoenixSession {
                 r,
                 &topic,
                 Status::Ok,
-                &recover::join_response(joined, &topic),
+                &join_response(hooked.as_deref(), joined, &topic),
             )))
         };
         if let Err(e) = self.node.join(&self.conn, request, ok).await {
@@ -316,6 +356,26 @@ impl PhoenixSession {
                 Err(e) => tracing::warn!(error = %e, topic, "presence_state unavailable"),
             }
         }
+    }
+
+    /// Ask a join hook's backend, with the socket's claims.
+    async fn ask_hook(&self, h: &JoinHook, topic: &str, params: &Params) -> hook::Verdict {
+        let (user_id, authenticated, token) = {
+            let state = self.conn.state.lock();
+            (
+                state.root_id.clone(),
+                state.authenticated,
+                state.token.clone(),
+            )
+        };
+        let call = hook::JoinCall {
+            topic,
+            params: params.raw(),
+            client_id: &self.conn.client_id,
+            user_id: &user_id,
+            authenticated,
+        };
+        hook::ask(h, &call, token.as_deref()).await
     }
 
     async fn push(
@@ -353,6 +413,28 @@ impl PhoenixSession {
             Err(e) => self.refuse(jr, r, &topic, mesh_reason(&e)),
         }
     }
+}
+
+/// A join reply's response: the hook's (or `{}`), with the position and
+/// recovery fields on history channels.
+fn join_response(
+    hooked: Option<&RawValue>,
+    joined: &crate::node::Joined,
+    topic: &str,
+) -> Box<RawValue> {
+    let positions = recover::join_response(joined, topic);
+    let Some(hooked) = hooked else {
+        return positions;
+    };
+    if positions.get() == "{}" {
+        return hooked.to_owned();
+    }
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(hooked.get()).unwrap_or_default();
+    if let Ok(serde_json::Value::Object(extra)) = serde_json::from_str(positions.get()) {
+        map.extend(extra);
+    }
+    serde_json::value::to_raw_value(&map).expect("a join response serializes")
 }
 
 fn empty() -> Box<RawValue> {
