@@ -50,7 +50,10 @@ pub fn id_list(ids: Vec<String>, field: &str, max: usize) -> Result<Vec<String>,
     }
     let channels = field == "channel_ids";
     let clients = field == "client_ids";
-    let mut seen = std::collections::HashSet::with_capacity(ids.len().min(max + 1));
+    // Most lists name one id: no set (and no copy of the id) for it.
+    let many = ids.len() > 1;
+    let mut seen =
+        std::collections::HashSet::with_capacity(if many { ids.len().min(max + 1) } else { 0 });
     let mut out = Vec::with_capacity(ids.len().min(max));
     for id in ids {
         if channels {
@@ -65,7 +68,7 @@ pub fn id_list(ids: Vec<String>, field: &str, max: usize) -> Result<Vec<String>,
                 serde_json::to_string(&id).expect("strings serialize")
             ));
         }
-        if seen.contains(id.as_str()) {
+        if many && seen.contains(id.as_str()) {
             continue;
         }
         if out.len() == max {
@@ -73,7 +76,9 @@ pub fn id_list(ids: Vec<String>, field: &str, max: usize) -> Result<Vec<String>,
                 "{field} may name at most {max} distinct ids (--max-ids-per-message)"
             ));
         }
-        seen.insert(id.clone());
+        if many {
+            seen.insert(id.clone());
+        }
         out.push(id);
     }
     Ok(out)
