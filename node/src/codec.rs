@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Target};
 
 /// Per-connection data a front-end attaches for its codec (e.g. a Cells
 /// session's claims), read back by downcasting in [`Codec::slot`].
@@ -59,6 +59,24 @@ pub enum Slot {
     Own,
     /// Not sent to this recipient.
     Skip,
+}
+
+impl Slot {
+    /// The slot of a topic-framed protocol (Phoenix, chain): a publication
+    /// to a channel is shared by every member, in its positioned form
+    /// (`Shared(1)`) for members that receive positions on a history
+    /// channel; a multi-channel publication is framed per member (`Own`,
+    /// one frame per topic it joined); anything else has no frame.
+    pub fn for_topic(delivery: &Delivery, to: &Recipient<'_>) -> Slot {
+        match (&delivery.target, &delivery.channel) {
+            (Target::Channels(_), Some(_)) if to.positioned && delivery.position.is_some() => {
+                Slot::Shared(1)
+            }
+            (Target::Channels(_), Some(_)) => Slot::Shared(0),
+            (Target::Channels(_), None) => Slot::Own,
+            _ => Slot::Skip,
+        }
+    }
 }
 
 /// The frames one encoding produced.

@@ -56,16 +56,8 @@ impl Codec for ChainCodec {
         if delivery.kind != DeliveryKind::Message {
             return Slot::Skip;
         }
-        match (&delivery.target, &delivery.channel) {
-            (Target::Channels(_), Some(_)) if to.positioned && delivery.position.is_some() => {
-                Slot::Shared(1)
-            }
-            (Target::Channels(_), Some(_)) => Slot::Shared(0),
-            // One broadcast per topic the session joined.
-            (Target::Channels(_), None) => Slot::Own,
-            // chain frames topics only.
-            _ => Slot::Skip,
-        }
+        // Topics only: no frame for a user, a client or everyone.
+        Slot::for_topic(delivery, to)
     }
 
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames {

@@ -68,17 +68,8 @@ impl Codec for PhoenixCodec {
     }
 
     fn slot(&self, delivery: &Delivery, to: &Recipient<'_>) -> Slot {
-        match (&delivery.target, &delivery.channel) {
-            (Target::Channels(_), Some(_)) if to.positioned && delivery.position.is_some() => {
-                Slot::Shared(1)
-            }
-            (Target::Channels(_), Some(_)) => Slot::Shared(0),
-            // One frame per topic the socket joined.
-            (Target::Channels(_), None) => Slot::Own,
-            // Phoenix has no frame for messages to a user, a client or
-            // everyone: only topics.
-            _ => Slot::Skip,
-        }
+        // Topics only: no frame for a user, a client or everyone.
+        Slot::for_topic(delivery, to)
     }
 
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames {
