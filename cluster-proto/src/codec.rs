@@ -154,6 +154,90 @@ pub fn encode(envelope: &Envelope) -> Bytes {
     Bytes::from(buf)
 }
 
+/// The recipients of a delivery for [`encode_deliver`]: one name (the
+/// common case, written as `[tag, [name]]` without building a list), or
+/// any [`Targets`].
+#[derive(Clone, Copy, Debug)]
+pub enum TargetsRef<'a> {
+    /// One channel ([`Targets::TAG_CHANNELS`]), user or client id, by tag.
+    One(u8, &'a str),
+    /// Whatever a [`Targets`] names.
+    Whole(&'a Targets),
+}
+
+impl Serialize for TargetsRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TargetsRef::One(tag, name) => (tag, [name]).serialize(s),
+            TargetsRef::Whole(targets) => targets.serialize(s),
+        }
+    }
+}
+
+/// [`Extra`] borrowed, for [`encode_deliver`]: written exactly as the
+/// owned one (five elements, a sixth only with an idempotency key).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExtraRef<'a> {
+    pub channel: Option<&'a str>,
+    pub event: Option<&'a str>,
+    pub kind: u8,
+    pub origin_client: Option<&'a str>,
+    pub audience: Option<&'a [u8]>,
+    pub idempotency: Option<&'a str>,
+}
+
+impl Serialize for ExtraRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let audience = self.audience.map(BinRef);
+        let five = (
+            self.channel,
+            self.event,
+            self.kind,
+            self.origin_client,
+            audience,
+        );
+        match self.idempotency {
+            None => five.serialize(s),
+            Some(key) => (five.0, five.1, five.2, five.3, five.4, key).serialize(s),
+        }
+    }
+}
+
+/// A current-version [`Body::Deliver`] envelope (no `exclude_client`) from
+/// borrowed parts: the bytes [`encode`] writes for the owned envelope with
+/// the same fields, without copying names, ids or the frame into one first.
+pub fn encode_deliver(
+    origin: &str,
+    seq: u64,
+    targets: TargetsRef<'_>,
+    frame: &[u8],
+    extra: &ExtraRef<'_>,
+) -> Bytes {
+    let names = match targets {
+        TargetsRef::One(_, name) => name.len() + 5,
+        TargetsRef::Whole(_) => 64,
+    };
+    let text = |s: Option<&str>| s.map_or(0, str::len);
+    let mut buf = header(
+        Kind::Deliver,
+        48 + origin.len()
+            + names
+            + frame.len()
+            + 16
+            + text(extra.channel)
+            + text(extra.event)
+            + text(extra.origin_client)
+            + extra.audience.map_or(0, <[u8]>::len)
+            + text(extra.idempotency),
+    );
+    write_payload(
+        &mut buf,
+        (origin, seq, crate::now_micros()),
+        (targets, BinRef(frame), None::<&str>, extra),
+    );
+    Bytes::from(buf)
+}
+
 /// A [`Body::Batch`] envelope from envelopes already encoded (each one of
 /// `origin`, none a batch): the bytes [`encode`] writes for the batch of
 /// their decoded forms, without decoding them.

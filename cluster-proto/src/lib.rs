@@ -109,8 +109,9 @@ mod ids;
 mod topics;
 
 pub use codec::{
-    batch_overhead, decode, encode, encode_batch, encode_publication_head, peek_kind, DecodeError,
-    BATCH_ITEM_OVERHEAD, HEADER_LEN, MAGIC, MAX_ENVELOPE_BYTES,
+    batch_overhead, decode, encode, encode_batch, encode_deliver, encode_publication_head,
+    peek_kind, DecodeError, ExtraRef, TargetsRef, BATCH_ITEM_OVERHEAD, HEADER_LEN, MAGIC,
+    MAX_ENVELOPE_BYTES,
 };
 pub use envelope::{
     now_micros, Body, Delivery, Envelope, Extra, Kind, NodeInfo, Targets, MIN_PROTOCOL_VERSION,

@@ -690,3 +690,65 @@ fn a_batch_inside_a_batch_or_of_another_origin_is_malformed() {
         Err(DecodeError::BadMagic { got: *b"XX" })
     );
 }
+
+#[test]
+fn encode_deliver_writes_the_bytes_of_encode() {
+    let extras = [
+        Extra::default(),
+        Extra {
+            channel: Some("news".into()),
+            event: Some("created".into()),
+            kind: 2,
+            origin_client: Some("n1-abc".into()),
+            audience: Some(Bytes::from_static(b"\x00\xffaud")),
+            idempotency: None,
+        },
+        Extra {
+            channel: Some("news".into()),
+            origin_client: Some("n1-abc".into()),
+            idempotency: Some("u:alice:k1".into()),
+            ..Extra::default()
+        },
+    ];
+    let many = Targets::Clients(vec!["n2-a".into(), "n2-b".into()]);
+    let targets = [
+        (
+            TargetsRef::One(Targets::TAG_CHANNELS, "news"),
+            Targets::Channels(vec!["news".into()]),
+        ),
+        (
+            TargetsRef::One(Targets::TAG_USERS, "alice"),
+            Targets::Users(vec!["alice".into()]),
+        ),
+        (TargetsRef::Whole(&many), many.clone()),
+        (TargetsRef::Whole(&Targets::All), Targets::All),
+    ];
+    let frame = br#"{"type":"channel","data":{"x":1}}"#;
+    for extra in &extras {
+        for (borrowed, owned) in &targets {
+            let by_ref = ExtraRef {
+                channel: extra.channel.as_deref(),
+                event: extra.event.as_deref(),
+                kind: extra.kind,
+                origin_client: extra.origin_client.as_deref(),
+                audience: extra.audience.as_deref(),
+                idempotency: extra.idempotency.as_deref(),
+            };
+            let wire = encode_deliver("n1", 42, *borrowed, frame, &by_ref);
+            let env = decode(&wire).expect("decodes");
+            assert_eq!(env.origin, "n1");
+            assert_eq!(env.seq, 42);
+            assert_eq!(
+                env.body,
+                Body::Deliver(Delivery {
+                    targets: owned.clone(),
+                    frame: Bytes::from_static(frame),
+                    exclude_client: None,
+                    extra: extra.clone(),
+                })
+            );
+            // Byte for byte what `encode` writes for the same envelope.
+            assert_eq!(encode(&env), wire);
+        }
+    }
+}

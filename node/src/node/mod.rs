@@ -261,6 +261,15 @@ impl Node {
         if delivery.idempotency.is_some() {
             return self.publish_keyed(delivery, scope, confirm).await;
         }
+        if self.names_no_history(&delivery) {
+            // The common case takes the delivery as it is, without a copy.
+            let (sent, relayed) = self.publish_relayed(delivery, scope);
+            return Ok(if confirm {
+                self.confirm(sent, relayed).await
+            } else {
+                sent
+            });
+        }
         let (plain, with_history) = self.split_history(&delivery, scope)?;
         let mut done = Published::default();
         if let Some(part) = plain {
@@ -280,6 +289,15 @@ impl Node {
         Ok(done)
     }
 
+    /// True when `delivery` names no history channel (so all of it takes
+    /// the plain path).
+    fn names_no_history(&self, delivery: &Delivery) -> bool {
+        match &delivery.target {
+            Target::Channels(channels) => self.config.namespaces.is_plain_for(channels),
+            _ => true,
+        }
+    }
+
     /// The part of a publish that takes the plain path (everything but
     /// history channels; `None` when nothing does), and the history channels.
     /// A `Scope::Local` publish naming a history channel is refused: it
@@ -293,7 +311,7 @@ impl Node {
         let Target::Channels(channels) = &delivery.target else {
             return whole();
         };
-        if self.config.namespaces.is_plain_for(channels) {
+        if self.names_no_history(delivery) {
             return whole();
         }
         let (with_history, plain_channels): (Vec<String>, Vec<String>) = channels

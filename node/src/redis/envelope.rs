@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use pubmesh_cluster_proto::Extra;
+use pubmesh_cluster_proto::{Extra, ExtraRef};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::delivery::{Delivery, DeliveryKind, Position, Target};
@@ -17,6 +17,19 @@ pub fn extra_of(delivery: &Delivery) -> Extra {
         origin_client: delivery.origin.as_deref().map(str::to_string),
         audience: delivery.audience.clone(),
         idempotency: delivery.idempotency.as_deref().map(str::to_string),
+    }
+}
+
+/// The envelope's extra part of a delivery, borrowed from it (what
+/// [`extra_of`] copies).
+pub fn extra_ref(delivery: &Delivery) -> ExtraRef<'_> {
+    ExtraRef {
+        channel: delivery.channel.as_deref(),
+        event: delivery.event.as_deref(),
+        kind: delivery.kind.tag(),
+        origin_client: delivery.origin.as_deref(),
+        audience: delivery.audience.as_deref(),
+        idempotency: delivery.idempotency.as_deref(),
     }
 }
 

@@ -74,7 +74,8 @@ impl Inner {
                 // which covers siblings, copies and retries sent through
                 // other nodes alike (see `crate::idempotency`).
                 let keyed = extra.idempotency.is_some();
-                let local = |target: Target| delivery_of(target, data.clone(), extra.clone(), None);
+                // Exactly one arm below delivers: it takes the data and extra.
+                let local = move |target: Target| delivery_of(target, data, extra, None);
                 match delivery.targets {
                     Targets::Channels(v) if v.len() == 1 && envelope.seq % 2 == 1 && !keyed => {
                         // One envelope of a multi-channel publish: skip the

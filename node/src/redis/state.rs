@@ -10,12 +10,12 @@ use bytes::Bytes;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use parking_lot::Mutex;
-use pubmesh_cluster_proto::{self as proto, Body, Envelope, Extra, Targets, Topics};
+use pubmesh_cluster_proto::{self as proto, Body, Envelope, Extra, Targets, TargetsRef, Topics};
 use tokio::sync::mpsc;
 
 use super::client::shard_index;
 use super::dedup::{Groups, SeenSeqs};
-use super::envelope::extra_of;
+use super::envelope::{extra_of, extra_ref};
 use super::health::ServerHealth;
 use super::queue::{Ack, Budget, Lane, Outgoing, OVERHEAD};
 use super::store::{PublishSpec, RedisStore};
@@ -159,33 +159,17 @@ impl Inner {
         self.send(0, item, kind);
     }
 
-    pub(super) fn deliver_envelope(
-        &self,
-        seq: u64,
-        targets: Targets,
-        frame: &Bytes,
-        extra: &Extra,
-    ) -> Bytes {
-        proto::encode(&Envelope::new(
-            self.node_id.clone(),
-            seq,
-            Body::Deliver(proto::Delivery {
-                targets,
-                frame: frame.clone(),
-                exclude_client: None,
-                extra: extra.clone(),
-            }),
-        ))
-    }
-
     /// One envelope per topic, each carrying only its own names; ids are
     /// de-duplicated first.
     pub(super) fn publish(&self, delivery: &Delivery) -> Relayed {
         let target = &delivery.target;
-        let frame = Bytes::from(delivery.data.clone());
-        let extra = extra_of(delivery);
-        // (server, topic, targets) of every envelope.
-        let mut parts: Vec<(usize, String, Targets)> = Vec::new();
+        let frame = delivery.data.as_bytes();
+        let extra = extra_ref(delivery);
+        // (server, topic, targets) of every envelope. A channel's or user's
+        // envelope names it without a copy ([`TargetsRef::One`]).
+        const ALL: &Targets = &Targets::All;
+        let mut by_node: Vec<(&str, Targets)> = Vec::new();
+        let mut parts: Vec<(usize, String, TargetsRef<'_>)> = Vec::new();
         let mut group = false;
         match target {
             Target::Channels(names) | Target::Users(names) => {
@@ -200,14 +184,12 @@ impl Inner {
                     if names.len() > 1 && !seen.insert(name.as_str()) {
                         continue;
                     }
-                    let (topic, targets) = if channels {
-                        (
-                            self.topics.channel(name),
-                            Targets::Channels(vec![name.clone()]),
-                        )
+                    let (topic, tag) = if channels {
+                        (self.topics.channel(name), Targets::TAG_CHANNELS)
                     } else {
-                        (self.topics.user(name), Targets::Users(vec![name.clone()]))
+                        (self.topics.user(name), Targets::TAG_USERS)
                     };
+                    let targets = TargetsRef::One(tag, name.as_str());
                     parts.push((self.server_for(name), topic, targets));
                 }
                 // A connection may be in several of the channels (never in
@@ -215,25 +197,29 @@ impl Inner {
                 group = channels && parts.len() > 1;
             }
             Target::Clients(ids) => {
-                let mut by_node: HashMap<&str, Vec<String>> = HashMap::new();
+                let mut owners: HashMap<&str, Vec<String>> = HashMap::new();
                 let mut seen = HashSet::with_capacity(ids.len());
                 for id in ids {
                     if !seen.insert(id.as_str()) {
                         continue;
                     }
                     if let Some(owner) = proto::owner_node(id) {
-                        by_node.entry(owner).or_default().push(id.clone());
+                        owners.entry(owner).or_default().push(id.clone());
                     }
                 }
-                for (owner, ids) in by_node {
-                    parts.push((
-                        self.server_for(owner),
-                        self.topics.node(owner),
-                        Targets::Clients(ids),
-                    ));
-                }
+                by_node = owners
+                    .into_iter()
+                    .map(|(owner, ids)| (owner, Targets::Clients(ids)))
+                    .collect();
             }
-            Target::All => parts.push((0, self.topics.all(), Targets::All)),
+            Target::All => parts.push((0, self.topics.all(), TargetsRef::Whole(ALL))),
+        }
+        for (owner, targets) in &by_node {
+            parts.push((
+                self.server_for(owner),
+                self.topics.node(owner),
+                TargetsRef::Whole(targets),
+            ));
         }
         if parts.is_empty() {
             return Relayed::Nothing;
@@ -245,7 +231,7 @@ impl Inner {
             let shared = group.then(|| self.next_seq() + 1);
             for (server, topic, targets) in parts {
                 let seq = shared.unwrap_or_else(|| self.next_seq());
-                let payload = self.deliver_envelope(seq, targets, &frame, &extra);
+                let payload = proto::encode_deliver(&self.node_id, seq, targets, frame, &extra);
                 let item = self.outgoing(topic, payload, Some(&ack));
                 if self.send(server, item, "deliver") {
                     queued += 1;
