@@ -245,6 +245,10 @@ impl ChainSession {
                 event,
                 payload,
             } => {
+                // A membership the node revoked (`_close` sent) is gone.
+                if !self.conn.is_member(&topic) {
+                    protocol.joined.remove(&topic);
+                }
                 if !protocol.joined.contains_key(&topic) {
                     self.refuse(join_ref, reference, Reason::UnmatchedTopic.into());
                     return Ok(());
@@ -315,6 +319,9 @@ impl ChainSession {
         };
         // A rejoin under another join ref closes the old membership for the
         // client (chain's `_close` for the old join ref).
+        if !self.conn.is_member(&topic) {
+            protocol.joined.remove(&topic);
+        }
         if let Some((old_join, old_ref)) = protocol.joined.get(&topic).copied() {
             if old_join != join_ref {
                 self.send(Message::close(old_join, old_ref, &topic));

@@ -387,6 +387,10 @@ impl PhoenixSession {
         payload: Payload,
     ) {
         let (jr, r) = (join_ref.as_ref(), reference.as_ref());
+        // A membership the node revoked (phx_close sent) is gone here too.
+        if self.joined.contains_key(&topic) && !self.conn.is_member(&topic) {
+            self.joined.remove(&topic);
+        }
         if !self.joined.contains_key(&topic) {
             return self.refuse(jr, r, &topic, reasons::UNMATCHED_TOPIC);
         }
