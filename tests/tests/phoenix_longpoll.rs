@@ -56,6 +56,24 @@ async fn phoenix_connections(node: &Node) -> f64 {
         .await
 }
 
+/// A publication through `node` with event `news` reaches the script.
+async fn news_reaches(node: &Node, topic: &str, n: u64, script: &mut Script) {
+    let (status, body) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": [topic], "event": "news", "data": {"n": n}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let m = script
+        .wait_for("news", patience(30), |v| v["event"] == "message")
+        .await;
+    assert_eq!(
+        (&m["name"], &m["payload"]),
+        (&json!("news"), &json!({"n": n}))
+    );
+}
+
 #[tokio::test]
 async fn the_official_long_poll_transport_joins_pushes_and_receives_across_nodes() {
     let redis = Redis::start().await;
@@ -77,20 +95,7 @@ async fn the_official_long_poll_transport_joins_pushes_and_receives_across_nodes
     b.wait_members("room:1", 2).await;
 
     // A publication on the other node, with an event name.
-    let (status, body) = b
-        .post(
-            "/api/notify/channels",
-            json!({"channel_ids": ["room:1"], "event": "news", "data": {"n": 1}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let m = script
-        .wait_for("news", patience(30), |v| v["event"] == "message")
-        .await;
-    assert_eq!(
-        (&m["name"], &m["payload"]),
-        (&json!("news"), &json!({"n": 1}))
-    );
+    news_reaches(&b, "room:1", 1, &mut script).await;
 
     // A push: replied to, broadcast to the channel (the pusher too).
     script
@@ -270,20 +275,7 @@ async fn a_poll_on_another_node_gets_410_and_the_official_client_reconnects_ther
     a.wait_members("room:7", 1).await;
 
     // It works on B: a publication through A reaches it, a push is answered.
-    let (status, body) = a
-        .post(
-            "/api/notify/channels",
-            json!({"channel_ids": ["room:7"], "event": "news", "data": {"n": 7}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let m = script
-        .wait_for("news", patience(30), |v| v["event"] == "message")
-        .await;
-    assert_eq!(
-        (&m["name"], &m["payload"]),
-        (&json!("news"), &json!({"n": 7}))
-    );
+    news_reaches(&a, "room:7", 7, &mut script).await;
     script
         .send_line(&json!({"push": "said", "payload": {}}).to_string())
         .await;
