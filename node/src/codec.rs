@@ -141,10 +141,10 @@ pub trait Codec: Send + Sync + 'static {
         false
     }
 
-    /// A frame telling the connection about a node event, if this protocol
-    /// has one.
-    fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice<'_>) -> Option<Utf8Bytes> {
-        None
+    /// The frames telling the connection about a node event, if this
+    /// protocol has any.
+    fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice<'_>) -> Frames {
+        Frames::None
     }
 
     /// A counter of frames queued to this codec's connections (per
