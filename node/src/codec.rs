@@ -134,10 +134,10 @@ pub trait Codec: Send + Sync + 'static {
     /// first recipient of that slot and must not change the result).
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames;
 
-    /// A frame telling the connection about a node event, if this protocol
-    /// has one.
-    fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice<'_>) -> Option<Utf8Bytes> {
-        None
+    /// The frames telling the connection about a node event, if this
+    /// protocol has any.
+    fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice<'_>) -> Frames {
+        Frames::None
     }
 
     /// A counter of frames queued to this codec's connections (per

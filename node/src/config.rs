@@ -248,6 +248,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub chain: chain::ChainFile,
     pub phoenix_join_hooks: Option<Vec<join_hooks::JoinHookFile>>,
+    pub channel_events: Option<Vec<join_hooks::EventRuleFile>>,
     /// The Socket.IO front-end's `[socketio]` table.
     #[serde(default)]
     pub socketio: socketio::SocketIoFile,
