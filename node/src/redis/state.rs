@@ -60,6 +60,9 @@ pub(super) struct Wishes {
     /// Interest changes made so far; the interest task reports in
     /// [`Inner::applied`] how many of them are in place at the broker.
     pub(super) requested: u64,
+    /// (server, topic) → the change that last asked for it, while that
+    /// change is not yet applied: what a join of the topic waits for.
+    pub(super) adds: HashMap<(usize, String), u64>,
 }
 
 pub(super) struct Peer {
