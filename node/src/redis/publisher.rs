@@ -98,6 +98,12 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
                 tokio::time::sleep(OUTAGE_POLL).await;
                 continue;
             }
+            tracing::info!(
+                server = %inner.servers[server].url,
+                held = batch.len() + lane.len(),
+                waited_ms = now.duration_since(since).as_millis() as u64,
+                "subscriptions here and at every peer back; sending what was held"
+            );
             outage = false;
             back = None;
         }
