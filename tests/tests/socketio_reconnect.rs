@@ -3,7 +3,8 @@
 //! A of two nodes sharing a Redis, reconnect by themselves when the link
 //! drops and when A restarts; what they emitted while disconnected
 //! (buffered by the client) is sent on reconnection and acked, and room
-//! events published on node B reach them again.
+//! events published on node B reach them again; a node that stops
+//! answering is left at the ping timeout, and rejoined when it answers.
 
 use pubmesh_tests::harness::{config_file, patience, Node, Redis};
 use pubmesh_tests::js::Script;
@@ -120,4 +121,18 @@ async fn the_official_clients_reconnect_by_themselves_and_send_what_they_buffere
         assert_eq!(update(c).await, json!({"n": 2}));
         assert_eq!(update(c).await, json!({"n": 3}));
     }
+
+    // The node stops answering (SIGSTOP): each client's ping timeout (the
+    // announced interval plus timeout, 3 s) ends the connection, and it
+    // reconnects once the node runs again.
+    a.freeze();
+    for c in &mut clients {
+        let gone = c.wait_event("disconnect", patience(30)).await;
+        assert_eq!(gone["reason"], "ping timeout", "{gone}");
+    }
+    a.thaw();
+    for c in &mut clients {
+        connected(c).await;
+    }
+    a.wait_members("Chat", 2).await;
 }
