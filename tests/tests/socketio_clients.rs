@@ -236,6 +236,10 @@ async fn rooms_are_channels_across_two_nodes_with_flamencos_subscription_table()
         json!(["ok"])
     );
     a.wait_members(&job_room, 0).await;
+    // Per-namespace metrics: the 9 client events anon sent, on its node.
+    let events_in = r#"pubmesh_socketio_events_in_total{namespace="/"}"#;
+    assert_eq!(a.metric(events_in).await, 9.0);
+    assert_eq!(b.metric(events_in).await, 0.0);
 
     // To one socket, by its id, from the other node: an event in `/`.
     let (status, body) = b
