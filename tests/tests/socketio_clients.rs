@@ -541,7 +541,7 @@ async fn socketio_client_2_over_websocket_and_polling_with_client_pings() {
 }
 
 /// A backend for client events: Flamenco's `/chat`, and events that echo,
-/// join a room, time out or fail. Records the Authorization header of each
+/// join or leave a room, time out or fail. Records the Authorization header of each
 /// call.
 async fn event_backend() -> (String, std::sync::Arc<tokio::sync::Mutex<Vec<Value>>>) {
     use axum::routing::post;
@@ -572,6 +572,7 @@ async fn event_backend() -> (String, std::sync::Arc<tokio::sync::Mutex<Vec<Value
             }))
             .into_response(),
             "vip" => Json(json!({"join": ["vip"], "ack": ["in"]})).into_response(),
+            "unvip" => Json(json!({"leave": ["vip"], "ack": ["out"]})).into_response(),
             "slow" => {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 Json(json!({})).into_response()
@@ -665,6 +666,11 @@ async fn client_events_go_to_the_backend_and_its_answer_is_the_ack() {
     assert_eq!(calls.last().unwrap()["call"]["args"], echoed);
     assert_eq!(emit_ack(&mut other, "vip", json!([])).await, json!(["in"]));
     a.wait_members("vip", 1).await;
+    assert_eq!(
+        emit_ack(&mut other, "unvip", json!([])).await,
+        json!(["out"])
+    );
+    a.wait_members("vip", 0).await;
 
     // Timeouts and errors are error acks, never a hang.
     let ack = emit_ack(&mut chatter, "slow", json!([])).await;
