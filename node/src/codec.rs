@@ -90,7 +90,7 @@ pub enum Frames {
 
 impl Frames {
     /// Every frame, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Utf8Bytes> {
+    pub fn iter(&self) -> impl Iterator<Item = &Utf8Bytes> + Clone {
         let (one, many): (Option<&Utf8Bytes>, &[Utf8Bytes]) = match self {
             Frames::None => (None, &[]),
             Frames::One(f) => (Some(f), &[]),
@@ -133,6 +133,13 @@ pub trait Codec: Send + Sync + 'static {
     /// Encode `delivery` for `slot` (for [`Slot::Shared`], `to` is just the
     /// first recipient of that slot and must not change the result).
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames;
+
+    /// May `delivery` be dropped for this codec's connections when their
+    /// outbox is behind, rather than queued (a Socket.IO `volatile` emit)?
+    /// Asked only for deliveries that carry an audience.
+    fn droppable(&self, _delivery: &Delivery) -> bool {
+        false
+    }
 
     /// The frames telling the connection about a node event, if this
     /// protocol has any.
