@@ -84,6 +84,13 @@ async fn the_official_clients_reconnect_by_themselves_and_send_what_they_buffere
         ids.push(connected(c).await);
     }
 
+    // The 4.x client's own ack timeout: an event nothing handles (there is
+    // no backend) is never acked, and the client says so after 300 ms.
+    let line = json!({"emit": "nobody", "args": [], "ack": true, "timeout": 300});
+    clients[0].send_line(&line.to_string()).await;
+    let ack = clients[0].wait_event("ack", patience(30)).await;
+    assert_eq!(ack["error"], "operation has timed out", "{ack}");
+
     // The link drops: each client sees it, emits while disconnected, and
     // reconnects once the link is back; the buffered emit then joins it.
     proxy.cut();
