@@ -573,6 +573,7 @@ async fn event_backend() -> (String, std::sync::Arc<tokio::sync::Mutex<Vec<Value
             .into_response(),
             "vip" => Json(json!({"join": ["vip"], "ack": ["in"]})).into_response(),
             "unvip" => Json(json!({"leave": ["vip"], "ack": ["out"]})).into_response(),
+            "bytes" => Json(json!({"ack": [{"$binary": "aGk="}, "as bytes"]})).into_response(),
             "slow" => {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 Json(json!({})).into_response()
@@ -671,6 +672,11 @@ async fn client_events_go_to_the_backend_and_its_answer_is_the_ack() {
         json!(["out"])
     );
     a.wait_members("vip", 0).await;
+    // Bytes in the ack: a BINARY_ACK, a Buffer in the client's callback.
+    assert_eq!(
+        emit_ack(&mut other, "bytes", json!([])).await,
+        json!([{"base64": "aGk="}, "as bytes"])
+    );
 
     // Timeouts and errors are error acks, never a hang.
     let ack = emit_ack(&mut chatter, "slow", json!([])).await;
