@@ -282,3 +282,49 @@ async fn a_poll_on_another_node_gets_410_and_the_official_client_reconnects_ther
     let reply = script.wait_event("reply", patience(30)).await;
     assert_eq!(reply["status"], "ok", "{reply}");
 }
+
+/// A session whose client stops polling while its channel keeps publishing
+/// overflows its outbox (`--outbox-bytes`): it ends (slow consumer, as a
+/// WebSocket would be closed with 4008), its membership goes, and its next
+/// poll gets 410, so the client knows to reconnect and rejoin: nothing is
+/// dropped silently.
+#[tokio::test]
+async fn an_overflowing_session_ends_and_its_next_poll_gets_410() {
+    let node = Node::start(&[
+        "--max-message-size",
+        "1024",
+        "--outbox-bytes",
+        "4096",
+        "--phoenix-longpoll-grace-ms",
+        "60000",
+    ])
+    .await;
+    let base = node.http();
+    let token = open(&base).await;
+    let url = format!("{base}/socket/longpoll?vsn=2.0.0&token={token}");
+    let posted = post(&url, "[\"1\",\"1\",\"room:9\",\"phx_join\",{}]").await;
+    assert_eq!(posted, json!({"status": 200}));
+    assert_eq!(frames(&base, &token, 1).await.len(), 1);
+    node.wait_members("room:9", 1).await;
+    let before = node
+        .metric("pubmesh_connections_closed_total{reason=\"slow_consumer\"}")
+        .await;
+    let text = "x".repeat(600);
+    for n in 0..20 {
+        let (status, body) = node
+            .post(
+                "/api/notify/channels",
+                json!({"channel_ids": ["room:9"], "data": {"n": n, "text": text}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    node.wait_members("room:9", 0).await;
+    assert_eq!(get(&url).await, json!({"status": 410}));
+    assert_eq!(
+        node.metric("pubmesh_connections_closed_total{reason=\"slow_consumer\"}")
+            .await,
+        before + 1.0
+    );
+    assert_eq!(phoenix_connections(&node).await, 0.0);
+}

@@ -3,7 +3,8 @@
 //! A of two nodes sharing a Redis, reconnect by themselves when the link
 //! drops and when A restarts; what they emitted while disconnected
 //! (buffered by the client) is sent on reconnection and acked, and room
-//! events published on node B reach them again.
+//! events published on node B reach them again; a node that stops
+//! answering is left at the ping timeout, and rejoined when it answers.
 
 use pubmesh_tests::harness::{config_file, patience, Node, Redis};
 use pubmesh_tests::js::Script;
@@ -83,6 +84,13 @@ async fn the_official_clients_reconnect_by_themselves_and_send_what_they_buffere
         ids.push(connected(c).await);
     }
 
+    // The 4.x client's own ack timeout: an event nothing handles (there is
+    // no backend) is never acked, and the client says so after 300 ms.
+    let line = json!({"emit": "nobody", "args": [], "ack": true, "timeout": 300});
+    clients[0].send_line(&line.to_string()).await;
+    let ack = clients[0].wait_event("ack", patience(30)).await;
+    assert_eq!(ack["error"], "operation has timed out", "{ack}");
+
     // The link drops: each client sees it, emits while disconnected, and
     // reconnects once the link is back; the buffered emit then joins it.
     proxy.cut();
@@ -120,4 +128,18 @@ async fn the_official_clients_reconnect_by_themselves_and_send_what_they_buffere
         assert_eq!(update(c).await, json!({"n": 2}));
         assert_eq!(update(c).await, json!({"n": 3}));
     }
+
+    // The node stops answering (SIGSTOP): each client's ping timeout (the
+    // announced interval plus timeout, 3 s) ends the connection, and it
+    // reconnects once the node runs again.
+    a.freeze();
+    for c in &mut clients {
+        let gone = c.wait_event("disconnect", patience(30)).await;
+        assert_eq!(gone["reason"], "ping timeout", "{gone}");
+    }
+    a.thaw();
+    for c in &mut clients {
+        connected(c).await;
+    }
+    a.wait_members("Chat", 2).await;
 }
