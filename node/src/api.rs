@@ -252,6 +252,10 @@ struct NotifyChannels {
     /// `except` of a Socket.IO emit; other protocols ignore it).
     #[serde(default)]
     except: Vec<String>,
+    /// Socket.IO: may be dropped for a socket whose outbox is behind rather
+    /// than queued (a `volatile` emit; other protocols queue it).
+    #[serde(default)]
+    volatile: bool,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +270,14 @@ struct NotifyUsers {
     event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
+    /// Socket.IO sockets in any of these channels do not receive it (the
+    /// `except` of a Socket.IO emit; other protocols ignore it).
+    #[serde(default)]
+    except: Vec<String>,
+    /// Socket.IO: may be dropped for a socket whose outbox is behind rather
+    /// than queued (a `volatile` emit; other protocols queue it).
+    #[serde(default)]
+    volatile: bool,
 }
 
 #[derive(Deserialize)]
@@ -280,6 +292,14 @@ struct NotifyClients {
     event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
+    /// Socket.IO sockets in any of these channels do not receive it (the
+    /// `except` of a Socket.IO emit; other protocols ignore it).
+    #[serde(default)]
+    except: Vec<String>,
+    /// Socket.IO: may be dropped for a socket whose outbox is behind rather
+    /// than queued (a `volatile` emit; other protocols queue it).
+    #[serde(default)]
+    volatile: bool,
 }
 
 #[derive(Deserialize)]
@@ -293,6 +313,14 @@ struct Broadcast {
     event: Option<String>,
     #[serde(default)]
     idempotency_key: Option<Box<RawValue>>,
+    /// Socket.IO sockets in any of these channels do not receive it (the
+    /// `except` of a Socket.IO emit; other protocols ignore it).
+    #[serde(default)]
+    except: Vec<String>,
+    /// Socket.IO: may be dropped for a socket whose outbox is behind rather
+    /// than queued (a `volatile` emit; other protocols queue it).
+    #[serde(default)]
+    volatile: bool,
 }
 
 #[derive(Deserialize)]
@@ -325,11 +353,16 @@ async fn publish(
     frame: Utf8Bytes,
     local: bool,
     key: Option<Arc<str>>,
-    event: Option<&str>,
+    emit: Emit<'_>,
 ) -> Result<Json<Published>, ApiError> {
+    let mut except = emit.except;
+    if !except.is_empty() {
+        check_ids(node, &mut except, "except")?;
+    }
     let mut delivery = Delivery::new(target, frame);
     delivery.idempotency = key;
-    if let Some(event) = event {
+    delivery.audience = crate::frontend::socketio::codec::emit_audience(&except, emit.volatile);
+    if let Some(event) = emit.event {
         crate::limits::event_name(event).map_err(|m| bad(format!("event: {m}")))?;
         delivery.event = Some(Arc::from(event));
     }
@@ -337,6 +370,24 @@ async fn publish(
         .await
         .map(Json)
         .map_err(mesh_error)
+}
+
+/// What a publish says for protocols that name events (Phoenix, Socket.IO)
+/// and for Socket.IO emits.
+struct Emit<'a> {
+    event: Option<&'a str>,
+    except: Vec<String>,
+    volatile: bool,
+}
+
+impl<'a> Emit<'a> {
+    fn new(event: &'a Option<String>, except: Vec<String>, volatile: bool) -> Self {
+        Emit {
+            event: event.as_deref(),
+            except,
+            volatile,
+        }
+    }
 }
 
 fn count(node: &Node, kind: &str) {
@@ -352,20 +403,9 @@ async fn notify_channels(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_channels");
     let frame = frame(&req.data)?;
-    if !req.except.is_empty() {
-        check_ids(&node, &mut req.except, "except")?;
-    }
-    let mut delivery = Delivery::new(Target::Channels(req.channel_ids), frame);
-    delivery.idempotency = key;
-    delivery.audience = crate::frontend::socketio::codec::except_audience(&req.except);
-    if let Some(event) = &req.event {
-        crate::limits::event_name(event).map_err(|m| bad(format!("event: {m}")))?;
-        delivery.event = Some(Arc::from(event.as_str()));
-    }
-    node.publish_channels_confirmed(delivery, scope(req.local))
-        .await
-        .map(Json)
-        .map_err(mesh_error)
+    let emit = Emit::new(&req.event, req.except, req.volatile);
+    let target = Target::Channels(req.channel_ids);
+    publish(&node, target, frame, req.local, key, emit).await
 }
 
 async fn notify_users(
@@ -377,16 +417,9 @@ async fn notify_users(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_users");
     let frame = frame(&req.data)?;
-    let event = req.event.as_deref();
-    publish(
-        &node,
-        Target::Users(req.root_ids),
-        frame,
-        req.local,
-        key,
-        event,
-    )
-    .await
+    let emit = Emit::new(&req.event, req.except, req.volatile);
+    let target = Target::Users(req.root_ids);
+    publish(&node, target, frame, req.local, key, emit).await
 }
 
 async fn notify_clients(
@@ -398,15 +431,9 @@ async fn notify_clients(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_clients");
     let frame = frame(&req.data)?;
-    publish(
-        &node,
-        Target::Clients(req.client_ids),
-        frame,
-        req.local,
-        key,
-        req.event.as_deref(),
-    )
-    .await
+    let emit = Emit::new(&req.event, req.except, req.volatile);
+    let target = Target::Clients(req.client_ids);
+    publish(&node, target, frame, req.local, key, emit).await
 }
 
 async fn broadcast(
@@ -417,15 +444,8 @@ async fn broadcast(
     let key = idempotency(&req.idempotency_key)?;
     count(&node, "api_broadcast");
     let frame = frame(&req.data)?;
-    publish(
-        &node,
-        Target::All,
-        frame,
-        req.local,
-        key,
-        req.event.as_deref(),
-    )
-    .await
+    let emit = Emit::new(&req.event, req.except, req.volatile);
+    publish(&node, Target::All, frame, req.local, key, emit).await
 }
 
 /// `POST /api/events`: a typed event for the Cells gateway's sessions

@@ -90,7 +90,7 @@ pub enum Frames {
 
 impl Frames {
     /// Every frame, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Utf8Bytes> {
+    pub fn iter(&self) -> impl Iterator<Item = &Utf8Bytes> + Clone {
         let (one, many): (Option<&Utf8Bytes>, &[Utf8Bytes]) = match self {
             Frames::None => (None, &[]),
             Frames::One(f) => (Some(f), &[]),
@@ -134,10 +134,17 @@ pub trait Codec: Send + Sync + 'static {
     /// first recipient of that slot and must not change the result).
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames;
 
-    /// A frame telling the connection about a node event, if this protocol
-    /// has one.
-    fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice<'_>) -> Option<Utf8Bytes> {
-        None
+    /// May `delivery` be dropped for this codec's connections when their
+    /// outbox is behind, rather than queued (a Socket.IO `volatile` emit)?
+    /// Asked only for deliveries that carry an audience.
+    fn droppable(&self, _delivery: &Delivery) -> bool {
+        false
+    }
+
+    /// The frames telling the connection about a node event, if this
+    /// protocol has any.
+    fn notice(&self, _conn: &ConnInfo<'_>, _notice: Notice<'_>) -> Frames {
+        Frames::None
     }
 
     /// A counter of frames queued to this codec's connections (per

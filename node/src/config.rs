@@ -156,6 +156,9 @@ pub struct Cli {
     /// Redis channel (un)subscriptions per second this node may issue; the rest wait [default: 20000]
     #[arg(long, env = env::RELAY_INTEREST_RATE)]
     pub relay_interest_rate: Option<u32>,
+    /// Longest a join waits for Redis to confirm its new subscriptions, in ms; past it the join fails with `unavailable` instead of answering before it would receive other nodes' messages [default: 10000]
+    #[arg(long, env = env::RELAY_JOIN_TIMEOUT_MS)]
+    pub relay_join_timeout_ms: Option<u64>,
     /// Largest batch envelope: envelopes for the same Redis channel queued together share one PUBLISH up to this many bytes (at most 16777216); 0 sends each alone (the format of builds without batches) [default: 65536]
     #[arg(long, env = env::RELAY_BATCH_BYTES)]
     pub relay_batch_bytes: Option<usize>,
@@ -217,6 +220,7 @@ pub struct FileConfig {
     pub relay_retry_ms: Option<u64>,
     pub relay_probe_ms: Option<u64>,
     pub relay_interest_rate: Option<u32>,
+    pub relay_join_timeout_ms: Option<u64>,
     pub relay_batch_bytes: Option<usize>,
     pub relay_batch_us: Option<u64>,
     pub phoenix_heartbeat_timeout_ms: Option<u64>,
@@ -248,6 +252,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub chain: chain::ChainFile,
     pub phoenix_join_hooks: Option<Vec<join_hooks::JoinHookFile>>,
+    pub channel_events: Option<Vec<join_hooks::EventRuleFile>>,
     /// The Socket.IO front-end's `[socketio]` table.
     #[serde(default)]
     pub socketio: socketio::SocketIoFile,
@@ -523,6 +528,10 @@ impl Config {
                         .relay_interest_rate
                         .or(file.relay_interest_rate)
                         .unwrap_or(d.interest_rate),
+                    join_timeout: cli
+                        .relay_join_timeout_ms
+                        .or(file.relay_join_timeout_ms)
+                        .map_or(d.join_timeout, Duration::from_millis),
                     batch_bytes: cli
                         .relay_batch_bytes
                         .or(file.relay_batch_bytes)

@@ -156,6 +156,7 @@ pub struct Metrics {
     pub relay_server_up: IntGaugeVec,
     pub relay_interest_ops: IntCounter,
     pub relay_interest_pending: IntGauge,
+    pub relay_join_timeouts: IntCounter,
     pub presence_gone_leaves: IntCounter,
     /// Per front-end series (`pubmesh_frontend_*`).
     pub frontend: FrontendMetrics,
@@ -409,6 +410,11 @@ impl Metrics {
                 &r,
                 "pubmesh_relay_interest_pending",
                 "Subscription changes held back by --relay-interest-rate",
+            ),
+            relay_join_timeouts: counter(
+                &r,
+                "pubmesh_relay_join_timeouts_total",
+                "Joins refused (unavailable) because Redis did not confirm their subscriptions within --relay-join-timeout-ms",
             ),
             presence_gone_leaves: counter(
                 &r,

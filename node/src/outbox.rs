@@ -10,6 +10,10 @@
 //! recovery reads history) count against the same bound: [`Outbox::hold`]
 //! reserves their bytes and [`Outbox::release`] gives them back when they
 //! are queued or dropped.
+//!
+//! A frame that may be lost (a Socket.IO `volatile` emit) is [`Outbox::offer`]ed
+//! rather than pushed: it is queued only while the outbox holds little, and
+//! dropped otherwise, without counting toward the slow-consumer close.
 
 use std::collections::VecDeque;
 
@@ -100,6 +104,11 @@ impl CloseReason {
     }
 }
 
+/// [`Outbox::offer`] queues a frame only while the outbox holds at most this
+/// fraction of its bound (a quarter): a socket that far behind is not
+/// keeping up, and frames that may be lost are lost first.
+pub const VOLATILE_SHARE: usize = 4;
+
 /// Result of a push.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push {
@@ -172,6 +181,26 @@ impl Outbox {
             self.wake.notify_one();
         }
         Push::Queued
+    }
+
+    /// Queue `frames` (one message's frames, all or none) if the outbox is
+    /// open and, with them, holds at most a [`VOLATILE_SHARE`]th of its bound
+    /// (queued and held bytes); otherwise drop them. Never closes the outbox.
+    /// True when queued.
+    pub fn offer<'a>(&self, frames: impl Iterator<Item = &'a Utf8Bytes> + Clone) -> bool {
+        let len: usize = frames.clone().map(|f| f.len()).sum();
+        let mut state = self.state.lock();
+        if state.closed.is_some() || state.bytes + state.held + len > self.limit / VOLATILE_SHARE {
+            return false;
+        }
+        let was_empty = state.queue.is_empty();
+        state.bytes += len;
+        state.queue.extend(frames.cloned());
+        drop(state);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
     }
 
     /// Reserve `len` bytes for frames to be queued later, as if they were
@@ -276,6 +305,33 @@ mod tests {
         assert!(outbox.close(CloseReason::Drain));
         assert!(!outbox.close(CloseReason::Disconnected));
         assert_eq!(outbox.closed(), Some(CloseReason::Drain));
+    }
+
+    #[test]
+    fn offered_frames_are_dropped_beyond_a_quarter_of_the_bound_without_closing() {
+        let outbox = Outbox::new(40);
+        let two = [Utf8Bytes::from("1234"), Utf8Bytes::from("12")];
+        assert!(outbox.offer(two.iter()));
+        assert_eq!(outbox.queued_bytes(), 6);
+        assert!(
+            !outbox.offer([Utf8Bytes::from("12345")].iter()),
+            "6 + 5 > 40 / 4"
+        );
+        assert_eq!(outbox.closed(), None);
+        assert_eq!(
+            outbox.push(Utf8Bytes::from("12345678901234567890")),
+            Push::Queued
+        );
+        let mut batch = VecDeque::new();
+        outbox.take(&mut batch);
+        assert_eq!(
+            batch.len(),
+            3,
+            "the dropped frame is not queued, and none of a pair is split"
+        );
+        assert!(outbox.offer([Utf8Bytes::from("12345")].iter()));
+        outbox.close(CloseReason::Drain);
+        assert!(!outbox.offer([Utf8Bytes::from("1")].iter()));
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! so `cargo test` is deterministic and fast; the cargo-fuzz targets in
 //! `node/fuzz` run the same entry points for as long as you like.
 
+#[path = "support/runner.rs"]
+mod support;
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use support::runner;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
 use pubmesh_node::config::Config;
 use pubmesh_node::frontend::native::{self, Native, NativeSession};
 use pubmesh_node::frontend::Frontend;
@@ -16,24 +18,6 @@ use pubmesh_node::limits;
 use pubmesh_node::transport::Session;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-/// A runner with a fixed seed and no failure files; `PUBMESH_FUZZ_CASES`
-/// overrides the number of cases.
-fn runner(cases: u32, seed: u8) -> TestRunner {
-    let cases = std::env::var("PUBMESH_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    let config = RunnerConfig {
-        cases,
-        failure_persistence: None,
-        ..RunnerConfig::default()
-    };
-    TestRunner::new_with_rng(
-        config,
-        TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]),
-    )
-}
 
 /// Strings that mix plain text with the characters parsers trip on.
 fn nasty_string() -> impl Strategy<Value = String> {

@@ -5,28 +5,14 @@
 //! checks. Fixed seeds keep `cargo test` deterministic;
 //! `PUBMESH_FUZZ_CASES` raises the number of cases.
 
+#[path = "support/runner.rs"]
+mod support;
 use proptest::prelude::*;
-use proptest::test_runner::{Config as RunnerConfig, RngAlgorithm, TestRng, TestRunner};
 use pubmesh_node::frontend::cells::wire as cells;
 use pubmesh_node::frontend::chain::wire as chain;
 use pubmesh_node::frontend::phoenix::wire as phx;
 use pubmesh_node::frontend::socketio::{engineio as eio, wire as sio};
-
-fn runner(cases: u32, seed: u8) -> TestRunner {
-    let cases = std::env::var("PUBMESH_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    let config = RunnerConfig {
-        cases,
-        failure_persistence: None,
-        ..RunnerConfig::default()
-    };
-    TestRunner::new_with_rng(
-        config,
-        TestRng::from_seed(RngAlgorithm::ChaCha, &[seed; 32]),
-    )
-}
+use support::runner;
 
 const TOKENS: &[&str] = &[
     "[",

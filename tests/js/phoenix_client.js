@@ -13,7 +13,12 @@
 // Stdin commands (one JSON
 // per line): {"push":EVENT,"payload":…} or {"push":EVENT,"base64":…} (an
 // ArrayBuffer payload), {"leave":true}, {"endpoint":URL} (reconnect to
-// another node's socket URL; channels rejoin). With {"recover":true} the
+// another node's socket URL; channels rejoin), {"route":URL} (send the
+// next requests to another node's socket URL without closing anything, as
+// a load balancer without sticky sessions would: a long poll then carries
+// its session token to a node that does not hold it). With
+// {"reconnectAfterMs":N} the socket reconnects after N ms (default 60000,
+// so that tests drive reconnects). With {"recover":true} the
 // channel's params are a function that adds {"since": <the last message's
 // ref>} (docs/phoenix.md, "Recovery on rejoin"), and messages report `ref`.
 'use strict';
@@ -33,7 +38,7 @@ const socket = new Socket(endpoint, {
   transport: options.longpoll ? LongPoll : WebSocket,
   params: options.params || {},
   heartbeatIntervalMs: options.heartbeatIntervalMs || 30000,
-  reconnectAfterMs: () => 60000,
+  reconnectAfterMs: () => options.reconnectAfterMs || 60000,
 });
 socket.onOpen(() => report('open'));
 socket.onClose((e) => report('close', { code: e && e.code }));
@@ -72,6 +77,14 @@ onStdinLines((line) => {
       socket.endPoint = `${cmd.endpoint}/websocket`;
       socket.connect();
     });
+    return;
+  }
+  if (cmd.route) {
+    socket.endPoint = `${cmd.route}/websocket`;
+    if (socket.conn && socket.conn.pollEndpoint) {
+      socket.conn.pollEndpoint = socket.conn.normalizeEndpoint(socket.endPoint);
+    }
+    report('routed');
     return;
   }
   if (cmd.leave) {

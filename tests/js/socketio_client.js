@@ -11,6 +11,9 @@
 // v2 those listed in "events"), ack {name, args}. Stdin commands:
 // {"emit":EVENT,"args":[…],"ack":true|false,"timeout":MS}; an arg {"base64":…}
 // is sent as binary; {"disconnect":true} and {"connect":true};
+// {"pause":true} / {"resume":true}: stop / start reading the WebSocket's
+// TCP socket (a client that does not keep up), answered by paused {} /
+// resumed {};
 // {"uri":URL}: reconnect (when "reconnection" is on) to URL rather than the
 // first node, as a load balancer would after that node died. With a
 // timeout, an ack that does not come is reported as ack {name, error}.
@@ -69,6 +72,12 @@ onStdinLines((line) => {
   const cmd = JSON.parse(line);
   if (cmd.disconnect) return socket.disconnect();
   if (cmd.connect) return socket.connect();
+  if (cmd.pause || cmd.resume) {
+    const tcp = socket.io.engine.transport.ws._socket;
+    if (cmd.pause) tcp.pause();
+    else tcp.resume();
+    return report(cmd.pause ? 'paused' : 'resumed', {});
+  }
   if (cmd.uri) {
     socket.io.uri = cmd.uri;
     return report('uri', { uri: cmd.uri });

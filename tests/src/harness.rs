@@ -798,12 +798,17 @@ pub fn hs256_with(secret: &str, mut claims: Value, ttl_secs: i64) -> String {
 pub async fn two_nodes(args: &[&str]) -> (Node, Node) {
     let a = Node::start(args).await;
     let b = Node::start(args).await;
-    for node in [&a, &b] {
+    see_each_other(&[&a, &b]).await;
+    (a, b)
+}
+
+/// Wait until every one of `nodes` lists all of them in `/api/nodes`.
+pub async fn see_each_other(nodes: &[&Node]) {
+    for node in nodes {
         eventually("membership", patience(20), || async move {
             let (_, body) = node.get("/api/nodes").await;
-            (body["nodes"].as_array().map(Vec::len) == Some(2)).then_some(())
+            (body["nodes"].as_array().map(Vec::len) == Some(nodes.len())).then_some(())
         })
         .await;
     }
-    (a, b)
 }

@@ -6,8 +6,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pubmesh_tests::harness::{cluster_slot, eventually, patience, two_nodes, Redis};
+use pubmesh_tests::harness::{
+    cluster_slot, eventually, patience, see_each_other, two_nodes, Client, Node, Redis,
+};
+use pubmesh_tests::proxy::{Mode, Proxy};
 use serde_json::{json, Value};
+
+/// `node` publishes `{"n": n}` to `channel`; `member` receives it next.
+async fn publish_and_receive(node: &Node, member: &mut Client, channel: &str, n: usize) {
+    let (status, body) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": [channel], "data": {"n": n}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let got = member.recv_until(|f| f.get("n").is_some()).await;
+    assert_eq!(
+        got,
+        json!({"n": n}),
+        "a publish after the reply, on {channel}"
+    );
+}
 
 #[tokio::test]
 async fn a_publish_right_after_the_subscribe_reply_reaches_the_new_member_once() {
@@ -26,21 +46,99 @@ async fn a_publish_right_after_the_subscribe_reply_reaches_the_new_member_once()
             .await;
         let reply = member.recv_until(|f| f["ref"] == i).await;
         assert_eq!(reply["type"], "subscribed", "{reply}");
-        let (status, body) = a
-            .post(
-                "/api/notify/channels",
-                json!({"channel_ids": [channel], "data": {"n": i}}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        let got = member.recv_until(|f| f.get("n").is_some()).await;
-        assert_eq!(
-            got,
-            json!({"n": i}),
-            "every publish after the reply arrives, in order"
-        );
+        publish_and_receive(&a, &mut member, &channel, i).await;
     }
     member.expect_silence(Duration::from_millis(500)).await;
+}
+
+/// A join whose subscriptions take longer than any fixed wait (here 5 new
+/// channels at 1 subscription per second) is answered only once all are in
+/// place: every channel then receives what another node publishes next.
+#[tokio::test]
+async fn a_join_held_back_by_the_interest_rate_is_answered_only_when_every_channel_is_in_place() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let args = ["--redis-url", url.as_str(), "--relay-interest-rate", "1"];
+    let (a, b) = two_nodes(&args).await;
+    let mut member = b.client("").await;
+    let channels: Vec<String> = (0..5).map(|i| format!("slow-{i}")).collect();
+    let started = std::time::Instant::now();
+    member
+        .send(json!({"type": "subscribe", "channel_ids": channels, "ref": 1}))
+        .await;
+    let reply = member.recv_until(|f| f["ref"] == 1).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let waited = started.elapsed();
+    eprintln!("5 channels at 1 subscription/s: answered after {waited:?}");
+    for (i, channel) in channels.iter().enumerate() {
+        publish_and_receive(&a, &mut member, channel, i).await;
+    }
+    member.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// A join Redis does not confirm (the node's subscriber connection is open
+/// but its SUBSCRIBE is held on the way) fails with `unavailable` after
+/// `--relay-join-timeout-ms` instead of answering `subscribed` too early;
+/// once Redis confirms again, the same join succeeds and receives.
+#[tokio::test]
+async fn a_join_redis_does_not_confirm_fails_with_unavailable_and_succeeds_once_it_does() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let to_b = Proxy::start(redis.port).await;
+    let url_a = redis.url();
+    let url_b = to_b.url();
+    let a = Node::start(&["--redis-url", url_a.as_str()]).await;
+    let b = Node::start(&[
+        "--redis-url",
+        url_b.as_str(),
+        "--relay-join-timeout-ms",
+        "1500",
+    ])
+    .await;
+    see_each_other(&[&a, &b]).await;
+    let mut member = b.client("").await;
+    to_b.set(Mode::Hold("held-room"));
+    member
+        .send(json!({"type": "subscribe", "channel_ids": ["held-room"], "ref": 1}))
+        .await;
+    let refused = member.recv_until(|f| f["ref"] == 1).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--relay-join-timeout-ms")),
+        "{refused}"
+    );
+    assert_eq!(b.metric("pubmesh_relay_join_timeouts_total").await, 1.0);
+    // The refused join left nothing behind: a publish is not delivered.
+    let (status, body) = b
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": ["held-room"], "data": {"n": 0}, "local": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    member.expect_silence(Duration::from_millis(300)).await;
+
+    to_b.set(Mode::Pass);
+    // The held SUBSCRIBEs reach Redis now; joins succeed again once the
+    // node's subscriber has caught up (within the deadline).
+    let deadline = std::time::Instant::now() + patience(30);
+    let reply = loop {
+        member
+            .send(json!({"type": "subscribe", "channel_ids": ["held-room"], "ref": 2}))
+            .await;
+        let reply = member.recv_until(|f| f["ref"] == 2).await;
+        if reply["type"] == "subscribed" || std::time::Instant::now() > deadline {
+            break reply;
+        }
+        assert_eq!(reply["code"], "unavailable", "{reply}");
+    };
+    assert_eq!(reply["channel_ids"], json!(["held-room"]), "{reply}");
+    publish_and_receive(&a, &mut member, "held-room", 1).await;
+    member.expect_silence(Duration::from_millis(300)).await;
 }
 
 /// Issue 14's race: a socket on node B subscribes while a socket on node A

@@ -642,7 +642,7 @@ b< {"type":"connection","data":{"client_id":"B","root_id":"n::000000000000000000
 > POST /api/notify/channels {"channel_ids":["a"],"data":[]}
 < 400 [application/json] {"error":"data must be an object","code":"bad_request"}
 > POST /api/notify/channels {"channel_ids":["a"],"data":{},"extra":1}
-< 400 [application/json] {"error":"unknown field `extra`, expected one of `channel_ids`, `data`, `local`, `event`, `idempotency_key`, `except` at line 1 column 38","code":"bad_request"}
+< 400 [application/json] {"error":"unknown field `extra`, expected one of `channel_ids`, `data`, `local`, `event`, `idempotency_key`, `except`, `volatile` at line 1 column 38","code":"bad_request"}
 > POST /api/disconnect {}
 < 400 [application/json] {"error":"give client_ids or root_ids","code":"bad_request"}
 > GET /api/history?channel=chat:1&limit=1 

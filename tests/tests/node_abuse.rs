@@ -135,16 +135,25 @@ async fn a_slow_consumer_is_disconnected_while_fast_ones_get_everything() {
     let mut publisher = node.client("channel_id=firehose").await;
     let payload = "y".repeat(60_000);
     const N: u64 = 400;
+    // The fast reader reports its progress; the publisher keeps at most one
+    // message ahead of it, so it stays fast however busy the machine is,
+    // while the slow socket, which never reads, falls further behind.
+    let (progress, mut read) = tokio::sync::watch::channel(0u64);
     let reader = tokio::spawn(async move {
         let mut got = 0;
         while got < N {
             let frame = fast.recv_within(patience(30)).await;
             assert_eq!(frame["seq"], got, "fast reader gets everything in order");
             got += 1;
+            progress.send_replace(got);
         }
         fast
     });
     for seq in 0..N {
+        tokio::time::timeout(patience(30), read.wait_for(|&got| got + 1 >= seq))
+            .await
+            .expect("the fast reader keeps up")
+            .expect("fast reader alive");
         publisher
             .send(json!({"type": "channel", "channel_ids": ["firehose"], "data": {"seq": seq, "p": payload}}))
             .await;

@@ -188,3 +188,41 @@ async fn v1_object_frames_join_push_and_leave() {
     })
     .await;
 }
+
+/// Binary payloads are not supported: the official client's ArrayBuffer
+/// push (a v2 binary frame over WebSocket, base64 in a long-poll POST) gets
+/// the error reply `bad_payload`, not a hang or a dropped socket, and the
+/// next JSON push on the same socket works.
+#[tokio::test]
+async fn binary_pushes_from_the_official_client_are_refused_with_bad_payload() {
+    let node = node(&["--phoenix-longpoll-grace-ms", "500"]).await;
+    let endpoint = format!("ws://127.0.0.1:{}/socket", node.port);
+    for options in [json!({}), json!({"longpoll": true})] {
+        let mut script = pubmesh_tests::js::Script::spawn(
+            "phoenix_client.js",
+            &[&endpoint, "room:bin", &options.to_string()],
+        );
+        script.wait_event("joined", patience(30)).await;
+        script
+            .send_line(&json!({"push": "blob", "base64": "AAECAw=="}).to_string())
+            .await;
+        let reply = script.wait_event("reply", patience(30)).await;
+        assert_eq!(
+            (&reply["status"], &reply["response"]),
+            (&json!("error"), &json!({"reason": "bad_payload"})),
+            "{options}: {reply}"
+        );
+        script
+            .send_line(&json!({"push": "said", "payload": {"n": 1}}).to_string())
+            .await;
+        let reply = script.wait_event("reply", patience(30)).await;
+        assert_eq!(reply["status"], "ok", "{options}: {reply}");
+        drop(script);
+        node.wait_members("room:bin", 0).await;
+    }
+    assert_eq!(
+        node.metric("pubmesh_frontend_errors_total{code=\"bad_payload\",frontend=\"phoenix\"}")
+            .await,
+        2.0
+    );
+}

@@ -56,6 +56,24 @@ async fn phoenix_connections(node: &Node) -> f64 {
         .await
 }
 
+/// A publication through `node` with event `news` reaches the script.
+async fn news_reaches(node: &Node, topic: &str, n: u64, script: &mut Script) {
+    let (status, body) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": [topic], "event": "news", "data": {"n": n}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let m = script
+        .wait_for("news", patience(30), |v| v["event"] == "message")
+        .await;
+    assert_eq!(
+        (&m["name"], &m["payload"]),
+        (&json!("news"), &json!({"n": n}))
+    );
+}
+
 #[tokio::test]
 async fn the_official_long_poll_transport_joins_pushes_and_receives_across_nodes() {
     let redis = Redis::start().await;
@@ -77,20 +95,7 @@ async fn the_official_long_poll_transport_joins_pushes_and_receives_across_nodes
     b.wait_members("room:1", 2).await;
 
     // A publication on the other node, with an event name.
-    let (status, body) = b
-        .post(
-            "/api/notify/channels",
-            json!({"channel_ids": ["room:1"], "event": "news", "data": {"n": 1}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let m = script
-        .wait_for("news", patience(30), |v| v["event"] == "message")
-        .await;
-    assert_eq!(
-        (&m["name"], &m["payload"]),
-        (&json!("news"), &json!({"n": 1}))
-    );
+    news_reaches(&b, "room:1", 1, &mut script).await;
 
     // A push: replied to, broadcast to the channel (the pusher too).
     script
@@ -218,4 +223,108 @@ async fn long_poll_bad_input_ends_or_refuses_and_leaves_nothing() {
     })
     .await;
     assert_eq!(post(&url, join).await, json!({"status": 410}));
+}
+
+/// Without sticky sessions a poll can land on a node that does not hold its
+/// session: it gets 410 there, and the official client (1.8) closes the
+/// transport with 3410 `session_gone`, opens a new session on the node it
+/// now reaches and rejoins its channel by itself; it then receives and
+/// pushes as before, and the old session ends on its node after the grace
+/// period.
+#[tokio::test]
+async fn a_poll_on_another_node_gets_410_and_the_official_client_reconnects_there() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let (a, b) = two_nodes(&["--redis-url", &url, "--phoenix-longpoll-grace-ms", "1000"]).await;
+    let endpoint = |n: &Node| format!("ws://127.0.0.1:{}/socket", n.port);
+    let options = json!({"longpoll": true, "reconnectAfterMs": 50});
+    let mut script = Script::spawn(
+        "phoenix_client.js",
+        &[&endpoint(&a), "room:7", &options.to_string()],
+    );
+    script.wait_event("joined", patience(30)).await;
+    a.wait_members("room:7", 1).await;
+    let gone_before = b
+        .metric("pubmesh_frontend_errors_total{code=\"session_gone\",frontend=\"phoenix\"}")
+        .await;
+
+    // The balancer now sends this client to node B.
+    script
+        .send_line(&json!({"route": endpoint(&b)}).to_string())
+        .await;
+    script.wait_event("routed", patience(30)).await;
+    let closed = script.wait_event("close", patience(30)).await;
+    assert_eq!(
+        closed["code"], 3410,
+        "the client saw its session gone: {closed}"
+    );
+    script.wait_event("open", patience(30)).await;
+    let rejoined = script.wait_event("joined", patience(30)).await;
+    assert_eq!(rejoined["response"], json!({}));
+    assert!(
+        b.metric("pubmesh_frontend_errors_total{code=\"session_gone\",frontend=\"phoenix\"}")
+            .await
+            > gone_before
+    );
+    // The old session ends on A once its grace period has passed; the new
+    // one, on B, is the channel's only member.
+    eventually("the session moved from a to b", patience(30), || async {
+        (phoenix_connections(&a).await == 0.0 && phoenix_connections(&b).await == 1.0).then_some(())
+    })
+    .await;
+    a.wait_members("room:7", 1).await;
+
+    // It works on B: a publication through A reaches it, a push is answered.
+    news_reaches(&a, "room:7", 7, &mut script).await;
+    script
+        .send_line(&json!({"push": "said", "payload": {}}).to_string())
+        .await;
+    let reply = script.wait_event("reply", patience(30)).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+}
+
+/// A session whose client stops polling while its channel keeps publishing
+/// overflows its outbox (`--outbox-bytes`): it ends (slow consumer, as a
+/// WebSocket would be closed with 4008), its membership goes, and its next
+/// poll gets 410, so the client knows to reconnect and rejoin: nothing is
+/// dropped silently.
+#[tokio::test]
+async fn an_overflowing_session_ends_and_its_next_poll_gets_410() {
+    let node = Node::start(&[
+        "--max-message-size",
+        "1024",
+        "--outbox-bytes",
+        "4096",
+        "--phoenix-longpoll-grace-ms",
+        "60000",
+    ])
+    .await;
+    let base = node.http();
+    let token = open(&base).await;
+    let url = format!("{base}/socket/longpoll?vsn=2.0.0&token={token}");
+    let posted = post(&url, "[\"1\",\"1\",\"room:9\",\"phx_join\",{}]").await;
+    assert_eq!(posted, json!({"status": 200}));
+    assert_eq!(frames(&base, &token, 1).await.len(), 1);
+    node.wait_members("room:9", 1).await;
+    let before = node
+        .metric("pubmesh_connections_closed_total{reason=\"slow_consumer\"}")
+        .await;
+    let text = "x".repeat(600);
+    for n in 0..20 {
+        let (status, body) = node
+            .post(
+                "/api/notify/channels",
+                json!({"channel_ids": ["room:9"], "data": {"n": n, "text": text}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    node.wait_members("room:9", 0).await;
+    assert_eq!(get(&url).await, json!({"status": 410}));
+    assert_eq!(
+        node.metric("pubmesh_connections_closed_total{reason=\"slow_consumer\"}")
+            .await,
+        before + 1.0
+    );
+    assert_eq!(phoenix_connections(&node).await, 0.0);
 }

@@ -296,8 +296,8 @@ async fn a_recovery_backlog_beyond_the_outbox_bound_closes_with_4008() {
     let mut watcher = a.client("").await;
     let reply = subscribe(&mut watcher, json!({"channel_ids": ["h:slow"]}), "w").await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
-    // (The reply waits at most 2 s for A's Redis subscription; on a loaded
-    // machine it may take longer.)
+    // (The reply comes once Redis has confirmed A's subscription; the
+    // check below says so from Redis' side.)
     eventually("A subscribed to h:slow in Redis", patience(20), || async {
         let reply = redis_cmd(redis.port, &["PUBSUB", "NUMSUB", "pubmesh.ch.{h:slow}"]).await?;
         reply.ends_with(":1\r\n").then_some(())

@@ -151,6 +151,41 @@ fn assert_in_order_once(got: &[u64], count: u64, what: &str) {
     }
 }
 
+/// Two settled nodes for the outage tests, A on `url_a` and B on `url_b`
+/// (nothing expires within the test, nothing is rate limited), each with a
+/// socket in `channel`: A's publishes, B's receives.
+async fn outage_pair(
+    url_a: &str,
+    url_b: &str,
+    redis_port: u16,
+    channel: &str,
+) -> (Node, Node, Client, Client) {
+    let args = |url| {
+        [
+            "--redis-url",
+            url,
+            "--relay-retry-ms",
+            "30000",
+            "--client-rate",
+            "1000",
+            "--client-burst",
+            "1000",
+        ]
+    };
+    let a = Node::start(&args(url_a)).await;
+    let b = Node::start(&args(url_b)).await;
+    let publisher = a.client(&format!("channel_id={channel}")).await;
+    let receiver = b.client(&format!("channel_id={channel}")).await;
+    settled(
+        &[&a, &b],
+        redis_port,
+        &format!("pubmesh.ch.{{{channel}}}"),
+        2,
+    )
+    .await;
+    (a, b, publisher, receiver)
+}
+
 /// Issue 9 item 11: a 3 s Redis restart while publishing loses nothing: what
 /// was published meanwhile waits in the retry buffer and arrives on the other
 /// node once, in order; every API publish reports `sent`.
@@ -159,21 +194,7 @@ async fn a_three_second_redis_restart_while_publishing_loses_nothing() {
     let _slot = cluster_slot().await;
     let mut redis = Redis::start().await;
     let url = redis.url();
-    let args = [
-        "--redis-url",
-        url.as_str(),
-        "--relay-retry-ms",
-        "30000",
-        "--client-rate",
-        "1000",
-        "--client-burst",
-        "1000",
-    ];
-    let a = Node::start(&args).await;
-    let b = Node::start(&args).await;
-    let publisher = a.client("channel_id=o").await;
-    let mut receiver = b.client("channel_id=o").await;
-    settled(&[&a, &b], redis.port, "pubmesh.ch.{o}", 2).await;
+    let (a, _b, publisher, mut receiver) = outage_pair(&url, &url, redis.port, "o").await;
 
     const COUNT: u64 = 300;
     let sequence = publish_sequence(publisher, "o", COUNT, Duration::from_millis(20));
@@ -212,6 +233,54 @@ async fn a_three_second_redis_restart_while_publishing_loses_nothing() {
     assert!(a.metric("pubmesh_relay_retried_total").await > 0.0 || api_count > 0);
     eprintln!(
         "3 s Redis restart: {COUNT} socket + {api_count} API publishes, all delivered once in order; retried envelopes: {}",
+        a.metric("pubmesh_relay_retried_total").await
+    );
+}
+
+/// Item 11, the receiving node late: Redis restarts for 3 s and node B's link
+/// stays cut 2.5 s longer than node A's, so A has its subscriptions back and
+/// hears nothing from B meanwhile. A's lanes hold what they kept until B has
+/// heartbeated again (with its own subscriptions back): everything published
+/// during the outage and B's late return arrives on B once, in order.
+#[tokio::test]
+async fn a_receiver_back_seconds_after_the_publisher_still_gets_everything() {
+    let _slot = cluster_slot().await;
+    let mut redis = Redis::start().await;
+    let to_b = Proxy::start(redis.port).await;
+    let (a, b, publisher, mut receiver) =
+        outage_pair(&redis.url(), &to_b.url(), redis.port, "late").await;
+
+    const COUNT: u64 = 400;
+    let sequence = publish_sequence(publisher, "late", COUNT, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    to_b.cut();
+    redis.kill();
+    // The outage lasts 3 s; B's link stays cut 2.5 s after A is ready again
+    // (the faults' lengths, not waits for a condition).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.start_again().await;
+    a.wait_ready().await;
+    let a_back = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(ready(&b).await.0, 503, "B is still cut off");
+    to_b.heal();
+    b.wait_ready().await;
+    let b_late = a_back.elapsed();
+    let _publisher = sequence.await.expect("publisher");
+
+    let frames = collect(&mut receiver, patience(60), |got| {
+        numbers(got, "i").len() as u64 >= COUNT
+    })
+    .await;
+    receiver.expect_silence(Duration::from_millis(500)).await;
+    assert_in_order_once(
+        &numbers(&frames, "i"),
+        COUNT,
+        "socket publishes across the restart, receiver back late",
+    );
+    eprintln!(
+        "3 s Redis restart, B ready {:.1} s after A: {COUNT} publishes delivered on B once in order; retried envelopes: {}",
+        b_late.as_secs_f64(),
         a.metric("pubmesh_relay_retried_total").await
     );
 }

@@ -322,6 +322,17 @@ async fn polling_requests_that_are_not_right_get_the_reference_errors() {
             assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), unknown);
         }
     }
+    // JSONP polling (`j=`) is not served, for a handshake or a session.
+    let bad = json!({"code": 3, "message": "Bad request"});
+    for query in [
+        "EIO=3&transport=polling&j=0".to_string(),
+        format!("EIO=4&transport=polling&sid={sid}&j=0"),
+    ] {
+        let (status, body) = http(&node, "GET", &query, "").await;
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), bad);
+    }
+
     // Join, then a payload that is not Engine.IO: 400, and the session ends.
     let q = format!("EIO=4&transport=polling&sid={sid}");
     assert_eq!(http(&node, "POST", &q, "40").await, (200, "ok".to_string()));

@@ -4,15 +4,21 @@
 //! and JWT auth, over WebSocket and long-polling (alone, with the upgrade,
 //! and through a round-robin balancer: no sticky sessions).
 
-use pubmesh_tests::harness::{config_file, hs256, patience, Node, Redis};
+use pubmesh_tests::harness::{config_file, hs256, hs256_with, patience, Node, Redis};
 use pubmesh_tests::js::Script;
 use serde_json::{json, Value};
 
 const SECRET: &str = "socketio-secret";
 
 /// Flamenco's rooms and `/subscription` table (docs/socketio.md), plus an
-/// `/admin` namespace with a default room.
+/// `/admin` namespace with a default room, and a channel rule reading the
+/// token's claims (only tokens whose `channels` claim lists it may join
+/// `Workers`).
 pub const FLAMENCO: &str = r#"
+[[namespaces]]
+pattern = "Workers"
+subscribe = "claim"
+
 [socketio]
 ping_interval_ms = 1000
 ping_timeout_ms = 2000
@@ -184,6 +190,26 @@ async fn rooms_are_channels_across_two_nodes_with_flamencos_subscription_table()
             "{args}"
         );
     }
+    // A join the channel rules refuse: the `failed` answer and the reason.
+    // The rule reads the token's claims: a socket whose `channels` claim
+    // lists Workers joins it.
+    let workers = sub("subscribe", "allWorkers", None);
+    assert_eq!(
+        emit_ack(&mut anon, "/subscription", workers.clone()).await,
+        json!([
+            "unable to perform subscription operation: not allowed to subscribe to channel \"Workers\""
+        ])
+    );
+    let claims = json!({"sub": "carol", "channels": ["Workers"]});
+    let carol_token = hs256_with(SECRET, claims, 600);
+    let mut carol = client(&b, "/", json!({"auth": {"token": carol_token}}));
+    connected(&mut carol).await;
+    assert_eq!(
+        emit_ack(&mut carol, "/subscription", workers).await,
+        json!(["ok"])
+    );
+    a.wait_members("Workers", 1).await;
+
     // The joined rooms are channels the other node publishes to.
     let job_room = format!("job-{job}");
     let task_room = format!("tasklog-{task}");
@@ -236,6 +262,11 @@ async fn rooms_are_channels_across_two_nodes_with_flamencos_subscription_table()
         json!(["ok"])
     );
     a.wait_members(&job_room, 0).await;
+    // Per-namespace metrics: the 10 client events anon sent on A, carol's
+    // one on B.
+    let events_in = r#"pubmesh_socketio_events_in_total{namespace="/"}"#;
+    assert_eq!(a.metric(events_in).await, 10.0);
+    assert_eq!(b.metric(events_in).await, 1.0);
 
     // To one socket, by its id, from the other node: an event in `/`.
     let (status, body) = b
@@ -253,7 +284,7 @@ async fn rooms_are_channels_across_two_nodes_with_flamencos_subscription_table()
     // A client leaving ends all its memberships.
     anon.send_line(r#"{"disconnect":true}"#).await;
     anon.wait_event("disconnect", patience(30)).await;
-    b.wait_members("Chat", 1).await;
+    b.wait_members("Chat", 2).await;
     b.wait_members(&task_room, 0).await;
     b.wait_members("Jobs", 0).await;
 }
@@ -510,7 +541,7 @@ async fn socketio_client_2_over_websocket_and_polling_with_client_pings() {
 }
 
 /// A backend for client events: Flamenco's `/chat`, and events that echo,
-/// join a room, time out or fail. Records the Authorization header of each
+/// join or leave a room, time out or fail. Records the Authorization header of each
 /// call.
 async fn event_backend() -> (String, std::sync::Arc<tokio::sync::Mutex<Vec<Value>>>) {
     use axum::routing::post;
@@ -541,6 +572,8 @@ async fn event_backend() -> (String, std::sync::Arc<tokio::sync::Mutex<Vec<Value
             }))
             .into_response(),
             "vip" => Json(json!({"join": ["vip"], "ack": ["in"]})).into_response(),
+            "unvip" => Json(json!({"leave": ["vip"], "ack": ["out"]})).into_response(),
+            "bytes" => Json(json!({"ack": [{"$binary": "aGk="}, "as bytes"]})).into_response(),
             "slow" => {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 Json(json!({})).into_response()
@@ -634,6 +667,16 @@ async fn client_events_go_to_the_backend_and_its_answer_is_the_ack() {
     assert_eq!(calls.last().unwrap()["call"]["args"], echoed);
     assert_eq!(emit_ack(&mut other, "vip", json!([])).await, json!(["in"]));
     a.wait_members("vip", 1).await;
+    assert_eq!(
+        emit_ack(&mut other, "unvip", json!([])).await,
+        json!(["out"])
+    );
+    a.wait_members("vip", 0).await;
+    // Bytes in the ack: a BINARY_ACK, a Buffer in the client's callback.
+    assert_eq!(
+        emit_ack(&mut other, "bytes", json!([])).await,
+        json!([{"base64": "aGk="}, "as bytes"])
+    );
 
     // Timeouts and errors are error acks, never a hang.
     let ack = emit_ack(&mut chatter, "slow", json!([])).await;

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use pubmesh_node::config::Config;
-use pubmesh_node::frontend::native::{self, ConnectParams, NativeSession};
-use pubmesh_node::hub::Conn;
+use pubmesh_node::conn::Conn;
+use pubmesh_node::frontend::native::{self, Native, NativeSession};
+use pubmesh_node::frontend::Frontend;
 use pubmesh_node::transport::Session;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -54,11 +55,11 @@ fn state() -> &'static State {
             .build()
             .expect("runtime");
         let node = pubmesh_node::build(Config::from_toml(CONFIG).expect("config")).expect("node");
-        let identity = native::identify(&node, None);
-        let conn = Arc::new(
-            native::new_conn(&node, &ConnectParams::default(), identity).expect("conn"),
-        );
-        node.register(&conn);
+        let admission = node.admit().expect("admitted");
+        let identity = node.identify(None);
+        let codec = Native.codec(&node);
+        let home = Some(native::fresh_channel_id());
+        let conn = rt.block_on(node.open(admission, identity, codec, home, |_| None));
         let session = Mutex::new(NativeSession::new(node, conn.clone()));
         State { rt, conn, session }
     })

@@ -69,6 +69,11 @@ impl Config {
                 "relay_probe_ms must be >= 50 and relay_interest_rate > 0".into(),
             ));
         }
+        if self.relay.join_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "relay_join_timeout_ms must be >= 100".into(),
+            ));
+        }
         if self.listen_backlog == Some(0) {
             return Err(ConfigError::Invalid("listen_backlog must be > 0".into()));
         }

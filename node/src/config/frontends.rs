@@ -29,6 +29,8 @@ pub struct PhoenixConfig {
     pub longpoll_grace: Duration,
     /// Backend join hooks by topic pattern (`[[phoenix_join_hooks]]`).
     pub join_hooks: Vec<super::join_hooks::JoinHook>,
+    /// What clients' pushes do, by topic and event (`[[channel_events]]`).
+    pub event_rules: Vec<super::join_hooks::EventRule>,
 }
 
 impl PhoenixConfig {
@@ -59,6 +61,9 @@ impl PhoenixConfig {
             join_hooks: super::join_hooks::resolve(
                 file.phoenix_join_hooks.as_deref().unwrap_or_default(),
             )?,
+            event_rules: super::join_hooks::resolve_events(
+                file.channel_events.as_deref().unwrap_or_default(),
+            )?,
         })
     }
 }
@@ -69,6 +74,7 @@ impl Default for PhoenixConfig {
             heartbeat_timeout: Duration::from_secs(60),
             longpoll_grace: Duration::from_secs(15),
             join_hooks: Vec::new(),
+            event_rules: Vec::new(),
         }
     }
 }

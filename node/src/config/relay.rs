@@ -15,6 +15,9 @@ pub struct RelayLimits {
     pub probe: Duration,
     /// Subscribe/unsubscribe topic changes per second.
     pub interest_rate: u32,
+    /// Longest a join waits for Redis to confirm its subscriptions before
+    /// it fails with `unavailable`.
+    pub join_timeout: Duration,
     /// Largest batch envelope in bytes (0: no batches).
     pub batch_bytes: usize,
     /// How long a busy lane waits for more envelopes before it sends.
@@ -29,6 +32,7 @@ impl Default for RelayLimits {
             retry: Duration::from_secs(5),
             probe: Duration::from_secs(1),
             interest_rate: 20_000,
+            join_timeout: Duration::from_secs(10),
             batch_bytes: 64 * 1024,
             batch_wait: Duration::ZERO,
         }

@@ -70,10 +70,12 @@ impl Node {
             .subscribe(conn, &join, limit)
             .map_err(MeshError::TooManyChannels)?;
         conn.state.lock().churn.record(fresh.iter().copied());
-        let subscribes = !change.channels_added.is_empty();
         self.interest(change);
-        if subscribes {
-            self.relay.interest_applied().await;
+        if let Err(e) = self.relay.interest_applied(&join).await {
+            // Not confirmed in time: leave what this call joined.
+            let change = self.hub.unsubscribe(conn, &join);
+            self.interest(change);
+            return Err(MeshError::Unavailable(e.to_string()));
         }
         Ok(())
     }

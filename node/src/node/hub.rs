@@ -14,11 +14,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::codec::{EncodeCache, Frames, Recipient};
-use crate::conn::{ChannelPos, Conn, ConnState, Held, Identity};
+use crate::codec::{EncodeCache, Recipient};
+use crate::conn::{Conn, ConnState, Identity};
 use crate::delivery::{Delivery, InterestChange, Target};
 use crate::metrics::Metrics;
-use crate::outbox::{CloseReason, Push};
+use crate::outbox::CloseReason;
+
+mod push;
 
 const SHARDS: usize = 64;
 
@@ -368,86 +370,17 @@ impl Hub {
             let Some(frames) = cache.frames(&conn.codec, delivery, &to) else {
                 continue;
             };
-            if self.push(conn, frames) {
+            // Only deliveries with an audience may be droppable.
+            let queued = match &delivery.audience {
+                Some(_) if conn.codec.droppable(delivery) => self.offer(conn, frames),
+                _ => self.push(conn, frames),
+            };
+            if queued {
                 delivered += 1;
             }
         }
         self.metrics.deliveries.inc_by(delivered as u64);
         delivered
-    }
-
-    /// Hold `delivery` back for a connection whose recovery is reading
-    /// history; its cost is reserved in the outbox, so a backlog beyond
-    /// `--outbox-bytes` closes the connection as a slow consumer (and drops
-    /// what was held) like any other overflow.
-    fn hold(&self, conn: &Conn, held: &mut Held, delivery: &Delivery) {
-        let cost = Held::cost(delivery);
-        match conn.outbox.hold(cost) {
-            Push::Queued => {
-                held.deliveries.push(delivery.clone());
-                held.bytes += cost;
-                self.metrics.recovery_held_bytes.add(cost as i64);
-            }
-            Push::Overflowed => {
-                self.overflowed();
-                let dropped = std::mem::take(held);
-                self.metrics.recovery_held_bytes.sub(dropped.bytes as i64);
-            }
-            Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
-        }
-    }
-
-    /// End a recovery: give back the outbox bytes its held publications
-    /// reserved and return them, in arrival order.
-    pub fn end_recovery(&self, conn: &Conn, pos: &mut ChannelPos) -> Vec<Delivery> {
-        let Some(held) = pos.recovering.take() else {
-            return Vec::new();
-        };
-        conn.outbox.release(held.bytes);
-        self.metrics.recovery_held_bytes.sub(held.bytes as i64);
-        self.metrics.recoveries_in_progress.dec();
-        held.deliveries
-    }
-
-    /// Start a recovery on `pos`: live publications wait from now on.
-    pub fn begin_recovery(&self, pos: &mut ChannelPos) {
-        if pos.recovering.is_none() {
-            pos.recovering = Some(Held::default());
-            self.metrics.recoveries_in_progress.inc();
-        }
-    }
-
-    fn overflowed(&self) {
-        self.metrics.slow_consumer_disconnects.inc();
-        self.metrics
-            .dropped
-            .with_label_values(&["slow_consumer"])
-            .inc();
-    }
-
-    /// Queue frames to one connection; false when it did not take them.
-    pub fn push(&self, conn: &Conn, frames: Frames) -> bool {
-        let mut queued = false;
-        let sent = conn.codec.sent();
-        let mut push = |frame: &tokio_tungstenite::tungstenite::Utf8Bytes| match conn
-            .outbox
-            .push(frame.clone())
-        {
-            Push::Queued => {
-                queued = true;
-                if let Some(sent) = sent {
-                    sent.inc();
-                }
-            }
-            Push::Overflowed => self.overflowed(),
-            Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
-        };
-        match &frames {
-            Frames::None => {}
-            Frames::One(frame) => push(frame),
-            Frames::Many(list) => list.iter().for_each(&mut push),
-        }
-        queued
     }
 
     /// Close local connections by client id or user id; returns how many.
@@ -547,7 +480,7 @@ fn leave(registry: &Registry<Members>, conn: &Conn, key: &str) -> (bool, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Codec, Slot};
+    use crate::codec::{Codec, Frames, Slot};
     use crate::outbox::Outbox;
     use std::collections::HashSet;
     use tokio_tungstenite::tungstenite::Utf8Bytes;

@@ -99,9 +99,9 @@ impl Node {
         };
         self.interest(change);
         self.revalidate(conn).await;
-        let frame = conn.with_info(|info| conn.codec.notice(info, Notice::TokenExpired));
-        if let Some(frame) = frame {
-            self.send(conn, frame);
+        let frames = conn.with_info(|info| conn.codec.notice(info, Notice::TokenExpired));
+        for frame in frames.iter() {
+            self.send(conn, frame.clone());
         }
     }
 
@@ -157,8 +157,11 @@ impl Node {
             .subscriptions_revoked
             .inc_by(names.len() as u64);
         let notice = Notice::Revoked { channels: &names };
-        if let Some(frame) = conn.with_info(|info| conn.codec.notice(info, notice)) {
-            self.send(conn, frame);
+        for frame in conn
+            .with_info(|info| conn.codec.notice(info, notice))
+            .iter()
+        {
+            self.send(conn, frame.clone());
         }
         for (c, options) in &refused {
             self.presence_leave(conn, c, options).await;

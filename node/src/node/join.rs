@@ -119,11 +119,13 @@ impl Node {
         // The join is answered (and history read) only once the broker sends
         // this node the new channels: a publish after the reply, or after the
         // history read, is never lost to a subscription still on its way.
-        let subscribes = !change.channels_added.is_empty();
+        // Another join of the same channel may have started its
+        // subscription: every channel is waited for, not only the new ones.
         self.interest(change);
-        if subscribes {
-            self.relay.interest_applied().await;
-        }
+        self.relay
+            .interest_applied(channels)
+            .await
+            .map_err(|e| MeshError::Unavailable(e.to_string()))?;
 
         // Read what each recovering channel missed (and the positions of the others).
         let mut positions = Vec::new();

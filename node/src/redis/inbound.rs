@@ -143,11 +143,13 @@ impl Inner {
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
                 let mut peers = self.peers.lock();
+                let now = Instant::now();
                 peers.insert(
                     envelope.origin.clone(),
                     Peer {
                         info,
-                        seen: Instant::now(),
+                        seen: now,
+                        heard: now,
                     },
                 );
                 self.metrics.relay_peers.set(peers.len() as i64);

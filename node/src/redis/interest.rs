@@ -22,7 +22,14 @@ use super::state::{Inner, LINGER};
 /// and confirmed states may differ, and only those are looked at.
 pub(super) async fn interest_loop(inner: Arc<Inner>) {
     let n = inner.servers.len();
-    let mut state: Vec<Server> = (0..n).map(|_| Server::default()).collect();
+    // Every server starts as lost: its first connection subscribes
+    // everything at once and marks it synced.
+    let mut state: Vec<Server> = (0..n)
+        .map(|_| Server {
+            lost: true,
+            ..Server::default()
+        })
+        .collect();
     let mut lingering: HashMap<(usize, String), Instant> = HashMap::new();
     // Topics every node always listens to: its inbox (on every server, as
     // the readiness canary's return path), broadcast and control.
@@ -136,12 +143,18 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
         // Every subscription taken above is in place on every reachable
         // server (a lost server resubscribes everything when it is back):
         // the joins waiting for them are answered before the removals run.
+        // A server whose connection is down counts as done: the node is not
+        // ready, serves its local members only, and every needed topic is
+        // subscribed again when the connection is back.
         if state.iter().all(|s| s.lost || !s.missing_any()) {
-            inner.applied.send_if_modified(|applied| {
+            let moved = inner.applied.send_if_modified(|applied| {
                 let moved = *applied < upto;
                 *applied = (*applied).max(upto);
                 moved
             });
+            if moved {
+                inner.wishes.lock().adds.retain(|_, t| *t > upto);
+            }
         }
         for (s, st) in state.iter_mut().enumerate() {
             if st.lost || !inner.servers[s].subscriber.is_connected() {
@@ -244,6 +257,12 @@ impl Server {
 }
 
 /// (Un)subscribe one batch on server `s`; true when Redis confirmed it.
+///
+/// The client library answers `SUBSCRIBE` and `UNSUBSCRIBE` as soon as it
+/// queues them, before they are even written (their replies arrive out of
+/// band); only `SSUBSCRIBE` waits for Redis. So a plain (un)subscribe is
+/// followed by a `PING` on the same connection: Redis runs a connection's
+/// commands in order, so its reply means the subscription is in place.
 pub(super) async fn subscribe(inner: &Inner, s: usize, topics: &[String], add: bool) -> bool {
     let subscriber = &inner.servers[s].subscriber;
     let topics = topics.to_vec();
@@ -252,6 +271,10 @@ pub(super) async fn subscribe(inner: &Inner, s: usize, topics: &[String], add: b
         (false, true) => subscriber.subscribe(topics).await,
         (true, false) => subscriber.sunsubscribe(topics).await,
         (false, false) => subscriber.unsubscribe(topics).await,
+    };
+    let result = match result {
+        Ok(()) if !inner.sharded => subscriber.ping::<Value>(None).await.map(drop),
+        other => other,
     };
     if let Err(e) = &result {
         tracing::debug!(error = %e, "subscription change failed; will retry");

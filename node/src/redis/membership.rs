@@ -2,12 +2,18 @@
 //! the peers this node has heard from.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use pubmesh_cluster_proto::{self as proto, Body, Envelope};
 
 use super::state::{Inner, HEARTBEAT, PEER_TIMEOUT};
+
+/// Longest a heartbeat may wait in the client library to be written: one
+/// written after a reconnect could arrive before this node's subscriptions
+/// are back, so a heartbeat that waited longer is dropped (the next one
+/// follows within [`HEARTBEAT`]).
+const HEARTBEAT_WRITE_WITHIN: Duration = Duration::from_millis(500);
 
 /// Probe every server every `--relay-probe-ms`: a `PING` with that deadline
 /// and a canary heartbeat to this node's own inbox (see [`super::health`]).
@@ -103,18 +109,36 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
 impl Inner {
     /// Publish a heartbeat now, straight on the publisher connection (not
     /// through a lane: a lane may be waiting for peers' heartbeats).
+    ///
+    /// A heartbeat tells peers this node's subscriptions are in place, so it
+    /// must never reach Redis later than that was known: it is built only
+    /// while every subscriber is connected and synced, and the client library
+    /// may not keep it to write after a reconnect (one attempt, failing at
+    /// once when not connected, dropped unwritten after
+    /// [`HEARTBEAT_WRITE_WITHIN`]; the library skips a command whose own
+    /// timeout fired, so the deadline is the library's, not a wrapper's).
     pub(super) fn heartbeat_now(self: &Arc<Self>) {
         let inner = self.clone();
         tokio::spawn(async move {
+            let hearing =
+                inner.synced() && inner.servers.iter().all(|s| s.subscriber.is_connected());
+            if !hearing {
+                return;
+            }
             let payload = inner.envelope(Body::Heartbeat(inner.info()));
-            let client = &inner.servers[0].publisher;
+            let client = inner.servers[0].publisher.with_options(&Options {
+                fail_fast: true,
+                max_attempts: Some(1),
+                timeout: Some(HEARTBEAT_WRITE_WITHIN),
+                ..Default::default()
+            });
             let topic = inner.topics.control();
             let sent = if inner.sharded {
-                tokio::time::timeout(HEARTBEAT, client.spublish::<(), _, _>(topic, payload)).await
+                client.spublish::<(), _, _>(topic, payload).await
             } else {
-                tokio::time::timeout(HEARTBEAT, client.publish::<(), _, _>(topic, payload)).await
+                client.publish::<(), _, _>(topic, payload).await
             };
-            if matches!(sent, Ok(Ok(()))) {
+            if sent.is_ok() {
                 inner
                     .metrics
                     .relay_published

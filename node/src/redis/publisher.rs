@@ -34,8 +34,19 @@ pub(super) fn transient(e: &Error) -> bool {
 /// did not confirm is kept and sent again (from the first unconfirmed
 /// envelope on) until each envelope's deadline; after an outage the lane
 /// waits until the cluster has [`Inner::settled`].
+///
+/// An outage is any reconnect of the publisher connection, seen or not: a
+/// disconnection the lane met, and also one that came and went while the lane
+/// was idle (peers may still be resubscribing). A pipeline during which the
+/// connection was re-established counts as unconfirmed even if Redis answered
+/// it: the client library may have written it on the new connection, before
+/// peers had their subscriptions back, so the lane sends it again once
+/// settled (receivers drop the copies).
 pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lane>) {
     let client = inner.servers[server].publisher.clone();
+    let mut reconnects = client.reconnect_rx();
+    // Whether this lane has sent anything yet (the first connect is no outage).
+    let mut sent_before = false;
     let mut batch: VecDeque<Outgoing> = VecDeque::with_capacity(BATCH);
     // Set while Redis is failing us; `back` is when it looked usable again.
     let mut outage = false;
@@ -77,12 +88,22 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
             tokio::time::sleep(OUTAGE_POLL).await;
             continue;
         }
+        if reconnected(&mut reconnects) && sent_before {
+            outage = true;
+            back = None;
+        }
         if outage {
             let since = *back.get_or_insert(now);
             if !inner.settled(since) {
                 tokio::time::sleep(OUTAGE_POLL).await;
                 continue;
             }
+            tracing::info!(
+                server = %inner.servers[server].url,
+                held = batch.len() + lane.len(),
+                waited_ms = now.duration_since(since).as_millis() as u64,
+                "subscriptions here and at every peer back; sending what was held"
+            );
             outage = false;
             back = None;
         }
@@ -110,9 +131,16 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
                 tracing::debug!(error = %e, "queueing a publish failed");
             }
         }
+        sent_before = true;
         let results = tokio::time::timeout(deadline, pipeline.try_all::<RedisValue>())
             .await
             .unwrap_or_default();
+        // Answered across a reconnect: maybe written too early (see above).
+        let results = if reconnected(&mut reconnects) {
+            Vec::new()
+        } else {
+            results
+        };
         // What became of each envelope: Some(confirmed) or None (send again).
         let mut outcome: Vec<Option<bool>> = vec![None; batch.len()];
         let mut confirmed = 0;
@@ -178,6 +206,18 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
             .metrics
             .relay_pipeline_depth
             .sub((confirmed + failed) as i64);
+    }
+}
+
+/// Whether the connection was (re)established since the last look.
+fn reconnected(events: &mut tokio::sync::broadcast::Receiver<fred::types::config::Server>) -> bool {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut any = false;
+    loop {
+        match events.try_recv() {
+            Ok(_) | Err(TryRecvError::Lagged(_)) => any = true,
+            Err(TryRecvError::Empty | TryRecvError::Closed) => return any,
+        }
     }
 }
 

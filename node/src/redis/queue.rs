@@ -187,6 +187,10 @@ impl Lane {
         into.extend(queue.drain(..n));
     }
 
+    pub fn len(&self) -> usize {
+        self.queue.lock().len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.lock().is_empty()
     }

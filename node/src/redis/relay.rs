@@ -72,9 +72,6 @@ use crate::metrics::Metrics;
 use crate::policy::ChannelOptions;
 use crate::relay::{Appended, NodeInfo, NodeView, Relay, RelayError, RelayStatus, Relayed};
 
-/// How long a join waits for its Redis subscriptions ([`Relay::interest_applied`]).
-const INTEREST_WAIT: Duration = Duration::from_secs(2);
-
 pub use super::state::{HEARTBEAT, LINGER, PEER_TIMEOUT};
 
 /// Relays through one or more Redis servers, or a Redis Cluster.
@@ -266,15 +263,19 @@ impl Relay for RedisRelay {
         let inner = &self.inner;
         {
             let mut wishes = inner.wishes.lock();
+            let ticket = wishes.requested + 1;
+            let Wishes { pending, adds, .. } = &mut *wishes;
             let mut wish = |name: &str, channel: bool, wanted: bool| {
                 let topic = if channel {
                     inner.topics.channel(name)
                 } else {
                     inner.topics.user(name)
                 };
-                wishes
-                    .pending
-                    .insert((inner.server_for(name), topic), wanted);
+                let key = (inner.server_for(name), topic);
+                if wanted {
+                    adds.insert(key.clone(), ticket);
+                }
+                pending.insert(key, wanted);
             };
             for c in &change.channels_added {
                 wish(c, true, true);
@@ -288,19 +289,48 @@ impl Relay for RedisRelay {
             for u in &change.users_removed {
                 wish(u, false, false);
             }
-            wishes.requested += 1;
+            wishes.requested = ticket;
         }
         inner.wished.notify_one();
     }
 
-    fn interest_applied(&self) -> BoxFuture<'_, ()> {
-        let ticket = self.inner.wishes.lock().requested;
-        let mut applied = self.inner.applied.subscribe();
+    fn interest_applied<'a>(
+        &'a self,
+        channels: &'a [String],
+    ) -> BoxFuture<'a, Result<(), RelayError>> {
+        let inner = &self.inner;
+        let mut applied = inner.applied.subscribe();
+        // The latest change asking for one of these channels, if it is not
+        // in place yet (its entry goes once it is).
+        let ticket = {
+            let wishes = inner.wishes.lock();
+            let done = *applied.borrow();
+            channels
+                .iter()
+                .filter_map(|c| {
+                    let key = (inner.server_for(c), inner.topics.channel(c));
+                    wishes.adds.get(&key).copied()
+                })
+                .filter(|&t| t > done)
+                .max()
+        };
+        let wait = inner.limits.join_timeout;
         Box::pin(async move {
-            // Bounded: while the interest rate bound holds changes back, a
-            // join answers after this wait rather than never.
-            let _ =
-                tokio::time::timeout(INTEREST_WAIT, applied.wait_for(|&done| done >= ticket)).await;
+            let Some(ticket) = ticket else {
+                return Ok(());
+            };
+            match tokio::time::timeout(wait, applied.wait_for(|&done| done >= ticket)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(RelayError::Unavailable("the relay stopped".into())),
+                Err(_) => {
+                    inner.metrics.relay_join_timeouts.inc();
+                    Err(RelayError::Unavailable(format!(
+                        "Redis did not confirm the subscription within {} ms \
+                         (--relay-join-timeout-ms)",
+                        wait.as_millis()
+                    )))
+                }
+            }
         })
     }
 

@@ -60,11 +60,19 @@ pub(super) struct Wishes {
     /// Interest changes made so far; the interest task reports in
     /// [`Inner::applied`] how many of them are in place at the broker.
     pub(super) requested: u64,
+    /// (server, topic) → the change that last asked for it, while that
+    /// change is not yet applied: what a join of the topic waits for.
+    pub(super) adds: HashMap<(usize, String), u64>,
 }
 
 pub(super) struct Peer {
     pub(super) info: proto::NodeInfo,
+    /// For the silence timeout: when it was last heard, or when this node
+    /// could hear again after being cut off (it gets a fresh chance then).
     pub(super) seen: Instant,
+    /// When its last heartbeat actually arrived: only this says the peer's
+    /// subscriptions are in place ([`Inner::settled`]).
+    pub(super) heard: Instant,
 }
 
 /// Where one peer's answer to a channels query goes: (peer, its channels).
@@ -252,11 +260,14 @@ impl Inner {
     }
 
     /// After an outage a lane may send what it held once its own
-    /// subscriptions are back and every known peer has heartbeated since
-    /// `back` (peers heartbeat only with their subscriptions in place), so
-    /// the held messages reach every node that is still alive.
+    /// subscriptions are back and a heartbeat of every known peer has
+    /// arrived since `back` (peers heartbeat only with their subscriptions in
+    /// place), so the held messages reach every node that is still alive.
+    /// Only a heartbeat that arrived counts: the fresh chance the heartbeat
+    /// task gives peers when this node can hear again (`Peer::seen`) says
+    /// nothing about their subscriptions.
     pub(super) fn settled(&self, back: Instant) -> bool {
-        self.synced() && self.peers.lock().values().all(|p| p.seen > back)
+        self.synced() && self.peers.lock().values().all(|p| p.heard > back)
     }
 
     pub(super) fn observe_latency(&self, sent_at_micros: u64) {

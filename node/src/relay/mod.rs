@@ -170,13 +170,19 @@ pub trait Relay: Send + Sync + 'static {
     /// receives what this node can deliver. Called after every change.
     fn interest(&self, change: &InterestChange);
 
-    /// Resolves once every interest change made before the call is in place
-    /// at the broker: from then on, whatever is published to those channels
-    /// reaches this node. It also resolves when the broker is unreachable
-    /// (nothing to wait for) or after a bounded wait. A relay that delivers
-    /// without subscriptions resolves at once.
-    fn interest_applied(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+    /// Resolves once the subscriptions `channels` need on this node are in
+    /// place at the broker (including changes another join of the same
+    /// channel started): from then on, whatever is published to them
+    /// anywhere reaches this node. An error when the broker has not confirmed
+    /// them within the relay's deadline: the join must then fail rather than
+    /// answer. While the broker connection is down (the node is not ready and
+    /// serves its local members only) it resolves at once. A relay that
+    /// delivers without subscriptions resolves at once.
+    fn interest_applied<'a>(
+        &'a self,
+        _channels: &'a [String],
+    ) -> BoxFuture<'a, Result<(), RelayError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Close connections anywhere in the cluster (the caller closed local ones).

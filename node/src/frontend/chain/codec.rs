@@ -6,7 +6,7 @@ use prometheus::IntCounter;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::wire::{Message, Payload};
-use crate::codec::{Codec, Frames, Recipient, Slot};
+use crate::codec::{Codec, ConnInfo, Frames, Notice, Recipient, Slot};
 use crate::delivery::{Delivery, DeliveryKind, Target};
 use crate::frontend::phoenix::codec::DEFAULT_EVENT;
 
@@ -85,6 +85,26 @@ impl Codec for ChainCodec {
     fn sent(&self) -> Option<&IntCounter> {
         Some(&self.sent)
     }
+
+    /// Channels the session may no longer be in: `[0,null,null,topic,"_close"]`
+    /// on each (chain's client closes the channel whatever its join ref, and
+    /// does not rejoin).
+    fn notice(&self, _conn: &ConnInfo<'_>, notice: Notice<'_>) -> Frames {
+        match notice {
+            Notice::Revoked { channels } => Frames::Many(
+                channels
+                    .iter()
+                    .map(|t| Utf8Bytes::from(revoked(t)))
+                    .collect(),
+            ),
+            Notice::TokenExpired => Frames::None,
+        }
+    }
+}
+
+/// The `_close` push of a revoked topic.
+fn revoked(topic: &str) -> String {
+    serde_json::to_string(&(0, (), (), topic, "_close")).expect("a close push serializes")
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! the node's frames into its [`Link`] and ends it when the grace period
 //! runs out or the node closes it.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,11 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::link::{Ended, Link};
 use super::wire::{DecodeError, Inbound, Message, Payload, Reason};
 use crate::address::FrameLimit;
+use crate::config::join_hooks::{event_rule_for, hook_for, Action, EventRule};
 use crate::conn::Conn;
 use crate::delivery::{Delivery, Target};
-use crate::frontend::phoenix::recover;
+use crate::frontend::phoenix::session::join_response;
+use crate::frontend::phoenix::{hook, recover};
 use crate::node::{JoinRequest, MeshError, Node};
 
 /// The front-end's name in metrics.
@@ -53,6 +56,9 @@ pub mod reasons {
     pub const BAD_SINCE: &str = "bad_since";
     /// A `_join` with `since` to a topic that keeps no history.
     pub const NO_HISTORY: &str = "no_history";
+    /// A join hook's or event rule's backend refused, or did not answer
+    /// properly; an event a rule refuses.
+    pub use crate::frontend::phoenix::hook::reasons::*;
 
     pub const ALL: &[&str] = &[
         BAD_MESSAGE,
@@ -71,12 +77,17 @@ pub mod reasons {
         CONNECT_REFUSED,
         BAD_SINCE,
         NO_HISTORY,
+        BACKEND_REFUSED,
+        BACKEND_TIMEOUT,
+        BACKEND_UNAVAILABLE,
+        BACKEND_BAD_ANSWER,
+        EVENT_REFUSED,
     ];
 }
 
 /// A refusal: the error reply's `reason` and the metric code.
 struct Refusal {
-    reason: &'static str,
+    reason: Cow<'static, str>,
     code: &'static str,
 }
 
@@ -88,14 +99,25 @@ impl From<Reason> for Refusal {
             _ => reasons::UNMATCHED_TOPIC,
         };
         Refusal {
-            reason: r.as_str(),
+            reason: r.as_str().into(),
             code,
         }
     }
 }
 
 fn plain(code: &'static str) -> Refusal {
-    Refusal { reason: code, code }
+    Refusal {
+        reason: code.into(),
+        code,
+    }
+}
+
+/// A backend's refusal (its own reason, or a stable `backend_*` one).
+fn backend_refusal(why: String) -> Refusal {
+    Refusal {
+        code: hook::refusal_code(&why),
+        reason: why.into(),
+    }
 }
 
 fn mesh_refusal(e: &MeshError) -> Refusal {
@@ -167,12 +189,12 @@ impl ChainSession {
 
     fn refuse(&self, join_ref: i64, reference: i64, why: Refusal) {
         self.node.metrics.frontend.error(FRONTEND, why.code);
-        tracing::debug!(reason = why.reason, session = %self.id, "chain error reply");
+        tracing::debug!(reason = %why.reason, session = %self.id, "chain error reply");
         self.send(Message::Reply {
             join_ref,
             reference,
             status: super::wire::Status::Error,
-            payload: Some(super::wire::reason_payload(why.reason)),
+            payload: Some(super::wire::reason_payload(&why.reason)),
         });
     }
 
@@ -245,6 +267,10 @@ impl ChainSession {
                 event,
                 payload,
             } => {
+                // A membership the node revoked (`_close` sent) is gone.
+                if !self.conn.is_member(&topic) {
+                    protocol.joined.remove(&topic);
+                }
                 if !protocol.joined.contains_key(&topic) {
                     self.refuse(join_ref, reference, Reason::UnmatchedTopic.into());
                     return Ok(());
@@ -307,6 +333,17 @@ impl ChainSession {
             }
             Err(_) => return self.refuse(join_ref, reference, plain(reasons::BAD_SINCE)),
         }
+        // A backend join hook decides, and gives the reply's response.
+        let mut hooked = None;
+        if let Some(h) = hook_for(&self.node.config.phoenix.join_hooks, &topic) {
+            let raw = serde_json::from_str(params).unwrap_or_else(|_| empty_object());
+            match hook::ask_join(h, &self.conn, &topic, raw).await {
+                hook::Verdict::Ok(response) => hooked = Some(response),
+                hook::Verdict::Refused(why) => {
+                    return self.refuse(join_ref, reference, backend_refusal(why))
+                }
+            }
+        }
         let channels = [topic.clone()];
         let request = JoinRequest {
             channels: &channels,
@@ -315,6 +352,9 @@ impl ChainSession {
         };
         // A rejoin under another join ref closes the old membership for the
         // client (chain's `_close` for the old join ref).
+        if !self.conn.is_member(&topic) {
+            protocol.joined.remove(&topic);
+        }
         if let Some((old_join, old_ref)) = protocol.joined.get(&topic).copied() {
             if old_join != join_ref {
                 self.send(Message::close(old_join, old_ref, &topic));
@@ -322,8 +362,12 @@ impl ChainSession {
         }
         let reply = |joined: &crate::node::Joined| {
             // `{"position", "recovered"}` on history channels, as Phoenix.
-            let response = history
-                .then(|| Payload::from_json(recover::join_response(joined, &topic).get()))
+            // and the hook's response.
+            let response = (history || hooked.is_some())
+                .then(|| {
+                    let response = join_response(hooked.as_deref(), joined, &topic);
+                    Payload::from_json(response.get())
+                })
                 .flatten();
             Some(Utf8Bytes::from(
                 Message::ok(join_ref, reference, response).encode(),
@@ -353,6 +397,30 @@ impl ChainSession {
             Some(p) if p.get().starts_with('{') => Utf8Bytes::from(p.get().to_string()),
             Some(_) => return self.refuse(join_ref, reference, plain(reasons::BAD_PAYLOAD)),
         };
+        // The event rules: refuse, forward to a backend, or broadcast.
+        match event_rule_for(&self.node.config.phoenix.event_rules, &topic, &event) {
+            Some(rule) if rule.action == Action::Refuse => {
+                return self.refuse(join_ref, reference, plain(reasons::EVENT_REFUSED))
+            }
+            Some(EventRule {
+                backend: Some((url, timeout)),
+                ..
+            }) => {
+                let raw = serde_json::from_str(data.as_str()).unwrap_or_else(|_| empty_object());
+                let backend = (url.as_str(), *timeout);
+                return match hook::forward(backend, &self.conn, &topic, &event, raw).await {
+                    hook::Verdict::Ok(response) => self.send(Message::ok(
+                        join_ref,
+                        reference,
+                        Payload::from_json(response.get()),
+                    )),
+                    hook::Verdict::Refused(why) => {
+                        self.refuse(join_ref, reference, backend_refusal(why))
+                    }
+                };
+            }
+            _ => {}
+        }
         let mut delivery = Delivery::new(Target::Channels(vec![topic]), data);
         delivery.event = Some(Arc::from(event.as_str()));
         match self
@@ -432,4 +500,8 @@ impl ChainSession {
             .with_label_values(&[FRONTEND])
             .dec();
     }
+}
+
+fn empty_object() -> &'static serde_json::value::RawValue {
+    serde_json::from_str("{}").expect("{} is JSON")
 }

@@ -63,11 +63,11 @@ impl Codec for NativeCodec {
         }
     }
 
-    fn notice(&self, conn: &ConnInfo<'_>, notice: Notice<'_>) -> Option<Utf8Bytes> {
-        match notice {
-            Notice::TokenExpired => Some(connection_frame(&self.node_id, conn, None)),
-            Notice::Revoked { channels } => Some(unsubscribed_notice(channels, "forbidden")),
-        }
+    fn notice(&self, conn: &ConnInfo<'_>, notice: Notice<'_>) -> Frames {
+        Frames::One(match notice {
+            Notice::TokenExpired => connection_frame(&self.node_id, conn, None),
+            Notice::Revoked { channels } => unsubscribed_notice(channels, "forbidden"),
+        })
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::wire::{self, Ref, Vsn};
-use crate::codec::{Codec, Frames, Recipient, Slot};
+use crate::codec::{Codec, ConnInfo, Frames, Notice, Recipient, Slot};
 use crate::delivery::{Delivery, DeliveryKind, Target};
 use crate::presence::PresenceEntry;
 
@@ -95,6 +95,21 @@ impl Codec for PhoenixCodec {
 
     fn sent(&self) -> Option<&IntCounter> {
         Some(&self.sent)
+    }
+
+    /// Channels the connection may no longer be in: `phx_close` on each
+    /// (with no join ref, so it closes whichever join the client holds;
+    /// the official client then does not rejoin).
+    fn notice(&self, _conn: &ConnInfo<'_>, notice: Notice<'_>) -> Frames {
+        match notice {
+            Notice::Revoked { channels } => Frames::Many(
+                channels
+                    .iter()
+                    .map(|t| Utf8Bytes::from(wire::encode_close(self.vsn, None, t)))
+                    .collect(),
+            ),
+            Notice::TokenExpired => Frames::None,
+        }
     }
 }
 

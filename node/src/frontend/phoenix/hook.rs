@@ -1,9 +1,11 @@
-//! Backend join hooks (docs/phoenix.md, "Join hooks"): a join to a topic
-//! that matches a `[[phoenix_join_hooks]]` pattern is `POST`ed to the
-//! hook's URL with the topic, the join params and the socket's claims; the
-//! backend's answer becomes the join reply or the refusal reason. A slow,
-//! failing or nonsensical backend gives an error reply with a stable
-//! reason, never a hung join.
+//! Backend calls of the channel rules (docs/phoenix.md, "Join hooks" and
+//! "Event rules"), for Phoenix and chain alike: a join to a topic that
+//! matches a `[[phoenix_join_hooks]]` pattern, or a push of an event that a
+//! `[[channel_events]]` table forwards, is `POST`ed to the backend with the
+//! topic, the params or payload and the client's claims; the backend's
+//! answer becomes the reply or the refusal reason. A slow, failing or
+//! nonsensical backend gives an error reply with a stable reason, never a
+//! hung join or push.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -12,9 +14,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::join_hooks::JoinHook;
+use crate::conn::Conn;
 
-/// Refusal reasons of a backend that did not answer properly.
+/// Refusal reasons of a backend that did not answer properly, and of the
+/// rules themselves.
 pub mod reasons {
+    /// The backend refused (the reply carries its own reason); the metric
+    /// code.
+    pub const BACKEND_REFUSED: &str = "backend_refused";
+    /// A `[[channel_events]]` table refuses the event.
+    pub const EVENT_REFUSED: &str = "event_refused";
     /// No answer within the hook's `timeout_ms`.
     pub const BACKEND_TIMEOUT: &str = "backend_timeout";
     /// Unreachable, or an HTTP status other than 2xx.
@@ -23,7 +32,7 @@ pub mod reasons {
     pub const BACKEND_BAD_ANSWER: &str = "backend_bad_answer";
 }
 
-/// The request body.
+/// The body of a join hook's request.
 #[derive(Serialize)]
 pub struct JoinCall<'a> {
     pub topic: &'a str,
@@ -31,6 +40,82 @@ pub struct JoinCall<'a> {
     pub client_id: &'a str,
     pub user_id: &'a str,
     pub authenticated: bool,
+}
+
+/// The body of a forwarded event's request.
+#[derive(Serialize)]
+pub struct EventCall<'a> {
+    pub topic: &'a str,
+    pub event: &'a str,
+    pub payload: &'a RawValue,
+    pub client_id: &'a str,
+    pub user_id: &'a str,
+    pub authenticated: bool,
+}
+
+/// Who is asking: the connection's user id, whether it is authenticated,
+/// and its token (the backend's bearer).
+pub struct Caller {
+    pub user_id: String,
+    pub authenticated: bool,
+    pub token: Option<String>,
+}
+
+impl Caller {
+    pub fn of(conn: &Conn) -> Caller {
+        let state = conn.state.lock();
+        Caller {
+            user_id: state.root_id.to_string(),
+            authenticated: state.authenticated,
+            token: state.token.clone(),
+        }
+    }
+}
+
+/// The metric code of a refusal: the stable `backend_*` reasons as
+/// themselves, a backend's own reason as `backend_refused`.
+pub fn refusal_code(why: &str) -> &'static str {
+    [
+        reasons::BACKEND_TIMEOUT,
+        reasons::BACKEND_UNAVAILABLE,
+        reasons::BACKEND_BAD_ANSWER,
+    ]
+    .into_iter()
+    .find(|r| *r == why)
+    .unwrap_or(reasons::BACKEND_REFUSED)
+}
+
+/// Ask a join hook's backend about `conn`'s join to `topic`.
+pub async fn ask_join(hook: &JoinHook, conn: &Conn, topic: &str, params: &RawValue) -> Verdict {
+    let caller = Caller::of(conn);
+    let call = JoinCall {
+        topic,
+        params,
+        client_id: &conn.client_id,
+        user_id: &caller.user_id,
+        authenticated: caller.authenticated,
+    };
+    ask(&hook.url, hook.timeout, &call, caller.token.as_deref()).await
+}
+
+/// Forward `conn`'s push of `event` to `topic` to the backend at `url`.
+pub async fn forward(
+    (url, timeout): (&str, Duration),
+    conn: &Conn,
+    topic: &str,
+    event: &str,
+    payload: &RawValue,
+) -> Verdict {
+    let caller = Caller::of(conn);
+    let call = EventCall {
+        topic,
+        event,
+        payload,
+        client_id: &conn.client_id,
+        user_id: &caller.user_id,
+        authenticated: caller.authenticated,
+    };
+    ask(url, timeout, &call, caller.token.as_deref()).await
 }
 
 /// What the backend decided.
@@ -59,10 +144,15 @@ fn client() -> &'static reqwest::Client {
     })
 }
 
-/// Ask the hook's backend about a join (bearer: the socket's token).
-pub async fn ask(hook: &JoinHook, call: &JoinCall<'_>, token: Option<&str>) -> Verdict {
+/// Ask the backend at `url` (bearer: the client's token), within `timeout`.
+pub async fn ask(
+    url: &str,
+    timeout: Duration,
+    call: &impl Serialize,
+    token: Option<&str>,
+) -> Verdict {
     let refused = |r: &str| Verdict::Refused(r.to_string());
-    let mut request = client().post(&hook.url).timeout(hook.timeout).json(call);
+    let mut request = client().post(url).timeout(timeout).json(call);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -72,17 +162,17 @@ pub async fn ask(hook: &JoinHook, call: &JoinCall<'_>, token: Option<&str>) -> V
         Ok::<_, reqwest::Error>((status, response.bytes().await?))
     };
     // The client's timeout covers the body too; this bounds everything.
-    let (status, body) = match tokio::time::timeout(hook.timeout, sent).await {
+    let (status, body) = match tokio::time::timeout(timeout, sent).await {
         Err(_) => return refused(reasons::BACKEND_TIMEOUT),
         Ok(Err(e)) if e.is_timeout() => return refused(reasons::BACKEND_TIMEOUT),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, url = %hook.url, "phoenix join hook unreachable");
+            tracing::warn!(error = %e, url, "channel rule backend unreachable");
             return refused(reasons::BACKEND_UNAVAILABLE);
         }
         Ok(Ok(answer)) => answer,
     };
     if !status.is_success() {
-        tracing::warn!(status = status.as_u16(), url = %hook.url, "phoenix join hook failed");
+        tracing::warn!(status = status.as_u16(), url, "channel rule backend failed");
         return refused(reasons::BACKEND_UNAVAILABLE);
     }
     match serde_json::from_slice::<Answer>(&body) {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use http::HeaderMap;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -223,7 +224,16 @@ pub(super) async fn post(
             } else if !poller.frames.lock().allow() {
                 Some(CloseReason::RateLimited)
             } else {
-                match session.on_text(Utf8Bytes::from(line.to_string())).await {
+                // The official client sends binary frames base64-encoded,
+                // one per line like text frames (which start with `[`/`{`).
+                let binary = (!line.starts_with(['[', '{']))
+                    .then(|| base64::engine::general_purpose::STANDARD.decode(line).ok())
+                    .flatten();
+                let flow = match binary {
+                    Some(frame) => session.on_binary(bytes::Bytes::from(frame)).await,
+                    None => session.on_text(Utf8Bytes::from(line.to_string())).await,
+                };
+                match flow {
                     Flow::Continue => None,
                     Flow::Close(reason) => Some(reason),
                 }

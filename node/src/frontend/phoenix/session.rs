@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::codec::presence_map;
 use super::wire::{self, DecodeError, Inbound, Message, Params, Payload, Ref, Status, Vsn};
 use super::{hook, recover};
-use crate::config::join_hooks::JoinHook;
+use crate::config::join_hooks::{Action, EventRule};
 use crate::conn::Conn;
 use crate::delivery::{Delivery, Target};
 use crate::node::{JoinRequest, MeshError, Node, Read};
@@ -59,8 +59,9 @@ pub mod reasons {
     pub const BAD_SINCE: &str = "bad_since";
     /// A join with `since` to a topic that keeps no history.
     pub const NO_HISTORY: &str = "no_history";
-    /// A join hook's backend refused the join (the reply carries its reason).
-    pub const BACKEND_REFUSED: &str = "backend_refused";
+    /// A join hook's or event rule's backend refused (the reply carries its
+    /// reason), a backend that did not answer properly, an event a rule
+    /// refuses.
     pub use super::super::hook::reasons::*;
 
     pub const ALL: &[&str] = &[
@@ -85,6 +86,7 @@ pub mod reasons {
         BACKEND_TIMEOUT,
         BACKEND_UNAVAILABLE,
         BACKEND_BAD_ANSWER,
+        EVENT_REFUSED,
     ];
 }
 
@@ -300,16 +302,11 @@ impl PhoenixSession {
         let mut hooked = None;
         let hooks = &self.node.config.phoenix.join_hooks;
         if let Some(h) = crate::config::join_hooks::hook_for(hooks, &topic) {
-            match self.ask_hook(h, &topic, &params).await {
+            match hook::ask_join(h, &self.conn, &topic, params.raw()).await {
                 hook::Verdict::Ok(response) => hooked = Some(response),
                 hook::Verdict::Refused(why) => {
-                    let code = match why.as_str() {
-                        hook::reasons::BACKEND_TIMEOUT
-                        | hook::reasons::BACKEND_UNAVAILABLE
-                        | hook::reasons::BACKEND_BAD_ANSWER => None,
-                        _ => Some(reasons::BACKEND_REFUSED),
-                    };
-                    return self.refuse_as(jr, r, &topic, &why, code);
+                    let code = hook::refusal_code(&why);
+                    return self.refuse_as(jr, r, &topic, &why, Some(code));
                 }
             }
         }
@@ -358,26 +355,6 @@ impl PhoenixSession {
         }
     }
 
-    /// Ask a join hook's backend, with the socket's claims.
-    async fn ask_hook(&self, h: &JoinHook, topic: &str, params: &Params) -> hook::Verdict {
-        let (user_id, authenticated, token) = {
-            let state = self.conn.state.lock();
-            (
-                state.root_id.clone(),
-                state.authenticated,
-                state.token.clone(),
-            )
-        };
-        let call = hook::JoinCall {
-            topic,
-            params: params.raw(),
-            client_id: &self.conn.client_id,
-            user_id: &user_id,
-            authenticated,
-        };
-        hook::ask(h, &call, token.as_deref()).await
-    }
-
     async fn push(
         &mut self,
         join_ref: Option<Ref>,
@@ -387,6 +364,10 @@ impl PhoenixSession {
         payload: Payload,
     ) {
         let (jr, r) = (join_ref.as_ref(), reference.as_ref());
+        // A membership the node revoked (phx_close sent) is gone here too.
+        if self.joined.contains_key(&topic) && !self.conn.is_member(&topic) {
+            self.joined.remove(&topic);
+        }
         if !self.joined.contains_key(&topic) {
             return self.refuse(jr, r, &topic, reasons::UNMATCHED_TOPIC);
         }
@@ -396,12 +377,32 @@ impl PhoenixSession {
         if crate::limits::event_name(&event).is_err() {
             return self.refuse(jr, r, &topic, reasons::BAD_EVENT);
         }
-        let data = match payload {
-            Payload::Json(raw) if raw.get().starts_with('{') => {
-                Utf8Bytes::from(raw.get().to_string())
-            }
+        let raw = match payload {
+            Payload::Json(raw) if raw.get().starts_with('{') => raw,
             _ => return self.refuse(jr, r, &topic, reasons::BAD_PAYLOAD),
         };
+        // The event rules: refuse, forward to a backend, or broadcast.
+        let rules = &self.node.config.phoenix.event_rules;
+        match crate::config::join_hooks::event_rule_for(rules, &topic, &event) {
+            Some(rule) if rule.action == Action::Refuse => {
+                return self.refuse(jr, r, &topic, reasons::EVENT_REFUSED)
+            }
+            Some(EventRule {
+                backend: Some((url, timeout)),
+                ..
+            }) => {
+                let backend = (url.as_str(), *timeout);
+                return match hook::forward(backend, &self.conn, &topic, &event, &raw).await {
+                    hook::Verdict::Ok(response) => self.reply(jr, r, &topic, &response),
+                    hook::Verdict::Refused(why) => {
+                        let code = hook::refusal_code(&why);
+                        self.refuse_as(jr, r, &topic, &why, Some(code))
+                    }
+                };
+            }
+            _ => {}
+        }
+        let data = Utf8Bytes::from(raw.get().to_string());
         let mut delivery = Delivery::new(Target::Channels(vec![topic.clone()]), data);
         delivery.event = Some(Arc::from(event.as_str()));
         match self
@@ -417,7 +418,7 @@ impl PhoenixSession {
 
 /// A join reply's response: the hook's (or `{}`), with the position and
 /// recovery fields on history channels.
-fn join_response(
+pub fn join_response(
     hooked: Option<&RawValue>,
     joined: &crate::node::Joined,
     topic: &str,

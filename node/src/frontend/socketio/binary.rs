@@ -6,6 +6,8 @@
 //! message per attachment, the bytes as base64 text messages (`b<base64>`
 //! in Engine.IO 4, `b4<base64>` in Engine.IO 3), which both client parsers
 //! read as binary messages. The handler receives a `Buffer`/`ArrayBuffer`.
+//! The backend's `ack` arguments are marked the same way and go out as a
+//! BINARY_ACK (`461-<id>[…]`) and its attachments.
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -56,17 +58,37 @@ pub fn extract(args: &[Json]) -> Option<(Vec<Json>, Vec<Vec<u8>>)> {
 /// The Engine.IO messages of an event: `4` + the EVENT packet, or `4` +
 /// the BINARY_EVENT packet and its attachments.
 pub fn event_messages(eio: Eio, nsp: &str, event: &str, args: Vec<Json>) -> Vec<Utf8Bytes> {
-    let Some((args, attachments)) = extract(&args) else {
-        let packet = Packet::event(nsp, event, args);
-        return vec![Utf8Bytes::from(format!("4{}", packet.encode()))];
-    };
-    let packet = Packet::Event {
+    messages(eio, args, |args, attachments| Packet::Event {
         nsp: nsp.to_string(),
         id: None,
         event: event.to_string(),
         args,
-        attachments: Some(attachments.len()),
+        attachments,
+    })
+}
+
+/// The Engine.IO messages of an ack: `4` + the ACK packet, or `4` + the
+/// BINARY_ACK packet and its attachments when its arguments mark bytes.
+pub fn ack_messages(eio: Eio, nsp: &str, id: u64, args: Vec<Json>) -> Vec<Utf8Bytes> {
+    messages(eio, args, |args, attachments| Packet::Ack {
+        nsp: nsp.to_string(),
+        id,
+        args,
+        attachments,
+    })
+}
+
+/// The packet `make` builds from `args` (with placeholders, and the number
+/// of attachments when there are any), then its attachments.
+fn messages(
+    eio: Eio,
+    args: Vec<Json>,
+    make: impl FnOnce(Vec<Json>, Option<usize>) -> Packet,
+) -> Vec<Utf8Bytes> {
+    let Some((args, attachments)) = extract(&args) else {
+        return vec![Utf8Bytes::from(format!("4{}", make(args, None).encode()))];
     };
+    let packet = make(args, Some(attachments.len()));
     let prefix = match eio {
         Eio::V4 => "b",
         Eio::V3 => "b4",
@@ -127,6 +149,21 @@ mod tests {
         assert_eq!(p.data, engineio::Data::Binary(vec![0u8, 1, 2].into()));
         let p = outbox_packet(Eio::V4, out[2].as_str()).unwrap();
         assert_eq!(p.data, engineio::Data::Binary(b"hi".to_vec().into()));
+    }
+
+    #[test]
+    fn acks_with_marked_bytes_are_binary_acks() {
+        let args = vec![json(r#"{"$binary":"aGk="}"#), json("1")];
+        let out = ack_messages(Eio::V4, "/", 7, args);
+        assert_eq!(
+            out,
+            [
+                Utf8Bytes::from(r#"461-7[{"_placeholder":true,"num":0},1]"#),
+                Utf8Bytes::from("baGk="),
+            ]
+        );
+        let plain = ack_messages(Eio::V3, "/admin", 3, vec![json(r#""ok""#)]);
+        assert_eq!(plain, [Utf8Bytes::from(r#"43/admin,3["ok"]"#)]);
     }
 
     #[test]

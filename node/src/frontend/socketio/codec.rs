@@ -22,30 +22,39 @@ use crate::delivery::{Delivery, DeliveryKind, Target};
 /// and `POST /api/notify/channels` without `event`).
 pub const DEFAULT_EVENT: &str = "message";
 
-/// What marks a delivery's audience as a list of channels whose Socket.IO
-/// members do not receive it.
+/// What marks a delivery's audience as a Socket.IO emit's options: the
+/// prefix says whether it is volatile, and the lines after it are the
+/// channels whose Socket.IO members do not receive it (maybe none).
 const EXCEPT: &[u8] = b"socketio-except\n";
+const VOLATILE: &[u8] = b"socketio-volatile\n";
 
 /// The audience of a publication that skips the Socket.IO members of
-/// `channels` (`None` for none).
-pub fn except_audience(channels: &[String]) -> Option<bytes::Bytes> {
-    if channels.is_empty() {
+/// `except` and, when `volatile`, may be dropped for a socket that is
+/// behind (`None` for neither).
+pub fn emit_audience(except: &[String], volatile: bool) -> Option<bytes::Bytes> {
+    if except.is_empty() && !volatile {
         return None;
     }
-    let mut out = EXCEPT.to_vec();
-    out.extend_from_slice(channels.join("\n").as_bytes());
+    let mut out = if volatile { VOLATILE } else { EXCEPT }.to_vec();
+    out.extend_from_slice(except.join("\n").as_bytes());
     Some(out.into())
+}
+
+/// The `except` channels of a delivery's audience, if it is an emit's.
+fn except_list(delivery: &Delivery) -> Option<&str> {
+    let audience = delivery.audience.as_deref()?;
+    let list = audience
+        .strip_prefix(EXCEPT)
+        .or_else(|| audience.strip_prefix(VOLATILE))?;
+    std::str::from_utf8(list).ok().filter(|l| !l.is_empty())
 }
 
 /// Is `to` in a channel `delivery` is not for?
 fn excepted(delivery: &Delivery, to: &Recipient<'_>) -> bool {
-    let (Some(audience), Some(member_of)) = (&delivery.audience, to.member_of) else {
+    let (Some(list), Some(member_of)) = (except_list(delivery), to.member_of) else {
         return false;
     };
-    let Some(list) = audience.strip_prefix(EXCEPT) else {
-        return false;
-    };
-    std::str::from_utf8(list).is_ok_and(|list| list.split('\n').any(member_of))
+    list.split('\n').any(member_of)
 }
 
 /// The mesh channel of `room` in namespace `nsp`.
@@ -185,6 +194,13 @@ impl Codec for SocketIoCodec {
         }
     }
 
+    fn droppable(&self, delivery: &Delivery) -> bool {
+        delivery
+            .audience
+            .as_deref()
+            .is_some_and(|a| a.starts_with(VOLATILE))
+    }
+
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames {
         let one = frames;
         match (slot, &delivery.channel, &delivery.target) {
@@ -244,13 +260,22 @@ mod tests {
     #[test]
     fn except_skips_the_members_of_its_channels() {
         let mut d = Delivery::new(Target::Channels(vec!["Chat".into()]), Utf8Bytes::from("{}"));
-        d.audience = except_audience(&["vip".into(), "ops".into()]);
         let in_vip = |c: &str| c == "Chat" || c == "vip";
         let not = |c: &str| c == "Chat";
         let c = codec();
-        assert_eq!(c.slot(&d, &to(Some(&in_vip))), Slot::Skip);
-        assert_eq!(c.slot(&d, &to(Some(&not))), Slot::Shared(0));
-        assert_eq!(except_audience(&[]), None);
+        for volatile in [false, true] {
+            d.audience = emit_audience(&["vip".into(), "ops".into()], volatile);
+            assert_eq!(c.slot(&d, &to(Some(&in_vip))), Slot::Skip);
+            assert_eq!(c.slot(&d, &to(Some(&not))), Slot::Shared(0));
+            assert_eq!(c.droppable(&d), volatile);
+        }
+        assert_eq!(emit_audience(&[], false), None);
+        // Volatile alone: nobody is left out.
+        d.audience = emit_audience(&[], true);
+        assert_eq!(c.slot(&d, &to(Some(&in_vip))), Slot::Shared(0));
+        assert!(c.droppable(&d));
+        d.audience = None;
+        assert!(!c.droppable(&d));
     }
 
     #[test]

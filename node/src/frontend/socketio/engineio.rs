@@ -118,22 +118,28 @@ pub enum Request {
 impl Request {
     /// Classify a request as the reference server does: the transport is
     /// checked first, then the protocol version, then the method of a
-    /// handshake. `allow_eio3` accepts `EIO=3` clients.
+    /// handshake. `allow_eio3` accepts `EIO=3` clients. JSONP polling (a
+    /// `j` parameter, which only a 2.x client in a browser without
+    /// XMLHttpRequest, or told `forceJSONP`, sends) is not served: a
+    /// [`ServerError::BadRequest`] rather than an answer its script tag
+    /// could not run.
     pub fn classify<'a>(
         method: &str,
         query: impl IntoIterator<Item = (&'a str, &'a str)>,
         allow_eio3: bool,
     ) -> Result<Request, ServerError> {
-        let (mut eio, mut transport, mut sid) = (None, None, None);
+        let (mut eio, mut transport, mut sid, mut jsonp) = (None, None, None, false);
         for (k, v) in query {
             match k {
                 "EIO" => eio = Some(v),
                 "transport" => transport = Some(v),
                 "sid" => sid = Some(v),
+                "j" => jsonp = true,
                 _ => {}
             }
         }
         let transport = match transport {
+            Some("polling") if jsonp => return Err(ServerError::BadRequest),
             Some("polling") => Transport::Polling,
             Some("websocket") => Transport::WebSocket,
             _ => return Err(ServerError::UnknownTransport),

@@ -453,12 +453,10 @@ impl SioSession {
             }
         }
         if let Some(id) = id {
-            self.send(message(&Packet::Ack {
-                nsp,
-                id,
-                args: answer.ack.into_iter().map(Json::from_raw).collect(),
-                attachments: None,
-            }));
+            let args = answer.ack.into_iter().map(Json::from_raw).collect();
+            for m in super::binary::ack_messages(self.eio, &nsp, id, args) {
+                self.send(m.to_string());
+            }
         }
     }
 

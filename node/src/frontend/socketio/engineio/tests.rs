@@ -53,6 +53,11 @@ fn requests_are_classified_as_the_reference_server_does() {
             &[("EIO", "4"), ("transport", "polling"), ("sid", "")],
             ServerError::UnknownSid,
         ),
+        (
+            "GET",
+            &[("EIO", "3"), ("transport", "polling"), ("j", "0")],
+            ServerError::BadRequest,
+        ),
     ];
     for (method, query, want) in cases {
         assert_eq!(

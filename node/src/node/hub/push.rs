@@ -1,0 +1,104 @@
+//! Queueing to one connection's outbox: frames pushed (an overflow closes
+//! it as a slow consumer), frames offered (dropped when it is behind: a
+//! volatile emit), and live publications held back during a recovery.
+
+use crate::codec::Frames;
+use crate::conn::{ChannelPos, Conn, Held};
+use crate::delivery::Delivery;
+use crate::outbox::Push;
+
+use super::Hub;
+
+impl Hub {
+    /// Hold `delivery` back for a connection whose recovery is reading
+    /// history; its cost is reserved in the outbox, so a backlog beyond
+    /// `--outbox-bytes` closes the connection as a slow consumer (and drops
+    /// what was held) like any other overflow.
+    pub(super) fn hold(&self, conn: &Conn, held: &mut Held, delivery: &Delivery) {
+        let cost = Held::cost(delivery);
+        match conn.outbox.hold(cost) {
+            Push::Queued => {
+                held.deliveries.push(delivery.clone());
+                held.bytes += cost;
+                self.metrics.recovery_held_bytes.add(cost as i64);
+            }
+            Push::Overflowed => {
+                self.overflowed();
+                let dropped = std::mem::take(held);
+                self.metrics.recovery_held_bytes.sub(dropped.bytes as i64);
+            }
+            Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
+        }
+    }
+
+    /// End a recovery: give back the outbox bytes its held publications
+    /// reserved and return them, in arrival order.
+    pub fn end_recovery(&self, conn: &Conn, pos: &mut ChannelPos) -> Vec<Delivery> {
+        let Some(held) = pos.recovering.take() else {
+            return Vec::new();
+        };
+        conn.outbox.release(held.bytes);
+        self.metrics.recovery_held_bytes.sub(held.bytes as i64);
+        self.metrics.recoveries_in_progress.dec();
+        held.deliveries
+    }
+
+    /// Start a recovery on `pos`: live publications wait from now on.
+    pub fn begin_recovery(&self, pos: &mut ChannelPos) {
+        if pos.recovering.is_none() {
+            pos.recovering = Some(Held::default());
+            self.metrics.recoveries_in_progress.inc();
+        }
+    }
+
+    fn overflowed(&self) {
+        self.metrics.slow_consumer_disconnects.inc();
+        self.metrics
+            .dropped
+            .with_label_values(&["slow_consumer"])
+            .inc();
+    }
+
+    /// Queue frames to one connection; false when it did not take them.
+    pub fn push(&self, conn: &Conn, frames: Frames) -> bool {
+        let mut queued = false;
+        let sent = conn.codec.sent();
+        let mut push = |frame: &tokio_tungstenite::tungstenite::Utf8Bytes| match conn
+            .outbox
+            .push(frame.clone())
+        {
+            Push::Queued => {
+                queued = true;
+                if let Some(sent) = sent {
+                    sent.inc();
+                }
+            }
+            Push::Overflowed => self.overflowed(),
+            Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
+        };
+        match &frames {
+            Frames::None => {}
+            Frames::One(frame) => push(frame),
+            Frames::Many(list) => list.iter().for_each(&mut push),
+        }
+        queued
+    }
+
+    /// Queue a delivery's frames that may be lost (a volatile emit): when
+    /// the connection's outbox is behind they are dropped, counted as
+    /// `pubmesh_dropped_total{reason="volatile"}`, and the connection
+    /// stays. False when they were not queued.
+    pub fn offer(&self, conn: &Conn, frames: Frames) -> bool {
+        if matches!(frames, Frames::None) {
+            return false;
+        }
+        if !conn.outbox.offer(frames.iter()) {
+            self.metrics.dropped.with_label_values(&["volatile"]).inc();
+            return false;
+        }
+        if let Some(sent) = conn.codec.sent() {
+            sent.inc_by(frames.iter().count() as u64);
+        }
+        true
+    }
+}
