@@ -186,6 +186,19 @@ pub struct ExtraRef<'a> {
     pub idempotency: Option<&'a str>,
 }
 
+impl<'a> From<&'a Extra> for ExtraRef<'a> {
+    fn from(extra: &'a Extra) -> Self {
+        ExtraRef {
+            channel: extra.channel.as_deref(),
+            event: extra.event.as_deref(),
+            kind: extra.kind,
+            origin_client: extra.origin_client.as_deref(),
+            audience: extra.audience.as_deref(),
+            idempotency: extra.idempotency.as_deref(),
+        }
+    }
+}
+
 impl Serialize for ExtraRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let audience = self.audience.map(BinRef);

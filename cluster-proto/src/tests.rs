@@ -726,14 +726,7 @@ fn encode_deliver_writes_the_bytes_of_encode() {
     let frame = br#"{"type":"channel","data":{"x":1}}"#;
     for extra in &extras {
         for (borrowed, owned) in &targets {
-            let by_ref = ExtraRef {
-                channel: extra.channel.as_deref(),
-                event: extra.event.as_deref(),
-                kind: extra.kind,
-                origin_client: extra.origin_client.as_deref(),
-                audience: extra.audience.as_deref(),
-                idempotency: extra.idempotency.as_deref(),
-            };
+            let by_ref = ExtraRef::from(extra);
             let wire = encode_deliver("n1", 42, *borrowed, frame, &by_ref);
             let env = decode(&wire).expect("decodes");
             assert_eq!(env.origin, "n1");
