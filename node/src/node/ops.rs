@@ -6,6 +6,7 @@
 //! delivery can slip in between, without knowing their format.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -148,13 +149,47 @@ impl Node {
     /// With `confirm`, waits for the relay's outcome (the reply then says
     /// whether the other nodes got it). An idempotency `key` is scoped to
     /// the socket's user when it is authenticated, else to the connection.
-    pub async fn client_publish(
+    ///
+    /// The policy, and the common publish that waits for nothing, run when
+    /// this is called; only a publish that waits (for the relay's outcome,
+    /// an idempotency check or a history append) is a future of its own,
+    /// boxed. So the future returned is small, and so is a front-end's
+    /// frame handler that awaits it (BENCHMARKS.md, "W2 per delivery: a
+    /// small frame handler").
+    pub fn client_publish<'a>(
+        &'a self,
+        conn: &Conn,
+        delivery: Delivery,
+        confirm: bool,
+        key: Option<&str>,
+    ) -> impl Future<Output = Result<Published, MeshError>> + Send + 'a {
+        let step = self.authorize_publish(conn, delivery, key).map(|delivery| {
+            if !confirm && delivery.idempotency.is_none() && self.names_no_history(&delivery) {
+                Ok(self.publish(delivery, Scope::Cluster))
+            } else {
+                Err(Box::pin(self.publish_with_options(
+                    delivery,
+                    Scope::Cluster,
+                    confirm,
+                )))
+            }
+        });
+        async move {
+            match step? {
+                Ok(done) => Ok(done),
+                Err(waiting) => waiting.await,
+            }
+        }
+    }
+
+    /// The publish policy for a publish from `conn`; sets the delivery's
+    /// origin and its scoped idempotency key.
+    fn authorize_publish(
         &self,
         conn: &Conn,
         mut delivery: Delivery,
-        confirm: bool,
         key: Option<&str>,
-    ) -> Result<Published, MeshError> {
+    ) -> Result<Delivery, MeshError> {
         match &delivery.target {
             Target::Channels(channels) => {
                 for c in channels {
@@ -191,12 +226,7 @@ impl Node {
             };
             delivery.idempotency = Some(crate::idempotency::scoped(publisher, key));
         }
-        if confirm {
-            self.publish_channels_confirmed(delivery, Scope::Cluster)
-                .await
-        } else {
-            self.publish_channels(delivery, Scope::Cluster).await
-        }
+        Ok(delivery)
     }
 
     /// Leave channels (never the native home channel); `reply` is queued

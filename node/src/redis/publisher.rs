@@ -254,6 +254,14 @@ struct Command {
 /// it is). Each topic's envelopes stay in order, within and across its
 /// commands, and the commands follow the first envelope of each.
 fn plan(batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) -> Vec<Command> {
+    if batch.len() == 1 {
+        // An idle lane's batch (the common case below saturation): sent as
+        // it is, without grouping by topic.
+        return vec![Command {
+            items: vec![0],
+            payload: batch[0].payload.clone(),
+        }];
+    }
     let overhead = proto::batch_overhead(origin.len());
     // Per command: its envelopes and their bytes in a batch.
     let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
@@ -356,5 +364,14 @@ mod tests {
             .flat_map(|(_, s)| s)
             .collect();
         assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn an_envelope_alone_in_its_batch_is_one_command_as_encoded() {
+        let batch: VecDeque<Outgoing> = [envelope(7, "a")].into_iter().collect();
+        let plan = plan(&batch, 64 * 1024, "n1");
+        assert_eq!(shape(&batch, &plan), [("a".to_string(), vec![7])]);
+        assert_eq!(plan[0].items, [0]);
+        assert_eq!(plan[0].payload, batch[0].payload);
     }
 }

@@ -123,6 +123,11 @@ impl NativeSession {
                 | "presence"
         );
         self.count_in(if known { kind } else { "invalid" });
+        // The transport boxes this handler's future for every frame. Only
+        // the publish frames, the common ones, await inline; every other
+        // frame's wait is boxed apart, so the handler's future stays small
+        // enough for the allocator's per-thread cache (BENCHMARKS.md, "W2
+        // per delivery: a small frame handler").
         match kind {
             "connection" => {
                 self.send(self.connection_frame(reference));
@@ -133,7 +138,7 @@ impl NativeSession {
                 let identity = self
                     .node
                     .identify(token.as_deref().filter(|t| !t.is_empty()));
-                match self.node.reauthenticate(&self.conn, identity).await {
+                match Box::pin(self.node.reauthenticate(&self.conn, identity)).await {
                     Err(MeshError::Unauthorized) => Ok(()),
                     Err(e) => Err(e.into()),
                     Ok(()) => {
@@ -174,7 +179,7 @@ impl NativeSession {
                 self.published(done, reference);
                 Ok(())
             }
-            "subscribe" => self.subscribe(f, reference).await,
+            "subscribe" => Box::pin(self.subscribe(f, reference)).await,
             "unsubscribe" => {
                 let channels = ids(f.channel_ids, "channel_ids", self.max_ids())?;
                 if let Some(home) = channels.iter().find(|c| c.as_str() == self.conn.home()) {
@@ -184,11 +189,11 @@ impl NativeSession {
                     )));
                 }
                 let reply = ack("unsubscribed", &channels, reference);
-                self.node.leave(&self.conn, &channels, || Some(reply)).await;
+                Box::pin(self.node.leave(&self.conn, &channels, || Some(reply))).await;
                 Ok(())
             }
-            "history" => self.history(f, reference).await,
-            "presence" => self.presence(f, reference).await,
+            "history" => Box::pin(self.history(f, reference)).await,
+            "presence" => Box::pin(self.presence(f, reference)).await,
             "walker" => self.walker(f, reference),
             other => Err(bad(format!("unknown message type {}", json_str(other)))),
         }
@@ -401,5 +406,27 @@ impl Session for NativeSession {
 
     async fn on_close(&mut self, closed_by_server: Option<CloseReason>) {
         self.node.close(&self.conn, closed_by_server);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future that `handler` returns, without calling it.
+    fn future_size<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The transport boxes the future of every client frame's handler; a
+    /// box of at most 1,024 bytes comes from glibc's per-thread cache
+    /// (tcache) instead of its bins, and is cheap to fill (BENCHMARKS.md,
+    /// "W2 per delivery: a small frame handler").
+    #[test]
+    fn frame_handler_future_fits_the_allocator_cache() {
+        let size = future_size(|(session, text): (&'static mut NativeSession, Utf8Bytes)| {
+            session.on_text(text)
+        });
+        assert!(size <= 1024, "on_text's future is {size} bytes");
     }
 }
