@@ -63,7 +63,9 @@ pub enum Slot {
     /// Finished for this recipient alone ([`Codec::finish`]) from what was
     /// prepared once per delivery for every recipient with the same codec
     /// instance and number ([`Codec::prepare`]): for frames that differ
-    /// between recipients only in a part spliced in.
+    /// between recipients only in a part spliced in. `encode` with this
+    /// slot must give what preparing and finishing for `to` gives (for
+    /// callers that encode for one connection).
     Spliced(u32),
     /// Not sent to this recipient.
     Skip,

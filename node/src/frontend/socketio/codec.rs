@@ -248,6 +248,11 @@ impl Codec for SocketIoCodec {
         match (slot, &delivery.channel, &delivery.target) {
             (Slot::Shared(0), Some(channel), _) => one(self.room_frame(delivery, channel)),
             (Slot::Shared(1), _, _) => one(self.frame(delivery, MAIN)),
+            // For one socket (a recovering join's replay).
+            (Slot::Spliced(n), _, _) => {
+                let mut prepared = self.prepare(delivery, n);
+                self.finish(delivery, &mut prepared, to)
+            }
             (Slot::Own, _, Target::Channels(channels)) => {
                 let Some(member_of) = to.member_of else {
                     return Frames::None;
@@ -534,6 +539,14 @@ mod tests {
         let first = |f: &Frames| f.iter().next().unwrap().as_str().as_ptr();
         assert_eq!(first(&got[0]), first(&got[1]));
         assert_eq!(cache.encodings(), 1);
+        // Encoded for one socket (a join's replay), as in the fan-out.
+        let c_alone = Recipient {
+            client_id: "c",
+            positioned: true,
+            tag: None,
+            member_of: None,
+        };
+        assert_eq!(c.encode(&d, Slot::Spliced(0), &c_alone), got[2]);
         // Their positions moved with the event.
         let now = offsets.advance("a", "/", None, recovery::format);
         assert_eq!(now.unwrap(), chat);
