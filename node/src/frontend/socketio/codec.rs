@@ -129,9 +129,10 @@ struct Event {
     /// The namespace it is an event in.
     nsp: String,
     /// The Engine.IO messages without an offset: the packet, then its
-    /// attachments (none when the payload is not JSON). What sockets not
-    /// tracked in `nsp` receive.
+    /// attachments (none when the payload is not JSON).
     plain: Vec<Utf8Bytes>,
+    /// Those messages as frames: what sockets not tracked in `nsp` receive.
+    untracked: Frames,
     /// The positions the last spliced frames name, and those frames:
     /// sockets in the same history rooms share them.
     last: Option<(Rooms, Frames)>,
@@ -281,6 +282,7 @@ impl Codec for SocketIoCodec {
         let plain = self.frame(delivery, &nsp);
         Box::new(Event {
             nsp,
+            untracked: frames(plain.clone()),
             plain,
             last: None,
         })
@@ -306,7 +308,7 @@ impl Codec for SocketIoCodec {
                 _ => Some(rooms.clone()),
             });
         match changed {
-            None => frames(event.plain.clone()),
+            None => event.untracked.clone(),
             Some(None) => event.last.as_ref().map_or(Frames::None, |(_, f)| f.clone()),
             Some(Some(rooms)) => {
                 let spliced = frames(splice(&event.plain, &recovery::format(&rooms)));
