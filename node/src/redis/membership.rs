@@ -73,6 +73,7 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
         let synced = inner.synced();
         if synced {
             inner.heartbeat_now();
+            inner.interest_tick();
         }
         let mut gone = Vec::new();
         {
@@ -96,6 +97,9 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
             inner.metrics.relay_peers.set(peers.len() as i64);
         }
         was_synced = synced;
+        for id in &gone {
+            inner.forget_peer(id);
+        }
         if let Some(node) = inner.node.get() {
             for id in gone {
                 tracing::warn!(peer = %id, "peer silent for {PEER_TIMEOUT:?}; declared gone");
