@@ -60,6 +60,7 @@ mod membership;
 mod publisher;
 pub mod queue;
 pub mod relay;
+mod routing;
 mod state;
 pub mod store;
 mod views;
