@@ -142,7 +142,7 @@ impl Inner {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
-                self.note_peer(&envelope.origin);
+                self.peer_beat(&envelope.origin);
                 let mut peers = self.peers.lock();
                 let now = Instant::now();
                 peers.insert(

@@ -129,6 +129,7 @@ impl Inner {
             if !hearing {
                 return;
             }
+            let sent_at = Instant::now();
             let payload = inner.envelope(Body::Heartbeat(inner.info()));
             let client = inner.servers[0].publisher.with_options(&Options {
                 fail_fast: true,
@@ -143,6 +144,7 @@ impl Inner {
                 client.publish::<(), _, _>(topic, payload).await
             };
             if sent.is_ok() {
+                inner.beat_confirmed(sent_at);
                 inner
                     .metrics
                     .relay_published

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pubmesh_cluster_proto::Body;
 
 use super::state::{Inner, PEER_TIMEOUT};
-use super::views::{ASK_AGAIN, DISCOVERY, SNAPSHOT_PART};
+use super::views::{ASK_AGAIN, BEAT_VALID, DISCOVERY, SILENT, SNAPSHOT_PART};
 
 impl Inner {
     /// Whether a channel or user envelope for `topic` may stay off Redis:
@@ -18,6 +18,11 @@ impl Inner {
     pub(super) fn skips(&self, topic: &str) -> bool {
         let interests = &self.interests;
         if !interests.all_known.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = interests.epoch.elapsed().as_millis() as u64;
+        let beat = interests.confirmed_beat.load(Ordering::Acquire);
+        if now.saturating_sub(beat) >= BEAT_VALID.as_millis() as u64 {
             return false;
         }
         let peers = interests.peers.read();
@@ -118,6 +123,12 @@ impl Inner {
             return;
         }
         *interests.listening.lock() = listening.then(Instant::now);
+        self.reset_views();
+    }
+
+    /// Make every view unknown (relay everything until snapshots arrive).
+    fn reset_views(&self) {
+        let interests = &self.interests;
         let mut peers = interests.peers.write();
         for p in peers.values_mut() {
             p.known = None;
@@ -145,6 +156,38 @@ impl Inner {
         let mut peers = interests.peers.write();
         peers.entry(origin.to_string()).or_default().heard = Some(Instant::now());
         interests.refresh(&peers);
+    }
+
+    /// A heartbeat of `origin` arrived.
+    pub(super) fn peer_beat(&self, origin: &str) {
+        let interests = &self.interests;
+        if !interests.enabled {
+            return;
+        }
+        let mut peers = interests.peers.write();
+        let p = peers.entry(origin.to_string()).or_default();
+        let now = Some(Instant::now());
+        p.beat = now;
+        p.heard = now;
+        interests.refresh(&peers);
+    }
+
+    /// Redis confirmed this node's heartbeat sent at `sent`. If the previous
+    /// confirmed one is older than [`BEAT_VALID`], this node stopped
+    /// skipping meanwhile and peers may have stopped waiting for it: its
+    /// views are reset before it skips again.
+    pub(super) fn beat_confirmed(&self, sent: Instant) {
+        let interests = &self.interests;
+        if !interests.enabled {
+            return;
+        }
+        let at = sent.saturating_duration_since(interests.epoch).as_millis() as u64;
+        let before = interests.confirmed_beat.fetch_max(at, Ordering::AcqRel);
+        if at.saturating_sub(before) >= BEAT_VALID.as_millis() as u64 {
+            // Snapshots asked from now on arrive after anything this node's
+            // subscriber still holds (peers' changes and heartbeats).
+            self.reset_views();
+        }
     }
 
     /// A peer declared gone or leaving: its view goes.
@@ -293,7 +336,7 @@ impl Inner {
             .peers
             .read()
             .values()
-            .all(|p| !p.speaks || p.acked >= version)
+            .all(|p| !p.speaks || p.acked >= version || p.beat.is_none_or(|t| t.elapsed() > SILENT))
     }
 
     /// Wait until every peer applied this node's interest in `topics` (after

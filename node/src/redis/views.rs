@@ -25,7 +25,7 @@
 //! This module holds the state; [`super::routing`] how the relay uses it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -56,6 +56,8 @@ pub(super) struct PeerInterest {
     pub(super) partial: Option<(u64, u32, HashSet<String>)>,
     /// When an interest envelope of it last arrived.
     pub(super) heard: Option<Instant>,
+    /// When its last heartbeat arrived.
+    pub(super) beat: Option<Instant>,
 }
 
 /// This node's own announced interest.
@@ -83,7 +85,21 @@ pub(super) struct Interests {
     /// Acknowledgements to send: peer → version.
     pub(super) to_ack: Mutex<HashMap<String, u64>>,
     pub(super) ack_wake: tokio::sync::Notify,
+    /// Reference point of `confirmed_beat`.
+    pub(super) epoch: Instant,
+    /// When (ms after `epoch`) this node sent its latest heartbeat that
+    /// Redis confirmed: it skips only within [`BEAT_VALID`] of it.
+    pub(super) confirmed_beat: AtomicU64,
 }
+
+/// How long after sending a heartbeat Redis confirmed a node may skip: a
+/// node whose heartbeats stop (frozen, or its publisher cut off) stops
+/// skipping on its own, and resets its views before it skips again.
+pub(super) const BEAT_VALID: Duration = Duration::from_secs(2);
+/// A peer whose heartbeat has not arrived for this long cannot be skipping
+/// (its own heartbeats stopped being confirmed at least [`BEAT_VALID`]
+/// before): joins stop waiting for its acknowledgement.
+pub(super) const SILENT: Duration = Duration::from_secs(3);
 
 impl Interests {
     pub(super) fn new(enabled: bool) -> Self {
@@ -101,6 +117,8 @@ impl Interests {
             changed: tokio::sync::watch::channel(0).0,
             to_ack: Mutex::new(HashMap::new()),
             ack_wake: tokio::sync::Notify::new(),
+            epoch: Instant::now(),
+            confirmed_beat: AtomicU64::new(0),
         }
     }
 
