@@ -21,6 +21,9 @@ impl Inner {
             return false;
         }
         let now = interests.epoch.elapsed().as_millis() as u64;
+        if now < interests.discovered_by.load(Ordering::Acquire) {
+            return false;
+        }
         let beat = interests.confirmed_beat.load(Ordering::Acquire);
         if now.saturating_sub(beat) >= BEAT_VALID.as_millis() as u64 {
             return false;
@@ -122,7 +125,12 @@ impl Inner {
         if !interests.enabled {
             return;
         }
-        *interests.listening.lock() = listening.then(Instant::now);
+        let since = listening.then(Instant::now);
+        *interests.listening.lock() = since;
+        let by = since.map_or(u64::MAX, |t| {
+            (t + DISCOVERY).duration_since(interests.epoch).as_millis() as u64
+        });
+        interests.discovered_by.store(by, Ordering::Release);
         self.reset_views();
     }
 

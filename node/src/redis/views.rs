@@ -73,13 +73,15 @@ pub(super) struct Interests {
     /// Off (`--relay-interest-routing false`): this node neither speaks
     /// interest nor skips, like a build without it.
     pub(super) enabled: bool,
-    /// Fast path of [`Inner::skips`]: true only while every peer's view is
-    /// known and discovery is over.
+    /// Fast path of `Inner::skips`: true only while every peer's view is
+    /// known.
     pub(super) all_known: AtomicBool,
     pub(super) peers: RwLock<HashMap<String, PeerInterest>>,
     pub(super) own: Mutex<Own>,
     /// Since when this node hears `{p}.ctl` without a break.
     pub(super) listening: Mutex<Option<Instant>>,
+    /// When (ms after `epoch`) discovery ends; `u64::MAX` while deaf.
+    pub(super) discovered_by: AtomicU64,
     /// Bumped when an acknowledgement arrives or a peer goes: joins wait on it.
     pub(super) changed: tokio::sync::watch::Sender<u64>,
     /// Acknowledgements to send: peer → version.
@@ -114,6 +116,7 @@ impl Interests {
                 topics: HashMap::new(),
             }),
             listening: Mutex::new(None),
+            discovered_by: AtomicU64::new(u64::MAX),
             changed: tokio::sync::watch::channel(0).0,
             to_ack: Mutex::new(HashMap::new()),
             ack_wake: tokio::sync::Notify::new(),
@@ -139,7 +142,7 @@ impl Interests {
 
     /// Recompute the fast-path flag (the caller holds the write lock).
     pub(super) fn refresh(&self, peers: &HashMap<String, PeerInterest>) {
-        let all = self.discovered() && peers.values().all(|p| p.known.is_some());
+        let all = peers.values().all(|p| p.known.is_some());
         self.all_known.store(all, Ordering::Release);
     }
 
