@@ -1,6 +1,7 @@
-//! Interest routing: a node publishes a channel's message to Redis only when
-//! a peer listens to it, and a join answered on another node still receives
-//! everything published after the answer.
+//! Interest routing (`--relay-interest-routing`): a node publishes a
+//! channel's message to Redis only when a peer listens to it, and a join
+//! answered on another node still receives everything published after the
+//! answer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ fn fast(url: &str) -> Vec<String> {
     [
         "--redis-url",
         url,
+        "--relay-interest-routing",
         "--client-channel-publish",
         "any",
         "--client-rate",
@@ -206,7 +208,7 @@ async fn publishes_no_peer_listens_to_stay_off_redis_until_a_member_joins_elsewh
     let _slot = cluster_slot().await;
     let redis = Redis::start().await;
     let url = redis.url();
-    let (a, b) = two_nodes(&["--redis-url", url.as_str()]).await;
+    let (a, b) = two_nodes(&["--redis-url", url.as_str(), "--relay-interest-routing"]).await;
     let mut local = a.client("").await;
     local
         .send(json!({"type": "subscribe", "channel_ids": ["solo"], "ref": 1}))
@@ -279,7 +281,7 @@ async fn views_are_rebuilt_after_a_peer_restart_and_a_redis_restart() {
     let _slot = cluster_slot().await;
     let mut redis = Redis::start().await;
     let url = redis.url();
-    let (a, mut b) = two_nodes(&["--redis-url", url.as_str()]).await;
+    let (a, mut b) = two_nodes(&["--redis-url", url.as_str(), "--relay-interest-routing"]).await;
     let mut member = b.client("").await;
     member
         .send(json!({"type": "subscribe", "channel_ids": ["room"], "ref": 1}))
@@ -318,4 +320,49 @@ async fn views_are_rebuilt_after_a_peer_restart_and_a_redis_restart() {
     let reply = second.recv_until(|f| f["ref"] == 3).await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
     publish_and_receive(&a, &mut second, "later", 100).await;
+}
+
+/// A peer that does not speak interest (an older build, or this switch
+/// off) never gets a known view: every node keeps relaying everything.
+#[tokio::test]
+async fn a_peer_without_interest_routing_keeps_every_publish_on_redis() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let a = Node::start(&["--redis-url", url.as_str(), "--relay-interest-routing"]).await;
+    let b = Node::start(&[
+        "--redis-url",
+        url.as_str(),
+        "--relay-interest-routing",
+        "false",
+    ])
+    .await;
+    see_each_other(&[&a, &b]).await;
+    // A has heard B long enough to have had its view, were it offered.
+    let beats = "pubmesh_relay_received_total{kind=\"heartbeat\"}";
+    let from = a.metric(beats).await;
+    eventually("heartbeats of B", patience(30), || async {
+        (a.metric(beats).await >= from + 4.0).then_some(())
+    })
+    .await;
+    let mut local = a.client("").await;
+    local
+        .send(json!({"type": "subscribe", "channel_ids": ["mixed"], "ref": 1}))
+        .await;
+    local.recv_until(|f| f["ref"] == 1).await;
+    for n in 0..50 {
+        let body = notify(&a, "mixed", n).await;
+        assert_eq!(body["relay"], "sent", "{body}");
+        assert_eq!(local.recv().await, json!({"n": n}));
+    }
+    assert_eq!(a.metric("pubmesh_relay_skipped_total").await, 0.0);
+    assert_eq!(b.metric("pubmesh_relay_skipped_total").await, 0.0);
+    // B ignores A's interest envelopes and A gets no acknowledgement from B,
+    // yet joins on A are answered (B never skips, so it is not waited for).
+    let mut second = a.client("").await;
+    second
+        .send(json!({"type": "subscribe", "channel_ids": ["mixed-2"], "ref": 2}))
+        .await;
+    let reply = second.recv_until(|f| f["ref"] == 2).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
 }
