@@ -7,7 +7,10 @@
 //! holds per protocol (and per variant of it, such as a Socket.IO namespace,
 //! which gets its own codec instance). A codec may also refuse a delivery for
 //! a connection ([`Slot::Skip`]) or encode it for that connection alone
-//! ([`Slot::Own`]), which is where per-session filtering goes.
+//! ([`Slot::Own`]), which is where per-session filtering goes. Between the
+//! two, [`Slot::Spliced`] prepares what recipients share once per delivery
+//! and finishes it per recipient (a per-connection field spliced into
+//! frames encoded once).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -57,6 +60,13 @@ pub enum Slot {
     Shared(u32),
     /// Encoded for this recipient alone (per-session filtering or framing).
     Own,
+    /// Finished for this recipient alone ([`Codec::finish`]) from what was
+    /// prepared once per delivery for every recipient with the same codec
+    /// instance and number ([`Codec::prepare`]): for frames that differ
+    /// between recipients only in a part spliced in. `encode` with this
+    /// slot must give what preparing and finishing for `to` gives (for
+    /// callers that encode for one connection).
+    Spliced(u32),
     /// Not sent to this recipient.
     Skip,
 }
@@ -100,6 +110,12 @@ impl Frames {
     }
 }
 
+/// What a codec prepared for a [`Slot::Spliced`] slot of one delivery,
+/// handed back to it for each recipient of that slot. The codec may keep
+/// scratch state there (what it finished last, say): one delivery's
+/// fan-out runs on one thread.
+pub type Prepared = Box<dyn Any + Send>;
+
 /// Something the node tells a connection outside any delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Notice<'a> {
@@ -134,6 +150,19 @@ pub trait Codec: Send + Sync + 'static {
     /// first recipient of that slot and must not change the result).
     fn encode(&self, delivery: &Delivery, slot: Slot, to: &Recipient<'_>) -> Frames;
 
+    /// Prepare `delivery` for [`Slot::Spliced`] slot `n`, once per
+    /// delivery (must depend only on the delivery and `n`). Only codecs
+    /// that return that slot need it.
+    fn prepare(&self, _delivery: &Delivery, _n: u32) -> Prepared {
+        Box::new(())
+    }
+
+    /// The frames of `delivery` for `to`, from what [`Codec::prepare`]
+    /// made of it (default: as for [`Slot::Own`]).
+    fn finish(&self, delivery: &Delivery, _prepared: &mut Prepared, to: &Recipient<'_>) -> Frames {
+        self.encode(delivery, Slot::Own, to)
+    }
+
     /// May `delivery` be dropped for this codec's connections when their
     /// outbox is behind, rather than queued (a Socket.IO `volatile` emit)?
     /// Asked only for deliveries that carry an audience.
@@ -154,33 +183,51 @@ pub trait Codec: Send + Sync + 'static {
     }
 }
 
+/// One encoding of a delivery kept for the next recipients of its slot.
+enum Entry {
+    Shared(Frames),
+    Spliced(Prepared),
+}
+
 /// Encodings of one delivery made so far, by (codec instance, slot).
 #[derive(Default)]
 pub struct EncodeCache {
-    entries: Vec<(usize, u32, Frames)>,
+    entries: Vec<(usize, Slot, Entry)>,
 }
 
 impl EncodeCache {
     /// The frames for `to`, encoding them only when no recipient with the
-    /// same codec and shared slot was encoded before. `None` for a skip.
+    /// same codec and shared slot was encoded before (for a spliced slot:
+    /// preparing once, finishing for each recipient). `None` for a skip.
     pub fn frames(
         &mut self,
         codec: &Arc<dyn Codec>,
         delivery: &Delivery,
         to: &Recipient<'_>,
     ) -> Option<Frames> {
-        match codec.slot(delivery, to) {
-            Slot::Skip => None,
-            Slot::Own => Some(codec.encode(delivery, Slot::Own, to)),
-            Slot::Shared(n) => {
-                let key = Arc::as_ptr(codec) as *const () as usize;
-                if let Some((_, _, frames)) =
-                    self.entries.iter().find(|(k, s, _)| *k == key && *s == n)
-                {
-                    return Some(frames.clone());
-                }
+        let slot = codec.slot(delivery, to);
+        let key = Arc::as_ptr(codec) as *const () as usize;
+        let found = self
+            .entries
+            .iter_mut()
+            .find(|(k, s, _)| *k == key && *s == slot);
+        match (slot, found) {
+            (Slot::Skip, _) => None,
+            (Slot::Own, _) => Some(codec.encode(delivery, Slot::Own, to)),
+            (_, Some((_, _, Entry::Shared(frames)))) => Some(frames.clone()),
+            (_, Some((_, _, Entry::Spliced(prepared)))) => {
+                Some(codec.finish(delivery, prepared, to))
+            }
+            (Slot::Shared(n), None) => {
                 let frames = codec.encode(delivery, Slot::Shared(n), to);
-                self.entries.push((key, n, frames.clone()));
+                self.entries
+                    .push((key, slot, Entry::Shared(frames.clone())));
+                Some(frames)
+            }
+            (Slot::Spliced(n), None) => {
+                let mut prepared = codec.prepare(delivery, n);
+                let frames = codec.finish(delivery, &mut prepared, to);
+                self.entries.push((key, slot, Entry::Spliced(prepared)));
                 Some(frames)
             }
         }
@@ -215,6 +262,49 @@ mod tests {
             self.0.fetch_add(1, Ordering::Relaxed);
             Frames::One(Utf8Bytes::from(format!("{}{}", self.1, d.data.as_str())))
         }
+    }
+
+    /// Prepares once, and finishes with the recipient's id spliced in.
+    struct Splicing(AtomicUsize);
+
+    impl Codec for Splicing {
+        fn protocol(&self) -> &'static str {
+            "splicing"
+        }
+        fn slot(&self, _: &Delivery, _: &Recipient<'_>) -> Slot {
+            Slot::Spliced(0)
+        }
+        fn encode(&self, _: &Delivery, _: Slot, _: &Recipient<'_>) -> Frames {
+            Frames::None
+        }
+        fn prepare(&self, d: &Delivery, _: u32) -> Prepared {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Box::new(format!("[{}", d.data.as_str()))
+        }
+        fn finish(&self, _: &Delivery, prepared: &mut Prepared, to: &Recipient<'_>) -> Frames {
+            let head = prepared.downcast_ref::<String>().expect("prepared here");
+            Frames::One(Utf8Bytes::from(format!("{head},{}]", to.client_id)))
+        }
+    }
+
+    #[test]
+    fn a_spliced_slot_is_prepared_once_and_finished_per_recipient() {
+        let c = Arc::new(Splicing(AtomicUsize::new(0)));
+        let codec: Arc<dyn Codec> = c.clone();
+        let d = Delivery::new(Target::All, Utf8Bytes::from("1"));
+        let mut cache = EncodeCache::default();
+        for id in ["a", "b", "c"] {
+            let to = Recipient {
+                client_id: id,
+                positioned: false,
+                tag: None,
+                member_of: None,
+            };
+            let f = cache.frames(&codec, &d, &to).expect("sent");
+            assert_eq!(f, Frames::One(Utf8Bytes::from(format!("[1,{id}]"))));
+        }
+        assert_eq!(c.0.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.encodings(), 1);
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl Codec for CellsCodec {
                 Some(e) => view.matching(&e.claims).map(|(_, w)| w).collect(),
                 None => return Frames::None,
             },
-            Slot::Skip => return Frames::None,
+            Slot::Skip | Slot::Spliced(_) => return Frames::None,
         };
         let mut frames: Vec<Utf8Bytes> = workspaces
             .into_iter()

@@ -4,6 +4,12 @@
 //! the room. The channel says the namespace: rooms of `/` are channels of
 //! the same name, rooms of a namespace `/admin` are channels `/admin:room`
 //! ([`channel`], [`split`]).
+//!
+//! While sockets of a recovery namespace are connected, an event to them
+//! carries each socket's offset as its last argument. It is still encoded
+//! once per publication ([`Slot::Spliced`]): per socket, only the offset is
+//! spliced in before the closing `]`, and sockets whose positions equal
+//! those of the socket before them share its frame ([`Event`]).
 
 use std::sync::Arc;
 
@@ -12,9 +18,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::binary;
 use super::engineio::Eio;
-use super::recovery::Offsets;
+use super::recovery::{self, Offsets, Rooms};
 use super::wire::Json;
-use crate::codec::{Codec, Frames, Recipient, Slot};
+use crate::codec::{Codec, Frames, Prepared, Recipient, Slot};
 use crate::config::socketio::MAIN;
 use crate::delivery::{Delivery, DeliveryKind, Target};
 
@@ -101,7 +107,7 @@ pub struct SocketIoCodec {
     namespaces: Arc<Vec<String>>,
     sent: IntCounter,
     /// Positions of the sockets in recovery namespaces, whose events carry
-    /// them as a last argument (encoded per socket).
+    /// them as a last argument (spliced in per socket).
     offsets: Arc<Offsets>,
     /// The Engine.IO revision of its connections (binary attachments are
     /// framed per revision).
@@ -115,6 +121,45 @@ fn frames(list: Vec<Utf8Bytes>) -> Frames {
         1 => Frames::One(list.into_iter().next().expect("one")),
         _ => Frames::Many(list),
     }
+}
+
+/// An event prepared once per publication for the sockets of a recovery
+/// namespace ([`Slot::Spliced`]).
+struct Event {
+    /// The namespace it is an event in.
+    nsp: String,
+    /// The Engine.IO messages without an offset: the packet, then its
+    /// attachments (none when the payload is not JSON).
+    plain: Vec<Utf8Bytes>,
+    /// Those messages as frames: what sockets not tracked in `nsp` receive.
+    untracked: Frames,
+    /// The positions the last spliced frames name, and those frames:
+    /// sockets in the same history rooms share them.
+    last: Option<(Rooms, Frames)>,
+}
+
+/// `plain` (an event's messages) with `offset` as the event's last
+/// argument: its packet `…]` becomes `…,"<offset>"]`, the bytes
+/// [`binary::event_messages`] makes with `offset` among its arguments.
+/// (An offset is a JSON string, so it holds no attachment and marks none.)
+fn splice(plain: &[Utf8Bytes], offset: &str) -> Vec<Utf8Bytes> {
+    let Some((packet, attachments)) = plain.split_first() else {
+        return Vec::new();
+    };
+    let head = packet
+        .as_str()
+        .strip_suffix(']')
+        .expect("an event ends its array");
+    let quoted = serde_json::to_string(offset).expect("a string serializes");
+    let mut out = String::with_capacity(head.len() + quoted.len() + 2);
+    out.push_str(head);
+    out.push(',');
+    out.push_str(&quoted);
+    out.push(']');
+    let mut list = Vec::with_capacity(plain.len());
+    list.push(Utf8Bytes::from(out));
+    list.extend(attachments.iter().cloned());
+    list
 }
 
 impl SocketIoCodec {
@@ -133,38 +178,31 @@ impl SocketIoCodec {
     }
 
     /// The Engine.IO messages of `delivery` as an event in `nsp` (a
-    /// BINARY_EVENT and its attachments when its payload marks bytes), with
-    /// the recovery offset as last argument when there is one.
-    fn frame(&self, delivery: &Delivery, nsp: &str, offset: Option<String>) -> Vec<Utf8Bytes> {
+    /// BINARY_EVENT and its attachments when its payload marks bytes).
+    fn frame(&self, delivery: &Delivery, nsp: &str) -> Vec<Utf8Bytes> {
         let Some(payload) = Json::from_text(delivery.data.as_str()) else {
             return Vec::new();
         };
         let event = delivery.event.as_deref().unwrap_or(DEFAULT_EVENT);
-        let mut args = vec![payload];
-        args.extend(offset.map(|o| Json::from_value(&o)));
-        binary::event_messages(self.eio, nsp, event, args)
+        binary::event_messages(self.eio, nsp, event, vec![payload])
     }
 
     fn room_frame(&self, delivery: &Delivery, channel: &str) -> Vec<Utf8Bytes> {
         let (nsp, _) = split(&self.namespaces, channel);
-        self.frame(delivery, &nsp, None)
+        self.frame(delivery, &nsp)
     }
 
-    /// A frame of `delivery` in `nsp` for one socket: with its offset when
-    /// it is tracked there, after moving its position in `channel`.
-    fn own_frame(
-        &self,
-        delivery: &Delivery,
-        nsp: &str,
-        channel: Option<&str>,
-        to: &Recipient<'_>,
-    ) -> Vec<Utf8Bytes> {
-        let moved = match (channel, &delivery.position) {
-            (Some(c), Some(p)) if to.positioned => Some((c, p)),
-            _ => None,
-        };
-        let offset = self.offsets.advance(to.client_id, nsp, moved);
-        self.frame(delivery, nsp, offset)
+    /// A frame of `delivery` in `nsp` for one socket of a publication to
+    /// several rooms: with its offset when it is tracked there.
+    fn own_frame(&self, delivery: &Delivery, nsp: &str, to: &Recipient<'_>) -> Vec<Utf8Bytes> {
+        let plain = self.frame(delivery, nsp);
+        match self
+            .offsets
+            .advance(to.client_id, nsp, None, recovery::format)
+        {
+            Some(offset) => splice(&plain, &offset),
+            None => plain,
+        }
     }
 }
 
@@ -181,9 +219,14 @@ impl Codec for SocketIoCodec {
         if excepted(delivery, to) {
             return Slot::Skip;
         }
-        if self.offsets.tracks(to.client_id) {
-            // Its events carry its own offsets.
-            return Slot::Own;
+        if self.offsets.tracking() {
+            // The events of tracked sockets carry their own offsets
+            // (finished per socket; the others get the plain frame).
+            return match (&delivery.target, &delivery.channel) {
+                (Target::Channels(_), Some(_)) => Slot::Spliced(0),
+                (Target::Channels(_), None) => Slot::Own,
+                _ => Slot::Spliced(1),
+            };
         }
         match (&delivery.target, &delivery.channel) {
             (Target::Channels(_), Some(_)) => Slot::Shared(0),
@@ -205,10 +248,11 @@ impl Codec for SocketIoCodec {
         let one = frames;
         match (slot, &delivery.channel, &delivery.target) {
             (Slot::Shared(0), Some(channel), _) => one(self.room_frame(delivery, channel)),
-            (Slot::Shared(1), _, _) => one(self.frame(delivery, MAIN, None)),
-            (Slot::Own, Some(channel), Target::Channels(_)) => {
-                let (nsp, _) = split(&self.namespaces, channel);
-                one(self.own_frame(delivery, &nsp, Some(channel), to))
+            (Slot::Shared(1), _, _) => one(self.frame(delivery, MAIN)),
+            // For one socket (a recovering join's replay).
+            (Slot::Spliced(n), _, _) => {
+                let mut prepared = self.prepare(delivery, n);
+                self.finish(delivery, &mut prepared, to)
             }
             (Slot::Own, _, Target::Channels(channels)) => {
                 let Some(member_of) = to.member_of else {
@@ -220,13 +264,57 @@ impl Codec for SocketIoCodec {
                         .filter(|c| member_of(c))
                         .flat_map(|c| {
                             let (nsp, _) = split(&self.namespaces, c);
-                            self.own_frame(delivery, &nsp, None, to)
+                            self.own_frame(delivery, &nsp, to)
                         })
                         .collect(),
                 )
             }
-            (Slot::Own, _, _) => one(self.own_frame(delivery, MAIN, None, to)),
             _ => Frames::None,
+        }
+    }
+
+    /// A room event (`0`) or an event in `/` (`1`), without an offset.
+    fn prepare(&self, delivery: &Delivery, n: u32) -> Prepared {
+        let nsp = match (n, &delivery.channel) {
+            (0, Some(channel)) => split(&self.namespaces, channel).0,
+            _ => MAIN.to_string(),
+        };
+        let plain = self.frame(delivery, &nsp);
+        Box::new(Event {
+            nsp,
+            untracked: frames(plain.clone()),
+            plain,
+            last: None,
+        })
+    }
+
+    /// The prepared event with the socket's offset spliced in, after moving
+    /// its position in the event's room; as prepared when it is not
+    /// tracked in the event's namespace.
+    fn finish(&self, delivery: &Delivery, prepared: &mut Prepared, to: &Recipient<'_>) -> Frames {
+        let Some(event) = prepared.downcast_mut::<Event>() else {
+            return Frames::None;
+        };
+        let moved = match (&delivery.channel, &delivery.position) {
+            (Some(c), Some(p)) if to.positioned => Some((&**c, p)),
+            _ => None,
+        };
+        let last = &event.last;
+        // `None` inside: the same positions as the last socket's.
+        let changed = self
+            .offsets
+            .advance(to.client_id, &event.nsp, moved, |rooms| match last {
+                Some((same, _)) if same == rooms => None,
+                _ => Some(rooms.clone()),
+            });
+        match changed {
+            None => event.untracked.clone(),
+            Some(None) => event.last.as_ref().map_or(Frames::None, |(_, f)| f.clone()),
+            Some(Some(rooms)) => {
+                let spliced = frames(splice(&event.plain, &recovery::format(&rooms)));
+                event.last = Some((rooms, spliced.clone()));
+                spliced
+            }
         }
     }
 
@@ -238,6 +326,7 @@ impl Codec for SocketIoCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::Position;
 
     fn codec() -> SocketIoCodec {
         SocketIoCodec::new(
@@ -342,5 +431,126 @@ mod tests {
             c.encode(&user, Slot::Shared(1), &to(None)),
             Frames::One(Utf8Bytes::from(r#"42["message",{}]"#))
         );
+    }
+
+    /// The frames of an event with an offset as they were serialised per
+    /// socket before splicing: the offset a last argument like any other.
+    fn serialised(eio: Eio, nsp: &str, event: &str, payload: &str, offset: &str) -> Vec<Utf8Bytes> {
+        let args = vec![Json::from_text(payload).unwrap(), Json::from_value(&offset)];
+        binary::event_messages(eio, nsp, event, args)
+    }
+
+    #[test]
+    fn spliced_offsets_give_the_bytes_of_the_serialised_event() {
+        let payloads = [
+            r#""he said \"hi\" \\ \u00e9 é ☃ 😀 \u2028""#,
+            r#"[[1,[2,[3,[]]]],{"a":[{"b":"\\\""}],"c":null},-1.5e3,true]"#,
+            r#"{"name":"a.png","file":{"$binary":"AAEC"},"more":[{"$binary":"aGk="}]}"#,
+            r#"{"$binary":"not base64!"}"#,
+            r#"  {"spaced" : [ 1 , 2 ] }  "#,
+            "0",
+        ];
+        let offsets = [
+            r#"[["Chat","e1",4]]"#,
+            r#"[["ch\"q\\","é☃",0],["$binary","e\u0001",18446744073709551615]]"#,
+            "[]",
+        ];
+        for eio in [Eio::V4, Eio::V3] {
+            for nsp in ["/", "/admin"] {
+                for event in ["message", "ev\"ent é"] {
+                    for payload in payloads {
+                        let plain = binary::event_messages(
+                            eio,
+                            nsp,
+                            event,
+                            vec![Json::from_text(payload).unwrap()],
+                        );
+                        for offset in offsets {
+                            assert_eq!(
+                                splice(&plain, offset),
+                                serialised(eio, nsp, event, payload, offset),
+                                "{payload} {offset}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(splice(&[], "[]").is_empty());
+    }
+
+    #[test]
+    fn recovery_sockets_get_their_offsets_and_share_frames_when_equal() {
+        let offsets = Arc::new(Offsets::default());
+        let c: Arc<dyn Codec> = Arc::new(SocketIoCodec::new(
+            Arc::new(vec!["/admin".to_string()]),
+            IntCounter::new("t", "t").unwrap(),
+            offsets.clone(),
+            Eio::V4,
+        ));
+        let at = |offset| Position {
+            offset,
+            epoch: "e\"1".into(),
+        };
+        for (client, rooms) in [
+            ("a", &["Chat"][..]),
+            ("b", &["Chat"]),
+            ("c", &["Chat", "Jobs"]),
+        ] {
+            offsets.start(client, "/");
+            for r in rooms {
+                offsets.set(client, "/", r, &at(3));
+            }
+        }
+        let payload = r#"{"t":"é \"x\"","b":{"$binary":"aGk="}}"#;
+        let mut d = Delivery::new(
+            Target::Channels(vec!["Chat".into()]),
+            Utf8Bytes::from(payload),
+        );
+        d.position = Some(at(4));
+        let mut cache = crate::codec::EncodeCache::default();
+        let mut got = Vec::new();
+        for client in ["a", "b", "c", "untracked"] {
+            let to = Recipient {
+                client_id: client,
+                positioned: client != "untracked",
+                tag: None,
+                member_of: None,
+            };
+            assert_eq!(c.slot(&d, &to), Slot::Spliced(0));
+            got.push(cache.frames(&c, &d, &to).expect("sent"));
+        }
+        let expect = |offset: &str| {
+            let list = match offset {
+                "" => binary::event_messages(
+                    Eio::V4,
+                    "/",
+                    "message",
+                    vec![Json::from_text(payload).unwrap()],
+                ),
+                o => serialised(Eio::V4, "/", "message", payload, o),
+            };
+            Frames::Many(list)
+        };
+        let chat = r#"[["Chat","e\"1",4]]"#;
+        assert_eq!(got[0], expect(chat));
+        assert_eq!(got[1], expect(chat));
+        assert_eq!(got[2], expect(r#"[["Chat","e\"1",4],["Jobs","e\"1",3]]"#));
+        assert_eq!(got[3], expect(""));
+        // Sockets at the same positions share one frame.
+        let first = |f: &Frames| f.iter().next().unwrap().as_str().as_ptr();
+        assert_eq!(first(&got[0]), first(&got[1]));
+        assert_eq!(cache.encodings(), 1);
+        // Encoded for one socket (a join's replay), as in the fan-out.
+        let c_alone = Recipient {
+            client_id: "c",
+            positioned: true,
+            tag: None,
+            member_of: None,
+        };
+        assert_eq!(c.encode(&d, Slot::Spliced(0), &c_alone), got[2]);
+        // Their positions moved with the event.
+        let now = offsets.advance("a", "/", None, recovery::format);
+        assert_eq!(now.unwrap(), chat);
     }
 }

@@ -95,7 +95,7 @@ pub fn new_pid() -> String {
 }
 
 /// `[[channel, epoch, offset], …]`, as a JSON string: the offset argument.
-fn format(rooms: &BTreeMap<String, (String, u64)>) -> String {
+pub fn format(rooms: &Rooms) -> String {
     let list: Vec<(&str, &str, u64)> = rooms
         .iter()
         .map(|(c, (e, o))| (c.as_str(), e.as_str(), *o))
@@ -114,13 +114,19 @@ pub fn parse(offset: &str) -> HashMap<String, Position> {
         .unwrap_or_default()
 }
 
-type Rooms = BTreeMap<String, (String, u64)>;
+/// A socket's positions in a namespace: channel → (epoch, offset).
+pub type Rooms = BTreeMap<String, (String, u64)>;
 
 /// For every socket in a recovery namespace, its position in each history
 /// room as of the last event encoded for it (the fan-out encodes a
 /// connection's deliveries in the order it queues them). Shared by the
 /// codec, which reads and advances it, and the sessions, which start and
 /// end it.
+///
+/// The fan-out takes the lock once per socket per event, to move one
+/// position and compare the socket's positions with those of the socket
+/// before it (the codec's [`Offsets::advance`]): no allocation there
+/// unless they differ, and nothing is encoded under it.
 #[derive(Default)]
 pub struct Offsets {
     /// Sockets tracked: when 0, the codec never takes the lock.
@@ -174,28 +180,34 @@ impl Offsets {
         }
     }
 
-    /// Is `client` tracked in any namespace?
-    pub fn tracks(&self, client: &str) -> bool {
-        self.tracked.load(Ordering::Relaxed) > 0 && self.map.lock().contains_key(client)
+    /// Is any socket tracked? (When none is, events are encoded once for
+    /// every socket and the lock is never taken.)
+    pub fn tracking(&self) -> bool {
+        self.tracked.load(Ordering::Relaxed) > 0
     }
 
-    /// The offset argument of an event in `nsp` to `client`, after moving
-    /// its position in the event's channel (when the event has one); `None`
-    /// when `client` is not tracked in `nsp`.
-    pub fn advance(
+    /// Move `client`'s position in the event's channel (when the event has
+    /// one), then `read` its positions in `nsp` (their offset argument is
+    /// [`format`] of them); `None` when `client` is not tracked in `nsp`.
+    /// `read` runs under the lock: it should only compare or copy.
+    pub fn advance<R>(
         &self,
         client: &str,
         nsp: &str,
         moved: Option<(&str, &Position)>,
-    ) -> Option<String> {
+        read: impl FnOnce(&Rooms) -> R,
+    ) -> Option<R> {
         let mut map = self.map.lock();
         let rooms = map.get_mut(client)?.get_mut(nsp)?;
         if let Some((channel, p)) = moved {
-            if let Some(at) = rooms.get_mut(channel) {
-                *at = (p.epoch.clone(), p.offset);
+            if let Some((epoch, offset)) = rooms.get_mut(channel) {
+                if *epoch != p.epoch {
+                    epoch.clone_from(&p.epoch);
+                }
+                *offset = p.offset;
             }
         }
-        Some(format(rooms))
+        Some(read(rooms))
     }
 }
 
@@ -213,22 +225,27 @@ mod tests {
     #[test]
     fn offsets_name_every_history_room_and_parse_back() {
         let o = Offsets::default();
-        assert!(!o.tracks("c"));
+        assert!(!o.tracking());
         o.start("c", "/");
         o.set("c", "/", "Chat", &pos("e1", 4));
         o.set("c", "/", "Jobs", &pos("e2", 0));
-        assert!(o.tracks("c"));
-        let s = o.advance("c", "/", Some(("Jobs", &pos("e2", 1)))).unwrap();
-        assert_eq!(s, r#"[["Chat","e1",4],["Jobs","e2",1]]"#);
+        assert!(o.tracking());
+        let s = o.advance("c", "/", Some(("Jobs", &pos("e2", 1))), format);
+        assert_eq!(s.unwrap(), r#"[["Chat","e1",4],["Jobs","e2",1]]"#);
+        // A new epoch replaces the old one.
+        let s = o.advance("c", "/", Some(("Chat", &pos("e9", 0))), format);
+        assert_eq!(s.unwrap(), r#"[["Chat","e9",0],["Jobs","e2",1]]"#);
         // A channel it is not positioned in does not appear.
-        let s = o.advance("c", "/", Some(("Other", &pos("e3", 9)))).unwrap();
+        let s = o.advance("c", "/", Some(("Other", &pos("e3", 9))), format);
+        let s = s.unwrap();
         assert_eq!(parse(&s).len(), 2);
-        assert_eq!(parse(&s)["Chat"], pos("e1", 4));
-        assert_eq!(o.advance("c", "/admin", None), None);
+        assert_eq!(parse(&s)["Chat"], pos("e9", 0));
+        assert_eq!(o.advance("c", "/admin", None, format), None);
         o.forget("c", "/", &["Chat".into()]);
-        assert_eq!(o.advance("c", "/", None).unwrap(), r#"[["Jobs","e2",1]]"#);
+        let s = o.advance("c", "/", None, format);
+        assert_eq!(s.unwrap(), r#"[["Jobs","e2",1]]"#);
         o.end("c", None);
-        assert!(!o.tracks("c"));
+        assert!(!o.tracking());
         assert_eq!(o.tracked.load(Ordering::Relaxed), 0);
     }
 
