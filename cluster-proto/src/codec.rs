@@ -150,6 +150,20 @@ pub fn encode(envelope: &Envelope) -> Bytes {
             let parts: Vec<Bytes> = parts.iter().map(encode).collect();
             write_payload(&mut buf, head, parts_ref(&parts));
         }
+        Body::Interest {
+            from,
+            to,
+            added,
+            removed,
+        } => write_payload(&mut buf, head, (from, to, added, removed)),
+        Body::InterestRequest { node_id } => write_payload(&mut buf, head, (node_id,)),
+        Body::InterestSnapshot {
+            version,
+            part,
+            last,
+            topics,
+        } => write_payload(&mut buf, head, (version, part, last, topics)),
+        Body::InterestAck { acks } => write_payload(&mut buf, head, (acks,)),
     }
     Bytes::from(buf)
 }
@@ -484,6 +498,40 @@ pub fn decode(input: &[u8]) -> Result<Envelope, DecodeError> {
             }
             (o, s, t, Body::Batch(envelopes))
         }
+        Kind::Interest => {
+            let (o, s, t, (from, to, added, removed)) =
+                read_payload::<(u64, u64, BoundedVec<String>, BoundedVec<String>)>(kind, rest)?;
+            let body = Body::Interest {
+                from,
+                to,
+                added: added.0,
+                removed: removed.0,
+            };
+            (o, s, t, body)
+        }
+        Kind::InterestRequest => {
+            let (o, s, t, (node_id,)) = read_payload::<(String,)>(kind, rest)?;
+            check_node_id(kind, &node_id)?;
+            (o, s, t, Body::InterestRequest { node_id })
+        }
+        Kind::InterestSnapshot => {
+            let (o, s, t, (version, part, last, topics)) =
+                read_payload::<(u64, u32, bool, BoundedVec<String>)>(kind, rest)?;
+            let body = Body::InterestSnapshot {
+                version,
+                part,
+                last,
+                topics: topics.0,
+            };
+            (o, s, t, body)
+        }
+        Kind::InterestAck => {
+            let (o, s, t, (acks,)) = read_payload::<(BoundedVec<(String, u64)>,)>(kind, rest)?;
+            for (node, _) in &acks.0 {
+                check_node_id(kind, node)?;
+            }
+            (o, s, t, Body::InterestAck { acks: acks.0 })
+        }
     };
     check_node_id(kind, &origin)?;
     Ok(Envelope {
@@ -593,5 +641,9 @@ fn size_estimate(envelope: &Envelope) -> usize {
                 .iter()
                 .map(|p| size_estimate(p) + HEADER_LEN + BATCH_ITEM_OVERHEAD)
                 .sum(),
+            Body::Interest { added, removed, .. } => 24 + strings(added) + strings(removed),
+            Body::InterestRequest { node_id } => node_id.len(),
+            Body::InterestSnapshot { topics, .. } => 24 + strings(topics),
+            Body::InterestAck { acks } => acks.iter().map(|(n, _)| n.len() + 14).sum::<usize>(),
         }
 }

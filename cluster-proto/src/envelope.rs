@@ -127,6 +127,46 @@ pub enum Body {
     /// sequence number, time and kind; a batch never holds a batch, and
     /// every envelope in it has the batch's origin.
     Batch(Vec<Envelope>),
+    /// A change of the sender's interest: the channel and user topics its
+    /// subscriber started (`added`) or stopped (`removed`) listening to,
+    /// taking its interest from version `from` to version `to` (published on
+    /// `{p}.ctl`, in order with the sender's other control envelopes). With
+    /// `from == to` and nothing added or removed it is a beacon: the
+    /// sender's current version, sent with every heartbeat so a peer that
+    /// missed a change notices.
+    Interest {
+        /// The version this change applies to.
+        from: u64,
+        /// The version after it.
+        to: u64,
+        /// Topics now listened to.
+        added: Vec<String>,
+        /// Topics no longer listened to.
+        removed: Vec<String>,
+    },
+    /// Ask `node_id` for its whole interest ([`Body::InterestSnapshot`]).
+    InterestRequest {
+        /// The node whose interest is asked for.
+        node_id: String,
+    },
+    /// One part of the sender's whole interest at `version`; parts come in
+    /// order, `part` counting from 0, the last with `last` set.
+    InterestSnapshot {
+        /// The interest version the parts describe.
+        version: u64,
+        /// Index of this part.
+        part: u32,
+        /// Whether this is the last part.
+        last: bool,
+        /// Topics of this part.
+        topics: Vec<String>,
+    },
+    /// `(node, version)`: the sender has applied `node`'s interest up to
+    /// `version`; every publish it decides from now on takes it into account.
+    InterestAck {
+        /// One entry per acknowledged node.
+        acks: Vec<(String, u64)>,
+    },
 }
 
 impl Body {
@@ -141,6 +181,10 @@ impl Body {
             Body::ChannelsReply { .. } => Kind::ChannelsReply,
             Body::Publication { .. } => Kind::Publication,
             Body::Batch(_) => Kind::Batch,
+            Body::Interest { .. } => Kind::Interest,
+            Body::InterestRequest { .. } => Kind::InterestRequest,
+            Body::InterestSnapshot { .. } => Kind::InterestSnapshot,
+            Body::InterestAck { .. } => Kind::InterestAck,
         }
     }
 }
@@ -168,11 +212,19 @@ pub enum Kind {
     Publication = 7,
     /// [`Body::Batch`]
     Batch = 8,
+    /// [`Body::Interest`]
+    Interest = 9,
+    /// [`Body::InterestRequest`]
+    InterestRequest = 10,
+    /// [`Body::InterestSnapshot`]
+    InterestSnapshot = 11,
+    /// [`Body::InterestAck`]
+    InterestAck = 12,
 }
 
 impl Kind {
     /// Every kind, in tag order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Deliver,
         Kind::Heartbeat,
         Kind::Leaving,
@@ -181,6 +233,10 @@ impl Kind {
         Kind::ChannelsReply,
         Kind::Publication,
         Kind::Batch,
+        Kind::Interest,
+        Kind::InterestRequest,
+        Kind::InterestSnapshot,
+        Kind::InterestAck,
     ];
 
     /// The tag written on the wire.
@@ -204,6 +260,10 @@ impl Kind {
             Kind::ChannelsReply => "channels_reply",
             Kind::Publication => "publication",
             Kind::Batch => "batch",
+            Kind::Interest => "interest",
+            Kind::InterestRequest => "interest_request",
+            Kind::InterestSnapshot => "interest_snapshot",
+            Kind::InterestAck => "interest_ack",
         }
     }
 }

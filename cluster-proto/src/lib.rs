@@ -32,6 +32,10 @@
 //! | 6 | [`Body::ChannelsReply`] | `[request_id, [[channel, count]…]]` |
 //! | 7 | [`Body::Publication`] | v1: `[channel, frame: bin]`; v2: `[channel, frame: bin, extra]`; then the ASCII tail `OFFSET\nEPOCH\n` |
 //! | 8 | [`Body::Batch`] | `[envelope: bin…]`: complete envelopes (any version, any kind but 8) of the same origin, handled in order |
+//! | 9 | [`Body::Interest`] | `[from, to, [added topic…], [removed topic…]]` |
+//! | 10 | [`Body::InterestRequest`] | `[node_id]` |
+//! | 11 | [`Body::InterestSnapshot`] | `[version, part, last: bool, [topic…]]` |
+//! | 12 | [`Body::InterestAck`] | `[[[node_id, version]…]]` |
 //!
 //!
 //! `extra` ([`Extra`], version 2) is `[channel: str|nil, event: str|nil,
@@ -61,6 +65,11 @@
 //! - [`Body::Batch`] (tag 8) is such a kind: it only wraps envelopes every
 //!   version 2 node reads, so a sender that does not batch speaks exactly the
 //!   format of earlier builds (see the relay's `--relay-batch-us 0`).
+//! - The interest kinds (tags 9 to 12, [`Body::Interest`] and the rest) are
+//!   optional too: a node that never sends them (an older build, or one run
+//!   with `--relay-interest-routing false`) never gets a known interest view
+//!   at its peers, so every node keeps relaying everything to Redis while it
+//!   is in the cluster; an older node refuses them as unknown kinds.
 //! - Golden-byte tests pin the encoding of every kind, so an accidental
 //!   change fails the build.
 //!

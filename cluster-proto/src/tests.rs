@@ -220,6 +220,60 @@ fn golden() -> Vec<(&'static str, Envelope, &'static str)> {
              c42b504d00020194a26e3107cf00060a24181e400094920291a175c4027b7dc0\
              95a161a2657601a26331c40178",
         ),
+        (
+            "interest change",
+            env2(Body::Interest {
+                from: 4,
+                to: 5,
+                added: vec!["p.ch.{a}".into()],
+                removed: vec!["p.u.b".into()],
+            }),
+            "504d000209\
+             94a26e3107cf00060a24181e4000\
+             94040591a8702e63682e7b617d91a5702e752e62",
+        ),
+        (
+            "interest beacon",
+            env2(Body::Interest {
+                from: 5,
+                to: 5,
+                added: vec![],
+                removed: vec![],
+            }),
+            "504d000209\
+             94a26e3107cf00060a24181e4000\
+             9405059090",
+        ),
+        (
+            "interest request",
+            env2(Body::InterestRequest {
+                node_id: "n2".into(),
+            }),
+            "504d00020a\
+             94a26e3107cf00060a24181e4000\
+             91a26e32",
+        ),
+        (
+            "interest snapshot part",
+            env2(Body::InterestSnapshot {
+                version: 5,
+                part: 0,
+                last: true,
+                topics: vec!["p.ch.{a}".into()],
+            }),
+            "504d00020b\
+             94a26e3107cf00060a24181e4000\
+             940500c391a8702e63682e7b617d",
+        ),
+        (
+            "interest ack",
+            env2(Body::InterestAck {
+                acks: vec![("n2".into(), 5)],
+            }),
+            "504d00020c\
+             94a26e3107cf00060a24181e4000\
+             919192a26e3205",
+        ),
     ]
 }
 
@@ -331,13 +385,17 @@ fn kind_tags_are_stable() {
             (6, "channels_reply"),
             (7, "publication"),
             (8, "batch"),
+            (9, "interest"),
+            (10, "interest_request"),
+            (11, "interest_snapshot"),
+            (12, "interest_ack"),
         ]
     );
     for kind in Kind::ALL {
         assert_eq!(Kind::from_tag(kind.tag()), Some(kind));
     }
     assert_eq!(Kind::from_tag(0), None);
-    assert_eq!(Kind::from_tag(9), None);
+    assert_eq!(Kind::from_tag(13), None);
 }
 
 #[test]
@@ -744,4 +802,42 @@ fn encode_deliver_writes_the_bytes_of_encode() {
             assert_eq!(encode(&env), wire);
         }
     }
+}
+
+/// The interest kinds are new tags of version 2, not a new version: an
+/// older node (which knows tags up to 8) refuses just them as unknown kinds
+/// and keeps reading everything else, and never answers them, so its
+/// peers never learn its interest and keep relaying everything.
+#[test]
+fn interest_kinds_are_new_tags_an_older_node_refuses_alone() {
+    for (name, env, _) in golden() {
+        let wire = encode(&env);
+        let tag = wire[4];
+        if (9..=12).contains(&tag) {
+            assert_eq!(&wire[2..4], &2u16.to_be_bytes(), "{name}: still version 2");
+            // What an older build sees: a tag it does not know.
+            let mut unknown = wire.to_vec();
+            unknown[4] = 13;
+            assert_eq!(
+                decode(&unknown),
+                Err(DecodeError::UnknownKind { tag: 13 }),
+                "{name}"
+            );
+        } else {
+            assert!(tag <= 8, "{name}");
+        }
+    }
+    let ack = Envelope::new(
+        "n1",
+        1,
+        Body::InterestAck {
+            acks: vec![("not a node id!".into(), 1)],
+        },
+    );
+    assert_eq!(
+        decode(&encode(&ack)),
+        Err(DecodeError::InvalidNodeId {
+            kind: Kind::InterestAck
+        })
+    );
 }

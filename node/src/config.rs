@@ -165,6 +165,10 @@ pub struct Cli {
     /// How long a busy publishing lane waits for more envelopes before it sends, in microseconds; 0: it sends what queued during the previous round trip [default: 0]
     #[arg(long, env = env::RELAY_BATCH_US)]
     pub relay_batch_us: Option<u64>,
+    /// Share interest with peers and publish a channel's or user's message to Redis only when a peer listens to it (false: relay every publish, like builds without interest routing) [default: false]
+    #[arg(long, env = env::RELAY_INTEREST_ROUTING, num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub relay_interest_routing: Option<bool>,
     #[command(flatten)]
     pub frontends: frontends::FrontendFlags,
     #[command(flatten)]
@@ -223,6 +227,7 @@ pub struct FileConfig {
     pub relay_join_timeout_ms: Option<u64>,
     pub relay_batch_bytes: Option<usize>,
     pub relay_batch_us: Option<u64>,
+    pub relay_interest_routing: Option<bool>,
     pub phoenix_heartbeat_timeout_ms: Option<u64>,
     pub phoenix_longpoll_grace_ms: Option<u64>,
     pub idempotency_window_seconds: Option<u64>,
@@ -540,6 +545,10 @@ impl Config {
                         .relay_batch_us
                         .or(file.relay_batch_us)
                         .map_or(d.batch_wait, Duration::from_micros),
+                    interest_routing: cli
+                        .relay_interest_routing
+                        .or(file.relay_interest_routing)
+                        .unwrap_or(d.interest_routing),
                 }
             },
             idempotency,

@@ -153,6 +153,7 @@ pub struct Metrics {
     pub relay_queue_bytes: IntGauge,
     pub relay_retried: IntCounter,
     pub relay_batched: IntCounter,
+    pub relay_skipped: IntCounter,
     pub relay_server_up: IntGaugeVec,
     pub relay_interest_ops: IntCounter,
     pub relay_interest_pending: IntGauge,
@@ -388,6 +389,11 @@ impl Metrics {
                 &r,
                 "pubmesh_relay_batched_total",
                 "Envelopes that shared one PUBLISH (a batch envelope) with an earlier envelope for the same Redis channel",
+            ),
+            relay_skipped: counter(
+                &r,
+                "pubmesh_relay_skipped_total",
+                "Channel or user envelopes not published to Redis because every peer's known interest lacks the topic",
             ),
             relay_server_up: {
                 let g = IntGaugeVec::new(

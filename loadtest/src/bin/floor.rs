@@ -1,16 +1,19 @@
 //! `pubmesh-floor`: the floor pubmesh's fan-out is compared with.
 //!
 //! It answers just enough of the `/websocket` protocol for
-//! `pubmesh-load run loadtest/scenarios/fanout.toml` to drive it: every
-//! socket gets a connection frame; a socket that connected with a
-//! `channel_id` is a recipient; a `channel` frame from any socket has its
-//! `data` object framed once as a WebSocket text frame, and those same bytes
-//! (one shared buffer) go to every recipient. Each recipient has a writer
-//! task that writes everything queued for it in one `write`, as pubmesh's
-//! socket writers do (the same tokio runtime). No registry, no channels, no JSON parsing, no limits:
-//! what is left is reading the publisher, handing the frame to each writer
-//! and the kernel's cost of the writes. BENCHMARKS.md divides pubmesh's CPU
-//! per delivery by this program's.
+//! `pubmesh-load run loadtest/scenarios/fanout.toml` (W1) and
+//! `loadtest/scenarios/targeted.toml` (W2) to drive it: every socket gets a
+//! connection frame; a socket that connected with `?channel_id=NAME` is a
+//! recipient for NAME; a `channel` frame from any socket has its `data`
+//! object framed once as a WebSocket text frame, and those same bytes (one
+//! shared buffer) go to every recipient of each name in its `channel_ids`
+//! (W1: the 1,000 sockets of one name; W2: the one socket of a random name).
+//! Each recipient has a writer task that writes everything queued for it in
+//! one `write`, as pubmesh's socket writers do (the same tokio runtime). No
+//! subscribe/unsubscribe, no JSON parsing, no acknowledgements, no limits:
+//! what is left is reading the publisher, one map lookup per named channel,
+//! handing the frame to each writer and the kernel's cost of the writes.
+//! BENCHMARKS.md divides pubmesh's CPU per delivery by this program's.
 //!
 //! ```sh
 //! pubmesh-floor 127.0.0.1:18200
@@ -18,6 +21,7 @@
 //!
 //! Loopback only: it refuses any other listen address.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +33,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 type Frame = Arc<Vec<u8>>;
-type Recipients = Arc<Mutex<Vec<(u64, mpsc::UnboundedSender<Frame>)>>>;
+/// Writers by the channel name their socket connected with.
+type Recipients = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Frame>)>>>>;
 
 /// Frames handed to recipients since start; logged when a publisher leaves.
 static DELIVERED: AtomicU64 = AtomicU64::new(0);
@@ -60,11 +65,17 @@ async fn main() -> io::Result<()> {
         ids += 1;
         let id = ids;
         tokio::spawn(async move {
-            let result = session(stream, id, &recipients).await;
-            recipients
-                .lock()
-                .expect("not poisoned")
-                .retain(|(other, _)| *other != id);
+            let mut channel = None;
+            let result = session(stream, id, &mut channel, &recipients).await;
+            if let Some(name) = channel {
+                let mut map = recipients.lock().expect("not poisoned");
+                if let Some(list) = map.get_mut(&name) {
+                    list.retain(|(other, _)| *other != id);
+                    if list.is_empty() {
+                        map.remove(&name);
+                    }
+                }
+            }
             if let Err(e) = result {
                 eprintln!("delivered_total {}", DELIVERED.load(Ordering::Relaxed));
                 if e.kind() != io::ErrorKind::UnexpectedEof {
@@ -76,7 +87,13 @@ async fn main() -> io::Result<()> {
 }
 
 /// Handshake, connection frame, then read frames and fan out.
-async fn session(stream: TcpStream, id: u64, recipients: &Recipients) -> io::Result<()> {
+/// `channel` is set to the name the socket connected with, if any.
+async fn session(
+    stream: TcpStream,
+    id: u64,
+    channel: &mut Option<String>,
+    recipients: &Recipients,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -104,7 +121,7 @@ async fn session(stream: TcpStream, id: u64, recipients: &Recipients) -> io::Res
         derive_accept_key(key.as_bytes())
     );
     write.write_all(response.as_bytes()).await?;
-    let channel = path
+    *channel = path
         .split_whitespace()
         .nth(1)
         .and_then(|target| target.split_once("channel_id="))
@@ -114,9 +131,14 @@ async fn session(stream: TcpStream, id: u64, recipients: &Recipients) -> io::Res
         channel.as_deref().unwrap_or("none")
     );
     write.write_all(&text_frame(hello.as_bytes())).await?;
-    if channel.is_some() {
+    if let Some(name) = channel.clone() {
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-        recipients.lock().expect("not poisoned").push((id, tx));
+        recipients
+            .lock()
+            .expect("not poisoned")
+            .entry(name)
+            .or_default()
+            .push((id, tx));
         tokio::spawn(async move {
             // Everything queued since the last write goes out in one write.
             let mut batch = Vec::new();
@@ -138,12 +160,17 @@ async fn session(stream: TcpStream, id: u64, recipients: &Recipients) -> io::Res
         let (opcode, payload) = read_frame(&mut reader).await?;
         match opcode {
             0x1 => {
-                if let Some(data) = data_object(&payload) {
+                if let (Some(data), Some(names)) = (data_object(&payload), channel_ids(&payload)) {
                     let frame = Arc::new(text_frame(data));
-                    let mut list = recipients.lock().expect("not poisoned");
-                    // A recipient whose writer is gone is dropped.
-                    list.retain(|(_, tx)| tx.send(frame.clone()).is_ok());
-                    DELIVERED.fetch_add(list.len() as u64, Ordering::Relaxed);
+                    let mut map = recipients.lock().expect("not poisoned");
+                    for name in names.split(',') {
+                        let name = name.trim().trim_matches('"');
+                        if let Some(list) = map.get_mut(name) {
+                            // A recipient whose writer is gone is dropped.
+                            list.retain(|(_, tx)| tx.send(frame.clone()).is_ok());
+                            DELIVERED.fetch_add(list.len() as u64, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
             0x8 => {
@@ -205,6 +232,15 @@ async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> io::Result<(u8, Vec<u8>
     Ok((head[0] & 0x0f, payload))
 }
 
+/// The inside of a `channel` frame's `channel_ids` list: quoted names
+/// separated by commas (the harness's names hold neither).
+fn channel_ids(frame: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"\"channel_ids\":[";
+    let start = frame.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = frame[start..].iter().position(|&b| b == b']')?;
+    std::str::from_utf8(&frame[start..start + len]).ok()
+}
+
 /// The `data` object of a `channel` frame, by brace matching (the harness's
 /// payloads hold no braces inside strings).
 fn data_object(frame: &[u8]) -> Option<&[u8]> {
@@ -234,6 +270,10 @@ mod tests {
         let frame = br#"{"type":"channel","channel_ids":["fanout-0"],"data":{"t":1,"s":2,"p":"xx"},"ref":3}"#;
         assert_eq!(data_object(frame), Some(&br#"{"t":1,"s":2,"p":"xx"}"#[..]));
         assert_eq!(data_object(b"{\"type\":\"x\"}"), None);
+        assert_eq!(channel_ids(frame), Some("\"fanout-0\""));
+        let two = br#"{"type":"channel","channel_ids":["a-1","a-2"],"data":{}}"#;
+        assert_eq!(channel_ids(two), Some("\"a-1\",\"a-2\""));
+        assert_eq!(channel_ids(b"{\"type\":\"x\"}"), None);
     }
 
     #[tokio::test]

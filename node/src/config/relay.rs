@@ -22,6 +22,9 @@ pub struct RelayLimits {
     pub batch_bytes: usize,
     /// How long a busy lane waits for more envelopes before it sends.
     pub batch_wait: Duration,
+    /// Publish a channel's or user's message to Redis only when a peer
+    /// listens to it (`--relay-interest-routing`).
+    pub interest_routing: bool,
 }
 
 impl Default for RelayLimits {
@@ -35,6 +38,7 @@ impl Default for RelayLimits {
             join_timeout: Duration::from_secs(10),
             batch_bytes: 64 * 1024,
             batch_wait: Duration::ZERO,
+            interest_routing: false,
         }
     }
 }

@@ -142,6 +142,7 @@ impl Inner {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.peer_beat(&envelope.origin);
                 let mut peers = self.peers.lock();
                 let now = Instant::now();
                 peers.insert(
@@ -162,6 +163,8 @@ impl Inner {
                 let mut peers = self.peers.lock();
                 peers.remove(&node_id);
                 self.metrics.relay_peers.set(peers.len() as i64);
+                drop(peers);
+                self.forget_peer(&node_id);
             }
             Body::Disconnect {
                 client_ids,
@@ -171,6 +174,7 @@ impl Inner {
                     return;
                 }
                 self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.note_peer(&envelope.origin);
                 node.disconnect_local(&client_ids, &root_ids);
             }
             Body::ChannelsRequest {
@@ -204,6 +208,26 @@ impl Inner {
                     self.handle(server, topic, envelope);
                 }
             }
+            Body::InterestRequest { node_id } => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                let asked = node_id == self.node_id;
+                self.interest_received(&envelope.origin, Body::InterestRequest { node_id });
+                if asked {
+                    self.send_snapshot(&envelope.origin);
+                }
+            }
+            body @ (Body::Interest { .. }
+            | Body::InterestSnapshot { .. }
+            | Body::InterestAck { .. }) => {
+                if mine {
+                    return;
+                }
+                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.interest_received(&envelope.origin, body);
+            }
             Body::ChannelsReply {
                 request_id,
                 channels,
@@ -228,6 +252,10 @@ pub(super) async fn receive_loop(inner: Arc<Inner>, server: usize) {
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                if server == 0 {
+                    // Control envelopes may be among those lost.
+                    inner.interest_deaf(true);
+                }
                 inner
                     .metrics
                     .relay_dropped

@@ -78,11 +78,17 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 true
             }
         });
+        // Topics Redis confirmed in this pass: announced to peers below.
+        let mut added: Vec<String> = Vec::new();
         for (s, st) in state.iter_mut().enumerate() {
             let server = &inner.servers[s];
             if !server.subscriber.is_connected() {
                 if !st.lost {
                     tracing::info!(server = %server.url, "subscriber connection lost");
+                    if s == 0 {
+                        // Deaf to `{p}.ctl`: peers' interest may change unheard.
+                        inner.interest_deaf(false);
+                    }
                 }
                 st.lost = true;
                 server.health.set_synced(false);
@@ -109,6 +115,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 let mut ok = true;
                 for chunk in groups(&add, inner.sharded) {
                     if subscribe(&inner, s, &chunk, true).await {
+                        added.extend(chunk.iter().filter(|t| !st.permanent.contains(*t)).cloned());
                         st.confirmed.extend(chunk.iter().cloned());
                         inner.metrics.relay_interest_ops.inc_by(chunk.len() as u64);
                     } else {
@@ -124,6 +131,9 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                     st.lost = false;
                     st.settle();
                     server.health.set_synced(true);
+                    if s == 0 {
+                        inner.interest_listening();
+                    }
                     // Tell peers at once (a held-back publish may wait for it).
                     inner.heartbeat_now();
                 }
@@ -134,6 +144,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 if subscribe(&inner, s, &chunk, true).await {
                     tokens -= chunk.len() as f64;
                     inner.metrics.relay_interest_ops.inc_by(chunk.len() as u64);
+                    added.extend(chunk.iter().filter(|t| !st.permanent.contains(*t)).cloned());
                     st.confirmed.extend(chunk.iter().cloned());
                 } else {
                     break;
@@ -146,6 +157,14 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
         // A server whose connection is down counts as done: the node is not
         // ready, serves its local members only, and every needed topic is
         // subscribed again when the connection is back.
+        // A lost server's wanted topics count as listened to: peers keep
+        // relaying them, so they arrive as soon as it is back.
+        for st in state.iter().filter(|s| s.lost && inner.interests.enabled) {
+            added.extend(st.desired.difference(&st.permanent).cloned());
+        }
+        // Peers learn of the new topics before any join waiting for them
+        // is answered (the join then waits for their acknowledgements).
+        inner.announce(added, Vec::new());
         if state.iter().all(|s| s.lost || !s.missing_any()) {
             let moved = inner.applied.send_if_modified(|applied| {
                 let moved = *applied < upto;
@@ -156,6 +175,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 inner.wishes.lock().adds.retain(|_, t| *t > upto);
             }
         }
+        let mut removed: Vec<String> = Vec::new();
         for (s, st) in state.iter_mut().enumerate() {
             if st.lost || !inner.servers[s].subscriber.is_connected() {
                 continue;
@@ -168,10 +188,12 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                     for topic in &chunk {
                         st.confirmed.remove(topic);
                     }
+                    removed.extend(chunk);
                 }
             }
             st.settle();
         }
+        inner.announce(Vec::new(), removed);
         let pending: usize = state
             .iter()
             .filter(|s| !s.lost)

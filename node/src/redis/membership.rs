@@ -73,6 +73,7 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
         let synced = inner.synced();
         if synced {
             inner.heartbeat_now();
+            inner.interest_tick();
         }
         let mut gone = Vec::new();
         {
@@ -96,6 +97,9 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
             inner.metrics.relay_peers.set(peers.len() as i64);
         }
         was_synced = synced;
+        for id in &gone {
+            inner.forget_peer(id);
+        }
         if let Some(node) = inner.node.get() {
             for id in gone {
                 tracing::warn!(peer = %id, "peer silent for {PEER_TIMEOUT:?}; declared gone");
@@ -125,6 +129,7 @@ impl Inner {
             if !hearing {
                 return;
             }
+            let sent_at = Instant::now();
             let payload = inner.envelope(Body::Heartbeat(inner.info()));
             let client = inner.servers[0].publisher.with_options(&Options {
                 fail_fast: true,
@@ -139,6 +144,7 @@ impl Inner {
                 client.publish::<(), _, _>(topic, payload).await
             };
             if sent.is_ok() {
+                inner.beat_confirmed(sent_at);
                 inner
                     .metrics
                     .relay_published

@@ -14,6 +14,9 @@
 //!   a node subscribes to those only while it has local members, and lets go
 //!   [`relay::LINGER`] after the last one leaves (so join/leave churn costs nothing;
 //!   see [`relay`]);
+//! - with interest routing (`--relay-interest-routing`, [`views`]) nodes tell
+//!   each other which of those topics they listen to, and a node publishes a
+//!   channel's or user's message to Redis only when some peer may need it;
 //! - messages for client ids go straight to the owning node's inbox `{p}.n.{node}`;
 //! - broadcasts use `{p}.all`; membership, disconnects and channel queries `{p}.ctl`.
 //!
@@ -57,5 +60,7 @@ mod membership;
 mod publisher;
 pub mod queue;
 pub mod relay;
+mod routing;
 mod state;
 pub mod store;
+mod views;

@@ -63,8 +63,10 @@ use super::interest::interest_loop;
 use super::membership::{heartbeat_loop, probe_loop};
 use super::publisher::publish_loop;
 use super::queue::{Budget, Lane};
+use super::routing::{ack_loop, discovery_problem};
 use super::state::{unix_now, Inner, Server, Wishes, LANES, MIN_ENVELOPE_COST};
 use super::store::RedisStore;
+use super::views::Interests;
 use crate::config::Config;
 use crate::delivery::{BoxFuture, Delivery, InterestChange};
 use crate::history::HistoryError;
@@ -160,6 +162,7 @@ impl RedisRelay {
                 )),
                 limits,
                 requests: Mutex::new(HashMap::new()),
+                interests: Interests::new(config.relay.interest_routing),
             }),
         })
     }
@@ -195,6 +198,7 @@ impl Relay for RedisRelay {
                 tokio::spawn(receive_loop(inner.clone(), i));
             }
             tokio::spawn(interest_loop(inner.clone()));
+            tokio::spawn(ack_loop(inner.clone()));
             // Start degraded rather than fail when Redis is down: the clients
             // keep reconnecting and /readyz reports it meanwhile.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -316,20 +320,34 @@ impl Relay for RedisRelay {
         };
         let wait = inner.limits.join_timeout;
         Box::pin(async move {
-            let Some(ticket) = ticket else {
-                return Ok(());
-            };
-            match tokio::time::timeout(wait, applied.wait_for(|&done| done >= ticket)).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(_)) => Err(RelayError::Unavailable("the relay stopped".into())),
-                Err(_) => {
-                    inner.metrics.relay_join_timeouts.inc();
-                    Err(RelayError::Unavailable(format!(
-                        "Redis did not confirm the subscription within {} ms \
-                         (--relay-join-timeout-ms)",
-                        wait.as_millis()
-                    )))
+            let deadline = tokio::time::Instant::now() + wait;
+            if let Some(ticket) = ticket {
+                let applied = applied.wait_for(|&done| done >= ticket);
+                match tokio::time::timeout_at(deadline, applied).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return Err(RelayError::Unavailable("the relay stopped".into())),
+                    Err(_) => {
+                        inner.metrics.relay_join_timeouts.inc();
+                        return Err(RelayError::Unavailable(format!(
+                            "Redis did not confirm the subscription within {} ms \
+                             (--relay-join-timeout-ms)",
+                            wait.as_millis()
+                        )));
+                    }
                 }
+            }
+            // Every peer must know this node listens before the join is
+            // answered, or it might keep a publish off Redis.
+            let topics: Vec<String> = channels.iter().map(|c| inner.topics.channel(c)).collect();
+            if inner.peers_applied(&topics, deadline).await {
+                Ok(())
+            } else {
+                inner.metrics.relay_join_timeouts.inc();
+                Err(RelayError::Unavailable(format!(
+                    "peers did not acknowledge the subscription within {} ms \
+                     (--relay-join-timeout-ms)",
+                    wait.as_millis()
+                )))
             }
         })
     }
@@ -398,7 +416,8 @@ impl Relay for RedisRelay {
     }
 
     fn status(&self) -> RelayStatus {
-        let problems = self.inner.problems();
+        let mut problems = self.inner.problems();
+        problems.extend(discovery_problem(&self.inner));
         if problems.is_empty() {
             RelayStatus {
                 healthy: true,

@@ -19,6 +19,7 @@ use super::envelope::{extra_of, extra_ref};
 use super::health::ServerHealth;
 use super::queue::{Ack, Budget, Lane, Outgoing, OVERHEAD};
 use super::store::{PublishSpec, RedisStore};
+use super::views::Interests;
 use crate::config::RelayLimits;
 use crate::delivery::{Delivery, Target};
 use crate::metrics::Metrics;
@@ -104,6 +105,8 @@ pub(super) struct Inner {
     pub(super) groups: Mutex<Groups>,
     /// Open `/api/channels` queries: request id → where replies go.
     pub(super) requests: Mutex<HashMap<u64, ReplySender>>,
+    /// What peers listen to, and what this node told them (see [`super::views`]).
+    pub(super) interests: Interests,
 }
 
 pub(super) fn unix_now() -> u64 {
@@ -197,6 +200,11 @@ impl Inner {
                     } else {
                         (self.topics.user(name), Targets::TAG_USERS)
                     };
+                    // No peer listens to it (see `super::views`).
+                    if self.skips(&topic) {
+                        self.metrics.relay_skipped.inc();
+                        continue;
+                    }
                     let targets = TargetsRef::One(tag, name.as_str());
                     parts.push((self.server_for(name), topic, targets));
                 }

@@ -60,26 +60,27 @@ impl Hub {
     }
 
     /// Queue frames to one connection; false when it did not take them.
+    /// The frames move into the outbox: a frame shared by many recipients
+    /// costs each of them one reference count increment (in the encode
+    /// cache) and one decrement (after the write), not two of each.
     pub fn push(&self, conn: &Conn, frames: Frames) -> bool {
         let mut queued = false;
         let sent = conn.codec.sent();
-        let mut push = |frame: &tokio_tungstenite::tungstenite::Utf8Bytes| match conn
-            .outbox
-            .push(frame.clone())
-        {
-            Push::Queued => {
-                queued = true;
-                if let Some(sent) = sent {
-                    sent.inc();
+        let mut push =
+            |frame: tokio_tungstenite::tungstenite::Utf8Bytes| match conn.outbox.push(frame) {
+                Push::Queued => {
+                    queued = true;
+                    if let Some(sent) = sent {
+                        sent.inc();
+                    }
                 }
-            }
-            Push::Overflowed => self.overflowed(),
-            Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
-        };
-        match &frames {
+                Push::Overflowed => self.overflowed(),
+                Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
+            };
+        match frames {
             Frames::None => {}
             Frames::One(frame) => push(frame),
-            Frames::Many(list) => list.iter().for_each(&mut push),
+            Frames::Many(list) => list.into_iter().for_each(&mut push),
         }
         queued
     }

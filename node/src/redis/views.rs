@@ -1,0 +1,160 @@
+//! Interest routing: what this node tells its peers it listens to, and what
+//! it knows its peers listen to, so a channel's or user's publish goes to
+//! Redis only when a peer needs it.
+//!
+//! A node's interest is the set of channel and user topics its subscribers
+//! listen to (confirmed by Redis, lingering ones included). It announces
+//! every change as a versioned [`Body::Interest`] on `{p}.ctl`, in order with
+//! its other control envelopes (one lane), sends the current version as a
+//! beacon with every heartbeat, and answers a [`Body::InterestRequest`] with
+//! its whole set ([`Body::InterestSnapshot`], in parts).
+//!
+//! Each node keeps a view per peer: unknown (relay everything) or known (a
+//! version and a set). A view becomes known only from a snapshot; changes
+//! apply in version order; a gap, a beacon ahead of the view, a lag of the
+//! control connection or this node's own reconnect make it unknown again and
+//! ask for a snapshot. A publish skips Redis for a topic only when every
+//! peer's view is known, none holds the topic, and this node has listened to
+//! `{p}.ctl` for longer than [`DISCOVERY`] (so it has heard every live peer).
+//!
+//! Every peer acknowledges each change it handled ([`Body::InterestAck`]):
+//! a join waits until every peer that speaks interest acknowledged the
+//! version that added its topics, so a publish decided anywhere after the
+//! join's answer reaches it (see `Relay::interest_applied`).
+//!
+//! This module holds the state; [`super::routing`] how the relay uses it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+/// How long a node listens to `{p}.ctl` before it trusts that it knows
+/// every live peer: two heartbeat intervals.
+pub const DISCOVERY: Duration = Duration::from_secs(2);
+/// Topics per snapshot part.
+pub(super) const SNAPSHOT_PART: usize = 1000;
+/// Least time between two snapshot requests to one peer (a heartbeat
+/// interval).
+pub(super) const ASK_AGAIN: Duration = Duration::from_secs(1);
+
+/// What this node knows of one peer's interest.
+#[derive(Default)]
+pub(super) struct PeerInterest {
+    /// `Some((version, topics))` once known from a snapshot; `None`: relay
+    /// everything to it.
+    pub(super) known: Option<(u64, HashSet<String>)>,
+    /// It has sent an interest envelope, so it may skip topics: joins wait
+    /// for its acknowledgements.
+    pub(super) speaks: bool,
+    /// The highest version of this node's interest it acknowledged.
+    pub(super) acked: u64,
+    /// When this node last asked it for a snapshot.
+    pub(super) asked: Option<Instant>,
+    /// Snapshot parts received so far: (version, next part, topics).
+    pub(super) partial: Option<(u64, u32, HashSet<String>)>,
+    /// When an interest envelope of it last arrived.
+    pub(super) heard: Option<Instant>,
+    /// When its last heartbeat arrived.
+    pub(super) beat: Option<Instant>,
+}
+
+/// This node's own announced interest.
+#[derive(Default)]
+pub(super) struct Own {
+    pub(super) version: u64,
+    /// Topic → the version that added it.
+    pub(super) topics: HashMap<String, u64>,
+}
+
+/// Interest routing state of one relay.
+pub(super) struct Interests {
+    /// Off (`--relay-interest-routing false`): this node neither speaks
+    /// interest nor skips, like a build without it.
+    pub(super) enabled: bool,
+    /// Fast path of `Inner::skips`: true only while every peer's view is
+    /// known.
+    pub(super) all_known: AtomicBool,
+    pub(super) peers: RwLock<HashMap<String, PeerInterest>>,
+    pub(super) own: Mutex<Own>,
+    /// Since when this node hears `{p}.ctl` without a break.
+    pub(super) listening: Mutex<Option<Instant>>,
+    /// When (ms after `epoch`) discovery ends; `u64::MAX` while deaf.
+    pub(super) discovered_by: AtomicU64,
+    /// Bumped when an acknowledgement arrives or a peer goes: joins wait on it.
+    pub(super) changed: tokio::sync::watch::Sender<u64>,
+    /// Acknowledgements to send: peer → version.
+    pub(super) to_ack: Mutex<HashMap<String, u64>>,
+    pub(super) ack_wake: tokio::sync::Notify,
+    /// Reference point of `confirmed_beat`.
+    pub(super) epoch: Instant,
+    /// When (ms after `epoch`) this node sent its latest heartbeat that
+    /// Redis confirmed: it skips only within [`BEAT_VALID`] of it.
+    pub(super) confirmed_beat: AtomicU64,
+}
+
+/// How long after sending a heartbeat Redis confirmed a node may skip: a
+/// node whose heartbeats stop (frozen, or its publisher cut off) stops
+/// skipping on its own, and resets its views before it skips again.
+pub(super) const BEAT_VALID: Duration = Duration::from_secs(2);
+/// A peer whose heartbeat has not arrived for this long cannot be skipping
+/// (its own heartbeats stopped being confirmed at least [`BEAT_VALID`]
+/// before): joins stop waiting for its acknowledgement.
+pub(super) const SILENT: Duration = Duration::from_secs(3);
+
+impl Interests {
+    pub(super) fn new(enabled: bool) -> Self {
+        Interests {
+            enabled,
+            all_known: AtomicBool::new(false),
+            peers: RwLock::new(HashMap::new()),
+            // Versions start above anything an earlier run of this node id
+            // announced, so peers see a restart as a gap.
+            own: Mutex::new(Own {
+                version: pubmesh_cluster_proto::now_micros(),
+                topics: HashMap::new(),
+            }),
+            listening: Mutex::new(None),
+            discovered_by: AtomicU64::new(u64::MAX),
+            changed: tokio::sync::watch::channel(0).0,
+            to_ack: Mutex::new(HashMap::new()),
+            ack_wake: tokio::sync::Notify::new(),
+            epoch: Instant::now(),
+            confirmed_beat: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this node has listened to `{p}.ctl` long enough to know
+    /// every live peer (always true when interest routing is off).
+    pub(super) fn discovered(&self) -> bool {
+        !self.enabled
+            || self
+                .listening
+                .lock()
+                .is_some_and(|t| t.elapsed() > DISCOVERY)
+    }
+
+    /// When discovery ends, if this node is listening.
+    pub(super) fn discovered_at(&self) -> Option<Instant> {
+        self.listening.lock().map(|t| t + DISCOVERY)
+    }
+
+    /// Recompute the fast-path flag (the caller holds the write lock).
+    pub(super) fn refresh(&self, peers: &HashMap<String, PeerInterest>) {
+        let all = peers.values().all(|p| p.known.is_some());
+        self.all_known.store(all, Ordering::Release);
+    }
+
+    pub(super) fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub(super) fn ack(&self, peer: &str, version: u64) {
+        let mut to_ack = self.to_ack.lock();
+        let v = to_ack.entry(peer.to_string()).or_default();
+        *v = (*v).max(version);
+        drop(to_ack);
+        self.ack_wake.notify_one();
+    }
+}

@@ -1,0 +1,368 @@
+//! Interest routing (`--relay-interest-routing`): a node publishes a
+//! channel's message to Redis only when a peer listens to it, and a join
+//! answered on another node still receives everything published after the
+//! answer.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pubmesh_tests::harness::{
+    cluster_slot, eventually, patience, see_each_other, two_nodes, Client, Node, Redis,
+};
+use serde_json::{json, Value};
+
+/// Flags for nodes whose test clients publish as fast as they can.
+fn fast(url: &str) -> Vec<String> {
+    [
+        "--redis-url",
+        url,
+        "--relay-interest-routing",
+        "--client-channel-publish",
+        "any",
+        "--client-rate",
+        "1000000",
+        "--client-burst",
+        "1000000",
+        "--address-frame-rate",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A client of `node` publishing `{"n": 0}`, `{"n": 1}` … to `channel`
+/// until stopped; `started` is the number of publishes begun so far.
+struct Publisher {
+    started: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Publisher {
+    async fn start(node: &Node, channel: &str) -> Publisher {
+        let mut client = node.client("").await;
+        let started = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let channel = channel.to_string();
+        let task = {
+            let (started, stop) = (started.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Acquire) {
+                    started.store(n + 1, Ordering::Release);
+                    client
+                        .send(
+                            json!({"type": "channel", "channel_ids": [channel], "data": {"n": n}}),
+                        )
+                        .await;
+                    n += 1;
+                    if n % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                n
+            })
+        };
+        Publisher {
+            started,
+            stop,
+            task,
+        }
+    }
+
+    /// Let it publish `more` messages beyond those begun now, stop it, and
+    /// return how many it published in all.
+    async fn finish_after(self, more: u64) -> u64 {
+        let target = self.started.load(Ordering::Acquire) + more;
+        eventually("publishes", patience(60), || {
+            let started = self.started.clone();
+            async move { (started.load(Ordering::Acquire) >= target).then_some(()) }
+        })
+        .await;
+        self.stop.store(true, Ordering::Release);
+        self.task.await.expect("publisher")
+    }
+}
+
+/// Join `channel` on `member`'s node while `publisher` runs; then check
+/// that every message begun after the answer arrived, in order, none twice,
+/// and that from the first one received nothing is missing.
+async fn join_during_publishing(member: &mut Client, channel: &str, publisher: Publisher) {
+    member
+        .send(json!({"type": "subscribe", "channel_ids": [channel], "ref": channel}))
+        .await;
+    let mut received: Vec<u64> = Vec::new();
+    loop {
+        let frame = member.recv().await;
+        if frame["ref"] == channel {
+            assert_eq!(frame["type"], "subscribed", "{frame}");
+            break;
+        }
+        received.push(number(&frame));
+    }
+    // Every publish begun from here on started after the answer.
+    let promised = publisher.started.load(Ordering::Acquire);
+    let total = publisher.finish_after(2000).await;
+    while received.last().is_none_or(|&n| n + 1 < total) {
+        let frame = member.recv_within(patience(20)).await;
+        received.push(number(&frame));
+    }
+    member.expect_silence(Duration::from_millis(300)).await;
+    let first = received[0];
+    let expected: Vec<u64> = (first..total).collect();
+    assert_eq!(
+        received.len(),
+        expected.len(),
+        "{channel}: from {first}, {} received of {} ({} promised from {promised})",
+        received.len(),
+        expected.len(),
+        total - promised
+    );
+    assert_eq!(received, expected, "{channel}: a gap or a copy");
+    assert!(
+        first <= promised,
+        "{channel}: the first message after the answer ({promised}) is missing; first received {first}"
+    );
+    eprintln!("{channel}: {total} published, received from {first}, answer at {promised}");
+}
+
+fn number(frame: &Value) -> u64 {
+    frame["n"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a numbered message: {frame}"))
+}
+
+#[tokio::test]
+async fn a_member_joining_on_b_while_a_publishes_at_full_rate_gets_everything_after_the_answer() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let args = fast(&url);
+    let (a, b) = two_nodes(&strs(&args)).await;
+    let mut member = b.client("").await;
+    for i in 0..6 {
+        let channel = format!("hot-{i}");
+        let publisher = Publisher::start(&a, &channel).await;
+        // A is well into its run, skipping the channel, when the join comes.
+        eventually("skipping", patience(30), || async {
+            (a.metric("pubmesh_relay_skipped_total").await > 0.0).then_some(())
+        })
+        .await;
+        join_during_publishing(&mut member, &channel, publisher).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_started_while_a_publishes_gets_everything_after_the_answer() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let args = fast(&url);
+    let a = Node::start(&strs(&args)).await;
+    let publisher = Publisher::start(&a, "fresh").await;
+    let b = Node::start(&strs(&args)).await;
+    let mut member = b.client("").await;
+    join_during_publishing(&mut member, "fresh", publisher).await;
+    see_each_other(&[&a, &b]).await;
+}
+
+/// `node` publishes `{"n": n}` to `channel` through its API.
+async fn notify(node: &Node, channel: &str, n: u64) -> Value {
+    let (status, body) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": [channel], "data": {"n": n}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn publish_and_receive(node: &Node, member: &mut Client, channel: &str, n: u64) {
+    notify(node, channel, n).await;
+    let got = member.recv_until(|f| f.get("n").is_some()).await;
+    assert_eq!(got, json!({"n": n}), "a publish on {channel}");
+}
+
+/// PUBLISH commands `redis` has run.
+async fn redis_publishes(redis: &Redis) -> u64 {
+    let text = redis
+        .cmd(&["INFO", "commandstats"])
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn publishes_no_peer_listens_to_stay_off_redis_until_a_member_joins_elsewhere() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let (a, b) = two_nodes(&["--redis-url", url.as_str(), "--relay-interest-routing"]).await;
+    let mut local = a.client("").await;
+    local
+        .send(json!({"type": "subscribe", "channel_ids": ["solo"], "ref": 1}))
+        .await;
+    local.recv_until(|f| f["ref"] == 1).await;
+    // Once A knows B's interest, a publish only A's member needs stays off Redis.
+    let skipped = "pubmesh_relay_skipped_total";
+    let deadline = std::time::Instant::now() + patience(30);
+    loop {
+        let body = notify(&a, "solo", 0).await;
+        local.recv_until(|f| f.get("n").is_some()).await;
+        if body["relay"] == "none" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never skipped: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (skipped_before, redis_before) = (a.metric(skipped).await, redis_publishes(&redis).await);
+    for n in 1..=300 {
+        let body = notify(&a, "solo", n).await;
+        assert_eq!(body["relay"], "none", "{body}");
+        assert_eq!(local.recv().await, json!({"n": n}));
+    }
+    assert_eq!(a.metric(skipped).await - skipped_before, 300.0);
+    // Heartbeats and interest beacons still go through Redis, far fewer.
+    let redis_publishes = redis_publishes(&redis).await - redis_before;
+    assert!(redis_publishes < 100, "{redis_publishes} PUBLISH calls");
+
+    // A member on B: the very next publish after its answer reaches it.
+    let mut remote = b.client("").await;
+    remote
+        .send(json!({"type": "subscribe", "channel_ids": ["solo"], "ref": 2}))
+        .await;
+    let reply = remote.recv_until(|f| f["ref"] == 2).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let body = notify(&a, "solo", 1000).await;
+    assert_eq!(body["relay"], "sent", "{body}");
+    assert_eq!(remote.recv().await, json!({"n": 1000}));
+    assert_eq!(
+        local.recv_until(|f| f.get("n").is_some()).await,
+        json!({"n": 1000})
+    );
+
+    // It leaves: once B lets the subscription go, A skips again.
+    remote
+        .send(json!({"type": "unsubscribe", "channel_ids": ["solo"], "ref": 3}))
+        .await;
+    remote.recv_until(|f| f["ref"] == 3).await;
+    let deadline = std::time::Instant::now() + patience(30);
+    loop {
+        let body = notify(&a, "solo", 2000).await;
+        local.recv_until(|f| f.get("n").is_some()).await;
+        if body["relay"] == "none" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never skipped again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    remote.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn views_are_rebuilt_after_a_peer_restart_and_a_redis_restart() {
+    let _slot = cluster_slot().await;
+    let mut redis = Redis::start().await;
+    let url = redis.url();
+    let (a, mut b) = two_nodes(&["--redis-url", url.as_str(), "--relay-interest-routing"]).await;
+    let mut member = b.client("").await;
+    member
+        .send(json!({"type": "subscribe", "channel_ids": ["room"], "ref": 1}))
+        .await;
+    member.recv_until(|f| f["ref"] == 1).await;
+    publish_and_receive(&a, &mut member, "room", 1).await;
+
+    // B dies without a word and comes back under the same id with no
+    // members; a member joins again.
+    b.sigkill();
+    b.restart().await;
+    see_each_other(&[&a, &b]).await;
+    let mut member = b.client("").await;
+    member
+        .send(json!({"type": "subscribe", "channel_ids": ["room"], "ref": 2}))
+        .await;
+    let reply = member.recv_until(|f| f["ref"] == 2).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    publish_and_receive(&a, &mut member, "room", 2).await;
+
+    // Redis restarts: both nodes lose every subscription and every view.
+    redis.restart().await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    see_each_other(&[&a, &b]).await;
+    // The member is still in the channel: once both nodes are ready again,
+    // what A publishes reaches it.
+    for n in 3..20 {
+        publish_and_receive(&a, &mut member, "room", n).await;
+    }
+    // A join made after the restart is promised the same.
+    let mut second = b.client("").await;
+    second
+        .send(json!({"type": "subscribe", "channel_ids": ["later"], "ref": 3}))
+        .await;
+    let reply = second.recv_until(|f| f["ref"] == 3).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    publish_and_receive(&a, &mut second, "later", 100).await;
+}
+
+/// A peer that does not speak interest (an older build, or this switch
+/// off) never gets a known view: every node keeps relaying everything.
+#[tokio::test]
+async fn a_peer_without_interest_routing_keeps_every_publish_on_redis() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let a = Node::start(&["--redis-url", url.as_str(), "--relay-interest-routing"]).await;
+    let b = Node::start(&[
+        "--redis-url",
+        url.as_str(),
+        "--relay-interest-routing",
+        "false",
+    ])
+    .await;
+    see_each_other(&[&a, &b]).await;
+    // A has heard B long enough to have had its view, were it offered.
+    let beats = "pubmesh_relay_received_total{kind=\"heartbeat\"}";
+    let from = a.metric(beats).await;
+    eventually("heartbeats of B", patience(30), || async {
+        (a.metric(beats).await >= from + 4.0).then_some(())
+    })
+    .await;
+    let mut local = a.client("").await;
+    local
+        .send(json!({"type": "subscribe", "channel_ids": ["mixed"], "ref": 1}))
+        .await;
+    local.recv_until(|f| f["ref"] == 1).await;
+    for n in 0..50 {
+        let body = notify(&a, "mixed", n).await;
+        assert_eq!(body["relay"], "sent", "{body}");
+        assert_eq!(local.recv().await, json!({"n": n}));
+    }
+    assert_eq!(a.metric("pubmesh_relay_skipped_total").await, 0.0);
+    assert_eq!(b.metric("pubmesh_relay_skipped_total").await, 0.0);
+    // B ignores A's interest envelopes and A gets no acknowledgement from B,
+    // yet joins on A are answered (B never skips, so it is not waited for).
+    let mut second = a.client("").await;
+    second
+        .send(json!({"type": "subscribe", "channel_ids": ["mixed-2"], "ref": 2}))
+        .await;
+    let reply = second.recv_until(|f| f["ref"] == 2).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+}
