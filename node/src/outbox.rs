@@ -126,8 +126,10 @@ pub enum Push {
 struct Waiters {
     first: Option<Waker>,
     /// Other tasks waiting at the same time (a Socket.IO poll during an
-    /// upgrade); a few at most, the oldest woken to make room.
-    more: Vec<Waker>,
+    /// upgrade); a few at most, the oldest woken to make room. Boxed: one
+    /// pointer in every connection's outbox, where a `Vec` would be three.
+    #[allow(clippy::box_collection)]
+    more: Option<Box<Vec<Waker>>>,
 }
 
 /// More tasks than this waiting at once: the oldest is woken (it waits
@@ -140,19 +142,20 @@ impl Waiters {
             None => self.first = Some(waker.clone()),
             Some(w) if w.will_wake(waker) => {}
             Some(_) => {
-                if self.more.iter().any(|w| w.will_wake(waker)) {
+                let more = self.more.get_or_insert_with(Box::default);
+                if more.iter().any(|w| w.will_wake(waker)) {
                     return;
                 }
-                self.more.push(waker.clone());
-                if self.more.len() > MORE_WAITERS {
-                    self.more.remove(0).wake();
+                more.push(waker.clone());
+                if more.len() > MORE_WAITERS {
+                    more.remove(0).wake();
                 }
             }
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.first.is_none() && self.more.is_empty()
+        self.first.is_none() && self.more.is_none()
     }
 
     /// Take every waiter, to wake once the lock is released.
@@ -164,7 +167,9 @@ impl Waiters {
         if let Some(w) = self.first {
             w.wake();
         }
-        self.more.into_iter().for_each(Waker::wake);
+        if let Some(more) = self.more {
+            more.into_iter().for_each(Waker::wake);
+        }
     }
 }
 
