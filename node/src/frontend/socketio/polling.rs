@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::engineio::{self, Eio, PacketType, ServerError};
 use super::session::{Due, Pings, SioSession};
-use super::sid::{new_sid, owner};
+use super::sid::new_sid;
 use super::{opening_step, refuse, Shared, Step};
 use crate::address::{AddressBudget, FrameLimit};
 use crate::config::socketio::MAIN;
@@ -34,6 +34,12 @@ use crate::conn::Conn;
 use crate::node::{Admission, Node};
 use crate::outbox::CloseReason;
 use crate::transport::{Flow, Session};
+
+mod forward;
+mod upgrade;
+
+use forward::forward;
+pub(crate) use upgrade::upgrade;
 
 /// The header a forwarded request carries (a node never forwards it again).
 pub const FORWARDED: &str = "x-pubmesh-socketio-forwarded";
@@ -507,142 +513,5 @@ fn payload(eio: Eio, packets: &[engineio::Packet]) -> String {
     match eio {
         Eio::V4 => engineio::encode_payload_v4(packets),
         Eio::V3 => engineio::encode_payload_v3(packets),
-    }
-}
-
-/// A request for a sid this node does not hold: to its owner, if the sid
-/// is genuine and names another node.
-async fn forward(
-    node: &Node,
-    shared: &Shared,
-    method: Method,
-    headers: HeaderMap,
-    raw_query: String,
-    sid: &str,
-    body: Bytes,
-) -> Response {
-    if headers.contains_key(FORWARDED) {
-        return refuse(ServerError::UnknownSid);
-    }
-    let Some(owner) = owner(sid, &node.config.api_key) else {
-        return refuse(ServerError::UnknownSid);
-    };
-    if owner == shared.advertise {
-        return refuse(ServerError::UnknownSid);
-    }
-    let url = format!("{owner}/socket.io/?{raw_query}");
-    let timeout = shared.config.ping_interval + shared.config.ping_timeout + Duration::from_secs(5);
-    let mut request = shared
-        .http
-        .request(method, &url)
-        .header(FORWARDED, "1")
-        .timeout(timeout)
-        .body(body);
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-        request = request.header(header::CONTENT_TYPE, ct);
-    }
-    match request.send().await {
-        Ok(answer) => {
-            let status = answer.status();
-            let ct = answer.headers().get(header::CONTENT_TYPE).cloned();
-            let body = answer.bytes().await.unwrap_or_default();
-            let mut response = (status, body).into_response();
-            if let Some(ct) = ct {
-                response.headers_mut().insert(header::CONTENT_TYPE, ct);
-            }
-            response
-        }
-        Err(e) => {
-            tracing::info!(error = %e, owner, "socket.io poll could not reach its owner");
-            refuse(ServerError::UnknownSid)
-        }
-    }
-}
-
-/// A WebSocket upgrade for a polling session (`transport=websocket&sid=`):
-/// the probe, then the session moves to the socket.
-pub(crate) async fn upgrade(
-    node: Arc<Node>,
-    shared: Shared,
-    sid: String,
-    mut socket: crate::transport::Socket,
-    address: Option<AddressBudget>,
-) {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    let Some(polling) = shared.polls.get(&sid) else {
-        return;
-    };
-    // `2probe` → `3probe`, then `5` (the client paused polling).
-    let probe = tokio::time::timeout(shared.config.ping_timeout, socket.next()).await;
-    match probe {
-        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2probe" => {}
-        _ => return,
-    }
-    if socket
-        .send(Message::Text(Utf8Bytes::from_static("3probe")))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    polling.upgrading.store(true, Ordering::Release);
-    polling.wake.notify_one();
-    let upgraded = loop {
-        match tokio::time::timeout(shared.config.ping_timeout, socket.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "5" => break true,
-            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2probe" => {
-                let _ = socket
-                    .send(Message::Text(Utf8Bytes::from_static("3probe")))
-                    .await;
-            }
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-            _ => break false,
-        }
-    };
-    if !upgraded {
-        polling.upgrading.store(false, Ordering::Release);
-        return;
-    }
-    // The session leaves polling: later polls and posts find no sid.
-    shared.polls.remove(&sid);
-    let stage = std::mem::replace(&mut *polling.stage.lock().await, Stage::Gone);
-    polling.ended.store(true, Ordering::Release);
-    polling.wake.notify_one();
-    let pings = polling.pings.lock().clone();
-    match stage {
-        Stage::Open(session) => {
-            let conn = polling
-                .conn
-                .get()
-                .expect("an open session has a connection")
-                .clone();
-            super::run_socket(&node, &shared, socket, conn, *session, address).await;
-        }
-        Stage::Opening {
-            admission: Some(admission),
-            token,
-            ..
-        } => {
-            let early: Vec<String> = polling.early.lock().drain(..).collect();
-            for t in early {
-                if socket
-                    .send(Message::Text(Utf8Bytes::from(t)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            let opened = super::Opened {
-                eio: polling.eio,
-                token,
-                pings,
-                admission,
-                address,
-            };
-            super::continue_on_socket(node, shared, socket, opened).await;
-        }
-        _ => {}
     }
 }
