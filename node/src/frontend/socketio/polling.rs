@@ -25,9 +25,10 @@ use http::{header, HeaderMap, Method, StatusCode};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::engineio::{self, Eio, PacketType, ServerError};
-use super::session::{Due, Pings, SioSession};
+use super::opening::{admit_connect, opening_step, Step};
+use super::session::{message, Due, Pings, SioSession};
 use super::sid::new_sid;
-use super::{opening_step, refuse, Shared, Step};
+use super::{refuse, Shared};
 use crate::address::{AddressBudget, FrameLimit};
 use crate::config::socketio::MAIN;
 use crate::conn::Conn;
@@ -172,7 +173,7 @@ pub(crate) async fn handshake(
         else {
             unreachable!("a new session is opening")
         };
-        let admitted = super::admit_connect(&node, &shared.config, MAIN, None, token.as_deref());
+        let admitted = admit_connect(&node, &shared.config, MAIN, None, token.as_deref());
         match admitted {
             Ok(identity) => {
                 let admission = admission.take().expect("admitted once");
@@ -184,7 +185,7 @@ pub(crate) async fn handshake(
                 node.metrics.frontend.error(super::FRONTEND, code);
                 drop(stage);
                 end(&shared, &polling, None).await;
-                let refusal = super::message(&super::wire::Packet::connect_error(
+                let refusal = message(&super::wire::Packet::connect_error(
                     super::wire::Version::V4,
                     MAIN,
                     why,
