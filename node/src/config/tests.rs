@@ -1,4 +1,5 @@
 use super::*;
+use clap::Parser;
 
 #[test]
 fn flags_win_over_file_and_defaults_fill_the_rest() {
