@@ -21,8 +21,8 @@
 //! - **Socket options.** `TCP_NODELAY`, TCP keepalive and, when set,
 //!   `TCP_USER_TIMEOUT` (how long sent data may stay unacknowledged). They
 //!   are set once on the listening socket; where accepted sockets inherit
-//!   them (Linux does), checked on the first accepted socket, they are not
-//!   set again on each one (six system calls fewer per connection).
+//!   them (Linux does), they are not set again on each one (six system
+//!   calls fewer per connection): see [`Inherits`].
 
 use std::future::Future;
 use std::io;
@@ -100,9 +100,8 @@ struct Listener {
     stop: watch::Receiver<bool>,
     /// Held by every connection task, so the listener knows when all ended.
     open: watch::Receiver<()>,
-    /// Whether accepted sockets inherit the listening socket's options
-    /// (`None`: not known until the first one is accepted).
-    inherits: Arc<std::sync::OnceLock<bool>>,
+    /// Whether accepted sockets inherit the listening socket's options.
+    inherits: Arc<Inherits>,
     /// This listener's `pubmesh_http_connections` gauge (looked up once).
     open_gauge: prometheus::IntGauge,
 }
@@ -114,12 +113,7 @@ impl Listener {
         permit: Option<OwnedSemaphorePermit>,
         address: Option<AddressBudget>,
     ) {
-        let inherits = *self
-            .inherits
-            .get_or_init(|| has_options(&tcp, &self.bounds).unwrap_or(false));
-        if !inherits {
-            set_options(&tcp, &self.bounds);
-        }
+        self.inherits.apply(&tcp, &self.bounds);
         let accepted = Accepted {
             counted: permit.is_some(),
             address,
@@ -204,11 +198,7 @@ pub async fn serve(
         metrics,
         stop,
         open,
-        inherits: Arc::new(if listening {
-            std::sync::OnceLock::new()
-        } else {
-            std::sync::OnceLock::from(false)
-        }),
+        inherits: Arc::new(Inherits::new(listening)),
     };
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     tokio::pin!(shutdown);
@@ -388,6 +378,46 @@ fn set_options(tcp: &TcpStream, bounds: &Bounds) {
     }
 }
 
+/// Whether accepted sockets inherit the listening socket's options, learnt
+/// from the sockets accepted first: until one is seen with every option
+/// already in place, each is checked (and given what it lacks); after
+/// [`Inherits::TRIES`] without, the options are set on every socket. A
+/// socket whose handshake completed before the listening socket had its
+/// options lacks them even where they are inherited, hence more than one
+/// try.
+struct Inherits(std::sync::atomic::AtomicU32);
+
+impl Inherits {
+    const TRIES: u32 = 64;
+    const YES: u32 = u32::MAX;
+
+    /// `listening`: the options are set on the listening socket.
+    fn new(listening: bool) -> Inherits {
+        Inherits(std::sync::atomic::AtomicU32::new(if listening {
+            0
+        } else {
+            Self::TRIES
+        }))
+    }
+
+    /// Give `tcp` the options `bounds` asks for, unless it has them already.
+    fn apply(&self, tcp: &TcpStream, bounds: &Bounds) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.0.load(Relaxed) {
+            Self::YES => {}
+            n if n >= Self::TRIES => set_options(tcp, bounds),
+            _ => {
+                if has_options(tcp, bounds).unwrap_or(false) {
+                    self.0.store(Self::YES, Relaxed);
+                } else {
+                    self.0.fetch_add(1, Relaxed);
+                    set_options(tcp, bounds);
+                }
+            }
+        }
+    }
+}
+
 /// `TCP_NODELAY`, keepalive and `TCP_USER_TIMEOUT` as `bounds` say, on a
 /// connected or a listening socket.
 fn set_options_on(socket: socket2::SockRef<'_>, bounds: &Bounds) -> io::Result<()> {
@@ -510,13 +540,14 @@ mod tests {
         let bounds = bounds();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // Without them on the listener, an accepted socket lacks them.
+        let inherits = Inherits::new(true);
+        // Accepted before the listener had them: it lacks them, and gets them.
         let _c = TcpStream::connect(addr).await.unwrap();
-        let (bare, _) = listener.accept().await.unwrap();
-        assert!(!has_options(&bare, &bounds).unwrap());
-        set_options(&bare, &bounds);
+        let (early, _) = listener.accept().await.unwrap();
+        assert!(!has_options(&early, &bounds).unwrap());
+        inherits.apply(&early, &bounds);
         assert!(
-            has_options(&bare, &bounds).unwrap(),
+            has_options(&early, &bounds).unwrap(),
             "set on the socket itself"
         );
 
@@ -525,6 +556,9 @@ mod tests {
         let (accepted, _) = listener.accept().await.unwrap();
         if cfg!(target_os = "linux") {
             assert!(has_options(&accepted, &bounds).unwrap(), "inherited");
+            inherits.apply(&accepted, &bounds);
+            let state = inherits.0.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(state, Inherits::YES, "known to be inherited");
         }
     }
 }
