@@ -50,6 +50,10 @@ pub enum CloseReason {
     /// A frame the socket's protocol cannot read at all (e.g. a Phoenix
     /// frame that is not a 5-element array): 4400.
     BadFrame,
+    /// The subscriptions a connection needs from the start (its user, a
+    /// native connection's own channel) were not in place cluster-wide
+    /// within `--relay-join-timeout-ms`: 1013 "try again later".
+    Unavailable,
 }
 
 impl CloseReason {
@@ -66,6 +70,7 @@ impl CloseReason {
             CloseReason::PingTimeout => 4010,
             CloseReason::HeartbeatTimeout => 4408,
             CloseReason::BadFrame => 4400,
+            CloseReason::Unavailable => 1013,
         }
     }
 
@@ -83,6 +88,7 @@ impl CloseReason {
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::HeartbeatTimeout => "heartbeat timeout",
             CloseReason::BadFrame => "bad frame",
+            CloseReason::Unavailable => "try again later",
         }
     }
 
@@ -100,6 +106,7 @@ impl CloseReason {
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
             CloseReason::BadFrame => "bad_frame",
+            CloseReason::Unavailable => "unavailable",
         }
     }
 }
@@ -224,6 +231,26 @@ impl Outbox {
     pub fn release(&self, len: usize) {
         let mut state = self.state.lock();
         state.held = state.held.saturating_sub(len);
+    }
+
+    /// Start a connection's stream: drop what was queued before it was open
+    /// (frames that raced its registration, of publications made before its
+    /// first frame) and queue `first`, its first frame, if any. Called
+    /// before the writer runs. False when the outbox is closed.
+    pub fn start(&self, first: Option<Utf8Bytes>) -> bool {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return false;
+        }
+        state.queue.clear();
+        state.bytes = 0;
+        if let Some(frame) = first {
+            state.bytes += frame.len();
+            state.queue.push_back(frame);
+        }
+        drop(state);
+        self.wake.notify_one();
+        true
     }
 
     /// Ask the writer to close the socket after what is queued (unless the

@@ -301,20 +301,27 @@ impl Relay for RedisRelay {
     fn interest_applied<'a>(
         &'a self,
         channels: &'a [String],
+        users: &'a [String],
     ) -> BoxFuture<'a, Result<(), RelayError>> {
         let inner = &self.inner;
         let mut applied = inner.applied.subscribe();
-        // The latest change asking for one of these channels, if it is not
+        // Each topic with the server that holds it.
+        let keys: Vec<(usize, String)> = channels
+            .iter()
+            .map(|c| (inner.server_for(c), inner.topics.channel(c)))
+            .chain(
+                users
+                    .iter()
+                    .map(|u| (inner.server_for(u), inner.topics.user(u))),
+            )
+            .collect();
+        // The latest change asking for one of these topics, if it is not
         // in place yet (its entry goes once it is).
         let ticket = {
             let wishes = inner.wishes.lock();
             let done = *applied.borrow();
-            channels
-                .iter()
-                .filter_map(|c| {
-                    let key = (inner.server_for(c), inner.topics.channel(c));
-                    wishes.adds.get(&key).copied()
-                })
+            keys.iter()
+                .filter_map(|key| wishes.adds.get(key).copied())
                 .filter(|&t| t > done)
                 .max()
         };
@@ -338,7 +345,7 @@ impl Relay for RedisRelay {
             }
             // Every peer must know this node listens before the join is
             // answered, or it might keep a publish off Redis.
-            let topics: Vec<String> = channels.iter().map(|c| inner.topics.channel(c)).collect();
+            let topics: Vec<String> = keys.into_iter().map(|(_, topic)| topic).collect();
             if inner.peers_applied(&topics, deadline).await {
                 Ok(())
             } else {
