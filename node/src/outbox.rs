@@ -16,9 +16,10 @@
 //! dropped otherwise, without counting toward the slow-consumer close.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Why a connection is being closed by the server, with its documented close code.
@@ -126,6 +127,59 @@ pub enum Push {
     Closed,
 }
 
+/// The tasks waiting on an outbox: usually one (the connection's writer),
+/// kept inline so that an idle connection allocates nothing for it.
+#[derive(Default)]
+struct Waiters {
+    first: Option<Waker>,
+    /// Other tasks waiting at the same time (a Socket.IO poll during an
+    /// upgrade); a few at most, the oldest woken to make room. Boxed: one
+    /// pointer in every connection's outbox, where a `Vec` would be three.
+    #[allow(clippy::box_collection)]
+    more: Option<Box<Vec<Waker>>>,
+}
+
+/// More tasks than this waiting at once: the oldest is woken (it waits
+/// again if it still wants to) rather than kept.
+const MORE_WAITERS: usize = 3;
+
+impl Waiters {
+    fn register(&mut self, waker: &Waker) {
+        match &self.first {
+            None => self.first = Some(waker.clone()),
+            Some(w) if w.will_wake(waker) => {}
+            Some(_) => {
+                let more = self.more.get_or_insert_with(Box::default);
+                if more.iter().any(|w| w.will_wake(waker)) {
+                    return;
+                }
+                more.push(waker.clone());
+                if more.len() > MORE_WAITERS {
+                    more.remove(0).wake();
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.more.is_none()
+    }
+
+    /// Take every waiter, to wake once the lock is released.
+    fn take(&mut self) -> Waiters {
+        std::mem::take(self)
+    }
+
+    fn wake(self) {
+        if let Some(w) = self.first {
+            w.wake();
+        }
+        if let Some(more) = self.more {
+            more.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<Utf8Bytes>,
@@ -133,6 +187,14 @@ struct State {
     /// Bytes reserved by [`Outbox::hold`] for frames not queued yet.
     held: usize,
     closed: Option<CloseReason>,
+    /// Tasks waiting for a frame or the close ([`Outbox::ready`]), each
+    /// registered while the queue was empty: the next push, offer or close
+    /// takes and wakes them. A push while nobody waits (the writer is
+    /// running, or already woken) wakes nothing.
+    on_frame: Waiters,
+    /// The writer waiting, while it writes, for a slow-consumer close
+    /// ([`Outbox::overflowed`]); pushes do not wake it.
+    on_overflow: Option<Waker>,
 }
 
 impl State {
@@ -148,14 +210,30 @@ impl State {
         self.held = 0;
         true
     }
+
+    /// Everyone to wake on a close.
+    fn closing(&mut self) -> (Waiters, Option<Waker>) {
+        (self.on_frame.take(), self.on_overflow.take())
+    }
+}
+
+fn wake_all((frame, overflow): (Waiters, Option<Waker>)) {
+    frame.wake();
+    if let Some(w) = overflow {
+        w.wake();
+    }
 }
 
 /// Frames waiting to be written to one socket.
+///
+/// One lock guards the queue, the byte count, the close and the waiting
+/// tasks' wakers, so a waiter registers only after seeing (under the lock)
+/// that there is nothing to take, and every push after that sees it: no
+/// wake-up is lost, and pushes while the writer runs cost no wake-up.
+/// Wakers are woken after the lock is released.
 pub struct Outbox {
     /// Locked only for a push or a take, never across an `.await`.
     state: Mutex<State>,
-    /// Wakes the writer when the queue goes from empty to non-empty or on close.
-    wake: Notify,
     limit: usize,
 }
 
@@ -163,7 +241,6 @@ impl Outbox {
     pub fn new(limit: usize) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
             limit,
         }
     }
@@ -176,17 +253,19 @@ impl Outbox {
         }
         let len = frame.len();
         if state.overflows(len, self.limit) {
+            let wake = state.closing();
             drop(state);
-            self.wake.notify_one();
+            wake_all(wake);
             return Push::Overflowed;
         }
-        let was_empty = state.queue.is_empty();
         state.bytes += len;
         state.queue.push_back(frame);
-        drop(state);
-        if was_empty {
-            self.wake.notify_one();
+        if state.on_frame.is_empty() {
+            return Push::Queued;
         }
+        let wake = state.on_frame.take();
+        drop(state);
+        wake.wake();
         Push::Queued
     }
 
@@ -200,13 +279,11 @@ impl Outbox {
         if state.closed.is_some() || state.bytes + state.held + len > self.limit / VOLATILE_SHARE {
             return false;
         }
-        let was_empty = state.queue.is_empty();
         state.bytes += len;
         state.queue.extend(frames.cloned());
+        let wake = state.on_frame.take();
         drop(state);
-        if was_empty {
-            self.wake.notify_one();
-        }
+        wake.wake();
         true
     }
 
@@ -219,8 +296,9 @@ impl Outbox {
             return Push::Closed;
         }
         if state.overflows(len, self.limit) {
+            let wake = state.closing();
             drop(state);
-            self.wake.notify_one();
+            wake_all(wake);
             return Push::Overflowed;
         }
         state.held += len;
@@ -244,12 +322,14 @@ impl Outbox {
         }
         state.queue.clear();
         state.bytes = 0;
-        if let Some(frame) = first {
-            state.bytes += frame.len();
-            state.queue.push_back(frame);
-        }
+        let Some(frame) = first else {
+            return true;
+        };
+        state.bytes += frame.len();
+        state.queue.push_back(frame);
+        let wake = state.on_frame.take();
         drop(state);
-        self.wake.notify_one();
+        wake.wake();
         true
     }
 
@@ -261,8 +341,9 @@ impl Outbox {
             return false;
         }
         state.closed = Some(reason);
+        let wake = state.closing();
         drop(state);
-        self.wake.notify_one();
+        wake_all(wake);
         true
     }
 
@@ -275,6 +356,10 @@ impl Outbox {
     /// the close reason when the outbox is closing.
     pub fn take(&self, into: &mut VecDeque<Utf8Bytes>) -> Option<CloseReason> {
         let mut state = self.state.lock();
+        Self::take_locked(&mut state, into)
+    }
+
+    fn take_locked(state: &mut State, into: &mut VecDeque<Utf8Bytes>) -> Option<CloseReason> {
         if into.is_empty() {
             std::mem::swap(into, &mut state.queue);
         } else {
@@ -287,9 +372,59 @@ impl Outbox {
         state.closed
     }
 
-    /// Wait until something is queued or the outbox is closed.
-    pub async fn ready(&self) {
-        self.wake.notified().await
+    /// Wait until something is queued or the outbox is closed (at once if
+    /// it is already): a waiter takes what is queued before waiting again.
+    pub fn ready(&self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut state = self.state.lock();
+            if !state.queue.is_empty() || state.closed.is_some() {
+                return Poll::Ready(());
+            }
+            state.on_frame.register(cx.waker());
+            Poll::Pending
+        })
+    }
+
+    /// [`Outbox::take`] once something is queued or the outbox is closed:
+    /// the writer's wait and its take under one lock.
+    pub fn next<'a>(
+        &'a self,
+        into: &'a mut VecDeque<Utf8Bytes>,
+    ) -> impl Future<Output = Option<CloseReason>> + Send + 'a {
+        std::future::poll_fn(move |cx| self.poll_next(cx, into))
+    }
+
+    fn poll_next(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Utf8Bytes>,
+    ) -> Poll<Option<CloseReason>> {
+        let mut state = self.state.lock();
+        if !state.queue.is_empty() || state.closed.is_some() {
+            return Poll::Ready(Self::take_locked(&mut state, into));
+        }
+        state.on_frame.register(cx.waker());
+        Poll::Pending
+    }
+
+    /// Wait until the outbox closes as a slow consumer (the writer, while a
+    /// write is stuck on a full socket, gives up then). Pushes do not wake
+    /// this wait; a close for another reason leaves it pending for good.
+    pub fn overflowed(&self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut state = self.state.lock();
+            match state.closed {
+                Some(CloseReason::SlowConsumer) => Poll::Ready(()),
+                Some(_) => Poll::Pending,
+                None => {
+                    match &state.on_overflow {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => state.on_overflow = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
+                }
+            }
+        })
     }
 
     /// Bytes waiting.
@@ -316,6 +451,24 @@ mod tests {
         let mut batch = VecDeque::new();
         assert_eq!(outbox.take(&mut batch), Some(CloseReason::SlowConsumer));
         assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn start_drops_what_raced_it_and_queues_the_first_frame_first() {
+        let outbox = Outbox::new(100);
+        outbox.push(Utf8Bytes::from("early"));
+        assert!(outbox.start(Some(Utf8Bytes::from("hello"))));
+        outbox.push(Utf8Bytes::from("later"));
+        assert_eq!(outbox.queued_bytes(), 10);
+        let mut batch = VecDeque::new();
+        assert_eq!(outbox.take(&mut batch), None);
+        assert_eq!(Vec::from(batch), ["hello", "later"].map(Utf8Bytes::from));
+        // Without a first frame it only drops; once closed it does nothing.
+        outbox.push(Utf8Bytes::from("x"));
+        assert!(outbox.start(None));
+        assert_eq!(outbox.queued_bytes(), 0);
+        outbox.close(CloseReason::Unavailable);
+        assert!(!outbox.start(Some(Utf8Bytes::from("hello"))));
     }
 
     #[test]
@@ -375,5 +528,165 @@ mod tests {
         assert_eq!(outbox.held_bytes(), 0);
         assert_eq!(outbox.hold(1), Push::Closed);
         assert_eq!(outbox.take(&mut batch), Some(CloseReason::SlowConsumer));
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (std::sync::Arc<Count>, Waker) {
+        let count = std::sync::Arc::new(Count(Default::default()));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn wakes(count: &Count) -> usize {
+        count.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn only_the_push_after_a_wait_wakes_the_waiter() {
+        let outbox = Outbox::new(1 << 20);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let mut batch = VecDeque::new();
+        {
+            let mut next = std::pin::pin!(outbox.next(&mut batch));
+            assert_eq!(next.as_mut().poll(&mut cx), Poll::Pending);
+            for _ in 0..100 {
+                outbox.push(Utf8Bytes::from("x"));
+            }
+            assert_eq!(wakes(&count), 1, "one wake for a hundred pushes");
+            assert_eq!(next.as_mut().poll(&mut cx), Poll::Ready(None));
+        }
+        assert_eq!(batch.len(), 100);
+        // Pushes while the writer writes (nobody waits) wake nothing; the
+        // next wait finds them at once.
+        outbox.push(Utf8Bytes::from("y"));
+        assert_eq!(wakes(&count), 1);
+        let mut ready = std::pin::pin!(outbox.ready());
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
+
+    #[test]
+    fn a_close_wakes_the_waiter_and_an_overflow_the_stuck_writer() {
+        let outbox = Outbox::new(4);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let mut ready = std::pin::pin!(outbox.ready());
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Pending);
+        let mut overflowed = std::pin::pin!(outbox.overflowed());
+        assert_eq!(overflowed.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(outbox.push(Utf8Bytes::from("1234")), Push::Queued);
+        assert_eq!(
+            wakes(&count),
+            1,
+            "a push wakes the waiter, not the overflow wait"
+        );
+        assert_eq!(overflowed.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(outbox.push(Utf8Bytes::from("5")), Push::Overflowed);
+        assert_eq!(wakes(&count), 2);
+        assert_eq!(overflowed.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(()));
+
+        let other = Outbox::new(4);
+        let mut overflowed = std::pin::pin!(other.overflowed());
+        assert_eq!(overflowed.as_mut().poll(&mut cx), Poll::Pending);
+        assert!(other.close(CloseReason::Drain));
+        assert_eq!(wakes(&count), 3, "a close wakes it to look");
+        assert_eq!(
+            overflowed.as_mut().poll(&mut cx),
+            Poll::Pending,
+            "only a slow-consumer close ends this wait"
+        );
+    }
+
+    #[test]
+    fn every_waiting_task_is_woken() {
+        let outbox = Outbox::new(1 << 20);
+        let counts: Vec<_> = (0..2).map(|_| counting()).collect();
+        let mut waits: Vec<_> = (0..2).map(|_| Box::pin(outbox.ready())).collect();
+        for (wait, (_, waker)) in waits.iter_mut().zip(&counts) {
+            let mut cx = Context::from_waker(waker);
+            assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
+        }
+        outbox.push(Utf8Bytes::from("x"));
+        assert!(counts.iter().all(|(c, _)| wakes(c) == 1));
+    }
+
+    /// Many threads push while one writer takes and waits, as fast as it
+    /// can: every frame must reach the writer, and a frame pushed while the
+    /// writer drains must never be stranded (a lost wake-up would leave the
+    /// writer waiting past the deadline with frames queued).
+    #[test]
+    fn no_frame_is_stranded_by_a_lost_wake_up() {
+        const PUSHERS: usize = 8;
+        const EACH: usize = 20_000;
+        let outbox = std::sync::Arc::new(Outbox::new(usize::MAX / 2));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let writer = {
+            let outbox = outbox.clone();
+            runtime.spawn(async move {
+                let mut batch = VecDeque::new();
+                let mut seen = [0usize; PUSHERS];
+                let mut total = 0;
+                while total < PUSHERS * EACH {
+                    // The deadline is looked at first: a timer that woke the
+                    // writer must not rescue a wait that a push failed to wake.
+                    let stranded = tokio::select! {
+                        biased;
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => true,
+                        _ = outbox.next(&mut batch) => false,
+                    };
+                    if stranded {
+                        let queued = outbox.queued_bytes();
+                        panic!("writer stranded after {total} frames, {queued} bytes queued");
+                    }
+                    for frame in batch.drain(..) {
+                        let (pusher, n) = frame.split_once(':').expect("pusher:n");
+                        let (pusher, n): (usize, usize) =
+                            (pusher.parse().expect("pusher"), n.parse().expect("n"));
+                        assert_eq!(n, seen[pusher], "frames of one pusher in order");
+                        seen[pusher] += 1;
+                        total += 1;
+                    }
+                    // Sometimes yield, so pushes land both while the writer
+                    // waits and while it drains.
+                    if total % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                total
+            })
+        };
+        let pushers: Vec<_> = (0..PUSHERS)
+            .map(|p| {
+                let outbox = outbox.clone();
+                std::thread::spawn(move || {
+                    for n in 0..EACH {
+                        assert_eq!(
+                            outbox.push(Utf8Bytes::from(format!("{p}:{n}"))),
+                            Push::Queued
+                        );
+                        if n % 64 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().expect("pusher");
+        }
+        let total = runtime.block_on(writer).expect("writer");
+        assert_eq!(total, PUSHERS * EACH);
     }
 }

@@ -2,8 +2,9 @@
 //! and local delivery.
 //!
 //! Registries are sharded by key hash, each shard behind its own mutex; no lock
-//! is ever held across an `.await`, and fan-out copies the member handles out of
-//! the shard before pushing to outboxes. Counts are kept as they change so that
+//! is ever held across an `.await`, and fan-out takes the member handles out of
+//! the shard (a channel's shared snapshot, see [`members`]) before pushing to
+//! outboxes. Counts are kept as they change so that
 //! metrics and heartbeats never scan a map.
 
 use std::collections::hash_map::Entry;
@@ -20,11 +21,13 @@ use crate::delivery::{Delivery, InterestChange, Target};
 use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 
+mod members;
 mod push;
 
-const SHARDS: usize = 64;
+use members::Members;
+pub use members::Recipients;
 
-type Members = HashMap<u64, Arc<Conn>>;
+const SHARDS: usize = 64;
 
 type Shard<V> = Mutex<HashMap<Arc<str>, V>>;
 
@@ -297,6 +300,16 @@ impl Hub {
         }
     }
 
+    /// The local recipients of a target, each once; one channel's or one
+    /// user's are their shared snapshot.
+    pub fn shared_recipients(&self, target: &Target) -> Recipients {
+        match target {
+            Target::Channels(names) if names.len() == 1 => shared(&self.channels, &names[0]),
+            Target::Users(names) if names.len() == 1 => shared(&self.users, &names[0]),
+            _ => Recipients::Owned(self.recipients(target)),
+        }
+    }
+
     /// The local members of one channel.
     pub fn channel_members(&self, channel: &str) -> Vec<Arc<Conn>> {
         one_key(&self.channels, channel)
@@ -310,7 +323,7 @@ impl Hub {
         for name in names {
             let shard = registry.shard(name).lock();
             if let Some(members) = shard.get(name.as_str()) {
-                for (id, conn) in members {
+                for (id, conn) in members.iter() {
                     seen.entry(*id).or_insert_with(|| conn.clone());
                 }
             }
@@ -322,7 +335,7 @@ impl Hub {
     /// each at most once. Returns how many outboxes took it.
     pub fn deliver(&self, delivery: &Delivery) -> usize {
         let started = std::time::Instant::now();
-        let recipients = self.recipients(&delivery.target);
+        let recipients = self.shared_recipients(&delivery.target);
         let delivered = self.fan_out(&recipients, delivery);
         self.metrics
             .fanout_latency
@@ -440,21 +453,26 @@ fn one_key(registry: &Registry<Members>, key: &str) -> Vec<Arc<Conn>> {
         .shard(key)
         .lock()
         .get(key)
-        .map(|m| m.values().cloned().collect())
+        .map(|m| m.iter().map(|(_, c)| c.clone()).collect())
         .unwrap_or_default()
+}
+
+fn shared(registry: &Registry<Members>, key: &str) -> Recipients {
+    match registry.shard(key).lock().get_mut(key) {
+        Some(members) => members.shared(),
+        None => Recipients::Owned(Vec::new()),
+    }
 }
 
 fn join(registry: &Registry<Members>, conn: &Arc<Conn>, key: &Arc<str>) -> bool {
     let mut shard = registry.shard(key).lock();
     match shard.entry(key.clone()) {
         Entry::Occupied(mut e) => {
-            e.get_mut().insert(conn.id, conn.clone());
+            e.get_mut().insert(conn);
             false
         }
         Entry::Vacant(e) => {
-            let mut members = HashMap::with_capacity(1);
-            members.insert(conn.id, conn.clone());
-            e.insert(members);
+            e.insert(Members::one(conn));
             true
         }
     }
@@ -466,13 +484,10 @@ fn leave(registry: &Registry<Members>, conn: &Conn, key: &str) -> (bool, bool) {
     let Some(members) = shard.get_mut(key) else {
         return (false, false);
     };
-    let was_member = members.remove(&conn.id).is_some();
+    let was_member = members.remove(conn.id);
     if members.is_empty() {
         shard.remove(key);
         return (was_member, true);
-    }
-    if members.capacity() > 16 && members.len() * 4 < members.capacity() {
-        members.shrink_to_fit();
     }
     (was_member, false)
 }
@@ -574,5 +589,47 @@ mod tests {
         let change = hub.register(&b);
         assert!(change.channels_added.is_empty());
         assert_eq!(hub.counts().channels, 1);
+    }
+
+    #[test]
+    fn the_shared_member_list_follows_joins_and_leaves() {
+        let hub = Hub::new(Arc::new(Metrics::new("t")));
+        let a = conn(1, Some("room"), "u1");
+        let b = conn(2, None, "u2");
+        hub.register(&a);
+        hub.register(&b);
+        let to_room =
+            || Delivery::new(Target::Channels(vec!["room".into()]), Utf8Bytes::from("{}"));
+        assert_eq!(hub.deliver(&to_room()), 1);
+        let first = hub.shared_recipients(&to_room().target);
+        assert!(
+            matches!((&first, &hub.shared_recipients(&to_room().target)),
+                (Recipients::Shared(x), Recipients::Shared(y)) if Arc::ptr_eq(x, y)),
+            "publishes share one snapshot while nobody joins or leaves"
+        );
+        hub.subscribe(&b, &["room".into()], 10)
+            .expect("under limit");
+        assert_eq!(
+            first.len(),
+            1,
+            "a snapshot taken before the join stays as it was"
+        );
+        assert_eq!(
+            hub.deliver(&to_room()),
+            2,
+            "the join is seen by the next publish"
+        );
+        hub.unsubscribe(&b, &["room".into()]);
+        assert_eq!(hub.deliver(&to_room()), 1);
+        let mut batch = std::collections::VecDeque::new();
+        b.outbox.take(&mut batch);
+        assert_eq!(
+            batch.len(),
+            1,
+            "b got only the publish while it was a member"
+        );
+        hub.unregister(&a);
+        assert_eq!(hub.deliver(&to_room()), 0);
+        assert!(hub.shared_recipients(&to_room().target).is_empty());
     }
 }

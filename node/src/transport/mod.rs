@@ -259,6 +259,8 @@ where
     let mut ping_timer = pin!(pings
         .as_ref()
         .map(|p| tokio::time::sleep_until(p.next_event())));
+    // What the last wait took: the wake and the take cost one lock.
+    let mut taken: Option<Option<CloseReason>> = None;
     loop {
         // Pings keep their schedule while frames flow, too.
         let ping = match pings.as_mut().map(|p| p.due(heard)) {
@@ -266,7 +268,10 @@ where
             Some(liveness::Due::Ping) => true,
             _ => false,
         };
-        let closing = outbox.take(&mut batch);
+        let closing = match taken.take() {
+            Some(closing) => closing,
+            None => outbox.take(&mut batch),
+        };
         if batch.is_empty() && !ping {
             if let Some(reason) = closing {
                 send_close(sink, reason).await;
@@ -285,11 +290,11 @@ where
                     // timer is not polled (`due` above keeps the schedule).
                     tokio::select! {
                         biased;
-                        _ = outbox.ready() => {}
+                        closing = outbox.next(&mut batch) => taken = Some(closing),
                         _ = timer => {}
                     }
                 }
-                _ => outbox.ready().await,
+                _ => taken = Some(outbox.next(&mut batch).await),
             }
             continue;
         }
@@ -308,17 +313,13 @@ where
             sink.flush().await
         };
         tokio::pin!(io);
-        let result = loop {
-            tokio::select! {
-                result = &mut io => break Some(result),
-                _ = outbox.ready() => {
-                    // A slow consumer stuck on a full socket buffer will never
-                    // read a close frame: drop it now.
-                    if outbox.closed() == Some(CloseReason::SlowConsumer) {
-                        break None;
-                    }
-                }
-            }
+        // Frames pushed meanwhile wait for the next pass without waking
+        // this one; a slow consumer stuck on a full socket buffer will never
+        // read a close frame: drop it as soon as its outbox overflows.
+        let result = tokio::select! {
+            biased;
+            result = &mut io => Some(result),
+            _ = outbox.overflowed() => None,
         };
         match result {
             Some(Ok(())) => {}
