@@ -47,7 +47,7 @@
 //! (`interest.rs`), and membership, heartbeats and probes (`membership.rs`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -163,6 +163,7 @@ impl RedisRelay {
                 limits,
                 requests: Mutex::new(HashMap::new()),
                 interests: Interests::new(config.relay.interest_routing),
+                leaving: AtomicBool::new(false),
             }),
         })
     }
@@ -441,6 +442,9 @@ impl Relay for RedisRelay {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let inner = &self.inner;
+            // A heartbeat that reached peers after `Leaving` would make them
+            // take this node back until it timed out.
+            inner.leaving.store(true, Ordering::Release);
             inner.control(Body::Leaving {
                 node_id: inner.node_id.clone(),
             });
