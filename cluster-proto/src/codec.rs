@@ -190,7 +190,7 @@ impl Serialize for TargetsRef<'_> {
 
 /// [`Extra`] borrowed, for [`encode_deliver`]: written exactly as the
 /// owned one (five elements, a sixth only with an idempotency key).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExtraRef<'a> {
     pub channel: Option<&'a str>,
     pub event: Option<&'a str>,

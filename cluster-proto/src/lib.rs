@@ -7,7 +7,9 @@
 //! node route to the node owning a connection.
 //!
 //! Modules: `envelope` (the message types and their tags), `codec` (bytes,
-//! errors), `topics` (Redis channel names), `ids` (node and client ids).
+//! errors), `borrowed` ([`decode_ref`]: deliveries decoded without copying
+//! their names and frame), `topics` (Redis channel names), `ids` (node and
+//! client ids).
 //!
 //! # Format
 //!
@@ -79,7 +81,11 @@
 //! every length prefix against the bytes actually present, never reserves
 //! more than a few dozen elements ahead of those decoded, limits nesting,
 //! refuses trailing bytes, checks node ids with [`valid_node_id`], and
-//! guarantees a [`Delivery::frame`] is valid UTF-8. A cargo-fuzz target lives
+//! guarantees a [`Delivery::frame`] is valid UTF-8. [`decode_ref`] reads
+//! deliveries (alone or in a batch) without copying: their names, frame and
+//! `extra` are slices of the input; it accepts and refuses exactly what
+//! [`decode`] does, with the same errors (anything but the usual layout is
+//! handed to [`decode`]). A cargo-fuzz target lives
 //! in `cluster-proto/fuzz`, outside the workspace: from `cluster-proto/`, run
 //! `cargo fuzz run decode` (on a stable toolchain prefix it with
 //! `RUSTC_BOOTSTRAP=1`).
@@ -112,11 +118,13 @@
 //! # assert_eq!(topic, "pubmesh.ch.{news}");
 //! ```
 
+mod borrowed;
 mod codec;
 mod envelope;
 mod ids;
 mod topics;
 
+pub use borrowed::{decode_ref, Decoded, DeliverRef, Names, TargetsView};
 pub use codec::{
     batch_overhead, decode, encode, encode_batch, encode_deliver, encode_publication_head,
     peek_kind, DecodeError, ExtraRef, TargetsRef, BATCH_ITEM_OVERHEAD, HEADER_LEN, MAGIC,

@@ -635,6 +635,29 @@ impl XorShift {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+
+    /// Change `input` (not empty) in one place: set a byte, flip a bit,
+    /// insert a byte, or (if `truncate`) cut it short.
+    fn mutate(&mut self, input: &mut Vec<u8>, truncate: bool) {
+        match self.below(if truncate { 4 } else { 3 }) {
+            0 => {
+                let i = self.below(input.len());
+                input[i] = self.next() as u8;
+            }
+            1 => {
+                let i = self.below(input.len());
+                input[i] ^= 1 << self.below(8);
+            }
+            2 => {
+                let i = self.below(input.len() + 1);
+                input.insert(i, self.next() as u8);
+            }
+            _ => {
+                let cut = self.below(input.len() + 1);
+                input.truncate(cut.max(1));
+            }
+        }
+    }
 }
 
 #[test]
@@ -669,24 +692,7 @@ fn mutated_envelopes_never_panic_and_re_encode_stably() {
     for _ in 0..50_000 {
         let mut input = seeds[rng.below(seeds.len())].clone();
         for _ in 0..1 + rng.below(4) {
-            match rng.below(4) {
-                0 => {
-                    let i = rng.below(input.len());
-                    input[i] = rng.next() as u8;
-                }
-                1 => {
-                    let i = rng.below(input.len());
-                    input[i] ^= 1 << rng.below(8);
-                }
-                2 => {
-                    let cut = rng.below(input.len() + 1);
-                    input.truncate(cut.max(1));
-                }
-                _ => {
-                    let i = rng.below(input.len() + 1);
-                    input.insert(i, rng.next() as u8);
-                }
-            }
+            rng.mutate(&mut input, true);
         }
         if let Ok(env) = decode(&input) {
             decoded += 1;
@@ -749,9 +755,9 @@ fn a_batch_inside_a_batch_or_of_another_origin_is_malformed() {
     );
 }
 
-#[test]
-fn encode_deliver_writes_the_bytes_of_encode() {
-    let extras = [
+/// An empty extra part, a full one without a key, and one with a key.
+fn sample_extras() -> [Extra; 3] {
+    [
         Extra::default(),
         Extra {
             channel: Some("news".into()),
@@ -767,7 +773,12 @@ fn encode_deliver_writes_the_bytes_of_encode() {
             idempotency: Some("u:alice:k1".into()),
             ..Extra::default()
         },
-    ];
+    ]
+}
+
+#[test]
+fn encode_deliver_writes_the_bytes_of_encode() {
+    let extras = sample_extras();
     let many = Targets::Clients(vec!["n2-a".into(), "n2-b".into()]);
     let targets = [
         (
@@ -839,5 +850,238 @@ fn interest_kinds_are_new_tags_an_older_node_refuses_alone() {
         Err(DecodeError::InvalidNodeId {
             kind: Kind::InterestAck
         })
+    );
+}
+
+/// `decode_ref` of `input` as an owned envelope: must equal `decode`'s
+/// result, error for error.
+fn decode_ref_owned(input: &[u8]) -> Result<Envelope, DecodeError> {
+    decode_ref(input).map(Decoded::into_envelope)
+}
+
+/// Envelopes of every kind, every targets variant, versions 1 and 2, with
+/// and without each optional part, and batches of them.
+fn decode_ref_seeds() -> Vec<Bytes> {
+    let mut seeds: Vec<Bytes> = golden().iter().map(|(_, e, _)| encode(e)).collect();
+    let frame = br#"{"type":"channel","data":{"x":1}}"#;
+    let many = Targets::Clients(vec!["n2-a".into(), "n2-b".into()]);
+    let none = Targets::Channels(vec![]);
+    for extra in &sample_extras() {
+        for targets in [
+            TargetsRef::One(Targets::TAG_CHANNELS, "news"),
+            TargetsRef::One(Targets::TAG_USERS, "alice"),
+            TargetsRef::Whole(&many),
+            TargetsRef::Whole(&none),
+            TargetsRef::Whole(&Targets::All),
+        ] {
+            seeds.push(encode_deliver(
+                "n1",
+                u64::MAX,
+                targets,
+                frame,
+                &ExtraRef::from(extra),
+            ));
+        }
+    }
+    // A long name, frame and origin: the 16- and 32-bit length forms.
+    let long = "c".repeat(70_000);
+    seeds.push(encode_deliver(
+        &"n".repeat(MAX_NODE_ID_LEN),
+        1,
+        TargetsRef::One(Targets::TAG_CHANNELS, &long),
+        long.as_bytes(),
+        &ExtraRef {
+            channel: Some(&long),
+            ..ExtraRef::default()
+        },
+    ));
+    let delivers: Vec<Bytes> = seeds
+        .iter()
+        .filter(|s| peek_kind(s) == Ok(Kind::Deliver))
+        .filter(|s| decode(s).is_ok_and(|e| e.origin == "n1"))
+        .cloned()
+        .collect();
+    seeds.push(encode_batch("n1", 3, &delivers));
+    let mixed: Vec<Bytes> = golden()
+        .iter()
+        .map(|(_, e, _)| e)
+        .filter(|e| e.body.kind() != Kind::Batch)
+        .map(encode)
+        .collect();
+    seeds.push(encode_batch("n1", 4, &mixed));
+    seeds.push(encode_batch("n1", 5, &[]));
+    seeds
+}
+
+#[test]
+fn decode_ref_means_what_decode_means() {
+    for seed in decode_ref_seeds() {
+        let owned = decode(&seed).expect("every seed decodes");
+        let borrowed = decode_ref(&seed).expect("and decodes borrowed");
+        match (&borrowed, &owned.body) {
+            // The usual layouts take the borrowed path.
+            (Decoded::Deliver(_), Body::Deliver(_)) | (Decoded::Batch { .. }, Body::Batch(_)) => {}
+            (Decoded::Owned(_), body) => assert!(
+                !matches!(body, Body::Deliver(_) | Body::Batch(_)),
+                "a delivery or batch fell back: {owned:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(borrowed.into_envelope(), owned);
+        // And the same bytes again.
+        assert_eq!(decode(&encode(&owned)), Ok(owned));
+    }
+}
+
+#[test]
+fn decode_ref_borrows_the_names_the_frame_and_the_extra_from_the_input() {
+    let wire = encode_deliver(
+        "n1",
+        8,
+        TargetsRef::One(Targets::TAG_CHANNELS, "news"),
+        b"{\"a\":1}",
+        &ExtraRef {
+            channel: Some("news"),
+            origin_client: Some("n1-abc"),
+            idempotency: Some("k"),
+            audience: Some(b"aud"),
+            ..ExtraRef::default()
+        },
+    );
+    let Ok(Decoded::Deliver(d)) = decode_ref(&wire) else {
+        panic!("a delivery");
+    };
+    let inside = |s: &[u8]| {
+        let range = wire.as_ptr_range();
+        range.contains(&s.as_ptr()) && s.as_ptr_range().end <= range.end
+    };
+    let TargetsView::Channels(Names::One(name)) = d.targets else {
+        panic!("one channel: {:?}", d.targets);
+    };
+    assert_eq!(
+        (d.origin, d.seq, name, d.frame),
+        ("n1", 8, "news", "{\"a\":1}")
+    );
+    let e = &d.extra;
+    let (channel, origin) = (
+        e.channel.expect("channel"),
+        e.origin_client.expect("origin"),
+    );
+    for part in [
+        d.origin.as_bytes(),
+        name.as_bytes(),
+        d.frame.as_bytes(),
+        channel.as_bytes(),
+        origin.as_bytes(),
+        e.idempotency.expect("key").as_bytes(),
+        e.audience.expect("audience"),
+    ] {
+        assert!(inside(part), "{part:?} is a copy");
+    }
+    // The view of the owned envelope is the same delivery.
+    let owned = decode(&wire).expect("decodes");
+    assert_eq!(DeliverRef::of(&owned), Some(d.clone()));
+    assert_eq!(d.to_envelope(), owned);
+    assert_eq!(DeliverRef::of(&encode_and_decode_heartbeat()), None);
+}
+
+fn encode_and_decode_heartbeat() -> Envelope {
+    let (_, env, _) = golden()
+        .into_iter()
+        .find(|(_, e, _)| e.body.kind() == Kind::Heartbeat)
+        .expect("a heartbeat");
+    decode(&encode(&env)).expect("decodes")
+}
+
+#[test]
+fn decode_ref_hands_unusual_layouts_to_decode() {
+    // [origin, seq, sent_at, [targets, frame, exclude, extra]] with the
+    // frame as a str, a channel as bin, a seq or kind as a signed int,
+    // targets [4] with names: decode_ref leaves all of these to decode.
+    let head = |seq: &[u8]| {
+        let mut v = b"PM\x00\x02\x01\x94\xa2n1".to_vec();
+        v.extend_from_slice(seq);
+        v.push(0x01);
+        v
+    };
+    let body = |targets: &[u8], frame: &[u8], extra: &[u8]| {
+        let mut v = vec![0x94];
+        v.extend_from_slice(targets);
+        v.extend_from_slice(frame);
+        v.push(0xc0);
+        v.extend_from_slice(extra);
+        v
+    };
+    let extra5 = b"\x95\xc0\xc0\x00\xc0\xc0".as_slice();
+    let chan = b"\x92\x01\x91\xa1a".as_slice();
+    let frame = b"\xc4\x02{}".as_slice();
+    let cases: Vec<Vec<u8>> = vec![
+        [head(b"\x07"), body(chan, b"\xa2{}", extra5)].concat(),
+        [head(b"\x07"), body(b"\x92\x01\x91\xc4\x01a", frame, extra5)].concat(),
+        [head(b"\xd0\x07"), body(chan, frame, extra5)].concat(),
+        [
+            head(b"\x07"),
+            body(chan, frame, b"\x95\xc0\xc0\xd0\x01\xc0\xc0"),
+        ]
+        .concat(),
+    ];
+    for case in &cases {
+        let owned = decode(case);
+        assert!(owned.is_ok(), "{owned:?}");
+        assert!(matches!(decode_ref(case), Ok(Decoded::Owned(_))));
+        assert_eq!(decode_ref_owned(case), owned);
+    }
+    // Targets [4, []]: decode refuses it, and so does decode_ref, alike.
+    let all_with_names = [head(b"\x07"), body(b"\x92\x04\x90", frame, extra5)].concat();
+    assert!(decode(&all_with_names).is_err());
+    assert_eq!(decode_ref_owned(&all_with_names), decode(&all_with_names));
+    // The plain form of the same delivery takes the borrowed path, and so
+    // does an extra of six whose key is nil (no key, as decode reads it).
+    let plain = [head(b"\x07"), body(chan, frame, extra5)].concat();
+    let nil_key = [
+        head(b"\x07"),
+        body(chan, frame, b"\x96\xc0\xc0\x00\xc0\xc0\xc0"),
+    ]
+    .concat();
+    for case in [plain, nil_key] {
+        assert!(matches!(decode_ref(&case), Ok(Decoded::Deliver(_))));
+        assert_eq!(decode_ref_owned(&case), decode(&case));
+    }
+}
+
+#[test]
+fn decode_ref_accepts_and_refuses_what_decode_does() {
+    let seeds: Vec<Vec<u8>> = decode_ref_seeds()
+        .iter()
+        .filter(|s| s.len() < 4096)
+        .map(|s| s.to_vec())
+        .collect();
+    let mut rng = XorShift(0x5eed_0fde_c0de);
+    let (mut ok, mut refused) = (0, 0);
+    for seed in &seeds {
+        // Every truncation and every trailing byte.
+        for cut in 0..seed.len() {
+            assert_eq!(decode_ref_owned(&seed[..cut]), decode(&seed[..cut]));
+        }
+        let mut longer = seed.clone();
+        longer.push(0);
+        assert_eq!(decode_ref_owned(&longer), decode(&longer));
+    }
+    for _ in 0..100_000 {
+        let mut input = seeds[rng.below(seeds.len())].clone();
+        for _ in 0..1 + rng.below(3) {
+            rng.mutate(&mut input, false);
+        }
+        let owned = decode(&input);
+        assert_eq!(decode_ref_owned(&input), owned, "input {}", hex(&input));
+        if owned.is_ok() {
+            ok += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(
+        ok > 1000 && refused > 1000,
+        "{ok} decoded, {refused} refused"
     );
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fred::prelude::*;
-use pubmesh_cluster_proto::{self as proto, Body, Targets};
+use pubmesh_cluster_proto::{self as proto, Body, Decoded, DeliverRef, ExtraRef, TargetsView};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::envelope::delivery_of;
@@ -18,18 +18,113 @@ impl Inner {
         if self.node.get().is_none() {
             return;
         }
-        let envelope = match proto::decode(payload) {
-            Ok(envelope) => envelope,
+        // Deliveries (alone or batched) are read in place: their names,
+        // frame and extra part are borrowed from `payload`.
+        match proto::decode_ref(payload) {
+            Ok(decoded) => self.handle_decoded(server, topic, decoded),
             Err(e) => {
                 self.metrics
                     .relay_dropped
                     .with_label_values(&["decode"])
                     .inc();
                 tracing::debug!(error = %e, "undecodable relay message");
-                return;
             }
+        }
+    }
+
+    fn handle_decoded(&self, server: usize, topic: &str, decoded: Decoded<'_>) {
+        match decoded {
+            Decoded::Deliver(delivery) => self.deliver(topic, &delivery),
+            Decoded::Batch { origin, parts, .. } => {
+                // Several envelopes for this topic in one command: each is
+                // handled as if it had come alone, in order.
+                if origin != self.node_id {
+                    let kind = proto::Kind::Batch.as_str();
+                    self.metrics.relay_received.with_label_values(&[kind]).inc();
+                }
+                for part in parts {
+                    self.handle_decoded(server, topic, part);
+                }
+            }
+            Decoded::Owned(envelope) => self.handle(server, topic, envelope),
+        }
+    }
+
+    /// Hand one delivery from a peer to the node, unless it is this node's
+    /// own (delivered locally first), too old, or a copy.
+    fn deliver(&self, topic: &str, envelope: &DeliverRef<'_>) {
+        let Some(node) = self.node.get() else {
+            return;
         };
-        self.handle(server, topic, envelope);
+        if envelope.origin == self.node_id {
+            return;
+        }
+        let kind = proto::Kind::Deliver.as_str();
+        self.metrics.relay_received.with_label_values(&[kind]).inc();
+        // Its publisher has reported it failed long ago (a write the
+        // client library replayed after a reconnect): drop it.
+        let age = proto::now_micros().saturating_sub(envelope.sent_at_micros);
+        if age > (self.limits.retry + super::dedup::MARGIN).as_micros() as u64 {
+            self.metrics
+                .relay_dropped
+                .with_label_values(&["expired"])
+                .inc();
+            return;
+        }
+        if !self.seen.lock().fresh(envelope.origin, topic, envelope.seq) {
+            self.metrics
+                .relay_dropped
+                .with_label_values(&["duplicate"])
+                .inc();
+            return;
+        }
+        let data = Utf8Bytes::from(envelope.frame);
+        let extra = &envelope.extra;
+        // A keyed publish: the node delivers each (key, name) once,
+        // which covers siblings, copies and retries sent through
+        // other nodes alike (see `crate::idempotency`).
+        let keyed = extra.idempotency.is_some();
+        // Exactly one arm below delivers: it takes the data.
+        let local = move |target: Target| delivery_of(target, data, extra, None);
+        match &envelope.targets {
+            TargetsView::Channels(names) if names.len() == 1 && envelope.seq % 2 == 1 && !keyed => {
+                // One envelope of a multi-channel publish: skip the
+                // connections an earlier sibling reached.
+                let v = names.to_vec();
+                let before = self
+                    .groups
+                    .lock()
+                    .record(envelope.origin, envelope.seq, &v[0]);
+                let Some(before) = before else { return };
+                let target = Target::Channels(v);
+                if before.is_empty() {
+                    node.deliver(&local(target));
+                } else {
+                    node.deliver_excluding(&local(target), &before);
+                }
+            }
+            TargetsView::Channels(names) if names.len() > 1 && !keyed => {
+                // An older node's envelope: the full list on every topic.
+                let first = self
+                    .groups
+                    .lock()
+                    .record(envelope.origin, envelope.seq, "")
+                    .is_some_and(|b| b.is_empty());
+                if first {
+                    node.deliver(&local(Target::Channels(names.to_vec())));
+                }
+            }
+            targets => {
+                let target = match targets {
+                    TargetsView::Channels(v) => Target::Channels(v.to_vec()),
+                    TargetsView::Users(v) => Target::Users(v.to_vec()),
+                    TargetsView::Clients(v) => Target::Clients(v.to_vec()),
+                    TargetsView::All => Target::All,
+                };
+                node.deliver(&local(target));
+            }
+        }
+        self.observe_latency(envelope.sent_at_micros);
     }
 
     /// Handle one decoded envelope received on `topic`.
@@ -40,80 +135,11 @@ impl Inner {
         let mine = envelope.origin == self.node_id;
         let kind = envelope.body.kind().as_str();
         match envelope.body {
-            Body::Deliver(delivery) => {
-                if mine {
-                    return;
+            Body::Deliver(_) => {
+                // A delivery in a layout `decode_ref` leaves to `decode`.
+                if let Some(delivery) = DeliverRef::of(&envelope) {
+                    self.deliver(topic, &delivery);
                 }
-                self.metrics.relay_received.with_label_values(&[kind]).inc();
-                // Its publisher has reported it failed long ago (a write the
-                // client library replayed after a reconnect): drop it.
-                let age = proto::now_micros().saturating_sub(envelope.sent_at_micros);
-                if age > (self.limits.retry + super::dedup::MARGIN).as_micros() as u64 {
-                    self.metrics
-                        .relay_dropped
-                        .with_label_values(&["expired"])
-                        .inc();
-                    return;
-                }
-                if !self
-                    .seen
-                    .lock()
-                    .fresh(&envelope.origin, topic, envelope.seq)
-                {
-                    self.metrics
-                        .relay_dropped
-                        .with_label_values(&["duplicate"])
-                        .inc();
-                    return;
-                }
-                let Ok(data) = Utf8Bytes::try_from(delivery.frame) else {
-                    return;
-                };
-                let extra = delivery.extra;
-                // A keyed publish: the node delivers each (key, name) once,
-                // which covers siblings, copies and retries sent through
-                // other nodes alike (see `crate::idempotency`).
-                let keyed = extra.idempotency.is_some();
-                // Exactly one arm below delivers: it takes the data and extra.
-                let local = move |target: Target| delivery_of(target, data, extra, None);
-                match delivery.targets {
-                    Targets::Channels(v) if v.len() == 1 && envelope.seq % 2 == 1 && !keyed => {
-                        // One envelope of a multi-channel publish: skip the
-                        // connections an earlier sibling reached.
-                        let before =
-                            self.groups
-                                .lock()
-                                .record(&envelope.origin, envelope.seq, &v[0]);
-                        let Some(before) = before else { return };
-                        let target = Target::Channels(v);
-                        if before.is_empty() {
-                            node.deliver(&local(target));
-                        } else {
-                            node.deliver_excluding(&local(target), &before);
-                        }
-                    }
-                    Targets::Channels(v) if v.len() > 1 && !keyed => {
-                        // An older node's envelope: the full list on every topic.
-                        let first = self
-                            .groups
-                            .lock()
-                            .record(&envelope.origin, envelope.seq, "")
-                            .is_some_and(|b| b.is_empty());
-                        if first {
-                            node.deliver(&local(Target::Channels(v)));
-                        }
-                    }
-                    targets => {
-                        let target = match targets {
-                            Targets::Channels(v) => Target::Channels(v),
-                            Targets::Users(v) => Target::Users(v),
-                            Targets::Clients(v) => Target::Clients(v),
-                            Targets::All => Target::All,
-                        };
-                        node.deliver(&local(target));
-                    }
-                }
-                self.observe_latency(envelope.sent_at_micros);
             }
             Body::Publication {
                 channel,
@@ -128,7 +154,8 @@ impl Inner {
                 };
                 let position = Position { offset, epoch };
                 let target = Target::Channels(vec![channel]);
-                node.deliver(&delivery_of(target, data, extra, Some(position)));
+                let extra = ExtraRef::from(&extra);
+                node.deliver(&delivery_of(target, data, &extra, Some(position)));
                 if !mine {
                     self.observe_latency(envelope.sent_at_micros);
                 }

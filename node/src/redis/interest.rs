@@ -1,7 +1,7 @@
 //! Subscriptions of the Redis relay: what local members need, coalesced
 //! and applied to each server.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,14 @@ use super::state::{Inner, LINGER};
 ///
 /// The work of one pass is proportional to the topics that changed, not to
 /// all the node's subscriptions: `unsettled` holds the topics whose wanted
-/// and confirmed states may differ, and only those are looked at.
+/// and confirmed states may differ, and only those are looked at; topics
+/// lingering after their last member left wait in a queue in the order they
+/// expire ([`Lingering`]), so a pass looks only at those that are due.
+///
+/// One round trip to Redis per pass: the `PING` after the additions confirms
+/// them (and the joins waiting for them are answered); the removals that
+/// follow are not waited for (nothing waits for a removal, and the next
+/// pass's `PING` on the same connection comes after them anyway).
 pub(super) async fn interest_loop(inner: Arc<Inner>) {
     let n = inner.servers.len();
     // Every server starts as lost: its first connection subscribes
@@ -30,7 +37,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
             ..Server::default()
         })
         .collect();
-    let mut lingering: HashMap<(usize, String), Instant> = HashMap::new();
+    let mut lingering: Vec<Lingering> = (0..n).map(|_| Lingering::default()).collect();
     // Topics every node always listens to: its inbox (on every server, as
     // the readiness canary's return path), broadcast and control.
     for server in state.iter_mut() {
@@ -64,20 +71,15 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
         for ((s, topic), wanted) in wishes {
             let server = &mut state[s];
             if wanted {
-                lingering.remove(&(s, topic.clone()));
+                lingering[s].cancel(&topic);
                 server.want(topic);
             } else if !server.permanent.contains(&topic) && server.desired.contains(&topic) {
-                lingering.insert((s, topic), now + LINGER);
+                lingering[s].start(topic, now + LINGER);
             }
         }
-        lingering.retain(|(s, topic), until| {
-            if *until <= now {
-                state[*s].unwant(topic);
-                false
-            } else {
-                true
-            }
-        });
+        for (s, linger) in lingering.iter_mut().enumerate() {
+            linger.expire(now, |topic| state[s].unwant(topic));
+        }
         // Topics Redis confirmed in this pass: announced to peers below.
         let mut added: Vec<String> = Vec::new();
         for (s, st) in state.iter_mut().enumerate() {
@@ -182,7 +184,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
             }
             let remove = st.removals(tokens.floor() as usize);
             for chunk in groups(&remove, inner.sharded) {
-                if subscribe(&inner, s, &chunk, false).await {
+                if unsubscribe(&inner, s, &chunk).await {
                     tokens -= chunk.len() as f64;
                     inner.metrics.relay_interest_ops.inc_by(chunk.len() as u64);
                     for topic in &chunk {
@@ -278,28 +280,89 @@ impl Server {
     }
 }
 
-/// (Un)subscribe one batch on server `s`; true when Redis confirmed it.
+/// Topics of one server whose last local member left, each until its
+/// linger ends. Every topic lingers equally long, so the queue is in the
+/// order they expire; a topic wanted again is only forgotten in the map
+/// (its queue entry is skipped when it comes up).
+#[derive(Default)]
+struct Lingering {
+    /// Topic → when it is given up.
+    until: HashMap<String, Instant>,
+    /// (when, topic), oldest first; may name topics no longer lingering.
+    queue: VecDeque<(Instant, String)>,
+}
+
+impl Lingering {
+    fn start(&mut self, topic: String, until: Instant) {
+        self.queue.push_back((until, topic.clone()));
+        self.until.insert(topic, until);
+    }
+
+    fn cancel(&mut self, topic: &str) {
+        self.until.remove(topic);
+    }
+
+    /// Give up (`unwant`) every topic whose linger ended by `now`.
+    fn expire(&mut self, now: Instant, mut unwant: impl FnMut(&str)) {
+        while let Some((at, _)) = self.queue.front() {
+            if *at > now {
+                break;
+            }
+            let (at, topic) = self.queue.pop_front().expect("front exists");
+            // Only if it still lingers from this very start.
+            if self.until.get(&topic) == Some(&at) {
+                self.until.remove(&topic);
+                unwant(&topic);
+            }
+        }
+        if self.queue.capacity() > 1024 && self.queue.len() < self.queue.capacity() / 4 {
+            self.queue.shrink_to_fit();
+        }
+    }
+}
+
+/// Subscribe one batch on server `s`; true when Redis confirmed it.
 ///
 /// The client library answers `SUBSCRIBE` and `UNSUBSCRIBE` as soon as it
 /// queues them, before they are even written (their replies arrive out of
-/// band); only `SSUBSCRIBE` waits for Redis. So a plain (un)subscribe is
+/// band); only `SSUBSCRIBE` waits for Redis. So a plain subscribe is
 /// followed by a `PING` on the same connection: Redis runs a connection's
 /// commands in order, so its reply means the subscription is in place.
 pub(super) async fn subscribe(inner: &Inner, s: usize, topics: &[String], add: bool) -> bool {
+    if !add {
+        return unsubscribe(inner, s, topics).await;
+    }
     let subscriber = &inner.servers[s].subscriber;
     let topics = topics.to_vec();
-    let result = match (inner.sharded, add) {
-        (true, true) => subscriber.ssubscribe(topics).await,
-        (false, true) => subscriber.subscribe(topics).await,
-        (true, false) => subscriber.sunsubscribe(topics).await,
-        (false, false) => subscriber.unsubscribe(topics).await,
-    };
-    let result = match result {
-        Ok(()) if !inner.sharded => subscriber.ping::<Value>(None).await.map(drop),
-        other => other,
+    let result = if inner.sharded {
+        subscriber.ssubscribe(topics).await
+    } else {
+        match subscriber.subscribe(topics).await {
+            Ok(()) => subscriber.ping::<Value>(None).await.map(drop),
+            other => other,
+        }
     };
     if let Err(e) = &result {
         tracing::debug!(error = %e, "subscription change failed; will retry");
+    }
+    result.is_ok()
+}
+
+/// Unsubscribe one batch on server `s`; true once the command is queued on
+/// the subscriber connection, without waiting for Redis: nothing waits for
+/// a removal (a topic wanted again is subscribed, and confirmed, by a later
+/// command on the same connection, which Redis runs after this one), and a
+/// connection lost before it was written takes its subscriptions with it.
+async fn unsubscribe(inner: &Inner, s: usize, topics: &[String]) -> bool {
+    let subscriber = &inner.servers[s].subscriber;
+    let topics = topics.to_vec();
+    let result = if inner.sharded {
+        subscriber.sunsubscribe(topics).await
+    } else {
+        subscriber.unsubscribe(topics).await
+    };
+    if let Err(e) = &result {
+        tracing::debug!(error = %e, "unsubscribe failed; will retry");
     }
     result.is_ok()
 }
@@ -326,7 +389,9 @@ pub(super) fn groups(topics: &[String], sharded: bool) -> Vec<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::Server;
+    use std::time::{Duration, Instant};
+
+    use super::{Lingering, Server};
 
     fn topics(v: &[&str]) -> Vec<String> {
         v.iter().map(|t| t.to_string()).collect()
@@ -358,5 +423,29 @@ mod tests {
         s.want("b".to_string());
         s.settle();
         assert_eq!(s.changes(10), (topics(&["d"]), vec![]));
+    }
+
+    #[test]
+    fn a_lingering_topic_is_given_up_when_due_unless_wanted_again() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut l = Lingering::default();
+        l.start("a".to_string(), at(100));
+        l.start("b".to_string(), at(200));
+        l.start("c".to_string(), at(300));
+        // Wanted again: never given up, even though its entry is queued.
+        l.cancel("b");
+        let mut gone = Vec::new();
+        l.expire(at(50), |t| gone.push(t.to_string()));
+        assert!(gone.is_empty());
+        l.expire(at(250), |t| gone.push(t.to_string()));
+        assert_eq!(gone, ["a"]);
+        // Left again later: it lingers from the new start only.
+        l.start("b".to_string(), at(400));
+        l.expire(at(350), |t| gone.push(t.to_string()));
+        assert_eq!(gone, ["a", "c"]);
+        l.expire(at(400), |t| gone.push(t.to_string()));
+        assert_eq!(gone, ["a", "c", "b"]);
+        assert!(l.until.is_empty() && l.queue.is_empty());
     }
 }

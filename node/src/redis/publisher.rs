@@ -55,6 +55,9 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
     let deadline = inner.limits.probe.max(Duration::from_secs(1)) * 2;
     // Whether the last pipeline carried more than one envelope.
     let mut busy = false;
+    // Kept across pipelines, so a pipeline allocates none of them.
+    let mut plan: Vec<Command> = Vec::new();
+    let mut outcome: Vec<Option<bool>> = Vec::new();
     loop {
         if batch.is_empty() {
             lane.take(BATCH, &mut batch).await;
@@ -118,10 +121,10 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
             timeout: Some(deadline),
             ..Default::default()
         });
-        let plan = plan(&batch, inner.limits.batch_bytes, &inner.node_id);
+        plan_into(&mut plan, &batch, inner.limits.batch_bytes, &inner.node_id);
         busy = batch.len() > 1;
         for command in &plan {
-            let topic = batch[command.items[0]].topic.as_str();
+            let topic = batch[command.first].topic.as_str();
             let queued: Result<(), Error> = if inner.sharded {
                 commands.spublish(topic, command.payload.clone()).await
             } else {
@@ -142,7 +145,8 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
             results
         };
         // What became of each envelope: Some(confirmed) or None (send again).
-        let mut outcome: Vec<Option<bool>> = vec![None; batch.len()];
+        outcome.clear();
+        outcome.resize(batch.len(), None);
         let mut confirmed = 0;
         let mut failed = 0;
         let mut again = results.len() < plan.len();
@@ -158,13 +162,13 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
                     false
                 }
             };
-            for &i in &command.items {
+            for i in command.items() {
                 outcome[i] = Some(ok);
             }
             if ok {
-                confirmed += command.items.len();
+                confirmed += command.len();
             } else {
-                failed += command.items.len();
+                failed += command.len();
             }
         }
         if plan.len() < batch.len() {
@@ -173,9 +177,11 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
                 .relay_batched
                 .inc_by((batch.len() - plan.len()) as u64);
         }
-        // Settle what Redis answered; keep the rest, in order, to send again.
-        for (item, outcome) in std::mem::take(&mut batch).into_iter().zip(outcome) {
-            match outcome {
+        // Settle what Redis answered; keep the rest, in order, to send
+        // again (in the same buffer: it keeps its capacity).
+        for &settled in &outcome {
+            let Some(item) = batch.pop_front() else { break };
+            match settled {
                 Some(ok) => item.settle(&inner.budget, ok),
                 None => batch.push_back(item),
             }
@@ -209,9 +215,14 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
     }
 }
 
-/// Whether the connection was (re)established since the last look.
+/// Whether the connection was (re)established since the last look. Nearly
+/// always nothing was: `len` answers that under one lock, where `try_recv`
+/// takes three.
 fn reconnected(events: &mut tokio::sync::broadcast::Receiver<fred::types::config::Server>) -> bool {
     use tokio::sync::broadcast::error::TryRecvError;
+    if events.is_empty() {
+        return false;
+    }
     let mut any = false;
     loop {
         match events.try_recv() {
@@ -243,24 +254,39 @@ async fn linger(lane: &Lane, batch: &mut VecDeque<Outgoing>, wait: Duration) {
 }
 
 /// One command of a pipeline: the envelopes it carries (indexes into the
-/// lane's batch, in order) and its payload.
+/// lane's batch, in order: `first`, then `more`) and its payload.
 struct Command {
-    items: Vec<usize>,
+    first: usize,
+    more: Vec<usize>,
     payload: Bytes,
 }
 
-/// Group a lane's batch into commands: envelopes for the same topic share
-/// one batch envelope of at most `max_bytes` (an envelope alone is sent as
-/// it is). Each topic's envelopes stay in order, within and across its
-/// commands, and the commands follow the first envelope of each.
-fn plan(batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) -> Vec<Command> {
+impl Command {
+    fn items(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.first).chain(self.more.iter().copied())
+    }
+
+    fn len(&self) -> usize {
+        1 + self.more.len()
+    }
+}
+
+/// Group a lane's batch into commands (into `plan`, emptied first):
+/// envelopes for the same topic share one batch envelope of at most
+/// `max_bytes` (an envelope alone is sent as it is). Each topic's envelopes
+/// stay in order, within and across its commands, and the commands follow
+/// the first envelope of each.
+fn plan_into(plan: &mut Vec<Command>, batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) {
+    plan.clear();
     if batch.len() == 1 {
         // An idle lane's batch (the common case below saturation): sent as
         // it is, without grouping by topic.
-        return vec![Command {
-            items: vec![0],
+        plan.push(Command {
+            first: 0,
+            more: Vec::new(),
             payload: batch[0].payload.clone(),
-        }];
+        });
+        return;
     }
     let overhead = proto::batch_overhead(origin.len());
     // Per command: its envelopes and their bytes in a batch.
@@ -280,18 +306,20 @@ fn plan(batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) -> Vec<Comma
         open.insert(item.topic.as_str(), groups.len());
         groups.push((vec![i], overhead + size));
     }
-    groups
-        .into_iter()
-        .map(|(items, _)| {
-            let payload = if let [one] = items[..] {
-                batch[one].payload.clone()
-            } else {
-                let parts: Vec<Bytes> = items.iter().map(|&i| batch[i].payload.clone()).collect();
-                proto::encode_batch(origin, 0, &parts)
-            };
-            Command { items, payload }
-        })
-        .collect()
+    plan.extend(groups.into_iter().map(|(mut items, _)| {
+        let payload = if let [one] = items[..] {
+            batch[one].payload.clone()
+        } else {
+            let parts: Vec<Bytes> = items.iter().map(|&i| batch[i].payload.clone()).collect();
+            proto::encode_batch(origin, 0, &parts)
+        };
+        let first = items.remove(0);
+        Command {
+            first,
+            more: items,
+            payload,
+        }
+    }));
 }
 
 #[cfg(test)]
@@ -310,6 +338,12 @@ mod tests {
     }
 
     /// (topic, seqs carried) of each command.
+    fn plan(batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) -> Vec<Command> {
+        let mut plan = Vec::new();
+        plan_into(&mut plan, batch, max_bytes, origin);
+        plan
+    }
+
     fn shape(batch: &VecDeque<Outgoing>, plan: &[Command]) -> Vec<(String, Vec<u64>)> {
         plan.iter()
             .map(|c| {
@@ -318,8 +352,8 @@ mod tests {
                     proto::Body::Batch(parts) => parts.iter().map(|e| e.seq).collect(),
                     _ => vec![decoded.seq],
                 };
-                let topic = batch[c.items[0]].topic.clone();
-                assert!(c.items.iter().all(|&i| batch[i].topic == topic));
+                let topic = batch[c.first].topic.clone();
+                assert!(c.items().all(|i| batch[i].topic == topic));
                 (topic, seqs)
             })
             .collect()
@@ -346,7 +380,7 @@ mod tests {
         // Within the bound: room for two envelopes of "a" per batch.
         let one = batch[0].payload.len() + proto::BATCH_ITEM_OVERHEAD;
         let bound = proto::batch_overhead(2) + 2 * one;
-        let plan = super::plan(&batch, bound, "n1");
+        let plan = self::plan(&batch, bound, "n1");
         assert_eq!(
             shape(&batch, &plan),
             [
@@ -358,7 +392,7 @@ mod tests {
         );
         assert!(plan.iter().all(|c| c.payload.len() <= bound));
         // 0: every envelope alone, in queue order.
-        let plan = super::plan(&batch, 0, "n1");
+        let plan = self::plan(&batch, 0, "n1");
         let seqs: Vec<u64> = shape(&batch, &plan)
             .into_iter()
             .flat_map(|(_, s)| s)
@@ -371,7 +405,7 @@ mod tests {
         let batch: VecDeque<Outgoing> = [envelope(7, "a")].into_iter().collect();
         let plan = plan(&batch, 64 * 1024, "n1");
         assert_eq!(shape(&batch, &plan), [("a".to_string(), vec![7])]);
-        assert_eq!(plan[0].items, [0]);
+        assert_eq!(plan[0].items().collect::<Vec<_>>(), [0]);
         assert_eq!(plan[0].payload, batch[0].payload);
     }
 }

@@ -19,7 +19,10 @@
 //!   connection waits for its next request). The front-ends and the API
 //!   bound what follows the head (see `--handshake-timeout-seconds`).
 //! - **Socket options.** `TCP_NODELAY`, TCP keepalive and, when set,
-//!   `TCP_USER_TIMEOUT` (how long sent data may stay unacknowledged).
+//!   `TCP_USER_TIMEOUT` (how long sent data may stay unacknowledged). They
+//!   are set once on the listening socket; where accepted sockets inherit
+//!   them (Linux does), they are not set again on each one (six system
+//!   calls fewer per connection): see [`Inherits`].
 
 use std::future::Future;
 use std::io;
@@ -97,6 +100,10 @@ struct Listener {
     stop: watch::Receiver<bool>,
     /// Held by every connection task, so the listener knows when all ended.
     open: watch::Receiver<()>,
+    /// Whether accepted sockets inherit the listening socket's options.
+    inherits: Arc<Inherits>,
+    /// This listener's `pubmesh_http_connections` gauge (looked up once).
+    open_gauge: prometheus::IntGauge,
 }
 
 impl Listener {
@@ -106,7 +113,7 @@ impl Listener {
         permit: Option<OwnedSemaphorePermit>,
         address: Option<AddressBudget>,
     ) {
-        set_options(&tcp, &self.bounds);
+        self.inherits.apply(&tcp, &self.bounds);
         let accepted = Accepted {
             counted: permit.is_some(),
             address,
@@ -181,12 +188,17 @@ pub async fn serve(
 ) {
     let (stop_tx, stop) = watch::channel(false);
     let (open_tx, open) = watch::channel(());
+    // Accepted sockets may inherit these (checked on the first one).
+    let listening = set_options_on(socket2::SockRef::from(&listener), &bounds).is_ok();
+    let open_gauge = metrics.http_connections.with_label_values(&[bounds.label]);
     let shared = Listener {
+        open_gauge,
         router,
         bounds,
         metrics,
         stop,
         open,
+        inherits: Arc::new(Inherits::new(listening)),
     };
     let waiting = Arc::new(Semaphore::new(MAX_WAITING));
     tokio::pin!(shutdown);
@@ -232,8 +244,9 @@ async fn connection(io: Held, accepted: Accepted, listener: Listener) {
         metrics,
         mut stop,
         open: _open,
+        inherits: _,
+        open_gauge: gauge,
     } = listener;
-    let gauge = metrics.http_connections.with_label_values(&[bounds.label]);
     gauge.inc();
     let service = TowerToHyperService::new(router);
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
@@ -360,35 +373,105 @@ async fn accept_failed(e: io::Error) {
 }
 
 fn set_options(tcp: &TcpStream, bounds: &Bounds) {
-    // Small frames must not wait for Nagle's algorithm (40 ms stalls).
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY");
+    if let Err(e) = set_options_on(socket2::SockRef::from(tcp), bounds) {
+        tracing::debug!(error = %e, "socket options");
     }
-    let socket = socket2::SockRef::from(tcp);
+}
+
+/// Whether accepted sockets inherit the listening socket's options, learnt
+/// from the sockets accepted first: until one is seen with every option
+/// already in place, each is checked (and given what it lacks); after
+/// [`Inherits::TRIES`] without, the options are set on every socket. A
+/// socket whose handshake completed before the listening socket had its
+/// options lacks them even where they are inherited, hence more than one
+/// try.
+struct Inherits(std::sync::atomic::AtomicU32);
+
+impl Inherits {
+    const TRIES: u32 = 64;
+    const YES: u32 = u32::MAX;
+
+    /// `listening`: the options are set on the listening socket.
+    fn new(listening: bool) -> Inherits {
+        Inherits(std::sync::atomic::AtomicU32::new(if listening {
+            0
+        } else {
+            Self::TRIES
+        }))
+    }
+
+    /// Give `tcp` the options `bounds` asks for, unless it has them already.
+    fn apply(&self, tcp: &TcpStream, bounds: &Bounds) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.0.load(Relaxed) {
+            Self::YES => {}
+            n if n >= Self::TRIES => set_options(tcp, bounds),
+            _ => {
+                if has_options(tcp, bounds).unwrap_or(false) {
+                    self.0.store(Self::YES, Relaxed);
+                } else {
+                    self.0.fetch_add(1, Relaxed);
+                    set_options(tcp, bounds);
+                }
+            }
+        }
+    }
+}
+
+/// `TCP_NODELAY`, keepalive and `TCP_USER_TIMEOUT` as `bounds` say, on a
+/// connected or a listening socket.
+fn set_options_on(socket: socket2::SockRef<'_>, bounds: &Bounds) -> io::Result<()> {
+    // Small frames must not wait for Nagle's algorithm (40 ms stalls).
+    socket.set_tcp_nodelay(true)?;
     if let Some(idle) = bounds.tcp_keepalive {
-        if let Err(e) = socket.set_tcp_keepalive(&keepalive(idle)) {
-            tracing::debug!(error = %e, "TCP keepalive");
+        socket.set_tcp_keepalive(&keepalive(idle))?;
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(timeout) = bounds.user_timeout {
+        socket.set_tcp_user_timeout(Some(timeout))?;
+    }
+    Ok(())
+}
+
+/// Whether an accepted socket already has the options `bounds` asks for
+/// (inherited from the listening socket).
+fn has_options(tcp: &TcpStream, bounds: &Bounds) -> io::Result<bool> {
+    let socket = socket2::SockRef::from(tcp);
+    let mut same = socket.tcp_nodelay()?;
+    if let Some(idle) = bounds.tcp_keepalive {
+        // The kernel keeps whole seconds.
+        let secs = |d: Duration| d.as_secs();
+        same &= socket.keepalive()?
+            && secs(socket.tcp_keepalive_time()?) == secs(idle)
+            && secs(socket.tcp_keepalive_interval()?) == secs(keepalive_interval(idle));
+        #[cfg(target_os = "linux")]
+        {
+            same &= socket.tcp_keepalive_retries()? == 3;
         }
     }
     #[cfg(target_os = "linux")]
     if let Some(timeout) = bounds.user_timeout {
-        if let Err(e) = socket.set_tcp_user_timeout(Some(timeout)) {
-            tracing::debug!(error = %e, "TCP_USER_TIMEOUT");
-        }
+        same &= socket.tcp_user_timeout()? == Some(timeout);
     }
+    Ok(same)
 }
 
 /// Keepalive probes after `idle` without traffic, then 3 probes a third of
 /// `idle` apart (at least 1 s): a silent dead peer goes after about twice
 /// `idle`.
 pub fn keepalive(idle: Duration) -> socket2::TcpKeepalive {
-    let interval = (idle / 3).max(Duration::from_secs(1));
+    let interval = keepalive_interval(idle);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(idle)
         .with_interval(interval);
     #[cfg(target_os = "linux")]
     let keepalive = keepalive.with_retries(3);
     keepalive
+}
+
+/// The time between keepalive probes for an idle time of `idle`.
+fn keepalive_interval(idle: Duration) -> Duration {
+    (idle / 3).max(Duration::from_secs(1))
 }
 
 /// An accepted socket and the permit it holds until it is dropped.
@@ -434,5 +517,48 @@ impl AsyncWrite for Held {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds() -> Bounds {
+        Bounds {
+            label: "client",
+            permits: None,
+            addresses: None,
+            header_timeout: Duration::from_secs(5),
+            tcp_keepalive: Some(Duration::from_secs(10)),
+            user_timeout: Some(Duration::from_millis(20_000)),
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listening_sockets_options_on_linux() {
+        let bounds = bounds();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inherits = Inherits::new(true);
+        // Accepted before the listener had them: it lacks them, and gets them.
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (early, _) = listener.accept().await.unwrap();
+        assert!(!has_options(&early, &bounds).unwrap());
+        inherits.apply(&early, &bounds);
+        assert!(
+            has_options(&early, &bounds).unwrap(),
+            "set on the socket itself"
+        );
+
+        set_options_on(socket2::SockRef::from(&listener), &bounds).unwrap();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        if cfg!(target_os = "linux") {
+            assert!(has_options(&accepted, &bounds).unwrap(), "inherited");
+            inherits.apply(&accepted, &bounds);
+            let state = inherits.0.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(state, Inherits::YES, "known to be inherited");
+        }
     }
 }
