@@ -22,88 +22,8 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Why a connection is being closed by the server, with its documented close code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The node is draining (SIGTERM): 1012 "reconnect".
-    Drain,
-    /// No valid token under `--require-auth`: 4001.
-    Unauthorized,
-    /// `POST /api/disconnect`: 4002.
-    Disconnected,
-    /// The outbox overflowed: 4008.
-    SlowConsumer,
-    /// Too many frames per second: 4029.
-    RateLimited,
-    /// A frame over `--max-message-size`: 1009.
-    TooBig,
-    /// A text frame that is not valid UTF-8: 1007.
-    InvalidUtf8,
-    /// A WebSocket protocol violation (reserved opcode or bits, unmasked
-    /// client frame, bad control frame): 1002.
-    ProtocolError,
-    /// Nothing from the client within `--pong-timeout-seconds` of a ping
-    /// (or for the ping interval plus that): 4010.
-    PingTimeout,
-    /// A Phoenix socket sent nothing (not even a heartbeat) for
-    /// `--phoenix-heartbeat-timeout-ms`: 4408.
-    HeartbeatTimeout,
-    /// A frame the socket's protocol cannot read at all (e.g. a Phoenix
-    /// frame that is not a 5-element array): 4400.
-    BadFrame,
-}
-
-impl CloseReason {
-    pub fn code(self) -> u16 {
-        match self {
-            CloseReason::Drain => 1012,
-            CloseReason::TooBig => 1009,
-            CloseReason::InvalidUtf8 => 1007,
-            CloseReason::ProtocolError => 1002,
-            CloseReason::Unauthorized => 4001,
-            CloseReason::Disconnected => 4002,
-            CloseReason::SlowConsumer => 4008,
-            CloseReason::RateLimited => 4029,
-            CloseReason::PingTimeout => 4010,
-            CloseReason::HeartbeatTimeout => 4408,
-            CloseReason::BadFrame => 4400,
-        }
-    }
-
-    /// The close frame's reason text; also the metric label.
-    pub fn text(self) -> &'static str {
-        match self {
-            CloseReason::Drain => "reconnect",
-            CloseReason::TooBig => "message too big",
-            CloseReason::InvalidUtf8 => "invalid utf-8",
-            CloseReason::ProtocolError => "protocol error",
-            CloseReason::Unauthorized => "unauthorized",
-            CloseReason::Disconnected => "disconnected",
-            CloseReason::SlowConsumer => "slow consumer",
-            CloseReason::RateLimited => "rate limited",
-            CloseReason::PingTimeout => "ping timeout",
-            CloseReason::HeartbeatTimeout => "heartbeat timeout",
-            CloseReason::BadFrame => "bad frame",
-        }
-    }
-
-    /// Label for `pubmesh_connections_closed_total{reason}`.
-    pub fn label(self) -> &'static str {
-        match self {
-            CloseReason::Drain => "drain",
-            CloseReason::TooBig => "too_big",
-            CloseReason::InvalidUtf8 => "invalid_utf8",
-            CloseReason::ProtocolError => "protocol_error",
-            CloseReason::Unauthorized => "unauthorized",
-            CloseReason::Disconnected => "disconnected",
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::RateLimited => "rate_limited",
-            CloseReason::PingTimeout => "ping_timeout",
-            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
-            CloseReason::BadFrame => "bad_frame",
-        }
-    }
-}
+mod close;
+pub use close::CloseReason;
 
 /// [`Outbox::offer`] queues a frame only while the outbox holds at most this
 /// fraction of its bound (a quarter): a socket that far behind is not
@@ -302,6 +222,28 @@ impl Outbox {
     pub fn release(&self, len: usize) {
         let mut state = self.state.lock();
         state.held = state.held.saturating_sub(len);
+    }
+
+    /// Start a connection's stream: drop what was queued before it was open
+    /// (frames that raced its registration, of publications made before its
+    /// first frame) and queue `first`, its first frame, if any. Called
+    /// before the writer runs. False when the outbox is closed.
+    pub fn start(&self, first: Option<Utf8Bytes>) -> bool {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return false;
+        }
+        state.queue.clear();
+        state.bytes = 0;
+        let Some(frame) = first else {
+            return true;
+        };
+        state.bytes += frame.len();
+        state.queue.push_back(frame);
+        let wake = state.on_frame.take();
+        drop(state);
+        wake.wake();
+        true
     }
 
     /// Ask the writer to close the socket after what is queued (unless the

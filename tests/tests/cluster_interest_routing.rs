@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pubmesh_tests::harness::{
-    cluster_slot, eventually, patience, see_each_other, two_nodes, Client, Node, Redis,
+    cluster_slot, eventually, hs256, patience, see_each_other, two_nodes, Client, Node, Redis,
 };
 use serde_json::{json, Value};
+
+const SECRET: &str = "interest-secret";
 
 /// Flags for nodes whose test clients publish as fast as they can.
 fn fast(url: &str) -> Vec<String> {
@@ -26,18 +28,28 @@ fn fast(url: &str) -> Vec<String> {
         "1000000",
         "--address-frame-rate",
         "0",
+        "--client-user-publish",
+        "any",
+        "--jwt-secret",
+        SECRET,
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
 }
 
+/// Two nodes of `redis` started with [`fast`], that see each other.
+async fn fast_nodes(redis: &Redis) -> (Node, Node) {
+    let args = fast(&redis.url());
+    two_nodes(&strs(&args)).await
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// A client of `node` publishing `{"n": 0}`, `{"n": 1}` … to `channel`
-/// until stopped; `started` is the number of publishes begun so far.
+/// A client of `node` publishing `{"n": 0}`, `{"n": 1}` … to a channel (or
+/// a user) until stopped; `started` is the number of publishes begun so far.
 struct Publisher {
     started: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -46,21 +58,23 @@ struct Publisher {
 
 impl Publisher {
     async fn start(node: &Node, channel: &str) -> Publisher {
+        Publisher::start_to(node, json!({"type": "channel", "channel_ids": [channel]})).await
+    }
+
+    /// Publish with the frame `to` (its `type` and targets), adding `data`.
+    async fn start_to(node: &Node, to: Value) -> Publisher {
         let mut client = node.client("").await;
         let started = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let channel = channel.to_string();
         let task = {
             let (started, stop) = (started.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut n = 0;
                 while !stop.load(Ordering::Acquire) {
                     started.store(n + 1, Ordering::Release);
-                    client
-                        .send(
-                            json!({"type": "channel", "channel_ids": [channel], "data": {"n": n}}),
-                        )
-                        .await;
+                    let mut frame = to.clone();
+                    frame["data"] = json!({"n": n});
+                    client.send(frame).await;
                     n += 1;
                     if n % 64 == 0 {
                         tokio::task::yield_now().await;
@@ -108,6 +122,20 @@ async fn join_during_publishing(member: &mut Client, channel: &str, publisher: P
     }
     // Every publish begun from here on started after the answer.
     let promised = publisher.started.load(Ordering::Acquire);
+    everything_after(member, channel, received, promised, publisher).await;
+}
+
+/// Check that `member`, which has `received` so far and was answered when
+/// `promised` publishes had begun, receives every message begun after
+/// that, in order, none twice, and that from the first one it received
+/// nothing is missing.
+async fn everything_after(
+    member: &mut Client,
+    channel: &str,
+    mut received: Vec<u64>,
+    promised: u64,
+    publisher: Publisher,
+) {
     let total = publisher.finish_after(2000).await;
     while received.last().is_none_or(|&n| n + 1 < total) {
         let frame = member.recv_within(patience(20)).await;
@@ -142,9 +170,7 @@ fn number(frame: &Value) -> u64 {
 async fn a_member_joining_on_b_while_a_publishes_at_full_rate_gets_everything_after_the_answer() {
     let _slot = cluster_slot().await;
     let redis = Redis::start().await;
-    let url = redis.url();
-    let args = fast(&url);
-    let (a, b) = two_nodes(&strs(&args)).await;
+    let (a, b) = fast_nodes(&redis).await;
     let mut member = b.client("").await;
     for i in 0..6 {
         let channel = format!("hot-{i}");
@@ -156,6 +182,83 @@ async fn a_member_joining_on_b_while_a_publishes_at_full_rate_gets_everything_af
         .await;
         join_during_publishing(&mut member, &channel, publisher).await;
     }
+}
+
+/// Wait until `a` keeps more publishes off Redis than now: what it
+/// publishes at this moment no peer listens to.
+async fn skipping(a: &Node) {
+    let before = a.metric("pubmesh_relay_skipped_total").await;
+    eventually("skipping", patience(30), || async {
+        (a.metric("pubmesh_relay_skipped_total").await > before).then_some(())
+    })
+    .await;
+}
+
+/// A member that joins a channel at connect time (`channel_id` in the URL)
+/// on B while A publishes to it at full rate, skipping it, receives
+/// everything published after its connection frame: the frame is the
+/// join's answer.
+#[tokio::test]
+async fn a_connect_time_member_on_b_gets_everything_published_after_its_connection_frame() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let (a, b) = fast_nodes(&redis).await;
+    for i in 0..6 {
+        let channel = format!("home-{i}");
+        let to = json!({"type": "channel", "channel_ids": [channel]});
+        let member = connect_during_publishing(&a, &b, to, &format!("channel_id={channel}")).await;
+        assert_eq!(member.channel_id(), channel);
+    }
+}
+
+/// Connect to `b` with `query` while `a` publishes with the frame `to` at
+/// full rate, keeping it off Redis; then check that everything begun
+/// after the connection frame arrives.
+async fn connect_during_publishing(a: &Node, b: &Node, to: Value, query: &str) -> Client {
+    let publisher = Publisher::start_to(a, to).await;
+    skipping(a).await;
+    // `client` returns once the connection frame, the first frame, arrived.
+    let mut member = b.client(query).await;
+    let promised = publisher.started.load(Ordering::Acquire);
+    everything_after(&mut member, query, Vec::new(), promised, publisher).await;
+    member
+}
+
+/// A user's first connection on B, made while A publishes to that user at
+/// full rate, receives everything published after its connection frame.
+#[tokio::test]
+async fn a_users_first_connection_on_b_gets_everything_published_after_its_connection_frame() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let (a, b) = fast_nodes(&redis).await;
+    for i in 0..6 {
+        let user = format!("n::user-{i}");
+        let to = json!({"type": "user", "root_ids": [user]});
+        let token = hs256(SECRET, &user, 300);
+        let member = connect_during_publishing(&a, &b, to, &format!("token={token}")).await;
+        assert_eq!(member.root_id(), user);
+    }
+    // A user whose topic B takes on through `change_user` is promised the
+    // same from the connection frame that answers it.
+    let user = "n::changed";
+    let publisher = Publisher::start_to(&a, json!({"type": "user", "root_ids": [user]})).await;
+    let mut member = b.client("").await;
+    skipping(&a).await;
+    member
+        .send(json!({"type": "change_user", "token": hs256(SECRET, user, 300), "ref": "cu"}))
+        .await;
+    let mut received = Vec::new();
+    loop {
+        let frame = member.recv().await;
+        if frame["ref"] == "cu" {
+            assert_eq!(frame["type"], "connection", "{frame}");
+            assert_eq!(frame["data"]["root_id"], user, "{frame}");
+            break;
+        }
+        received.push(number(&frame));
+    }
+    let promised = publisher.started.load(Ordering::Acquire);
+    everything_after(&mut member, user, received, promised, publisher).await;
 }
 
 #[tokio::test]

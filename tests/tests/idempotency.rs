@@ -150,7 +150,10 @@ async fn a_plain_publish_retried_on_either_node_is_delivered_once() {
         .await;
     let ack = socket.recv_until(|f| f["type"] == "published").await;
     assert_eq!(ack["duplicate"], false, "{ack}");
-    notify(&b, "room", json!({"marker": true}), None).await;
+    // The marker leaves A after the publish (the same topic, the same lane),
+    // so it reaches B after it. From B, it could overtake it: B delivers
+    // its own publish at once, while A's may still be in B's reader.
+    notify(&a, "room", json!({"marker": true}), None).await;
     assert_eq!(before_marker(&mut on_a).await, vec![2]);
     assert_eq!(before_marker(&mut on_b).await, vec![2]);
 }

@@ -173,7 +173,9 @@ async fn official_client_on_two_nodes_with_a_native_client() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = a
+    // From the same node, so n = 2 follows n = 1 everywhere (from A it
+    // could reach A's socket before n = 1, still in A's Redis reader).
+    let (status, body) = b
         .post(
             "/api/notify/channels",
             json!({"channel_ids": ["room:1", "room:elsewhere"], "data": {"n": 2}}),

@@ -138,7 +138,7 @@ pub struct Cli {
     /// How long a busy publishing lane waits for more envelopes before it sends, in microseconds; 0: it sends what queued during the previous round trip [default: 0]
     #[arg(long, env = env::RELAY_BATCH_US)]
     pub relay_batch_us: Option<u64>,
-    /// Share interest with peers and publish a channel's or user's message to Redis only when a peer listens to it (false: relay every publish, like builds without interest routing) [default: false]
+    /// Share interest with peers and publish a channel's or user's message to Redis only when a peer listens to it (false: relay every publish, like builds without interest routing) [default: true]
     #[arg(long, env = env::RELAY_INTEREST_ROUTING, num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub relay_interest_routing: Option<bool>,

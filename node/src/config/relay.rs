@@ -38,7 +38,7 @@ impl Default for RelayLimits {
             join_timeout: Duration::from_secs(10),
             batch_bytes: 64 * 1024,
             batch_wait: Duration::ZERO,
-            interest_routing: false,
+            interest_routing: true,
         }
     }
 }

@@ -71,7 +71,7 @@ impl Node {
             .map_err(MeshError::TooManyChannels)?;
         conn.state.lock().churn.record(fresh.iter().copied());
         self.interest(change);
-        if let Err(e) = self.relay.interest_applied(&join).await {
+        if let Err(e) = self.relay.interest_applied(&join, &[]).await {
             // Not confirmed in time: leave what this call joined.
             let change = self.hub.unsubscribe(conn, &join);
             self.interest(change);

@@ -78,7 +78,37 @@ impl Node {
             return Err(MeshError::Unauthorized);
         }
         self.revalidate(conn).await;
-        Ok(())
+        self.identity_interest(conn).await
+    }
+
+    /// Wait until the topics `conn` is in by its identity, its user's and
+    /// its home channel, are subscribed cluster-wide
+    /// ([`crate::relay::Relay::interest_applied`], as for a join): a
+    /// publish made anywhere after this returns reaches the connection.
+    /// Fails with [`MeshError::Unavailable`] when they were not within
+    /// `--relay-join-timeout-ms`.
+    pub(super) async fn connection_interest(&self, conn: &Conn) -> Result<(), MeshError> {
+        let users = [conn.root_id().to_string()];
+        let home: Vec<String> = conn.home.iter().map(|h| h.to_string()).collect();
+        self.relay
+            .interest_applied(&home, &users)
+            .await
+            .map_err(|e| {
+                tracing::warn!(client_id = %conn.client_id, error = %e, "connection not subscribed in time");
+                MeshError::Unavailable(e.to_string())
+            })
+    }
+
+    /// [`Node::connection_interest`] after a change of identity: a
+    /// connection whose new user is not subscribed in time is closed with
+    /// 1013 (try again later), as at connect; it cannot keep an identity
+    /// whose deliveries may not reach it.
+    async fn identity_interest(&self, conn: &Conn) -> Result<(), MeshError> {
+        let result = self.connection_interest(conn).await;
+        if result.is_err() {
+            conn.outbox.close(CloseReason::Unavailable);
+        }
+        result
     }
 
     /// The connection's token expired (at `now`, seconds since the epoch):
@@ -99,6 +129,11 @@ impl Node {
         };
         self.interest(change);
         self.revalidate(conn).await;
+        // The notice is the connection frame with the anonymous user: sent
+        // once that user's topic is subscribed cluster-wide.
+        if self.identity_interest(conn).await.is_err() {
+            return;
+        }
         let frames = conn.with_info(|info| conn.codec.notice(info, Notice::TokenExpired));
         for frame in frames.iter() {
             self.send(conn, frame.clone());

@@ -123,7 +123,7 @@ impl Node {
         // subscription: every channel is waited for, not only the new ones.
         self.interest(change);
         self.relay
-            .interest_applied(channels)
+            .interest_applied(channels, &[])
             .await
             .map_err(|e| MeshError::Unavailable(e.to_string()))?;
 

@@ -81,9 +81,14 @@ impl Node {
     }
 
     /// Open an admitted connection: register it (and its `home` channel,
-    /// native connections only), queue the front-end's `greeting`, then
-    /// announce it in the home channel's presence. Under `--require-auth` an
-    /// anonymous connection is closed with 4001 instead of greeted.
+    /// native connections only), wait until its user's topic and its home
+    /// channel are subscribed cluster-wide (as a join waits: the relay has
+    /// them in place and every peer that may skip publishes knows), queue
+    /// the front-end's `greeting`, then announce it in the home channel's
+    /// presence. The greeting is the connection's first frame: whatever was
+    /// queued to it during the wait is dropped (it was published before).
+    /// Under `--require-auth` an anonymous connection is closed with 4001
+    /// instead of greeted; when the wait fails, with 1013 (try again later).
     pub async fn open(
         &self,
         admission: Admission,
@@ -119,10 +124,12 @@ impl Node {
         self.interest(change);
         if self.config.require_auth && !conn.state.lock().authenticated {
             conn.outbox.close(CloseReason::Unauthorized);
+        } else if self.connection_interest(&conn).await.is_err() {
+            // Nothing reaches the socket but the close (1013).
+            conn.outbox.start(None);
+            conn.outbox.close(CloseReason::Unavailable);
         } else {
-            if let Some(frame) = greeting(&conn) {
-                conn.outbox.push(frame);
-            }
+            conn.outbox.start(greeting(&conn));
             if let Some(home) = conn.home.clone() {
                 let options = self.config.namespaces.options(&home);
                 self.presence_join(&conn, &home, &options).await;

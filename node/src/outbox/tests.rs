@@ -12,6 +12,24 @@ fn overflow_closes_as_slow_consumer_and_drops_the_queue() {
 }
 
 #[test]
+fn start_drops_what_raced_it_and_queues_the_first_frame_first() {
+    let outbox = Outbox::new(100);
+    outbox.push(Utf8Bytes::from("early"));
+    assert!(outbox.start(Some(Utf8Bytes::from("hello"))));
+    outbox.push(Utf8Bytes::from("later"));
+    assert_eq!(outbox.queued_bytes(), 10);
+    let mut batch = VecDeque::new();
+    assert_eq!(outbox.take(&mut batch), None);
+    assert_eq!(Vec::from(batch), ["hello", "later"].map(Utf8Bytes::from));
+    // Without a first frame it only drops; once closed it does nothing.
+    outbox.push(Utf8Bytes::from("x"));
+    assert!(outbox.start(None));
+    assert_eq!(outbox.queued_bytes(), 0);
+    outbox.close(CloseReason::Unavailable);
+    assert!(!outbox.start(Some(Utf8Bytes::from("hello"))));
+}
+
+#[test]
 fn take_moves_everything_and_resets_the_byte_count() {
     let outbox = Outbox::new(100);
     for _ in 0..3 {

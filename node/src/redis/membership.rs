@@ -1,6 +1,7 @@
 //! Membership and health of the Redis relay: probes, heartbeats and
 //! the peers this node has heard from.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,7 +72,7 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>) {
     loop {
         tick.tick().await;
         let synced = inner.synced();
-        if synced {
+        if synced && !inner.leaving.load(Ordering::Acquire) {
             inner.heartbeat_now();
             inner.interest_tick();
         }
@@ -131,6 +132,9 @@ impl Inner {
             }
             let sent_at = Instant::now();
             let payload = inner.envelope(Body::Heartbeat(inner.info()));
+            if inner.leaving.load(Ordering::Acquire) {
+                return;
+            }
             let client = inner.servers[0].publisher.with_options(&Options {
                 fail_fast: true,
                 max_attempts: Some(1),

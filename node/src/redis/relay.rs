@@ -47,7 +47,7 @@
 //! (`interest.rs`), and membership, heartbeats and probes (`membership.rs`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -163,6 +163,7 @@ impl RedisRelay {
                 limits,
                 requests: Mutex::new(HashMap::new()),
                 interests: Interests::new(config.relay.interest_routing),
+                leaving: AtomicBool::new(false),
             }),
         })
     }
@@ -301,20 +302,27 @@ impl Relay for RedisRelay {
     fn interest_applied<'a>(
         &'a self,
         channels: &'a [String],
+        users: &'a [String],
     ) -> BoxFuture<'a, Result<(), RelayError>> {
         let inner = &self.inner;
         let mut applied = inner.applied.subscribe();
-        // The latest change asking for one of these channels, if it is not
+        // Each topic with the server that holds it.
+        let keys: Vec<(usize, String)> = channels
+            .iter()
+            .map(|c| (inner.server_for(c), inner.topics.channel(c)))
+            .chain(
+                users
+                    .iter()
+                    .map(|u| (inner.server_for(u), inner.topics.user(u))),
+            )
+            .collect();
+        // The latest change asking for one of these topics, if it is not
         // in place yet (its entry goes once it is).
         let ticket = {
             let wishes = inner.wishes.lock();
             let done = *applied.borrow();
-            channels
-                .iter()
-                .filter_map(|c| {
-                    let key = (inner.server_for(c), inner.topics.channel(c));
-                    wishes.adds.get(&key).copied()
-                })
+            keys.iter()
+                .filter_map(|key| wishes.adds.get(key).copied())
                 .filter(|&t| t > done)
                 .max()
         };
@@ -338,7 +346,7 @@ impl Relay for RedisRelay {
             }
             // Every peer must know this node listens before the join is
             // answered, or it might keep a publish off Redis.
-            let topics: Vec<String> = channels.iter().map(|c| inner.topics.channel(c)).collect();
+            let topics: Vec<String> = keys.into_iter().map(|(_, topic)| topic).collect();
             if inner.peers_applied(&topics, deadline).await {
                 Ok(())
             } else {
@@ -434,6 +442,9 @@ impl Relay for RedisRelay {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let inner = &self.inner;
+            // A heartbeat that reached peers after `Leaving` would make them
+            // take this node back until it timed out.
+            inner.leaving.store(true, Ordering::Release);
             inner.control(Body::Leaving {
                 node_id: inner.node_id.clone(),
             });

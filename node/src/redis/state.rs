@@ -2,7 +2,7 @@
 //! wishes and sequence numbers, and how it builds and queues envelopes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -107,6 +107,9 @@ pub(super) struct Inner {
     pub(super) requests: Mutex<HashMap<u64, ReplySender>>,
     /// What peers listen to, and what this node told them (see [`super::views`]).
     pub(super) interests: Interests,
+    /// Set when the node announces its clean exit: it sends no heartbeat
+    /// after that, so peers do not take it back as alive.
+    pub(super) leaving: AtomicBool,
 }
 
 pub(super) fn unix_now() -> u64 {

@@ -170,17 +170,19 @@ pub trait Relay: Send + Sync + 'static {
     /// receives what this node can deliver. Called after every change.
     fn interest(&self, change: &InterestChange);
 
-    /// Resolves once the subscriptions `channels` need on this node are in
-    /// place at the broker (including changes another join of the same
-    /// channel started): from then on, whatever is published to them
-    /// anywhere reaches this node. An error when the broker has not confirmed
-    /// them within the relay's deadline: the join must then fail rather than
-    /// answer. While the broker connection is down (the node is not ready and
-    /// serves its local members only) it resolves at once. A relay that
-    /// delivers without subscriptions resolves at once.
+    /// Resolves once the subscriptions `channels` and `users` need on this
+    /// node are in place at the broker (including changes another join of
+    /// the same topic started) and every peer that may skip publishes knows
+    /// of them: from then on, whatever is published to them anywhere reaches
+    /// this node. An error when that did not happen within the relay's
+    /// deadline: the join (or the connect, or the change of identity) must
+    /// then fail rather than answer. While the broker connection is down (the
+    /// node is not ready and serves its local members only) it resolves at
+    /// once. A relay that delivers without subscriptions resolves at once.
     fn interest_applied<'a>(
         &'a self,
         _channels: &'a [String],
+        _users: &'a [String],
     ) -> BoxFuture<'a, Result<(), RelayError>> {
         Box::pin(async { Ok(()) })
     }
