@@ -24,9 +24,11 @@ use super::state::{Inner, LINGER};
 /// expire ([`Lingering`]), so a pass looks only at those that are due.
 ///
 /// One round trip to Redis per pass: the `PING` after the additions confirms
-/// them (and the joins waiting for them are answered); the removals that
-/// follow are not waited for (nothing waits for a removal, and the next
-/// pass's `PING` on the same connection comes after them anyway).
+/// them; the removals queued next are not waited for (nothing waits for a
+/// removal, and the next pass's `PING` on the same connection comes after
+/// them anyway). Then one `Interest` envelope announces the pass's
+/// additions and removals together, and the joins waiting for the pass are
+/// answered.
 pub(super) async fn interest_loop(inner: Arc<Inner>) {
     let n = inner.servers.len();
     // Every server starts as lost: its first connection subscribes
@@ -164,19 +166,12 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
         for st in state.iter().filter(|s| s.lost && inner.interests.enabled) {
             added.extend(st.desired.difference(&st.permanent).cloned());
         }
-        // Peers learn of the new topics before any join waiting for them
-        // is answered (the join then waits for their acknowledgements).
-        inner.announce(added, Vec::new());
-        if state.iter().all(|s| s.lost || !s.missing_any()) {
-            let moved = inner.applied.send_if_modified(|applied| {
-                let moved = *applied < upto;
-                *applied = (*applied).max(upto);
-                moved
-            });
-            if moved {
-                inner.wishes.lock().adds.retain(|_, t| *t > upto);
-            }
-        }
+        // Removals are queued before the pass's announcement, so one
+        // `Interest` envelope carries every change of the pass (a topic
+        // cannot be both: removals need it unwanted, additions wanted, and a
+        // lost server has no removals). Announcing a removal before its
+        // `UNSUBSCRIBE` runs is safe: no local member needs the topic, and a
+        // join of it later is a new addition of a later pass.
         let mut removed: Vec<String> = Vec::new();
         for (s, st) in state.iter_mut().enumerate() {
             if st.lost || !inner.servers[s].subscriber.is_connected() {
@@ -195,7 +190,19 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
             }
             st.settle();
         }
-        inner.announce(Vec::new(), removed);
+        // Peers learn of the new topics before any join waiting for them
+        // is answered (the join then waits for their acknowledgements).
+        inner.announce(added, removed);
+        if state.iter().all(|s| s.lost || !s.missing_any()) {
+            let moved = inner.applied.send_if_modified(|applied| {
+                let moved = *applied < upto;
+                *applied = (*applied).max(upto);
+                moved
+            });
+            if moved {
+                inner.wishes.lock().adds.retain(|_, t| *t > upto);
+            }
+        }
         let pending: usize = state
             .iter()
             .filter(|s| !s.lost)

@@ -48,9 +48,11 @@ impl Inner {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        // A topic in both (never from one pass of the subscription task)
+        // stays: being listed as listened to only makes peers relay it.
         let removed: Vec<String> = removed
             .into_iter()
-            .filter(|t| own.topics.contains_key(t))
+            .filter(|t| own.topics.contains_key(t) && !added.contains(t))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -394,14 +396,28 @@ impl Inner {
     }
 }
 
-/// Send acknowledgements as they pile up: one envelope for all peers.
+/// Least time between two acknowledgement envelopes of this node.
+pub(super) const ACK_EVERY: Duration = Duration::from_millis(2);
+
+/// Send acknowledgements as they pile up: one envelope for all peers, each
+/// naming the highest version of that peer's interest handled (cumulative:
+/// the peer releases every join up to it). An idle node acknowledges at
+/// once; a busy one at most every [`ACK_EVERY`], so the changes that arrive
+/// meanwhile share one envelope instead of one `PUBLISH` each.
 pub(super) async fn ack_loop(inner: Arc<Inner>) {
     let interests = &inner.interests;
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
         interests.ack_wake.notified().await;
+        if let Some(next) = last.map(|t| t + ACK_EVERY) {
+            if next > tokio::time::Instant::now() {
+                tokio::time::sleep_until(next).await;
+            }
+        }
         let acks: Vec<(String, u64)> = interests.to_ack.lock().drain().collect();
         if !acks.is_empty() {
             inner.control(Body::InterestAck { acks });
+            last = Some(tokio::time::Instant::now());
         }
     }
 }
