@@ -17,7 +17,8 @@
 //! peer's view is known, none holds the topic, and this node has listened to
 //! `{p}.ctl` for longer than [`DISCOVERY`] (so it has heard every live peer).
 //!
-//! Every peer acknowledges each change it handled ([`Body::InterestAck`]):
+//! Every peer acknowledges the changes it handled ([`Body::InterestAck`],
+//! cumulative by version, at most one envelope per 2 ms when busy):
 //! a join waits until every peer that speaks interest acknowledged the
 //! version that added its topics, so a publish decided anywhere after the
 //! join's answer reaches it (see `Relay::interest_applied`).
