@@ -82,6 +82,7 @@ pub struct FileConfig {
     pub relay_batch_bytes: Option<usize>,
     pub relay_batch_us: Option<u64>,
     pub relay_interest_routing: Option<bool>,
+    pub relay_node_addressing: Option<bool>,
     pub phoenix_heartbeat_timeout_ms: Option<u64>,
     pub phoenix_longpoll_grace_ms: Option<u64>,
     pub idempotency_window_seconds: Option<u64>,
@@ -403,6 +404,10 @@ impl Config {
                         .relay_interest_routing
                         .or(file.relay_interest_routing)
                         .unwrap_or(d.interest_routing),
+                    node_addressing: cli
+                        .relay_node_addressing
+                        .or(file.relay_node_addressing)
+                        .unwrap_or(d.node_addressing),
                 }
             },
             idempotency,

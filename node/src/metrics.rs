@@ -154,6 +154,7 @@ pub struct Metrics {
     pub relay_retried: IntCounter,
     pub relay_batched: IntCounter,
     pub relay_skipped: IntCounter,
+    pub relay_addressed: IntCounter,
     pub relay_server_up: IntGaugeVec,
     pub relay_interest_ops: IntCounter,
     pub relay_interest_pending: IntGauge,
@@ -394,6 +395,11 @@ impl Metrics {
                 &r,
                 "pubmesh_relay_skipped_total",
                 "Channel or user envelopes not published to Redis because every peer's known interest lacks the topic",
+            ),
+            relay_addressed: counter(
+                &r,
+                "pubmesh_relay_addressed_total",
+                "Channel or user envelopes published to the inbox of the one peer whose known interest holds the topic, instead of to the topic",
             ),
             relay_server_up: {
                 let g = IntGaugeVec::new(

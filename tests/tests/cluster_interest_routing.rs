@@ -63,6 +63,12 @@ impl Publisher {
 
     /// Publish with the frame `to` (its `type` and targets), adding `data`.
     async fn start_to(node: &Node, to: Value) -> Publisher {
+        Publisher::start_tagged(node, to, Value::Null).await
+    }
+
+    /// [`Publisher::start_to`], with `"c": tag` in the data unless null; a
+    /// tagged publisher paces itself (16 messages per millisecond at most).
+    async fn start_tagged(node: &Node, to: Value, tag: Value) -> Publisher {
         let mut client = node.client("").await;
         let started = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -74,9 +80,14 @@ impl Publisher {
                     started.store(n + 1, Ordering::Release);
                     let mut frame = to.clone();
                     frame["data"] = json!({"n": n});
+                    if !tag.is_null() {
+                        frame["data"]["c"] = tag.clone();
+                    }
                     client.send(frame).await;
                     n += 1;
-                    if n % 64 == 0 {
+                    if !tag.is_null() && n % 16 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    } else if n % 64 == 0 {
                         tokio::task::yield_now().await;
                     }
                 }
@@ -106,8 +117,9 @@ impl Publisher {
 
 /// Join `channel` on `member`'s node while `publisher` runs; then check
 /// that every message begun after the answer arrived, in order, none twice,
-/// and that from the first one received nothing is missing.
-async fn join_during_publishing(member: &mut Client, channel: &str, publisher: Publisher) {
+/// and that from the first one received nothing is missing. Returns how
+/// many were published.
+async fn join_during_publishing(member: &mut Client, channel: &str, publisher: Publisher) -> u64 {
     member
         .send(json!({"type": "subscribe", "channel_ids": [channel], "ref": channel}))
         .await;
@@ -122,20 +134,20 @@ async fn join_during_publishing(member: &mut Client, channel: &str, publisher: P
     }
     // Every publish begun from here on started after the answer.
     let promised = publisher.started.load(Ordering::Acquire);
-    everything_after(member, channel, received, promised, publisher).await;
+    everything_after(member, channel, received, promised, publisher).await
 }
 
 /// Check that `member`, which has `received` so far and was answered when
 /// `promised` publishes had begun, receives every message begun after
 /// that, in order, none twice, and that from the first one it received
-/// nothing is missing.
+/// nothing is missing. Returns how many were published.
 async fn everything_after(
     member: &mut Client,
     channel: &str,
     mut received: Vec<u64>,
     promised: u64,
     publisher: Publisher,
-) {
+) -> u64 {
     let total = publisher.finish_after(2000).await;
     while received.last().is_none_or(|&n| n + 1 < total) {
         let frame = member.recv_within(patience(20)).await;
@@ -158,6 +170,7 @@ async fn everything_after(
         "{channel}: the first message after the answer ({promised}) is missing; first received {first}"
     );
     eprintln!("{channel}: {total} published, received from {first}, answer at {promised}");
+    total
 }
 
 fn number(frame: &Value) -> u64 {
@@ -180,8 +193,98 @@ async fn a_member_joining_on_b_while_a_publishes_at_full_rate_gets_everything_af
             (a.metric("pubmesh_relay_skipped_total").await > 0.0).then_some(())
         })
         .await;
-        join_during_publishing(&mut member, &channel, publisher).await;
+        let _ = join_during_publishing(&mut member, &channel, publisher).await;
     }
+}
+
+/// A channel that one peer alone listens to goes to that peer's inbox
+/// (`--relay-node-addressing`, on by default), where the envelopes of
+/// channels on different publishing lanes meet; once a second peer joins it
+/// goes to the channel's topic. A member on B of `pair` and of two more
+/// channels (`pair` and `side-2` leave through different lanes), subscribed before A starts publishing to them at full rate,
+/// receives every message of each once and in order across that change; the
+/// member that joins `pair` on C while A publishes receives everything after
+/// its answer.
+#[tokio::test]
+async fn a_channel_one_peer_listens_to_goes_to_its_inbox_until_a_second_peer_joins() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let args = fast(&redis.url());
+    let a = Node::start(&strs(&args)).await;
+    let b = Node::start(&strs(&args)).await;
+    let c = Node::start(&strs(&args)).await;
+    see_each_other(&[&a, &b, &c]).await;
+    let addressed = "pubmesh_relay_addressed_total";
+    let channels = ["pair", "side-1", "side-2"];
+    let mut on_b = b.client("").await;
+    on_b.send(json!({"type": "subscribe", "channel_ids": channels, "ref": 1}))
+        .await;
+    let reply = on_b.recv_until(|f| f["ref"] == 1).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    // The last message of each channel, sent once its publisher stopped,
+    // ends B's reading of it.
+    const LAST: u64 = 1 << 40;
+    let mut publishers = Vec::new();
+    for channel in channels {
+        let to = json!({"type": "channel", "channel_ids": [channel]});
+        publishers.push(Publisher::start_tagged(&a, to, json!(channel)).await);
+    }
+    let reader = tokio::spawn(async move {
+        let mut got: std::collections::HashMap<String, Vec<u64>> = Default::default();
+        let mut ended = 0;
+        while ended < channels.len() {
+            let frame = on_b.recv_within(patience(30)).await;
+            let n = number(&frame);
+            ended += usize::from(n == LAST);
+            let channel = frame["c"].as_str().unwrap_or("?").to_string();
+            got.entry(channel).or_default().push(n);
+        }
+        got
+    });
+    eventually("A addressing B's inbox", patience(30), || async {
+        (a.metric(addressed).await > 0.0).then_some(())
+    })
+    .await;
+    let mut on_c = c.client("").await;
+    let pair = publishers.remove(0);
+    let mut totals = vec![join_during_publishing(&mut on_c, "pair", pair).await];
+    for side in publishers {
+        totals.push(side.finish_after(100).await);
+    }
+    let before = a.metric(addressed).await;
+    for channel in channels {
+        let (status, body) = a
+            .post(
+                "/api/notify/channels",
+                json!({"channel_ids": [channel], "data": {"n": LAST, "c": channel}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let got = reader.await.expect("B's reader");
+    let lagged = "pubmesh_relay_dropped_total{reason=\"lagged\"}";
+    assert_eq!(
+        b.metric(lagged).await,
+        0.0,
+        "B fell behind its receive ring"
+    );
+    for (channel, total) in channels.iter().zip(totals) {
+        let expected: Vec<u64> = (0..total).chain([LAST]).collect();
+        let received = &got[*channel];
+        assert_eq!(
+            received.len(),
+            expected.len(),
+            "B, {channel}: a gap or a copy"
+        );
+        assert_eq!(received, &expected, "B, {channel}: out of order");
+    }
+    assert_eq!(number(&on_c.recv().await), LAST);
+    // Two peers listen to `pair` now: A publishes to its topic, not to an inbox.
+    for n in 0..20 {
+        notify(&a, "pair", n).await;
+        assert_eq!(number(&on_c.recv().await), n);
+    }
+    assert_eq!(a.metric(addressed).await, before + 2.0);
 }
 
 /// Wait until `a` keeps more publishes off Redis than now: what it
@@ -220,7 +323,7 @@ async fn connect_during_publishing(a: &Node, b: &Node, to: Value, query: &str) -
     // `client` returns once the connection frame, the first frame, arrived.
     let mut member = b.client(query).await;
     let promised = publisher.started.load(Ordering::Acquire);
-    everything_after(&mut member, query, Vec::new(), promised, publisher).await;
+    let _ = everything_after(&mut member, query, Vec::new(), promised, publisher).await;
     member
 }
 
@@ -460,6 +563,7 @@ async fn a_peer_without_interest_routing_keeps_every_publish_on_redis() {
     }
     assert_eq!(a.metric("pubmesh_relay_skipped_total").await, 0.0);
     assert_eq!(b.metric("pubmesh_relay_skipped_total").await, 0.0);
+    assert_eq!(a.metric("pubmesh_relay_addressed_total").await, 0.0);
     // B ignores A's interest envelopes and A gets no acknowledgement from B,
     // yet joins on A are answered (B never skips, so it is not waited for).
     let mut second = a.client("").await;

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::Duration;
 
-use pubmesh_tests::harness::{cluster_slot, eventually, patience, temp_dir, Client, Node, Redis};
+use pubmesh_tests::harness::{
+    cluster_slot, eventually, patience, temp_dir, two_nodes, Client, Node, Redis,
+};
 use pubmesh_tests::proxy::Proxy;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -485,14 +487,17 @@ fn pmessages(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
 
 /// Issue 9 item 1 (relay side): a publish to many channels is one envelope
 /// per channel topic carrying only its own name, and a socket that is a
-/// member of all of them on another node receives it once.
+/// member of all of them on another node receives it once. (With
+/// `--relay-node-addressing false`: by default the envelopes for channels
+/// that B alone listens to go to B's inbox, the test below.)
 #[tokio::test]
 async fn a_publish_to_many_channels_is_one_small_envelope_per_topic() {
     let _slot = cluster_slot().await;
     let redis = Redis::start().await;
     let url = redis.url();
-    let a = Node::start(&["--redis-url", &url]).await;
-    let b = Node::start(&["--redis-url", &url]).await;
+    let flags = ["--redis-url", &url, "--relay-node-addressing", "false"];
+    let a = Node::start(&flags).await;
+    let b = Node::start(&flags).await;
     let names: Vec<String> = (0..40).map(|i| format!("amp-{i:02}-x")).collect();
     let mut member = b.client("channel_id=amp-00-x").await;
     member
@@ -550,6 +555,52 @@ async fn a_publish_to_many_channels_is_one_small_envelope_per_topic() {
     assert_eq!(member.recv().await, json!({"amp": 1}));
     member.expect_silence(Duration::from_millis(500)).await;
     eprintln!("40-channel publish: 40 envelopes, {total} bytes on Redis in all");
+}
+
+/// The same publish to 40 channels that only B listens to, with node
+/// addressing (the default): the 40 envelopes go to B's inbox, sharing
+/// `PUBLISH` calls, and B's member of all 40 receives the message once.
+#[tokio::test]
+async fn a_publish_to_many_channels_one_peer_listens_to_reaches_its_member_once() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let (a, b) = two_nodes(&["--redis-url", &url]).await;
+    let names: Vec<String> = (0..40).map(|i| format!("inbox-{i:02}")).collect();
+    let mut member = b.client("").await;
+    member
+        .send(json!({"type": "subscribe", "channel_ids": names, "ref": 1}))
+        .await;
+    let reply = member.recv_until(|f| f["ref"] == 1).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let addressed = "pubmesh_relay_addressed_total";
+    // Until A knows B's view a publish goes to the 40 topics; from then on
+    // to B's inbox: three such publishes, each received once.
+    let deadline = tokio::time::Instant::now() + patience(30);
+    let (mut round, mut to_inbox) = (0, 0);
+    while to_inbox < 3 {
+        let before = a.metric(addressed).await;
+        let (_, body) = a
+            .post(
+                "/api/notify/channels",
+                json!({"channel_ids": names, "data": {"round": round}}),
+            )
+            .await;
+        assert_eq!(body["relay"], "sent", "{body}");
+        assert_eq!(member.recv().await, json!({"round": round}));
+        member.expect_silence(Duration::from_millis(300)).await;
+        let after = a.metric(addressed).await;
+        if after == before + 40.0 {
+            to_inbox += 1;
+        } else {
+            assert_eq!(after, before, "some of the envelopes to the inbox");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A never addressed B's inbox"
+        );
+        round += 1;
+    }
 }
 
 /// Issue 9 item 2: what the relay holds for Redis is bounded in bytes: a

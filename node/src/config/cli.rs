@@ -142,6 +142,10 @@ pub struct Cli {
     #[arg(long, env = env::RELAY_INTEREST_ROUTING, num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub relay_interest_routing: Option<bool>,
+    /// With interest routing on one Redis server (not a cluster), send a channel's or user's message that exactly one peer listens to to that peer's inbox, where the messages for it share one PUBLISH (false: to the channel's or user's own Redis channel; set it on every node of a rolling upgrade from a build without it) [default: true]
+    #[arg(long, env = env::RELAY_NODE_ADDRESSING, num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub relay_node_addressing: Option<bool>,
     #[command(flatten)]
     pub frontends: frontends::FrontendFlags,
     #[command(flatten)]

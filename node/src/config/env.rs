@@ -39,5 +39,6 @@ pub const RELAY_JOIN_TIMEOUT_MS: &str = "PUBMESH_RELAY_JOIN_TIMEOUT_MS";
 pub const RELAY_BATCH_BYTES: &str = "PUBMESH_RELAY_BATCH_BYTES";
 pub const RELAY_BATCH_US: &str = "PUBMESH_RELAY_BATCH_US";
 pub const RELAY_INTEREST_ROUTING: &str = "PUBMESH_RELAY_INTEREST_ROUTING";
+pub const RELAY_NODE_ADDRESSING: &str = "PUBMESH_RELAY_NODE_ADDRESSING";
 pub use super::addresses::env::*;
 pub use super::connections::env::*;

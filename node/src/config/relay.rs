@@ -25,6 +25,10 @@ pub struct RelayLimits {
     /// Publish a channel's or user's message to Redis only when a peer
     /// listens to it (`--relay-interest-routing`).
     pub interest_routing: bool,
+    /// Send a channel's or user's message that one peer alone listens to
+    /// to that peer's inbox, batched with the others for it
+    /// (`--relay-node-addressing`).
+    pub node_addressing: bool,
 }
 
 impl Default for RelayLimits {
@@ -39,6 +43,7 @@ impl Default for RelayLimits {
             batch_bytes: 64 * 1024,
             batch_wait: Duration::ZERO,
             interest_routing: true,
+            node_addressing: true,
         }
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! - [`SeenSeqs`]: an envelope that Redis did not confirm is sent again, so a
 //!   receiver may get a copy of one it already delivered. Sequence numbers of
-//!   one origin rise on every topic (they are assigned in queue order), so a
+//!   one origin rise on every lane (they are assigned in queue order), so a
 //!   `Deliver` whose sequence is not above the last one seen from that origin
-//!   on that topic is a copy.
+//!   in that [`Stream`] is a copy. A channel's (or user's) envelopes are one
+//!   stream whichever Redis channel carried them (its topic, or a peer's
+//!   inbox when that peer alone listens): both leave through the topic's
+//!   lane, in order.
 //! - [`Groups`]: a publish to several channels becomes one envelope per
 //!   channel topic, all with the same (odd) sequence number. A node that holds
 //!   members of several of those channels delivers each envelope only to the
@@ -22,14 +25,25 @@ use std::time::{Duration, Instant};
 /// Extra time on top of the retry window for transit and scheduling.
 pub const MARGIN: Duration = Duration::from_secs(5);
 
-fn key(origin: &str, topic: &str) -> u64 {
+/// The envelopes whose sequence numbers rise together.
+#[derive(Clone, Copy, Debug, Hash)]
+pub enum Stream<'a> {
+    /// Those for one channel.
+    Channel(&'a str),
+    /// Those for one user.
+    User(&'a str),
+    /// The others, per Redis channel that carried them.
+    Topic(&'a str),
+}
+
+fn key(origin: &str, stream: Stream<'_>) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     origin.hash(&mut h);
-    topic.hash(&mut h);
+    stream.hash(&mut h);
     h.finish()
 }
 
-/// Highest `Deliver` sequence seen per (origin, topic).
+/// Highest `Deliver` sequence seen per (origin, stream).
 pub struct SeenSeqs {
     last: HashMap<u64, (u64, Instant)>,
     keep: Duration,
@@ -45,8 +59,8 @@ impl SeenSeqs {
         }
     }
 
-    /// True unless this (origin, topic, seq) is a copy of one already seen.
-    pub fn fresh(&mut self, origin: &str, topic: &str, seq: u64) -> bool {
+    /// True unless this (origin, stream, seq) is a copy of one already seen.
+    pub fn fresh(&mut self, origin: &str, stream: Stream<'_>, seq: u64) -> bool {
         let now = Instant::now();
         if now.duration_since(self.pruned) > self.keep {
             let keep = self.keep;
@@ -54,7 +68,7 @@ impl SeenSeqs {
                 .retain(|_, (_, at)| now.duration_since(*at) <= keep);
             self.pruned = now;
         }
-        match self.last.entry(key(origin, topic)) {
+        match self.last.entry(key(origin, stream)) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 let (last, at) = e.get_mut();
                 if seq <= *last {
@@ -145,12 +159,12 @@ mod tests {
     #[test]
     fn copies_are_dropped_per_origin_and_topic() {
         let mut seen = SeenSeqs::new(Duration::from_secs(1));
-        assert!(seen.fresh("a", "t1", 10));
-        assert!(seen.fresh("a", "t1", 12));
-        assert!(!seen.fresh("a", "t1", 12));
-        assert!(!seen.fresh("a", "t1", 10));
-        assert!(seen.fresh("a", "t2", 11));
-        assert!(seen.fresh("b", "t1", 1));
+        assert!(seen.fresh("a", Stream::Topic("t1"), 10));
+        assert!(seen.fresh("a", Stream::Topic("t1"), 12));
+        assert!(!seen.fresh("a", Stream::Topic("t1"), 12));
+        assert!(!seen.fresh("a", Stream::Topic("t1"), 10));
+        assert!(seen.fresh("a", Stream::Topic("t2"), 11));
+        assert!(seen.fresh("b", Stream::Topic("t1"), 1));
         assert_eq!(seen.len(), 3);
     }
 

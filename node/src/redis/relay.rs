@@ -58,7 +58,7 @@ use tokio::sync::mpsc;
 
 use super::dedup::{Groups, SeenSeqs};
 use super::health::ServerHealth;
-use super::inbound::receive_loop;
+use super::inbound::spawn_reader;
 use super::interest::interest_loop;
 use super::membership::{heartbeat_loop, probe_loop};
 use super::publisher::publish_loop;
@@ -140,6 +140,10 @@ impl RedisRelay {
                 node_id: config.node_id.clone(),
                 topics: Topics::new(&config.redis_prefix),
                 sharded: config.redis_cluster,
+                addresses_peers: config.relay.interest_routing
+                    && config.relay.node_addressing
+                    && servers.len() == 1
+                    && !config.redis_cluster,
                 metrics,
                 servers,
                 // Start above anything an earlier run of this node id sent,
@@ -196,7 +200,7 @@ impl Relay for RedisRelay {
                 for lane in &server.lanes {
                     tokio::spawn(publish_loop(inner.clone(), i, lane.clone()));
                 }
-                tokio::spawn(receive_loop(inner.clone(), i));
+                spawn_reader(inner.clone(), i);
             }
             tokio::spawn(interest_loop(inner.clone()));
             tokio::spawn(ack_loop(inner.clone()));

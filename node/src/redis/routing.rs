@@ -10,28 +10,47 @@ use std::time::{Duration, Instant};
 use pubmesh_cluster_proto::Body;
 
 use super::state::{Inner, PEER_TIMEOUT};
-use super::views::{ASK_AGAIN, BEAT_VALID, DISCOVERY, SILENT, SNAPSHOT_PART};
+use super::views::{Route, ASK_AGAIN, BEAT_VALID, DISCOVERY, SILENT, SNAPSHOT_PART};
 
 impl Inner {
-    /// Whether a channel or user envelope for `topic` may stay off Redis:
-    /// every peer's view is known and none listens to it.
-    pub(super) fn skips(&self, topic: &str) -> bool {
+    /// Where a channel or user envelope for `topic` goes. Off Redis when
+    /// every peer's view is known and none listens to it; to the inbox of
+    /// the one peer that listens when exactly one does (and
+    /// `--relay-node-addressing` allows it), so that envelopes for many
+    /// topics share one `PUBLISH` (one batch per lane and peer); else to the
+    /// topic.
+    pub(super) fn route(&self, topic: &str) -> Route {
         let interests = &self.interests;
         if !interests.all_known.load(Ordering::Acquire) {
-            return false;
+            return Route::Topic;
         }
         let now = interests.epoch.elapsed().as_millis() as u64;
         if now < interests.discovered_by.load(Ordering::Acquire) {
-            return false;
+            return Route::Topic;
         }
         let beat = interests.confirmed_beat.load(Ordering::Acquire);
         if now.saturating_sub(beat) >= BEAT_VALID.as_millis() as u64 {
-            return false;
+            return Route::Topic;
         }
         let peers = interests.peers.read();
-        peers
-            .values()
-            .all(|p| p.known.as_ref().is_some_and(|(_, t)| !t.contains(topic)))
+        let mut listener = None;
+        for (id, peer) in peers.iter() {
+            match &peer.known {
+                None => return Route::Topic,
+                Some((_, topics)) if topics.contains(topic) => {
+                    if listener.is_some() {
+                        return Route::Topic;
+                    }
+                    listener = Some(id);
+                }
+                Some(_) => {}
+            }
+        }
+        match listener {
+            None => Route::Skip,
+            Some(id) if self.addresses_peers => Route::Peer(self.topics.node(id)),
+            Some(_) => Route::Topic,
+        }
     }
 
     /// This node's interest changed (Redis confirmed `added`, or the

@@ -19,7 +19,7 @@ use super::envelope::{extra_of, extra_ref};
 use super::health::ServerHealth;
 use super::queue::{Ack, Budget, Lane, Outgoing, OVERHEAD};
 use super::store::{PublishSpec, RedisStore};
-use super::views::Interests;
+use super::views::{Interests, Route};
 use crate::config::RelayLimits;
 use crate::delivery::{Delivery, Target};
 use crate::metrics::Metrics;
@@ -83,6 +83,10 @@ pub(super) struct Inner {
     pub(super) node_id: String,
     pub(super) topics: Topics,
     pub(super) sharded: bool,
+    /// Whether a channel or user envelope that one peer alone listens to
+    /// goes to that peer's inbox ([`super::routing::Route::Peer`]): with
+    /// `--relay-node-addressing` on one Redis server that is not a cluster.
+    pub(super) addresses_peers: bool,
     pub(super) metrics: Arc<Metrics>,
     pub(super) servers: Vec<Server>,
     pub(super) seq: AtomicU64,
@@ -137,6 +141,11 @@ impl Inner {
     /// `ordering` when the envelope carries a sequence number that receivers
     /// order by); false when the byte budget refused it.
     pub(super) fn send(&self, server: usize, item: Outgoing, kind: &str) -> bool {
+        self.send_on(server, None, item, kind)
+    }
+
+    /// [`Inner::send`] on a given lane (`None`: the topic's own lane).
+    fn send_on(&self, server: usize, lane: Option<usize>, item: Outgoing, kind: &str) -> bool {
         if !self.budget.try_take(item.cost) {
             self.metrics
                 .relay_dropped
@@ -146,7 +155,7 @@ impl Inner {
             return false;
         }
         let lanes = &self.servers[server].lanes;
-        let lane = shard_index(&item.topic, lanes.len());
+        let lane = lane.unwrap_or_else(|| shard_index(&item.topic, lanes.len()));
         self.metrics.relay_pipeline_depth.inc();
         self.metrics
             .relay_published
@@ -183,7 +192,9 @@ impl Inner {
         // envelope names it without a copy ([`TargetsRef::One`]).
         const ALL: &Targets = &Targets::All;
         let mut by_node: Vec<(&str, Targets)> = Vec::new();
-        let mut parts: Vec<(usize, String, TargetsRef<'_>)> = Vec::new();
+        // (server, Redis channel, lane when not the Redis channel's own,
+        // targets) of every envelope.
+        let mut parts: Vec<(usize, String, Option<usize>, TargetsRef<'_>)> = Vec::new();
         let mut group = false;
         match target {
             Target::Channels(names) | Target::Users(names) => {
@@ -203,13 +214,20 @@ impl Inner {
                     } else {
                         (self.topics.user(name), Targets::TAG_USERS)
                     };
-                    // No peer listens to it (see `super::views`).
-                    if self.skips(&topic) {
-                        self.metrics.relay_skipped.inc();
-                        continue;
-                    }
                     let targets = TargetsRef::One(tag, name.as_str());
-                    parts.push((self.server_for(name), topic, targets));
+                    match self.route(&topic) {
+                        Route::Topic => parts.push((self.server_for(name), topic, None, targets)),
+                        // No peer listens to it (see `super::views`).
+                        Route::Skip => self.metrics.relay_skipped.inc(),
+                        // One peer listens: its inbox, on the topic's own lane
+                        // (the lane keeps a topic's envelopes in order whichever
+                        // Redis channel carries them).
+                        Route::Peer(inbox) => {
+                            self.metrics.relay_addressed.inc();
+                            let lane = shard_index(&topic, LANES);
+                            parts.push((0, inbox, Some(lane), targets));
+                        }
+                    }
                 }
                 // A connection may be in several of the channels (never in
                 // several users): mark the envelopes as one publish.
@@ -231,12 +249,13 @@ impl Inner {
                     .map(|(owner, ids)| (owner, Targets::Clients(ids)))
                     .collect();
             }
-            Target::All => parts.push((0, self.topics.all(), TargetsRef::Whole(ALL))),
+            Target::All => parts.push((0, self.topics.all(), None, TargetsRef::Whole(ALL))),
         }
         for (owner, targets) in &by_node {
             parts.push((
                 self.server_for(owner),
                 self.topics.node(owner),
+                None,
                 TargetsRef::Whole(targets),
             ));
         }
@@ -248,11 +267,11 @@ impl Inner {
         {
             let _order = self.ordering.lock();
             let shared = group.then(|| self.next_seq() + 1);
-            for (server, topic, targets) in parts {
+            for (server, topic, lane, targets) in parts {
                 let seq = shared.unwrap_or_else(|| self.next_seq());
                 let payload = proto::encode_deliver(&self.node_id, seq, targets, frame, &extra);
                 let item = self.outgoing(topic, payload, Some(&ack));
-                if self.send(server, item, "deliver") {
+                if self.send_on(server, lane, item, "deliver") {
                     queued += 1;
                 }
             }

@@ -69,6 +69,18 @@ pub(super) struct Own {
     pub(super) topics: HashMap<String, u64>,
 }
 
+/// Where a channel's or user's envelope goes (`Inner::route` in [`super::routing`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    /// To its topic, for whoever listens.
+    Topic,
+    /// Nowhere: no peer listens to it.
+    Skip,
+    /// To this peer's inbox (`{p}.n.{peer}`, the topic given here): it is the
+    /// only peer that listens.
+    Peer(String),
+}
+
 /// Interest routing state of one relay.
 pub(super) struct Interests {
     /// Off (`--relay-interest-routing false`): this node neither speaks
