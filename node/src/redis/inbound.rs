@@ -1,7 +1,6 @@
 //! Inbound envelopes of the Redis relay: each server's subscriber
 //! connection, decoded and handed to the node.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -281,50 +280,8 @@ impl Inner {
     }
 }
 
-/// Start the reader of one server's subscriber connection on a thread of
-/// its own. On the runtime it was one task among every connection's writer:
-/// each envelope it handled woke a writer, and the writers it woke ran before
-/// it was polled again, so under load it fell a whole receive ring behind
-/// and lost envelopes (`reason="lagged"`). A thread gets its share of the CPU
-/// from the kernel whatever the number of tasks. It enters the runtime, so
-/// what it spawns or wakes runs there.
-pub(super) fn spawn_reader(inner: Arc<Inner>, server: usize) {
-    let runtime = tokio::runtime::Handle::current();
-    let started = std::thread::Builder::new()
-        .name(format!("relay-reader-{server}"))
-        .spawn(move || {
-            let _entered = runtime.enter();
-            block_on(receive_loop(inner, server));
-        });
-    if let Err(e) = started {
-        tracing::error!(error = %e, "relay reader thread not started");
-    }
-}
-
-/// Run a future to completion on this thread, parking while it waits.
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::park();
-    }
-}
-
 /// Read one server's subscriber connection.
-async fn receive_loop(inner: Arc<Inner>, server: usize) {
+pub(super) async fn receive_loop(inner: Arc<Inner>, server: usize) {
     let mut rx = inner.servers[server].subscriber.message_rx();
     loop {
         match rx.recv().await {

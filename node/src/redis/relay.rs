@@ -58,7 +58,7 @@ use tokio::sync::mpsc;
 
 use super::dedup::{Groups, SeenSeqs};
 use super::health::ServerHealth;
-use super::inbound::spawn_reader;
+use super::inbound::receive_loop;
 use super::interest::interest_loop;
 use super::membership::{heartbeat_loop, probe_loop};
 use super::publisher::publish_loop;
@@ -200,7 +200,7 @@ impl Relay for RedisRelay {
                 for lane in &server.lanes {
                     tokio::spawn(publish_loop(inner.clone(), i, lane.clone()));
                 }
-                spawn_reader(inner.clone(), i);
+                tokio::spawn(receive_loop(inner.clone(), i));
             }
             tokio::spawn(interest_loop(inner.clone()));
             tokio::spawn(ack_loop(inner.clone()));
