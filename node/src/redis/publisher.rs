@@ -275,7 +275,10 @@ impl Command {
 /// envelopes for the same topic share one batch envelope of at most
 /// `max_bytes` (an envelope alone is sent as it is). Each topic's envelopes
 /// stay in order, within and across its commands, and the commands follow
-/// the first envelope of each.
+/// the first envelope of each. So do each stream's (`Outgoing::stream`):
+/// an envelope joins its topic's command only if no envelope of its stream
+/// went into a later command (a channel's envelope to a peer's inbox after
+/// one to the channel's topic starts a command of its own).
 fn plan_into(plan: &mut Vec<Command>, batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) {
     plan.clear();
     if batch.len() == 1 {
@@ -293,17 +296,22 @@ fn plan_into(plan: &mut Vec<Command>, batch: &VecDeque<Outgoing>, max_bytes: usi
     let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
     // Topic → the command its next envelope may join.
     let mut open: HashMap<&str, usize> = HashMap::new();
+    // Stream → the last command holding one of its envelopes.
+    let mut last: HashMap<u64, usize> = HashMap::new();
     for (i, item) in batch.iter().enumerate() {
         let size = item.payload.len() + proto::BATCH_ITEM_OVERHEAD;
+        let after = last.get(&item.stream).copied().unwrap_or(0);
         if let Some(&g) = open.get(item.topic.as_str()) {
             let (items, bytes) = &mut groups[g];
-            if *bytes + size <= max_bytes {
+            if g >= after && *bytes + size <= max_bytes {
                 items.push(i);
                 *bytes += size;
+                last.insert(item.stream, g);
                 continue;
             }
         }
         open.insert(item.topic.as_str(), groups.len());
+        last.insert(item.stream, groups.len());
         groups.push((vec![i], overhead + size));
     }
     plan.extend(groups.into_iter().map(|(mut items, _)| {
@@ -324,6 +332,7 @@ fn plan_into(plan: &mut Vec<Command>, batch: &VecDeque<Outgoing>, max_bytes: usi
 
 #[cfg(test)]
 mod tests {
+    use super::super::queue::stream_key;
     use super::*;
 
     fn envelope(seq: u64, topic: &str) -> Outgoing {
@@ -398,6 +407,33 @@ mod tests {
             .flat_map(|(_, s)| s)
             .collect();
         assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_channels_envelopes_stay_in_order_when_they_change_redis_channel() {
+        // "inbox" carries channels y and x to the one peer that listens;
+        // x's second envelope went to its topic (two peers listened), its
+        // third to the inbox again (one peer again).
+        let mut batch: VecDeque<Outgoing> = VecDeque::new();
+        for (seq, topic, stream) in [
+            (1, "inbox", "y"),
+            (2, "x", "x"),
+            (3, "inbox", "x"),
+            (4, "inbox", "y"),
+        ] {
+            let mut item = envelope(seq, topic);
+            item.stream = stream_key(stream);
+            batch.push_back(item);
+        }
+        let plan = plan(&batch, 64 * 1024, "n1");
+        assert_eq!(
+            shape(&batch, &plan),
+            [
+                ("inbox".to_string(), vec![1]),
+                ("x".to_string(), vec![2]),
+                ("inbox".to_string(), vec![3, 4]),
+            ]
+        );
     }
 
     #[test]

@@ -112,12 +112,26 @@ impl Ack {
 /// One envelope for one topic.
 pub struct Outgoing {
     pub topic: String,
+    /// Which envelopes must reach receivers in queue order with it (see
+    /// [`stream_key`]): those of its topic, or of the channel or user whose
+    /// envelope it carries to a peer's inbox.
+    pub stream: u64,
     pub payload: Bytes,
     /// Redis must confirm it by then, or it fails.
     pub deadline: Instant,
     /// Bytes charged to the [`Budget`].
     pub cost: usize,
     pub ack: Option<Arc<Ack>>,
+}
+
+/// The order key of the envelopes of `topic` (a channel's, a user's, or any
+/// other Redis channel's): equal for every envelope of a channel or user,
+/// whether it goes to the topic or to a peer's inbox.
+pub fn stream_key(topic: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    h.finish()
 }
 
 impl Outgoing {
@@ -127,6 +141,7 @@ impl Outgoing {
             ack.add();
         }
         Outgoing {
+            stream: stream_key(&topic),
             topic,
             payload,
             deadline: Instant::now() + retry,

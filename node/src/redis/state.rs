@@ -17,7 +17,7 @@ use super::client::shard_index;
 use super::dedup::{Groups, SeenSeqs};
 use super::envelope::{extra_of, extra_ref};
 use super::health::ServerHealth;
-use super::queue::{Ack, Budget, Lane, Outgoing, OVERHEAD};
+use super::queue::{stream_key, Ack, Budget, Lane, Outgoing, OVERHEAD};
 use super::store::{PublishSpec, RedisStore};
 use super::views::{Interests, Route};
 use crate::config::RelayLimits;
@@ -41,6 +41,10 @@ pub(super) const BATCH: usize = 512;
 pub(super) const OUTAGE_POLL: Duration = Duration::from_millis(20);
 /// Smallest charge of a queued envelope: bounds how many can be in flight.
 pub(super) const MIN_ENVELOPE_COST: usize = OVERHEAD + 32;
+
+/// The lane and order key (`Outgoing::stream`) of an envelope that goes to
+/// a peer's inbox: those of its channel's or user's topic.
+type Via = (usize, u64);
 
 /// One Redis server (or the cluster).
 pub(super) struct Server {
@@ -192,9 +196,9 @@ impl Inner {
         // envelope names it without a copy ([`TargetsRef::One`]).
         const ALL: &Targets = &Targets::All;
         let mut by_node: Vec<(&str, Targets)> = Vec::new();
-        // (server, Redis channel, lane when not the Redis channel's own,
-        // targets) of every envelope.
-        let mut parts: Vec<(usize, String, Option<usize>, TargetsRef<'_>)> = Vec::new();
+        // (server, Redis channel, lane and order key when not the Redis
+        // channel's own, targets) of every envelope.
+        let mut parts: Vec<(usize, String, Option<Via>, TargetsRef<'_>)> = Vec::new();
         let mut group = false;
         match target {
             Target::Channels(names) | Target::Users(names) => {
@@ -224,7 +228,7 @@ impl Inner {
                         // Redis channel carries them).
                         Route::Peer(inbox) => {
                             self.metrics.relay_addressed.inc();
-                            let lane = shard_index(&topic, LANES);
+                            let lane = (shard_index(&topic, LANES), stream_key(&topic));
                             parts.push((0, inbox, Some(lane), targets));
                         }
                     }
@@ -270,8 +274,11 @@ impl Inner {
             for (server, topic, lane, targets) in parts {
                 let seq = shared.unwrap_or_else(|| self.next_seq());
                 let payload = proto::encode_deliver(&self.node_id, seq, targets, frame, &extra);
-                let item = self.outgoing(topic, payload, Some(&ack));
-                if self.send_on(server, lane, item, "deliver") {
+                let mut item = self.outgoing(topic, payload, Some(&ack));
+                if let Some((_, stream)) = lane {
+                    item.stream = stream;
+                }
+                if self.send_on(server, lane.map(|(l, _)| l), item, "deliver") {
                     queued += 1;
                 }
             }
