@@ -135,7 +135,7 @@ pub struct Cli {
     /// Largest batch envelope: envelopes for the same Redis channel queued together share one PUBLISH up to this many bytes (at most 16777216); 0 sends each alone (the format of builds without batches) [default: 65536]
     #[arg(long, env = env::RELAY_BATCH_BYTES)]
     pub relay_batch_bytes: Option<usize>,
-    /// How long a busy publishing lane waits for more envelopes before it sends, in microseconds; 0: it sends what queued during the previous round trip [default: 0]
+    /// How long a busy publishing lane (its last pipeline carried more than one envelope) waits for more envelopes before it sends, in microseconds (under 1000: one pass of the other ready tasks); 0: it sends what queued during the previous round trip [default: 1000]
     #[arg(long, env = env::RELAY_BATCH_US)]
     pub relay_batch_us: Option<u64>,
     /// Share interest with peers and publish a channel's or user's message to Redis only when a peer listens to it (false: relay every publish, like builds without interest routing) [default: true]

@@ -41,7 +41,7 @@ impl Default for RelayLimits {
             interest_rate: 20_000,
             join_timeout: Duration::from_secs(10),
             batch_bytes: 64 * 1024,
-            batch_wait: Duration::ZERO,
+            batch_wait: Duration::from_millis(1),
             interest_routing: true,
             node_addressing: true,
         }

@@ -233,22 +233,24 @@ fn reconnected(events: &mut tokio::sync::broadcast::Receiver<fred::types::config
 }
 
 /// A busy lane waits up to `wait` for more envelopes to join those it took,
-/// so more of them share commands; an idle lane (its last pipeline carried
-/// one envelope) never waits, so latency at low rates does not grow. Waits
-/// under a millisecond yield to other tasks instead of sleeping (the timer
-/// counts in milliseconds).
+/// so more of them share commands, and stops waiting as soon as it holds a
+/// whole batch; an idle lane (its last pipeline carried one envelope) never
+/// waits, so latency at low rates does not grow. The runtime's timer counts
+/// in milliseconds: a wait under one millisecond is one pass of the other
+/// ready tasks (those already woken add their envelopes), never a spin.
 async fn linger(lane: &Lane, batch: &mut VecDeque<Outgoing>, wait: Duration) {
     if wait.is_zero() {
         return;
     }
-    let until = Instant::now() + wait;
-    if wait >= Duration::from_millis(1) {
-        tokio::time::sleep(wait).await;
+    if wait < Duration::from_millis(1) {
+        tokio::task::yield_now().await;
     } else {
-        while batch.len() < BATCH && Instant::now() < until {
-            tokio::task::yield_now().await;
-            lane.take_ready(BATCH - batch.len(), batch);
-        }
+        let fill = async {
+            while batch.len() < BATCH {
+                lane.take(BATCH - batch.len(), batch).await;
+            }
+        };
+        let _ = tokio::time::timeout(wait, fill).await;
     }
     lane.take_ready(BATCH - batch.len(), batch);
 }
@@ -366,6 +368,67 @@ mod tests {
                 (topic, seqs)
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_lingering_lane_takes_what_arrives_during_its_wait() {
+        let lane = Arc::new(Lane::default());
+        let mut batch: VecDeque<Outgoing> = [envelope(1, "a")].into_iter().collect();
+        let pusher = {
+            let lane = lane.clone();
+            tokio::spawn(async move {
+                for seq in 2..=5 {
+                    lane.push(envelope(seq, "a"));
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        // Long enough for the pusher on any machine; it ends early only
+        // when the batch is full, which four more cannot make it.
+        linger(&lane, &mut batch, Duration::from_secs(2)).await;
+        pusher.await.expect("pusher");
+        let seqs: Vec<u64> = batch
+            .iter()
+            .map(|o| proto::decode(&o.payload).expect("decodes").seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        assert!(lane.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lingering_lane_sends_as_soon_as_it_holds_a_whole_batch() {
+        let lane = Lane::default();
+        let mut batch: VecDeque<Outgoing> = VecDeque::new();
+        for seq in 0..(BATCH as u64 + 10) {
+            lane.push(envelope(seq, "a"));
+        }
+        lane.take(1, &mut batch).await;
+        // A wait of an hour returns at once: the batch fills from the queue.
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            linger(&lane, &mut batch, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("a full batch does not wait");
+        assert_eq!(batch.len(), BATCH);
+        assert_eq!(lane.len(), 10, "the rest waits for the next batch");
+    }
+
+    #[tokio::test]
+    async fn a_wait_under_a_millisecond_takes_what_is_queued_without_sleeping() {
+        let lane = Lane::default();
+        let mut batch: VecDeque<Outgoing> = [envelope(1, "a")].into_iter().collect();
+        lane.push(envelope(2, "a"));
+        linger(&lane, &mut batch, Duration::from_micros(200)).await;
+        assert_eq!(batch.len(), 2);
+        // With nothing queued it returns too (one pass of the runtime).
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            linger(&lane, &mut batch, Duration::from_micros(200)),
+        )
+        .await
+        .expect("returns");
+        assert_eq!(batch.len(), 2);
     }
 
     #[test]
