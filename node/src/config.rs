@@ -354,7 +354,7 @@ impl Config {
                 .or(file.client_client_publish)
                 .unwrap_or(DirectPublish::Authenticated),
             flush_window: Duration::from_micros(
-                cli.flush_window_us.or(file.flush_window_us).unwrap_or(0),
+                cli.flush_window_us.or(file.flush_window_us).unwrap_or(1000),
             ),
             presence_ttl: Duration::from_secs(
                 cli.presence_ttl_seconds

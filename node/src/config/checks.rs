@@ -53,6 +53,11 @@ impl Config {
                 "relay_queue_bytes must be at least twice, and relay_receive_bytes at least, max_message_size".into(),
             ));
         }
+        if self.flush_window > Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "flush_window_us must be at most 100000".into(),
+            ));
+        }
         if self.relay.batch_wait > Duration::from_millis(100) {
             return Err(ConfigError::Invalid(
                 "relay_batch_us must be at most 100000".into(),

@@ -108,7 +108,7 @@ pub struct Cli {
     /// Who may send `client` frames from a socket [default: authenticated]
     #[arg(long, env = env::CLIENT_CLIENT_PUBLISH)]
     pub client_client_publish: Option<DirectPublish>,
-    /// Longest a busy socket writer waits to gather more frames before it flushes, in µs [default: 0]
+    /// Longest a busy socket writer (it found more than one frame queued) waits to gather more frames before it writes, in µs (at most 100000; 0: never) [default: 1000]
     #[arg(long, env = env::FLUSH_WINDOW_US)]
     pub flush_window_us: Option<u64>,
     /// Cluster presence entries of a node that stops refreshing them expire after this [default: 30]
