@@ -30,6 +30,9 @@ pub use close::CloseReason;
 /// keeping up, and frames that may be lost are lost first.
 pub const VOLATILE_SHARE: usize = 4;
 
+/// Most bytes a writer's flush window waits for (see [`Outbox::window_bytes`]).
+pub const WINDOW_BYTES: usize = 64 * 1024;
+
 /// Result of a push.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push {
@@ -106,8 +109,12 @@ struct State {
     /// running, or already woken) wakes nothing.
     on_frame: Waiters,
     /// The writer waiting, while it writes, for a slow-consumer close
-    /// ([`Outbox::overflowed`]); pushes do not wake it.
+    /// ([`Outbox::overflowed`]), or in its flush window for enough to be
+    /// queued ([`Outbox::filled`]); pushes wake it only in the window.
     on_overflow: Option<Waker>,
+    /// The writer waits in its flush window: the push that brings the queue
+    /// to [`Outbox::window_bytes`] wakes `on_overflow`.
+    windowing: bool,
 }
 
 impl State {
@@ -127,6 +134,16 @@ impl State {
     /// Everyone to wake on a close.
     fn closing(&mut self) -> (Waiters, Option<Waker>) {
         (self.on_frame.take(), self.on_overflow.take())
+    }
+
+    /// The writer to wake now that `bytes` more are queued, if it waits in
+    /// its flush window and the queue has reached `enough`.
+    fn window_full(&mut self, enough: usize) -> Option<Waker> {
+        if !self.windowing || self.bytes + self.held < enough {
+            return None;
+        }
+        self.windowing = false;
+        self.on_overflow.take()
     }
 }
 
@@ -173,13 +190,44 @@ impl Outbox {
         }
         state.bytes += len;
         state.queue.push_back(frame);
-        if state.on_frame.is_empty() {
+        let writer = state.window_full(self.window_bytes());
+        if state.on_frame.is_empty() && writer.is_none() {
             return Push::Queued;
         }
         let wake = state.on_frame.take();
         drop(state);
         wake.wake();
+        if let Some(writer) = writer {
+            writer.wake();
+        }
         Push::Queued
+    }
+
+    /// What a writer's flush window waits for at most: a quarter of the
+    /// bound, and never more than 64 KiB (enough for one write). A burst
+    /// ends the window early, so the window never holds frames back until
+    /// the outbox overflows.
+    pub fn window_bytes(&self) -> usize {
+        (self.limit / VOLATILE_SHARE).clamp(1, WINDOW_BYTES)
+    }
+
+    /// Wait (the writer, in its flush window) until the outbox holds
+    /// [`Outbox::window_bytes`] or is closing; pushes below that do not wake
+    /// it. Taking what is queued ends the wait's registration.
+    pub fn filled(&self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut state = self.state.lock();
+            if state.closed.is_some() || state.bytes + state.held >= self.window_bytes() {
+                state.windowing = false;
+                return Poll::Ready(());
+            }
+            match &state.on_overflow {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => state.on_overflow = Some(cx.waker().clone()),
+            }
+            state.windowing = true;
+            Poll::Pending
+        })
     }
 
     /// Queue `frames` (one message's frames, all or none) if the outbox is
@@ -195,8 +243,12 @@ impl Outbox {
         state.bytes += len;
         state.queue.extend(frames.cloned());
         let wake = state.on_frame.take();
+        let writer = state.window_full(self.window_bytes());
         drop(state);
         wake.wake();
+        if let Some(writer) = writer {
+            writer.wake();
+        }
         true
     }
 
@@ -279,6 +331,7 @@ impl Outbox {
             into.append(&mut state.queue);
         }
         state.bytes = 0;
+        state.windowing = false;
         if state.queue.capacity() > 64 {
             state.queue = VecDeque::new();
         }

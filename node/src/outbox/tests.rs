@@ -247,3 +247,55 @@ fn no_frame_is_stranded_by_a_lost_wake_up() {
     let total = runtime.block_on(writer).expect("writer");
     assert_eq!(total, PUSHERS * EACH);
 }
+
+#[test]
+fn a_flush_window_ends_once_a_burst_has_queued_enough_for_a_write() {
+    let outbox = Outbox::new(1 << 20);
+    assert_eq!(
+        outbox.window_bytes(),
+        WINDOW_BYTES,
+        "64 KiB of a 1 MiB bound"
+    );
+    assert_eq!(
+        Outbox::new(4000).window_bytes(),
+        1000,
+        "a quarter of a small bound"
+    );
+    let (count, waker) = counting();
+    let mut cx = Context::from_waker(&waker);
+    let frame = Utf8Bytes::from("x".repeat(4096));
+    let mut filled = std::pin::pin!(outbox.filled());
+    assert_eq!(filled.as_mut().poll(&mut cx), Poll::Pending);
+    for _ in 0..15 {
+        outbox.push(frame.clone());
+    }
+    assert_eq!(wakes(&count), 0, "60 KiB queued: the window goes on");
+    assert_eq!(filled.as_mut().poll(&mut cx), Poll::Pending);
+    outbox.push(frame.clone());
+    assert_eq!(wakes(&count), 1, "64 KiB queued: the window ends");
+    assert_eq!(filled.as_mut().poll(&mut cx), Poll::Ready(()));
+    // Only the window's wait is woken: while the writer writes, a backlog
+    // past the mark wakes nothing more.
+    outbox.push(frame.clone());
+    assert_eq!(wakes(&count), 1);
+
+    // A take ends the window: later pushes do not wake the old wait.
+    let mut batch = VecDeque::new();
+    outbox.take(&mut batch);
+    let mut filled = std::pin::pin!(outbox.filled());
+    assert_eq!(filled.as_mut().poll(&mut cx), Poll::Pending);
+    outbox.take(&mut batch);
+    for _ in 0..20 {
+        outbox.push(frame.clone());
+    }
+    assert_eq!(wakes(&count), 1);
+    // Polled again (a timer or another wake), it sees what is queued.
+    assert_eq!(filled.as_mut().poll(&mut cx), Poll::Ready(()));
+    // A close ends a window too.
+    let other = Outbox::new(1 << 20);
+    let mut filled = std::pin::pin!(other.filled());
+    assert_eq!(filled.as_mut().poll(&mut cx), Poll::Pending);
+    other.close(CloseReason::Drain);
+    assert_eq!(wakes(&count), 2);
+    assert_eq!(filled.as_mut().poll(&mut cx), Poll::Ready(()));
+}

@@ -303,8 +303,13 @@ where
                 sink.feed(Message::Ping(Bytes::new())).await?;
             }
             if !window.is_zero() && batch.len() > 1 {
-                // Under load, let more frames arrive so they share a syscall.
-                tokio::time::sleep(window).await;
+                // Behind: let more frames arrive so they share a syscall,
+                // for at most `window`, and not once a burst has queued
+                // enough for a write (it must not wait into an overflow).
+                let queued: usize = batch.iter().map(|f| f.len()).sum();
+                if queued < outbox.window_bytes() {
+                    let _ = tokio::time::timeout(window, outbox.filled()).await;
+                }
                 outbox.take(&mut batch);
             }
             while let Some(frame) = batch.pop_front() {
