@@ -136,6 +136,14 @@ impl State {
         (self.on_frame.take(), self.on_overflow.take())
     }
 
+    /// Keep the writer's waker in `on_overflow` (unless it is there).
+    fn watch(&mut self, waker: &Waker) {
+        match &self.on_overflow {
+            Some(w) if w.will_wake(waker) => {}
+            _ => self.on_overflow = Some(waker.clone()),
+        }
+    }
+
     /// The writer to wake now that `bytes` more are queued, if it waits in
     /// its flush window and the queue has reached `enough`.
     fn window_full(&mut self, enough: usize) -> Option<Waker> {
@@ -221,10 +229,7 @@ impl Outbox {
                 state.windowing = false;
                 return Poll::Ready(());
             }
-            match &state.on_overflow {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => state.on_overflow = Some(cx.waker().clone()),
-            }
+            state.watch(cx.waker());
             state.windowing = true;
             Poll::Pending
         })
@@ -383,10 +388,7 @@ impl Outbox {
                 Some(CloseReason::SlowConsumer) => Poll::Ready(()),
                 Some(_) => Poll::Pending,
                 None => {
-                    match &state.on_overflow {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => state.on_overflow = Some(cx.waker().clone()),
-                    }
+                    state.watch(cx.waker());
                     Poll::Pending
                 }
             }

@@ -32,8 +32,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A peer silent this long is dropped from membership.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Publishing lanes per server: each has its own queue and task, so several
-/// pipelines are in flight at once. A topic always uses the same lane, which
-/// keeps one publisher's messages to a topic in order.
+/// pipelines are in flight at once. An envelope's lane follows from its
+/// order key (`Outgoing::stream`), so a topic's envelopes, and a channel's
+/// whether they go to its topic or to a peer's inbox, always share one lane,
+/// which keeps one publisher's messages to them in order.
 pub(super) const LANES: usize = 4;
 /// Most commands sent in one pipeline.
 pub(super) const BATCH: usize = 512;
@@ -41,10 +43,6 @@ pub(super) const BATCH: usize = 512;
 pub(super) const OUTAGE_POLL: Duration = Duration::from_millis(20);
 /// Smallest charge of a queued envelope: bounds how many can be in flight.
 pub(super) const MIN_ENVELOPE_COST: usize = OVERHEAD + 32;
-
-/// The lane and order key (`Outgoing::stream`) of an envelope that goes to
-/// a peer's inbox: those of its channel's or user's topic.
-type Via = (usize, u64);
 
 /// One Redis server (or the cluster).
 pub(super) struct Server {
@@ -145,11 +143,6 @@ impl Inner {
     /// `ordering` when the envelope carries a sequence number that receivers
     /// order by); false when the byte budget refused it.
     pub(super) fn send(&self, server: usize, item: Outgoing, kind: &str) -> bool {
-        self.send_on(server, None, item, kind)
-    }
-
-    /// [`Inner::send`] on a given lane (`None`: the topic's own lane).
-    fn send_on(&self, server: usize, lane: Option<usize>, item: Outgoing, kind: &str) -> bool {
         if !self.budget.try_take(item.cost) {
             self.metrics
                 .relay_dropped
@@ -159,7 +152,7 @@ impl Inner {
             return false;
         }
         let lanes = &self.servers[server].lanes;
-        let lane = lane.unwrap_or_else(|| shard_index(&item.topic, lanes.len()));
+        let lane = (item.stream % lanes.len() as u64) as usize;
         self.metrics.relay_pipeline_depth.inc();
         self.metrics
             .relay_published
@@ -196,9 +189,9 @@ impl Inner {
         // envelope names it without a copy ([`TargetsRef::One`]).
         const ALL: &Targets = &Targets::All;
         let mut by_node: Vec<(&str, Targets)> = Vec::new();
-        // (server, Redis channel, lane and order key when not the Redis
-        // channel's own, targets) of every envelope.
-        let mut parts: Vec<(usize, String, Option<Via>, TargetsRef<'_>)> = Vec::new();
+        // (server, Redis channel, order key when not the Redis channel's
+        // own, targets) of every envelope.
+        let mut parts: Vec<(usize, String, Option<u64>, TargetsRef<'_>)> = Vec::new();
         let mut group = false;
         match target {
             Target::Channels(names) | Target::Users(names) => {
@@ -223,13 +216,12 @@ impl Inner {
                         Route::Topic => parts.push((self.server_for(name), topic, None, targets)),
                         // No peer listens to it (see `super::views`).
                         Route::Skip => self.metrics.relay_skipped.inc(),
-                        // One peer listens: its inbox, on the topic's own lane
-                        // (the lane keeps a topic's envelopes in order whichever
-                        // Redis channel carries them).
+                        // One peer listens: its inbox, in the topic's order (and
+                        // so on its lane, which keeps a topic's envelopes in
+                        // order whichever Redis channel carries them).
                         Route::Peer(inbox) => {
                             self.metrics.relay_addressed.inc();
-                            let lane = (shard_index(&topic, LANES), stream_key(&topic));
-                            parts.push((0, inbox, Some(lane), targets));
+                            parts.push((0, inbox, Some(stream_key(&topic)), targets));
                         }
                     }
                 }
@@ -271,14 +263,14 @@ impl Inner {
         {
             let _order = self.ordering.lock();
             let shared = group.then(|| self.next_seq() + 1);
-            for (server, topic, lane, targets) in parts {
+            for (server, topic, order, targets) in parts {
                 let seq = shared.unwrap_or_else(|| self.next_seq());
                 let payload = proto::encode_deliver(&self.node_id, seq, targets, frame, &extra);
                 let mut item = self.outgoing(topic, payload, Some(&ack));
-                if let Some((_, stream)) = lane {
+                if let Some(stream) = order {
                     item.stream = stream;
                 }
-                if self.send_on(server, lane.map(|(l, _)| l), item, "deliver") {
+                if self.send(server, item, "deliver") {
                     queued += 1;
                 }
             }
