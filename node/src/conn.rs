@@ -1,6 +1,5 @@
 //! One client connection as the mesh sees it, whatever its protocol.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::codec::{Codec, ConnInfo, Tag};
 use crate::delivery::Delivery;
+use crate::hashing::{HashMap, HashSet};
 use crate::outbox::Outbox;
 
 /// One client connection.

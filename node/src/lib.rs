@@ -32,6 +32,7 @@ pub mod config;
 pub mod conn;
 pub mod delivery;
 pub mod frontend;
+pub mod hashing;
 pub mod history;
 pub mod http_error;
 pub mod idempotency;

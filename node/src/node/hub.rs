@@ -8,7 +8,6 @@
 //! metrics and heartbeats never scan a map.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use parking_lot::Mutex;
 use crate::codec::{EncodeCache, Recipient};
 use crate::conn::{Conn, ConnState, Identity};
 use crate::delivery::{Delivery, InterestChange, Target};
+use crate::hashing::{HashMap, HashSet, RandomState};
 use crate::metrics::Metrics;
 use crate::outbox::CloseReason;
 
@@ -34,14 +34,16 @@ type Shard<V> = Mutex<HashMap<Arc<str>, V>>;
 /// A map from a name (channel, user, client id) to members, sharded by hash.
 struct Registry<V> {
     shards: Box<[Shard<V>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: RandomState,
 }
 
 impl<V> Registry<V> {
     fn new() -> Self {
         Registry {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            hasher: RandomState::default(),
         }
     }
 
@@ -285,7 +287,7 @@ impl Hub {
             Target::Clients(ids) => {
                 let mut out: Vec<Arc<Conn>> = ids.iter().filter_map(|id| self.client(id)).collect();
                 if out.len() > 1 {
-                    let mut seen = HashSet::with_capacity(out.len());
+                    let mut seen = crate::hashing::set_with_capacity(out.len());
                     out.retain(|c| seen.insert(c.id));
                 }
                 out
@@ -319,7 +321,7 @@ impl Hub {
         if let [name] = names {
             return one_key(registry, name);
         }
-        let mut seen: HashMap<u64, Arc<Conn>> = HashMap::new();
+        let mut seen: HashMap<u64, Arc<Conn>> = HashMap::default();
         for name in names {
             let shard = registry.shard(name).lock();
             if let Some(members) = shard.get(name.as_str()) {
@@ -402,7 +404,7 @@ impl Hub {
         if !root_ids.is_empty() {
             conns.extend(self.recipients(&Target::Users(root_ids.to_vec())));
         }
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         conns
             .into_iter()
             .filter(|c| seen.insert(c.id))

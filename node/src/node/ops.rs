@@ -5,7 +5,6 @@
 //! an acknowledgement): the node queues them at the right moment, so no
 //! delivery can slip in between, without knowing their format.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -113,7 +112,7 @@ impl Node {
                 channels: Default::default(),
                 allowed_channels: identity.channels.map(Arc::from),
                 info: identity.info.map(Arc::from),
-                positioned: HashMap::new(),
+                positioned: Default::default(),
                 churn: Default::default(),
                 tag: None,
             }),

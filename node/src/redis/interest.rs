@@ -1,11 +1,13 @@
 //! Subscriptions of the Redis relay: what local members need, coalesced
 //! and applied to each server.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
+
+use crate::hashing::{HashMap, HashSet};
 
 use super::state::{Inner, LINGER};
 
@@ -381,7 +383,7 @@ pub(super) fn groups(topics: &[String], sharded: bool) -> Vec<Vec<String>> {
     if !sharded {
         return topics.chunks(1000).map(<[String]>::to_vec).collect();
     }
-    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+    let mut by_slot: HashMap<u16, Vec<String>> = HashMap::default();
     for topic in topics {
         by_slot
             .entry(fred::util::redis_keyslot(topic.as_bytes()))

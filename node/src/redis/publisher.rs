@@ -1,7 +1,7 @@
 //! Publishing of the Redis relay: the lanes that pipeline queued
 //! envelopes to Redis and send again what Redis did not confirm.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use pubmesh_cluster_proto as proto;
 
 use super::queue::{Lane, Outgoing};
 use super::state::{Inner, BATCH, OUTAGE_POLL};
+use crate::hashing::HashMap;
 
 /// Is this error one that sending again may fix? Everything but a command
 /// Redis (or the client) rejects as such: connection errors, timeouts and
@@ -297,9 +298,9 @@ fn plan_into(plan: &mut Vec<Command>, batch: &VecDeque<Outgoing>, max_bytes: usi
     // Per command: its envelopes and their bytes in a batch.
     let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
     // Topic → the command its next envelope may join.
-    let mut open: HashMap<&str, usize> = HashMap::new();
+    let mut open: HashMap<&str, usize> = HashMap::default();
     // Stream → the last command holding one of its envelopes.
-    let mut last: HashMap<u64, usize> = HashMap::new();
+    let mut last: HashMap<u64, usize> = HashMap::default();
     for (i, item) in batch.iter().enumerate() {
         let size = item.payload.len() + proto::BATCH_ITEM_OVERHEAD;
         let after = last.get(&item.stream).copied().unwrap_or(0);

@@ -46,7 +46,6 @@
 //! (`publisher.rs`), inbound envelopes (`inbound.rs`), subscriptions
 //! (`interest.rs`), and membership, heartbeats and probes (`membership.rs`).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -69,6 +68,7 @@ use super::store::RedisStore;
 use super::views::Interests;
 use crate::config::Config;
 use crate::delivery::{BoxFuture, Delivery, InterestChange};
+use crate::hashing::{HashMap, HashSet};
 use crate::history::HistoryError;
 use crate::metrics::Metrics;
 use crate::policy::ChannelOptions;
@@ -153,7 +153,7 @@ impl RedisRelay {
                 started_unix: unix_now(),
                 node: OnceLock::new(),
                 store,
-                peers: Mutex::new(HashMap::new()),
+                peers: Mutex::new(HashMap::default()),
                 wishes: Mutex::new(Wishes::default()),
                 wished: tokio::sync::Notify::new(),
                 applied: tokio::sync::watch::channel(0).0,
@@ -165,7 +165,7 @@ impl RedisRelay {
                     limits.queue_bytes / MIN_ENVELOPE_COST,
                 )),
                 limits,
-                requests: Mutex::new(HashMap::new()),
+                requests: Mutex::new(HashMap::default()),
                 interests: Interests::new(config.relay.interest_routing),
                 leaving: AtomicBool::new(false),
             }),
@@ -409,7 +409,7 @@ impl Relay for RedisRelay {
                 request_id,
                 reply_to: inner.topics.node(&inner.node_id),
             });
-            let mut answered = HashSet::new();
+            let mut answered = HashSet::default();
             let mut merged = Vec::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
             while answered.len() < expected.len() {

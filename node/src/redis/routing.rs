@@ -2,7 +2,6 @@
 //! views of peers (state in [`super::views`]), skipping publishes no peer
 //! needs and holding joins until every peer acknowledged them.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +10,7 @@ use pubmesh_cluster_proto::Body;
 
 use super::state::{Inner, PEER_TIMEOUT};
 use super::views::{Route, ASK_AGAIN, BEAT_VALID, DISCOVERY, SILENT, SNAPSHOT_PART};
+use crate::hashing::{HashMap, HashSet};
 
 impl Inner {
     /// Where a channel or user envelope for `topic` goes. Off Redis when
@@ -61,20 +61,7 @@ impl Inner {
         }
         let mut own = self.interests.own.lock();
         let to = own.version + 1;
-        let added: Vec<String> = added
-            .into_iter()
-            .filter(|t| !own.topics.contains_key(t))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        // A topic in both (never from one pass of the subscription task)
-        // stays: being listed as listened to only makes peers relay it.
-        let removed: Vec<String> = removed
-            .into_iter()
-            .filter(|t| own.topics.contains_key(t) && !added.contains(t))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let (added, removed) = news(&own.topics, added, removed);
         if added.is_empty() && removed.is_empty() {
             return;
         }
@@ -415,6 +402,26 @@ impl Inner {
     }
 }
 
+/// What a pass's `added` and `removed` topics change in the announced
+/// set `known`: topics not yet announced, and announced ones to drop, each
+/// once. A topic in both (never from one pass of the subscription task)
+/// stays: being listed as listened to only makes peers relay it. Sets, not
+/// scans of `added` per removal: a pass at 10,000 sessions/s holds dozens
+/// of each.
+fn news(
+    known: &HashMap<String, u64>,
+    added: Vec<String>,
+    removed: Vec<String>,
+) -> (Vec<String>, Vec<String>) {
+    let added: HashSet<String> = added.into_iter().collect();
+    let removed: HashSet<String> = removed
+        .into_iter()
+        .filter(|t| known.contains_key(t) && !added.contains(t))
+        .collect();
+    let added = added.into_iter().filter(|t| !known.contains_key(t));
+    (added.collect(), removed.into_iter().collect())
+}
+
 /// Least time between two acknowledgement envelopes of this node.
 pub(super) const ACK_EVERY: Duration = Duration::from_millis(2);
 
@@ -449,4 +456,60 @@ pub(super) fn discovery_problem(inner: &Inner) -> Option<String> {
             DISCOVERY.as_millis()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(v: &[&str]) -> Vec<String> {
+        v.iter().map(|t| t.to_string()).collect()
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn an_announcement_names_each_new_and_each_dropped_topic_once() {
+        let known: HashMap<String, u64> = [("p.c.old", 1), ("p.c.gone", 2)]
+            .into_iter()
+            .map(|(t, v)| (t.to_string(), v))
+            .collect();
+        let (added, removed) = news(
+            &known,
+            topics(&["p.c.new", "p.c.new", "p.c.old"]),
+            topics(&["p.c.gone", "p.c.gone", "p.c.never"]),
+        );
+        // Already announced: not again; never announced: nothing to drop.
+        assert_eq!(sorted(added), topics(&["p.c.new"]));
+        assert_eq!(sorted(removed), topics(&["p.c.gone"]));
+    }
+
+    #[test]
+    fn a_topic_both_added_and_removed_in_one_pass_stays_listed() {
+        let known: HashMap<String, u64> = [("p.c.both".to_string(), 1)].into_iter().collect();
+        // Announced already and in both lists: neither added nor dropped.
+        let (added, removed) = news(&known, topics(&["p.c.both"]), topics(&["p.c.both"]));
+        assert!(added.is_empty() && removed.is_empty());
+        // Not announced yet and in both: added, not dropped.
+        let (added, removed) = news(
+            &HashMap::default(),
+            topics(&["p.c.both"]),
+            topics(&["p.c.both"]),
+        );
+        assert_eq!(added, topics(&["p.c.both"]));
+        assert!(removed.is_empty());
+    }
+
+    #[test]
+    fn a_large_pass_names_every_new_and_every_dropped_topic() {
+        // 5,000 new topics and 5,000 dropped ones: each is named once.
+        let known: HashMap<String, u64> = (0..5000).map(|i| (format!("p.c.k{i}"), 1)).collect();
+        let added: Vec<String> = (0..5000).map(|i| format!("p.c.n{i}")).collect();
+        let removed: Vec<String> = (0..5000).map(|i| format!("p.c.k{i}")).collect();
+        let (a, r) = news(&known, added, removed);
+        assert_eq!((a.len(), r.len()), (5000, 5000));
+    }
 }

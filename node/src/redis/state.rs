@@ -1,7 +1,6 @@
 //! The Redis relay's shared state: its servers, peers, subscription
 //! wishes and sequence numbers, and how it builds and queues envelopes.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use super::store::{PublishSpec, RedisStore};
 use super::views::{Interests, Route};
 use crate::config::RelayLimits;
 use crate::delivery::{Delivery, Target};
+use crate::hashing::{HashMap, HashSet};
 use crate::metrics::Metrics;
 use crate::relay::{NodeView, Relayed};
 
@@ -199,8 +199,8 @@ impl Inner {
                 // Most publishes name one channel: no set to build for it
                 // (an empty set does not allocate).
                 let mut seen = match names.len() {
-                    1 => HashSet::new(),
-                    n => HashSet::with_capacity(n),
+                    1 => HashSet::default(),
+                    n => crate::hashing::set_with_capacity(n),
                 };
                 for name in names {
                     if names.len() > 1 && !seen.insert(name.as_str()) {
@@ -230,8 +230,8 @@ impl Inner {
                 group = channels && parts.len() > 1;
             }
             Target::Clients(ids) => {
-                let mut owners: HashMap<&str, Vec<String>> = HashMap::new();
-                let mut seen = HashSet::with_capacity(ids.len());
+                let mut owners: HashMap<&str, Vec<String>> = HashMap::default();
+                let mut seen = crate::hashing::set_with_capacity(ids.len());
                 for id in ids {
                     if !seen.insert(id.as_str()) {
                         continue;

@@ -25,11 +25,12 @@
 //!
 //! This module holds the state; [`super::routing`] how the relay uses it.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
+
+use crate::hashing::{HashMap, HashSet};
 
 /// How long a node listens to `{p}.ctl` before it trusts that it knows
 /// every live peer: two heartbeat intervals.
@@ -121,17 +122,17 @@ impl Interests {
         Interests {
             enabled,
             all_known: AtomicBool::new(false),
-            peers: RwLock::new(HashMap::new()),
+            peers: RwLock::new(HashMap::default()),
             // Versions start above anything an earlier run of this node id
             // announced, so peers see a restart as a gap.
             own: Mutex::new(Own {
                 version: pubmesh_cluster_proto::now_micros(),
-                topics: HashMap::new(),
+                topics: HashMap::default(),
             }),
             listening: Mutex::new(None),
             discovered_by: AtomicU64::new(u64::MAX),
             changed: tokio::sync::watch::channel(0).0,
-            to_ack: Mutex::new(HashMap::new()),
+            to_ack: Mutex::new(HashMap::default()),
             ack_wake: tokio::sync::Notify::new(),
             epoch: Instant::now(),
             confirmed_beat: AtomicU64::new(0),

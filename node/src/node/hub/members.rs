@@ -8,11 +8,11 @@
 //! publish until the membership changes: a publish then costs one
 //! increment, whatever the channel's size.
 
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::conn::Conn;
+use crate::hashing::HashMap;
 
 #[derive(Default)]
 pub(super) struct Members {
@@ -24,7 +24,7 @@ pub(super) struct Members {
 
 impl Members {
     pub(super) fn one(conn: &Arc<Conn>) -> Self {
-        let mut map = HashMap::with_capacity(1);
+        let mut map = crate::hashing::map_with_capacity(1);
         map.insert(conn.id, conn.clone());
         Members {
             map,

@@ -1,7 +1,6 @@
 use super::*;
 use crate::codec::{Codec, Frames, Slot};
 use crate::outbox::Outbox;
-use std::collections::HashSet;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 struct Raw;
@@ -27,10 +26,10 @@ fn conn(id: u64, home: Option<&str>, root: &str) -> Arc<Conn> {
             token: None,
             authenticated: false,
             expires_at: 0,
-            channels: HashSet::new(),
+            channels: HashSet::default(),
             allowed_channels: None,
             info: None,
-            positioned: HashMap::new(),
+            positioned: HashMap::default(),
             churn: Default::default(),
             tag: None,
         }),

@@ -1,0 +1,33 @@
+//! The maps on a node's hot paths (the hub's registries, a connection's
+//! channels, the relay's interest and peer views) hash with foldhash
+//! rather than std's SipHash-1-3: a channel name of 20–40 bytes hashes in
+//! a few nanoseconds instead of about twenty, and every delivery, join and
+//! leave looks up several (BENCHMARKS.md, "W4: the hot maps hash with
+//! foldhash").
+//!
+//! Keys are names clients choose, so the hasher must not be predictable:
+//! each map gets its own random seed (`foldhash::fast::RandomState`, the
+//! hasher hashbrown itself uses by default), so a list of names that
+//! collide in every node cannot be prepared in advance. foldhash does not
+//! claim to resist an attacker who learns a map's seed by probing one node
+//! interactively (its README, "HashDoS resistance"); the registries are
+//! also sharded 64 ways, each shard with its own seed.
+
+/// A `HashMap` with a per-map random foldhash seed.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A `HashSet` with a per-map random foldhash seed.
+pub type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
+/// The hasher of [`HashMap`] and [`HashSet`], for picking a shard.
+pub type RandomState = foldhash::fast::RandomState;
+
+/// An empty set with room for `n` entries.
+pub fn set_with_capacity<T>(n: usize) -> HashSet<T> {
+    HashSet::with_capacity_and_hasher(n, RandomState::default())
+}
+
+/// An empty map with room for `n` entries.
+pub fn map_with_capacity<K, V>(n: usize) -> HashMap<K, V> {
+    HashMap::with_capacity_and_hasher(n, RandomState::default())
+}
