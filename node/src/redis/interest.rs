@@ -195,15 +195,9 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
         // Peers learn of the new topics before any join waiting for them
         // is answered (the join then waits for their acknowledgements).
         inner.announce(added, removed);
-        if state.iter().all(|s| s.lost || !s.missing_any()) {
-            let moved = inner.applied.send_if_modified(|applied| {
-                let moved = *applied < upto;
-                *applied = (*applied).max(upto);
-                moved
-            });
-            if moved {
-                inner.wishes.lock().adds.retain(|_, t| *t > upto);
-            }
+        // Wakes exactly the joins waiting for a change up to `upto`.
+        if state.iter().all(|s| s.lost || !s.missing_any()) && inner.applied.raise(upto) {
+            inner.wishes.lock().adds.retain(|_, t| *t > upto);
         }
         let pending: usize = state
             .iter()

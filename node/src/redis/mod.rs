@@ -64,3 +64,4 @@ mod routing;
 mod state;
 pub mod store;
 mod views;
+mod watermark;

@@ -66,6 +66,7 @@ use super::routing::{ack_loop, discovery_problem};
 use super::state::{unix_now, Inner, Server, Wishes, LANES, MIN_ENVELOPE_COST};
 use super::store::RedisStore;
 use super::views::Interests;
+use super::watermark::Watermark;
 use crate::config::Config;
 use crate::delivery::{BoxFuture, Delivery, InterestChange};
 use crate::hashing::{HashMap, HashSet};
@@ -156,7 +157,7 @@ impl RedisRelay {
                 peers: Mutex::new(HashMap::default()),
                 wishes: Mutex::new(Wishes::default()),
                 wished: tokio::sync::Notify::new(),
-                applied: tokio::sync::watch::channel(0).0,
+                applied: Watermark::new(0),
                 budget,
                 ordering: Mutex::new(()),
                 seen: Mutex::new(SeenSeqs::new(limits.retry)),
@@ -309,7 +310,6 @@ impl Relay for RedisRelay {
         users: &'a [String],
     ) -> BoxFuture<'a, Result<(), RelayError>> {
         let inner = &self.inner;
-        let mut applied = inner.applied.subscribe();
         // Each topic with the server that holds it.
         let keys: Vec<(usize, String)> = channels
             .iter()
@@ -324,7 +324,7 @@ impl Relay for RedisRelay {
         // in place yet (its entry goes once it is).
         let ticket = {
             let wishes = inner.wishes.lock();
-            let done = *applied.borrow();
+            let done = inner.applied.level();
             keys.iter()
                 .filter_map(|key| wishes.adds.get(key).copied())
                 .filter(|&t| t > done)
@@ -334,10 +334,9 @@ impl Relay for RedisRelay {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + wait;
             if let Some(ticket) = ticket {
-                let applied = applied.wait_for(|&done| done >= ticket);
-                match tokio::time::timeout_at(deadline, applied).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(_)) => return Err(RelayError::Unavailable("the relay stopped".into())),
+                // Woken once, when the interest task has applied `ticket`.
+                match tokio::time::timeout_at(deadline, inner.applied.reached(ticket)).await {
+                    Ok(()) => {}
                     Err(_) => {
                         inner.metrics.relay_join_timeouts.inc();
                         return Err(RelayError::Unavailable(format!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pubmesh_cluster_proto::Body;
 
 use super::state::{Inner, PEER_TIMEOUT};
-use super::views::{Route, ASK_AGAIN, BEAT_VALID, DISCOVERY, SILENT, SNAPSHOT_PART};
+use super::views::{Route, ASK_AGAIN, BEAT_VALID, DISCOVERY, SNAPSHOT_PART};
 use crate::hashing::{HashMap, HashSet};
 
 impl Inner {
@@ -109,7 +109,7 @@ impl Inner {
                 live.contains(id) || p.heard.is_some_and(|t| t.elapsed() < PEER_TIMEOUT)
             });
             if peers.len() != before {
-                interests.bump();
+                interests.bump(&peers);
             }
             for (id, p) in peers.iter_mut() {
                 if p.speaks && p.known.is_none() && p.asked.is_none_or(|t| t.elapsed() > ASK_AGAIN)
@@ -215,8 +215,7 @@ impl Inner {
         let mut peers = interests.peers.write();
         if peers.remove(id).is_some() {
             interests.refresh(&peers);
-            drop(peers);
-            interests.bump();
+            interests.bump(&peers);
         }
     }
 
@@ -304,8 +303,8 @@ impl Inner {
                 p.asked = Some(Instant::now());
             }
             interests.refresh(&peers);
+            interests.bump(&peers);
         }
-        interests.bump();
         if ask {
             self.control(Body::InterestRequest {
                 node_id: origin.to_string(),
@@ -345,16 +344,6 @@ impl Inner {
         }
     }
 
-    /// Whether every peer that speaks interest acknowledged `version` of
-    /// this node's interest.
-    fn acked_everywhere(&self, version: u64) -> bool {
-        self.interests
-            .peers
-            .read()
-            .values()
-            .all(|p| !p.speaks || p.acked >= version || p.beat.is_none_or(|t| t.elapsed() > SILENT))
-    }
-
     /// Wait until every peer applied this node's interest in `topics` (after
     /// discovery), or until `deadline`. True when they have.
     pub(super) async fn peers_applied(
@@ -366,7 +355,6 @@ impl Inner {
         if !interests.enabled {
             return true;
         }
-        let mut changed = interests.changed.subscribe();
         loop {
             if !self.synced() {
                 // Degraded: the join promises nothing cluster-wide (as
@@ -389,15 +377,25 @@ impl Inner {
                         .max()
                         .unwrap_or(0)
                 };
-                if self.acked_everywhere(version) {
+                if interests.acked_everywhere(version) {
                     return true;
                 }
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                // Woken when an acknowledgement (or a peer's going) takes
+                // the version acknowledged everywhere to ours; the 100 ms
+                // bound catches what no envelope announces.
+                let wait = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+                let _ = tokio::time::timeout_at(wait, interests.acked.reached(version)).await;
+                continue;
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
+            // Not listening to `{p}.ctl`: look again shortly.
             let wait = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
-            let _ = tokio::time::timeout_at(wait, changed.changed()).await;
+            tokio::time::sleep_until(wait).await;
         }
     }
 }

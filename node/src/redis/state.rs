@@ -19,6 +19,7 @@ use super::health::ServerHealth;
 use super::queue::{stream_key, Ack, Budget, Lane, Outgoing, OVERHEAD};
 use super::store::{PublishSpec, RedisStore};
 use super::views::{Interests, Route};
+use super::watermark::Watermark;
 use crate::config::RelayLimits;
 use crate::delivery::{Delivery, Target};
 use crate::hashing::{HashMap, HashSet};
@@ -101,7 +102,7 @@ pub(super) struct Inner {
     pub(super) wished: tokio::sync::Notify,
     /// The last [`Wishes::requested`] whose subscriptions Redis confirmed
     /// (or that no reachable server still waits for): joins wait for it.
-    pub(super) applied: tokio::sync::watch::Sender<u64>,
+    pub(super) applied: Watermark,
     pub(super) limits: RelayLimits,
     pub(super) budget: Budget,
     /// Held while a publish takes its sequence number and queues its

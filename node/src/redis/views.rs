@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
+use super::watermark::Watermark;
 use crate::hashing::{HashMap, HashSet};
 
 /// How long a node listens to `{p}.ctl` before it trusts that it knows
@@ -60,6 +61,14 @@ pub(super) struct PeerInterest {
     pub(super) heard: Option<Instant>,
     /// When its last heartbeat arrived.
     pub(super) beat: Option<Instant>,
+}
+
+impl PeerInterest {
+    /// No heartbeat of it arrived within [`SILENT`]: its joins are not
+    /// waited for.
+    pub(super) fn silent(&self) -> bool {
+        self.beat.is_none_or(|t| t.elapsed() > SILENT)
+    }
 }
 
 /// This node's own announced interest.
@@ -96,8 +105,13 @@ pub(super) struct Interests {
     pub(super) listening: Mutex<Option<Instant>>,
     /// When (ms after `epoch`) discovery ends; `u64::MAX` while deaf.
     pub(super) discovered_by: AtomicU64,
-    /// Bumped when an acknowledgement arrives or a peer goes: joins wait on it.
-    pub(super) changed: tokio::sync::watch::Sender<u64>,
+    /// The version of this node's interest that every live peer speaking
+    /// interest acknowledged, as of the last change to the peers (an
+    /// acknowledgement, a peer gone): joins wait for their version on it,
+    /// each woken only when it is reached. A hint: the waiting join checks
+    /// [`Interests::acked_everywhere`] itself, and looks again every 100 ms
+    /// for what no envelope announces (a peer falling silent).
+    pub(super) acked: Watermark,
     /// Acknowledgements to send: peer → version.
     pub(super) to_ack: Mutex<HashMap<String, u64>>,
     pub(super) ack_wake: tokio::sync::Notify,
@@ -131,7 +145,7 @@ impl Interests {
             }),
             listening: Mutex::new(None),
             discovered_by: AtomicU64::new(u64::MAX),
-            changed: tokio::sync::watch::channel(0).0,
+            acked: Watermark::new(0),
             to_ack: Mutex::new(HashMap::default()),
             ack_wake: tokio::sync::Notify::new(),
             epoch: Instant::now(),
@@ -160,8 +174,25 @@ impl Interests {
         self.all_known.store(all, Ordering::Release);
     }
 
-    pub(super) fn bump(&self) {
-        self.changed.send_modify(|n| *n += 1);
+    /// After a change to `peers`: the version acknowledged everywhere, for
+    /// the joins waiting on [`Interests::acked`].
+    pub(super) fn bump(&self, peers: &HashMap<String, PeerInterest>) {
+        let everywhere = peers
+            .values()
+            .filter(|p| p.speaks && !p.silent())
+            .map(|p| p.acked)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.acked.set(everywhere);
+    }
+
+    /// Whether every peer that speaks interest acknowledged `version` of
+    /// this node's interest (or is silent, so it cannot be skipping).
+    pub(super) fn acked_everywhere(&self, version: u64) -> bool {
+        self.peers
+            .read()
+            .values()
+            .all(|p| !p.speaks || p.acked >= version || p.silent())
     }
 
     pub(super) fn ack(&self, peer: &str, version: u64) {
