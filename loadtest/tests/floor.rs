@@ -2,7 +2,8 @@
 //! W2 scenarios (fewer subscribers): every publish reaches its recipients,
 //! nothing is lost, and the floor's own delivery count (what
 //! `scripts/bench-floor` divides its CPU by) covers every delivery the
-//! harness received.
+//! harness received. With W4's scenario every session is answered
+//! `subscribed` and ends with the close handshake.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -96,9 +97,9 @@ fn count(v: &Value, metric: &str) -> u64 {
         .unwrap_or_else(|| panic!("{metric} has no count: {}", v["metrics"][metric]))
 }
 
-/// Run `name` against the floor with `subscribers` over `channels`; returns
-/// the summary export.
-fn drive(floor: &Floor, name: &str, subscribers: u64, channels: u64, rate: u64) -> Value {
+/// Run the bundled scenario `name` against the floor with `args` added;
+/// returns the summary export.
+fn run_load(floor: &Floor, name: &str, args: &[String]) -> Value {
     let out_json = std::env::temp_dir().join(format!(
         "pubmesh-floor-test-{name}-{}-{}.json",
         std::process::id(),
@@ -112,10 +113,7 @@ fn drive(floor: &Floor, name: &str, subscribers: u64, channels: u64, rate: u64) 
             "--url",
             &format!("ws://127.0.0.1:{}", floor.port),
         ])
-        .args(["--subscribers", &subscribers.to_string()])
-        .args(["--channels", &channels.to_string()])
-        .args(["--rate", &rate.to_string()])
-        .args(["--duration", "2s", "--warmup", "300ms", "--drain", "1s"])
+        .args(args)
         .arg("--summary-export")
         .arg(&out_json)
         .stdin(Stdio::null())
@@ -123,8 +121,28 @@ fn drive(floor: &Floor, name: &str, subscribers: u64, channels: u64, rate: u64) 
         .expect("run pubmesh-load");
     let text = std::fs::read_to_string(&out_json).unwrap_or_default();
     let _ = std::fs::remove_file(&out_json);
-    let v: Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: no summary ({e}): {out:?}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: no summary ({e}): {out:?}"))
+}
+
+/// Run `name` against the floor with `subscribers` over `channels`; returns
+/// the summary export.
+fn drive(floor: &Floor, name: &str, subscribers: u64, channels: u64, rate: u64) -> Value {
+    let args = [
+        "--subscribers",
+        &subscribers.to_string(),
+        "--channels",
+        &channels.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--duration",
+        "2s",
+        "--warmup",
+        "300ms",
+        "--drain",
+        "1s",
+    ]
+    .map(String::from);
+    let v = run_load(floor, name, &args);
     assert_eq!(count(&v, "ws_sessions"), subscribers + publishers(name));
     v
 }
@@ -166,4 +184,45 @@ fn targeted_reaches_the_one_socket_of_each_channel() {
     let floor = Floor::start();
     let v = drive(&floor, "targeted", 60, 60, 300);
     check(&floor, &v, 1);
+}
+
+/// W4's shape: each new connection subscribes to a channel no one else
+/// uses and is answered `subscribed`; the floor answers its close frame
+/// with one (checked on a socket of our own).
+#[test]
+fn connect_fresh_sessions_are_answered_and_closed_cleanly() {
+    let floor = Floor::start();
+    let v = run_load(
+        &floor,
+        "connect-fresh",
+        &["--rate", "200", "--duration", "2s"].map(String::from),
+    );
+    let sessions = count(&v, "ws_sessions");
+    // 2 s at 200/s, less what a busy machine could not start.
+    assert!(sessions >= 200, "{v}");
+    assert_eq!(count(&v, "subscribes"), sessions, "{v}");
+    assert_eq!(count(&v, "errors"), 0, "{v}");
+
+    // The close handshake, by hand: a close frame (status 1000) is
+    // answered with a close frame carrying the same status.
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", floor.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("upgrade");
+    // A masked close frame with status 1000 (mask 0: the bytes as they are).
+    s.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
+        .expect("close");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got)
+        .expect("the floor closes the socket");
+    assert!(
+        got.ends_with(&[0x88, 0x02, 0x03, 0xe8]),
+        "no close reply at the end of {:?}",
+        String::from_utf8_lossy(&got)
+    );
 }

@@ -1,19 +1,23 @@
 //! `pubmesh-floor`: the floor pubmesh's fan-out is compared with.
 //!
 //! It answers just enough of the `/websocket` protocol for
-//! `pubmesh-load run loadtest/scenarios/fanout.toml` (W1) and
-//! `loadtest/scenarios/targeted.toml` (W2) to drive it: every socket gets a
-//! connection frame; a socket that connected with `?channel_id=NAME` is a
-//! recipient for NAME; a `channel` frame from any socket has its `data`
+//! `pubmesh-load run loadtest/scenarios/fanout.toml` (W1),
+//! `loadtest/scenarios/targeted.toml` (W2) and
+//! `loadtest/scenarios/connect-fresh.toml` (W4) to drive it: every socket
+//! gets a connection frame; a socket that connected with `?channel_id=NAME`
+//! is a recipient for NAME, and so is one that sent a `subscribe` naming it
+//! (answered `subscribed` at once); a close frame is answered with a close
+//! frame; a `channel` frame from any socket has its `data`
 //! object framed once as a WebSocket text frame, and those same bytes (one
 //! shared buffer) go to every recipient of each name in its `channel_ids`
 //! (W1: the 1,000 sockets of one name; W2: the one socket of a random name).
-//! Each recipient has a writer task that writes everything queued for it in
+//! Each socket has a writer task that writes everything queued for it in
 //! one `write`, as pubmesh's socket writers do (the same tokio runtime). No
-//! subscribe/unsubscribe, no JSON parsing, no acknowledgements, no limits:
-//! what is left is reading the publisher, one map lookup per named channel,
-//! handing the frame to each writer and the kernel's cost of the writes.
-//! BENCHMARKS.md divides pubmesh's CPU per delivery by this program's.
+//! unsubscribe, no JSON parsing, no cluster, no limits: what is left is the
+//! handshake, reading frames, one map lookup per named channel, handing the
+//! frame to each writer and the kernel's cost of the writes.
+//! BENCHMARKS.md divides pubmesh's CPU per delivery (W1, W2) and per
+//! session (W4) by this program's.
 //!
 //! ```sh
 //! pubmesh-floor 127.0.0.1:18200
@@ -65,10 +69,10 @@ async fn main() -> io::Result<()> {
         ids += 1;
         let id = ids;
         tokio::spawn(async move {
-            let mut channel = None;
-            let result = session(stream, id, &mut channel, &recipients).await;
-            if let Some(name) = channel {
-                let mut map = recipients.lock().expect("not poisoned");
+            let mut channels = Vec::new();
+            let result = session(stream, id, &mut channels, &recipients).await;
+            let mut map = recipients.lock().expect("not poisoned");
+            for name in channels {
                 if let Some(list) = map.get_mut(&name) {
                     list.retain(|(other, _)| *other != id);
                     if list.is_empty() {
@@ -76,6 +80,7 @@ async fn main() -> io::Result<()> {
                     }
                 }
             }
+            drop(map);
             if let Err(e) = result {
                 eprintln!("delivered_total {}", DELIVERED.load(Ordering::Relaxed));
                 if e.kind() != io::ErrorKind::UnexpectedEof {
@@ -86,12 +91,13 @@ async fn main() -> io::Result<()> {
     }
 }
 
-/// Handshake, connection frame, then read frames and fan out.
-/// `channel` is set to the name the socket connected with, if any.
+/// Handshake, connection frame, then read frames: fan out, answer
+/// subscribes and the close. `channels` collects the names the socket is a
+/// recipient for (connected with, subscribed to).
 async fn session(
     stream: TcpStream,
     id: u64,
-    channel: &mut Option<String>,
+    channels: &mut Vec<String>,
     recipients: &Recipients,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
@@ -121,7 +127,7 @@ async fn session(
         derive_accept_key(key.as_bytes())
     );
     write.write_all(response.as_bytes()).await?;
-    *channel = path
+    let channel = path
         .split_whitespace()
         .nth(1)
         .and_then(|target| target.split_once("channel_id="))
@@ -131,34 +137,58 @@ async fn session(
         channel.as_deref().unwrap_or("none")
     );
     write.write_all(&text_frame(hello.as_bytes())).await?;
-    if let Some(name) = channel.clone() {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    if let Some(name) = channel {
         recipients
             .lock()
             .expect("not poisoned")
-            .entry(name)
+            .entry(name.clone())
             .or_default()
-            .push((id, tx));
-        tokio::spawn(async move {
-            // Everything queued since the last write goes out in one write.
-            let mut batch = Vec::new();
-            while let Some(first) = rx.recv().await {
-                batch.extend_from_slice(&first);
-                while let Ok(more) = rx.try_recv() {
-                    batch.extend_from_slice(&more);
-                }
-                if write.write_all(&batch).await.is_err() {
-                    return;
-                }
-                batch.clear();
-            }
-        });
+            .push((id, tx.clone()));
+        channels.push(name);
     }
+    let writer = tokio::spawn(async move {
+        // Everything queued since the last write goes out in one write; an
+        // empty frame (after the close reply) ends the writer.
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            let mut last = first.is_empty();
+            batch.extend_from_slice(&first);
+            while !last {
+                let Ok(more) = rx.try_recv() else { break };
+                last = more.is_empty();
+                batch.extend_from_slice(&more);
+            }
+            if write.write_all(&batch).await.is_err() || last {
+                return;
+            }
+            batch.clear();
+        }
+    });
     // Every socket may publish; recipients never do in W1, so their reader
     // simply waits for the close.
     loop {
         let (opcode, payload) = read_frame(&mut reader).await?;
         match opcode {
+            0x1 if payload.starts_with(br#"{"type":"subscribe""#) => {
+                // W4: the socket becomes a recipient of each name, answered
+                // at once (one map insert per name, as the floor's only
+                // subscription work).
+                let names = channel_ids(&payload).unwrap_or_default();
+                let mut map = recipients.lock().expect("not poisoned");
+                for name in names.split(',') {
+                    let name = name.trim().trim_matches('"');
+                    if !name.is_empty() {
+                        map.entry(name.to_string())
+                            .or_default()
+                            .push((id, tx.clone()));
+                        channels.push(name.to_string());
+                    }
+                }
+                drop(map);
+                let reply = format!(r#"{{"type":"subscribed","channel_ids":[{names}],"ref":1}}"#);
+                let _ = tx.send(Arc::new(text_frame(reply.as_bytes())));
+            }
             0x1 => {
                 if let (Some(data), Some(names)) = (data_object(&payload), channel_ids(&payload)) {
                     let frame = Arc::new(text_frame(data));
@@ -174,9 +204,16 @@ async fn session(
                 }
             }
             0x8 => {
-                if channel.is_none() {
+                if channels.is_empty() {
                     eprintln!("delivered_total {}", DELIVERED.load(Ordering::Relaxed));
                 }
+                // The close handshake: the client's status code echoed
+                // back, after whatever is queued; then the socket closes.
+                let mut close = vec![0x88, payload.len().min(2) as u8];
+                close.extend_from_slice(&payload[..payload.len().min(2)]);
+                let _ = tx.send(Arc::new(close));
+                let _ = tx.send(Arc::new(Vec::new()));
+                let _ = writer.await;
                 return Ok(());
             }
             _ => {}
