@@ -19,11 +19,13 @@ use super::state::{Inner, LINGER};
 /// reconnect every needed topic is subscribed again at once, outside that
 /// bound, and only then does the server count as synced.
 ///
-/// The work of one pass is proportional to the topics that changed, not to
-/// all the node's subscriptions: `unsettled` holds the topics whose wanted
-/// and confirmed states may differ, and only those are looked at; topics
-/// lingering after their last member left wait in a queue in the order they
-/// expire ([`Lingering`]), so a pass looks only at those that are due.
+/// The work of one pass is proportional to the topics it changes, not to
+/// all the node's subscriptions nor to the changes still waiting for the
+/// rate: each server keeps the topics to add and the topics to remove apart
+/// ([`Server`]), and a pass takes from them only what its budget allows;
+/// topics lingering after their last member left wait in a queue in the
+/// order they expire ([`Lingering`]), so a pass looks only at those that
+/// are due.
 ///
 /// One round trip to Redis per pass: the `PING` after the additions confirms
 /// them; the removals queued next are not waited for (nothing waits for a
@@ -98,7 +100,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 }
                 st.lost = true;
                 server.health.set_synced(false);
-                st.confirmed.clear();
+                st.forget_confirmed();
                 continue;
             }
             if st.lost {
@@ -122,7 +124,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 for chunk in groups(&add, inner.sharded) {
                     if subscribe(&inner, s, &chunk, true).await {
                         added.extend(chunk.iter().filter(|t| !st.permanent.contains(*t)).cloned());
-                        st.confirmed.extend(chunk.iter().cloned());
+                        st.subscribed(&chunk);
                         inner.metrics.relay_interest_ops.inc_by(chunk.len() as u64);
                     } else {
                         ok = false;
@@ -135,7 +137,6 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                     }
                     tracing::info!(server = %server.url, topics = add.len(), "subscriptions in place");
                     st.lost = false;
-                    st.settle();
                     server.health.set_synced(true);
                     if s == 0 {
                         inner.interest_listening();
@@ -151,7 +152,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                     tokens -= chunk.len() as f64;
                     inner.metrics.relay_interest_ops.inc_by(chunk.len() as u64);
                     added.extend(chunk.iter().filter(|t| !st.permanent.contains(*t)).cloned());
-                    st.confirmed.extend(chunk.iter().cloned());
+                    st.subscribed(&chunk);
                 } else {
                     break;
                 }
@@ -184,13 +185,10 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 if unsubscribe(&inner, s, &chunk).await {
                     tokens -= chunk.len() as f64;
                     inner.metrics.relay_interest_ops.inc_by(chunk.len() as u64);
-                    for topic in &chunk {
-                        st.confirmed.remove(topic);
-                    }
+                    st.unsubscribed(&chunk);
                     removed.extend(chunk);
                 }
             }
-            st.settle();
         }
         // Peers learn of the new topics before any join waiting for them
         // is answered (the join then waits for their acknowledgements).
@@ -202,7 +200,7 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
         let pending: usize = state
             .iter()
             .filter(|s| !s.lost)
-            .map(|s| s.unsettled.len())
+            .map(|s| s.to_add.len() + s.to_remove.len())
             .sum();
         inner.metrics.relay_interest_pending.set(pending as i64);
         let total: usize = state.iter().map(|s| s.confirmed.len()).sum();
@@ -217,8 +215,12 @@ struct Server {
     desired: HashSet<String>,
     /// Topics Redis confirmed.
     confirmed: HashSet<String>,
-    /// Topics whose desired and confirmed states may differ.
-    unsettled: HashSet<String>,
+    /// Desired and not confirmed: the next additions.
+    to_add: HashSet<String>,
+    /// Confirmed and no longer desired: the next removals. With
+    /// `--relay-interest-rate` reached it holds a backlog, which a pass
+    /// takes from without looking at the rest.
+    to_remove: HashSet<String>,
     /// Topics never given up.
     permanent: HashSet<String>,
     /// The connection dropped (or never came up): everything is
@@ -227,37 +229,69 @@ struct Server {
 }
 
 impl Server {
+    // The sets keep `to_add` = desired − confirmed and `to_remove` =
+    // confirmed − desired through every change below.
+
     fn want(&mut self, topic: String) {
-        if self.desired.insert(topic.clone()) {
-            self.unsettled.insert(topic);
+        // A removal called off leaves nothing to do; otherwise the topic
+        // is not confirmed (it would have been pending removal).
+        if self.desired.insert(topic.clone())
+            && !self.to_remove.remove(&topic)
+            && !self.confirmed.contains(&topic)
+        {
+            self.to_add.insert(topic);
         }
     }
 
     fn unwant(&mut self, topic: &str) {
-        if self.desired.remove(topic) {
-            self.unsettled.insert(topic.to_string());
+        // An addition called off leaves nothing to do; otherwise the topic
+        // is confirmed and goes.
+        if self.desired.remove(topic)
+            && !self.to_add.remove(topic)
+            && self.confirmed.contains(topic)
+        {
+            self.to_remove.insert(topic.to_string());
         }
+    }
+
+    /// Redis confirmed these subscriptions.
+    fn subscribed(&mut self, topics: &[String]) {
+        for topic in topics {
+            self.to_add.remove(topic);
+            if !self.desired.contains(topic) {
+                self.to_remove.insert(topic.clone());
+            }
+            self.confirmed.insert(topic.clone());
+        }
+    }
+
+    /// These subscriptions were given up at Redis.
+    fn unsubscribed(&mut self, topics: &[String]) {
+        for topic in topics {
+            self.to_remove.remove(topic);
+            if self.desired.contains(topic) {
+                self.to_add.insert(topic.clone());
+            }
+            self.confirmed.remove(topic);
+        }
+    }
+
+    /// The connection is gone, and its subscriptions with it: everything
+    /// desired is to be added again, nothing to be removed.
+    fn forget_confirmed(&mut self) {
+        self.confirmed.clear();
+        self.to_remove.clear();
+        self.to_add.clone_from(&self.desired);
     }
 
     /// Up to `budget` topics wanted but not confirmed.
     fn additions(&self, budget: usize) -> Vec<String> {
-        self.unsettled_where(true, budget)
+        self.to_add.iter().take(budget).cloned().collect()
     }
 
     /// Up to `budget` topics confirmed but no longer wanted.
     fn removals(&self, budget: usize) -> Vec<String> {
-        self.unsettled_where(false, budget)
-    }
-
-    fn unsettled_where(&self, wanted: bool, budget: usize) -> Vec<String> {
-        self.unsettled
-            .iter()
-            .filter(|t| {
-                self.desired.contains(*t) == wanted && self.confirmed.contains(*t) != wanted
-            })
-            .take(budget)
-            .cloned()
-            .collect()
+        self.to_remove.iter().take(budget).cloned().collect()
     }
 
     /// Up to `budget` topic changes, adds first.
@@ -268,18 +302,9 @@ impl Server {
         (add, remove)
     }
 
-    /// Forget the topics that are now as wanted.
-    fn settle(&mut self) {
-        let (desired, confirmed) = (&self.desired, &self.confirmed);
-        self.unsettled
-            .retain(|topic| desired.contains(topic) != confirmed.contains(topic));
-    }
-
     /// Whether a wanted topic is not yet confirmed.
     fn missing_any(&self) -> bool {
-        self.unsettled
-            .iter()
-            .any(|topic| self.desired.contains(topic) && !self.confirmed.contains(topic))
+        !self.to_add.is_empty()
     }
 }
 
@@ -400,6 +425,15 @@ mod tests {
         v.iter().map(|t| t.to_string()).collect()
     }
 
+    /// Every pending change, both sides: (to add, to remove), sorted.
+    fn pending(s: &Server) -> (Vec<String>, Vec<String>) {
+        let mut add: Vec<String> = s.to_add.iter().cloned().collect();
+        let mut remove: Vec<String> = s.to_remove.iter().cloned().collect();
+        add.sort();
+        remove.sort();
+        (add, remove)
+    }
+
     #[test]
     fn only_changed_topics_are_looked_at_and_settled_ones_are_forgotten() {
         let mut s = Server::default();
@@ -410,22 +444,67 @@ mod tests {
         add.sort();
         assert_eq!((add.clone(), remove), (topics(&["a", "b", "c"]), vec![]));
         assert!(s.missing_any());
-        s.confirmed.extend(add);
-        s.settle();
-        assert!(s.unsettled.is_empty() && !s.missing_any());
+        s.subscribed(&add);
+        assert_eq!(pending(&s), (vec![], vec![]));
+        assert!(!s.missing_any());
         // Wanting a topic again changes nothing; giving one up is a removal.
         s.want("a".to_string());
-        assert!(s.unsettled.is_empty());
+        assert_eq!(pending(&s), (vec![], vec![]));
         s.unwant("b");
         assert_eq!(s.changes(10), (vec![], topics(&["b"])));
         assert!(!s.missing_any(), "a pending removal is not a missing topic");
         // Adds come first within the budget.
         s.want("d".to_string());
         assert_eq!(s.changes(1), (topics(&["d"]), vec![]));
-        // A topic wanted again before its removal settles is settled at once.
+        // A topic wanted again before its removal runs is settled at once.
         s.want("b".to_string());
-        s.settle();
         assert_eq!(s.changes(10), (topics(&["d"]), vec![]));
+        // Given up before Redis confirmed it: nothing to add any more.
+        s.unwant("d");
+        assert_eq!(pending(&s), (vec![], vec![]));
+        // Removed at Redis: forgotten; wanted again later, added again.
+        s.unwant("c");
+        s.unsubscribed(&topics(&["c"]));
+        assert_eq!(pending(&s), (vec![], vec![]));
+        s.want("c".to_string());
+        assert_eq!(pending(&s), (topics(&["c"]), vec![]));
+    }
+
+    #[test]
+    fn a_pass_takes_what_its_budget_allows_from_a_backlog_of_removals() {
+        let mut s = Server::default();
+        let many: Vec<String> = (0..10_000).map(|i| format!("t{i}")).collect();
+        for t in &many {
+            s.want(t.clone());
+        }
+        s.subscribed(&many);
+        for t in &many {
+            s.unwant(t);
+        }
+        assert_eq!(s.to_remove.len(), 10_000);
+        // A pass under the rate takes its budget and leaves the rest
+        // pending; one wanted topic comes first.
+        s.want("new".to_string());
+        assert_eq!(s.additions(100), topics(&["new"]));
+        let first = s.removals(100);
+        assert_eq!(first.len(), 100);
+        s.unsubscribed(&first);
+        assert_eq!(s.to_remove.len(), 9_900);
+        assert!(first.iter().all(|t| !s.confirmed.contains(t)));
+    }
+
+    #[test]
+    fn a_lost_connection_wants_everything_desired_again_and_removes_nothing() {
+        let mut s = Server::default();
+        for t in ["a", "b"] {
+            s.want(t.to_string());
+        }
+        s.subscribed(&topics(&["a", "b"]));
+        s.unwant("b");
+        s.want("c".to_string());
+        s.forget_confirmed();
+        assert_eq!(pending(&s), (topics(&["a", "c"]), vec![]));
+        assert!(s.missing_any());
     }
 
     #[test]
