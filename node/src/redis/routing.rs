@@ -186,6 +186,9 @@ impl Inner {
         p.beat = now;
         p.heard = now;
         interests.refresh(&peers);
+        // A peer heard again after a silence counts again: the version
+        // acknowledged everywhere may fall.
+        interests.bump(&peers);
     }
 
     /// Redis confirmed this node's heartbeat sent at `sent`. If the previous
@@ -324,8 +327,12 @@ impl Inner {
             return;
         }
         let own = self.interests.own.lock();
-        if let Some(p) = self.interests.peers.write().get_mut(requester) {
-            p.acked = p.acked.min(own.version);
+        {
+            let mut peers = self.interests.peers.write();
+            if let Some(p) = peers.get_mut(requester) {
+                p.acked = p.acked.min(own.version);
+                self.interests.bump(&peers);
+            }
         }
         let topics: Vec<String> = own.topics.keys().cloned().collect();
         let parts: Vec<&[String]> = if topics.is_empty() {
@@ -387,7 +394,14 @@ impl Inner {
                 // the version acknowledged everywhere to ours; the 100 ms
                 // bound catches what no envelope announces.
                 let wait = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
-                let _ = tokio::time::timeout_at(wait, interests.acked.reached(version)).await;
+                if interests.acked.level() >= version {
+                    // The level is ahead of the peers (a change it does not
+                    // reflect yet): waiting on it would return at once, so
+                    // look again after the bound instead of spinning.
+                    tokio::time::sleep_until(wait).await;
+                } else {
+                    let _ = tokio::time::timeout_at(wait, interests.acked.reached(version)).await;
+                }
                 continue;
             }
             if tokio::time::Instant::now() >= deadline {

@@ -107,7 +107,8 @@ pub(super) struct Interests {
     pub(super) discovered_by: AtomicU64,
     /// The version of this node's interest that every live peer speaking
     /// interest acknowledged, as of the last change to the peers (an
-    /// acknowledgement, a peer gone): joins wait for their version on it,
+    /// acknowledgement, a peer gone, a heartbeat after a silence, a
+    /// snapshot asked for): joins wait for their version on it,
     /// each woken only when it is reached. A hint: the waiting join checks
     /// [`Interests::acked_everywhere`] itself, and looks again every 100 ms
     /// for what no envelope announces (a peer falling silent).
