@@ -104,13 +104,9 @@ impl Inner {
             let mut peers = interests.peers.write();
             // A node heard on `{p}.ctl` but never as a live peer, silent for
             // the peer timeout: gone before it was known (never waited for).
-            let before = peers.len();
             peers.retain(|id, p| {
                 live.contains(id) || p.heard.is_some_and(|t| t.elapsed() < PEER_TIMEOUT)
             });
-            if peers.len() != before {
-                interests.bump(&peers);
-            }
             for (id, p) in peers.iter_mut() {
                 if p.speaks && p.known.is_none() && p.asked.is_none_or(|t| t.elapsed() > ASK_AGAIN)
                 {
@@ -186,9 +182,6 @@ impl Inner {
         p.beat = now;
         p.heard = now;
         interests.refresh(&peers);
-        // A peer heard again after a silence counts again: the version
-        // acknowledged everywhere may fall.
-        interests.bump(&peers);
     }
 
     /// Redis confirmed this node's heartbeat sent at `sent`. If the previous
@@ -218,7 +211,6 @@ impl Inner {
         let mut peers = interests.peers.write();
         if peers.remove(id).is_some() {
             interests.refresh(&peers);
-            interests.bump(&peers);
         }
     }
 
@@ -306,7 +298,6 @@ impl Inner {
                 p.asked = Some(Instant::now());
             }
             interests.refresh(&peers);
-            interests.bump(&peers);
         }
         if ask {
             self.control(Body::InterestRequest {
@@ -331,7 +322,7 @@ impl Inner {
             let mut peers = self.interests.peers.write();
             if let Some(p) = peers.get_mut(requester) {
                 p.acked = p.acked.min(own.version);
-                self.interests.bump(&peers);
+                self.interests.refresh(&peers);
             }
         }
         let topics: Vec<String> = own.topics.keys().cloned().collect();

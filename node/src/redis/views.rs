@@ -106,9 +106,8 @@ pub(super) struct Interests {
     /// When (ms after `epoch`) discovery ends; `u64::MAX` while deaf.
     pub(super) discovered_by: AtomicU64,
     /// The version of this node's interest that every live peer speaking
-    /// interest acknowledged, as of the last change to the peers (an
-    /// acknowledgement, a peer gone, a heartbeat after a silence, a
-    /// snapshot asked for): joins wait for their version on it,
+    /// interest acknowledged, as of the last change to the peers
+    /// ([`Interests::refresh`]): joins wait for their version on it,
     /// each woken only when it is reached. A hint: the waiting join checks
     /// [`Interests::acked_everywhere`] itself, and looks again every 100 ms
     /// for what no envelope announces (a peer falling silent).
@@ -169,15 +168,13 @@ impl Interests {
         self.listening.lock().map(|t| t + DISCOVERY)
     }
 
-    /// Recompute the fast-path flag (the caller holds the write lock).
+    /// After any change to `peers` (the caller holds the write lock),
+    /// recompute what is derived from them: the fast-path flag, and the
+    /// version acknowledged everywhere that waiting joins watch
+    /// ([`Interests::acked`]).
     pub(super) fn refresh(&self, peers: &HashMap<String, PeerInterest>) {
         let all = peers.values().all(|p| p.known.is_some());
         self.all_known.store(all, Ordering::Release);
-    }
-
-    /// After a change to `peers`: the version acknowledged everywhere, for
-    /// the joins waiting on [`Interests::acked`].
-    pub(super) fn bump(&self, peers: &HashMap<String, PeerInterest>) {
         let everywhere = peers
             .values()
             .filter(|p| p.speaks && !p.silent())
