@@ -81,6 +81,7 @@ pub struct FileConfig {
     pub relay_join_timeout_ms: Option<u64>,
     pub relay_batch_bytes: Option<usize>,
     pub relay_batch_us: Option<u64>,
+    pub relay_interest_us: Option<u64>,
     pub relay_interest_routing: Option<bool>,
     pub relay_node_addressing: Option<bool>,
     pub phoenix_heartbeat_timeout_ms: Option<u64>,
@@ -400,6 +401,10 @@ impl Config {
                         .relay_batch_us
                         .or(file.relay_batch_us)
                         .map_or(d.batch_wait, Duration::from_micros),
+                    interest_wait: cli
+                        .relay_interest_us
+                        .or(file.relay_interest_us)
+                        .map_or(d.interest_wait, Duration::from_micros),
                     interest_routing: cli
                         .relay_interest_routing
                         .or(file.relay_interest_routing)

@@ -63,6 +63,11 @@ impl Config {
                 "relay_batch_us must be at most 100000".into(),
             ));
         }
+        if self.relay.interest_wait > Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(
+                "relay_interest_us must be at most 100000".into(),
+            ));
+        }
         if self.relay.batch_bytes > pubmesh_cluster_proto::MAX_ENVELOPE_BYTES {
             return Err(ConfigError::Invalid(format!(
                 "relay_batch_bytes must be at most {} (the largest envelope a node accepts)",

@@ -138,6 +138,9 @@ pub struct Cli {
     /// How long a busy publishing lane (its last pipeline carried more than one envelope) waits for more envelopes before it sends, in microseconds (under 1000: one pass of the other ready tasks); 0: it sends what queued during the previous round trip [default: 1000]
     #[arg(long, env = env::RELAY_BATCH_US)]
     pub relay_batch_us: Option<u64>,
+    /// Least time between the starts of two passes of a busy interest task (its last pass changed subscriptions), in microseconds: the joins that arrive meanwhile share one SUBSCRIBE and its PING; an idle task starts at once; 0: a pass as soon as the last one ends [default: 1000]
+    #[arg(long, env = env::RELAY_INTEREST_US)]
+    pub relay_interest_us: Option<u64>,
     /// Share interest with peers and publish a channel's or user's message to Redis only when a peer listens to it (false: relay every publish, like builds without interest routing) [default: true]
     #[arg(long, env = env::RELAY_INTEREST_ROUTING, num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]

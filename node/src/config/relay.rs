@@ -22,6 +22,9 @@ pub struct RelayLimits {
     pub batch_bytes: usize,
     /// How long a busy lane waits for more envelopes before it sends.
     pub batch_wait: Duration,
+    /// Least time between the starts of two passes of a busy interest
+    /// task (`--relay-interest-us`).
+    pub interest_wait: Duration,
     /// Publish a channel's or user's message to Redis only when a peer
     /// listens to it (`--relay-interest-routing`).
     pub interest_routing: bool,
@@ -42,6 +45,7 @@ impl Default for RelayLimits {
             join_timeout: Duration::from_secs(10),
             batch_bytes: 64 * 1024,
             batch_wait: Duration::from_millis(1),
+            interest_wait: Duration::from_millis(1),
             interest_routing: true,
             node_addressing: true,
         }

@@ -60,12 +60,26 @@ fn batching_waits_default_to_a_millisecond_turn_off_and_are_bounded() {
     let d = Config::resolve(Cli::default(), FileConfig::default()).expect("valid");
     assert_eq!(d.flush_window, Duration::from_millis(1));
     assert_eq!(d.relay.batch_wait, Duration::from_millis(1));
-    let cli = Cli::try_parse_from(["pubmesh", "--flush-window-us", "0", "--relay-batch-us", "0"])
-        .expect("parses");
+    assert_eq!(d.relay.interest_wait, Duration::from_millis(1));
+    let cli = Cli::try_parse_from([
+        "pubmesh",
+        "--flush-window-us",
+        "0",
+        "--relay-batch-us",
+        "0",
+        "--relay-interest-us",
+        "0",
+    ])
+    .expect("parses");
     let off = Config::resolve(cli, FileConfig::default()).expect("valid");
     assert_eq!(off.flush_window, Duration::ZERO);
     assert_eq!(off.relay.batch_wait, Duration::ZERO);
-    for flag in ["--flush-window-us", "--relay-batch-us"] {
+    assert_eq!(off.relay.interest_wait, Duration::ZERO);
+    for flag in [
+        "--flush-window-us",
+        "--relay-batch-us",
+        "--relay-interest-us",
+    ] {
         let cli = Cli::try_parse_from(["pubmesh", flag, "100001"]).expect("parses");
         let err = Config::resolve(cli, FileConfig::default()).unwrap_err();
         assert!(err.to_string().contains("at most 100000"), "{flag}: {err}");

@@ -33,6 +33,12 @@ use super::state::{Inner, LINGER};
 /// them anyway). Then one `Interest` envelope announces the pass's
 /// additions and removals together, and the joins waiting for the pass are
 /// answered.
+///
+/// A busy task (its last pass changed subscriptions) starts its next pass no
+/// sooner than `--relay-interest-us` after the last one started ([`pace`]),
+/// so under a stream of joins each `SUBSCRIBE` and `PING` carries the joins
+/// of that interval instead of one or two; an idle task starts at once, so
+/// a lone join waits no longer.
 pub(super) async fn interest_loop(inner: Arc<Inner>) {
     let n = inner.servers.len();
     // Every server starts as lost: its first connection subscribes
@@ -62,11 +68,17 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
     let mut refilled = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the last pass that changed subscriptions started.
+    let mut busy_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = inner.wished.notified() => {}
             _ = tick.tick() => {}
         }
+        if let Some(started) = busy_since.take() {
+            pace(started, inner.limits.interest_wait).await;
+        }
+        let started = tokio::time::Instant::now();
         let now = Instant::now();
         tokens = (tokens + now.duration_since(refilled).as_secs_f64() * rate).min(rate);
         refilled = now;
@@ -147,6 +159,9 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 continue;
             }
             let add = st.additions(tokens.floor() as usize);
+            if !add.is_empty() {
+                busy_since = Some(started);
+            }
             for chunk in groups(&add, inner.sharded) {
                 if subscribe(&inner, s, &chunk, true).await {
                     tokens -= chunk.len() as f64;
@@ -181,6 +196,9 @@ pub(super) async fn interest_loop(inner: Arc<Inner>) {
                 continue;
             }
             let remove = st.removals(tokens.floor() as usize);
+            if !remove.is_empty() {
+                busy_since = Some(started);
+            }
             for chunk in groups(&remove, inner.sharded) {
                 if unsubscribe(&inner, s, &chunk).await {
                     tokens -= chunk.len() as f64;
@@ -376,6 +394,24 @@ pub(super) async fn subscribe(inner: &Inner, s: usize, topics: &[String], add: b
     result.is_ok()
 }
 
+/// Wait until `wait` after `started`, the start of the last pass that
+/// changed subscriptions, so the joins arriving meanwhile share the next
+/// pass's `SUBSCRIBE` and its round trip (`--relay-interest-us`). A pass
+/// that took longer than `wait` is followed at once. The runtime's timer
+/// counts in milliseconds: a wait under one millisecond is one pass of the
+/// other ready tasks (those already woken add their wishes), never a spin.
+async fn pace(started: tokio::time::Instant, wait: Duration) {
+    let until = started + wait;
+    if until <= tokio::time::Instant::now() {
+        return;
+    }
+    if wait < Duration::from_millis(1) {
+        tokio::task::yield_now().await;
+    } else {
+        tokio::time::sleep_until(until).await;
+    }
+}
+
 /// Unsubscribe one batch on server `s`; true once the command is queued on
 /// the subscriber connection, without waiting for Redis: nothing waits for
 /// a removal (a topic wanted again is subscribed, and confirmed, by a later
@@ -419,7 +455,7 @@ pub(super) fn groups(topics: &[String], sharded: bool) -> Vec<Vec<String>> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{Lingering, Server};
+    use super::{pace, Lingering, Server};
 
     fn topics(v: &[&str]) -> Vec<String> {
         v.iter().map(|t| t.to_string()).collect()
@@ -529,5 +565,25 @@ mod tests {
         l.expire(at(400), |t| gone.push(t.to_string()));
         assert_eq!(gone, ["a", "c", "b"]);
         assert!(l.until.is_empty() && l.queue.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_after_a_busy_one_waits_out_the_interval_and_no_longer() {
+        let wait = Duration::from_millis(5);
+        // Just after a busy pass started: the next one waits until the
+        // interval since that start is over.
+        let started = tokio::time::Instant::now();
+        pace(started, wait).await;
+        assert_eq!(tokio::time::Instant::now(), started + wait);
+        // The busy pass took longer than the interval: no wait.
+        let before = tokio::time::Instant::now();
+        pace(before - Duration::from_millis(10), wait).await;
+        assert_eq!(tokio::time::Instant::now(), before);
+        // Turned off: no wait.
+        pace(tokio::time::Instant::now(), Duration::ZERO).await;
+        assert_eq!(tokio::time::Instant::now(), before);
+        // Under a millisecond: one turn of the other tasks, no timer.
+        pace(tokio::time::Instant::now(), Duration::from_micros(200)).await;
+        assert_eq!(tokio::time::Instant::now(), before);
     }
 }
