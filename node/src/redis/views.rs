@@ -201,3 +201,67 @@ impl Interests {
         self.ack_wake.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Interests, PeerInterest, SILENT};
+    use crate::hashing::HashMap;
+
+    fn speaking(acked: u64) -> PeerInterest {
+        PeerInterest {
+            speaks: true,
+            acked,
+            beat: Some(Instant::now()),
+            ..PeerInterest::default()
+        }
+    }
+
+    /// The version joins wait on follows every change to the peers, down as
+    /// well as up: a silent peer that speaks again, or one whose
+    /// acknowledgements were reset by a snapshot request, holds it back
+    /// again, so no join finds its wait satisfied while a peer that may be
+    /// skipping has not acknowledged it.
+    #[test]
+    fn the_version_acknowledged_everywhere_follows_every_change_to_the_peers() {
+        let interests = Interests::new(true);
+        let mut peers: HashMap<String, PeerInterest> = HashMap::default();
+        interests.refresh(&peers);
+        assert_eq!(
+            interests.acked.level(),
+            u64::MAX,
+            "no peer: nothing to wait for"
+        );
+
+        peers.insert("a".into(), speaking(5));
+        peers.insert("b".into(), speaking(9));
+        // A peer that never spoke interest cannot skip: it is not waited for.
+        peers.insert("old".into(), PeerInterest::default());
+        interests.refresh(&peers);
+        assert_eq!(interests.acked.level(), 5);
+
+        // `a` falls silent: only `b` counts.
+        let long_ago = Instant::now()
+            .checked_sub(SILENT + Duration::from_secs(1))
+            .expect("the monotonic clock started more than 4 s ago");
+        peers.get_mut("a").unwrap().beat = Some(long_ago);
+        interests.refresh(&peers);
+        assert_eq!(interests.acked.level(), 9);
+
+        // Its heartbeat is back, still at 5: the level falls with it.
+        peers.get_mut("a").unwrap().beat = Some(Instant::now());
+        interests.refresh(&peers);
+        assert_eq!(interests.acked.level(), 5);
+
+        // `b` asked for a snapshot: what it acknowledged is reset.
+        peers.get_mut("b").unwrap().acked = 2;
+        interests.refresh(&peers);
+        assert_eq!(interests.acked.level(), 2);
+
+        // The checks a woken join makes agree with the kept level.
+        *interests.peers.write() = peers;
+        assert!(interests.acked_everywhere(2));
+        assert!(!interests.acked_everywhere(3));
+    }
+}
