@@ -91,6 +91,14 @@ impl Publisher {
                         tokio::task::yield_now().await;
                     }
                 }
+                // The node handles a socket's frames in order: once this
+                // one is answered, every publish above is on its way, and
+                // a message the test sends next by another path comes
+                // after them.
+                client
+                    .send(json!({"type": "connection", "ref": "drained"}))
+                    .await;
+                client.recv_until(|f| f["ref"] == "drained").await;
                 n
             })
         };
@@ -102,7 +110,8 @@ impl Publisher {
     }
 
     /// Let it publish `more` messages beyond those begun now, stop it, and
-    /// return how many it published in all.
+    /// return how many it published in all, once the node has taken every
+    /// one of them (on a busy host its socket can hold a backlog).
     async fn finish_after(self, more: u64) -> u64 {
         let target = self.started.load(Ordering::Acquire) + more;
         eventually("publishes", patience(60), || {
