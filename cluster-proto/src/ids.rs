@@ -1,4 +1,4 @@
-//! Node ids and client ids.
+//! Node ids, client ids and the channel ids nodes give.
 //!
 //! A client id names one WebSocket connection anywhere in the cluster and says
 //! which node owns it, so any node can route to it without a lookup:
@@ -7,6 +7,10 @@
 //! {unix seconds}:{32 lowercase hex}:{node id}
 //! 1730887348:f46d85203c704c099e9f44e948322a20:n1
 //! ```
+//!
+//! A channel id a node gives a connection that did not ask for one has the
+//! same form, so it names its node too ([`channel_owner`]): any node can send
+//! that channel's messages straight to the node it names.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -67,6 +71,17 @@ pub fn valid_client_id(client_id: &str) -> bool {
         && valid_node_id(node)
 }
 
+/// The node a channel id of the client-id form names, or `None` for any
+/// other channel id: a channel id a node gives ([`new_client_id`]'s form)
+/// names the node that gave it.
+pub fn channel_owner(channel: &str) -> Option<&str> {
+    if valid_client_id(channel) {
+        owner_node(channel)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +109,27 @@ mod tests {
         assert!(secs > 1_600_000_000);
         assert_eq!(parts[1].len(), 32);
         assert_ne!(new_client_id("n1"), id, "ids must be unique");
+    }
+
+    #[test]
+    fn only_a_channel_id_of_the_exact_client_id_form_names_a_node() {
+        let id = new_client_id("node-7");
+        assert_eq!(channel_owner(&id), Some("node-7"));
+        assert_eq!(
+            channel_owner("1730887348:f46d85203c704c099e9f44e948322a20:n1"),
+            Some("n1")
+        );
+        for other in [
+            "lobby",
+            "a:b:n1",
+            "1730887348:f46d85203c704c099e9f44e948322a20",
+            "1730887348:F46D85203C704C099E9F44E948322A20:n1",
+            "1730887348:f46d85203c704c099e9f44e948322a2:n1",
+            "1730887348:f46d85203c704c099e9f44e948322a20:n.1",
+            "x1730887348:f46d85203c704c099e9f44e948322a20:n1",
+        ] {
+            assert_eq!(channel_owner(other), None, "{other}");
+        }
     }
 
     #[test]

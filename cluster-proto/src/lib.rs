@@ -134,7 +134,9 @@ pub use envelope::{
     now_micros, Body, Delivery, Envelope, Extra, Kind, NodeInfo, Targets, MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 };
-pub use ids::{new_client_id, owner_node, valid_client_id, valid_node_id, MAX_NODE_ID_LEN};
+pub use ids::{
+    channel_owner, new_client_id, owner_node, valid_client_id, valid_node_id, MAX_NODE_ID_LEN,
+};
 pub use topics::{TopicKind, Topics};
 
 #[cfg(test)]

@@ -84,6 +84,7 @@ pub struct FileConfig {
     pub relay_interest_us: Option<u64>,
     pub relay_interest_routing: Option<bool>,
     pub relay_node_addressing: Option<bool>,
+    pub relay_owned_channels: Option<bool>,
     pub phoenix_heartbeat_timeout_ms: Option<u64>,
     pub phoenix_longpoll_grace_ms: Option<u64>,
     pub idempotency_window_seconds: Option<u64>,
@@ -413,6 +414,10 @@ impl Config {
                         .relay_node_addressing
                         .or(file.relay_node_addressing)
                         .unwrap_or(d.node_addressing),
+                    owned_channels: cli
+                        .relay_owned_channels
+                        .or(file.relay_owned_channels)
+                        .unwrap_or(d.owned_channels),
                 }
             },
             idempotency,

@@ -291,7 +291,7 @@ fn client_frames_never_break_the_session_or_its_replies() {
     let admission = node.admit().expect("admitted");
     let identity = node.identify(None);
     let codec = Native.codec(&node);
-    let home = Some(native::fresh_channel_id());
+    let home = Some(native::fresh_channel_id(node.node_id()));
     let conn = rt.block_on(node.open(admission, identity, codec, home, |_| None));
     let session = RefCell::new(NativeSession::new(node.clone(), conn.clone()));
     let out = RefCell::new(VecDeque::new());

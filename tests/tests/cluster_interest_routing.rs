@@ -44,6 +44,16 @@ async fn fast_nodes(redis: &Redis) -> (Node, Node) {
     two_nodes(&strs(&args)).await
 }
 
+/// Three nodes of `redis` started with [`fast`], that see each other.
+async fn three_fast_nodes(redis: &Redis) -> (Node, Node, Node) {
+    let args = fast(&redis.url());
+    let a = Node::start(&strs(&args)).await;
+    let b = Node::start(&strs(&args)).await;
+    let c = Node::start(&strs(&args)).await;
+    see_each_other(&[&a, &b, &c]).await;
+    (a, b, c)
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -218,11 +228,7 @@ async fn a_member_joining_on_b_while_a_publishes_at_full_rate_gets_everything_af
 async fn a_channel_one_peer_listens_to_goes_to_its_inbox_until_a_second_peer_joins() {
     let _slot = cluster_slot().await;
     let redis = Redis::start().await;
-    let args = fast(&redis.url());
-    let a = Node::start(&strs(&args)).await;
-    let b = Node::start(&strs(&args)).await;
-    let c = Node::start(&strs(&args)).await;
-    see_each_other(&[&a, &b, &c]).await;
+    let (a, b, c) = three_fast_nodes(&redis).await;
     let addressed = "pubmesh_relay_addressed_total";
     let channels = ["pair", "side-1", "side-2"];
     let mut on_b = b.client("").await;
@@ -581,4 +587,111 @@ async fn a_peer_without_interest_routing_keeps_every_publish_on_redis() {
         .await;
     let reply = second.recv_until(|f| f["ref"] == 2).await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
+}
+
+/// Wait until `a` sends more envelopes to a peer's inbox than now.
+async fn addressing(a: &Node) {
+    let before = a.metric("pubmesh_relay_addressed_total").await;
+    eventually("addressing", patience(30), || async {
+        (a.metric("pubmesh_relay_addressed_total").await > before).then_some(())
+    })
+    .await;
+}
+
+/// The Redis channels `redis` has subscribers for.
+async fn redis_channels(redis: &Redis) -> String {
+    redis
+        .cmd(&["PUBSUB", "CHANNELS", "*"])
+        .await
+        .unwrap_or_default()
+}
+
+/// A channel whose id names a node (the form nodes give a connection
+/// without `channel_id`) goes to that node's inbox from every publisher;
+/// the node neither subscribes to it in Redis nor waits for peers before
+/// its connection frame. Members of such a channel on B, joined at connect
+/// time while A publishes at full rate, get everything published after
+/// their connection frame, in order and once; so do a member on C that
+/// joins later and B's member meanwhile (each envelope then reaches both
+/// inboxes, with one sequence number).
+#[tokio::test]
+async fn a_channel_named_for_b_goes_to_bs_inbox_and_stays_out_of_redis() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let (a, b, c) = three_fast_nodes(&redis).await;
+    // A fresh channel of B names B and costs Redis no subscription.
+    let mut own = b.client("").await;
+    let home = own.channel_id();
+    let suffix = format!(":{}", b.node_id);
+    assert!(home.ends_with(&suffix), "{home}");
+    let channels = redis_channels(&redis).await;
+    assert!(
+        channels.contains(&format!("pubmesh.n.{}", b.node_id)),
+        "B's inbox: {channels}"
+    );
+    assert!(!channels.contains(&home), "{channels}");
+    let body = notify(&a, &home, 1).await;
+    assert_eq!(body["relayed"], true, "{body}");
+    assert_eq!(own.recv().await, json!({"n": 1}));
+
+    // A channel named for B, joined at connect time while A publishes.
+    let named = format!("1730887348:{}{suffix}", uuid::Uuid::new_v4().simple());
+    let to = json!({"type": "channel", "channel_ids": [named]});
+    let publisher = Publisher::start_to(&a, to.clone()).await;
+    // A sends to B's inbox though no one listens yet.
+    addressing(&a).await;
+    let query = format!("channel_id={named}");
+    let mut on_b = b.client(&query).await;
+    assert_eq!(on_b.channel_id(), named);
+    let promised = publisher.started.load(Ordering::Acquire);
+    everything_after(&mut on_b, &named, Vec::new(), promised, publisher).await;
+
+    // A member on C joins while A publishes: C's answer promises what it
+    // always does, and B's member keeps getting every message once.
+    let publisher = Publisher::start_to(&a, to).await;
+    let mut on_c = c.client("").await;
+    let total = join_during_publishing(&mut on_c, &named, publisher).await;
+    let mut on_b_got = Vec::new();
+    while on_b_got.len() < total as usize {
+        on_b_got.push(number(&on_b.recv_within(patience(20)).await));
+    }
+    assert_eq!(
+        on_b_got,
+        (0..total).collect::<Vec<u64>>(),
+        "B: a gap or a copy"
+    );
+    on_b.expect_silence(Duration::from_millis(300)).await;
+    let topic = format!("pubmesh.ch.{{{named}}}");
+    let numsub = redis
+        .cmd(&["PUBSUB", "NUMSUB", &topic])
+        .await
+        .unwrap_or_default();
+    // The reply's last line is the count, as RESP (`:1`).
+    assert_eq!(
+        numsub.split_whitespace().last(),
+        Some(":1"),
+        "only C subscribes to {topic}: {numsub}"
+    );
+    // B publishes to its own channel: its member here, C through Redis.
+    notify(&b, &named, 7).await;
+    assert_eq!(on_b.recv().await, json!({"n": 7}));
+    assert_eq!(on_c.recv().await, json!({"n": 7}));
+}
+
+/// With `--relay-owned-channels false` a fresh channel is subscribed in
+/// Redis like any other, and still reaches its member.
+#[tokio::test]
+async fn without_owned_channels_a_fresh_channel_is_subscribed_in_redis() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let mut args = fast(&redis.url());
+    args.extend(["--relay-owned-channels".to_string(), "false".to_string()]);
+    let (a, b) = two_nodes(&strs(&args)).await;
+    let mut own = b.client("").await;
+    let home = own.channel_id();
+    assert!(home.ends_with(&format!(":{}", b.node_id)), "{home}");
+    let channels = redis_channels(&redis).await;
+    assert!(channels.contains(&home), "{channels}");
+    notify(&a, &home, 3).await;
+    assert_eq!(own.recv().await, json!({"n": 3}));
 }

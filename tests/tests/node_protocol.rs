@@ -29,11 +29,22 @@ async fn connection_frame_has_the_jac_cloud_shape() {
         .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     assert_eq!(parts[2], node.node_id);
 
-    // Without channel_id the socket gets a fresh `{secs}:{hex32}` channel.
+    // Without channel_id the socket gets a fresh `{secs}:{hex32}:{node}`
+    // channel: jac-cloud's form, naming the node like a client id.
     let b = node.client("").await;
     let channel = b.channel_id();
-    let (secs, hex) = channel.split_once(':').expect("ts:hex");
-    assert!(secs.parse::<u64>().is_ok() && hex.len() == 32, "{channel}");
+    let parts: Vec<&str> = channel.splitn(3, ':').collect();
+    assert_eq!(parts.len(), 3, "{channel}");
+    assert!(parts[0].parse::<u64>().is_ok(), "{channel}");
+    assert_eq!(parts[1].len(), 32, "{channel}");
+    assert!(parts[1]
+        .bytes()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert_eq!(parts[2], node.node_id, "{channel}");
+    assert_ne!(
+        parts[1],
+        &client_id[client_id.find(':').unwrap() + 1..][..32]
+    );
 
     // `connection` repeats the frame, echoing ref.
     a.send(json!({"type": "connection", "ref": 9})).await;

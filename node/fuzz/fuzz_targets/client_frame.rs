@@ -58,7 +58,7 @@ fn state() -> &'static State {
         let admission = node.admit().expect("admitted");
         let identity = node.identify(None);
         let codec = Native.codec(&node);
-        let home = Some(native::fresh_channel_id());
+        let home = Some(native::fresh_channel_id(node.node_id()));
         let conn = rt.block_on(node.open(admission, identity, codec, home, |_| None));
         let session = Mutex::new(NativeSession::new(node, conn.clone()));
         State { rt, conn, session }

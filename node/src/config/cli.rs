@@ -149,6 +149,10 @@ pub struct Cli {
     #[arg(long, env = env::RELAY_NODE_ADDRESSING, num_args = 0..=1, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub relay_node_addressing: Option<bool>,
+    /// On one Redis server (not a cluster), send the messages of a channel whose id names a node (`{unix seconds}:{32 hex}:{node id}`, the form a node gives a connection without `channel_id`) to that node's inbox, and do not subscribe to this node's own such channels in Redis: a fresh channel costs Redis and the peers nothing (false: such channels are like any other; set it on every node of a rolling upgrade from a build without it) [default: true]
+    #[arg(long, env = env::RELAY_OWNED_CHANNELS, num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub relay_owned_channels: Option<bool>,
     #[command(flatten)]
     pub frontends: frontends::FrontendFlags,
     #[command(flatten)]

@@ -41,5 +41,6 @@ pub const RELAY_BATCH_US: &str = "PUBMESH_RELAY_BATCH_US";
 pub const RELAY_INTEREST_US: &str = "PUBMESH_RELAY_INTEREST_US";
 pub const RELAY_INTEREST_ROUTING: &str = "PUBMESH_RELAY_INTEREST_ROUTING";
 pub const RELAY_NODE_ADDRESSING: &str = "PUBMESH_RELAY_NODE_ADDRESSING";
+pub const RELAY_OWNED_CHANNELS: &str = "PUBMESH_RELAY_OWNED_CHANNELS";
 pub use super::addresses::env::*;
 pub use super::connections::env::*;

@@ -32,6 +32,11 @@ pub struct RelayLimits {
     /// to that peer's inbox, batched with the others for it
     /// (`--relay-node-addressing`).
     pub node_addressing: bool,
+    /// On one Redis server (not a cluster), send the messages of a channel
+    /// whose id names a node (the form nodes give) to that node's inbox, and
+    /// do not subscribe to this node's own such channels in Redis
+    /// (`--relay-owned-channels`).
+    pub owned_channels: bool,
 }
 
 impl Default for RelayLimits {
@@ -48,6 +53,7 @@ impl Default for RelayLimits {
             interest_wait: Duration::from_millis(1),
             interest_routing: true,
             node_addressing: true,
+            owned_channels: true,
         }
     }
 }

@@ -143,3 +143,30 @@ fn connection_deadlines_default_resolve_and_turn_off() {
         Cli::try_parse_from(["pubmesh", "--pong-timeout-seconds", "99999999999"]).expect("parses");
     assert!(Config::resolve(cli, FileConfig::default()).is_err());
 }
+
+#[test]
+fn channels_named_for_their_node_go_to_its_inbox_unless_turned_off() {
+    let d = Config::resolve(Cli::default(), FileConfig::default()).expect("valid");
+    assert!(d.relay.owned_channels);
+    let cli = Cli::try_parse_from(["pubmesh", "--relay-owned-channels", "false"]).expect("parses");
+    assert!(
+        !Config::resolve(cli, FileConfig::default())
+            .expect("valid")
+            .relay
+            .owned_channels
+    );
+    let file = || toml::from_str::<FileConfig>("relay_owned_channels = false\n").expect("toml");
+    assert!(
+        !Config::resolve(Cli::default(), file())
+            .expect("valid")
+            .relay
+            .owned_channels
+    );
+    let cli = Cli::try_parse_from(["pubmesh", "--relay-owned-channels"]).expect("parses");
+    assert!(
+        Config::resolve(cli, file())
+            .expect("valid")
+            .relay
+            .owned_channels
+    );
+}

@@ -145,6 +145,10 @@ impl RedisRelay {
                     && config.relay.node_addressing
                     && servers.len() == 1
                     && !config.redis_cluster,
+                owns_channels: config.relay.owned_channels
+                    && servers.len() == 1
+                    && !config.redis_cluster,
+                namespaces: config.namespaces.clone(),
                 metrics,
                 servers,
                 // Start above anything an earlier run of this node id sent,
@@ -287,11 +291,17 @@ impl Relay for RedisRelay {
                 }
                 pending.insert(key, wanted);
             };
+            // This node's channels that name it need no subscription
+            // (publishers send them to its inbox).
             for c in &change.channels_added {
-                wish(c, true, true);
+                if !inner.stays_off_redis(c) {
+                    wish(c, true, true);
+                }
             }
             for c in &change.channels_removed {
-                wish(c, true, false);
+                if !inner.stays_off_redis(c) {
+                    wish(c, true, false);
+                }
             }
             for u in &change.users_added {
                 wish(u, false, true);
@@ -311,8 +321,12 @@ impl Relay for RedisRelay {
     ) -> BoxFuture<'a, Result<(), RelayError>> {
         let inner = &self.inner;
         // Each topic with the server that holds it.
+        // A channel that names this node waits for nothing: its inbox has
+        // been subscribed since the node started, and every publisher sends
+        // the channel's envelopes there.
         let keys: Vec<(usize, String)> = channels
             .iter()
+            .filter(|c| !inner.stays_off_redis(c))
             .map(|c| (inner.server_for(c), inner.topics.channel(c)))
             .chain(
                 users
@@ -320,6 +334,9 @@ impl Relay for RedisRelay {
                     .map(|u| (inner.server_for(u), inner.topics.user(u))),
             )
             .collect();
+        if keys.is_empty() {
+            return Box::pin(async { Ok(()) });
+        }
         // The latest change asking for one of these topics, if it is not
         // in place yet (its entry goes once it is).
         let ticket = {

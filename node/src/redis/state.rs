@@ -24,6 +24,7 @@ use crate::config::RelayLimits;
 use crate::delivery::{Delivery, Target};
 use crate::hashing::{HashMap, HashSet};
 use crate::metrics::Metrics;
+use crate::policy::Namespaces;
 use crate::relay::{NodeView, Relayed};
 
 /// How long a topic stays subscribed after its last local member left.
@@ -90,6 +91,13 @@ pub(super) struct Inner {
     /// goes to that peer's inbox ([`super::routing::Route::Peer`]): with
     /// `--relay-node-addressing` on one Redis server that is not a cluster.
     pub(super) addresses_peers: bool,
+    /// Whether a channel whose id names a node goes to that node's inbox,
+    /// and this node's own such channels stay out of Redis
+    /// (`--relay-owned-channels` on one Redis server that is not a cluster;
+    /// see [`Inner::owner_inbox`]).
+    pub(super) owns_channels: bool,
+    /// The namespaces, for the history channels the rule above leaves out.
+    pub(super) namespaces: Namespaces,
     pub(super) metrics: Arc<Metrics>,
     pub(super) servers: Vec<Server>,
     pub(super) seq: AtomicU64,
@@ -127,6 +135,29 @@ pub(super) fn unix_now() -> u64 {
 }
 
 impl Inner {
+    /// The node whose inbox every envelope of `channel` goes to, when the
+    /// channel's id names a node (the form nodes give a connection without
+    /// `channel_id`) and that node is not this one. That node never
+    /// subscribes to such a channel's topic nor announces it to peers
+    /// ([`Inner::stays_off_redis`]): the channel's id tells every publisher
+    /// where its members are.
+    pub(super) fn owner_inbox<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        if !self.owns_channels {
+            return None;
+        }
+        proto::channel_owner(channel).filter(|owner| *owner != self.node_id)
+    }
+
+    /// Whether this node's channel `channel` needs no Redis subscription:
+    /// its id names this node, so publishers anywhere send its envelopes to
+    /// this node's inbox ([`Inner::owner_inbox`]). A history channel is
+    /// subscribed as any other: the append script publishes to its topic.
+    pub(super) fn stays_off_redis(&self, channel: &str) -> bool {
+        self.owns_channels
+            && proto::channel_owner(channel) == Some(self.node_id.as_str())
+            && (self.namespaces.is_plain() || !self.namespaces.options(channel).history())
+    }
+
     /// A fresh even sequence number (odd ones mark multi-channel publishes).
     pub(super) fn next_seq(&self) -> u64 {
         self.seq.fetch_add(2, Ordering::Relaxed)
@@ -191,14 +222,17 @@ impl Inner {
         const ALL: &Targets = &Targets::All;
         let mut by_node: Vec<(&str, Targets)> = Vec::new();
         // (server, Redis channel, order key when not the Redis channel's
-        // own, targets) of every envelope.
-        let mut parts: Vec<(usize, String, Option<u64>, TargetsRef<'_>)> = Vec::new();
+        // own, targets, whether it is the envelope of the part before sent
+        // to another Redis channel) of every envelope.
+        let mut parts: Vec<(usize, String, Option<u64>, TargetsRef<'_>, bool)> = Vec::new();
         let mut group = false;
         match target {
             Target::Channels(names) | Target::Users(names) => {
                 let channels = matches!(target, Target::Channels(_));
                 // Most publishes name one channel: no set to build for it
                 // (an empty set does not allocate).
+                // Names that got at least one envelope.
+                let mut named = 0;
                 let mut seen = match names.len() {
                     1 => HashSet::default(),
                     n => crate::hashing::set_with_capacity(n),
@@ -213,22 +247,44 @@ impl Inner {
                         (self.topics.user(name), Targets::TAG_USERS)
                     };
                     let targets = TargetsRef::One(tag, name.as_str());
+                    // A channel whose id names another node: that node's
+                    // inbox gets it whatever the views say (the node never
+                    // announces it), with the same sequence number as the
+                    // envelope for the other peers, so a node that gets both
+                    // delivers one.
+                    let owner = match channels {
+                        true => self.owner_inbox(name).map(|o| self.topics.node(o)),
+                        false => None,
+                    };
+                    let order = stream_key(&topic);
+                    let before = parts.len();
                     match self.route(&topic) {
-                        Route::Topic => parts.push((self.server_for(name), topic, None, targets)),
+                        Route::Topic => {
+                            parts.push((self.server_for(name), topic, None, targets, false))
+                        }
                         // No peer listens to it (see `super::views`).
-                        Route::Skip => self.metrics.relay_skipped.inc(),
+                        Route::Skip if owner.is_none() => self.metrics.relay_skipped.inc(),
+                        Route::Skip => {}
                         // One peer listens: its inbox, in the topic's order (and
                         // so on its lane, which keeps a topic's envelopes in
                         // order whichever Redis channel carries them).
-                        Route::Peer(inbox) => {
+                        Route::Peer(inbox) if owner.as_ref() != Some(&inbox) => {
                             self.metrics.relay_addressed.inc();
-                            parts.push((0, inbox, Some(stream_key(&topic)), targets));
+                            parts.push((0, inbox, Some(order), targets, false));
                         }
+                        Route::Peer(_) => {}
+                    }
+                    if let Some(inbox) = owner {
+                        self.metrics.relay_addressed.inc();
+                        parts.push((0, inbox, Some(order), targets, parts.len() > before));
+                    }
+                    if parts.len() > before {
+                        named += 1;
                     }
                 }
                 // A connection may be in several of the channels (never in
                 // several users): mark the envelopes as one publish.
-                group = channels && parts.len() > 1;
+                group = channels && named > 1;
             }
             Target::Clients(ids) => {
                 let mut owners: HashMap<&str, Vec<String>> = HashMap::default();
@@ -246,7 +302,7 @@ impl Inner {
                     .map(|(owner, ids)| (owner, Targets::Clients(ids)))
                     .collect();
             }
-            Target::All => parts.push((0, self.topics.all(), None, TargetsRef::Whole(ALL))),
+            Target::All => parts.push((0, self.topics.all(), None, TargetsRef::Whole(ALL), false)),
         }
         for (owner, targets) in &by_node {
             parts.push((
@@ -254,6 +310,7 @@ impl Inner {
                 self.topics.node(owner),
                 None,
                 TargetsRef::Whole(targets),
+                false,
             ));
         }
         if parts.is_empty() {
@@ -264,8 +321,11 @@ impl Inner {
         {
             let _order = self.ordering.lock();
             let shared = group.then(|| self.next_seq() + 1);
-            for (server, topic, order, targets) in parts {
-                let seq = shared.unwrap_or_else(|| self.next_seq());
+            let mut seq = 0;
+            for (server, topic, order, targets, again) in parts {
+                if !again {
+                    seq = shared.unwrap_or_else(|| self.next_seq());
+                }
                 let payload = proto::encode_deliver(&self.node_id, seq, targets, frame, &extra);
                 let mut item = self.outgoing(topic, payload, Some(&ack));
                 if let Some(stream) = order {

@@ -56,13 +56,14 @@ pub struct ConnectParams {
     pub token: Option<String>,
 }
 
-/// A fresh jac-cloud style id: `{unix seconds}:{32 hex}`.
-pub fn fresh_channel_id() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!("{secs}:{}", uuid::Uuid::new_v4().simple())
+/// A fresh channel id for a connection that did not ask for one:
+/// jac-cloud's `{unix seconds}:{32 hex}` followed by `:{node id}`, the form
+/// of a client id, so that it names this node
+/// ([`pubmesh_cluster_proto::channel_owner`]) and peers send its messages
+/// straight to this node's inbox (docs/cluster.md, "Channels named for
+/// their node").
+pub fn fresh_channel_id(node_id: &str) -> String {
+    pubmesh_cluster_proto::new_client_id(node_id)
 }
 
 /// `GET /websocket`: admit, check, upgrade and run a native session.
@@ -96,7 +97,7 @@ async fn websocket(
                 return HttpError::bad_request(format!("channel_id: {message}")).into_response()
             }
         },
-        None => fresh_channel_id(),
+        None => fresh_channel_id(node.node_id()),
     };
     if let Err(e) = node.may_subscribe_as(&identity, &home) {
         return HttpError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()).into_response();
