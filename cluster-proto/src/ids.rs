@@ -38,7 +38,11 @@ pub fn new_client_id(node_id: &str) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    format!("{secs}:{}:{node_id}", uuid::Uuid::new_v4().simple())
+    // A version 4 UUID from the thread's generator (ChaCha, seeded from the
+    // OS), not `Uuid::new_v4`, which asks the kernel for every id: a
+    // connection takes two (its client id and its fresh channel).
+    let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    format!("{secs}:{}:{node_id}", uuid.simple())
 }
 
 /// The node that owns `client_id`: everything after the second `:`.
@@ -108,6 +112,8 @@ mod tests {
         let secs: u64 = parts[0].parse().unwrap();
         assert!(secs > 1_600_000_000);
         assert_eq!(parts[1].len(), 32);
+        let uuid = uuid::Uuid::parse_str(parts[1]).expect("a UUID");
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
         assert_ne!(new_client_id("n1"), id, "ids must be unique");
     }
 

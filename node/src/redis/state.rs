@@ -134,6 +134,10 @@ pub(super) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The shortest channel id that can name a node: `{1 digit}:{32 hex}:{1
+/// character}`.
+const MIN_OWNED_LEN: usize = 1 + 1 + 32 + 1 + 1;
+
 impl Inner {
     /// The node whose inbox every envelope of `channel` goes to, when the
     /// channel's id names a node (the form nodes give a connection without
@@ -142,7 +146,8 @@ impl Inner {
     /// ([`Inner::stays_off_redis`]): the channel's id tells every publisher
     /// where its members are.
     pub(super) fn owner_inbox<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        if !self.owns_channels {
+        // A node id is at least one character after the id's second `:`.
+        if !self.owns_channels || channel.len() < MIN_OWNED_LEN {
             return None;
         }
         proto::channel_owner(channel).filter(|owner| *owner != self.node_id)
@@ -154,6 +159,9 @@ impl Inner {
     /// subscribed as any other: the append script publishes to its topic.
     pub(super) fn stays_off_redis(&self, channel: &str) -> bool {
         self.owns_channels
+            // The cheap test first: most channels do not end in this
+            // node's id.
+            && channel.ends_with(self.node_id.as_str())
             && proto::channel_owner(channel) == Some(self.node_id.as_str())
             && (self.namespaces.is_plain() || !self.namespaces.options(channel).history())
     }
