@@ -218,6 +218,16 @@ impl Decoded<'_> {
     }
 }
 
+/// The origin of an envelope of any kind, read from its head without
+/// decoding the rest; `None` when the head is not well formed (then
+/// [`decode_ref`] refuses the whole envelope too).
+pub fn peek_origin(input: &[u8]) -> Option<&str> {
+    peek_kind(input).ok()?;
+    Reader(&input[HEADER_LEN..])
+        .head()
+        .map(|(origin, ..)| origin)
+}
+
 /// Decodes one envelope, consuming all of `input`, like [`decode`] (same
 /// inputs accepted, same errors), with deliveries and batches of them
 /// borrowed from `input`.

@@ -124,7 +124,7 @@ mod envelope;
 mod ids;
 mod topics;
 
-pub use borrowed::{decode_ref, Decoded, DeliverRef, Names, TargetsView};
+pub use borrowed::{decode_ref, peek_origin, Decoded, DeliverRef, Names, TargetsView};
 pub use codec::{
     batch_overhead, decode, encode, encode_batch, encode_deliver, encode_publication_head,
     peek_kind, DecodeError, ExtraRef, TargetsRef, BATCH_ITEM_OVERHEAD, HEADER_LEN, MAGIC,

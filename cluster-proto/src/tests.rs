@@ -1085,3 +1085,27 @@ fn decode_ref_accepts_and_refuses_what_decode_does() {
         "{ok} decoded, {refused} refused"
     );
 }
+
+#[test]
+fn the_origin_of_every_kind_is_read_from_its_head() {
+    for (name, envelope, _) in golden() {
+        let bytes = encode(&envelope);
+        assert_eq!(
+            peek_origin(&bytes),
+            Some(envelope.origin.as_str()),
+            "{name}"
+        );
+    }
+    let leaving = Envelope::new(
+        "n1",
+        8,
+        Body::Leaving {
+            node_id: "n1".into(),
+        },
+    );
+    let batch = encode(&Envelope::new("n1", 9, Body::Batch(vec![leaving])));
+    assert_eq!(peek_origin(&batch), Some("n1"));
+    let bytes = encode(&golden()[0].1);
+    assert_eq!(peek_origin(&bytes[..HEADER_LEN]), None, "no head");
+    assert_eq!(peek_origin(b"xx"), None);
+}

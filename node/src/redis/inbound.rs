@@ -21,6 +21,15 @@ impl Inner {
         if self.node.get().is_none() {
             return;
         }
+        // This node hears its own control envelopes (announcements,
+        // acknowledgements, heartbeats) back on `{p}.ctl`, where it acts on
+        // none of them: drop them before decoding their topic lists.
+        if server == 0
+            && proto::peek_origin(payload) == Some(self.node_id.as_str())
+            && matches!(self.topics.parse(topic), Some(proto::TopicKind::Control))
+        {
+            return;
+        }
         // Deliveries (alone or batched) are read in place: their names,
         // frame and extra part are borrowed from `payload`.
         match proto::decode_ref(payload) {
