@@ -320,10 +320,10 @@ impl Relay for RedisRelay {
         users: &'a [String],
     ) -> BoxFuture<'a, Result<(), RelayError>> {
         let inner = &self.inner;
-        // Each topic with the server that holds it.
-        // A channel that names this node waits for nothing: its inbox has
-        // been subscribed since the node started, and every publisher sends
-        // the channel's envelopes there.
+        // Each topic with the server that holds it. A channel that names
+        // this node waits for nothing: its inbox has been subscribed since
+        // the node started, and every publisher sends the channel's
+        // envelopes there.
         let keys: Vec<(usize, String)> = channels
             .iter()
             .filter(|c| !inner.stays_off_redis(c))

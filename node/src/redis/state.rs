@@ -264,9 +264,12 @@ impl Inner {
                         true => self.owner_inbox(name).map(|o| self.topics.node(o)),
                         false => None,
                     };
-                    let order = stream_key(&topic);
+                    let route = self.route(&topic);
+                    // The topic's order key, for an envelope sent to an inbox.
+                    let order = (owner.is_some() || matches!(route, Route::Peer(_)))
+                        .then(|| stream_key(&topic));
                     let before = parts.len();
-                    match self.route(&topic) {
+                    match route {
                         Route::Topic => {
                             parts.push((self.server_for(name), topic, None, targets, false))
                         }
@@ -278,13 +281,13 @@ impl Inner {
                         // order whichever Redis channel carries them).
                         Route::Peer(inbox) if owner.as_ref() != Some(&inbox) => {
                             self.metrics.relay_addressed.inc();
-                            parts.push((0, inbox, Some(order), targets, false));
+                            parts.push((0, inbox, order, targets, false));
                         }
                         Route::Peer(_) => {}
                     }
                     if let Some(inbox) = owner {
                         self.metrics.relay_addressed.inc();
-                        parts.push((0, inbox, Some(order), targets, parts.len() > before));
+                        parts.push((0, inbox, order, targets, parts.len() > before));
                     }
                     if parts.len() > before {
                         named += 1;
