@@ -23,10 +23,11 @@ impl Inner {
         }
         // This node hears its own control envelopes (announcements,
         // acknowledgements, heartbeats) back on `{p}.ctl`, where it acts on
-        // none of them: drop them before decoding their topic lists.
+        // none of them: drop them before decoding their topic lists. The
+        // topic is looked at first, so a delivery's head is read only once.
         if server == 0
-            && proto::peek_origin(payload) == Some(self.node_id.as_str())
             && matches!(self.topics.parse(topic), Some(proto::TopicKind::Control))
+            && proto::peek_origin(payload) == Some(self.node_id.as_str())
         {
             return;
         }
