@@ -187,7 +187,7 @@ pub async fn run_with_admin(
         tokio::spawn(node::expire_tokens(node.clone(), Duration::from_secs(1)));
     }
     let conns = node.config.connections;
-    let bounds = |label, permits, addresses| transport::listener::Bounds {
+    let bounds = |label, permits, addresses, direct| transport::listener::Bounds {
         label,
         permits,
         addresses,
@@ -196,6 +196,7 @@ pub async fn run_with_admin(
         // Sent data unacknowledged for as long as a ping may go unanswered
         // means a dead peer, on any transport (SSE has no pongs).
         user_timeout: conns.liveness.map(|l| l.bound()),
+        direct,
     };
     let app = match admin {
         Some(admin) => {
@@ -205,6 +206,7 @@ pub async fn run_with_admin(
                 Some(Arc::new(tokio::sync::Semaphore::new(
                     conns.max_admin_connections,
                 ))),
+                None,
                 None,
             );
             let metrics = node.metrics.clone();
@@ -231,6 +233,7 @@ pub async fn run_with_admin(
                 node.config.addresses.clone(),
                 node.metrics.clone(),
             )),
+            Some(frontend::native::direct(node.clone())),
         ),
         node.metrics.clone(),
         async move {

@@ -20,7 +20,6 @@ pub mod socketio;
 
 use std::sync::Arc;
 
-use axum::extract::Request;
 use axum::Router;
 use http::StatusCode;
 
@@ -47,9 +46,9 @@ pub trait Frontend: Send + Sync + 'static {
 /// Admit a WebSocket upgrade request: the node's drain and capacity checks
 /// (a socket the listener counted already holds its permit) and the
 /// handshake headers. An `Err` is the HTTP error to answer instead.
-pub(crate) fn admit_upgrade(
+pub(crate) fn admit_upgrade<B>(
     node: &Node,
-    request: &Request,
+    request: &http::Request<B>,
 ) -> Result<(Admission, http::Response<()>), HttpError> {
     let holds_permit = request
         .extensions()

@@ -40,7 +40,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use super::direct::{read_head, reply_head, Direct, Head, Prefaced, Taken};
 use crate::address::{AddressBudget, Addresses, Admit};
+use crate::http_error::HttpError;
 use crate::metrics::Metrics;
 
 /// How one listener accepts and bounds its connections.
@@ -58,6 +60,9 @@ pub struct Bounds {
     pub tcp_keepalive: Option<Duration>,
     /// `TCP_USER_TIMEOUT` (`None`: the kernel's default).
     pub user_timeout: Option<Duration>,
+    /// Upgrades answered without the HTTP stack (see [`super::direct`]);
+    /// `None`: every request goes to hyper.
+    pub direct: Option<Direct<Held>>,
 }
 
 /// Put in every request's extensions: what the listener decided about the
@@ -143,6 +148,7 @@ impl Listener {
                 Ok(Ok(permit)) => listener.start(tcp, Some(permit), address),
                 _ => {
                     listener.refused();
+                    let _ = tcp.set_nodelay(true);
                     refuse(tcp, Refusal::capacity(listener.bounds.label)).await;
                 }
             }
@@ -162,6 +168,7 @@ impl Listener {
         };
         let refusal = Refusal::address_rate(self.bounds.addresses.as_deref(), wait);
         tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
             refuse(tcp, refusal).await;
             drop(slot);
         });
@@ -236,8 +243,86 @@ pub async fn serve(
     open_tx.closed().await;
 }
 
-/// One HTTP connection, until it ends or is upgraded.
-async fn connection(io: Held, accepted: Accepted, listener: Listener) {
+/// One connection: its first request taken by the listener's direct
+/// handler, or HTTP until it ends or is upgraded.
+async fn connection(mut io: Held, accepted: Accepted, mut listener: Listener) {
+    let gauge = listener.open_gauge.clone();
+    gauge.inc();
+    let mut read = Vec::new();
+    if let Some(direct) = listener.bounds.direct.clone() {
+        let head = tokio::select! {
+            head = tokio::time::timeout(listener.bounds.header_timeout, read_head(&mut io)) => head,
+            _ = async { drop(listener.stop.wait_for(|stop| *stop).await) } => return gauge.dec(),
+        };
+        match head {
+            Err(_) => {
+                gauge.dec();
+                return listener
+                    .metrics
+                    .http_timeouts
+                    .with_label_values(&["header"])
+                    .inc();
+            }
+            Ok(Head::Gone) => return gauge.dec(),
+            Ok(Head::Other(bytes)) => read = bytes,
+            Ok(Head::Request(mut request, bytes, len)) => {
+                request.extensions_mut().insert(accepted.clone());
+                let taken = direct(&request);
+                drop(request);
+                match taken {
+                    None => read = bytes,
+                    Some(taken) => {
+                        // The socket outlives the listener's wait for its
+                        // HTTP connections, as an upgraded one does.
+                        drop(listener);
+                        gauge.dec();
+                        // A task of its own, sized for the socket alone (this
+                        // one is sized for reading a head, and for hyper).
+                        tokio::spawn(taken_over(io, bytes, len, taken));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    serve_http(Prefaced::new(io, read, Vec::new()), accepted, listener).await;
+    gauge.dec();
+}
+
+/// A request a direct handler answered: run the socket, or refuse it.
+fn taken_over(
+    io: Held,
+    mut read: Vec<u8>,
+    head: usize,
+    taken: Result<Taken<Held>, HttpError>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    match taken {
+        Ok(Taken { reply, run }) => {
+            let rest = if head == read.len() {
+                Vec::new()
+            } else {
+                read.split_off(head)
+            };
+            drop(read);
+            run(Prefaced::new(io, rest, reply_head(&reply)))
+        }
+        Err(e) => {
+            let refusal = Refusal {
+                status: format!(
+                    "{} {}",
+                    e.status.as_str(),
+                    e.status.canonical_reason().unwrap_or("")
+                ),
+                headers: String::new(),
+                body: crate::http_error::body(&e.message, e.code),
+            };
+            Box::pin(refuse(io, refusal))
+        }
+    }
+}
+
+/// HTTP on one connection, until it ends or is upgraded.
+async fn serve_http(io: Prefaced<Held>, accepted: Accepted, listener: Listener) {
     let Listener {
         router,
         bounds,
@@ -245,9 +330,8 @@ async fn connection(io: Held, accepted: Accepted, listener: Listener) {
         mut stop,
         open: _open,
         inherits: _,
-        open_gauge: gauge,
+        open_gauge: _,
     } = listener;
-    gauge.inc();
     let service = TowerToHyperService::new(router);
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(accepted.clone());
@@ -266,7 +350,6 @@ async fn connection(io: Held, accepted: Accepted, listener: Listener) {
             conn.await
         }
     };
-    gauge.dec();
     if let Err(e) = result {
         if e.is_timeout() {
             metrics.http_timeouts.with_label_values(&["header"]).inc();
@@ -278,7 +361,7 @@ async fn connection(io: Held, accepted: Accepted, listener: Listener) {
 /// An answer given before any HTTP is read: status line, extra headers,
 /// JSON body.
 struct Refusal {
-    status: &'static str,
+    status: String,
     headers: String,
     body: String,
 }
@@ -293,7 +376,7 @@ impl Refusal {
             "the node holds its maximum of connections (--max-connections)"
         };
         Refusal {
-            status: "503 Service Unavailable",
+            status: "503 Service Unavailable".into(),
             headers: String::new(),
             body: crate::http_error::body(message, "capacity"),
         }
@@ -310,7 +393,7 @@ impl Refusal {
             wait.as_secs_f64()
         );
         Refusal {
-            status: "429 Too Many Requests",
+            status: "429 Too Many Requests".into(),
             headers: format!(
                 "retry-after: {}\r\n",
                 wait.as_secs_f64().ceil().max(1.0) as u64
@@ -323,7 +406,7 @@ impl Refusal {
 /// Answer a connection with `refusal`, then close. What the client sent is
 /// read (and dropped) for a moment so the close does not reset the
 /// connection before the client reads the reply.
-async fn refuse(mut tcp: TcpStream, refusal: Refusal) {
+async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(mut tcp: T, refusal: Refusal) {
     let Refusal {
         status,
         headers,
@@ -334,7 +417,6 @@ async fn refuse(mut tcp: TcpStream, refusal: Refusal) {
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = tcp.set_nodelay(true);
     let said = async {
         tcp.write_all(reply.as_bytes()).await?;
         tcp.shutdown().await
@@ -475,7 +557,7 @@ fn keepalive_interval(idle: Duration) -> Duration {
 }
 
 /// An accepted socket and the permit it holds until it is dropped.
-struct Held {
+pub struct Held {
     tcp: TcpStream,
     _permit: Option<OwnedSemaphorePermit>,
 }

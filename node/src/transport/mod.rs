@@ -9,16 +9,19 @@
 //! ([`race`]: a delivery wakes the writer, not the frame reader). When one
 //! ends, all are dropped, the socket closes and the session's `on_close`
 //! runs. [`listener`] accepts connections and serves HTTP within bounds;
+//! [`direct`] answers a native upgrade without the HTTP stack;
 //! [`upgrade`] does the HTTP upgrade; [`sse`] drains the same outbox into a
 //! streaming HTTP response (Server-Sent Events) or a long-poll reply.
 
+pub mod direct;
 pub mod listener;
 pub mod liveness;
 mod race;
 pub mod sse;
 pub mod upgrade;
 
-pub use listener::Accepted;
+pub use direct::{Direct, DirectRun, Prefaced, Taken};
+pub use listener::{Accepted, Held};
 pub use upgrade::{accept, socket_config, upgraded, Socket, UpgradeError};
 
 use std::collections::VecDeque;

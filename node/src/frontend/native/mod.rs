@@ -11,13 +11,18 @@ pub mod parse;
 pub mod session;
 
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures_util::SinkExt;
 use http::{header, StatusCode};
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 
 use self::codec::{connection_frame, NativeCodec};
 use self::parse::MAX_ID_LEN;
@@ -66,17 +71,22 @@ pub fn fresh_channel_id(node_id: &str) -> String {
     pubmesh_cluster_proto::new_client_id(node_id)
 }
 
-/// `GET /websocket`: admit, check, upgrade and run a native session.
-async fn websocket(
-    State(node): State<Arc<Node>>,
-    Query(params): Query<ConnectParams>,
-    mut request: Request,
-    codec: Arc<dyn Codec>,
-) -> Response {
-    let (admission, reply) = match super::admit_upgrade(&node, &request) {
-        Ok(admitted) => admitted,
-        Err(e) => return e.into_response(),
-    };
+/// An upgrade request to `/websocket` that passed every check, and its
+/// `101`.
+struct Checked {
+    admission: crate::node::Admission,
+    identity: crate::conn::Identity,
+    home: String,
+    address: Option<crate::address::AddressBudget>,
+}
+
+/// Admit and check an upgrade request to `/websocket`.
+fn check<B>(
+    node: &Node,
+    params: &ConnectParams,
+    request: &http::Request<B>,
+) -> Result<(Checked, http::Response<()>), HttpError> {
+    let (admission, reply) = super::admit_upgrade(node, request)?;
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -86,38 +96,121 @@ async fn websocket(
     let identity = node.identify(token.as_deref());
     let home = match &params.channel_id {
         Some(c) if c.is_empty() || c.len() > MAX_ID_LEN => {
-            return HttpError::bad_request(format!(
+            return Err(HttpError::bad_request(format!(
                 "channel_id must be 1 to {MAX_ID_LEN} bytes long"
-            ))
-            .into_response()
+            )))
         }
         Some(c) => match crate::limits::channel_name(c) {
             Ok(()) => c.clone(),
-            Err(message) => {
-                return HttpError::bad_request(format!("channel_id: {message}")).into_response()
-            }
+            Err(message) => return Err(HttpError::bad_request(format!("channel_id: {message}"))),
         },
         None => fresh_channel_id(node.node_id()),
     };
     if let Err(e) = node.may_subscribe_as(&identity, &home) {
-        return HttpError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()).into_response();
+        return Err(HttpError::new(
+            StatusCode::FORBIDDEN,
+            e.code(),
+            e.to_string(),
+        ));
     }
-    let address = transport::Accepted::address_of(&request);
+    let checked = Checked {
+        admission,
+        identity,
+        home,
+        address: transport::Accepted::address_of(request),
+    };
+    Ok((checked, reply))
+}
+
+/// `GET /websocket` through hyper: admit, check, upgrade and run a native
+/// session. (A request the client listener reads whole takes [`direct`]
+/// instead.)
+async fn websocket(
+    State(node): State<Arc<Node>>,
+    Query(params): Query<ConnectParams>,
+    mut request: Request,
+    codec: Arc<dyn Codec>,
+) -> Response {
+    let (checked, reply) = match check(&node, &params, &request) {
+        Ok(checked) => checked,
+        Err(e) => return e.into_response(),
+    };
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         let max = node.config.max_message_size;
-        let Some(socket) = super::upgraded(&node, on_upgrade, max).await else {
+        let Some(mut socket) = super::upgraded(&node, on_upgrade, max).await else {
             return;
         };
-        let node_id = node.node_id().to_string();
-        let conn = node
-            .open(admission, identity, codec, Some(home), |conn| {
-                Some(conn.with_info(|info| connection_frame(&node_id, info, None)))
-            })
-            .await;
-        let settings = super::socket_settings(&node, address);
+        let (conn, settings) = open(&node, codec, checked, &mut socket).await;
         let session = NativeSession::new(node.clone(), conn.clone());
         transport::run(socket, &conn.outbox, session, settings).await;
     });
     reply.map(|()| axum::body::Body::empty())
+}
+
+/// The client listener's direct handler (see [`transport::direct`]): an
+/// upgrade to `/websocket` whose query parses is checked and answered
+/// here, its `101` sent with the connection frame; anything else is left
+/// to the router.
+pub fn direct(node: Arc<Node>) -> transport::Direct<transport::Held> {
+    let codec = Native.codec(&node);
+    Arc::new(move |request| {
+        if request.uri().path() != "/websocket" || !request.headers().contains_key(header::UPGRADE)
+        {
+            return None;
+        }
+        // A query the router's extractor refuses gets the router's answer.
+        let Query(params) = Query::<ConnectParams>::try_from_uri(request.uri()).ok()?;
+        let (checked, reply) = match check(&node, &params, request) {
+            Ok(checked) => checked,
+            Err(e) => return Some(Err(e)),
+        };
+        let (node, codec) = (node.clone(), codec.clone());
+        let run: transport::DirectRun<transport::Held> = Box::new(move |io| {
+            Box::pin(async move {
+                let config = transport::socket_config(node.config.max_message_size);
+                let mut socket =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                let (conn, settings) = open(&node, codec, checked, &mut socket).await;
+                let session = NativeSession::new(node.clone(), conn.clone());
+                transport::run(socket, &conn.outbox, session, settings).await;
+            })
+        });
+        Some(Ok(transport::Taken { reply, run }))
+    })
+}
+
+/// Open the connection of a checked upgrade on `socket`. A `101` still held
+/// in front of the socket's first write leaves with the connection frame,
+/// unless opening waits (a join to the cluster): then it is sent first.
+/// (The socket is borrowed, and the session run by the caller: an idle
+/// connection's task then holds the socket once, not once per layer.)
+async fn open<T>(
+    node: &Arc<Node>,
+    codec: Arc<dyn Codec>,
+    checked: Checked,
+    socket: &mut WebSocketStream<T>,
+) -> (Arc<crate::conn::Conn>, transport::Settings)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Checked {
+        admission,
+        identity,
+        home,
+        address,
+    } = checked;
+    let node_id = node.node_id();
+    let open = node.open(admission, identity, codec, Some(home), |conn| {
+        Some(conn.with_info(|info| connection_frame(node_id, info, None)))
+    });
+    let mut open = std::pin::pin!(open);
+    let conn = match futures_util::poll!(open.as_mut()) {
+        Poll::Ready(conn) => conn,
+        Poll::Pending => {
+            let _ = socket.flush().await;
+            open.await
+        }
+    };
+    (conn, super::socket_settings(node, address))
 }

@@ -8,6 +8,7 @@ fn bounds() -> Bounds {
         header_timeout: Duration::from_secs(5),
         tcp_keepalive: Some(Duration::from_secs(10)),
         user_timeout: Some(Duration::from_millis(20_000)),
+        direct: None,
     }
 }
 
