@@ -15,8 +15,12 @@
 //!   budget rides with the connection ([`Accepted::address`]) to the socket
 //!   it may become.
 //! - **Deadlines.** A request's head must arrive within the header timeout
-//!   (hyper's header read timeout, which also runs while a keep-alive
-//!   connection waits for its next request). The front-ends and the API
+//!   (for a connection's first request on a listener with a direct handler,
+//!   read by the listener itself; then hyper's header read timeout, which
+//!   also runs while a keep-alive connection waits for its next request).
+//! - **Direct upgrades.** With [`Bounds::direct`], a connection's first
+//!   head is read here and offered to the handler (see [`super::direct`]);
+//!   what it does not take goes to hyper with the bytes already read. The front-ends and the API
 //!   bound what follows the head (see `--handshake-timeout-seconds`).
 //! - **Socket options.** `TCP_NODELAY`, TCP keepalive and, when set,
 //!   `TCP_USER_TIMEOUT` (how long sent data may stay unacknowledged). They
@@ -36,10 +40,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use self::refusal::{refuse, Refusal};
 use super::direct::{read_head, reply_head, Direct, Head, Prefaced, Taken};
 use crate::address::{AddressBudget, Addresses, Admit};
 use crate::http_error::HttpError;
@@ -358,87 +363,6 @@ async fn serve_http(io: Prefaced<Held>, accepted: Accepted, listener: Listener) 
     }
 }
 
-/// An answer given before any HTTP is read: status line, extra headers,
-/// JSON body.
-struct Refusal {
-    status: String,
-    headers: String,
-    body: String,
-}
-
-impl Refusal {
-    /// Over the listener's cap: `503`, code `capacity`.
-    fn capacity(label: &str) -> Refusal {
-        let message = if label == "admin" {
-            "the admin listener holds its maximum of connections (--max-admin-connections)"
-        } else {
-            // The same words as the node's own capacity error.
-            "the node holds its maximum of connections (--max-connections)"
-        };
-        Refusal {
-            status: "503 Service Unavailable".into(),
-            headers: String::new(),
-            body: crate::http_error::body(message, "capacity"),
-        }
-    }
-
-    /// Over the address's connection rate: `429`, code `rate_limited`,
-    /// `Retry-After` in whole seconds (at least 1).
-    fn address_rate(addresses: Option<&Addresses>, wait: Duration) -> Refusal {
-        let rate = addresses.and_then(|a| a.limits().connections);
-        let (rate, burst) = rate.map_or((0, 0), |r| (r.rate, r.burst));
-        let message = format!(
-            "too many new connections from this address: at most {rate}/s, {burst} at once \
-             (--address-connection-rate, --address-connection-burst); retry in {:.1} s",
-            wait.as_secs_f64()
-        );
-        Refusal {
-            status: "429 Too Many Requests".into(),
-            headers: format!(
-                "retry-after: {}\r\n",
-                wait.as_secs_f64().ceil().max(1.0) as u64
-            ),
-            body: crate::http_error::body(&message, "rate_limited"),
-        }
-    }
-}
-
-/// Answer a connection with `refusal`, then close. What the client sent is
-/// read (and dropped) for a moment so the close does not reset the
-/// connection before the client reads the reply.
-async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(mut tcp: T, refusal: Refusal) {
-    let Refusal {
-        status,
-        headers,
-        body,
-    } = refusal;
-    let reply = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{headers}\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let said = async {
-        tcp.write_all(reply.as_bytes()).await?;
-        tcp.shutdown().await
-    };
-    if tokio::time::timeout(Duration::from_secs(1), said)
-        .await
-        .is_ok_and(|r| r.is_ok())
-    {
-        let mut sink = [0u8; 4096];
-        let drain = async {
-            let mut total = 0;
-            while total < 64 * 1024 {
-                match tcp.read(&mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => total += n,
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
-    }
-}
-
 /// After a failed `accept`: a connection that went away before it was
 /// accepted is nothing; anything else (out of file descriptors, memory)
 /// gets a pause, so the loop does not spin while the condition lasts.
@@ -602,5 +526,6 @@ impl AsyncWrite for Held {
     }
 }
 
+mod refusal;
 #[cfg(test)]
 mod tests;

@@ -71,8 +71,7 @@ pub fn fresh_channel_id(node_id: &str) -> String {
     pubmesh_cluster_proto::new_client_id(node_id)
 }
 
-/// An upgrade request to `/websocket` that passed every check, and its
-/// `101`.
+/// An upgrade request to `/websocket` that passed every check.
 struct Checked {
     admission: crate::node::Admission,
     identity: crate::conn::Identity,
