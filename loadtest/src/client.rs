@@ -102,11 +102,63 @@ pub async fn connect_path(
     }
     let stream = socket.connect(addr).await.map_err(|e| err("connect", &e))?;
     let _ = stream.set_nodelay(true);
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(client_config()))
+    handshake(stream, &addr.to_string(), path)
         .await
-        .map_err(|e| err("handshake", &e))?;
-    Ok(ws)
+        .map_err(|e| err("handshake", &e))
+}
+
+/// The opening handshake (RFC 6455 §4.1), written and read here rather than
+/// by tungstenite's client, which builds an `http::Request` from a URL and
+/// parses the reply into an `http::Response` for every connection: one
+/// write of the request with a fresh key, then the reply head read and its
+/// status and `Sec-WebSocket-Accept` checked. Bytes after the head (the
+/// server's first frames, when they came in the same segment) are kept for
+/// the socket.
+async fn handshake(mut stream: TcpStream, host: &str, path: &str) -> anyhow::Result<Ws> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+    let key = generate_key();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(512);
+    let head = loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            anyhow::bail!("the server closed the connection during the handshake");
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        anyhow::ensure!(buf.len() < 16 * 1024, "reply head over 16 KiB");
+    };
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut reply = httparse::Response::new(&mut headers);
+    reply.parse(&buf[..head])?;
+    let code = reply.code.unwrap_or(0);
+    anyhow::ensure!(
+        code == 101,
+        "HTTP error: {code} {}",
+        reply.reason.unwrap_or("")
+    );
+    let accept = reply
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
+        .map(|h| h.value);
+    anyhow::ensure!(
+        accept == Some(derive_accept_key(key.as_bytes()).as_bytes()),
+        "wrong Sec-WebSocket-Accept"
+    );
+    let rest = buf.split_off(head);
+    Ok(WebSocketStream::from_partially_read(
+        stream,
+        rest,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        Some(client_config()),
+    )
+    .await)
 }
 
 /// A delivery as the harness stamps it: `{"t":MICROS,"s":SEQ[,"w":1],"p":"…"}`.
@@ -249,6 +301,51 @@ mod tests {
         assert!(socket_addr("ws://10.0.0.1:8000").is_err());
         assert!(socket_addr("http://127.0.0.1:8000").is_err());
         assert_eq!(http_base("ws://127.0.0.1:8000/"), "http://127.0.0.1:8000");
+    }
+
+    #[tokio::test]
+    async fn the_handshake_reaches_a_tungstenite_server_and_keeps_its_first_frame() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+            // Sent at once: it may share a segment with the 101.
+            ws.send(Message::text("first")).await.expect("send");
+            let echo = ws.next().await.expect("frame").expect("frame");
+            ws.send(echo).await.expect("send");
+        });
+        let mut ws = connect(&url, "?channel_id=x", None).await.expect("connect");
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("first"));
+        ws.send(Message::text("again")).await.expect("send");
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("again"));
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_is_a_handshake_error_with_the_status() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("ws://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 1024];
+            let _ = tcp.read(&mut head).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let Err(e) = connect(&url, "", None).await else {
+            panic!("a 503 was taken for an upgrade");
+        };
+        assert_eq!(e.code, "handshake");
+        assert!(e.detail.contains("503"), "{}", e.detail);
     }
 
     #[test]
