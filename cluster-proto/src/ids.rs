@@ -12,6 +12,7 @@
 //! same form, so it names its node too ([`channel_owner`]): any node can send
 //! that channel's messages straight to the node it names.
 
+use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest node id accepted by [`valid_node_id`].
@@ -44,7 +45,7 @@ pub fn new_client_id(node_id: &str) -> String {
     let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     // Built in place: `format!` through `Display` costs more than the rest.
     let mut id = String::with_capacity(20 + 1 + 32 + 1 + node_id.len());
-    let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{secs}"));
+    let _ = write!(id, "{secs}");
     id.push(':');
     id.push_str(uuid.simple().encode_lower(&mut uuid::Uuid::encode_buffer()));
     id.push(':');

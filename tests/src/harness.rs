@@ -96,6 +96,15 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// A masked client WebSocket frame under 126 bytes, for raw-TCP tests
+/// (mask key zero, as RFC 6455 allows, so the payload is sent as is).
+pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![first_byte, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
 /// A running `pubmesh` process.
 pub struct Node {
     child: Option<Child>,

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use pubmesh_tests::harness::{patience, Node, Redis};
+use pubmesh_tests::harness::{client_frame, patience, Node, Redis};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,14 +16,6 @@ const KEY_HEADERS: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\n\
 
 fn upgrade(query: &str, extra: &str) -> String {
     format!("GET /websocket{query} HTTP/1.1\r\nHost: pubmesh\r\n{KEY_HEADERS}{extra}\r\n")
-}
-
-/// A client text frame (masked with a zero key, as RFC 6455 allows).
-fn client_text(text: &str) -> Vec<u8> {
-    assert!(text.len() < 126);
-    let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(text.as_bytes());
-    frame
 }
 
 /// Reads a raw upgrade and the server's frames from one socket.
@@ -120,8 +112,9 @@ async fn the_101_leaves_with_the_connection_frame_and_a_frame_sent_behind_the_he
     let mut wire = Wire::connect(node.port).await;
     // The head and a subscribe in one write: the client did not wait for the 101.
     let mut bytes = upgrade("", "").into_bytes();
-    bytes.extend(client_text(
-        r#"{"type":"subscribe","channel_ids":["behind"],"ref":7}"#,
+    bytes.extend(client_frame(
+        0x81,
+        br#"{"type":"subscribe","channel_ids":["behind"],"ref":7}"#,
     ));
     wire.send(&bytes).await;
     // One read holds the whole 101 and the whole connection frame: they

@@ -2,7 +2,7 @@
 //! over TCP: each ends with a close frame carrying the right code, and other
 //! sockets keep being served.
 
-use pubmesh_tests::harness::{eventually, patience, Client, Node};
+use pubmesh_tests::harness::{client_frame as frame, eventually, patience, Client, Node};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,14 +28,6 @@ async fn raw_socket(node: &Node) -> TcpStream {
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s
-}
-
-/// A masked client frame (mask key zero, so the payload is sent as is).
-fn frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mut f = vec![first_byte, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-    f.extend_from_slice(payload);
-    f
 }
 
 /// Read server frames, skipping data frames and pongs, until a close frame;

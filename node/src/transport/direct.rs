@@ -3,10 +3,10 @@
 //! A connection's first request is read here, before hyper sees it. When
 //! it is a complete `GET` head that a front-end's [`Direct`] handler takes
 //! (the native `/websocket` on the client listener), the `101` is answered
-//! from this module and the socket runs on the connection's own task: no
-//! HTTP connection state, router, middleware, upgrade hand-off or second
-//! task, and the `101` leaves in the same write as the connection's first
-//! frame (one loopback send, one wake-up of the client, fewer). Anything
+//! from this module and the socket runs in a task of its own: no HTTP
+//! connection state, router, middleware or upgrade hand-off, and the `101`
+//! leaves in the same write as the connection's first frame (one loopback
+//! send, one wake-up of the client, fewer). Anything
 //! else, or a head that does not arrive in one piece within
 //! [`HEAD_MAX`] bytes, goes to hyper with the bytes already read in front
 //! of the socket ([`Prefaced`]), and is answered as before.

@@ -311,18 +311,7 @@ fn taken_over(
             drop(read);
             run(Prefaced::new(io, rest, reply_head(&reply)))
         }
-        Err(e) => {
-            let refusal = Refusal {
-                status: format!(
-                    "{} {}",
-                    e.status.as_str(),
-                    e.status.canonical_reason().unwrap_or("")
-                ),
-                headers: String::new(),
-                body: crate::http_error::body(&e.message, e.code),
-            };
-            Box::pin(refuse(io, refusal))
-        }
+        Err(e) => Box::pin(refuse(io, Refusal::of(&e))),
     }
 }
 

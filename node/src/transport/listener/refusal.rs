@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::address::Addresses;
+use crate::http_error::HttpError;
 
 /// An answer given before any HTTP is read: status line, extra headers,
 /// JSON body.
@@ -17,6 +18,19 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
+    /// A front-end's error, as its status and JSON body.
+    pub(super) fn of(e: &HttpError) -> Refusal {
+        Refusal {
+            status: format!(
+                "{} {}",
+                e.status.as_str(),
+                e.status.canonical_reason().unwrap_or("")
+            ),
+            headers: String::new(),
+            body: crate::http_error::body(&e.message, e.code),
+        }
+    }
+
     /// Over the listener's cap: `503`, code `capacity`.
     pub(super) fn capacity(label: &str) -> Refusal {
         let message = if label == "admin" {
