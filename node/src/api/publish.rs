@@ -173,7 +173,7 @@ impl<'a> Emit<'a> {
 }
 
 fn count(node: &Node, kind: &str) {
-    node.metrics.messages_in.with_label_values(&[kind]).inc();
+    node.metrics.messages_in.inc(kind);
 }
 
 pub(super) async fn notify_channels(

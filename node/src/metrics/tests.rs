@@ -31,6 +31,28 @@ fn a_node_at_rest_exposes_every_labelled_series_at_zero() {
     assert!(text.contains("pubmesh_recoveries_total{result=\"failed\"} 0"));
 }
 
+#[test]
+fn a_labelled_family_counts_known_and_other_values_in_its_series() {
+    let m = Metrics::new("n1");
+    m.relay_received.inc("deliver");
+    m.relay_received.inc("deliver");
+    // Not among the values resolved at start: counted through the family.
+    m.relay_received.inc("interest_ack");
+    m.messages_out.inc("users");
+    // The family and the resolved series are one: both paths add up.
+    m.relay_received.with_label_values(&["deliver"]).inc();
+    let text = m.render();
+    for line in [
+        "pubmesh_relay_received_total{kind=\"deliver\"} 3",
+        "pubmesh_relay_received_total{kind=\"interest_ack\"} 1",
+        "pubmesh_relay_received_total{kind=\"batch\"} 0",
+        "pubmesh_messages_out_total{kind=\"users\"} 1",
+        "pubmesh_messages_out_total{kind=\"channels\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn process_metrics_are_exported() {

@@ -182,10 +182,7 @@ impl Node {
     }
 
     fn publish_relayed(&self, delivery: Delivery, scope: Scope) -> (Published, Relayed) {
-        self.metrics
-            .messages_out
-            .with_label_values(&[delivery.target.kind()])
-            .inc();
+        self.metrics.messages_out.inc(delivery.target.kind());
         let local_deliveries = self.hub.deliver(&delivery);
         let relayed = match scope {
             Scope::Local => Relayed::Nothing,

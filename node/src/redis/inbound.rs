@@ -53,7 +53,7 @@ impl Inner {
                 // handled as if it had come alone, in order.
                 if origin != self.node_id {
                     let kind = proto::Kind::Batch.as_str();
-                    self.metrics.relay_received.with_label_values(&[kind]).inc();
+                    self.metrics.relay_received.inc(kind);
                 }
                 for part in parts {
                     self.handle_decoded(server, topic, part);
@@ -73,7 +73,7 @@ impl Inner {
             return;
         }
         let kind = proto::Kind::Deliver.as_str();
-        self.metrics.relay_received.with_label_values(&[kind]).inc();
+        self.metrics.relay_received.inc(kind);
         // Its publisher has reported it failed long ago (a write the
         // client library replayed after a reconnect): drop it.
         let age = proto::now_micros().saturating_sub(envelope.sent_at_micros);
@@ -170,7 +170,7 @@ impl Inner {
                 epoch,
                 extra,
             } => {
-                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.metrics.relay_received.inc(kind);
                 let Ok(data) = Utf8Bytes::try_from(frame) else {
                     return;
                 };
@@ -190,7 +190,7 @@ impl Inner {
                     }
                     return;
                 }
-                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.metrics.relay_received.inc(kind);
                 self.peer_beat(&envelope.origin);
                 let mut peers = self.peers.lock();
                 let now = Instant::now();
@@ -208,7 +208,7 @@ impl Inner {
                 if mine {
                     return;
                 }
-                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.metrics.relay_received.inc(kind);
                 let mut peers = self.peers.lock();
                 peers.remove(&node_id);
                 self.metrics.relay_peers.set(peers.len() as i64);
@@ -222,7 +222,7 @@ impl Inner {
                 if mine {
                     return;
                 }
-                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.metrics.relay_received.inc(kind);
                 self.note_peer(&envelope.origin);
                 node.disconnect_local(&client_ids, &root_ids);
             }
@@ -233,7 +233,7 @@ impl Inner {
                 if mine {
                     return;
                 }
-                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.metrics.relay_received.inc(kind);
                 let channels = node.channel_counts();
                 let server = match self.topics.parse(&reply_to) {
                     Some(proto::TopicKind::Node(owner)) => self.server_for(owner),
@@ -251,7 +251,7 @@ impl Inner {
                 // Several envelopes for this topic in one command: each is
                 // handled as if it had come alone, in order.
                 if !mine {
-                    self.metrics.relay_received.with_label_values(&[kind]).inc();
+                    self.metrics.relay_received.inc(kind);
                 }
                 for envelope in envelopes {
                     self.handle(server, topic, envelope);
@@ -261,7 +261,7 @@ impl Inner {
                 if mine {
                     return;
                 }
-                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.metrics.relay_received.inc(kind);
                 let asked = node_id == self.node_id;
                 self.interest_received(&envelope.origin, Body::InterestRequest { node_id });
                 if asked {
@@ -274,14 +274,14 @@ impl Inner {
                 if mine {
                     return;
                 }
-                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.metrics.relay_received.inc(kind);
                 self.interest_received(&envelope.origin, body);
             }
             Body::ChannelsReply {
                 request_id,
                 channels,
             } => {
-                self.metrics.relay_received.with_label_values(&[kind]).inc();
+                self.metrics.relay_received.inc(kind);
                 if let Some(tx) = self.requests.lock().get(&request_id) {
                     let _ = tx.send((envelope.origin, channels));
                 }

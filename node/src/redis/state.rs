@@ -194,10 +194,7 @@ impl Inner {
         let lanes = &self.servers[server].lanes;
         let lane = (item.stream % lanes.len() as u64) as usize;
         self.metrics.relay_pipeline_depth.inc();
-        self.metrics
-            .relay_published
-            .with_label_values(&[kind])
-            .inc();
+        self.metrics.relay_published.inc(kind);
         lanes[lane].push(item);
         true
     }

@@ -58,11 +58,7 @@ impl NativeSession {
     }
 
     fn count_in(&self, kind: &str) {
-        self.node
-            .metrics
-            .messages_in
-            .with_label_values(&[kind])
-            .inc();
+        self.node.metrics.messages_in.inc(kind);
     }
 
     fn reject(&self, Reject(message, code): Reject, reference: Option<&RawValue>) {
