@@ -19,8 +19,11 @@
 //! byte budget divided by the smallest envelope's cost).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
+
+use crate::hashing::RandomState;
 
 /// Extra time on top of the retry window for transit and scheduling.
 pub const MARGIN: Duration = Duration::from_secs(5);
@@ -36,16 +39,17 @@ pub enum Stream<'a> {
     Topic(&'a str),
 }
 
+/// The key of an (origin, stream) pair: foldhash with a seed drawn once per
+/// process (std's `DefaultHasher` has fixed keys, so colliding names could
+/// be prepared in advance; it also cost about 400 instructions a delivery).
 fn key(origin: &str, stream: Stream<'_>) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    origin.hash(&mut h);
-    stream.hash(&mut h);
-    h.finish()
+    static SEED: LazyLock<RandomState> = LazyLock::new(RandomState::default);
+    SEED.hash_one((origin, stream))
 }
 
 /// Highest `Deliver` sequence seen per (origin, stream).
 pub struct SeenSeqs {
-    last: HashMap<u64, (u64, Instant)>,
+    last: crate::hashing::HashMap<u64, (u64, Instant)>,
     keep: Duration,
     pruned: Instant,
 }
@@ -53,7 +57,7 @@ pub struct SeenSeqs {
 impl SeenSeqs {
     pub fn new(retry: Duration) -> Self {
         SeenSeqs {
-            last: HashMap::new(),
+            last: crate::hashing::HashMap::default(),
             keep: retry + MARGIN,
             pruned: Instant::now(),
         }

@@ -127,11 +127,13 @@ pub struct Outgoing {
 /// The order key of the envelopes of `topic` (a channel's, a user's, or any
 /// other Redis channel's): equal for every envelope of a channel or user,
 /// whether it goes to the topic or to a peer's inbox.
+/// The key stays within this process (lanes and ordering groups), so it is
+/// foldhash with a seed drawn once per process.
 pub fn stream_key(topic: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    topic.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    static SEED: std::sync::LazyLock<crate::hashing::RandomState> =
+        std::sync::LazyLock::new(crate::hashing::RandomState::default);
+    SEED.hash_one(topic)
 }
 
 impl Outgoing {
