@@ -67,12 +67,7 @@ impl NativeSession {
     }
 
     async fn handle(&mut self, text: &str) -> Result<Flow, Reject> {
-        let raw: &RawValue = serde_json::from_str(text)
-            .map_err(|e| Reject(format!("frame is not valid JSON: {e}"), "bad_json"))?;
-        if !raw.get().starts_with('{') {
-            return Err(bad("frame must be a JSON object"));
-        }
-        let f: Fields<'_> = serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
+        let f = fields(text)?;
         let reference = match f.reference {
             Some(r) if !valid_ref(r) => {
                 return Err(bad(format!(
@@ -405,9 +400,81 @@ impl Session for NativeSession {
     }
 }
 
+/// A frame's fields, each kept raw, in one pass over the frame. Only when
+/// that fails, or the frame is not an object (a JSON array fills the fields
+/// in order), is it read again to tell which error it is.
+fn fields(text: &str) -> Result<Fields<'_>, Reject> {
+    match serde_json::from_str::<Fields<'_>>(text) {
+        Ok(f) if is_object(text) => Ok(f),
+        Ok(_) => Err(frame_error(text, None)),
+        Err(e) => Err(frame_error(text, Some(e))),
+    }
+}
+
+/// Whether a frame that parsed is a JSON object (its first byte after
+/// JSON's whitespace is `{`).
+fn is_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+}
+
+/// The error of a frame that did not parse into fields (`fields`), or that
+/// parsed but is not an object: not JSON at all, not an object, or an
+/// object whose fields do not fit (a duplicate field).
+fn frame_error(text: &str, fields: Option<serde_json::Error>) -> Reject {
+    match serde_json::from_str::<&RawValue>(text) {
+        Err(e) => Reject(format!("frame is not valid JSON: {e}"), "bad_json"),
+        Ok(raw) if !raw.get().starts_with('{') => bad("frame must be a JSON object"),
+        Ok(_) => bad(fields.map_or_else(
+            || "frame must be a JSON object".to_owned(),
+            |e| e.to_string(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_is_read_once_and_its_errors_are_told_apart() {
+        let f = fields(" \n{\"type\":\"channel\",\"data\":{\"a\":[1,\"}\"]},\"extra\":true}")
+            .unwrap_or_else(|Reject(m, _)| panic!("{m}"));
+        assert_eq!(f.kind.map(RawValue::get), Some("\"channel\""));
+        assert_eq!(f.data.map(RawValue::get), Some("{\"a\":[1,\"}\"]}"));
+        let refused = |text: &str| match fields(text) {
+            Ok(_) => panic!("{text} was taken"),
+            Err(Reject(message, code)) => (message, code),
+        };
+        for (text, message, code) in [
+            (
+                "{x}",
+                "frame is not valid JSON: key must be a string at line 1 column 2",
+                "bad_json",
+            ),
+            // A field error (a duplicate) comes before the syntax error:
+            // the frame is still reported as not JSON.
+            (
+                "{\"type\":\"a\",\"type\":\"b\",",
+                "frame is not valid JSON: EOF while parsing an object at line 1 column 23",
+                "bad_json",
+            ),
+            // An array fills the fields in order, but is not an object.
+            (
+                "[\"channel\"]",
+                "frame must be a JSON object",
+                "bad_request",
+            ),
+            ("\"channel\"", "frame must be a JSON object", "bad_request"),
+            (
+                "{\"type\":\"a\",\"type\":\"b\"}",
+                "duplicate field `type` at line 1 column 18",
+                "bad_request",
+            ),
+        ] {
+            assert_eq!(refused(text), (message.to_owned(), code), "{text}");
+        }
+    }
 
     /// The size of the future that `handler` returns, without calling it.
     fn future_size<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {
