@@ -11,7 +11,10 @@
 //! collide in every node cannot be prepared in advance. foldhash does not
 //! claim to resist an attacker who learns a map's seed by probing one node
 //! interactively (its README, "HashDoS resistance"); the registries are
-//! also sharded 64 ways, each shard with its own seed.
+//! also sharded 64 ways, each shard with its own seed. The relay's copy
+//! filter (`redis::dedup`) and lane keys (`redis::queue::stream_key`) hash
+//! with foldhash too, one seed per process, since their keys must stay the
+//! same for the life of the process.
 
 /// A `HashMap` with a per-map random foldhash seed.
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

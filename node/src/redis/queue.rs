@@ -127,6 +127,7 @@ pub struct Outgoing {
 /// The order key of the envelopes of `topic` (a channel's, a user's, or any
 /// other Redis channel's): equal for every envelope of a channel or user,
 /// whether it goes to the topic or to a peer's inbox.
+///
 /// The key stays within this process (lanes and ordering groups), so it is
 /// foldhash with a seed drawn once per process.
 pub fn stream_key(topic: &str) -> u64 {
