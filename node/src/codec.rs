@@ -189,10 +189,13 @@ enum Entry {
     Spliced(Prepared),
 }
 
-/// Encodings of one delivery made so far, by (codec instance, slot).
+/// Encodings of one delivery made so far, by (codec instance, slot). The
+/// first is kept inline: most deliveries have recipients of one encoding
+/// only, and a fan-out then allocates nothing for its cache.
 #[derive(Default)]
 pub struct EncodeCache {
-    entries: Vec<(usize, Slot, Entry)>,
+    first: Option<(usize, Slot, Entry)>,
+    others: Vec<(usize, Slot, Entry)>,
 }
 
 impl EncodeCache {
@@ -208,8 +211,9 @@ impl EncodeCache {
         let slot = codec.slot(delivery, to);
         let key = Arc::as_ptr(codec) as *const () as usize;
         let found = self
-            .entries
+            .first
             .iter_mut()
+            .chain(self.others.iter_mut())
             .find(|(k, s, _)| *k == key && *s == slot);
         match (slot, found) {
             (Slot::Skip, _) => None,
@@ -220,22 +224,29 @@ impl EncodeCache {
             }
             (Slot::Shared(n), None) => {
                 let frames = codec.encode(delivery, Slot::Shared(n), to);
-                self.entries
-                    .push((key, slot, Entry::Shared(frames.clone())));
+                self.keep((key, slot, Entry::Shared(frames.clone())));
                 Some(frames)
             }
             (Slot::Spliced(n), None) => {
                 let mut prepared = codec.prepare(delivery, n);
                 let frames = codec.finish(delivery, &mut prepared, to);
-                self.entries.push((key, slot, Entry::Spliced(prepared)));
+                self.keep((key, slot, Entry::Spliced(prepared)));
                 Some(frames)
             }
         }
     }
 
+    fn keep(&mut self, entry: (usize, Slot, Entry)) {
+        if self.first.is_none() {
+            self.first = Some(entry);
+        } else {
+            self.others.push(entry);
+        }
+    }
+
     /// How many distinct encodings were made (for tests and metrics).
     pub fn encodings(&self) -> usize {
-        self.entries.len()
+        usize::from(self.first.is_some()) + self.others.len()
     }
 }
 

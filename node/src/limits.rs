@@ -50,35 +50,40 @@ pub fn id_list(ids: Vec<String>, field: &str, max: usize) -> Result<Vec<String>,
     }
     let channels = field == "channel_ids";
     let clients = field == "client_ids";
-    // Most lists name one id: no set (and no copy of the id) for it.
-    let many = ids.len() > 1;
-    let mut seen =
-        std::collections::HashSet::with_capacity(if many { ids.len().min(max + 1) } else { 0 });
-    let mut out = Vec::with_capacity(ids.len().min(max));
-    for id in ids {
+    let check = |id: &str| {
         if channels {
-            channel_name(&id).map_err(|e| format!("{field}: {e}"))?;
+            channel_name(id).map_err(|e| format!("{field}: {e}"))?;
         } else if id.is_empty() || id.len() > MAX_ID_LEN {
             return Err(format!(
                 "every id in {field} must be 1 to {MAX_ID_LEN} bytes"
             ));
-        } else if clients && !pubmesh_cluster_proto::valid_client_id(&id) {
+        } else if clients && !pubmesh_cluster_proto::valid_client_id(id) {
             return Err(format!(
                 "{field}: {} is not a client id ({{unix seconds}}:{{32 hex}}:{{node id}})",
-                serde_json::to_string(&id).expect("strings serialize")
+                serde_json::to_string(id).expect("strings serialize")
             ));
         }
-        if many && seen.contains(id.as_str()) {
+        Ok(())
+    };
+    let too_many =
+        || format!("{field} may name at most {max} distinct ids (--max-ids-per-message)");
+    // Most lists name one id: the list is returned as it came, with no set
+    // and no second list.
+    if let [id] = ids.as_slice() {
+        check(id)?;
+        return if max == 0 { Err(too_many()) } else { Ok(ids) };
+    }
+    let mut seen = std::collections::HashSet::with_capacity(ids.len().min(max + 1));
+    let mut out = Vec::with_capacity(ids.len().min(max));
+    for id in ids {
+        check(&id)?;
+        if seen.contains(id.as_str()) {
             continue;
         }
         if out.len() == max {
-            return Err(format!(
-                "{field} may name at most {max} distinct ids (--max-ids-per-message)"
-            ));
+            return Err(too_many());
         }
-        if many {
-            seen.insert(id.clone());
-        }
+        seen.insert(id.clone());
         out.push(id);
     }
     Ok(out)
@@ -156,6 +161,17 @@ mod tests {
         );
         let many = vec!["x".to_string(); 16_364];
         assert_eq!(id_list(many, "channel_ids", 1).unwrap(), strings(&["x"]));
+    }
+
+    #[test]
+    fn a_list_of_one_valid_id_is_returned_as_it_came() {
+        let ids = strings(&["news"]);
+        let at = ids.as_ptr();
+        let out = id_list(ids, "channel_ids", 5).unwrap();
+        assert_eq!(out, strings(&["news"]));
+        assert_eq!(out.as_ptr(), at, "a second list was built");
+        assert!(id_list(strings(&["{news}"]), "channel_ids", 5).is_err());
+        assert!(id_list(strings(&["news"]), "channel_ids", 0).is_err());
     }
 
     #[test]
