@@ -119,6 +119,8 @@ async fn a_channel_publication_reaches_a_member_on_another_node_exactly_once() {
     let reply = recv(&mut a).await;
     assert_eq!(reply["type"], "published");
     assert_eq!(reply["relayed"], true);
+    // A publish with a `ref` waits for the relay's outcome.
+    assert_eq!(reply["relay"], "sent");
     assert_eq!(recv(&mut b).await, json!({"type": "m", "data": 1}));
     // Published from a third node to both of b's channels: still one copy.
     let reply = reqwest::Client::new()

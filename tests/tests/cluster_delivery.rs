@@ -192,15 +192,24 @@ async fn one_publishers_thousand_messages_arrive_in_order_on_every_node() {
     })
     .await;
     for i in 0..1000 {
-        publisher
-            .send(json!({"type": "channel", "channel_ids": ["ordered"], "data": {"i": i}}))
-            .await;
+        let mut frame = json!({"type": "channel", "channel_ids": ["ordered"], "data": {"i": i}});
+        if i == 999 {
+            frame["ref"] = json!("last");
+        }
+        publisher.send(frame).await;
     }
     for receiver in [&mut publisher, &mut b, &mut c] {
         for i in 0..1000 {
             assert_eq!(receiver.recv().await, json!({"i": i}));
         }
     }
+    // The first 999 had no `ref`: nothing waited for Redis's answer (the
+    // relay kept nothing to report it), and the others got them all the
+    // same, above. The last one's reply waited for it.
+    assert_eq!(
+        publisher.recv().await,
+        json!({"type": "published", "ref": "last", "local_deliveries": 1, "relayed": true, "relay": "sent"})
+    );
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@ impl Node {
         let mut pending: Option<Relayed> = None;
         match (&plain, &before) {
             (Some(part), None) => {
-                let (sent, relayed) = self.publish_relayed(part.clone(), scope);
+                let (sent, relayed) = self.publish_relayed(part.clone(), scope, true);
                 done = sent;
                 if confirm {
                     done = self.confirm(done, relayed).await;
@@ -50,7 +50,7 @@ impl Node {
                 // their part again; a node that got the first drops this one.
                 duplicate = true;
                 done.local_deliveries = first.local_deliveries;
-                let relayed = self.relay_remote(part);
+                let relayed = self.relay_remote(part, true);
                 done.relay = RelayOutcome::Queued;
                 if confirm {
                     done.relay = relayed.outcome(self.relay.settle_within()).await;

@@ -165,13 +165,13 @@ impl Node {
     /// whose targets are all on this node never touch the relay. History
     /// channels are not special here; see [`Node::publish_channels`].
     pub fn publish(&self, delivery: Delivery, scope: Scope) -> Published {
-        self.publish_relayed(delivery, scope).0
+        self.publish_relayed(delivery, scope, false).0
     }
 
     /// Like [`Node::publish`], then wait until the relay knows whether Redis
     /// took the part for other nodes (at most the relay's retry window).
     pub async fn publish_confirmed(&self, delivery: Delivery, scope: Scope) -> Published {
-        let (done, relayed) = self.publish_relayed(delivery, scope);
+        let (done, relayed) = self.publish_relayed(delivery, scope, true);
         self.confirm(done, relayed).await
     }
 
@@ -181,19 +181,25 @@ impl Node {
         done
     }
 
-    fn publish_relayed(&self, delivery: Delivery, scope: Scope) -> (Published, Relayed) {
+    /// With `confirm`, the caller waits for the relay's outcome.
+    fn publish_relayed(
+        &self,
+        delivery: Delivery,
+        scope: Scope,
+        confirm: bool,
+    ) -> (Published, Relayed) {
         self.metrics.messages_out.inc(delivery.target.kind());
         let local_deliveries = self.hub.deliver(&delivery);
         let relayed = match scope {
             Scope::Local => Relayed::Nothing,
-            Scope::Cluster => self.relay_remote(&delivery),
+            Scope::Cluster => self.relay_remote(&delivery, confirm),
         };
         let done = Published {
             local_deliveries,
             relayed: relayed.queued(),
             relay: match &relayed {
                 Relayed::Nothing => RelayOutcome::None,
-                Relayed::Pending(_) => RelayOutcome::Queued,
+                Relayed::Pending(_) | Relayed::Queued => RelayOutcome::Queued,
                 Relayed::Failed => RelayOutcome::Failed,
             },
             ..Published::default()
@@ -202,10 +208,10 @@ impl Node {
     }
 
     /// Hand the part of a delivery that other nodes may have to deliver to
-    /// the relay.
-    fn relay_remote(&self, delivery: &Delivery) -> Relayed {
+    /// the relay (see [`crate::relay::Relay::publish`] for `confirm`).
+    fn relay_remote(&self, delivery: &Delivery, confirm: bool) -> Relayed {
         let Target::Clients(ids) = &delivery.target else {
-            return self.relay.publish(delivery);
+            return self.relay.publish(delivery, confirm);
         };
         let me = self.node_id();
         let remote: Vec<String> = ids
@@ -217,13 +223,13 @@ impl Node {
             return Relayed::Nothing;
         }
         if remote.len() == ids.len() {
-            return self.relay.publish(delivery);
+            return self.relay.publish(delivery, confirm);
         }
         let remote = Delivery {
             target: Target::Clients(remote),
             ..delivery.clone()
         };
-        self.relay.publish(&remote)
+        self.relay.publish(&remote, confirm)
     }
 
     /// Publish with channel options applied: publications to history-enabled
@@ -260,7 +266,7 @@ impl Node {
         }
         if self.names_no_history(&delivery) {
             // The common case takes the delivery as it is, without a copy.
-            let (sent, relayed) = self.publish_relayed(delivery, scope);
+            let (sent, relayed) = self.publish_relayed(delivery, scope, confirm);
             return Ok(if confirm {
                 self.confirm(sent, relayed).await
             } else {
@@ -270,7 +276,7 @@ impl Node {
         let (plain, with_history) = self.split_history(&delivery, scope)?;
         let mut done = Published::default();
         if let Some(part) = plain {
-            let (sent, relayed) = self.publish_relayed(part, scope);
+            let (sent, relayed) = self.publish_relayed(part, scope, confirm);
             done = if confirm {
                 self.confirm(sent, relayed).await
             } else {

@@ -299,8 +299,10 @@ fn plan_into(plan: &mut Vec<Command>, batch: &VecDeque<Outgoing>, max_bytes: usi
     let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
     // Topic → the command its next envelope may join.
     let mut open: HashMap<&str, usize> = HashMap::default();
-    // Stream → the last command holding one of its envelopes.
-    let mut last: HashMap<u64, usize> = HashMap::default();
+    // Stream → the last command holding one of its envelopes: sized for a
+    // stream per envelope (W2's channels each have their own), so a busy
+    // lane's batch of hundreds does not grow it step by step.
+    let mut last: HashMap<u64, usize> = crate::hashing::map_with_capacity(batch.len());
     for (i, item) in batch.iter().enumerate() {
         let size = item.payload.len() + proto::BATCH_ITEM_OVERHEAD;
         let after = last.get(&item.stream).copied().unwrap_or(0);

@@ -234,8 +234,8 @@ impl Relay for RedisRelay {
         })
     }
 
-    fn publish(&self, delivery: &Delivery) -> Relayed {
-        self.inner.publish(delivery)
+    fn publish(&self, delivery: &Delivery, confirm: bool) -> Relayed {
+        self.inner.publish(delivery, confirm)
     }
 
     fn publish_history<'a>(

@@ -217,8 +217,9 @@ impl Inner {
     }
 
     /// One envelope per topic, each carrying only its own names; ids are
-    /// de-duplicated first.
-    pub(super) fn publish(&self, delivery: &Delivery) -> Relayed {
+    /// de-duplicated first. With `confirm`, an [`Ack`] counts the envelopes
+    /// Redis has yet to take (see [`crate::relay::Relay::publish`]).
+    pub(super) fn publish(&self, delivery: &Delivery, confirm: bool) -> Relayed {
         let target = &delivery.target;
         let frame = delivery.data.as_bytes();
         let extra = extra_ref(delivery);
@@ -324,7 +325,10 @@ impl Inner {
         if parts.is_empty() {
             return Relayed::Nothing;
         }
-        let (ack, rx) = Ack::new();
+        let (ack, rx) = match confirm {
+            true => Some(Ack::new()).unzip(),
+            false => (None, None),
+        };
         let mut queued = 0;
         {
             let _order = self.ordering.lock();
@@ -335,7 +339,7 @@ impl Inner {
                     seq = shared.unwrap_or_else(|| self.next_seq());
                 }
                 let payload = proto::encode_deliver(&self.node_id, seq, targets, frame, &extra);
-                let mut item = self.outgoing(topic, payload, Some(&ack));
+                let mut item = self.outgoing(topic, payload, ack.as_ref());
                 if let Some(stream) = order {
                     item.stream = stream;
                 }
@@ -344,11 +348,13 @@ impl Inner {
                 }
             }
         }
-        ack.done(true);
-        if queued == 0 {
-            Relayed::Failed
-        } else {
-            Relayed::Pending(rx)
+        if let Some(ack) = ack {
+            ack.done(true);
+        }
+        match rx {
+            _ if queued == 0 => Relayed::Failed,
+            Some(rx) => Relayed::Pending(rx),
+            None => Relayed::Queued,
         }
     }
 

@@ -95,14 +95,16 @@ impl Relay for MemoryRelay {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, delivery: &Delivery) -> Relayed {
-        if self.forward(delivery) {
+    fn publish(&self, delivery: &Delivery, confirm: bool) -> Relayed {
+        if !self.forward(delivery) {
+            Relayed::Nothing
+        } else if confirm {
             // Delivered in this call: the other nodes have it.
             let (tx, rx) = tokio::sync::oneshot::channel();
             let _ = tx.send(true);
             Relayed::Pending(rx)
         } else {
-            Relayed::Nothing
+            Relayed::Queued
         }
     }
 

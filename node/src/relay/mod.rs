@@ -47,6 +47,9 @@ pub enum Relayed {
     /// Queued for Redis; the receiver learns whether Redis took every
     /// envelope (`true`) or not (`false`).
     Pending(tokio::sync::oneshot::Receiver<bool>),
+    /// Queued for Redis, published without `confirm`: nothing tracks
+    /// Redis's answer for it.
+    Queued,
     /// Refused at once (the relay's byte budget is full).
     Failed,
 }
@@ -54,7 +57,7 @@ pub enum Relayed {
 impl Relayed {
     /// True unless nothing was queued.
     pub fn queued(&self) -> bool {
-        matches!(self, Relayed::Pending(_))
+        matches!(self, Relayed::Pending(_) | Relayed::Queued)
     }
 
     /// Wait (at most `within`) for the outcome.
@@ -62,6 +65,7 @@ impl Relayed {
         match self {
             Relayed::Nothing => RelayOutcome::None,
             Relayed::Failed => RelayOutcome::Failed,
+            Relayed::Queued => RelayOutcome::Queued,
             Relayed::Pending(rx) => match tokio::time::timeout(within, rx).await {
                 Ok(Ok(true)) => RelayOutcome::Sent,
                 _ => RelayOutcome::Failed,
@@ -147,8 +151,10 @@ pub trait Relay: Send + Sync + 'static {
 
     /// Send a delivery to the other nodes. Never blocks on the network: the
     /// message is queued (pipelined); the result says whether it was queued
-    /// and lets the caller wait for Redis's answer.
-    fn publish(&self, delivery: &Delivery) -> Relayed;
+    /// and, with `confirm`, lets the caller wait for Redis's answer
+    /// ([`Relayed::Pending`]). Without `confirm` a queued delivery is
+    /// [`Relayed::Queued`], and nothing is kept to report the answer.
+    fn publish(&self, delivery: &Delivery, confirm: bool) -> Relayed;
 
     /// Longest a publisher waits for a [`Relayed::Pending`] outcome.
     fn settle_within(&self) -> std::time::Duration {
