@@ -833,8 +833,8 @@ impl Message1 {
         }
     }
 
-    /// The publish frame, built in one allocation (one per publish at
-    /// the harness's highest rates).
+    /// The publish frame, built in one allocation: this runs for every
+    /// publish, up to the harness's highest rates.
     fn frame(&self, reference: Option<u64>) -> String {
         use std::fmt::Write as _;
         let kind = match self.kind {

@@ -325,10 +325,7 @@ impl Inner {
         if parts.is_empty() {
             return Relayed::Nothing;
         }
-        let (ack, rx) = match confirm {
-            true => Some(Ack::new()).unzip(),
-            false => (None, None),
-        };
+        let (ack, rx) = confirm.then(Ack::new).unzip();
         let mut queued = 0;
         {
             let _order = self.ordering.lock();
