@@ -34,3 +34,12 @@ pub fn set_with_capacity<T>(n: usize) -> HashSet<T> {
 pub fn map_with_capacity<K, V>(n: usize) -> HashMap<K, V> {
     HashMap::with_capacity_and_hasher(n, RandomState::default())
 }
+
+/// A hash of `value` that stays the same for the life of the process (one
+/// seed drawn at first use), for keys kept outside a map: the relay's copy
+/// filter and lane keys.
+pub fn process_hash<T: std::hash::Hash>(value: T) -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::LazyLock<RandomState> = std::sync::LazyLock::new(RandomState::default);
+    SEED.hash_one(value)
+}

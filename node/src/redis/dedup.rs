@@ -19,11 +19,7 @@
 //! byte budget divided by the smallest envelope's cost).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
-
-use crate::hashing::RandomState;
 
 /// Extra time on top of the retry window for transit and scheduling.
 pub const MARGIN: Duration = Duration::from_secs(5);
@@ -44,8 +40,7 @@ pub enum Stream<'a> {
 /// be prepared in advance; it also cost about 660 instructions more a
 /// delivery, BENCHMARKS.md).
 fn key(origin: &str, stream: Stream<'_>) -> u64 {
-    static SEED: LazyLock<RandomState> = LazyLock::new(RandomState::default);
-    SEED.hash_one((origin, stream))
+    crate::hashing::process_hash((origin, stream))
 }
 
 /// Highest `Deliver` sequence seen per (origin, stream).

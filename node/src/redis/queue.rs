@@ -128,13 +128,9 @@ pub struct Outgoing {
 /// other Redis channel's): equal for every envelope of a channel or user,
 /// whether it goes to the topic or to a peer's inbox.
 ///
-/// The key stays within this process (lanes and ordering groups), so it is
-/// foldhash with a seed drawn once per process.
+/// The key stays within this process (lanes and ordering groups).
 pub fn stream_key(topic: &str) -> u64 {
-    use std::hash::BuildHasher;
-    static SEED: std::sync::LazyLock<crate::hashing::RandomState> =
-        std::sync::LazyLock::new(crate::hashing::RandomState::default);
-    SEED.hash_one(topic)
+    crate::hashing::process_hash(topic)
 }
 
 impl Outgoing {
