@@ -287,6 +287,68 @@ async fn a_receiver_back_seconds_after_the_publisher_still_gets_everything() {
     );
 }
 
+/// A publish Redis confirmed that the receiving node never read. B's link
+/// stalls, so Redis has written the message to B's connection and the proxy
+/// holds it; then the link is cut (the bytes are lost) and Redis dies. Redis
+/// had confirmed the publish, so A held nothing: A sends again what Redis
+/// confirmed just before the outage, once B is back, and B gets it once, in
+/// order (found as a CI failure of the test above: one message lost, the one
+/// in flight at the cut).
+#[tokio::test]
+async fn a_publish_confirmed_but_unread_when_redis_dies_is_sent_again() {
+    let _slot = cluster_slot().await;
+    let mut redis = Redis::start().await;
+    let to_b = Proxy::start(redis.port).await;
+    let (a, b, mut publisher, mut receiver) =
+        outage_pair(&redis.url(), &to_b.url(), redis.port, "unread").await;
+    let publish =
+        |i: u64| json!({"type": "channel", "channel_ids": ["unread"], "data": {"i": i}, "ref": i});
+
+    publisher.send(publish(0)).await;
+    let ack = publisher.recv_until(|f| f["type"] == "published").await;
+    assert_eq!(ack["relay"], "sent", "{ack}");
+    let first = receiver.recv_until(|f| f["i"].is_u64()).await;
+    assert_eq!(first["i"], 0, "{first}");
+
+    to_b.stall();
+    publisher.send(publish(1)).await;
+    let ack = publisher.recv_until(|f| f["type"] == "published").await;
+    assert_eq!(
+        ack["relay"], "sent",
+        "Redis confirmed it while B's link stalled: {ack}"
+    );
+    to_b.cut();
+    redis.kill();
+    redis.start_again().await;
+    to_b.heal();
+    a.wait_ready().await;
+    b.wait_ready().await;
+
+    // Nothing new is published until it arrives: an idle lane sends again
+    // what it kept on its own.
+    let mut got = vec![0];
+    let frames = collect(&mut receiver, patience(30), |got| {
+        numbers(got, "i").contains(&1)
+    })
+    .await;
+    got.extend(numbers(&frames, "i"));
+    publisher.send(publish(2)).await;
+    let ack = publisher.recv_until(|f| f["type"] == "published").await;
+    assert_eq!(ack["relay"], "sent", "{ack}");
+    let frames = collect(&mut receiver, patience(30), |got| {
+        numbers(got, "i").contains(&2)
+    })
+    .await;
+    receiver.expect_silence(Duration::from_millis(500)).await;
+    got.extend(numbers(&frames, "i"));
+    assert_in_order_once(&got, 3, "a publish confirmed but unread when Redis died");
+    eprintln!(
+        "confirmed but unread: delivered on B after the outage; duplicates dropped on B: {}",
+        b.metric("pubmesh_relay_dropped_total{reason=\"duplicate\"}")
+            .await
+    );
+}
+
 /// Issue 9 item 11: an outage longer than the retry buffer: publishes are
 /// reported failed (API reply and `published` ack), none is delivered late,
 /// and publishing works again once Redis is back.

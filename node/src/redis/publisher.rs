@@ -13,6 +13,7 @@ use pubmesh_cluster_proto as proto;
 use super::queue::{Lane, Outgoing};
 use super::state::{Inner, BATCH, OUTAGE_POLL};
 use crate::hashing::HashMap;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// Is this error one that sending again may fix? Everything but a command
 /// Redis (or the client) rejects as such: connection errors, timeouts and
@@ -31,10 +32,17 @@ pub(super) fn transient(e: &Error) -> bool {
     )
 }
 
+/// How long after Redis confirmed an envelope a lane keeps it, to send it
+/// again after an outage (see [`Kept`]).
+const KEEP_FOR: Duration = Duration::from_secs(1);
+/// At most this many bytes of confirmed envelopes kept per lane.
+const KEEP_BYTES: usize = 256 * 1024;
+
 /// Drain one lane: whole batches in one pipeline, in order. A batch Redis
 /// did not confirm is kept and sent again (from the first unconfirmed
 /// envelope on) until each envelope's deadline; after an outage the lane
-/// waits until the cluster has [`Inner::settled`].
+/// waits until the cluster has [`Inner::settled`], then sends again what
+/// Redis confirmed just before it ([`Kept`]) and what it held.
 ///
 /// An outage is any reconnect of the publisher connection, seen or not: a
 /// disconnection the lane met, and also one that came and went while the lane
@@ -59,9 +67,26 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
     // Kept across pipelines, so a pipeline allocates none of them.
     let mut plan: Vec<Command> = Vec::new();
     let mut outcome: Vec<Option<bool>> = Vec::new();
+    let mut kept = Kept::default();
     loop {
         if batch.is_empty() {
-            lane.take(BATCH, &mut batch).await;
+            if kept.is_empty() {
+                lane.take(BATCH, &mut batch).await;
+            } else {
+                // An idle lane still follows reconnects: what it kept is
+                // sent again even if nothing new is published after them.
+                tokio::select! {
+                    () = lane.take(BATCH, &mut batch) => {}
+                    event = reconnects.recv() => match event {
+                        Ok(_) | Err(RecvError::Lagged(_)) => {
+                            outage = true;
+                            back = None;
+                            kept.replay_into(&mut batch);
+                        }
+                        Err(RecvError::Closed) => lane.take(BATCH, &mut batch).await,
+                    },
+                }
+            }
             if busy {
                 linger(&lane, &mut batch, inner.limits.batch_wait).await;
             }
@@ -69,7 +94,9 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
         let now = Instant::now();
         let mut expired = 0;
         while batch.front().is_some_and(|item| item.deadline <= now) {
-            if let Some(item) = batch.pop_front() {
+            // A copy past its deadline is dropped unsent: it was reported
+            // sent, and receivers no longer know whether they had it.
+            if let Some(item) = batch.pop_front().filter(|item| !item.is_copy()) {
                 item.settle(&inner.budget, false);
                 expired += 1;
             }
@@ -89,12 +116,14 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
         if !client.is_connected() {
             outage = true;
             back = None;
+            kept.replay_into(&mut batch);
             tokio::time::sleep(OUTAGE_POLL).await;
             continue;
         }
         if reconnected(&mut reconnects) && sent_before {
             outage = true;
             back = None;
+            kept.replay_into(&mut batch);
         }
         if outage {
             let since = *back.get_or_insert(now);
@@ -148,8 +177,6 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
         // What became of each envelope: Some(confirmed) or None (send again).
         outcome.clear();
         outcome.resize(batch.len(), None);
-        let mut confirmed = 0;
-        let mut failed = 0;
         let mut again = results.len() < plan.len();
         for (command, result) in plan.iter().zip(results) {
             let ok = match result {
@@ -166,11 +193,6 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
             for i in command.items() {
                 outcome[i] = Some(ok);
             }
-            if ok {
-                confirmed += command.len();
-            } else {
-                failed += command.len();
-            }
         }
         if plan.len() < batch.len() {
             inner
@@ -178,12 +200,30 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
                 .relay_batched
                 .inc_by((batch.len() - plan.len()) as u64);
         }
-        // Settle what Redis answered; keep the rest, in order, to send
-        // again (in the same buffer: it keeps its capacity).
+        // Settle what Redis answered (keeping what it confirmed for a
+        // while); keep the rest, in order, to send again (in the same
+        // buffer: it keeps its capacity).
+        let answered = Instant::now();
+        let mut confirmed = 0;
+        let mut failed = 0;
         for &settled in &outcome {
-            let Some(item) = batch.pop_front() else { break };
+            let Some(mut item) = batch.pop_front() else {
+                break;
+            };
             match settled {
-                Some(ok) => item.settle(&inner.budget, ok),
+                Some(ok) => {
+                    if !item.is_copy() {
+                        if ok {
+                            confirmed += 1;
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                    item.report(&inner.budget, ok);
+                    if ok {
+                        kept.push(answered, item);
+                    }
+                }
                 None => batch.push_back(item),
             }
         }
@@ -198,7 +238,12 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
             tracing::info!(server = %inner.servers[server].url, unconfirmed = batch.len(), "Redis did not confirm a batch; holding it to send again");
             outage = true;
             back = None;
-            inner.metrics.relay_retried.inc_by(batch.len() as u64);
+            let copies = batch.iter().filter(|item| item.is_copy()).count();
+            inner
+                .metrics
+                .relay_retried
+                .inc_by((batch.len() - copies) as u64);
+            kept.replay_into(&mut batch);
             if client.is_connected() {
                 // Connected but unconfirmed (a stalled Redis): look again later.
                 tokio::time::sleep(OUTAGE_POLL).await;
@@ -216,11 +261,55 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
     }
 }
 
+/// Envelopes Redis confirmed in the last [`KEEP_FOR`] (at most
+/// [`KEEP_BYTES`]), oldest first, already reported sent.
+///
+/// Redis confirms a `PUBLISH` once the message is in its subscribers'
+/// output buffers, not once they have read it. If Redis dies, or a peer's
+/// link to it drops, in the meantime, the peer never gets it. So after an
+/// outage a lane sends these again, in front of what it held and in their
+/// order, once the cluster has settled; a peer that had one drops the copy
+/// (its sequence number is not above the last it saw). An idle lane keeps
+/// its last ones until it publishes again, so a reconnect while idle still
+/// finds them.
+#[derive(Default)]
+struct Kept {
+    items: VecDeque<(Instant, Outgoing)>,
+    bytes: usize,
+}
+
+impl Kept {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Keep `item`, confirmed at `at`; forget what is now too old or over
+    /// the byte bound.
+    fn push(&mut self, at: Instant, item: Outgoing) {
+        self.bytes += item.size();
+        self.items.push_back((at, item));
+        while let Some((confirmed, oldest)) = self.items.front() {
+            if self.bytes <= KEEP_BYTES && at.duration_since(*confirmed) <= KEEP_FOR {
+                break;
+            }
+            self.bytes -= oldest.size();
+            self.items.pop_front();
+        }
+    }
+
+    /// Move everything kept to the front of `batch`, in order.
+    fn replay_into(&mut self, batch: &mut VecDeque<Outgoing>) {
+        while let Some((_, item)) = self.items.pop_back() {
+            batch.push_front(item);
+        }
+        self.bytes = 0;
+    }
+}
+
 /// Whether the connection was (re)established since the last look. Nearly
 /// always nothing was: `len` answers that under one lock, where `try_recv`
 /// takes three.
 fn reconnected(events: &mut tokio::sync::broadcast::Receiver<fred::types::config::Server>) -> bool {
-    use tokio::sync::broadcast::error::TryRecvError;
     if events.is_empty() {
         return false;
     }
@@ -267,10 +356,6 @@ struct Command {
 impl Command {
     fn items(&self) -> impl Iterator<Item = usize> + '_ {
         std::iter::once(self.first).chain(self.more.iter().copied())
-    }
-
-    fn len(&self) -> usize {
-        1 + self.more.len()
     }
 }
 
@@ -371,6 +456,61 @@ mod tests {
                 (topic, seqs)
             })
             .collect()
+    }
+
+    fn seq_of(item: &Outgoing) -> u64 {
+        proto::decode(&item.payload).expect("decodes").seq
+    }
+
+    #[test]
+    fn confirmed_envelopes_are_replayed_in_order_ahead_of_what_was_held() {
+        let budget = super::super::queue::Budget::new(
+            1 << 20,
+            prometheus::IntGauge::new("k", "k").expect("gauge"),
+        );
+        let mut kept = Kept::default();
+        let at = Instant::now();
+        for seq in 1..=3 {
+            let mut item = envelope(seq, "a");
+            assert!(budget.try_take(item.cost));
+            item.report(&budget, true);
+            assert!(item.is_copy(), "a reported envelope is a copy");
+            kept.push(at, item);
+        }
+        assert_eq!(budget.held(), 0, "what is kept is not charged");
+        let mut batch: VecDeque<Outgoing> = [envelope(4, "a"), envelope(5, "a")].into();
+        kept.replay_into(&mut batch);
+        assert_eq!(
+            batch.iter().map(seq_of).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert!(kept.is_empty());
+        assert_eq!(kept.bytes, 0);
+    }
+
+    #[test]
+    fn kept_envelopes_are_forgotten_by_age_and_by_bytes() {
+        let mut kept = Kept::default();
+        let start = Instant::now();
+        kept.push(start, envelope(1, "a"));
+        kept.push(start + KEEP_FOR / 2, envelope(2, "a"));
+        kept.push(
+            start + KEEP_FOR + Duration::from_millis(1),
+            envelope(3, "a"),
+        );
+        let seqs: Vec<u64> = kept.items.iter().map(|(_, item)| seq_of(item)).collect();
+        assert_eq!(seqs, [2, 3], "older than KEEP_FOR before the newest goes");
+
+        let mut kept = Kept::default();
+        // Sequence numbers of one encoded width, so every envelope has one size.
+        let one = envelope(1000, "a").size();
+        let fits = KEEP_BYTES / one;
+        for seq in 1000..(1000 + fits as u64 + 10) {
+            kept.push(start, envelope(seq, "a"));
+        }
+        assert_eq!(kept.items.len(), fits);
+        assert!(kept.bytes <= KEEP_BYTES);
+        assert_eq!(kept.items.front().map(|(_, item)| seq_of(item)), Some(1010));
     }
 
     #[tokio::test]

@@ -119,7 +119,8 @@ pub struct Outgoing {
     pub payload: Bytes,
     /// Redis must confirm it by then, or it fails.
     pub deadline: Instant,
-    /// Bytes charged to the [`Budget`].
+    /// Bytes charged to the [`Budget`]; 0 once reported (a copy, see
+    /// [`Outgoing::report`]).
     pub cost: usize,
     pub ack: Option<Arc<Ack>>,
 }
@@ -157,11 +158,30 @@ impl Outgoing {
     }
 
     /// Settle it: give its bytes back and tell its publisher.
-    pub fn settle(self, budget: &Budget, ok: bool) {
-        budget.give_back(self.cost);
-        if let Some(ack) = self.ack {
+    pub fn settle(mut self, budget: &Budget, ok: bool) {
+        self.report(budget, ok);
+    }
+
+    /// Settle it but keep it, to be sent again as a copy: its bytes go back
+    /// to the budget and its publisher is told, once.
+    pub fn report(&mut self, budget: &Budget, ok: bool) {
+        if self.cost > 0 {
+            budget.give_back(self.cost);
+            self.cost = 0;
+        }
+        if let Some(ack) = self.ack.take() {
             ack.done(ok);
         }
+    }
+
+    /// Already reported: a copy sent again (receivers drop it if they had it).
+    pub fn is_copy(&self) -> bool {
+        self.cost == 0
+    }
+
+    /// Bytes it takes, charged or not.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.topic.len() + OVERHEAD
     }
 }
 
