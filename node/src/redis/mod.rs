@@ -5,7 +5,8 @@
 //! - [`relay`]: the cluster relay (publish lanes, receive, interest,
 //!   membership, history publications, readiness);
 //! - [`queue`], [`dedup`], [`health`]: the relay's byte-bounded queues and
-//!   retry buffer, duplicate filters, and active readiness probes;
+//!   retry buffer, duplicate filters, and active readiness probes; `kept`:
+//!   what a lane sends again after an outage although Redis confirmed it;
 //! - [`envelope`]: deliveries to and from cluster envelopes;
 //! - [`store`]: history (streams) and presence (hashes) in Redis.
 //!
@@ -56,6 +57,7 @@ pub mod envelope;
 pub mod health;
 mod inbound;
 mod interest;
+mod kept;
 mod membership;
 mod publisher;
 pub mod queue;
