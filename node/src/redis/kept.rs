@@ -59,20 +59,9 @@ impl Kept {
 
 #[cfg(test)]
 mod tests {
+    use super::super::queue::tests::envelope;
     use super::*;
-    use bytes::Bytes;
     use pubmesh_cluster_proto as proto;
-
-    fn envelope(seq: u64, topic: &str) -> Outgoing {
-        let body = proto::Body::Deliver(proto::Delivery {
-            targets: proto::Targets::Channels(vec![topic.to_string()]),
-            frame: Bytes::from_static(b"{\"n\":1}"),
-            exclude_client: None,
-            extra: proto::Extra::default(),
-        });
-        let payload = proto::encode(&proto::Envelope::new("n1", seq, body));
-        Outgoing::new(topic.into(), payload, Duration::from_secs(1), None)
-    }
 
     fn seq_of(item: &Outgoing) -> u64 {
         proto::decode(&item.payload).expect("decodes").seq

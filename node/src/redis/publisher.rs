@@ -373,18 +373,8 @@ fn plan_into(plan: &mut Vec<Command>, batch: &VecDeque<Outgoing>, max_bytes: usi
 #[cfg(test)]
 mod tests {
     use super::super::queue::stream_key;
+    use super::super::queue::tests::envelope;
     use super::*;
-
-    fn envelope(seq: u64, topic: &str) -> Outgoing {
-        let body = proto::Body::Deliver(proto::Delivery {
-            targets: proto::Targets::Channels(vec![topic.to_string()]),
-            frame: Bytes::from_static(b"{\"n\":1}"),
-            exclude_client: None,
-            extra: proto::Extra::default(),
-        });
-        let payload = proto::encode(&proto::Envelope::new("n1", seq, body));
-        Outgoing::new(topic.into(), payload, Duration::from_secs(1), None)
-    }
 
     /// (topic, seqs carried) of each command.
     fn plan(batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) -> Vec<Command> {

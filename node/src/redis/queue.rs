@@ -231,8 +231,21 @@ impl Lane {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A `Deliver` envelope of origin `n1` with sequence `seq` for channel `topic`.
+    pub(in crate::redis) fn envelope(seq: u64, topic: &str) -> Outgoing {
+        use pubmesh_cluster_proto as proto;
+        let body = proto::Body::Deliver(proto::Delivery {
+            targets: proto::Targets::Channels(vec![topic.to_string()]),
+            frame: Bytes::from_static(b"{\"n\":1}"),
+            exclude_client: None,
+            extra: proto::Extra::default(),
+        });
+        let payload = proto::encode(&proto::Envelope::new("n1", seq, body));
+        Outgoing::new(topic.into(), payload, Duration::from_secs(1), None)
+    }
 
     #[test]
     fn the_budget_refuses_what_does_not_fit_and_takes_it_back() {
