@@ -472,11 +472,57 @@ pub async fn redis_cmd(port: u16, args: &[&str]) -> Option<String> {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Held by a test that starts a whole cluster, for as long as it runs.
+pub struct ClusterSlot {
+    _here: tokio::sync::SemaphorePermit<'static>,
+    _machine: std::fs::File,
+}
+
 /// Tests that start whole clusters take this first, so only a couple run at
-/// once on a small machine.
-pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
+/// once on a small machine: at most 2 per test binary, and at most
+/// `PUBMESH_TEST_CLUSTER_SLOTS` (default 2) across every test binary running
+/// on the machine (`scripts/run-tests` runs several side by side). The
+/// machine-wide slots are file locks in the temporary directory, released
+/// when their holder ends, however it ends.
+pub async fn cluster_slot() -> ClusterSlot {
     static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-    SLOTS.acquire().await.expect("semaphore never closes")
+    let here = SLOTS.acquire().await.expect("semaphore never closes");
+    let slots: usize = std::env::var("PUBMESH_TEST_CLUSTER_SLOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2);
+    let machine = tokio::task::spawn_blocking(move || machine_slot(slots))
+        .await
+        .expect("slot task");
+    ClusterSlot {
+        _here: here,
+        _machine: machine,
+    }
+}
+
+/// Lock one of `slots` lock files: a free one if there is one, otherwise wait
+/// for one picked at random.
+fn machine_slot(slots: usize) -> std::fs::File {
+    let dir = std::env::temp_dir().join("pubmesh-tests-cluster-slots");
+    std::fs::create_dir_all(&dir).expect("slot directory");
+    let open = |i: usize| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("slot-{i}")))
+            .expect("slot file")
+    };
+    for i in 0..slots {
+        let file = open(i);
+        if file.try_lock().is_ok() {
+            return file;
+        }
+    }
+    let file = open(rand_u16() as usize % slots);
+    file.lock().expect("slot lock");
+    file
 }
 
 /// A port `p` such that `p` and `p + 10000` (the Redis Cluster bus) are free.
