@@ -16,9 +16,9 @@ const KEEP_BYTES: usize = 256 * 1024;
 /// [`KEEP_BYTES`]), oldest first, already reported sent.
 ///
 /// Redis confirms a `PUBLISH` once the message is in its subscribers'
-/// output buffers, not once they have read it. If Redis dies, or a peer's
-/// link to it drops, in the meantime, the peer never gets it. So after an
-/// outage a lane sends these again, in front of what it held and in their
+/// output buffers, not once they have read it. If Redis dies in the
+/// meantime, the peer never gets it. So after an outage of its own
+/// connection a lane sends these again, in front of what it held and in their
 /// order, once the cluster has settled; a peer that had one drops the copy
 /// (its sequence number is not above the last it saw). An idle lane keeps
 /// its last ones until it publishes again, so a reconnect while idle still
