@@ -136,18 +136,19 @@ pub fn stream_key(topic: &str) -> u64 {
 
 impl Outgoing {
     pub fn new(topic: String, payload: Bytes, retry: Duration, ack: Option<Arc<Ack>>) -> Self {
-        let cost = payload.len() + topic.len() + OVERHEAD;
         if let Some(ack) = &ack {
             ack.add();
         }
-        Outgoing {
+        let mut item = Outgoing {
             stream: stream_key(&topic),
             topic,
             payload,
             deadline: Instant::now() + retry,
-            cost,
+            cost: 0,
             ack,
-        }
+        };
+        item.cost = item.size();
+        item
     }
 
     /// Refuse it before it was charged (the budget was full).
@@ -179,7 +180,7 @@ impl Outgoing {
         self.cost == 0
     }
 
-    /// Bytes it takes, charged or not.
+    /// Bytes it takes, charged or not (what [`Outgoing::new`] charges).
     pub fn size(&self) -> usize {
         self.payload.len() + self.topic.len() + OVERHEAD
     }
