@@ -218,9 +218,9 @@ async fn a_member_joining_on_b_while_a_publishes_at_full_rate_gets_everything_af
 
 /// A channel that one peer alone listens to goes to that peer's inbox
 /// (`--relay-node-addressing`, on by default), where the envelopes of
-/// channels on different publishing lanes meet; once a second peer joins it
-/// goes to the channel's topic. A member on B of `pair` and of two more
-/// channels (`pair` and `side-2` leave through different lanes), subscribed before A starts publishing to them at full rate,
+/// different channels meet; once a second peer joins it goes to the
+/// channel's topic. A member on B of `pair` and of two more channels,
+/// subscribed before A starts publishing to them at full rate,
 /// receives every message of each once and in order across that change; the
 /// member that joins `pair` on C while A publishes receives everything after
 /// its answer.

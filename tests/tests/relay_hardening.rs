@@ -241,7 +241,7 @@ async fn a_three_second_redis_restart_while_publishing_loses_nothing() {
 
 /// Item 11, the receiving node late: Redis restarts for 3 s and node B's link
 /// stays cut 2.5 s longer than node A's, so A has its subscriptions back and
-/// hears nothing from B meanwhile. A's lanes hold what they kept until B has
+/// hears nothing from B meanwhile. A's lane holds what it kept until B has
 /// heartbeated again (with its own subscriptions back): everything published
 /// during the outage and B's late return arrives on B once, in order.
 #[tokio::test]

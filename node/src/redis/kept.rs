@@ -9,8 +9,9 @@ use super::queue::Outgoing;
 /// How long after Redis confirmed an envelope a lane keeps it, to send it
 /// again after an outage (see [`Kept`]).
 const KEEP_FOR: Duration = Duration::from_secs(1);
-/// At most this many bytes of confirmed envelopes kept per lane.
-const KEEP_BYTES: usize = 256 * 1024;
+/// At most this many bytes of confirmed envelopes kept per lane (one lane
+/// per Redis server).
+const KEEP_BYTES: usize = 1024 * 1024;
 
 /// Envelopes Redis confirmed in the last [`KEEP_FOR`] (at most
 /// [`KEEP_BYTES`]), oldest first, already reported sent.

@@ -2,7 +2,7 @@
 //! channel history and presence live.
 //!
 //! - [`client`]: which server owns a name;
-//! - [`relay`]: the cluster relay (publish lanes, receive, interest,
+//! - [`relay`]: the cluster relay (publishing lanes, receive, interest,
 //!   membership, history publications, readiness);
 //! - [`queue`], [`dedup`], [`health`]: the relay's byte-bounded queues and
 //!   retry buffer, duplicate filters, and active readiness probes; `kept`:
@@ -26,10 +26,10 @@
 //! the first. With `--redis-cluster` every topic uses sharded pub/sub
 //! (`SSUBSCRIBE`/`SPUBLISH`), which Redis Cluster routes to the topic's slot.
 //!
-//! Publishing never blocks: messages go to bounded queues per server (one per
-//! lane, chosen by topic), each drained by a task that pipelines whole batches
-//! in one round trip and sends the next only after it completes, so one
-//! publisher's messages to one topic stay in order. Each server has a
+//! Publishing never blocks: messages go to one bounded queue per server (its
+//! lane), drained by a task that pipelines whole batches in one round trip
+//! and sends the next only after it completes, so one publisher's messages
+//! to one topic stay in order. Each server has a
 //! dedicated subscriber connection whose reader only decodes and pushes to
 //! outboxes. A node ignores the echo of its own messages (it delivered them
 //! locally first); history publications are the exception: the store's

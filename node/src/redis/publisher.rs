@@ -1,5 +1,5 @@
-//! Publishing of the Redis relay: the lanes that pipeline queued
-//! envelopes to Redis and send again what Redis did not confirm.
+//! Publishing of the Redis relay: each server's lane, which pipelines
+//! queued envelopes to Redis and sends again what Redis did not confirm.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

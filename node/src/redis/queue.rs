@@ -129,7 +129,8 @@ pub struct Outgoing {
 /// other Redis channel's): equal for every envelope of a channel or user,
 /// whether it goes to the topic or to a peer's inbox.
 ///
-/// The key stays within this process (lanes and ordering groups).
+/// The key stays within this process (the order of commands in a pipeline,
+/// and ordering groups).
 pub fn stream_key(topic: &str) -> u64 {
     crate::hashing::process_hash(topic)
 }
@@ -186,8 +187,8 @@ impl Outgoing {
     }
 }
 
-/// One publishing lane: a FIFO drained by one task. A topic always maps to
-/// the same lane, so its envelopes stay in order.
+/// One publishing lane (one per Redis server): a FIFO drained by one task,
+/// so envelopes leave in the order they were queued.
 #[derive(Default)]
 pub struct Lane {
     queue: Mutex<VecDeque<Outgoing>>,

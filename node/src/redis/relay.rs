@@ -12,11 +12,11 @@
 //! the first. With `--redis-cluster` every topic uses sharded pub/sub
 //! (`SSUBSCRIBE`/`SPUBLISH`), which Redis Cluster routes to the topic's slot.
 //!
-//! Publishing never blocks: messages go to queues per server (one per lane,
-//! chosen by topic), bounded together in bytes (`--relay-queue-bytes`, see
-//! [`super::queue`]), each drained by a task that pipelines whole batches in
-//! one round trip and sends the next only after it completes, so one
-//! publisher's messages to one topic stay in order. A batch Redis does not
+//! Publishing never blocks: messages go to one queue per server (its lane),
+//! bounded together in bytes (`--relay-queue-bytes`, see [`super::queue`]),
+//! each drained by a task that pipelines whole batches in one round trip and
+//! sends the next only after it completes, so one publisher's messages to
+//! one topic stay in order. A batch Redis does not
 //! confirm is kept and sent again until its deadline (`--relay-retry-ms`):
 //! after an outage a lane first waits until its own subscriptions are back
 //! and every known peer has heartbeated again (a node heartbeats only while
@@ -63,7 +63,7 @@ use super::membership::{heartbeat_loop, probe_loop};
 use super::publisher::publish_loop;
 use super::queue::{Budget, Lane};
 use super::routing::{ack_loop, discovery_problem};
-use super::state::{unix_now, Inner, Server, Wishes, LANES, MIN_ENVELOPE_COST};
+use super::state::{unix_now, Inner, Server, Wishes, MIN_ENVELOPE_COST};
 use super::store::RedisStore;
 use super::views::Interests;
 use super::watermark::Watermark;
@@ -130,7 +130,7 @@ impl RedisRelay {
                 url: crate::redis_connect::redacted(&url),
                 publisher,
                 subscriber,
-                lanes: (0..LANES).map(|_| Arc::new(Lane::default())).collect(),
+                lane: Arc::new(Lane::default()),
                 health: ServerHealth::new(crate::redis_connect::redacted(&url)),
             });
         }
@@ -202,9 +202,7 @@ impl Relay for RedisRelay {
                 drop(server.publisher.connect());
                 drop(server.subscriber.connect());
                 drop(server.subscriber.manage_subscriptions());
-                for lane in &server.lanes {
-                    tokio::spawn(publish_loop(inner.clone(), i, lane.clone()));
-                }
+                tokio::spawn(publish_loop(inner.clone(), i, server.lane.clone()));
                 tokio::spawn(receive_loop(inner.clone(), i));
             }
             tokio::spawn(interest_loop(inner.clone()));
