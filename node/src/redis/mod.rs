@@ -29,12 +29,12 @@
 //! Publishing never blocks: messages go to one bounded queue per server (its
 //! lane), drained by a task that pipelines whole batches in one round trip
 //! and sends the next only after it completes, so one publisher's messages
-//! to one topic stay in order. Each server has a
-//! dedicated subscriber connection whose reader only decodes and pushes to
-//! outboxes. A node ignores the echo of its own messages (it delivered them
-//! locally first); history publications are the exception: the store's
-//! append script publishes them, and every node (this one included)
-//! delivers them from Redis, in offset order.
+//! to one topic stay in order. Each server has a dedicated subscriber
+//! connection whose reader only decodes and pushes to outboxes. A node
+//! ignores the echo of its own messages (it delivered them locally first);
+//! history publications are the exception: the store's append script
+//! publishes them, and every node (this one included) delivers them from
+//! Redis, in offset order.
 //!
 //! What travels is the protocol-neutral delivery (cluster-proto version 2:
 //! data plus channel, event, kind, origin and audience); each node encodes

@@ -16,12 +16,12 @@
 //! bounded together in bytes (`--relay-queue-bytes`, see [`super::queue`]),
 //! each drained by a task that pipelines whole batches in one round trip and
 //! sends the next only after it completes, so one publisher's messages to
-//! one topic stay in order. A batch Redis does not
-//! confirm is kept and sent again until its deadline (`--relay-retry-ms`):
-//! after an outage a lane first waits until its own subscriptions are back
-//! and every known peer has heartbeated again (a node heartbeats only while
-//! its subscriptions are in place), so what was held reaches every node.
-//! Receivers drop the copies this can make ([`super::dedup`]).
+//! one topic stay in order. A batch Redis does not confirm is kept and sent
+//! again until its deadline (`--relay-retry-ms`): after an outage a lane
+//! first waits until its own subscriptions are back and every known peer
+//! has heartbeated again (a node heartbeats only while its subscriptions
+//! are in place), so what was held reaches every node. Receivers drop the
+//! copies this can make ([`super::dedup`]).
 //!
 //! A publish to several channels or users becomes one envelope per topic,
 //! carrying only that topic's name. Envelopes of one multi-channel publish
