@@ -1,5 +1,6 @@
-//! Outgoing envelopes of the Redis relay: byte-bounded lanes, the retry
-//! buffer that bridges a short Redis outage, and publish acknowledgements.
+//! Outgoing envelopes of the Redis relay: the byte-bounded lanes (one per
+//! Redis server), the retry buffer that bridges a short Redis outage, and
+//! publish acknowledgements.
 //!
 //! Every envelope waiting for Redis (queued, in a pipeline, or held through an
 //! outage) is charged to one [`Budget`] per node, in bytes

@@ -17,7 +17,7 @@ impl Inner {
     /// every peer's view is known and none listens to it; to the inbox of
     /// the one peer that listens when exactly one does (and
     /// `--relay-node-addressing` allows it), so that envelopes for many
-    /// topics share one `PUBLISH` (one batch per lane and peer); else to the
+    /// topics share one `PUBLISH` (one batch per pipeline and peer); else to the
     /// topic.
     pub(super) fn route(&self, topic: &str) -> Route {
         let interests = &self.interests;

@@ -272,9 +272,9 @@ impl Inner {
                         // No peer listens to it (see `super::views`).
                         Route::Skip if owner.is_none() => self.metrics.relay_skipped.inc(),
                         Route::Skip => {}
-                        // One peer listens: its inbox, in the topic's order (and
-                        // so on its lane, which keeps a topic's envelopes in
-                        // order whichever Redis channel carries them).
+                        // One peer listens: its inbox, with the topic's order
+                        // key, which keeps a topic's envelopes in order within
+                        // a pipeline whichever Redis channel carries them.
                         Route::Peer(inbox) if owner.as_ref() != Some(&inbox) => {
                             self.metrics.relay_addressed.inc();
                             parts.push((0, inbox, order, targets, false));
