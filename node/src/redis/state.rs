@@ -48,9 +48,9 @@ pub(super) struct Server {
     /// The one publishing lane: its queue and the task that pipelines it,
     /// one pipeline in flight at a time, so every envelope to this server
     /// leaves in the order it was queued. One lane rather than several
-    /// makes each pipeline carry more envelopes: W2 at 40,000 msgs/s sent
-    /// 10,600 `PUBLISH`es with one lane against 37,900 with four, for 11 %
-    /// less CPU per message and no worse p99 (BENCHMARKS.md).
+    /// makes each pipeline carry more envelopes, and a `PUBLISH` costs
+    /// about the same whatever it carries (BENCHMARKS.md, "One publishing
+    /// lane per Redis server").
     pub(super) lane: Arc<Lane>,
     pub(super) health: ServerHealth,
 }
