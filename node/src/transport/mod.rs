@@ -9,7 +9,8 @@
 //! ([`race`]: a delivery wakes the writer, not the frame reader). When one
 //! ends, all are dropped, the socket closes and the session's `on_close`
 //! runs. [`listener`] accepts connections and serves HTTP within bounds;
-//! [`direct`] answers a native upgrade without the HTTP stack;
+//! [`direct`] answers a native upgrade without the HTTP stack, and
+//! [`shared`] lets delivering tasks write to such a socket themselves;
 //! [`upgrade`] does the HTTP upgrade; [`sse`] drains the same outbox into a
 //! streaming HTTP response (Server-Sent Events) or a long-poll reply.
 
@@ -17,6 +18,7 @@ pub mod direct;
 pub mod listener;
 pub mod liveness;
 mod race;
+pub mod shared;
 pub mod sse;
 pub mod upgrade;
 
@@ -41,7 +43,7 @@ use tokio_tungstenite::WebSocketStream;
 use self::liveness::{Heard, Pings};
 use crate::address::{AddressBudget, FrameLimit};
 use crate::config::Liveness;
-use crate::outbox::{CloseReason, Outbox};
+use crate::outbox::{CloseReason, Next, Outbox};
 
 /// What the reader should do after a frame.
 pub enum Flow {
@@ -263,7 +265,7 @@ where
         .as_ref()
         .map(|p| tokio::time::sleep_until(p.next_event())));
     // What the last wait took: the wake and the take cost one lock.
-    let mut taken: Option<Option<CloseReason>> = None;
+    let mut taken: Option<Next> = None;
     loop {
         // Pings keep their schedule while frames flow, too.
         let ping = match pings.as_mut().map(|p| p.due(heard)) {
@@ -271,11 +273,16 @@ where
             Some(liveness::Due::Ping) => true,
             _ => false,
         };
+        // A frame written straight to the socket left part of itself there.
+        let mut flush = false;
         let closing = match taken.take() {
-            Some(closing) => closing,
+            Some(next) => {
+                flush = next.flush;
+                next.closing
+            }
             None => outbox.take(&mut batch),
         };
-        if batch.is_empty() && !ping {
+        if batch.is_empty() && !ping && !flush {
             if let Some(reason) = closing {
                 send_close(sink, reason).await;
                 return Some(reason);
