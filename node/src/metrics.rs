@@ -104,8 +104,6 @@ pub mod labels {
         "duplicate",
         "expired",
     ];
-    /// `pubmesh_direct_writes_total{frame}`.
-    pub const DIRECT_WRITES: &[&str] = &["whole", "part"];
     /// `pubmesh_recoveries_total{result}`.
     pub const RECOVERY_RESULTS: &[&str] = &["ok", "failed"];
     /// `listener` of `pubmesh_http_connections` and `pubmesh_http_refused_total`.
@@ -127,7 +125,6 @@ pub struct Metrics {
     pub messages_in: Labelled,
     pub messages_out: Labelled,
     pub deliveries: IntCounter,
-    pub direct_writes: Labelled,
     pub dropped: IntCounterVec,
     pub slow_consumer_disconnects: IntCounter,
     pub errors: IntCounterVec,
@@ -189,9 +186,12 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
-/// A counter family of one label whose known values are resolved once:
-/// counting one is one atomic add, where the family's `with_label_values`
-/// (still there through `Deref`) hashes, locks and clones, per message.
+/// A counter family of one label whose known values are resolved once.
+/// Counting a known value is one atomic add; the family's own
+/// `with_label_values` (still there through `Deref`) hashes the value, takes
+/// the family's lock and clones the series, which the per-message paths
+/// (a frame in, a publish out, an envelope relayed or received) paid for
+/// every message.
 pub struct Labelled {
     family: IntCounterVec,
     known: Box<[(&'static str, IntCounter)]>,
@@ -310,13 +310,6 @@ impl Metrics {
                 &r,
                 "pubmesh_deliveries_total",
                 "Frames queued to local connections",
-            ),
-            direct_writes: labelled(
-                &r,
-                "pubmesh_direct_writes_total",
-                "Frames of deliveries written to a waiting connection's socket by the delivering task: whole, or the start of it",
-                "frame",
-                labels::DIRECT_WRITES,
             ),
             dropped: counter_vec(
                 &r,

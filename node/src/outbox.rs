@@ -14,16 +14,9 @@
 //! A frame that may be lost (a Socket.IO `volatile` emit) is [`Outbox::offer`]ed
 //! rather than pushed: it is queued only while the outbox holds little, and
 //! dropped otherwise, without counting toward the slow-consumer close.
-//!
-//! A connection whose socket the transport [`Outbox::attach`]ed takes a
-//! frame [`Outbox::send`] brings straight to its socket while its writer
-//! waits with nothing queued or unwritten: the delivering task writes it
-//! (one non-blocking system call) and the writer task is not woken. What the
-//! socket does not take at once is left to the writer, in order.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
@@ -40,59 +33,14 @@ pub const VOLATILE_SHARE: usize = 4;
 /// Most bytes a writer's flush window waits for (see [`Outbox::window_bytes`]).
 pub const WINDOW_BYTES: usize = 64 * 1024;
 
-/// A socket attached to an outbox ([`Outbox::attach`]); dropping it
-/// detaches the socket, and every later frame goes to the queue.
-pub struct Attached<'a>(&'a Outbox);
-
-impl Drop for Attached<'_> {
-    fn drop(&mut self) {
-        let mut state = self.0.state.lock();
-        state.direct = None;
-        state.idle = false;
-    }
-}
-
-/// What ended a writer's wait ([`Outbox::next`]).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Next {
-    /// The close reason when the outbox is closing.
-    pub closing: Option<CloseReason>,
-    /// The socket holds part of a frame written directly: flush it.
-    pub flush: bool,
-}
-
 /// Result of a push.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push {
     Queued,
-    /// [`Outbox::send`] wrote the frame to the socket: all of it (`true`),
-    /// or its start, the rest left to the writer (`false`).
-    Written(bool),
     /// This push overflowed the bound: the outbox is now closed as a slow consumer.
     Overflowed,
     /// The outbox was already closed; the frame was dropped.
     Closed,
-}
-
-/// A socket the delivering task may write a frame to itself
-/// ([`Outbox::send`]), called with the outbox locked.
-pub trait DirectWrite: Send + Sync {
-    /// Write `frame` as one whole WebSocket text frame now, without
-    /// waiting, unless the socket still holds bytes of an earlier write or
-    /// has closed.
-    fn write_text(&self, frame: &[u8]) -> Wrote;
-}
-
-/// What [`DirectWrite::write_text`] did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Wrote {
-    /// All of it: nothing is left to do.
-    All,
-    /// The start of it; the socket holds the rest for its writer, who must
-    /// flush it before anything else is written.
-    Part,
-    /// Nothing: queue it for the writer.
-    Nothing,
 }
 
 /// The tasks waiting on an outbox: usually one (the connection's writer),
@@ -167,14 +115,6 @@ struct State {
     /// The writer waits in its flush window: the push that brings the queue
     /// to [`Outbox::window_bytes`] wakes `on_overflow`.
     windowing: bool,
-    /// The socket [`Outbox::send`] may write to while `idle`.
-    direct: Option<Arc<dyn DirectWrite>>,
-    /// The writer waits ([`Outbox::next`]) having written everything it
-    /// took: a frame written to the socket now comes after all of them.
-    idle: bool,
-    /// A direct write left part of a frame in the socket: the writer's
-    /// wait ends to flush it.
-    flush: bool,
 }
 
 impl State {
@@ -258,7 +198,6 @@ impl Outbox {
         }
         state.bytes += len;
         state.queue.push_back(frame);
-        state.idle = false;
         let writer = state.window_full(self.window_bytes());
         if state.on_frame.is_empty() && writer.is_none() {
             return Push::Queued;
@@ -270,40 +209,6 @@ impl Outbox {
             writer.wake();
         }
         Push::Queued
-    }
-
-    /// Queue one frame, or write it to the attached socket now when the
-    /// writer waits with everything it took written (the frame then comes
-    /// after all of them, and before anything pushed later). Never blocks:
-    /// a socket that does not take the frame at once leaves it (or what is
-    /// left of it) to the writer, as [`Outbox::push`] does.
-    pub fn send(&self, frame: Utf8Bytes) -> Push {
-        let mut state = self.state.lock();
-        if state.closed.is_none() && state.idle && state.queue.is_empty() {
-            if let Some(direct) = &state.direct {
-                match direct.write_text(frame.as_bytes()) {
-                    Wrote::All => return Push::Written(true),
-                    Wrote::Part => {
-                        state.idle = false;
-                        state.flush = true;
-                        let wake = state.on_frame.take();
-                        drop(state);
-                        wake.wake();
-                        return Push::Written(false);
-                    }
-                    Wrote::Nothing => state.idle = false,
-                }
-            }
-        }
-        drop(state);
-        self.push(frame)
-    }
-
-    /// Let [`Outbox::send`] write to `socket` (the transport's) until the
-    /// returned guard is dropped.
-    pub fn attach(&self, socket: Arc<dyn DirectWrite>) -> Attached<'_> {
-        self.state.lock().direct = Some(socket);
-        Attached(self)
     }
 
     /// What a writer's flush window waits for at most: a quarter of the
@@ -342,7 +247,6 @@ impl Outbox {
         }
         state.bytes += len;
         state.queue.extend(frames.cloned());
-        state.idle = false;
         let wake = state.on_frame.take();
         let writer = state.window_full(self.window_bytes());
         drop(state);
@@ -393,7 +297,6 @@ impl Outbox {
         };
         state.bytes += frame.len();
         state.queue.push_back(frame);
-        state.idle = false;
         let wake = state.on_frame.take();
         drop(state);
         wake.wake();
@@ -434,7 +337,6 @@ impl Outbox {
         }
         state.bytes = 0;
         state.windowing = false;
-        state.idle = false;
         if state.queue.capacity() > 64 {
             state.queue = VecDeque::new();
         }
@@ -454,26 +356,25 @@ impl Outbox {
         })
     }
 
-    /// [`Outbox::take`] once something is queued, the outbox is closed or
-    /// the socket holds part of a frame written directly: the writer's wait
-    /// and its take under one lock. The writer calls it with everything it
-    /// took written: while it waits, [`Outbox::send`] may write to the socket.
+    /// [`Outbox::take`] once something is queued or the outbox is closed:
+    /// the writer's wait and its take under one lock.
     pub fn next<'a>(
         &'a self,
         into: &'a mut VecDeque<Utf8Bytes>,
-    ) -> impl Future<Output = Next> + Send + 'a {
+    ) -> impl Future<Output = Option<CloseReason>> + Send + 'a {
         std::future::poll_fn(move |cx| self.poll_next(cx, into))
     }
 
-    fn poll_next(&self, cx: &mut Context<'_>, into: &mut VecDeque<Utf8Bytes>) -> Poll<Next> {
+    fn poll_next(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Utf8Bytes>,
+    ) -> Poll<Option<CloseReason>> {
         let mut state = self.state.lock();
-        if !state.queue.is_empty() || state.closed.is_some() || state.flush {
-            let flush = std::mem::take(&mut state.flush);
-            let closing = Self::take_locked(&mut state, into);
-            return Poll::Ready(Next { closing, flush });
+        if !state.queue.is_empty() || state.closed.is_some() {
+            return Poll::Ready(Self::take_locked(&mut state, into));
         }
         state.on_frame.register(cx.waker());
-        state.idle = true;
         Poll::Pending
     }
 

@@ -29,12 +29,6 @@ pub use members::Recipients;
 
 const SHARDS: usize = 64;
 
-/// A delivery to at most this many local connections is written to their
-/// idle sockets by the delivering task ([`crate::outbox::Outbox::send`]);
-/// to more, each connection's writer writes it, so a large fan-out keeps
-/// every worker thread busy rather than one.
-const DIRECT_FAN_OUT: usize = 8;
-
 type Shard<V> = Mutex<HashMap<Arc<str>, V>>;
 
 /// A map from a name (channel, user, client id) to members, sharded by hash.
@@ -361,9 +355,6 @@ impl Hub {
             (Some(p), Some(c)) => Some((p, c)),
             _ => None,
         };
-        // A few recipients: this task writes to their idle sockets itself.
-        // Many: their writers do, on every worker thread at once.
-        let direct = recipients.len() <= DIRECT_FAN_OUT;
         for conn in recipients {
             let mut positioned = false;
             if let Some((position, channel)) = positioned_channel {
@@ -397,7 +388,7 @@ impl Hub {
             // Only deliveries with an audience may be droppable.
             let queued = match &delivery.audience {
                 Some(_) if conn.codec.droppable(delivery) => self.offer(conn, frames),
-                _ => self.queue(conn, frames, direct),
+                _ => self.push(conn, frames),
             };
             if queued {
                 delivered += 1;

@@ -119,13 +119,7 @@ fn only_the_push_after_a_wait_wakes_the_waiter() {
             outbox.push(Utf8Bytes::from("x"));
         }
         assert_eq!(wakes(&count), 1, "one wake for a hundred pushes");
-        assert_eq!(
-            next.as_mut().poll(&mut cx),
-            Poll::Ready(Next {
-                closing: None,
-                flush: false
-            })
-        );
+        assert_eq!(next.as_mut().poll(&mut cx), Poll::Ready(None));
     }
     assert_eq!(batch.len(), 100);
     // Pushes while the writer writes (nobody waits) wake nothing; the
@@ -304,111 +298,4 @@ fn a_flush_window_ends_once_a_burst_has_queued_enough_for_a_write() {
     other.close(CloseReason::Drain);
     assert_eq!(wakes(&count), 2);
     assert_eq!(filled.as_mut().poll(&mut cx), Poll::Ready(()));
-}
-
-/// A socket that records what is written to it and answers as told.
-struct Recorder {
-    answer: parking_lot::Mutex<Wrote>,
-    written: parking_lot::Mutex<Vec<Vec<u8>>>,
-}
-
-impl Recorder {
-    fn new() -> Arc<Recorder> {
-        Arc::new(Recorder {
-            answer: parking_lot::Mutex::new(Wrote::All),
-            written: parking_lot::Mutex::new(Vec::new()),
-        })
-    }
-}
-
-impl DirectWrite for Recorder {
-    fn write_text(&self, frame: &[u8]) -> Wrote {
-        let answer = std::mem::replace(&mut *self.answer.lock(), Wrote::All);
-        if answer != Wrote::Nothing {
-            self.written.lock().push(frame.to_vec());
-        }
-        answer
-    }
-}
-
-fn poll_next(outbox: &Outbox, batch: &mut VecDeque<Utf8Bytes>, waker: &Waker) -> Poll<Next> {
-    let mut next = std::pin::pin!(outbox.next(batch));
-    next.as_mut().poll(&mut Context::from_waker(waker))
-}
-
-#[test]
-fn send_writes_to_the_socket_only_while_the_writer_waits_with_nothing_queued() {
-    let outbox = Outbox::new(100);
-    let socket = Recorder::new();
-    let attached = outbox.attach(socket.clone());
-    let (count, waker) = counting();
-    let mut batch = VecDeque::new();
-    // The writer has not waited yet: queued.
-    assert_eq!(outbox.send(Utf8Bytes::from("a")), Push::Queued);
-    assert!(poll_next(&outbox, &mut batch, &waker).is_ready());
-    assert_eq!(
-        Vec::from(std::mem::take(&mut batch)),
-        ["a"].map(Utf8Bytes::from)
-    );
-    // It waits with everything written: straight to the socket, no wake.
-    assert!(poll_next(&outbox, &mut batch, &waker).is_pending());
-    assert_eq!(outbox.send(Utf8Bytes::from("b")), Push::Written(true));
-    assert_eq!(outbox.send(Utf8Bytes::from("c")), Push::Written(true));
-    assert_eq!(wakes(&count), 0);
-    // Something queued (a push) keeps later sends behind it.
-    assert_eq!(outbox.push(Utf8Bytes::from("d")), Push::Queued);
-    assert_eq!(outbox.send(Utf8Bytes::from("e")), Push::Queued);
-    assert_eq!(wakes(&count), 1);
-    assert!(poll_next(&outbox, &mut batch, &waker).is_ready());
-    assert_eq!(
-        Vec::from(std::mem::take(&mut batch)),
-        ["d", "e"].map(Utf8Bytes::from)
-    );
-    // A socket that takes nothing: queued, and the writer woken.
-    assert!(poll_next(&outbox, &mut batch, &waker).is_pending());
-    *socket.answer.lock() = Wrote::Nothing;
-    assert_eq!(outbox.send(Utf8Bytes::from("f")), Push::Queued);
-    assert_eq!(wakes(&count), 2);
-    assert!(poll_next(&outbox, &mut batch, &waker).is_ready());
-    assert_eq!(
-        Vec::from(std::mem::take(&mut batch)),
-        ["f"].map(Utf8Bytes::from)
-    );
-    assert_eq!(*socket.written.lock(), [b"b".to_vec(), b"c".to_vec()]);
-    // Detached: queued, whatever the writer does.
-    drop(attached);
-    assert!(poll_next(&outbox, &mut batch, &waker).is_pending());
-    assert_eq!(outbox.send(Utf8Bytes::from("g")), Push::Queued);
-    // Closed: dropped.
-    outbox.close(CloseReason::Drain);
-    assert_eq!(outbox.send(Utf8Bytes::from("h")), Push::Closed);
-}
-
-#[test]
-fn a_frame_the_socket_took_part_of_wakes_the_writer_to_flush_it() {
-    let outbox = Outbox::new(100);
-    let socket = Recorder::new();
-    let _attached = outbox.attach(socket.clone());
-    let (count, waker) = counting();
-    let mut batch = VecDeque::new();
-    assert!(poll_next(&outbox, &mut batch, &waker).is_pending());
-    *socket.answer.lock() = Wrote::Part;
-    assert_eq!(outbox.send(Utf8Bytes::from("a")), Push::Written(false));
-    assert_eq!(wakes(&count), 1);
-    // Later sends queue behind the rest of it.
-    assert_eq!(outbox.send(Utf8Bytes::from("b")), Push::Queued);
-    let next = poll_next(&outbox, &mut batch, &waker);
-    assert_eq!(
-        next,
-        Poll::Ready(Next {
-            closing: None,
-            flush: true
-        })
-    );
-    assert_eq!(
-        Vec::from(std::mem::take(&mut batch)),
-        ["b"].map(Utf8Bytes::from)
-    );
-    // Flushed once: the next wait waits.
-    assert!(poll_next(&outbox, &mut batch, &waker).is_pending());
 }

@@ -175,17 +175,6 @@ impl<T> Prefaced<T> {
     }
 }
 
-impl<T> Prefaced<T> {
-    /// The socket, then what is left of the read and the write prefaces.
-    pub fn into_parts(self) -> (T, Vec<u8>, Vec<u8>) {
-        let mut read = self.read;
-        read.drain(..self.read_at);
-        let mut write = self.write;
-        write.drain(..self.written);
-        (self.io, read, write)
-    }
-}
-
 impl<T: AsyncWrite + Unpin> Prefaced<T> {
     /// Write what is left of the write preface.
     fn poll_preface(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -204,23 +193,6 @@ impl<T: AsyncWrite + Unpin> Prefaced<T> {
     }
 }
 
-/// Read from what is left of a read preface (`read` from `at`) into
-/// `buf`, freeing it once it is all read; false when none is left.
-pub(super) fn read_preface(read: &mut Vec<u8>, at: &mut usize, buf: &mut ReadBuf<'_>) -> bool {
-    if *at >= read.len() {
-        return false;
-    }
-    let rest = &read[*at..];
-    let n = rest.len().min(buf.remaining());
-    buf.put_slice(&rest[..n]);
-    *at += n;
-    if *at == read.len() {
-        *read = Vec::new();
-        *at = 0;
-    }
-    true
-}
-
 impl<T: AsyncRead + Unpin> AsyncRead for Prefaced<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -228,7 +200,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefaced<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if read_preface(&mut this.read, &mut this.read_at, buf) {
+        if this.read_at < this.read.len() {
+            let rest = &this.read[this.read_at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.read_at += n;
+            if this.read_at == this.read.len() {
+                this.read = Vec::new();
+                this.read_at = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)

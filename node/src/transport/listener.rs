@@ -475,18 +475,6 @@ pub struct Held {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Held {
-    /// The socket, for a task that shares it ([`super::shared`]).
-    pub(super) fn tcp(&self) -> &TcpStream {
-        &self.tcp
-    }
-
-    #[cfg(test)]
-    pub(super) fn bare(tcp: TcpStream) -> Held {
-        Held { tcp, _permit: None }
-    }
-}
-
 impl AsyncRead for Held {
     fn poll_read(
         self: Pin<&mut Self>,

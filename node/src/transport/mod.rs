@@ -9,8 +9,7 @@
 //! ([`race`]: a delivery wakes the writer, not the frame reader). When one
 //! ends, all are dropped, the socket closes and the session's `on_close`
 //! runs. [`listener`] accepts connections and serves HTTP within bounds;
-//! [`direct`] answers a native upgrade without the HTTP stack, and
-//! [`shared`] lets delivering tasks write to such a socket themselves;
+//! [`direct`] answers a native upgrade without the HTTP stack;
 //! [`upgrade`] does the HTTP upgrade; [`sse`] drains the same outbox into a
 //! streaming HTTP response (Server-Sent Events) or a long-poll reply.
 
@@ -18,7 +17,6 @@ pub mod direct;
 pub mod listener;
 pub mod liveness;
 mod race;
-pub mod shared;
 pub mod sse;
 pub mod upgrade;
 
@@ -43,7 +41,7 @@ use tokio_tungstenite::WebSocketStream;
 use self::liveness::{Heard, Pings};
 use crate::address::{AddressBudget, FrameLimit};
 use crate::config::Liveness;
-use crate::outbox::{CloseReason, Next, Outbox};
+use crate::outbox::{CloseReason, Outbox};
 
 /// What the reader should do after a frame.
 pub enum Flow {
@@ -265,7 +263,7 @@ where
         .as_ref()
         .map(|p| tokio::time::sleep_until(p.next_event())));
     // What the last wait took: the wake and the take cost one lock.
-    let mut taken: Option<Next> = None;
+    let mut taken: Option<Option<CloseReason>> = None;
     loop {
         // Pings keep their schedule while frames flow, too.
         let ping = match pings.as_mut().map(|p| p.due(heard)) {
@@ -273,16 +271,11 @@ where
             Some(liveness::Due::Ping) => true,
             _ => false,
         };
-        // A frame written straight to the socket left part of itself there.
-        let mut flush = false;
         let closing = match taken.take() {
-            Some(next) => {
-                flush = next.flush;
-                next.closing
-            }
+            Some(closing) => closing,
             None => outbox.take(&mut batch),
         };
-        if batch.is_empty() && !ping && !flush {
+        if batch.is_empty() && !ping {
             if let Some(reason) = closing {
                 send_close(sink, reason).await;
                 return Some(reason);

@@ -168,13 +168,9 @@ pub fn direct(node: Arc<Node>) -> transport::Direct<transport::Held> {
         let run: transport::DirectRun<transport::Held> = Box::new(move |io| {
             Box::pin(async move {
                 let config = transport::socket_config(node.config.max_message_size);
-                let (held, read, write) = io.into_parts();
-                let (io, shared) = transport::shared::SharedIo::new(held, read, write);
                 let mut socket =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                 let (conn, settings) = open(&node, codec, checked, &mut socket).await;
-                // Deliveries may write to the socket while the writer waits.
-                let _attached = conn.outbox.attach(shared);
                 let session = NativeSession::new(node.clone(), conn.clone());
                 transport::run(socket, &conn.outbox, session, settings).await;
             })

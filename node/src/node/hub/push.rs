@@ -17,7 +17,7 @@ impl Hub {
     pub(super) fn hold(&self, conn: &Conn, held: &mut Held, delivery: &Delivery) {
         let cost = Held::cost(delivery);
         match conn.outbox.hold(cost) {
-            Push::Queued | Push::Written(_) => {
+            Push::Queued => {
                 held.deliveries.push(delivery.clone());
                 held.bytes += cost;
                 self.metrics.recovery_held_bytes.add(cost as i64);
@@ -64,33 +64,19 @@ impl Hub {
     /// costs each of them one reference count increment (in the encode
     /// cache) and one decrement (after the write), not two of each.
     pub fn push(&self, conn: &Conn, frames: Frames) -> bool {
-        self.queue(conn, frames, false)
-    }
-
-    /// [`Hub::push`], and when `now`, a single frame may be written to the
-    /// connection's socket by this task ([`crate::outbox::Outbox::send`]).
-    pub fn queue(&self, conn: &Conn, frames: Frames, now: bool) -> bool {
         let mut queued = false;
         let sent = conn.codec.sent();
-        let send = |frame| match now {
-            true => conn.outbox.send(frame),
-            false => conn.outbox.push(frame),
-        };
-        let mut push = |frame: tokio_tungstenite::tungstenite::Utf8Bytes| match send(frame) {
-            pushed @ (Push::Queued | Push::Written(_)) => {
-                queued = true;
-                if let Some(sent) = sent {
-                    sent.inc();
+        let mut push =
+            |frame: tokio_tungstenite::tungstenite::Utf8Bytes| match conn.outbox.push(frame) {
+                Push::Queued => {
+                    queued = true;
+                    if let Some(sent) = sent {
+                        sent.inc();
+                    }
                 }
-                if let Push::Written(whole) = pushed {
-                    self.metrics
-                        .direct_writes
-                        .inc(if whole { "whole" } else { "part" });
-                }
-            }
-            Push::Overflowed => self.overflowed(),
-            Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
-        };
+                Push::Overflowed => self.overflowed(),
+                Push::Closed => self.metrics.dropped.with_label_values(&["closed"]).inc(),
+            };
         match frames {
             Frames::None => {}
             Frames::One(frame) => push(frame),
