@@ -22,7 +22,7 @@ pub fn now_micros() -> u64 {
 /// Small client buffers: tens of thousands of sockets per process.
 pub fn client_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(4 << 20)
 }

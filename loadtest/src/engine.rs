@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -23,6 +24,9 @@ use crate::protocol::{self, Protocol, Session};
 use crate::scenario::{split, Connections, Publish, Scenario, Subscribers, Target, Via, Workload};
 
 mod protocol_subscriber;
+mod wait;
+
+use wait::{Turns, Woke};
 
 /// Connection attempts in flight at once while setting up subscribers.
 const SETUP_CONCURRENCY: usize = 256;
@@ -325,31 +329,44 @@ async fn read_loop(
     until: Option<Instant>,
     measured: bool,
 ) -> End {
-    let sleep = tokio::time::sleep_until(
+    if *stop.borrow() {
+        return End::Stopped;
+    }
+    let deadline = tokio::time::sleep_until(
         until
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
             .into(),
     );
-    tokio::pin!(sleep);
-    loop {
-        if *stop.borrow() {
-            return End::Stopped;
-        }
+    let stopped = async {
         tokio::select! {
-            biased;
-            _ = stop.changed() => return End::Stopped,
-            _ = &mut sleep => return End::Stopped,
-            out = recv_opt(&mut outgoing) => match out {
-                Some(frame) => {
-                    if ws.send(Message::Text(Utf8Bytes::from(frame))).await.is_err() {
-                        ctx.rec.other(|m| m.error("ws_write"));
-                        return End::Closed;
-                    }
-                    ctx.rec.other(|m| m.add("ws_msgs_sent", 1));
+            _ = stop.changed() => {}
+            _ = deadline => {}
+        }
+    };
+    tokio::pin!(stopped);
+    let mut turns = Turns::default();
+    loop {
+        let woke = turns
+            .next(ws, stopped.as_mut(), |cx| match outgoing.as_mut() {
+                Some(rx) => rx.poll_recv(cx),
+                None => Poll::Pending,
+            })
+            .await;
+        match woke {
+            Woke::Stop => return End::Stopped,
+            Woke::Other(Some(frame)) => {
+                if ws
+                    .send(Message::Text(Utf8Bytes::from(frame)))
+                    .await
+                    .is_err()
+                {
+                    ctx.rec.other(|m| m.error("ws_write"));
+                    return End::Closed;
                 }
-                None => outgoing = None,
-            },
-            msg = ws.next() => match msg {
+                ctx.rec.other(|m| m.add("ws_msgs_sent", 1));
+            }
+            Woke::Other(None) => outgoing = None,
+            Woke::Frame(msg) => match msg {
                 Some(Ok(Message::Text(t))) => match classify(&t) {
                     Frame::Delivery(sent) if measured => {
                         ctx.rec.delivery(now_micros().saturating_sub(sent))
@@ -376,13 +393,6 @@ async fn read_loop(
                 }
             },
         }
-    }
-}
-
-async fn recv_opt(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -10,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::wait::{Turns, Woke};
 use super::{Ctx, End, CONNECT_TIMEOUT};
 use crate::client::{self, now_micros, Frame, Ws};
 use crate::protocol::{cells_claims, Protocol, Session};
@@ -127,14 +128,19 @@ pub(super) async fn read_loop(
         .heartbeat_period()
         .unwrap_or(Duration::from_secs(86_400 * 365));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    if *stop.borrow() {
+        return End::Stopped;
+    }
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let mut turns = Turns::default();
     loop {
-        if *stop.borrow() {
-            return End::Stopped;
-        }
-        tokio::select! {
-            biased;
-            _ = stop.changed() => return End::Stopped,
-            _ = heartbeat.tick() => {
+        let woke = turns
+            .next(ws, stopped.as_mut(), |cx| heartbeat.poll_tick(cx))
+            .await;
+        match woke {
+            Woke::Stop => return End::Stopped,
+            Woke::Other(_) => {
                 if let Some(frame) = session.heartbeat() {
                     if !send(ws, frame).await {
                         ctx.rec.other(|m| m.error("ws_write"));
@@ -143,7 +149,7 @@ pub(super) async fn read_loop(
                     ctx.rec.other(|m| m.add("ws_msgs_sent", 1));
                 }
             }
-            msg = ws.next() => match msg {
+            Woke::Frame(msg) => match msg {
                 Some(Ok(Message::Text(t))) => {
                     let read = session.read(&t);
                     match read.frame {
