@@ -61,6 +61,7 @@ pub struct FileConfig {
     pub walker_timeout_ms: Option<u64>,
     pub drain_seconds: Option<u64>,
     pub log_format: Option<LogFormat>,
+    pub heap_huge_pages: Option<bool>,
     pub max_message_size: Option<usize>,
     pub outbox_bytes: Option<usize>,
     pub client_rate: Option<u32>,
@@ -145,6 +146,8 @@ pub struct Config {
     pub walker_timeout: Duration,
     pub drain: Duration,
     pub log_format: LogFormat,
+    /// glibc's allocator with one arena on huge pages (see [`crate::heap`]).
+    pub heap_huge_pages: bool,
     pub max_message_size: usize,
     pub outbox_bytes: usize,
     pub client_rate: u32,
@@ -324,6 +327,7 @@ impl Config {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
+            heap_huge_pages: cli.heap_huge_pages.or(file.heap_huge_pages).unwrap_or(true),
             max_message_size: cli
                 .max_message_size
                 .or(file.max_message_size)

@@ -33,6 +33,7 @@ pub mod conn;
 pub mod delivery;
 pub mod frontend;
 pub mod hashing;
+pub mod heap;
 pub mod history;
 pub mod http_error;
 pub mod idempotency;

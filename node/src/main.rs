@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 use pubmesh_node::config::{Cli, Config, LogFormat};
+use pubmesh_node::heap::Heap;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -14,6 +15,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // Before any thread: this may execute the node again (see `heap`).
+    let heap = pubmesh_node::heap::tune(config.heap_huge_pages);
     // RUST_LOG sets the level; by default pubmesh logs at info and reports
     // Redis outages itself (the Redis client library only its errors).
     let filter =
@@ -26,6 +29,12 @@ fn main() -> std::process::ExitCode {
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    match heap {
+        Heap::Tuned => tracing::info!("heap: one glibc arena on transparent huge pages"),
+        Heap::Failed => tracing::warn!("heap: glibc's defaults (executing the node again failed)"),
+        Heap::AsSet => tracing::info!("heap: as GLIBC_TUNABLES sets it"),
+        Heap::Default => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -112,6 +112,8 @@ pub struct Node {
     pub node_id: String,
     log: PathBuf,
     args: Vec<String>,
+    /// Environment variables set (`Some`) or removed (`None`) for it.
+    env: Vec<(String, Option<String>)>,
 }
 
 impl Node {
@@ -128,6 +130,23 @@ impl Node {
             node_id,
             free_port(),
             args.iter().map(|s| s.to_string()).collect(),
+            Vec::new(),
+        );
+        node.wait_ready().await;
+        node
+    }
+
+    /// Like [`Node::start`], with environment variables set (`Some`) or
+    /// removed (`None`).
+    pub async fn start_with_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Node {
+        let node_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let node = Node::spawn(
+            &node_id,
+            free_port(),
+            args.iter().map(|s| s.to_string()).collect(),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+                .collect(),
         );
         node.wait_ready().await;
         node
@@ -141,16 +160,29 @@ impl Node {
             &node_id,
             free_port(),
             args.iter().map(|s| s.to_string()).collect(),
+            Vec::new(),
         );
         node.wait_live().await;
         node
     }
 
-    fn spawn(node_id: &str, port: u16, args: Vec<String>) -> Node {
+    fn spawn(
+        node_id: &str,
+        port: u16,
+        args: Vec<String>,
+        env: Vec<(String, Option<String>)>,
+    ) -> Node {
         let dir = temp_dir("node");
         let log = dir.join("node.log");
         let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(pubmesh_bin())
+        let mut command = Command::new(pubmesh_bin());
+        for (key, value) in &env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let child = command
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--node-id")
@@ -169,13 +201,19 @@ impl Node {
             node_id: node_id.to_string(),
             log,
             args,
+            env,
         }
     }
 
     /// Start again on the same port with the same flags (after a kill).
     pub async fn restart(&mut self) {
         self.kill();
-        let fresh = Node::spawn(&self.node_id, self.port, self.args.clone());
+        let fresh = Node::spawn(
+            &self.node_id,
+            self.port,
+            self.args.clone(),
+            self.env.clone(),
+        );
         *self = fresh;
         self.wait_ready().await;
     }

@@ -78,6 +78,10 @@ pub struct Cli {
     /// Log format [default: text]
     #[arg(long, env = env::LOG_FORMAT)]
     pub log_format: Option<LogFormat>,
+    /// Run glibc's allocator with one arena on transparent huge pages (the node executes itself once more at start-up with GLIBC_TUNABLES set; keys already in GLIBC_TUNABLES stay): fewer TLB misses per delivery; false: glibc's defaults [default: true]
+    #[arg(long, env = env::HEAP_HUGE_PAGES, num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub heap_huge_pages: Option<bool>,
     /// Largest accepted client frame or API body in bytes [default: 65536]
     #[arg(long, env = env::MAX_MESSAGE_SIZE)]
     pub max_message_size: Option<usize>,

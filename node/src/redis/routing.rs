@@ -13,13 +13,14 @@ use super::views::{Route, ASK_AGAIN, BEAT_VALID, DISCOVERY, SNAPSHOT_PART};
 use crate::hashing::{HashMap, HashSet};
 
 impl Inner {
-    /// Where a channel or user envelope for `topic` goes. Off Redis when
+    /// Where a channel or user envelope for the topic of `key` ([`super::queue::stream_key`]
+    /// of the topic) goes. Off Redis when
     /// every peer's view is known and none listens to it; to the inbox of
     /// the one peer that listens when exactly one does (and
     /// `--relay-node-addressing` allows it), so that envelopes for many
     /// topics share one `PUBLISH` (one batch per pipeline and peer); else to the
     /// topic.
-    pub(super) fn route(&self, topic: &str) -> Route {
+    pub(super) fn route(&self, key: u64) -> Route {
         let interests = &self.interests;
         if !interests.all_known.load(Ordering::Acquire) {
             return Route::Topic;
@@ -37,7 +38,7 @@ impl Inner {
         for (id, peer) in peers.iter() {
             match &peer.known {
                 None => return Route::Topic,
-                Some((_, topics)) if topics.contains(topic) => {
+                Some((_, topics)) if topics.contains(key) => {
                     if listener.is_some() {
                         return Route::Topic;
                     }
@@ -236,8 +237,8 @@ impl Inner {
                 } => {
                     match &mut p.known {
                         Some((version, topics)) if from == *version => {
-                            for t in removed {
-                                topics.remove(&t);
+                            for t in &removed {
+                                topics.remove(t);
                             }
                             topics.extend(added);
                             *version = to;

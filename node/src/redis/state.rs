@@ -260,10 +260,11 @@ impl Inner {
                         true => self.owner_inbox(name).map(|o| self.topics.node(o)),
                         false => None,
                     };
-                    let route = self.route(&topic);
-                    // The topic's order key, for an envelope sent to an inbox.
-                    let order = (owner.is_some() || matches!(route, Route::Peer(_)))
-                        .then(|| stream_key(&topic));
+                    // The topic's key: what the views hold, and its order
+                    // key for an envelope sent to an inbox.
+                    let key = stream_key(&topic);
+                    let route = self.route(key);
+                    let order = (owner.is_some() || matches!(route, Route::Peer(_))).then_some(key);
                     let before = parts.len();
                     match route {
                         Route::Topic => {
