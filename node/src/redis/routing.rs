@@ -13,13 +13,12 @@ use super::views::{Route, ASK_AGAIN, BEAT_VALID, DISCOVERY, SNAPSHOT_PART};
 use crate::hashing::{HashMap, HashSet};
 
 impl Inner {
-    /// Where a channel or user envelope for the topic of `key` ([`super::queue::stream_key`]
-    /// of the topic) goes. Off Redis when
-    /// every peer's view is known and none listens to it; to the inbox of
-    /// the one peer that listens when exactly one does (and
-    /// `--relay-node-addressing` allows it), so that envelopes for many
-    /// topics share one `PUBLISH` (one batch per pipeline and peer); else to the
-    /// topic.
+    /// Where a channel or user envelope goes, for the topic whose key
+    /// ([`super::queue::stream_key`]) is `key`. Off Redis when every peer's
+    /// view is known and none listens to it; to the inbox of the one peer
+    /// that listens when exactly one does (and `--relay-node-addressing`
+    /// allows it), so that envelopes for many topics share one `PUBLISH`
+    /// (one batch per pipeline and peer); else to the topic.
     pub(super) fn route(&self, key: u64) -> Route {
         let interests = &self.interests;
         if !interests.all_known.load(Ordering::Acquire) {
