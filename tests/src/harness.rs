@@ -105,6 +105,15 @@ pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A node id of its own for a test node.
+fn fresh_node_id() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
 /// A running `pubmesh` process.
 pub struct Node {
     child: Option<Child>,
@@ -119,19 +128,13 @@ pub struct Node {
 impl Node {
     /// Start a node with a test API key and these extra flags; waits for /readyz.
     pub async fn start(args: &[&str]) -> Node {
-        let node_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        Node::start_as(&node_id, args).await
+        Node::start_with_env(args, &[]).await
     }
 
     /// Like [`Node::start`] with a chosen node id; does not wait for readiness
     /// when `args` contain a Redis URL that is down (use `wait_live`).
     pub async fn start_as(node_id: &str, args: &[&str]) -> Node {
-        let node = Node::spawn(
-            node_id,
-            free_port(),
-            args.iter().map(|s| s.to_string()).collect(),
-            Vec::new(),
-        );
+        let node = Node::spawn(node_id, free_port(), owned(args), Vec::new());
         node.wait_ready().await;
         node
     }
@@ -139,15 +142,11 @@ impl Node {
     /// Like [`Node::start`], with environment variables set (`Some`) or
     /// removed (`None`).
     pub async fn start_with_env(args: &[&str], env: &[(&str, Option<&str>)]) -> Node {
-        let node_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let node = Node::spawn(
-            &node_id,
-            free_port(),
-            args.iter().map(|s| s.to_string()).collect(),
-            env.iter()
-                .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
-                .collect(),
-        );
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        let node = Node::spawn(&fresh_node_id(), free_port(), owned(args), env);
         node.wait_ready().await;
         node
     }
@@ -155,13 +154,7 @@ impl Node {
     /// Start a node and wait only until it answers `/livez` (for nodes that
     /// start degraded, e.g. with Redis down).
     pub async fn spawn_unready(args: &[&str]) -> Node {
-        let node_id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let node = Node::spawn(
-            &node_id,
-            free_port(),
-            args.iter().map(|s| s.to_string()).collect(),
-            Vec::new(),
-        );
+        let node = Node::spawn(&fresh_node_id(), free_port(), owned(args), Vec::new());
         node.wait_live().await;
         node
     }
