@@ -13,8 +13,11 @@ const KEEP_FOR: Duration = Duration::from_secs(1);
 /// per Redis server).
 const KEEP_BYTES: usize = 1024 * 1024;
 
-/// Envelopes Redis confirmed in the last [`KEEP_FOR`] (at most
-/// [`KEEP_BYTES`]), oldest first, already reported sent.
+/// Commands Redis confirmed in the last [`KEEP_FOR`] (at most
+/// [`KEEP_BYTES`]), oldest first, already reported sent: each a copy of one
+/// command as it went ([`Outgoing::command_copy`]: one envelope, or a batch
+/// of them for one topic), so a busy lane keeps one item per command rather
+/// than one per envelope, and lets go of what it published at once.
 ///
 /// Redis confirms a `PUBLISH` once the message is in its subscribers'
 /// output buffers, not once they have read it. If Redis dies in the
@@ -23,7 +26,8 @@ const KEEP_BYTES: usize = 1024 * 1024;
 /// order, once the cluster has settled; a peer that had one drops the copy
 /// (its sequence number is not above the last it saw). An idle lane keeps
 /// its last ones until it publishes again, so a reconnect while idle still
-/// finds them.
+/// finds them. A copy is sent again as it was, in a command of its own
+/// ([`Outgoing::whole`]).
 #[derive(Default)]
 pub(super) struct Kept {
     items: VecDeque<(Instant, Outgoing)>,

@@ -59,6 +59,7 @@ mod inbound;
 mod interest;
 mod kept;
 mod membership;
+mod plan;
 mod publisher;
 pub mod queue;
 pub mod relay;

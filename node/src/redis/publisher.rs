@@ -5,15 +5,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::Value as RedisValue;
-use pubmesh_cluster_proto as proto;
 
 use super::kept::Kept;
+use super::plan::{plan_into, Plan};
 use super::queue::{Lane, Outgoing};
 use super::state::{Inner, BATCH, OUTAGE_POLL};
-use crate::hashing::HashMap;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 /// Is this error one that sending again may fix? Everything but a command
@@ -60,7 +58,7 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
     // Whether the last pipeline carried more than one envelope.
     let mut busy = false;
     // Kept across pipelines, so a pipeline allocates none of them.
-    let mut plan: Vec<Command> = Vec::new();
+    let mut plan = Plan::default();
     let mut outcome: Vec<Option<bool>> = Vec::new();
     let mut kept = Kept::default();
     loop {
@@ -148,7 +146,7 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
         });
         plan_into(&mut plan, &batch, inner.limits.batch_bytes, &inner.node_id);
         busy = batch.len() > 1;
-        for command in &plan {
+        for command in &plan.commands {
             let topic = batch[command.first].topic.as_str();
             let queued: Result<(), Error> = if inner.sharded {
                 commands.spublish(topic, command.payload.clone()).await
@@ -172,8 +170,10 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
         // What became of each envelope: Some(confirmed) or None (send again).
         outcome.clear();
         outcome.resize(batch.len(), None);
-        let mut again = results.len() < plan.len();
-        for (command, result) in plan.iter().zip(results) {
+        let mut again = results.len() < plan.commands.len();
+        // What Redis confirmed is kept a while, command by command.
+        let answered = Instant::now();
+        for (command, result) in plan.commands.iter().zip(results) {
             let ok = match result {
                 Ok(_) => true,
                 Err(e) if transient(&e) => {
@@ -185,20 +185,23 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
                     false
                 }
             };
-            for i in command.items() {
+            for &i in plan.items(command) {
                 outcome[i] = Some(ok);
             }
+            if ok {
+                let first = &batch[command.first];
+                let copy = Outgoing::command_copy(first, command.payload.clone());
+                kept.push(answered, copy);
+            }
         }
-        if plan.len() < batch.len() {
+        if plan.commands.len() < batch.len() {
             inner
                 .metrics
                 .relay_batched
-                .inc_by((batch.len() - plan.len()) as u64);
+                .inc_by((batch.len() - plan.commands.len()) as u64);
         }
-        // Settle what Redis answered (keeping what it confirmed for a
-        // while); keep the rest, in order, to send again (in the same
-        // buffer: it keeps its capacity).
-        let answered = Instant::now();
+        // Settle what Redis answered; keep the rest, in order, to send
+        // again (in the same buffer: it keeps its capacity).
         let mut confirmed = 0;
         let mut failed = 0;
         for &settled in &outcome {
@@ -215,9 +218,6 @@ pub(super) async fn publish_loop(inner: Arc<Inner>, server: usize, lane: Arc<Lan
                         }
                     }
                     item.report(&inner.budget, ok);
-                    if ok {
-                        kept.push(answered, item);
-                    }
                 }
                 None => batch.push_back(item),
             }
@@ -295,108 +295,11 @@ async fn linger(lane: &Lane, batch: &mut VecDeque<Outgoing>, wait: Duration) {
     lane.take_ready(BATCH - batch.len(), batch);
 }
 
-/// One command of a pipeline: the envelopes it carries (indexes into the
-/// lane's batch, in order: `first`, then `more`) and its payload.
-struct Command {
-    first: usize,
-    more: Vec<usize>,
-    payload: Bytes,
-}
-
-impl Command {
-    fn items(&self) -> impl Iterator<Item = usize> + '_ {
-        std::iter::once(self.first).chain(self.more.iter().copied())
-    }
-}
-
-/// Group a lane's batch into commands (into `plan`, emptied first):
-/// envelopes for the same topic share one batch envelope of at most
-/// `max_bytes` (an envelope alone is sent as it is). Each topic's envelopes
-/// stay in order, within and across its commands, and the commands follow
-/// the first envelope of each. So do each stream's (`Outgoing::stream`):
-/// an envelope joins its topic's command only if no envelope of its stream
-/// went into a later command (a channel's envelope to a peer's inbox after
-/// one to the channel's topic starts a command of its own).
-fn plan_into(plan: &mut Vec<Command>, batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) {
-    plan.clear();
-    if batch.len() == 1 {
-        // An idle lane's batch (the common case below saturation): sent as
-        // it is, without grouping by topic.
-        plan.push(Command {
-            first: 0,
-            more: Vec::new(),
-            payload: batch[0].payload.clone(),
-        });
-        return;
-    }
-    let overhead = proto::batch_overhead(origin.len());
-    // Per command: its envelopes and their bytes in a batch.
-    let mut groups: Vec<(Vec<usize>, usize)> = Vec::new();
-    // Topic → the command its next envelope may join.
-    let mut open: HashMap<&str, usize> = HashMap::default();
-    // Stream → the last command holding one of its envelopes: sized for a
-    // stream per envelope (W2's channels each have their own), so a busy
-    // lane's batch of hundreds does not grow it step by step.
-    let mut last: HashMap<u64, usize> = crate::hashing::map_with_capacity(batch.len());
-    for (i, item) in batch.iter().enumerate() {
-        let size = item.payload.len() + proto::BATCH_ITEM_OVERHEAD;
-        let after = last.get(&item.stream).copied().unwrap_or(0);
-        if let Some(&g) = open.get(item.topic.as_str()) {
-            let (items, bytes) = &mut groups[g];
-            if g >= after && *bytes + size <= max_bytes {
-                items.push(i);
-                *bytes += size;
-                last.insert(item.stream, g);
-                continue;
-            }
-        }
-        open.insert(item.topic.as_str(), groups.len());
-        last.insert(item.stream, groups.len());
-        groups.push((vec![i], overhead + size));
-    }
-    plan.extend(groups.into_iter().map(|(mut items, _)| {
-        let payload = if let [one] = items[..] {
-            batch[one].payload.clone()
-        } else {
-            let parts: Vec<Bytes> = items.iter().map(|&i| batch[i].payload.clone()).collect();
-            proto::encode_batch(origin, 0, &parts)
-        };
-        let first = items.remove(0);
-        Command {
-            first,
-            more: items,
-            payload,
-        }
-    }));
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::queue::stream_key;
     use super::super::queue::tests::envelope;
     use super::*;
-
-    /// (topic, seqs carried) of each command.
-    fn plan(batch: &VecDeque<Outgoing>, max_bytes: usize, origin: &str) -> Vec<Command> {
-        let mut plan = Vec::new();
-        plan_into(&mut plan, batch, max_bytes, origin);
-        plan
-    }
-
-    fn shape(batch: &VecDeque<Outgoing>, plan: &[Command]) -> Vec<(String, Vec<u64>)> {
-        plan.iter()
-            .map(|c| {
-                let decoded = proto::decode(&c.payload).expect("decodes");
-                let seqs = match decoded.body {
-                    proto::Body::Batch(parts) => parts.iter().map(|e| e.seq).collect(),
-                    _ => vec![decoded.seq],
-                };
-                let topic = batch[c.first].topic.clone();
-                assert!(c.items().all(|i| batch[i].topic == topic));
-                (topic, seqs)
-            })
-            .collect()
-    }
+    use pubmesh_cluster_proto as proto;
 
     #[tokio::test]
     async fn a_lingering_lane_takes_what_arrives_during_its_wait() {
@@ -457,82 +360,5 @@ mod tests {
         .await
         .expect("returns");
         assert_eq!(batch.len(), 2);
-    }
-
-    #[test]
-    fn envelopes_for_one_topic_share_a_command_in_order_within_the_byte_bound() {
-        let batch: VecDeque<Outgoing> =
-            [(1, "a"), (2, "b"), (3, "a"), (4, "c"), (5, "a"), (6, "b")]
-                .into_iter()
-                .map(|(seq, topic)| envelope(seq, topic))
-                .collect();
-        let plan = plan(&batch, 64 * 1024, "n1");
-        assert_eq!(
-            shape(&batch, &plan),
-            [
-                ("a".to_string(), vec![1, 3, 5]),
-                ("b".to_string(), vec![2, 6]),
-                ("c".to_string(), vec![4]),
-            ]
-        );
-        // An envelope alone is sent as it was encoded, not wrapped.
-        assert_eq!(plan[2].payload, batch[3].payload);
-        // Within the bound: room for two envelopes of "a" per batch.
-        let one = batch[0].payload.len() + proto::BATCH_ITEM_OVERHEAD;
-        let bound = proto::batch_overhead(2) + 2 * one;
-        let plan = self::plan(&batch, bound, "n1");
-        assert_eq!(
-            shape(&batch, &plan),
-            [
-                ("a".to_string(), vec![1, 3]),
-                ("b".to_string(), vec![2, 6]),
-                ("c".to_string(), vec![4]),
-                ("a".to_string(), vec![5]),
-            ]
-        );
-        assert!(plan.iter().all(|c| c.payload.len() <= bound));
-        // 0: every envelope alone, in queue order.
-        let plan = self::plan(&batch, 0, "n1");
-        let seqs: Vec<u64> = shape(&batch, &plan)
-            .into_iter()
-            .flat_map(|(_, s)| s)
-            .collect();
-        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
-    }
-
-    #[test]
-    fn a_channels_envelopes_stay_in_order_when_they_change_redis_channel() {
-        // "inbox" carries channels y and x to the one peer that listens;
-        // x's second envelope went to its topic (two peers listened), its
-        // third to the inbox again (one peer again).
-        let mut batch: VecDeque<Outgoing> = VecDeque::new();
-        for (seq, topic, stream) in [
-            (1, "inbox", "y"),
-            (2, "x", "x"),
-            (3, "inbox", "x"),
-            (4, "inbox", "y"),
-        ] {
-            let mut item = envelope(seq, topic);
-            item.stream = stream_key(stream);
-            batch.push_back(item);
-        }
-        let plan = plan(&batch, 64 * 1024, "n1");
-        assert_eq!(
-            shape(&batch, &plan),
-            [
-                ("inbox".to_string(), vec![1]),
-                ("x".to_string(), vec![2]),
-                ("inbox".to_string(), vec![3, 4]),
-            ]
-        );
-    }
-
-    #[test]
-    fn an_envelope_alone_in_its_batch_is_one_command_as_encoded() {
-        let batch: VecDeque<Outgoing> = [envelope(7, "a")].into_iter().collect();
-        let plan = plan(&batch, 64 * 1024, "n1");
-        assert_eq!(shape(&batch, &plan), [("a".to_string(), vec![7])]);
-        assert_eq!(plan[0].items().collect::<Vec<_>>(), [0]);
-        assert_eq!(plan[0].payload, batch[0].payload);
     }
 }

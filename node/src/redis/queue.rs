@@ -124,6 +124,10 @@ pub struct Outgoing {
     /// [`Outgoing::report`]).
     pub cost: usize,
     pub ack: Option<Arc<Ack>>,
+    /// A whole command Redis confirmed before (one envelope, or a batch of
+    /// them for one topic), sent again as it is: it is never grouped with
+    /// other envelopes (see [`super::kept::Kept`]).
+    pub whole: bool,
 }
 
 /// The order key of the envelopes of `topic` (a channel's, a user's, or any
@@ -148,9 +152,27 @@ impl Outgoing {
             deadline: Instant::now() + retry,
             cost: 0,
             ack,
+            whole: false,
         };
         item.cost = item.size();
         item
+    }
+
+    /// A copy of one command Redis confirmed (`payload`, whose first
+    /// envelope is `first`), to send again as it is after an outage: already
+    /// reported, so nothing is charged for it and its publishers are not
+    /// told again. It takes the first envelope's topic, stream and deadline
+    /// (the oldest of its topic's envelopes in the command).
+    pub fn command_copy(first: &Outgoing, payload: Bytes) -> Self {
+        Outgoing {
+            topic: first.topic.clone(),
+            stream: first.stream,
+            payload,
+            deadline: first.deadline,
+            cost: 0,
+            ack: None,
+            whole: true,
+        }
     }
 
     /// Refuse it before it was charged (the budget was full).
