@@ -65,6 +65,17 @@ impl Topics {
         self.join("u.", user)
     }
 
+    /// [`Topics::channel`] written into `out` (emptied first), for a name
+    /// needed only for a moment: no allocation once `out` is large enough.
+    pub fn channel_in(&self, channel: &str, out: &mut String) {
+        self.join3_in("ch.{", channel, "}", out);
+    }
+
+    /// [`Topics::user`] written into `out` (emptied first).
+    pub fn user_in(&self, user: &str, out: &mut String) {
+        self.join3_in("u.", user, "", out);
+    }
+
     /// `{p}.n.{node}`: messages for clients owned by `node`, and replies to it.
     pub fn node(&self, node: &str) -> String {
         self.join("n.", node)
@@ -110,11 +121,16 @@ impl Topics {
     fn join3(&self, kind: &str, name: &str, end: &str) -> String {
         let len = self.base.len() + kind.len() + name.len() + end.len();
         let mut out = String::with_capacity(len);
+        self.join3_in(kind, name, end, &mut out);
+        out
+    }
+
+    fn join3_in(&self, kind: &str, name: &str, end: &str, out: &mut String) {
+        out.clear();
         out.push_str(&self.base);
         out.push_str(kind);
         out.push_str(name);
         out.push_str(end);
-        out
     }
 }
 
@@ -147,6 +163,14 @@ mod tests {
                 assert_eq!(t.parse(&t.channel(name)), Some(TopicKind::Channel(name)));
                 assert_eq!(t.parse(&t.user(name)), Some(TopicKind::User(name)));
                 assert_eq!(t.parse(&t.node(name)), Some(TopicKind::Node(name)));
+            }
+            // The in-place builders write the same names over what was there.
+            let mut out = String::from("left over from before");
+            for name in ["news", "a.b.c", ""] {
+                t.channel_in(name, &mut out);
+                assert_eq!(out, t.channel(name));
+                t.user_in(name, &mut out);
+                assert_eq!(out, t.user(name));
             }
             assert_eq!(t.parse(&t.all()), Some(TopicKind::All));
             assert_eq!(t.parse(&t.control()), Some(TopicKind::Control));

@@ -40,6 +40,13 @@ pub(super) const OUTAGE_POLL: Duration = Duration::from_millis(20);
 /// Smallest charge of a queued envelope: bounds how many can be in flight.
 pub(super) const MIN_ENVELOPE_COST: usize = OVERHEAD + 32;
 
+thread_local! {
+    /// A channel's or user's topic while its key is computed: most envelopes
+    /// of a busy cluster go to one peer's inbox or nowhere, and need no name
+    /// of their own.
+    static TOPIC: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// One Redis server (or the cluster).
 pub(super) struct Server {
     pub(super) url: String,
@@ -245,10 +252,9 @@ impl Inner {
                     if names.len() > 1 && !seen.insert(name.as_str()) {
                         continue;
                     }
-                    let (topic, tag) = if channels {
-                        (self.topics.channel(name), Targets::TAG_CHANNELS)
-                    } else {
-                        (self.topics.user(name), Targets::TAG_USERS)
+                    let tag = match channels {
+                        true => Targets::TAG_CHANNELS,
+                        false => Targets::TAG_USERS,
                     };
                     let targets = TargetsRef::One(tag, name.as_str());
                     // A channel whose id names another node: that node's
@@ -262,12 +268,22 @@ impl Inner {
                     };
                     // The topic's key: what the views hold, and its order
                     // key for an envelope sent to an inbox.
-                    let key = stream_key(&topic);
+                    let key = TOPIC.with_borrow_mut(|topic| {
+                        match channels {
+                            true => self.topics.channel_in(name, topic),
+                            false => self.topics.user_in(name, topic),
+                        }
+                        stream_key(topic)
+                    });
                     let route = self.route(key);
                     let order = (owner.is_some() || matches!(route, Route::Peer(_))).then_some(key);
                     let before = parts.len();
                     match route {
                         Route::Topic => {
+                            let topic = match channels {
+                                true => self.topics.channel(name),
+                                false => self.topics.user(name),
+                            };
                             parts.push((self.server_for(name), topic, None, targets, false))
                         }
                         // No peer listens to it (see `super::views`).
