@@ -53,7 +53,7 @@ pub fn with_tunables(current: &str) -> Option<String> {
 }
 
 /// How the heap was set up, for the start-up log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Heap {
     /// `--heap-huge-pages false`, or not glibc on Linux: the allocator's defaults.
     Default,
@@ -61,8 +61,8 @@ pub enum Heap {
     Tuned,
     /// `GLIBC_TUNABLES` already set both keys: left as it was.
     AsSet,
-    /// Executing the node again failed; the allocator's defaults.
-    Failed,
+    /// Executing the node again failed (why); the allocator's defaults.
+    Failed(String),
 }
 
 /// With `huge_pages`, make sure the tunables are in effect: when they are
@@ -95,8 +95,7 @@ fn reexec(tunables: String) -> Heap {
         .env("GLIBC_TUNABLES", &tunables)
         .env(DONE, &tunables)
         .exec();
-    eprintln!("pubmesh: could not execute itself again with the heap's tunables ({err}); going on with glibc's defaults");
-    Heap::Failed
+    Heap::Failed(err.to_string())
 }
 
 #[cfg(not(unix))]

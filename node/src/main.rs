@@ -32,7 +32,9 @@ fn main() -> std::process::ExitCode {
     }
     match heap {
         Heap::Tuned => tracing::info!("heap: one glibc arena on transparent huge pages"),
-        Heap::Failed => tracing::warn!("heap: glibc's defaults (executing the node again failed)"),
+        Heap::Failed(error) => {
+            tracing::warn!(%error, "heap: glibc's defaults (executing the node again failed)")
+        }
         Heap::AsSet => tracing::info!("heap: as GLIBC_TUNABLES sets it"),
         Heap::Default => {}
     }

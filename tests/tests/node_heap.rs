@@ -57,6 +57,11 @@ fn thread_arenas(pid: u32) -> usize {
         .count()
 }
 
+/// A node started with `GLIBC_TUNABLES` set to `value`, or unset.
+async fn with_tunables(value: Option<&str>) -> Node {
+    Node::start_with_env(&[], &[("GLIBC_TUNABLES", value)]).await
+}
+
 /// A notification through the API reaches a subscriber of `node`.
 async fn serves(node: &Node) {
     let mut sub = node.client("channel_id=heap").await;
@@ -72,7 +77,7 @@ async fn serves(node: &Node) {
 
 #[tokio::test]
 async fn a_node_runs_with_one_arena_on_huge_pages_in_the_process_it_was_started_as() {
-    let node = Node::start_with_env(&[], &[("GLIBC_TUNABLES", None)]).await;
+    let node = with_tunables(None).await;
     // The process the test started is the one serving (executed again in
     // place, same pid), with the tunables in its environment.
     let env = environ(node.pid());
@@ -95,14 +100,7 @@ async fn a_node_runs_with_one_arena_on_huge_pages_in_the_process_it_was_started_
 
 #[tokio::test]
 async fn tunables_already_set_are_kept_and_only_the_missing_one_is_added() {
-    let node = Node::start_with_env(
-        &[],
-        &[(
-            "GLIBC_TUNABLES",
-            Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=8"),
-        )],
-    )
-    .await;
+    let node = with_tunables(Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=8")).await;
     let env = environ(node.pid());
     assert_eq!(
         env.get("PUBMESH_HEAP_TUNED").map(String::as_str),
@@ -111,14 +109,7 @@ async fn tunables_already_set_are_kept_and_only_the_missing_one_is_added() {
     serves(&node).await;
 
     // Both set already: nothing to add, and the node is not executed again.
-    let node = Node::start_with_env(
-        &[],
-        &[(
-            "GLIBC_TUNABLES",
-            Some("glibc.malloc.hugetlb=0:glibc.malloc.arena_max=4"),
-        )],
-    )
-    .await;
+    let node = with_tunables(Some("glibc.malloc.hugetlb=0:glibc.malloc.arena_max=4")).await;
     assert_eq!(environ(node.pid()).get("PUBMESH_HEAP_TUNED"), None);
     serves(&node).await;
     assert!(node.log_text().contains("heap: as GLIBC_TUNABLES sets it"));
