@@ -30,26 +30,33 @@ async fn raw_socket(node: &Node) -> TcpStream {
     s
 }
 
+/// The server's next frame: its first byte and payload; `None` when the
+/// connection ends.
+async fn next_frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).await.ok()?;
+    let mut len = (h[1] & 0x7f) as u64;
+    if len == 126 {
+        let mut l = [0u8; 2];
+        s.read_exact(&mut l).await.ok()?;
+        len = u16::from_be_bytes(l) as u64;
+    } else if len == 127 {
+        let mut l = [0u8; 8];
+        s.read_exact(&mut l).await.ok()?;
+        len = u64::from_be_bytes(l);
+    }
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((h[0], payload))
+}
+
 /// Read server frames, skipping data frames and pongs, until a close frame;
 /// returns its code, or `None` when the connection ends without one.
 async fn close_code(s: &mut TcpStream) -> Option<u16> {
     let read = async {
         loop {
-            let mut h = [0u8; 2];
-            s.read_exact(&mut h).await.ok()?;
-            let mut len = (h[1] & 0x7f) as u64;
-            if len == 126 {
-                let mut l = [0u8; 2];
-                s.read_exact(&mut l).await.ok()?;
-                len = u16::from_be_bytes(l) as u64;
-            } else if len == 127 {
-                let mut l = [0u8; 8];
-                s.read_exact(&mut l).await.ok()?;
-                len = u64::from_be_bytes(l);
-            }
-            let mut payload = vec![0u8; len as usize];
-            s.read_exact(&mut payload).await.ok()?;
-            if h[0] & 0x0f == 0x8 {
+            let (first, payload) = next_frame(s).await?;
+            if first & 0x0f == 0x8 {
                 assert!(payload.len() >= 2, "close frame without a code");
                 return Some(u16::from_be_bytes([payload[0], payload[1]]));
             }
@@ -137,4 +144,39 @@ async fn a_pong_flood_closes_with_4029() {
     let flood: Vec<u8> = (0..500).flat_map(|_| frame(0x8a, b"p")).collect();
     let _ = s.write_all(&flood).await;
     assert_eq!(close_code(&mut s).await, Some(4029));
+}
+
+#[tokio::test]
+async fn a_ping_gets_its_pong_and_a_client_close_its_reply() {
+    let node = Node::start(&[]).await;
+    let mut s = raw_socket(&node).await;
+    s.write_all(&frame(0x89, b"are you there"))
+        .await
+        .expect("send");
+    let exchange = async {
+        // The connection frame first, then the pong with the ping's payload.
+        let mut got = Vec::new();
+        while let Some((first, payload)) = next_frame(&mut s).await {
+            got.push((first, payload));
+            if got.last().is_some_and(|(first, _)| *first == 0x8a) {
+                break;
+            }
+        }
+        assert_eq!(
+            got.last(),
+            Some(&(0x8a, b"are you there".to_vec())),
+            "{got:?}"
+        );
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"bye");
+        s.write_all(&frame(0x88, &close)).await.expect("close");
+        // The reply to the close carries its code, then the node closes.
+        let (first, payload) = next_frame(&mut s).await.expect("a close reply");
+        assert_eq!(first, 0x88);
+        assert_eq!(payload[..2], 1000u16.to_be_bytes());
+        assert_eq!(next_frame(&mut s).await, None);
+    };
+    tokio::time::timeout(patience(20), exchange)
+        .await
+        .expect("pong and close reply in time");
 }

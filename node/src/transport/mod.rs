@@ -8,7 +8,9 @@
 //! [`liveness`] watchdog, each polled only when its own waker was woken
 //! ([`race`]: a delivery wakes the writer, not the frame reader). When one
 //! ends, all are dropped, the socket closes and the session's `on_close`
-//! runs. [`listener`] accepts connections and serves HTTP within bounds;
+//! runs. [`wire`] shares the socket between tungstenite's reader and the
+//! writer, which encodes its frames itself. [`listener`] accepts
+//! connections and serves HTTP within bounds;
 //! [`direct`] answers a native upgrade without the HTTP stack;
 //! [`upgrade`] does the HTTP upgrade; [`sse`] drains the same outbox into a
 //! streaming HTTP response (Server-Sent Events) or a long-poll reply.
@@ -19,10 +21,12 @@ pub mod liveness;
 mod race;
 pub mod sse;
 pub mod upgrade;
+pub mod wire;
 
 pub use direct::{Direct, DirectRun, Prefaced, Taken};
 pub use listener::{Accepted, Held};
 pub use upgrade::{accept, socket_config, upgraded, Socket, UpgradeError};
+pub use wire::{Frames, Wire};
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,11 +34,9 @@ use std::pin::pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -94,7 +96,7 @@ pub struct Settings {
 /// Run one WebSocket connection to its end: read frames into the session,
 /// drain `outbox` to the socket, then call the session's `on_close`.
 pub async fn run<S, T>(
-    socket: WebSocketStream<T>,
+    mut socket: WebSocketStream<Wire<T>>,
     outbox: &Outbox,
     mut session: S,
     settings: Settings,
@@ -102,7 +104,15 @@ pub async fn run<S, T>(
     S: Session,
     T: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (mut sink, mut stream) = socket.split();
+    // From here on the writer alone writes the socket; what tungstenite
+    // still holds (a front-end's frames sent before this) goes first.
+    let mut frames = socket.get_ref().frames();
+    if socket.flush().await.is_err() {
+        outbox.close(CloseReason::Disconnected);
+        Box::pin(session.on_close(None)).await;
+        return;
+    }
+    let stream = &mut socket;
     // The session's handlers run boxed: their futures live only while a
     // frame is handled, and inline they would size every idle connection's
     // task for the largest of them (see BENCHMARKS.md, W3).
@@ -191,7 +201,7 @@ pub async fn run<S, T>(
             settings.liveness.map(Pings::new),
             &heard,
             outbox,
-            &mut sink,
+            &mut frames,
         ));
         let watchdog = pin!(async { Some(liveness::watchdog(settings.liveness, &heard).await) });
         race::first([reader as race::Branch<'_, _>, writer, watchdog]).await
@@ -201,23 +211,30 @@ pub async fn run<S, T>(
         // close frame goes out for a peer that may still read it.
         outbox.close(CloseReason::Disconnected);
         Box::pin(session.on_close(closed_by_server)).await;
-        send_close(&mut sink, CloseReason::PingTimeout).await;
+        send_close(&mut frames, CloseReason::PingTimeout).await;
         // A peer that was only stalled gets to read it (and its pongs do
         // not meet a closed socket, which would reset the connection).
-        until_close_reply(&mut stream).await;
+        until_close_reply(&mut socket).await;
         return;
     }
     match closed_by_server {
-        // The client closed: send tungstenite's queued close reply.
+        // The client closed: send what is queued and tungstenite's reply to
+        // the close.
         None => {
-            let _ = tokio::time::timeout(Duration::from_millis(500), sink.flush()).await;
+            let reply = async {
+                // tungstenite hands its reply to the writer; any error of
+                // its own changes nothing about what is queued.
+                let _ = socket.flush().await;
+                frames.send().await
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(500), reply).await;
         }
         // Stuck on a full socket: nothing more will get through.
         Some(CloseReason::SlowConsumer) => {}
         // We sent a close frame: read (and drop) what the client still sends
         // until its close reply, so closing the socket does not reset the
         // connection before the client has read our close frame.
-        Some(_) => until_close_reply(&mut stream).await,
+        Some(_) => until_close_reply(&mut socket).await,
     }
     // Whatever is left in the outbox is dropped with the connection.
     outbox.close(CloseReason::Disconnected);
@@ -241,19 +258,23 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
+/// Most bytes the writer gathers before it writes them, when a pass has
+/// more to write.
+const WRITE_BUFFER: usize = 16 * 1024;
+
 /// Drain the outbox until it closes, and send pings on their schedule;
 /// returns the server's close reason (the pong deadline passed:
 /// [`CloseReason::PingTimeout`], close frame not sent), or `None` when the
 /// socket failed.
-async fn write_loop<K>(
+async fn write_loop<T>(
     window: Duration,
     mut pings: Option<Pings>,
     heard: &Heard,
     outbox: &Outbox,
-    sink: &mut K,
+    frames: &mut Frames<T>,
 ) -> Option<CloseReason>
 where
-    K: Sink<Message, Error = WsError> + Unpin,
+    T: AsyncWrite + Unpin + Send,
 {
     let mut batch: VecDeque<Utf8Bytes> = VecDeque::new();
     // One timer for the ping schedule, moved only when the schedule moves: a
@@ -264,6 +285,8 @@ where
         .map(|p| tokio::time::sleep_until(p.next_event())));
     // What the last wait took: the wake and the take cost one lock.
     let mut taken: Option<Option<CloseReason>> = None;
+    // tungstenite wrote a reply (a pong) for this writer to send.
+    let mut reply = false;
     loop {
         // Pings keep their schedule while frames flow, too.
         let ping = match pings.as_mut().map(|p| p.due(heard)) {
@@ -275,9 +298,9 @@ where
             Some(closing) => closing,
             None => outbox.take(&mut batch),
         };
-        if batch.is_empty() && !ping {
+        if batch.is_empty() && !ping && !reply {
             if let Some(reason) = closing {
-                send_close(sink, reason).await;
+                send_close(frames, reason).await;
                 return Some(reason);
             }
             if batch.capacity() > 64 {
@@ -294,16 +317,22 @@ where
                     tokio::select! {
                         biased;
                         closing = outbox.next(&mut batch) => taken = Some(closing),
+                        _ = frames.control() => reply = true,
                         _ = timer => {}
                     }
                 }
-                _ => taken = Some(outbox.next(&mut batch).await),
+                _ => tokio::select! {
+                    biased;
+                    closing = outbox.next(&mut batch) => taken = Some(closing),
+                    _ = frames.control() => reply = true,
+                },
             }
             continue;
         }
+        reply = false;
         let io = async {
             if ping {
-                sink.feed(Message::Ping(Bytes::new())).await?;
+                frames.ping();
             }
             if !window.is_zero() && batch.len() > 1 {
                 // Behind: let more frames arrive so they share a syscall,
@@ -316,9 +345,12 @@ where
                 outbox.take(&mut batch);
             }
             while let Some(frame) = batch.pop_front() {
-                sink.feed(Message::Text(frame)).await?;
+                frames.text(frame.as_bytes());
+                if frames.buffered() >= WRITE_BUFFER {
+                    frames.send().await?;
+                }
             }
-            sink.flush().await
+            frames.send().await
         };
         tokio::pin!(io);
         // Frames pushed meanwhile wait for the next pass without waking
@@ -340,18 +372,12 @@ where
     }
 }
 
-async fn send_close<K>(sink: &mut K, reason: CloseReason)
+/// Send a close frame with `reason` after whatever is queued, giving a
+/// peer that does not read 2 s.
+async fn send_close<T>(frames: &mut Frames<T>, reason: CloseReason)
 where
-    K: Sink<Message, Error = WsError> + Unpin,
+    T: AsyncWrite + Unpin + Send,
 {
-    let frame = CloseFrame {
-        code: CloseCode::from(reason.code()),
-        reason: Utf8Bytes::from_static(reason.text()),
-    };
-    let send = async {
-        sink.send(Message::Close(Some(frame))).await?;
-        sink.flush().await
-    };
-    // A peer that does not read cannot hold the task forever.
-    let _ = tokio::time::timeout(Duration::from_secs(2), send).await;
+    frames.close(reason.code(), reason.text());
+    let _ = tokio::time::timeout(Duration::from_secs(2), frames.send()).await;
 }

@@ -8,8 +8,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use super::Wire;
+
 /// The socket type every front-end works with.
-pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<Wire<TokioIo<Upgraded>>>;
 
 /// Reasons an upgrade request is refused before it becomes a socket.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +74,12 @@ pub fn socket_config(max_message_size: usize) -> WebSocketConfig {
 pub async fn upgraded(on_upgrade: OnUpgrade, config: WebSocketConfig) -> Option<Socket> {
     match on_upgrade.await {
         Ok(io) => Some(
-            WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await,
+            WebSocketStream::from_raw_socket(
+                Wire::new(TokioIo::new(io)),
+                Role::Server,
+                Some(config),
+            )
+            .await,
         ),
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");

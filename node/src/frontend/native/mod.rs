@@ -168,8 +168,12 @@ pub fn direct(node: Arc<Node>) -> transport::Direct<transport::Held> {
         let run: transport::DirectRun<transport::Held> = Box::new(move |io| {
             Box::pin(async move {
                 let config = transport::socket_config(node.config.max_message_size);
-                let mut socket =
-                    WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                let mut socket = WebSocketStream::from_raw_socket(
+                    transport::Wire::new(io),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 let (conn, settings) = open(&node, codec, checked, &mut socket).await;
                 let session = NativeSession::new(node.clone(), conn.clone());
                 transport::run(socket, &conn.outbox, session, settings).await;
