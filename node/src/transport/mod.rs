@@ -4,13 +4,13 @@
 //! A WebSocket connection runs as one task holding three futures: the
 //! reader (frames from the client, rate limited, handed to the front-end's
 //! [`Session`] hooks, plus server ticks), the writer (drains the outbox:
-//! feed every queued frame, flush once; sends the server's pings) and the
-//! [`liveness`] watchdog, each polled only when its own waker was woken
-//! ([`race`]: a delivery wakes the writer, not the frame reader). When one
-//! ends, all are dropped, the socket closes and the session's `on_close`
-//! runs. [`wire`] shares the socket between tungstenite's reader and the
-//! writer, which encodes its frames itself. [`listener`] accepts
-//! connections and serves HTTP within bounds;
+//! encodes every queued frame into one buffer and writes it once; sends the
+//! server's pings) and the [`liveness`] watchdog, each polled only when its
+//! own waker was woken ([`race`]: a delivery wakes the writer, not the frame
+//! reader). When one ends, all are dropped, the socket closes and the
+//! session's `on_close` runs. [`wire`] shares the socket between
+//! tungstenite's reader and the writer, which encodes its frames itself.
+//! [`listener`] accepts connections and serves HTTP within bounds;
 //! [`direct`] answers a native upgrade without the HTTP stack;
 //! [`upgrade`] does the HTTP upgrade; [`sse`] drains the same outbox into a
 //! streaming HTTP response (Server-Sent Events) or a long-poll reply.
@@ -306,26 +306,30 @@ where
             if batch.capacity() > 64 {
                 batch = VecDeque::new();
             }
-            match (&pings, ping_timer.as_mut().as_pin_mut()) {
+            // The ping schedule's timer, moved to its next event; without
+            // pings, a wait that never ends.
+            let timer = match (&pings, ping_timer.as_mut().as_pin_mut()) {
                 (Some(p), Some(mut timer)) => {
                     let at = p.next_event();
                     if timer.deadline() != at {
                         timer.as_mut().reset(at);
                     }
-                    // The outbox first: when a delivery woke the writer, the
-                    // timer is not polled (`due` above keeps the schedule).
-                    tokio::select! {
-                        biased;
-                        closing = outbox.next(&mut batch) => taken = Some(closing),
-                        _ = frames.control() => reply = true,
-                        _ = timer => {}
-                    }
+                    Some(timer)
                 }
-                _ => tokio::select! {
-                    biased;
-                    closing = outbox.next(&mut batch) => taken = Some(closing),
-                    _ = frames.control() => reply = true,
-                },
+                _ => None,
+            };
+            // The outbox first: when a delivery woke the writer, the timer
+            // is not polled (`due` above keeps the schedule).
+            tokio::select! {
+                biased;
+                closing = outbox.next(&mut batch) => taken = Some(closing),
+                _ = frames.control() => reply = true,
+                _ = async {
+                    match timer {
+                        Some(timer) => timer.await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
             continue;
         }

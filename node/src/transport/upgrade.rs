@@ -62,8 +62,9 @@ pub fn accept(headers: &HeaderMap) -> Result<http::Response<()>, UpgradeError> {
 pub fn socket_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(1024)
-        // Frames gather in tungstenite's (lazily grown) out buffer until a
-        // flush or until this size: one write syscall for many deliveries.
+        // tungstenite writes only until a connection's writer takes the
+        // socket (a front-end's opening frames), then its pongs and close
+        // replies (see `wire`); its (lazily grown) out buffer stays small.
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(max_message_size))
