@@ -741,15 +741,24 @@ impl Client {
     }
 
     pub async fn recv_within(&mut self, within: Duration) -> Value {
+        self.try_recv_within(within)
+            .await
+            .unwrap_or_else(|| panic!("no frame within {within:?}"))
+    }
+
+    /// The next JSON text frame, or `None` when none came within `within`.
+    pub async fn try_recv_within(&mut self, within: Duration) -> Option<Value> {
         let deadline = Instant::now() + within;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("no frame within {within:?}"));
+            let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
+                return None;
+            };
             match next {
                 Some(Ok(Message::Text(text))) => {
-                    return serde_json::from_str(&text)
-                        .unwrap_or_else(|e| panic!("bad JSON {text}: {e}"))
+                    return Some(
+                        serde_json::from_str(&text)
+                            .unwrap_or_else(|e| panic!("bad JSON {text}: {e}")),
+                    )
                 }
                 Some(Ok(Message::Close(frame))) => panic!("closed: {frame:?}"),
                 Some(Ok(_)) => continue,

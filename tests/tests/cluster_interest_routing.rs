@@ -598,6 +598,16 @@ async fn addressing(a: &Node) {
     .await;
 }
 
+/// A node's relay losses by reason, for a failure's message.
+async fn dropped(node: &Node) -> String {
+    node.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("pubmesh_relay_dropped_total{") && !l.ends_with(" 0"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The Redis channels `redis` has subscribers for.
 async fn redis_channels(redis: &Redis) -> String {
     redis
@@ -653,7 +663,16 @@ async fn a_channel_named_for_b_goes_to_bs_inbox_and_stays_out_of_redis() {
     let total = join_during_publishing(&mut on_c, &named, publisher).await;
     let mut on_b_got = Vec::new();
     while on_b_got.len() < total as usize {
-        on_b_got.push(number(&on_b.recv_within(patience(20)).await));
+        let Some(frame) = on_b.try_recv_within(patience(20)).await else {
+            panic!(
+                "B: {} of {total} received, the last {:?}; dropped on A: {}; on B: {}",
+                on_b_got.len(),
+                on_b_got.last(),
+                dropped(&a).await,
+                dropped(&b).await
+            );
+        };
+        on_b_got.push(number(&frame));
     }
     assert_eq!(
         on_b_got,
