@@ -1099,3 +1099,95 @@ async fn link_faults_through_a_proxy_account_for_every_message() {
     ));
     eprintln!("proxy campaign: {}", report.join("; "));
 }
+
+/// A node whose reader falls a whole receive ring behind loses the oldest
+/// messages where docs/cluster.md says it may: it counts them in
+/// `pubmesh_relay_dropped_total{reason="lagged"}`, says so in its log, and
+/// delivers what comes after, in order and once. Here B's ring has 64
+/// slots (`--relay-receive-bytes` at its least) and B is frozen while A's
+/// publishes, one `PUBLISH` each, pile up in B's socket.
+#[tokio::test]
+async fn a_reader_a_whole_ring_behind_counts_and_logs_its_loss_and_goes_on() {
+    let _slot = cluster_slot().await;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let a = Node::start(&["--redis-url", url.as_str()]).await;
+    let b = Node::start(&[
+        "--redis-url",
+        url.as_str(),
+        "--relay-receive-bytes",
+        "65536",
+    ])
+    .await;
+    let mut receiver = b.client("channel_id=ring").await;
+    settled(&[&a, &b], redis.port, "pubmesh.ch.{ring}", 1).await;
+    let notify = |i: u64| {
+        let a = &a;
+        async move {
+            let (status, body) = a
+                .post(
+                    "/api/notify/channels",
+                    json!({"channel_ids": ["ring"], "data": {"i": i}}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    // A routes the channel to B before B is frozen.
+    notify(0).await;
+    let mut got = numbers(
+        &collect(&mut receiver, patience(30), |f| !numbers(f, "i").is_empty()).await,
+        "i",
+    );
+    assert_eq!(got, [0], "the first message");
+    let lagged = "pubmesh_relay_dropped_total{reason=\"lagged\"}";
+    let mut sent = 1u64;
+    // A frozen node stops its heartbeats: each freeze stays well under the
+    // time after which A would count B as gone.
+    for _ in 0..5 {
+        b.freeze();
+        let until = tokio::time::Instant::now() + Duration::from_millis(800);
+        for _ in 0..200 {
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
+            notify(sent).await;
+            sent += 1;
+        }
+        b.thaw();
+        // A message after the thaw arrives after everything B kept.
+        let last = sent;
+        notify(last).await;
+        sent += 1;
+        let frames = collect(&mut receiver, patience(30), |f| {
+            numbers(f, "i").last() == Some(&last)
+        })
+        .await;
+        got.extend(numbers(&frames, "i"));
+        assert_eq!(got.last(), Some(&last), "the message after the thaw");
+        if b.metric(lagged).await > 0.0 {
+            break;
+        }
+    }
+    let lost = b.metric(lagged).await;
+    assert!(lost > 0.0, "B kept up in a 64-slot ring: {got:?}");
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "out of order or twice: {got:?}"
+    );
+    assert!(
+        (got.len() as u64) < sent,
+        "{} received of {sent}, yet {lost} lost",
+        got.len()
+    );
+    eventually("the warning", patience(10), || async {
+        b.log_text()
+            .contains("fell a whole receive ring behind")
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "64-slot ring: {sent} sent, {lost} lost, {} received",
+        got.len()
+    );
+}

@@ -290,9 +290,15 @@ impl Inner {
     }
 }
 
+/// How often a reader that keeps falling behind says so in the log (the
+/// metric counts every loss).
+const LAG_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Read one server's subscriber connection.
 pub(super) async fn receive_loop(inner: Arc<Inner>, server: usize) {
     let mut rx = inner.servers[server].subscriber.message_rx();
+    // Messages lost since the last warning, and when it was logged.
+    let (mut unlogged, mut warned) = (0u64, None::<Instant>);
     loop {
         match rx.recv().await {
             Ok(message) => {
@@ -310,6 +316,16 @@ pub(super) async fn receive_loop(inner: Arc<Inner>, server: usize) {
                     .relay_dropped
                     .with_label_values(&["lagged"])
                     .inc_by(n);
+                unlogged += n;
+                if warned.is_none_or(|at| at.elapsed() >= LAG_LOG_EVERY) {
+                    tracing::warn!(
+                        redis = %inner.servers[server].url,
+                        lost = unlogged,
+                        "the relay fell a whole receive ring behind and lost messages (a node \
+                         short of CPU; see --relay-receive-bytes)"
+                    );
+                    (unlogged, warned) = (0, Some(Instant::now()));
+                }
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
