@@ -1100,6 +1100,17 @@ async fn link_faults_through_a_proxy_account_for_every_message() {
     eprintln!("proxy campaign: {}", report.join("; "));
 }
 
+/// `{"i": i}` to `channel` through `node`'s server API.
+async fn notify_numbered(node: &Node, channel: &str, i: u64) {
+    let (status, body) = node
+        .post(
+            "/api/notify/channels",
+            json!({"channel_ids": [channel], "data": {"i": i}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// A node whose reader falls a whole receive ring behind loses the oldest
 /// messages where docs/cluster.md says it may: it counts them in
 /// `pubmesh_relay_dropped_total{reason="lagged"}`, says so in its log, and
@@ -1121,20 +1132,8 @@ async fn a_reader_a_whole_ring_behind_counts_and_logs_its_loss_and_goes_on() {
     .await;
     let mut receiver = b.client("channel_id=ring").await;
     settled(&[&a, &b], redis.port, "pubmesh.ch.{ring}", 1).await;
-    let notify = |i: u64| {
-        let a = &a;
-        async move {
-            let (status, body) = a
-                .post(
-                    "/api/notify/channels",
-                    json!({"channel_ids": ["ring"], "data": {"i": i}}),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-        }
-    };
     // A routes the channel to B before B is frozen.
-    notify(0).await;
+    notify_numbered(&a, "ring", 0).await;
     let mut got = numbers(
         &collect(&mut receiver, patience(30), |f| !numbers(f, "i").is_empty()).await,
         "i",
@@ -1151,13 +1150,13 @@ async fn a_reader_a_whole_ring_behind_counts_and_logs_its_loss_and_goes_on() {
             if tokio::time::Instant::now() >= until {
                 break;
             }
-            notify(sent).await;
+            notify_numbered(&a, "ring", sent).await;
             sent += 1;
         }
         b.thaw();
         // A message after the thaw arrives after everything B kept.
         let last = sent;
-        notify(last).await;
+        notify_numbered(&a, "ring", last).await;
         sent += 1;
         let frames = collect(&mut receiver, patience(30), |f| {
             numbers(f, "i").last() == Some(&last)
