@@ -121,7 +121,7 @@ pub struct Cli {
     /// Bytes of envelopes the relay holds for Redis (queued, in flight or waiting out an outage); beyond, publishes fail (`queue_full`) [default: 33554432]
     #[arg(long, env = env::RELAY_QUEUE_BYTES)]
     pub relay_queue_bytes: Option<usize>,
-    /// Bytes of received envelopes the relay may hold per Redis connection before it drops (`lagged`): sizes the receive ring to this many bytes of --max-message-size envelopes [default: 268435456]
+    /// Bytes of received envelopes the relay may hold per Redis connection before it drops (`lagged`): sizes the receive ring to this many bytes of --max-message-size envelopes, at least 64 (the reader takes each message as it arrives, so the ring holds more only while the node starts) [default: 4194304]
     #[arg(long, env = env::RELAY_RECEIVE_BYTES)]
     pub relay_receive_bytes: Option<usize>,
     /// How long a publish waits for an unreachable Redis before it is reported failed (`redis_down`), in ms [default: 5000]

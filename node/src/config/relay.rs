@@ -43,7 +43,7 @@ impl Default for RelayLimits {
     fn default() -> Self {
         RelayLimits {
             queue_bytes: 32 * 1024 * 1024,
-            receive_bytes: 256 * 1024 * 1024,
+            receive_bytes: 4 * 1024 * 1024,
             retry: Duration::from_secs(5),
             probe: Duration::from_secs(1),
             interest_rate: 20_000,

@@ -1,13 +1,21 @@
 //! Inbound envelopes of the Redis relay: each server's subscriber
 //! connection, decoded and handed to the node.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use fred::prelude::*;
+use parking_lot::Mutex;
 use pubmesh_cluster_proto::{
     self as proto, Body, Decoded, DeliverRef, ExtraRef, Names, TargetsView,
 };
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::broadcast::Receiver;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::dedup::Stream;
@@ -294,40 +302,166 @@ impl Inner {
 /// metric counts every loss).
 const LAG_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Read one server's subscriber connection.
-pub(super) async fn receive_loop(inner: Arc<Inner>, server: usize) {
-    let mut rx = inner.servers[server].subscriber.message_rx();
-    // Messages lost since the last warning, and when it was logged.
-    let (mut unlogged, mut warned) = (0u64, None::<Instant>);
-    loop {
-        match rx.recv().await {
-            Ok(message) => {
-                if let Some(bytes) = message.value.as_bytes() {
-                    inner.receive(server, &message.channel, bytes);
+/// What fred's receive ring gives: a message, or the receiver's end.
+type Received = Result<fred::types::Message, RecvError>;
+
+/// A wait for the ring's next message that owns the receiver, so that the
+/// wait stays registered between calls.
+type NextMessage = Pin<Box<dyn Future<Output = (Received, Receiver<fred::types::Message>)> + Send>>;
+
+fn next_message(mut rx: Receiver<fred::types::Message>) -> NextMessage {
+    Box::pin(async move { (rx.recv().await, rx) })
+}
+
+/// Read one server's subscriber connection: start the [`Reader`] that
+/// handles its messages.
+pub(super) fn start_reader(inner: Arc<Inner>, server: usize) {
+    let rx = inner.servers[server].subscriber.message_rx();
+    let reader = Arc::new(Reader {
+        inner,
+        server,
+        state: Mutex::new(ReaderState {
+            next: Some(next_message(rx)),
+            lag: Lag::default(),
+        }),
+        woken: AtomicBool::new(false),
+    });
+    reader.run();
+}
+
+/// Handles the messages of one server's subscriber connection where the
+/// client library puts them in its receive ring.
+///
+/// The reader is not a task: its waker is. The library's task rings a
+/// message and wakes the reader's waker, which handles everything in the
+/// ring before it returns. The library reads the next message from its
+/// socket only afterwards, so the ring never holds more than the message
+/// at hand, and a reader that is slower than Redis sends holds the
+/// library back. Redis then keeps what is not read (up to its
+/// `client-output-buffer-limit` for pub/sub clients) rather than the ring
+/// dropping it. Handled by a task, a message waited in the ring for the
+/// reader's turn, and after a stall the library could lap the ring before
+/// the reader had one.
+struct Reader {
+    inner: Arc<Inner>,
+    server: usize,
+    state: Mutex<ReaderState>,
+    /// Woken since the state was last taken: whoever holds the state
+    /// drains again before it lets go.
+    woken: AtomicBool,
+}
+
+struct ReaderState {
+    /// The registered wait for the next message; `None` once the ring's
+    /// sender is gone (the client was closed).
+    next: Option<NextMessage>,
+    lag: Lag,
+}
+
+impl Wake for Reader {
+    fn wake(self: Arc<Self>) {
+        self.run();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.run();
+    }
+}
+
+impl Reader {
+    /// Handle what the ring holds, then wait (registered) for more. A wake
+    /// while another thread drains leaves `woken` for that thread.
+    fn run(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        loop {
+            let Some(mut state) = self.state.try_lock() else {
+                return;
+            };
+            while self.woken.swap(false, Ordering::AcqRel) {
+                self.drain(&mut state);
+            }
+            drop(state);
+            if !self.woken.load(Ordering::Acquire) {
+                return;
+            }
+        }
+    }
+
+    fn drain(self: &Arc<Self>, state: &mut ReaderState) {
+        let waker = Waker::from(self.clone());
+        let mut cx = Context::from_waker(&waker);
+        while let Some(next) = state.next.as_mut() {
+            let Poll::Ready((received, mut rx)) = next.as_mut().poll(&mut cx) else {
+                return;
+            };
+            let mut received = Some(received);
+            loop {
+                let message = match received.take() {
+                    Some(r) => r,
+                    None => match rx.try_recv() {
+                        Ok(message) => Ok(message),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    },
+                };
+                match message {
+                    Ok(message) => self.take(&message),
+                    Err(RecvError::Lagged(n)) => state.lag.lost(&self.inner, self.server, n),
+                    Err(RecvError::Closed) => {
+                        state.next = None;
+                        return;
+                    }
                 }
             }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                if server == 0 {
-                    // Control envelopes may be among those lost.
-                    inner.interest_deaf(true);
-                }
-                inner
-                    .metrics
-                    .relay_dropped
-                    .with_label_values(&["lagged"])
-                    .inc_by(n);
-                unlogged += n;
-                if warned.is_none_or(|at| at.elapsed() >= LAG_LOG_EVERY) {
-                    tracing::warn!(
-                        redis = %inner.servers[server].url,
-                        lost = unlogged,
-                        "the relay fell a whole receive ring behind and lost messages (a node \
-                         short of CPU; see --relay-receive-bytes)"
-                    );
-                    (unlogged, warned) = (0, Some(Instant::now()));
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            state.next = Some(next_message(rx));
+        }
+    }
+
+    /// Hand one message to the relay. This runs inside the client
+    /// library's task: a panic is caught and logged here rather than
+    /// ending the library's connection.
+    fn take(&self, message: &fred::types::Message) {
+        let Some(bytes) = message.value.as_bytes() else {
+            return;
+        };
+        let handled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.inner.receive(self.server, &message.channel, bytes)
+        }));
+        if handled.is_err() {
+            tracing::error!(topic = %message.channel, "handling a relay message panicked; it was dropped");
+        }
+    }
+}
+
+/// Messages a reader lost since its last warning, and when it warned.
+#[derive(Default)]
+struct Lag {
+    unlogged: u64,
+    warned: Option<Instant>,
+}
+
+impl Lag {
+    /// The reader fell a whole receive ring behind and lost `n` messages.
+    fn lost(&mut self, inner: &Inner, server: usize, n: u64) {
+        if server == 0 {
+            // Control envelopes may be among those lost.
+            inner.interest_deaf(true);
+        }
+        inner
+            .metrics
+            .relay_dropped
+            .with_label_values(&["lagged"])
+            .inc_by(n);
+        self.unlogged += n;
+        if self.warned.is_none_or(|at| at.elapsed() >= LAG_LOG_EVERY) {
+            tracing::warn!(
+                redis = %inner.servers[server].url,
+                lost = self.unlogged,
+                "the relay fell a whole receive ring behind and lost messages (a node \
+                 short of CPU; see --relay-receive-bytes)"
+            );
+            (self.unlogged, self.warned) = (0, Some(Instant::now()));
         }
     }
 }

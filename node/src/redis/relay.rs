@@ -57,7 +57,7 @@ use tokio::sync::mpsc;
 
 use super::dedup::{Groups, SeenSeqs};
 use super::health::ServerHealth;
-use super::inbound::receive_loop;
+use super::inbound::start_reader;
 use super::interest::interest_loop;
 use super::membership::{heartbeat_loop, probe_loop};
 use super::publisher::publish_loop;
@@ -203,7 +203,7 @@ impl Relay for RedisRelay {
                 drop(server.subscriber.connect());
                 drop(server.subscriber.manage_subscriptions());
                 tokio::spawn(publish_loop(inner.clone(), i, server.lane.clone()));
-                tokio::spawn(receive_loop(inner.clone(), i));
+                start_reader(inner.clone(), i);
             }
             tokio::spawn(interest_loop(inner.clone()));
             tokio::spawn(ack_loop(inner.clone()));
