@@ -309,8 +309,12 @@ type Received = Result<fred::types::Message, RecvError>;
 /// wait stays registered between calls.
 type NextMessage = Pin<Box<dyn Future<Output = (Received, Receiver<fred::types::Message>)> + Send>>;
 
+/// The wait is outside tokio's cooperative budget: it is polled inside the
+/// client library's task, whose budget is the library's own.
 fn next_message(mut rx: Receiver<fred::types::Message>) -> NextMessage {
-    Box::pin(async move { (rx.recv().await, rx) })
+    Box::pin(tokio::task::unconstrained(
+        async move { (rx.recv().await, rx) },
+    ))
 }
 
 /// Read one server's subscriber connection: start the [`Reader`] that
