@@ -141,6 +141,7 @@ pub struct Metrics {
     pub cross_node_latency: Histogram,
     pub relay_subscriptions: IntGauge,
     pub relay_resubscribes: IntCounter,
+    pub relay_subscriber_reconnects: IntCounter,
     pub relay_dropped: IntCounterVec,
     pub relay_peers: IntGauge,
     pub history_appends: IntCounter,
@@ -384,6 +385,11 @@ impl Metrics {
                 &r,
                 "pubmesh_relay_resubscribes_total",
                 "Times the relay resubscribed after a reconnect",
+            ),
+            relay_subscriber_reconnects: counter(
+                &r,
+                "pubmesh_relay_subscriber_reconnects_total",
+                "Times a relay subscriber connection came back after it was lost (what Redis held for it is lost)",
             ),
             relay_dropped: counter_vec(
                 &r,

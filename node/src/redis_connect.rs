@@ -95,8 +95,14 @@ pub fn tls_config(tls_ca: Option<&Path>) -> Result<TlsConfig, String> {
 
 /// Log, in pubmesh's words, when a Redis client loses its server and when it
 /// has it back: one warning per outage (further failed attempts at debug
-/// level), one line when it recovers. `role` says which client it is.
-pub fn log_outages(client: &impl EventInterface, url: &str, role: &'static str) {
+/// level), one line when it recovers. `role` says which client it is;
+/// `counted`, if given, counts each connection after the first.
+pub fn log_outages(
+    client: &impl EventInterface,
+    url: &str,
+    role: &'static str,
+    counted: Option<prometheus::IntCounter>,
+) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -125,6 +131,9 @@ pub fn log_outages(client: &impl EventInterface, url: &str, role: &'static str) 
                 },
                 event = reconnects.recv() => match event {
                     Ok(_) => {
+                        if connected {
+                            counted.iter().for_each(|c| c.inc());
+                        }
                         match down_since.take() {
                             Some(since) => tracing::info!(
                                 redis = %url,

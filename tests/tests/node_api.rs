@@ -338,6 +338,7 @@ async fn every_documented_metric_is_exposed() {
         "pubmesh_cross_node_latency_seconds_count",
         "pubmesh_relay_subscriptions",
         "pubmesh_relay_resubscribes_total",
+        "pubmesh_relay_subscriber_reconnects_total",
         "pubmesh_relay_peers",
     ] {
         assert!(series(&text, name), "{name} missing at start-up:\n{text}");

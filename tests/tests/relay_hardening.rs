@@ -1283,6 +1283,9 @@ async fn redis_closes_a_frozen_subscriber_past_its_output_limit_and_the_node_sub
     .await;
     let after = pubsub_clients(&redis).await;
     assert_eq!(after.len(), 2, "B subscribed again: {after:?}");
+    let reconnects = "pubmesh_relay_subscriber_reconnects_total";
+    assert!(b.metric(reconnects).await >= 1.0);
+    assert_eq!(a.metric(reconnects).await, 0.0);
     eprintln!(
         "output limit: {sent} sent, {} received by B's member, B's subscriber closed by Redis and back",
         got.len()

@@ -124,8 +124,9 @@ impl RedisRelay {
             let subscriber = builder
                 .build_subscriber_client()
                 .map_err(|e| RelayError::Config(e.to_string()))?;
-            crate::redis_connect::log_outages(&publisher, &url, "relay publisher");
-            crate::redis_connect::log_outages(&subscriber, &url, "relay subscriber");
+            crate::redis_connect::log_outages(&publisher, &url, "relay publisher", None);
+            let reconnects = Some(metrics.relay_subscriber_reconnects.clone());
+            crate::redis_connect::log_outages(&subscriber, &url, "relay subscriber", reconnects);
             servers.push(Server {
                 url: crate::redis_connect::redacted(&url),
                 publisher,

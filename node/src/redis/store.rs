@@ -177,7 +177,7 @@ impl RedisStore {
                 .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
                 .build()
                 .map_err(|e| format!("redis client for {url:?}: {e}"))?;
-            crate::redis_connect::log_outages(&client, url, "history and presence");
+            crate::redis_connect::log_outages(&client, url, "history and presence", None);
             drop(client.connect());
             clients.push(client);
         }
