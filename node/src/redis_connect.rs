@@ -131,8 +131,8 @@ pub fn log_outages(
                 },
                 event = reconnects.recv() => match event {
                     Ok(_) => {
-                        if connected {
-                            counted.iter().for_each(|c| c.inc());
+                        if let (true, Some(counter)) = (connected, &counted) {
+                            counter.inc();
                         }
                         match down_since.take() {
                             Some(since) => tracing::info!(

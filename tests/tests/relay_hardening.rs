@@ -1102,13 +1102,39 @@ async fn link_faults_through_a_proxy_account_for_every_message() {
 
 /// `{"i": i}` to `channel` through `node`'s server API.
 async fn notify_numbered(node: &Node, channel: &str, i: u64) {
+    notify_data(node, channel, json!({"i": i})).await;
+}
+
+/// `data` to `channel` through `node`'s server API.
+async fn notify_data(node: &Node, channel: &str, data: Value) {
     let (status, body) = node
         .post(
             "/api/notify/channels",
-            json!({"channel_ids": [channel], "data": {"i": i}}),
+            json!({"channel_ids": [channel], "data": data}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Nodes A and B of `redis` (B with `b_args` besides), and a member of
+/// `channel` on B that has received A's first message (`{"i": 0}`), so A
+/// routes the channel to B.
+async fn member_on_b(redis: &Redis, channel: &str, b_args: &[&str]) -> (Node, Node, Client) {
+    let url = redis.url();
+    let a = Node::start(&["--redis-url", url.as_str()]).await;
+    let b = Node::start(&[&["--redis-url", url.as_str()], b_args].concat()).await;
+    let mut member = b.client(&format!("channel_id={channel}")).await;
+    settled(
+        &[&a, &b],
+        redis.port,
+        &format!("pubmesh.ch.{{{channel}}}"),
+        1,
+    )
+    .await;
+    notify_numbered(&a, channel, 0).await;
+    let first = collect(&mut member, patience(30), |f| !numbers(f, "i").is_empty()).await;
+    assert_eq!(numbers(&first, "i"), [0], "the first message");
+    (a, b, member)
 }
 
 /// A node frozen while Redis sends it more messages than its receive ring
@@ -1122,24 +1148,9 @@ async fn notify_numbered(node: &Node, channel: &str, i: u64) {
 async fn a_frozen_node_gets_every_relayed_message_however_small_its_receive_ring() {
     let _slot = cluster_slot().await;
     let redis = Redis::start().await;
-    let url = redis.url();
-    let a = Node::start(&["--redis-url", url.as_str()]).await;
-    let b = Node::start(&[
-        "--redis-url",
-        url.as_str(),
-        "--relay-receive-bytes",
-        "65536",
-    ])
-    .await;
-    let mut receiver = b.client("channel_id=ring").await;
-    settled(&[&a, &b], redis.port, "pubmesh.ch.{ring}", 1).await;
-    // A routes the channel to B before B is frozen.
-    notify_numbered(&a, "ring", 0).await;
-    let mut got = numbers(
-        &collect(&mut receiver, patience(30), |f| !numbers(f, "i").is_empty()).await,
-        "i",
-    );
-    assert_eq!(got, [0], "the first message");
+    let (a, b, mut receiver) =
+        member_on_b(&redis, "ring", &["--relay-receive-bytes", "65536"]).await;
+    let mut got = vec![0];
     let (mut sent, mut most_held) = (1u64, 0u64);
     // A frozen node stops its heartbeats: each freeze stays well under the
     // time after which A would count B as gone.
@@ -1205,25 +1216,11 @@ async fn redis_closes_a_frozen_subscriber_past_its_output_limit_and_the_node_sub
         "pubsub 262144 0 0",
     ];
     assert!(redis.cmd(&limit).await.unwrap_or_default().contains("OK"));
-    let url = redis.url();
-    let a = Node::start(&["--redis-url", url.as_str()]).await;
     // B's member takes the whole backlog at once when B thaws (several MB
     // in the sockets' buffers): its outbox may hold it.
-    let b = Node::start(&["--redis-url", url.as_str(), "--outbox-bytes", "67108864"]).await;
-    let mut receiver = b.client("channel_id=limit").await;
-    settled(&[&a, &b], redis.port, "pubmesh.ch.{limit}", 1).await;
+    let (a, b, mut receiver) = member_on_b(&redis, "limit", &["--outbox-bytes", "67108864"]).await;
     let pad = "x".repeat(48 * 1024);
-    let notify = |i: u64| {
-        let body = json!({"channel_ids": ["limit"], "data": {"i": i, "pad": pad}});
-        let a = &a;
-        async move {
-            let (status, body) = a.post("/api/notify/channels", body).await;
-            assert_eq!(status, 200, "{body}");
-        }
-    };
-    notify(0).await;
-    let first = collect(&mut receiver, patience(30), |f| !numbers(f, "i").is_empty()).await;
-    assert_eq!(numbers(&first, "i"), [0], "the first message");
+    let notify = |i: u64| notify_data(&a, "limit", json!({"i": i, "pad": pad}));
     let before = pubsub_clients(&redis).await;
     assert_eq!(
         before.len(),

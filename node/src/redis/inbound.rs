@@ -395,30 +395,30 @@ impl Reader {
         let waker = Waker::from(self.clone());
         let mut cx = Context::from_waker(&waker);
         while let Some(next) = state.next.as_mut() {
-            let Poll::Ready((received, mut rx)) = next.as_mut().poll(&mut cx) else {
+            let Poll::Ready((first, mut rx)) = next.as_mut().poll(&mut cx) else {
                 return;
             };
-            let mut received = Some(received);
-            loop {
-                let message = match received.take() {
-                    Some(r) => r,
-                    None => match rx.try_recv() {
-                        Ok(message) => Ok(message),
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
-                    },
-                };
-                match message {
+            let mut open = match first {
+                Ok(message) => {
+                    self.take(&message);
+                    true
+                }
+                Err(RecvError::Lagged(n)) => {
+                    state.lag.lost(&self.inner, self.server, n);
+                    true
+                }
+                Err(RecvError::Closed) => false,
+            };
+            // Everything else already in the ring, without waiting.
+            while open {
+                match rx.try_recv() {
                     Ok(message) => self.take(&message),
-                    Err(RecvError::Lagged(n)) => state.lag.lost(&self.inner, self.server, n),
-                    Err(RecvError::Closed) => {
-                        state.next = None;
-                        return;
-                    }
+                    Err(TryRecvError::Lagged(n)) => state.lag.lost(&self.inner, self.server, n),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Closed) => open = false,
                 }
             }
-            state.next = Some(next_message(rx));
+            state.next = open.then(|| next_message(rx));
         }
     }
 
