@@ -37,6 +37,7 @@ NODE_METRICS = {
     "pubmesh_relay_received_total", "pubmesh_relay_pipeline_depth",
     "pubmesh_relay_roundtrip_seconds", "pubmesh_cross_node_latency_seconds",
     "pubmesh_relay_subscriptions", "pubmesh_relay_resubscribes_total",
+    "pubmesh_relay_subscriber_reconnects_total",
     "pubmesh_relay_dropped_total", "pubmesh_relay_peers",
     "pubmesh_history_appends_total", "pubmesh_history_reads_total", "pubmesh_recoveries_total",
     "pubmesh_presence_entries", "pubmesh_http_connections", "pubmesh_http_refused_total",
