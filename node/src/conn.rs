@@ -151,6 +151,14 @@ impl ChannelPos {
         self.last = offset;
         true
     }
+
+    /// Is a publication at (`epoch`, `offset`) past the next one expected?
+    /// A channel's publications reach every node in offset order, so the
+    /// ones in between were lost on the way (or, on one node with several
+    /// publishers, are a moment late) and are to be read from history.
+    pub fn gap(&self, epoch: &str, offset: u64) -> bool {
+        self.epoch.as_deref() == Some(epoch) && offset > self.last.saturating_add(1)
+    }
 }
 
 /// Who a connection is: decided from its token at open, and again when it

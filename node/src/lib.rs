@@ -177,6 +177,7 @@ pub async fn run_with_admin(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    node.repair_gaps();
     node.relay()
         .start(node.clone() as Arc<dyn relay::NodeView>)
         .await?;

@@ -105,7 +105,7 @@ pub mod labels {
         "expired",
     ];
     /// `pubmesh_recoveries_total{result}`.
-    pub const RECOVERY_RESULTS: &[&str] = &["ok", "failed"];
+    pub const RECOVERY_RESULTS: &[&str] = &["ok", "failed", "repaired", "unrepaired"];
     /// `listener` of `pubmesh_http_connections` and `pubmesh_http_refused_total`.
     pub const LISTENERS: &[&str] = &["client", "admin"];
     /// `pubmesh_http_timeouts_total{phase}`: a request's head (`header`), or
@@ -411,7 +411,7 @@ impl Metrics {
             recoveries: counter_vec(
                 &r,
                 "pubmesh_recoveries_total",
-                "Subscriptions that asked to recover, by result (ok, failed)",
+                "Subscriptions that asked to recover (ok, failed) and gaps in positioned ones read from history (repaired, unrepaired)",
                 "result",
             ),
             recoveries_in_progress: gauge(

@@ -288,3 +288,26 @@ async fn bad_namespaces_stop_the_node_with_a_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("only allowed at the end"), "{stderr}");
 }
+
+#[tokio::test]
+async fn concurrent_publishers_reach_a_positioned_subscriber_at_every_offset_in_order() {
+    let node = node().await;
+    let mut c = node.client("").await;
+    let start = subscribe_positioned(&mut c, "chat:race").await;
+    assert_eq!(start["offset"], 0);
+    const STREAMS: usize = 8;
+    const EACH: usize = 150;
+    let publishers = (0..STREAMS).map(|s| {
+        let node = &node;
+        async move {
+            for i in 0..EACH {
+                publish(node, "chat:race", json!({"s": s, "i": i})).await;
+            }
+        }
+    });
+    futures_util::future::join_all(publishers).await;
+    for expected in 1..=(STREAMS * EACH) as u64 {
+        let p = c.recv_until(|f| f["type"] == "publication").await;
+        assert_eq!(p["offset"], expected, "every offset once, in order: {p}");
+    }
+}

@@ -1198,6 +1198,57 @@ async fn pubsub_clients(redis: &Redis) -> Vec<String> {
         .collect()
 }
 
+/// A Redis that closes a pub/sub connection whose output buffer passes
+/// 256 KB (`client-output-buffer-limit pubsub 262144 0 0`).
+async fn redis_with_small_pubsub_limit() -> Redis {
+    let redis = Redis::start().await;
+    let limit = [
+        "CONFIG",
+        "SET",
+        "client-output-buffer-limit",
+        "pubsub 262144 0 0",
+    ];
+    assert!(redis.cmd(&limit).await.unwrap_or_default().contains("OK"));
+    redis
+}
+
+/// Freeze node B and publish `notify(next)`, `notify(next + 1)`, … until
+/// Redis has closed one of the two nodes' pub/sub connections (A reads its
+/// own, so it is B's), for at most 2 s: well under the time after which A
+/// would count B as gone. Thaws B; returns the first number not published.
+async fn overflow_frozen_subscriber<F, Fut>(
+    redis: &Redis,
+    b: &Node,
+    mut next: u64,
+    notify: F,
+) -> u64
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let before = pubsub_clients(redis).await;
+    assert_eq!(
+        before.len(),
+        2,
+        "one subscriber connection per node: {before:?}"
+    );
+    b.freeze();
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut closed = false;
+    while !closed && tokio::time::Instant::now() < until {
+        notify(next).await;
+        next += 1;
+        let now = pubsub_clients(redis).await;
+        closed = before.iter().any(|id| !now.contains(id));
+    }
+    b.thaw();
+    assert!(
+        closed,
+        "Redis kept B's subscriber after {next} publishes of 48 KB"
+    );
+    next
+}
+
 /// Where the relay's receive path may lose messages since the reader holds
 /// the client library back: a node frozen for longer than Redis keeps its
 /// backlog. Redis closes the frozen node's subscriber connection when its
@@ -1208,43 +1259,13 @@ async fn pubsub_clients(redis: &Redis) -> Vec<String> {
 #[tokio::test]
 async fn redis_closes_a_frozen_subscriber_past_its_output_limit_and_the_node_subscribes_again() {
     let _slot = cluster_slot().await;
-    let redis = Redis::start().await;
-    let limit = [
-        "CONFIG",
-        "SET",
-        "client-output-buffer-limit",
-        "pubsub 262144 0 0",
-    ];
-    assert!(redis.cmd(&limit).await.unwrap_or_default().contains("OK"));
+    let redis = redis_with_small_pubsub_limit().await;
     // B's member takes the whole backlog at once when B thaws (several MB
     // in the sockets' buffers): its outbox may hold it.
     let (a, b, mut receiver) = member_on_b(&redis, "limit", &["--outbox-bytes", "67108864"]).await;
     let pad = "x".repeat(48 * 1024);
     let notify = |i: u64| notify_data(&a, "limit", json!({"i": i, "pad": pad}));
-    let before = pubsub_clients(&redis).await;
-    assert_eq!(
-        before.len(),
-        2,
-        "one subscriber connection per node: {before:?}"
-    );
-    // Freeze B and publish until Redis has closed one of the two (A reads
-    // its own, so it is B's), for at most 2 s: well under the time after
-    // which A would count B as gone.
-    b.freeze();
-    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-    let mut sent = 1u64;
-    let mut closed = false;
-    while !closed && tokio::time::Instant::now() < until {
-        notify(sent).await;
-        sent += 1;
-        let now = pubsub_clients(&redis).await;
-        closed = before.iter().any(|id| !now.contains(id));
-    }
-    b.thaw();
-    assert!(
-        closed,
-        "Redis kept B's subscriber after {sent} publishes of 48 KB"
-    );
+    let mut sent = overflow_frozen_subscriber(&redis, &b, 1, notify).await;
     // B reconnects and subscribes again; a message published after that
     // arrives.
     let mut got = vec![0];
@@ -1287,4 +1308,86 @@ async fn redis_closes_a_frozen_subscriber_past_its_output_limit_and_the_node_sub
         "output limit: {sent} sent, {} received by B's member, B's subscriber closed by Redis and back",
         got.len()
     );
+}
+
+/// The offsets of the enveloped publications among `frames`, in arrival order.
+fn offsets(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "publication")
+        .filter_map(|f| f["offset"].as_u64())
+        .collect()
+}
+
+/// What Redis dropped with a frozen node's subscriber connection (the loss
+/// point of the test above) is not lost to a positioned member of a
+/// history channel: history has it. The first publication B gets past the
+/// gap is held while B reads what is missing from history, and its member
+/// gets every offset, in order and once.
+#[tokio::test]
+async fn a_positioned_member_gets_what_redis_dropped_with_its_nodes_subscriber_from_history() {
+    let _slot = cluster_slot().await;
+    let redis = redis_with_small_pubsub_limit().await;
+    let config = pubmesh_tests::harness::config_file(
+        "[[namespaces]]\npattern = \"kept:*\"\nhistory_size = 1000\nhistory_ttl_seconds = 300\n",
+    );
+    let url = redis.url();
+    let a = Node::start(&["--redis-url", &url, "--config", &config]).await;
+    let b = Node::start(&[
+        "--redis-url",
+        &url,
+        "--config",
+        &config,
+        "--outbox-bytes",
+        "67108864",
+    ])
+    .await;
+    let mut member = b.client("").await;
+    member
+        .send(
+            json!({"type": "subscribe", "channel_ids": ["kept:1"], "positioned": true, "ref": "s"}),
+        )
+        .await;
+    let reply = member.recv_until(|f| f["ref"] == "s").await;
+    assert_eq!(reply["positions"]["kept:1"]["offset"], 0, "{reply}");
+    settled(&[&a, &b], redis.port, "pubmesh.ch.{kept:1}", 1).await;
+    let pad = "x".repeat(48 * 1024);
+    let notify = |i: u64| notify_data(&a, "kept:1", json!({"i": i, "pad": pad}));
+    notify(1).await;
+    let first = collect(&mut member, patience(30), |f| !offsets(f).is_empty()).await;
+    assert_eq!(offsets(&first), [1]);
+    let mut next = overflow_frozen_subscriber(&redis, &b, 2, notify).await;
+    // Publish until one reaches B again: that one shows B the gap.
+    let mut got = vec![1];
+    let deadline = tokio::time::Instant::now() + patience(30);
+    let sent = loop {
+        let i = next;
+        next += 1;
+        notify(i).await;
+        let frames = collect(&mut member, Duration::from_millis(500), |f| {
+            offsets(f).contains(&i)
+        })
+        .await;
+        got.extend(offsets(&frames));
+        if got.contains(&i) {
+            break i;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's member never heard from A again: {got:?}; B's log: {}",
+            b.log_text()
+        );
+    };
+    assert_eq!(
+        got,
+        (1..=sent).collect::<Vec<u64>>(),
+        "B's positioned member: a gap, a copy or out of order"
+    );
+    let repaired = "pubmesh_recoveries_total{result=\"repaired\"}";
+    assert!(
+        b.metric(repaired).await >= 1.0,
+        "B read the gap from history"
+    );
+    assert!(b.metric("pubmesh_relay_subscriber_reconnects_total").await >= 1.0);
+    eprintln!("positioned member: {sent} published, all received in order");
 }

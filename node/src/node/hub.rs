@@ -26,6 +26,7 @@ mod push;
 
 use members::Members;
 pub use members::Recipients;
+pub(super) use push::encode;
 
 const SHARDS: usize = 64;
 
@@ -72,6 +73,8 @@ pub struct Hub {
     n_users: AtomicI64,
     n_subscriptions: AtomicI64,
     metrics: Arc<Metrics>,
+    /// Reads from history what a positioned subscription missed.
+    node: std::sync::OnceLock<std::sync::Weak<super::Node>>,
 }
 
 impl Hub {
@@ -85,6 +88,7 @@ impl Hub {
             n_users: AtomicI64::new(0),
             n_subscriptions: AtomicI64::new(0),
             metrics,
+            node: std::sync::OnceLock::new(),
         }
     }
 
@@ -356,7 +360,6 @@ impl Hub {
             _ => None,
         };
         for conn in recipients {
-            let mut positioned = false;
             if let Some((position, channel)) = positioned_channel {
                 let mut state = conn.state.lock();
                 if let Some(pos) = state.positioned.get_mut(&**channel) {
@@ -364,10 +367,38 @@ impl Hub {
                         self.hold(conn, held, delivery);
                         continue;
                     }
+                    if pos.gap(&position.epoch, position.offset) {
+                        // Hold this one, as a recovery does, while what is
+                        // missing is read from history.
+                        let from = crate::delivery::Position {
+                            offset: pos.last,
+                            epoch: position.epoch.clone(),
+                        };
+                        self.begin_recovery(pos);
+                        if let Some(held) = &mut pos.recovering {
+                            self.hold(conn, held, delivery);
+                        }
+                        drop(state);
+                        self.repair(conn, channel, from);
+                        continue;
+                    }
                     if !pos.advance(&position.epoch, position.offset) {
                         continue;
                     }
-                    positioned = true;
+                    // Queued before the lock is let go: a later offset that
+                    // another task delivers cannot pass this one.
+                    let tag = delivery.audience.as_ref().and_then(|_| state.tag.clone());
+                    let member_of = |channel: &str| state.channels.contains(channel);
+                    let to = Recipient {
+                        client_id: &conn.client_id,
+                        positioned: true,
+                        tag: tag.as_ref(),
+                        member_of: Some(&member_of),
+                    };
+                    if let Some(frames) = cache.frames(&conn.codec, delivery, &to) {
+                        delivered += usize::from(self.queue(conn, delivery, frames));
+                    }
+                    continue;
                 }
             }
             // Only deliveries with an audience read the connection's tag.
@@ -378,24 +409,51 @@ impl Hub {
             let member_of = |channel: &str| conn.is_member(channel);
             let to = Recipient {
                 client_id: &conn.client_id,
-                positioned,
+                positioned: false,
                 tag: tag.as_ref(),
                 member_of: Some(&member_of),
             };
-            let Some(frames) = cache.frames(&conn.codec, delivery, &to) else {
-                continue;
-            };
-            // Only deliveries with an audience may be droppable.
-            let queued = match &delivery.audience {
-                Some(_) if conn.codec.droppable(delivery) => self.offer(conn, frames),
-                _ => self.push(conn, frames),
-            };
-            if queued {
-                delivered += 1;
+            if let Some(frames) = cache.frames(&conn.codec, delivery, &to) {
+                delivered += usize::from(self.queue(conn, delivery, frames));
             }
         }
         self.metrics.deliveries.inc_by(delivered as u64);
         delivered
+    }
+
+    /// Queue `delivery`'s frames to `conn`; whether it took them. Only
+    /// deliveries with an audience may be droppable.
+    fn queue(&self, conn: &Conn, delivery: &Delivery, frames: crate::codec::Frames) -> bool {
+        match &delivery.audience {
+            Some(_) if conn.codec.droppable(delivery) => self.offer(conn, frames),
+            _ => self.push(conn, frames),
+        }
+    }
+
+    /// Have the node read what `conn` missed of `channel` after `from` and
+    /// deliver it ahead of what is held ([`super::Node::repair`]). Without a
+    /// running node (no tokio runtime, or a hub on its own) the recovery ends
+    /// here and what was held follows the gap.
+    fn repair(&self, conn: &Arc<Conn>, channel: &Arc<str>, from: crate::delivery::Position) {
+        let node = self.node.get().and_then(std::sync::Weak::upgrade);
+        match (node, tokio::runtime::Handle::try_current()) {
+            (Some(node), Ok(runtime)) => {
+                runtime.spawn(node.repair(conn.clone(), channel.clone(), from));
+            }
+            _ => {
+                let mut frames = Vec::new();
+                let mut state = conn.state.lock();
+                if let Some(pos) = state.positioned.get_mut(&**channel) {
+                    self.flush_held(conn, pos, &mut frames);
+                }
+                self.push(conn, crate::codec::Frames::Many(frames));
+            }
+        }
+    }
+
+    /// The node that repairs gaps in positioned subscriptions.
+    pub fn repair_with(&self, node: std::sync::Weak<super::Node>) {
+        let _ = self.node.set(node);
     }
 
     /// Close local connections by client id or user id; returns how many.

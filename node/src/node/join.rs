@@ -15,8 +15,8 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{MeshError, Node};
-use crate::codec::{Frames, Recipient, Slot};
-use crate::conn::{ChannelPos, Conn};
+use crate::codec::Frames;
+use crate::conn::Conn;
 use crate::delivery::{Delivery, Position, Target};
 use crate::policy::{self, ChannelOptions, Claims};
 
@@ -186,10 +186,10 @@ impl Node {
                             offset: p.offset,
                             epoch: m.top.epoch.clone(),
                         });
-                        encode(conn, &d, true, &mut frames);
+                        super::hub::encode(conn, &d, true, &mut frames);
                     }
                 }
-                flush_held(self, conn, pos, &mut frames);
+                self.hub.flush_held(conn, pos, &mut frames);
             }
             undo.armed = false;
             self.hub.push(conn, Frames::Many(frames));
@@ -200,6 +200,59 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// From now on, gaps in positioned subscriptions are filled from
+    /// history ([`Node::repair`]); called once the node runs.
+    pub fn repair_gaps(self: &Arc<Node>) {
+        self.hub.repair_with(Arc::downgrade(self));
+    }
+
+    /// Fill a gap in `conn`'s positioned subscription to `channel`: a
+    /// publication arrived past the one after `from`, the last delivered,
+    /// and the fan-out holds it (and what follows) as during a recovery.
+    /// What history has after `from` is delivered, then what was held, each
+    /// at most once and in offset order. When history no longer covers
+    /// `from`, or cannot be read, what was held follows the gap, which the
+    /// client sees in the offsets.
+    pub(super) async fn repair(
+        self: Arc<Node>,
+        conn: Arc<Conn>,
+        channel: Arc<str>,
+        from: Position,
+    ) {
+        let options = self.config.namespaces.options(&channel);
+        let read = self.read_missed(&channel, Some(&from), &options).await;
+        let result = match &read {
+            Ok(m) if m.recovered => "repaired",
+            Ok(_) => "unrepaired",
+            Err(e) => {
+                tracing::warn!(channel = %channel, error = %e, "reading history to fill a gap failed");
+                "unrepaired"
+            }
+        };
+        self.metrics.recoveries.with_label_values(&[result]).inc();
+        let mut state = conn.state.lock();
+        // Left the channel meanwhile: its leave ended the recovery.
+        let Some(pos) = state.positioned.get_mut(&*channel) else {
+            return;
+        };
+        let mut frames = Vec::new();
+        if let Some(m) = read.ok().filter(|m| m.recovered) {
+            for p in m.publications {
+                if pos.advance(&m.top.epoch, p.offset) {
+                    let mut d = Delivery::new(Target::Channels(vec![m.channel.clone()]), p.data);
+                    d.event = p.event;
+                    d.position = Some(Position {
+                        offset: p.offset,
+                        epoch: m.top.epoch.clone(),
+                    });
+                    super::hub::encode(&conn, &d, true, &mut frames);
+                }
+            }
+        }
+        self.hub.flush_held(&conn, pos, &mut frames);
+        self.hub.push(&conn, Frames::Many(frames));
     }
 
     /// The position of a channel and, with `from`, what it missed since
@@ -230,32 +283,6 @@ impl Node {
             asked: from.is_some(),
             recovered: from.is_some() && recovered,
         })
-    }
-}
-
-/// Encode `d` for `conn` into `frames` (positioned: the enveloped form).
-fn encode(conn: &Conn, d: &Delivery, positioned: bool, frames: &mut Vec<Utf8Bytes>) {
-    // The connection's state is locked here: no `member_of`.
-    let to = Recipient {
-        client_id: &conn.client_id,
-        positioned,
-        tag: None,
-        member_of: None,
-    };
-    let slot = conn.codec.slot(d, &to);
-    if slot != Slot::Skip {
-        frames.extend(conn.codec.encode(d, slot, &to).iter().cloned());
-    }
-}
-
-/// End `pos`'s recovery and encode what was held for it, minus what was
-/// already delivered.
-fn flush_held(node: &Node, conn: &Conn, pos: &mut ChannelPos, frames: &mut Vec<Utf8Bytes>) {
-    for d in node.hub.end_recovery(conn, pos) {
-        let Some(p) = &d.position else { continue };
-        if pos.advance(&p.epoch, p.offset) {
-            encode(conn, &d, true, frames);
-        }
     }
 }
 
@@ -302,7 +329,7 @@ impl Drop for Undo<'_> {
                         for d in held {
                             let Some(p) = &d.position else { continue };
                             if pos.advance(&p.epoch, p.offset) {
-                                encode(conn, &d, true, &mut frames);
+                                super::hub::encode(conn, &d, true, &mut frames);
                             }
                         }
                         state.positioned.insert(channel, pos);
@@ -310,7 +337,7 @@ impl Drop for Undo<'_> {
                     // A plain member before: what was held, plain.
                     None => {
                         for d in held {
-                            encode(conn, &d, false, &mut frames);
+                            super::hub::encode(conn, &d, false, &mut frames);
                         }
                     }
                 }

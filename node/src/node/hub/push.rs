@@ -2,7 +2,9 @@
 //! it as a slow consumer), frames offered (dropped when it is behind: a
 //! volatile emit), and live publications held back during a recovery.
 
-use crate::codec::Frames;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::codec::{Frames, Recipient, Slot};
 use crate::conn::{ChannelPos, Conn, Held};
 use crate::delivery::Delivery;
 use crate::outbox::Push;
@@ -41,6 +43,17 @@ impl Hub {
         self.metrics.recovery_held_bytes.sub(held.bytes as i64);
         self.metrics.recoveries_in_progress.dec();
         held.deliveries
+    }
+
+    /// End `pos`'s recovery and encode what was held for it, minus what was
+    /// already delivered.
+    pub fn flush_held(&self, conn: &Conn, pos: &mut ChannelPos, frames: &mut Vec<Utf8Bytes>) {
+        for d in self.end_recovery(conn, pos) {
+            let Some(p) = &d.position else { continue };
+            if pos.advance(&p.epoch, p.offset) {
+                encode(conn, &d, true, frames);
+            }
+        }
     }
 
     /// Start a recovery on `pos`: live publications wait from now on.
@@ -101,5 +114,20 @@ impl Hub {
             sent.inc_by(frames.iter().count() as u64);
         }
         true
+    }
+}
+
+/// Encode `d` for `conn` into `frames` (positioned: the enveloped form).
+pub fn encode(conn: &Conn, d: &Delivery, positioned: bool, frames: &mut Vec<Utf8Bytes>) {
+    // The connection's state is locked here: no `member_of`.
+    let to = Recipient {
+        client_id: &conn.client_id,
+        positioned,
+        tag: None,
+        member_of: None,
+    };
+    let slot = conn.codec.slot(d, &to);
+    if slot != Slot::Skip {
+        frames.extend(conn.codec.encode(d, slot, &to).iter().cloned());
     }
 }
