@@ -1342,20 +1342,26 @@ async fn a_positioned_member_gets_what_redis_dropped_with_its_nodes_subscriber_f
         "67108864",
     ])
     .await;
-    let mut member = b.client("").await;
-    member
-        .send(
-            json!({"type": "subscribe", "channel_ids": ["kept:1"], "positioned": true, "ref": "s"}),
-        )
-        .await;
-    let reply = member.recv_until(|f| f["ref"] == "s").await;
-    assert_eq!(reply["positions"]["kept:1"]["offset"], 0, "{reply}");
+    // Two members on B, so one read of history serves both.
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let mut member = b.client("").await;
+        member
+            .send(json!({"type": "subscribe", "channel_ids": ["kept:1"], "positioned": true, "ref": "s"}))
+            .await;
+        let reply = member.recv_until(|f| f["ref"] == "s").await;
+        assert_eq!(reply["positions"]["kept:1"]["offset"], 0, "{reply}");
+        members.push(member);
+    }
     settled(&[&a, &b], redis.port, "pubmesh.ch.{kept:1}", 1).await;
     let pad = "x".repeat(48 * 1024);
     let notify = |i: u64| notify_data(&a, "kept:1", json!({"i": i, "pad": pad}));
     notify(1).await;
-    let first = collect(&mut member, patience(30), |f| !offsets(f).is_empty()).await;
-    assert_eq!(offsets(&first), [1]);
+    for member in &mut members {
+        let first = collect(member, patience(30), |f| !offsets(f).is_empty()).await;
+        assert_eq!(offsets(&first), [1]);
+    }
+    let (mut member, mut other) = (members.remove(0), members.remove(0));
     let mut next = overflow_frozen_subscriber(&redis, &b, 2, notify).await;
     // Publish until one reaches B again: that one shows B the gap.
     let mut got = vec![1];
@@ -1383,10 +1389,14 @@ async fn a_positioned_member_gets_what_redis_dropped_with_its_nodes_subscriber_f
         (1..=sent).collect::<Vec<u64>>(),
         "B's positioned member: a gap, a copy or out of order"
     );
+    let frames = collect(&mut other, patience(30), |f| offsets(f).contains(&sent)).await;
+    let mut also = vec![1];
+    also.extend(offsets(&frames));
+    assert_eq!(also, got, "B's other positioned member");
     let repaired = "pubmesh_recoveries_total{result=\"repaired\"}";
     assert!(
-        b.metric(repaired).await >= 1.0,
-        "B read the gap from history"
+        b.metric(repaired).await >= 2.0,
+        "B read the gap from history for both members"
     );
     assert!(b.metric("pubmesh_relay_subscriber_reconnects_total").await >= 1.0);
     eprintln!("positioned member: {sent} published, all received in order");

@@ -359,6 +359,8 @@ impl Hub {
             (Some(p), Some(c)) => Some((p, c)),
             _ => None,
         };
+        // Positioned recipients that found a gap: the offset each got last.
+        let mut gaps: Vec<(u64, Arc<Conn>)> = Vec::new();
         for conn in recipients {
             if let Some((position, channel)) = positioned_channel {
                 let mut state = conn.state.lock();
@@ -370,16 +372,11 @@ impl Hub {
                     if pos.gap(&position.epoch, position.offset) {
                         // Hold this one, as a recovery does, while what is
                         // missing is read from history.
-                        let from = crate::delivery::Position {
-                            offset: pos.last,
-                            epoch: position.epoch.clone(),
-                        };
+                        gaps.push((pos.last, conn.clone()));
                         self.begin_recovery(pos);
                         if let Some(held) = &mut pos.recovering {
                             self.hold(conn, held, delivery);
                         }
-                        drop(state);
-                        self.repair(conn, channel, from);
                         continue;
                     }
                     if !pos.advance(&position.epoch, position.offset) {
@@ -417,6 +414,9 @@ impl Hub {
                 delivered += usize::from(self.queue(conn, delivery, frames));
             }
         }
+        if let Some((position, channel)) = positioned_channel.filter(|_| !gaps.is_empty()) {
+            self.repair(channel, &position.epoch, gaps);
+        }
         self.metrics.deliveries.inc_by(delivered as u64);
         delivered
     }
@@ -430,24 +430,34 @@ impl Hub {
         }
     }
 
-    /// Have the node read what `conn` missed of `channel` after `from` and
-    /// deliver it ahead of what is held ([`super::Node::repair`]). Without a
-    /// running node (no tokio runtime, or a hub on its own) the recovery ends
-    /// here and what was held follows the gap.
-    fn repair(&self, conn: &Arc<Conn>, channel: &Arc<str>, from: crate::delivery::Position) {
+    /// Have the node read what the connections of `gaps` missed of
+    /// `channel` (after the offset each got last, in `epoch`) and deliver it
+    /// ahead of what is held ([`super::Node::repair`]): one history read per
+    /// distinct offset, however many members a gap reaches. Without a
+    /// running node (no tokio runtime, or a hub on its own) the recoveries
+    /// end here and what was held follows the gap.
+    fn repair(&self, channel: &Arc<str>, epoch: &str, mut gaps: Vec<(u64, Arc<Conn>)>) {
         let node = self.node.get().and_then(std::sync::Weak::upgrade);
-        match (node, tokio::runtime::Handle::try_current()) {
-            (Some(node), Ok(runtime)) => {
-                runtime.spawn(node.repair(conn.clone(), channel.clone(), from));
-            }
-            _ => {
+        let runtime = tokio::runtime::Handle::try_current();
+        let (Some(node), Ok(runtime)) = (node, runtime) else {
+            for (_, conn) in gaps {
                 let mut frames = Vec::new();
                 let mut state = conn.state.lock();
                 if let Some(pos) = state.positioned.get_mut(&**channel) {
-                    self.flush_held(conn, pos, &mut frames);
+                    self.flush_held(&conn, pos, &mut frames);
                 }
-                self.push(conn, crate::codec::Frames::Many(frames));
+                self.push(&conn, crate::codec::Frames::Many(frames));
             }
+            return;
+        };
+        gaps.sort_by_key(|(offset, _)| *offset);
+        for group in gaps.chunk_by(|a, b| a.0 == b.0) {
+            let from = crate::delivery::Position {
+                offset: group[0].0,
+                epoch: epoch.to_string(),
+            };
+            let conns = group.iter().map(|(_, conn)| conn.clone()).collect();
+            runtime.spawn(node.clone().repair(conns, channel.clone(), from));
         }
     }
 

@@ -208,16 +208,16 @@ impl Node {
         self.hub.repair_with(Arc::downgrade(self));
     }
 
-    /// Fill a gap in `conn`'s positioned subscription to `channel`: a
-    /// publication arrived past the one after `from`, the last delivered,
+    /// Fill a gap in the positioned subscriptions of `conns` to `channel`:
+    /// a publication arrived past the one after `from`, the last each got,
     /// and the fan-out holds it (and what follows) as during a recovery.
     /// What history has after `from` is delivered, then what was held, each
-    /// at most once and in offset order. When history no longer covers
-    /// `from`, or cannot be read, what was held follows the gap, which the
-    /// client sees in the offsets.
+    /// at most once and in offset order; one read serves them all. When
+    /// history no longer covers `from`, or cannot be read, what was held
+    /// follows the gap, which the client sees in the offsets.
     pub(super) async fn repair(
         self: Arc<Node>,
-        conn: Arc<Conn>,
+        conns: Vec<Arc<Conn>>,
         channel: Arc<str>,
         from: Position,
     ) {
@@ -231,28 +231,42 @@ impl Node {
                 "unrepaired"
             }
         };
-        self.metrics.recoveries.with_label_values(&[result]).inc();
-        let mut state = conn.state.lock();
-        // Left the channel meanwhile: its leave ended the recovery.
-        let Some(pos) = state.positioned.get_mut(&*channel) else {
-            return;
-        };
-        let mut frames = Vec::new();
-        if let Some(m) = read.ok().filter(|m| m.recovered) {
-            for p in m.publications {
-                if pos.advance(&m.top.epoch, p.offset) {
+        self.metrics
+            .recoveries
+            .with_label_values(&[result])
+            .inc_by(conns.len() as u64);
+        let missed: Vec<Delivery> = match read {
+            Ok(m) if m.recovered => m
+                .publications
+                .into_iter()
+                .map(|p| {
                     let mut d = Delivery::new(Target::Channels(vec![m.channel.clone()]), p.data);
                     d.event = p.event;
                     d.position = Some(Position {
                         offset: p.offset,
                         epoch: m.top.epoch.clone(),
                     });
-                    super::hub::encode(&conn, &d, true, &mut frames);
+                    d
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        for conn in conns {
+            let mut state = conn.state.lock();
+            // Left the channel meanwhile: its leave ended the recovery.
+            let Some(pos) = state.positioned.get_mut(&*channel) else {
+                continue;
+            };
+            let mut frames = Vec::new();
+            for d in &missed {
+                let Some(p) = &d.position else { continue };
+                if pos.advance(&p.epoch, p.offset) {
+                    super::hub::encode(&conn, d, true, &mut frames);
                 }
             }
+            self.hub.flush_held(&conn, pos, &mut frames);
+            self.hub.push(&conn, Frames::Many(frames));
         }
-        self.hub.flush_held(&conn, pos, &mut frames);
-        self.hub.push(&conn, Frames::Many(frames));
     }
 
     /// The position of a channel and, with `from`, what it missed since
