@@ -1319,18 +1319,21 @@ fn offsets(frames: &[Value]) -> Vec<u64> {
         .collect()
 }
 
-/// What Redis dropped with a frozen node's subscriber connection (the loss
-/// point of the test above) is not lost to a positioned member of a
-/// history channel: history has it. The first publication B gets past the
-/// gap is held while B reads what is missing from history, and its member
-/// gets every offset, in order and once.
-#[tokio::test]
-async fn a_positioned_member_gets_what_redis_dropped_with_its_nodes_subscriber_from_history() {
-    let _slot = cluster_slot().await;
-    let redis = redis_with_small_pubsub_limit().await;
-    let config = pubmesh_tests::harness::config_file(
-        "[[namespaces]]\npattern = \"kept:*\"\nhistory_size = 1000\nhistory_ttl_seconds = 300\n",
-    );
+/// Nodes A and B of `redis`, both with the namespace `pattern` keeping
+/// `history_size` publications; B's members may hold a thawed backlog of
+/// several MB. Then `members` positioned members of `channel` on B, each
+/// having received A's first publication (offset 1) of 48 KB; returns the
+/// nodes, the members and A's notify of 48 KB publications.
+async fn history_gap_setup(
+    redis: &Redis,
+    pattern: &str,
+    history_size: usize,
+    channel: &str,
+    members: usize,
+) -> (Node, Node, Vec<Client>) {
+    let config = pubmesh_tests::harness::config_file(&format!(
+        "[[namespaces]]\npattern = \"{pattern}\"\nhistory_size = {history_size}\nhistory_ttl_seconds = 300\n"
+    ));
     let url = redis.url();
     let a = Node::start(&["--redis-url", &url, "--config", &config]).await;
     let b = Node::start(&[
@@ -1342,48 +1345,82 @@ async fn a_positioned_member_gets_what_redis_dropped_with_its_nodes_subscriber_f
         "67108864",
     ])
     .await;
-    // Two members on B, so one read of history serves both.
-    let mut members = Vec::new();
-    for _ in 0..2 {
+    let mut clients = Vec::new();
+    for _ in 0..members {
         let mut member = b.client("").await;
         member
-            .send(json!({"type": "subscribe", "channel_ids": ["kept:1"], "positioned": true, "ref": "s"}))
+            .send(json!({"type": "subscribe", "channel_ids": [channel], "positioned": true, "ref": "s"}))
             .await;
         let reply = member.recv_until(|f| f["ref"] == "s").await;
-        assert_eq!(reply["positions"]["kept:1"]["offset"], 0, "{reply}");
-        members.push(member);
+        assert_eq!(reply["positions"][channel]["offset"], 0, "{reply}");
+        clients.push(member);
     }
-    settled(&[&a, &b], redis.port, "pubmesh.ch.{kept:1}", 1).await;
-    let pad = "x".repeat(48 * 1024);
-    let notify = |i: u64| notify_data(&a, "kept:1", json!({"i": i, "pad": pad}));
-    notify(1).await;
-    for member in &mut members {
+    settled(
+        &[&a, &b],
+        redis.port,
+        &format!("pubmesh.ch.{{{channel}}}"),
+        1,
+    )
+    .await;
+    notify_data(&a, channel, json!({"i": 1, "pad": "x".repeat(48 * 1024)})).await;
+    for member in &mut clients {
         let first = collect(member, patience(30), |f| !offsets(f).is_empty()).await;
         assert_eq!(offsets(&first), [1]);
     }
-    let (mut member, mut other) = (members.remove(0), members.remove(0));
-    let mut next = overflow_frozen_subscriber(&redis, &b, 2, notify).await;
-    // Publish until one reaches B again: that one shows B the gap.
-    let mut got = vec![1];
+    (a, b, clients)
+}
+
+/// Publish `notify(next)`, `notify(next + 1)`, … until `member` receives
+/// one; the offsets it got meanwhile go to `got`. Returns the last number
+/// published (the one received).
+async fn until_heard<F, Fut>(
+    member: &mut Client,
+    got: &mut Vec<u64>,
+    mut next: u64,
+    notify: F,
+) -> u64
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let deadline = tokio::time::Instant::now() + patience(30);
-    let sent = loop {
+    loop {
         let i = next;
         next += 1;
         notify(i).await;
-        let frames = collect(&mut member, Duration::from_millis(500), |f| {
+        let frames = collect(member, Duration::from_millis(500), |f| {
             offsets(f).contains(&i)
         })
         .await;
         got.extend(offsets(&frames));
         if got.contains(&i) {
-            break i;
+            return i;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "B's member never heard from A again: {got:?}; B's log: {}",
-            b.log_text()
+            "the member never heard from A again: {got:?}"
         );
-    };
+    }
+}
+
+/// What Redis dropped with a frozen node's subscriber connection (the loss
+/// point of the test above) is not lost to a positioned member of a
+/// history channel: history has it. The first publication B gets past the
+/// gap is held while B reads what is missing from history, and its member
+/// gets every offset, in order and once.
+#[tokio::test]
+async fn a_positioned_member_gets_what_redis_dropped_with_its_nodes_subscriber_from_history() {
+    let _slot = cluster_slot().await;
+    let redis = redis_with_small_pubsub_limit().await;
+    // Two members on B, so one read of history serves both.
+    let (a, b, mut members) = history_gap_setup(&redis, "kept:*", 1000, "kept:1", 2).await;
+    let (mut member, mut other) = (members.remove(0), members.remove(0));
+    let pad = "x".repeat(48 * 1024);
+    let notify = |i: u64| notify_data(&a, "kept:1", json!({"i": i, "pad": pad}));
+    let next = overflow_frozen_subscriber(&redis, &b, 2, notify).await;
+    // Publish until one reaches B again: that one shows B the gap.
+    let mut got = vec![1];
+    let sent = until_heard(&mut member, &mut got, next, notify).await;
     assert_eq!(
         got,
         (1..=sent).collect::<Vec<u64>>(),
@@ -1400,4 +1437,32 @@ async fn a_positioned_member_gets_what_redis_dropped_with_its_nodes_subscriber_f
     );
     assert!(b.metric("pubmesh_relay_subscriber_reconnects_total").await >= 1.0);
     eprintln!("positioned member: {sent} published, all received in order");
+}
+
+/// A gap longer than history keeps cannot be filled: what was held follows
+/// it, the member sees the jump in the offsets (its cue to reload), and
+/// the node counts it as `unrepaired`.
+#[tokio::test]
+async fn a_gap_history_no_longer_covers_is_passed_on_and_counted() {
+    let _slot = cluster_slot().await;
+    let redis = redis_with_small_pubsub_limit().await;
+    let (a, b, mut members) = history_gap_setup(&redis, "short:*", 3, "short:1", 1).await;
+    let mut member = members.remove(0);
+    let pad = "x".repeat(48 * 1024);
+    let notify = |i: u64| notify_data(&a, "short:1", json!({"i": i, "pad": pad}));
+    let next = overflow_frozen_subscriber(&redis, &b, 2, notify).await;
+    let mut got = vec![1];
+    let sent = until_heard(&mut member, &mut got, next, notify).await;
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "out of order or twice: {got:?}"
+    );
+    assert!(
+        got.windows(2).any(|w| w[1] > w[0] + 1),
+        "no jump in the offsets: {got:?}"
+    );
+    assert_eq!(got.last(), Some(&sent));
+    let unrepaired = "pubmesh_recoveries_total{result=\"unrepaired\"}";
+    assert!(b.metric(unrepaired).await >= 1.0);
+    assert_eq!(b.metric("pubmesh_recoveries_in_progress").await, 0.0);
 }
