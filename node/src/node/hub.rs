@@ -435,8 +435,9 @@ impl Hub {
     /// ahead of what is held ([`super::Node::repair`]): one history read per
     /// distinct offset, however many members a gap reaches. Without a
     /// running node (no tokio runtime, or a hub on its own) the recoveries
-    /// end here and what was held follows the gap.
-    fn repair(&self, channel: &Arc<str>, epoch: &str, mut gaps: Vec<(u64, Arc<Conn>)>) {
+    /// end here and what was held follows the gap. Called without the
+    /// connections' locks held.
+    pub(super) fn repair(&self, channel: &Arc<str>, epoch: &str, mut gaps: Vec<(u64, Arc<Conn>)>) {
         let node = self.node.get().and_then(std::sync::Weak::upgrade);
         let runtime = tokio::runtime::Handle::try_current();
         let (Some(node), Ok(runtime)) = (node, runtime) else {
@@ -444,7 +445,7 @@ impl Hub {
                 let mut frames = Vec::new();
                 let mut state = conn.state.lock();
                 if let Some(pos) = state.positioned.get_mut(&**channel) {
-                    self.flush_held(&conn, pos, &mut frames);
+                    self.flush_held(&conn, pos, &mut frames, false);
                 }
                 self.push(&conn, crate::codec::Frames::Many(frames));
             }

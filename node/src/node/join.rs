@@ -150,6 +150,8 @@ impl Node {
 
         // The reply, then the missed publications, then what arrived
         // meanwhile: all under the connection's lock so nothing slips between.
+        // A publication lost while history was read is repaired after.
+        let mut gaps = Vec::new();
         {
             let mut state = conn.state.lock();
             // The identity may have changed while history was read (a token
@@ -189,10 +191,16 @@ impl Node {
                         super::hub::encode(conn, &d, true, &mut frames);
                     }
                 }
-                self.hub.flush_held(conn, pos, &mut frames);
+                if let Some(from) = self.hub.flush_held(conn, pos, &mut frames, true) {
+                    gaps.push((Arc::<str>::from(m.channel.as_str()), from));
+                }
             }
             undo.armed = false;
             self.hub.push(conn, Frames::Many(frames));
+        }
+        for (channel, from) in gaps {
+            self.hub
+                .repair(&channel, &from.epoch, vec![(from.offset, conn.clone())]);
         }
         for (c, o) in channels.iter().zip(&options) {
             if undo.fresh.contains(c) && conn.is_member(c) {
@@ -251,21 +259,31 @@ impl Node {
                 .collect(),
             _ => Vec::new(),
         };
+        let repaired = result == "repaired";
         for conn in conns {
-            let mut state = conn.state.lock();
-            // Left the channel meanwhile: its leave ended the recovery.
-            let Some(pos) = state.positioned.get_mut(&*channel) else {
-                continue;
-            };
-            let mut frames = Vec::new();
-            for d in &missed {
-                let Some(p) = &d.position else { continue };
-                if pos.advance(&p.epoch, p.offset) {
-                    super::hub::encode(&conn, d, true, &mut frames);
+            let again = {
+                let mut state = conn.state.lock();
+                // Left the channel meanwhile: its leave ended the recovery.
+                let Some(pos) = state.positioned.get_mut(&*channel) else {
+                    continue;
+                };
+                let mut frames = Vec::new();
+                for d in &missed {
+                    let Some(p) = &d.position else { continue };
+                    if pos.advance(&p.epoch, p.offset) {
+                        super::hub::encode(&conn, d, true, &mut frames);
+                    }
                 }
+                // Repaired: a gap among what was held is a new loss, read
+                // again. Not: what was held follows the gap.
+                let again = self.hub.flush_held(&conn, pos, &mut frames, repaired);
+                self.hub.push(&conn, Frames::Many(frames));
+                again
+            };
+            if let Some(from) = again {
+                self.hub
+                    .repair(&channel, &from.epoch, vec![(from.offset, conn.clone())]);
             }
-            self.hub.flush_held(&conn, pos, &mut frames);
-            self.hub.push(&conn, Frames::Many(frames));
         }
     }
 

@@ -6,7 +6,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::codec::{Frames, Recipient, Slot};
 use crate::conn::{ChannelPos, Conn, Held};
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Position};
 use crate::outbox::Push;
 
 use super::Hub;
@@ -46,14 +46,37 @@ impl Hub {
     }
 
     /// End `pos`'s recovery and encode what was held for it, minus what was
-    /// already delivered.
-    pub fn flush_held(&self, conn: &Conn, pos: &mut ChannelPos, frames: &mut Vec<Utf8Bytes>) {
-        for d in self.end_recovery(conn, pos) {
+    /// already delivered. With `stop_at_gap`, a held publication past the
+    /// next expected offset (one was lost on its way while they were held)
+    /// stops there: it and the rest stay held, the recovery goes on, and
+    /// the position to read history from is returned ([`Hub::repair`]).
+    pub fn flush_held(
+        &self,
+        conn: &Conn,
+        pos: &mut ChannelPos,
+        frames: &mut Vec<Utf8Bytes>,
+        stop_at_gap: bool,
+    ) -> Option<Position> {
+        let mut held = self.end_recovery(conn, pos).into_iter();
+        while let Some(d) = held.next() {
             let Some(p) = &d.position else { continue };
+            if stop_at_gap && pos.gap(&p.epoch, p.offset) {
+                let from = Position {
+                    offset: pos.last,
+                    epoch: p.epoch.clone(),
+                };
+                self.begin_recovery(pos);
+                if let Some(again) = &mut pos.recovering {
+                    self.hold(conn, again, &d);
+                    held.for_each(|d| self.hold(conn, again, &d));
+                }
+                return Some(from);
+            }
             if pos.advance(&p.epoch, p.offset) {
                 encode(conn, &d, true, frames);
             }
         }
+        None
     }
 
     /// Start a recovery on `pos`: live publications wait from now on.

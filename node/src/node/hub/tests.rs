@@ -134,3 +134,90 @@ fn the_shared_member_list_follows_joins_and_leaves() {
     assert_eq!(hub.deliver(&to_room()), 0);
     assert!(hub.shared_recipients(&to_room().target).is_empty());
 }
+
+/// A publication at `offset` (epoch "e") of channel "h", its data the offset.
+fn at(offset: u64) -> Delivery {
+    let mut d = Delivery::new(
+        Target::Channels(vec!["h".into()]),
+        Utf8Bytes::from(offset.to_string()),
+    );
+    d.position = Some(crate::delivery::Position {
+        offset,
+        epoch: "e".into(),
+    });
+    d
+}
+
+/// What `conn`'s outbox holds, as text.
+fn queued(conn: &Conn) -> Vec<String> {
+    let mut batch = std::collections::VecDeque::new();
+    conn.outbox.take(&mut batch);
+    batch.iter().map(|f| f.as_str().to_string()).collect()
+}
+
+/// A member of "h", positioned at offset 1 of epoch "e".
+fn positioned_member(hub: &Hub) -> Arc<Conn> {
+    let c = conn(1, None, "u1");
+    hub.register(&c);
+    hub.subscribe(&c, &["h".into()], 10).expect("under limit");
+    c.state.lock().positioned.insert(
+        Arc::from("h"),
+        crate::conn::ChannelPos {
+            epoch: Some(Arc::from("e")),
+            last: 1,
+            recovering: None,
+        },
+    );
+    c
+}
+
+#[test]
+fn a_gap_without_a_running_node_passes_what_was_held_on() {
+    let hub = Hub::new(Arc::new(Metrics::new("t")));
+    let c = positioned_member(&hub);
+    hub.deliver(&at(2));
+    hub.deliver(&at(2));
+    hub.deliver(&at(4));
+    assert_eq!(queued(&c), ["2", "4"], "a copy dropped, the gap passed on");
+    let state = c.state.lock();
+    let pos = &state.positioned["h"];
+    assert_eq!(pos.last, 4);
+    assert!(pos.recovering.is_none(), "no recovery left open");
+}
+
+#[test]
+fn flushing_what_was_held_stops_at_a_gap_and_keeps_the_rest_held() {
+    let hub = Hub::new(Arc::new(Metrics::new("t")));
+    let c = positioned_member(&hub);
+    let mut state = c.state.lock();
+    let pos = state.positioned.get_mut("h").expect("positioned");
+    hub.begin_recovery(pos);
+    for offset in [2, 4, 5] {
+        let held = pos.recovering.as_mut().expect("recovering");
+        hub.hold(&c, held, &at(offset));
+    }
+    let mut frames = Vec::new();
+    let from = hub.flush_held(&c, pos, &mut frames, true);
+    assert_eq!(frames, ["2"]);
+    assert_eq!(
+        from,
+        Some(crate::delivery::Position {
+            offset: 2,
+            epoch: "e".into()
+        }),
+        "read history after offset 2"
+    );
+    let held: Vec<u64> = pos
+        .recovering
+        .as_ref()
+        .expect("still recovering")
+        .deliveries
+        .iter()
+        .filter_map(|d| d.position.as_ref().map(|p| p.offset))
+        .collect();
+    assert_eq!(held, [4, 5], "the rest stays held, in order");
+    let mut frames = Vec::new();
+    assert_eq!(hub.flush_held(&c, pos, &mut frames, false), None);
+    assert_eq!(frames, ["4", "5"], "passed on past the gap");
+    assert!(pos.recovering.is_none());
+}
