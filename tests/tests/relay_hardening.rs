@@ -1403,6 +1403,25 @@ where
     }
 }
 
+/// After `history_gap_setup`: A publishes 48 KB publications to `channel`
+/// while B is frozen, until Redis closes B's subscriber, then until
+/// `member` (on B) receives one again: that one shows B the gap. Returns
+/// the offsets `member` got from the first (1) on, and the last published.
+async fn across_a_closed_subscriber(
+    redis: &Redis,
+    a: &Node,
+    b: &Node,
+    channel: &str,
+    member: &mut Client,
+) -> (Vec<u64>, u64) {
+    let pad = "x".repeat(48 * 1024);
+    let notify = |i: u64| notify_data(a, channel, json!({"i": i, "pad": pad}));
+    let next = overflow_frozen_subscriber(redis, b, 2, notify).await;
+    let mut got = vec![1];
+    let sent = until_heard(member, &mut got, next, notify).await;
+    (got, sent)
+}
+
 /// What Redis dropped with a frozen node's subscriber connection (the loss
 /// point of the test above) is not lost to a positioned member of a
 /// history channel: history has it. The first publication B gets past the
@@ -1415,12 +1434,7 @@ async fn a_positioned_member_gets_what_redis_dropped_with_its_nodes_subscriber_f
     // Two members on B, so one read of history serves both.
     let (a, b, mut members) = history_gap_setup(&redis, "kept:*", 1000, "kept:1", 2).await;
     let (mut member, mut other) = (members.remove(0), members.remove(0));
-    let pad = "x".repeat(48 * 1024);
-    let notify = |i: u64| notify_data(&a, "kept:1", json!({"i": i, "pad": pad}));
-    let next = overflow_frozen_subscriber(&redis, &b, 2, notify).await;
-    // Publish until one reaches B again: that one shows B the gap.
-    let mut got = vec![1];
-    let sent = until_heard(&mut member, &mut got, next, notify).await;
+    let (got, sent) = across_a_closed_subscriber(&redis, &a, &b, "kept:1", &mut member).await;
     assert_eq!(
         got,
         (1..=sent).collect::<Vec<u64>>(),
@@ -1448,11 +1462,7 @@ async fn a_gap_history_no_longer_covers_is_passed_on_and_counted() {
     let redis = redis_with_small_pubsub_limit().await;
     let (a, b, mut members) = history_gap_setup(&redis, "short:*", 3, "short:1", 1).await;
     let mut member = members.remove(0);
-    let pad = "x".repeat(48 * 1024);
-    let notify = |i: u64| notify_data(&a, "short:1", json!({"i": i, "pad": pad}));
-    let next = overflow_frozen_subscriber(&redis, &b, 2, notify).await;
-    let mut got = vec![1];
-    let sent = until_heard(&mut member, &mut got, next, notify).await;
+    let (got, sent) = across_a_closed_subscriber(&redis, &a, &b, "short:1", &mut member).await;
     assert!(
         got.windows(2).all(|w| w[0] < w[1]),
         "out of order or twice: {got:?}"

@@ -26,7 +26,7 @@ mod push;
 
 use members::Members;
 pub use members::Recipients;
-pub(super) use push::encode;
+pub(super) use push::{encode, encode_past};
 
 const SHARDS: usize = 64;
 
@@ -392,9 +392,7 @@ impl Hub {
                         tag: tag.as_ref(),
                         member_of: Some(&member_of),
                     };
-                    if let Some(frames) = cache.frames(&conn.codec, delivery, &to) {
-                        delivered += usize::from(self.queue(conn, delivery, frames));
-                    }
+                    delivered += usize::from(self.queue(&mut cache, conn, delivery, &to));
                     continue;
                 }
             }
@@ -410,9 +408,7 @@ impl Hub {
                 tag: tag.as_ref(),
                 member_of: Some(&member_of),
             };
-            if let Some(frames) = cache.frames(&conn.codec, delivery, &to) {
-                delivered += usize::from(self.queue(conn, delivery, frames));
-            }
+            delivered += usize::from(self.queue(&mut cache, conn, delivery, &to));
         }
         if let Some((position, channel)) = positioned_channel.filter(|_| !gaps.is_empty()) {
             self.repair(channel, &position.epoch, gaps);
@@ -421,9 +417,19 @@ impl Hub {
         delivered
     }
 
-    /// Queue `delivery`'s frames to `conn`; whether it took them. Only
-    /// deliveries with an audience may be droppable.
-    fn queue(&self, conn: &Conn, delivery: &Delivery, frames: crate::codec::Frames) -> bool {
+    /// Encode `delivery` for `to` (through `cache`) and queue it to `conn`;
+    /// whether it took frames. Only deliveries with an audience may be
+    /// droppable.
+    fn queue(
+        &self,
+        cache: &mut EncodeCache,
+        conn: &Conn,
+        delivery: &Delivery,
+        to: &Recipient<'_>,
+    ) -> bool {
+        let Some(frames) = cache.frames(&conn.codec, delivery, to) else {
+            return false;
+        };
         match &delivery.audience {
             Some(_) if conn.codec.droppable(delivery) => self.offer(conn, frames),
             _ => self.push(conn, frames),

@@ -47,6 +47,21 @@ struct Missed {
     recovered: bool,
 }
 
+impl Missed {
+    /// Its publications, as positioned deliveries to its channel.
+    fn deliveries(&self) -> impl Iterator<Item = Delivery> + '_ {
+        self.publications.iter().map(|p| {
+            let mut d = Delivery::new(Target::Channels(vec![self.channel.clone()]), p.data.clone());
+            d.event = p.event.clone();
+            d.position = Some(Position {
+                offset: p.offset,
+                epoch: self.top.epoch.clone(),
+            });
+            d
+        })
+    }
+}
+
 impl Node {
     /// Join channels. On history channels a positioned join gets deliveries
     /// with positions; with `since`, it first gets every publication it
@@ -179,17 +194,8 @@ impl Node {
                         pos.last = m.top.offset;
                     }
                 }
-                for p in m.publications {
-                    if pos.advance(&m.top.epoch, p.offset) {
-                        let mut d =
-                            Delivery::new(Target::Channels(vec![m.channel.clone()]), p.data);
-                        d.event = p.event;
-                        d.position = Some(Position {
-                            offset: p.offset,
-                            epoch: m.top.epoch.clone(),
-                        });
-                        super::hub::encode(conn, &d, true, &mut frames);
-                    }
+                for d in m.deliveries() {
+                    super::hub::encode_past(conn, pos, &d, &mut frames);
                 }
                 if let Some(from) = self.hub.flush_held(conn, pos, &mut frames, true) {
                     gaps.push((Arc::<str>::from(m.channel.as_str()), from));
@@ -244,19 +250,7 @@ impl Node {
             .with_label_values(&[result])
             .inc_by(conns.len() as u64);
         let missed: Vec<Delivery> = match read {
-            Ok(m) if m.recovered => m
-                .publications
-                .into_iter()
-                .map(|p| {
-                    let mut d = Delivery::new(Target::Channels(vec![m.channel.clone()]), p.data);
-                    d.event = p.event;
-                    d.position = Some(Position {
-                        offset: p.offset,
-                        epoch: m.top.epoch.clone(),
-                    });
-                    d
-                })
-                .collect(),
+            Ok(m) if m.recovered => m.deliveries().collect(),
             _ => Vec::new(),
         };
         let repaired = result == "repaired";
@@ -269,10 +263,7 @@ impl Node {
                 };
                 let mut frames = Vec::new();
                 for d in &missed {
-                    let Some(p) = &d.position else { continue };
-                    if pos.advance(&p.epoch, p.offset) {
-                        super::hub::encode(&conn, d, true, &mut frames);
-                    }
+                    super::hub::encode_past(&conn, pos, d, &mut frames);
                 }
                 // Repaired: a gap among what was held is a new loss, read
                 // again. Not: what was held follows the gap.
@@ -359,10 +350,7 @@ impl Drop for Undo<'_> {
                         pos.epoch = epoch;
                         pos.last = last;
                         for d in held {
-                            let Some(p) = &d.position else { continue };
-                            if pos.advance(&p.epoch, p.offset) {
-                                super::hub::encode(conn, &d, true, &mut frames);
-                            }
+                            super::hub::encode_past(conn, &mut pos, &d, &mut frames);
                         }
                         state.positioned.insert(channel, pos);
                     }

@@ -72,9 +72,7 @@ impl Hub {
                 }
                 return Some(from);
             }
-            if pos.advance(&p.epoch, p.offset) {
-                encode(conn, &d, true, frames);
-            }
+            encode_past(conn, pos, &d, frames);
         }
         None
     }
@@ -152,5 +150,16 @@ pub fn encode(conn: &Conn, d: &Delivery, positioned: bool, frames: &mut Vec<Utf8
     let slot = conn.codec.slot(d, &to);
     if slot != Slot::Skip {
         frames.extend(conn.codec.encode(d, slot, &to).iter().cloned());
+    }
+}
+
+/// Encode positioned `d` for `conn` when it comes after what `pos` last
+/// delivered (and record it there); a copy, or one without a position,
+/// adds nothing.
+pub fn encode_past(conn: &Conn, pos: &mut ChannelPos, d: &Delivery, frames: &mut Vec<Utf8Bytes>) {
+    if let Some(p) = &d.position {
+        if pos.advance(&p.epoch, p.offset) {
+            encode(conn, d, true, frames);
+        }
     }
 }
